@@ -1,0 +1,10 @@
+//! `docklet-master`: the portal, API and control plane. Normally socket-activated by
+//! `docklet-master.socket`; run by hand it binds `proxy_port` itself.
+
+fn main() -> std::process::ExitCode {
+    docklet::daemon::daemon_main(
+        "docklet-master",
+        "Docklet master: portal, API and control plane",
+        docklet::master::run,
+    )
+}

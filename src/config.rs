@@ -1,0 +1,371 @@
+//! `/etc/docklet/docklet.toml`: the one configuration file of master and worker.
+//!
+//! Every key has a default that works on a single host, so an empty file is a valid
+//! configuration. Unknown keys and invalid values are refused with the key, the value and
+//! the reason; daemons refuse to start on such a file and `--check-config` reports it.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Where the packaged daemons read their configuration.
+pub const DEFAULT_PATH: &str = "/etc/docklet/docklet.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid value for `{key}` = {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// How vnodes keep their persistent layer on a worker (the seed's STORAGE key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Directories on the filesystem under `fs_prefix/local`.
+    File,
+    /// A block device or volume group given to Docklet.
+    Disk,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd cluster, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// Credentials written by `docklet-admin init`; default `fs_prefix/global/secrets/etcd.toml`,
+    /// on the shared filesystem so joining hosts find them without copying secrets by hand.
+    pub credentials_file: Option<PathBuf>,
+    /// CA bundle that signed the etcd server certificates (for `https://` endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for an etcd that requires client certificates.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            credentials_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name of this Docklet installation; all its etcd keys live under `/<cluster_name>/`.
+    pub cluster_name: String,
+    /// Working directory: `global/` is the shared filesystem, `local/` is this host's own.
+    pub fs_prefix: PathBuf,
+    /// Network device that carries traffic between hosts; `auto` = the default-route device.
+    pub network_device: String,
+    /// Address range handed out to vclusters; all of it belongs to Docklet.
+    pub cluster_net: Ipv4Net,
+    /// Public port of the portal, the API and the workspace proxy.
+    pub proxy_port: u16,
+    /// Address users type in the browser; default `http://<this host>:<proxy_port>/`.
+    pub portal_url: Option<String>,
+    pub storage: Storage,
+    pub etcd: EtcdConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_name: "docklet".into(),
+            fs_prefix: PathBuf::from("/var/lib/docklet"),
+            network_device: "auto".into(),
+            cluster_net: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16).expect("valid prefix"),
+            proxy_port: 8000,
+            portal_url: None,
+            storage: Storage::File,
+            etcd: EtcdConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: &dyn fmt::Display, reason: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                value: quote_unless_number(&value.to_string()),
+                reason: reason.to_owned(),
+            })
+        };
+        let name_ok = !self.cluster_name.is_empty()
+            && self.cluster_name.len() <= 63
+            && self
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return invalid(
+                "cluster_name",
+                &self.cluster_name,
+                "use 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        if !self.fs_prefix.is_absolute() {
+            return invalid(
+                "fs_prefix",
+                &self.fs_prefix.display(),
+                "must be an absolute path",
+            );
+        }
+        if self.network_device.is_empty()
+            || self.network_device.len() > 15
+            || self
+                .network_device
+                .contains(|c: char| c == '/' || c.is_whitespace())
+        {
+            return invalid(
+                "network_device",
+                &self.network_device,
+                "must be an interface name (at most 15 characters, no '/' or spaces) or \"auto\"",
+            );
+        }
+        if self.cluster_net.prefix_len() > 24 {
+            return invalid(
+                "cluster_net",
+                &self.cluster_net,
+                "must be at least a /24 so that users can get address blocks",
+            );
+        }
+        if self.cluster_net.network() != self.cluster_net.addr() {
+            return invalid(
+                "cluster_net",
+                &self.cluster_net,
+                &format!(
+                    "has host bits set; did you mean {}?",
+                    self.cluster_net.trunc()
+                ),
+            );
+        }
+        if self.proxy_port == 0 {
+            return invalid("proxy_port", &self.proxy_port, "must be 1 to 65535");
+        }
+        if let Some(url) = &self.portal_url
+            && (!(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() <= "https://".len())
+        {
+            return invalid("portal_url", url, "must start with http:// or https://");
+        }
+        if self.etcd.endpoints.is_empty() {
+            return invalid("etcd.endpoints", &"[]", "list at least one etcd client URL");
+        }
+        for endpoint in &self.etcd.endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            match rest {
+                Some(hostport)
+                    if hostport.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok()
+                    }) => {}
+                _ => {
+                    return invalid(
+                        "etcd.endpoints",
+                        endpoint,
+                        "each endpoint must look like http://HOST:PORT or https://HOST:PORT",
+                    );
+                }
+            }
+        }
+        if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
+            return invalid(
+                "etcd.cert_file",
+                &format!("{:?}", self.etcd.cert_file),
+                "cert_file and key_file go together",
+            );
+        }
+        Ok(())
+    }
+
+    /// The etcd key prefix of this installation, with a trailing slash.
+    pub fn etcd_prefix(&self) -> String {
+        format!("/{}/", self.cluster_name)
+    }
+
+    /// Shared filesystem, mounted on every host.
+    pub fn global_dir(&self) -> PathBuf {
+        self.fs_prefix.join("global")
+    }
+
+    /// This host's own state.
+    pub fn local_dir(&self) -> PathBuf {
+        self.fs_prefix.join("local")
+    }
+
+    pub fn credentials_file(&self) -> PathBuf {
+        self.etcd
+            .credentials_file
+            .clone()
+            .unwrap_or_else(|| self.global_dir().join("secrets/etcd.toml"))
+    }
+
+    /// File holding the portal administrator's first password, readable by root only.
+    pub fn generated_password_file(&self) -> PathBuf {
+        self.local_dir().join("generated_password.txt")
+    }
+
+    /// The portal URL users are given, filling in this host's name when not configured.
+    pub fn portal_url_or(&self, host: &str) -> String {
+        match &self.portal_url {
+            Some(url) => url.clone(),
+            None => format!("http://{host}:{}/", self.proxy_port),
+        }
+    }
+}
+
+/// Shows a value as it would appear in the file: numbers bare, everything else quoted.
+fn quote_unless_number(value: &str) -> String {
+    if value.parse::<f64>().is_ok() || value.starts_with('[') {
+        value.to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/docklet/docklet.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_single_host_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.etcd_prefix(), "/docklet/");
+        assert_eq!(config.proxy_port, 8000);
+        assert_eq!(
+            config.credentials_file(),
+            PathBuf::from("/var/lib/docklet/global/secrets/etcd.toml")
+        );
+        assert_eq!(config.portal_url_or("tb1"), "http://tb1:8000/");
+    }
+
+    #[test]
+    fn packaged_config_files_parse() {
+        for file in ["conf/docklet.toml", "conf/docklet.toml.template"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn all_seed_keys_are_settable() {
+        let config = parse(
+            r#"
+            cluster_name = "lab"
+            fs_prefix = "/srv/docklet"
+            network_device = "eth1"
+            cluster_net = "10.10.0.0/16"
+            proxy_port = 8080
+            portal_url = "https://docklet.example"
+            storage = "disk"
+            [etcd]
+            endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+            ca_file = "/etc/docklet/etcd-ca.pem"
+            cert_file = "/etc/docklet/etcd.pem"
+            key_file = "/etc/docklet/etcd-key.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.storage, Storage::Disk);
+        assert_eq!(config.global_dir(), PathBuf::from("/srv/docklet/global"));
+        assert_eq!(config.etcd.endpoints.len(), 2);
+        assert_eq!(config.portal_url_or("x"), "https://docklet.example");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("proxy_prot = 80\n").unwrap_err().to_string();
+        assert!(err.contains("proxy_prot"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let err = parse("proxy_port = \"eighty\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("proxy_port") && err.contains("eighty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_key_value_and_reason() {
+        let cases = [
+            ("proxy_port = 0", "proxy_port", "1 to 65535"),
+            ("fs_prefix = \"relative/dir\"", "fs_prefix", "absolute"),
+            (
+                "cluster_net = \"172.16.0.1/16\"",
+                "cluster_net",
+                "172.16.0.0/16",
+            ),
+            ("cluster_net = \"10.0.0.0/28\"", "cluster_net", "/24"),
+            ("cluster_name = \"Bad Name\"", "cluster_name", "a-z"),
+            ("portal_url = \"ftp://x\"", "portal_url", "http://"),
+            (
+                "network_device = \"a/b\"",
+                "network_device",
+                "interface name",
+            ),
+            ("[etcd]\nendpoints = []", "etcd.endpoints", "at least one"),
+            (
+                "[etcd]\nendpoints = [\"localhost\"]",
+                "etcd.endpoints",
+                "HOST:PORT",
+            ),
+            ("storage = \"tape\"", "storage", "tape"),
+        ];
+        for (text, key, reason) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The local administration interface on the D-Bus system bus, shared by the daemons (which
+//! serve it) and `docklet-admin` (which calls it): names, wire types, errors, client proxies
+//! and the caller check every method runs.
+//!
+//! The bus policy (`dbus/org.docklet.conf`) already refuses callers that are neither root nor
+//! in group `docklet-admin`; the daemons check again, so a loosened policy opens nothing.
+
+use serde::{Deserialize, Serialize};
+use zbus::Type;
+use zbus::message::Header;
+
+use crate::model::host::{Capacity, HostRecord};
+
+pub const MASTER_NAME: &str = "org.docklet.Master1";
+pub const MASTER_PATH: &str = "/org/docklet/Master1";
+pub const WORKER_NAME: &str = "org.docklet.Worker1";
+pub const WORKER_PATH: &str = "/org/docklet/Worker1";
+/// Members of this group may administer Docklet locally.
+pub const ADMIN_GROUP: &str = "docklet-admin";
+
+/// Errors as callers see them: the D-Bus error name is `org.docklet.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.docklet.Error")]
+pub enum BusError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The caller is neither root nor in group `docklet-admin`.
+    AccessDenied(String),
+    /// `init` has not run yet.
+    NotInitialized(String),
+    /// `init` without `--force` on a cluster that exists.
+    AlreadyInitialized(String),
+    /// etcd cannot be reached (or refuses our credentials) right now.
+    EtcdUnavailable(String),
+    Failed(String),
+}
+
+/// One row of `ListHosts`: `(name, addresses, cpus, memory_bytes, disk_free_bytes, version,
+/// registered_at)`, D-Bus signature `(sasuttst)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct HostRow {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub version: String,
+    pub registered_at: u64,
+}
+
+impl From<HostRecord> for HostRow {
+    fn from(h: HostRecord) -> Self {
+        HostRow {
+            name: h.name,
+            addresses: h.addresses,
+            cpus: h.capacity.cpus,
+            memory_bytes: h.capacity.memory_bytes,
+            disk_free_bytes: h.capacity.disk_free_bytes,
+            version: h.version,
+            registered_at: h.registered_at,
+        }
+    }
+}
+
+impl From<HostRow> for HostRecord {
+    fn from(r: HostRow) -> Self {
+        HostRecord {
+            name: r.name,
+            addresses: r.addresses,
+            capacity: Capacity {
+                cpus: r.cpus,
+                memory_bytes: r.memory_bytes,
+                disk_free_bytes: r.disk_free_bytes,
+            },
+            version: r.version,
+            registered_at: r.registered_at,
+        }
+    }
+}
+
+/// One row of `ListVNodes`: `(id, user, cluster, state, unit)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct VNodeRow {
+    pub id: String,
+    pub user: String,
+    pub cluster: String,
+    pub state: String,
+    pub unit: String,
+}
+
+/// What `Init` returns: where the portal is and where the administrator's password was put.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct InitResult {
+    pub portal_url: String,
+    pub admin_user: String,
+    pub password_file: String,
+}
+
+#[zbus::proxy(
+    interface = "org.docklet.Master1",
+    default_service = "org.docklet.Master1",
+    default_path = "/org/docklet/Master1"
+)]
+pub trait Master1 {
+    fn list_hosts(&self) -> Result<Vec<HostRow>, BusError>;
+    fn init(&self, force: bool) -> Result<InitResult, BusError>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.docklet.Worker1",
+    default_service = "org.docklet.Worker1",
+    default_path = "/org/docklet/Worker1"
+)]
+pub trait Worker1 {
+    fn list_vnodes(&self) -> Result<Vec<VNodeRow>, BusError>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn host(&self) -> zbus::Result<String>;
+}
+
+/// May a caller with this uid and these group ids administer Docklet?
+pub fn is_admin(uid: u32, group_ids: &[u32], admin_gid: Option<u32>) -> bool {
+    uid == 0 || admin_gid.is_some_and(|gid| group_ids.contains(&gid))
+}
+
+/// The groups of a local user, primary group included.
+fn groups_of(uid: u32) -> Vec<u32> {
+    use nix::unistd::{Uid, User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name.as_str()) else {
+        return Vec::new();
+    };
+    match getgrouplist(&name, user.gid) {
+        Ok(groups) => groups.into_iter().map(|g| g.as_raw()).collect(),
+        Err(_) => vec![user.gid.as_raw()],
+    }
+}
+
+/// Checks the sender of a method call; returns its uid when it may administer Docklet.
+pub async fn authorize(conn: &zbus::Connection, header: &Header<'_>) -> Result<u32, BusError> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| BusError::AccessDenied("the call has no sender".into()))?;
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let uid = dbus
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| BusError::AccessDenied(format!("cannot identify the caller: {e}")))?;
+    let admin_gid = nix::unistd::Group::from_name(ADMIN_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let groups = if uid == 0 { Vec::new() } else { groups_of(uid) };
+    if is_admin(uid, &groups, admin_gid) {
+        Ok(uid)
+    } else {
+        tracing::warn!(caller_uid = uid, "refused D-Bus call from uid {uid}");
+        Err(BusError::AccessDenied(format!(
+            "uid {uid} is neither root nor in group {ADMIN_GROUP}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_admin_group_members_are_admins() {
+        assert!(is_admin(0, &[], None));
+        assert!(is_admin(1000, &[100, 990], Some(990)));
+        assert!(!is_admin(1000, &[100], Some(990)));
+        assert!(!is_admin(1000, &[100], None));
+    }
+
+    #[test]
+    fn host_rows_convert_both_ways() {
+        let record = HostRecord {
+            name: "tb2".into(),
+            addresses: vec!["10.213.0.12/24".into()],
+            capacity: Capacity {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                disk_free_bytes: 1 << 33,
+            },
+            version: "0.1.0".into(),
+            registered_at: 42,
+        };
+        let row = HostRow::from(record.clone());
+        assert_eq!(HostRecord::from(row), record);
+        assert_eq!(HostRow::SIGNATURE.to_string(), "(sasuttst)");
+    }
+}

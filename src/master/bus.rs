@@ -1,0 +1,63 @@
+//! `org.docklet.Master1` at `/org/docklet/Master1` on the system bus.
+
+use std::sync::Arc;
+
+use zbus::message::Header;
+
+use super::Master;
+use crate::dbus_api::{self, BusError, HostRow, InitResult};
+
+pub struct MasterInterface {
+    master: Arc<Master>,
+}
+
+#[zbus::interface(name = "org.docklet.Master1")]
+impl MasterInterface {
+    /// Hosts whose workers hold their registration lease.
+    async fn list_hosts(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<HostRow>, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        Ok(self
+            .master
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(HostRow::from)
+            .collect())
+    }
+
+    /// Creates the cluster: internal credentials, the cluster record and the portal
+    /// administrator. Refused on an initialized cluster unless `force`.
+    async fn init(
+        &self,
+        force: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<InitResult, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, force, "init requested over D-Bus");
+        self.master.init(force).await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        crate::VERSION.to_owned()
+    }
+
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn status(&self) -> String {
+        self.master.status()
+    }
+}
+
+/// Takes the bus name and serves the interface until the connection is dropped.
+pub async fn serve(master: Arc<Master>) -> zbus::Result<zbus::Connection> {
+    zbus::connection::Builder::system()
+        .name(dbus_api::MASTER_NAME)
+        .serve_at(dbus_api::MASTER_PATH, MasterInterface { master })
+        .build()
+        .await
+}

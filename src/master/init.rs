@@ -1,0 +1,187 @@
+//! `docklet-admin init`: creates the cluster record and the portal administrator `root`,
+//! whose random password goes to `fs_prefix/local/generated_password.txt` (mode 0600).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rand::RngExt;
+use rand::distr::Alphanumeric;
+
+use crate::model::account::{Account, HashError, Role};
+use crate::model::cluster::ClusterInfo;
+use crate::store::{Store, StoreError};
+
+/// The portal administrator `init` creates.
+pub const ADMIN_USER: &str = "root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A random string of letters and digits, for passwords and secrets.
+pub fn random_secret(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// Writes `contents` to `path` with mode 0600 so that no reader ever sees a partial file: a
+/// temporary file beside it is renamed over it. Returns the temporary path when `commit` is
+/// false, for callers that rename later.
+pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> {
+    let tmp = path.with_extension("tmp");
+    let file_error = |source| InitError::File {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(file_error)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(file_error)?;
+    file.write_all(contents.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(file_error)?;
+    std::fs::rename(&tmp, path).map_err(file_error)
+}
+
+/// Initializes the cluster in `store`. The password is written only once etcd accepted the
+/// cluster, so a refused `init` leaves the previous password file alone.
+pub async fn init_cluster<S: Store>(
+    store: &S,
+    cluster_name: &str,
+    version: &str,
+    force: bool,
+    password_file: &Path,
+    now: u64,
+) -> Result<(), InitError> {
+    if !force && store.cluster_info().await?.is_some() {
+        return Err(StoreError::AlreadyInitialized.into());
+    }
+    let password = random_secret(20);
+    let admin = Account::local(ADMIN_USER, Role::Admin, &password)?;
+    let info = ClusterInfo {
+        name: cluster_name.to_owned(),
+        created_at: now,
+        created_by_version: version.to_owned(),
+    };
+    store.initialize(&info, &admin, force).await?;
+    write_private_file(password_file, &format!("{password}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::model::host::{Capacity, HostRecord};
+    use crate::store::MemoryStore;
+
+    fn account(store: &MemoryStore) -> Account {
+        serde_json::from_str(&store.get_raw("/docklet/users/root").unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn init_creates_admin_whose_password_is_in_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("local/generated_password.txt");
+        let store = MemoryStore::new("/docklet/");
+        init_cluster(&store, "docklet", "0.1.0", false, &file, 100)
+            .await
+            .unwrap();
+        let password = std::fs::read_to_string(&file).unwrap();
+        let password = password.trim_end();
+        assert_eq!(password.len(), 20);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let root = account(&store);
+        assert_eq!(root.role, Role::Admin);
+        assert!(root.verify_password(password));
+        let info = store.cluster_info().await.unwrap().unwrap();
+        assert_eq!(info.created_at, 100);
+    }
+
+    #[tokio::test]
+    async fn second_init_is_refused_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("generated_password.txt");
+        let store = MemoryStore::new("/docklet/");
+        init_cluster(&store, "docklet", "0.1.0", false, &file, 1)
+            .await
+            .unwrap();
+        let first = std::fs::read_to_string(&file).unwrap();
+        store.put_raw("/docklet/vclusters/alice/1", "{}");
+        let err = init_cluster(&store, "docklet", "0.1.0", false, &file, 2)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            InitError::Store(StoreError::AlreadyInitialized)
+        ));
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+        assert!(account(&store).verify_password(first.trim_end()));
+        assert!(store.get_raw("/docklet/vclusters/alice/1").is_some());
+    }
+
+    #[tokio::test]
+    async fn forced_init_wipes_state_but_keeps_live_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("generated_password.txt");
+        let store = MemoryStore::new("/docklet/");
+        init_cluster(&store, "docklet", "0.1.0", false, &file, 1)
+            .await
+            .unwrap();
+        let first = std::fs::read_to_string(&file).unwrap();
+        store.put_raw("/docklet/vclusters/alice/1", "{}");
+        store.put_raw("/other/untouched", "x");
+        store.put_host(&HostRecord {
+            name: "tb1".into(),
+            addresses: vec![],
+            capacity: Capacity {
+                cpus: 1,
+                memory_bytes: 1,
+                disk_free_bytes: 1,
+            },
+            version: "0.1.0".into(),
+            registered_at: 1,
+        });
+        init_cluster(&store, "docklet", "0.1.0", true, &file, 2)
+            .await
+            .unwrap();
+        let second = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(first, second);
+        assert!(account(&store).verify_password(second.trim_end()));
+        assert!(store.get_raw("/docklet/vclusters/alice/1").is_none());
+        assert_eq!(store.get_raw("/other/untouched").as_deref(), Some("x"));
+        assert_eq!(store.list_hosts().await.unwrap().len(), 1);
+        assert_eq!(store.cluster_info().await.unwrap().unwrap().created_at, 2);
+    }
+
+    #[test]
+    fn secrets_are_random_alphanumerics() {
+        let a = random_secret(32);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, random_secret(32));
+    }
+}

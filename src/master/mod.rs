@@ -1,0 +1,323 @@
+//! The master daemon: serves the portal and API on the (socket-activated) portal port, the
+//! `org.docklet.Master1` D-Bus interface, and keeps its connection to etcd. It holds no state
+//! of its own: everything lives in etcd, so a restart is a non-event.
+
+pub mod api;
+pub mod bus;
+pub mod init;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::RwLock;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::daemon::{self, Backoff, CredentialsError, Notifier};
+use crate::dbus_api::{BusError, InitResult};
+use crate::model::cluster::EtcdCredentials;
+use crate::model::host::HostRecord;
+use crate::store::{EtcdStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot open the portal port {port}: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error("cannot serve HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Shared by the HTTP API, the D-Bus interface and the live loop.
+pub struct Master {
+    pub config: Config,
+    pub host: String,
+    status: Mutex<String>,
+    store: RwLock<Option<EtcdStore>>,
+    notifier: Notifier,
+    /// Serializes `init` calls.
+    init_lock: tokio::sync::Mutex<()>,
+    /// Whether the current etcd connection carries the cluster credentials.
+    has_credentials: AtomicBool,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Master {
+    pub fn new(config: Config, host: String, notifier: Notifier) -> Master {
+        Master {
+            config,
+            host,
+            status: Mutex::new("starting".into()),
+            store: RwLock::new(None),
+            notifier,
+            init_lock: tokio::sync::Mutex::new(()),
+            has_credentials: AtomicBool::new(false),
+        }
+    }
+
+    pub fn status(&self) -> String {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn set_status(&self, text: String) {
+        let mut status = self.status.lock().unwrap();
+        if *status != text {
+            self.notifier.status(&text);
+            *status = text;
+        }
+    }
+
+    async fn store(&self) -> Result<EtcdStore, BusError> {
+        self.store.read().await.clone().ok_or_else(|| {
+            BusError::EtcdUnavailable(format!(
+                "not connected to etcd at {} (see `systemctl status docklet-master`)",
+                self.config.etcd.endpoints.join(",")
+            ))
+        })
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, BusError> {
+        let store = self.store().await?;
+        store.list_hosts().await.map_err(bus_error)
+    }
+
+    /// Is etcd reachable and the cluster initialized? For the health endpoint.
+    pub async fn health(&self) -> (bool, bool) {
+        match self.store.read().await.clone() {
+            Some(store) => match store.cluster_info().await {
+                Ok(info) => (true, info.is_some()),
+                Err(_) => (false, false),
+            },
+            None => (false, false),
+        }
+    }
+
+    /// `docklet-admin init`: sets up etcd authentication (once), the cluster record and the
+    /// portal administrator.
+    pub async fn init(&self, force: bool) -> Result<InitResult, BusError> {
+        let _serialized = self.init_lock.lock().await;
+        let mut store = self.store().await?;
+        if !force && store.cluster_info().await.map_err(bus_error)?.is_some() {
+            return Err(bus_error(StoreError::AlreadyInitialized));
+        }
+        let creds_path = self.config.credentials_file();
+        let creds = match daemon::read_credentials(&self.config) {
+            Ok(creds) => creds,
+            Err(CredentialsError::Missing(_)) => {
+                let cluster = &self.config.cluster_name;
+                let creds = EtcdCredentials {
+                    user: EtcdCredentials::user_for_cluster(cluster),
+                    password: init::random_secret(32),
+                    root_password: init::random_secret(32),
+                };
+                // The file goes first: if etcd setup fails half-way, a rerun reuses it.
+                init::write_private_file(&creds_path, &creds.to_toml())
+                    .map_err(|e| BusError::Failed(e.to_string()))?;
+                info!(path = %creds_path.display(), "wrote internal etcd credentials");
+                creds
+            }
+            Err(e) => return Err(BusError::Failed(e.to_string())),
+        };
+        store.setup_auth(&creds).await.or_else(|e| match e {
+            // Auth is already on and our connection is authenticated: nothing to set up.
+            StoreError::Unauthenticated(_) | StoreError::Failed(_) if self.authenticated() => {
+                Ok(())
+            }
+            other => Err(bus_error(other)),
+        })?;
+        if !self.authenticated() {
+            store = EtcdStore::connect(&self.config, Some(&creds))
+                .await
+                .map_err(bus_error)?;
+            *self.store.write().await = Some(store.clone());
+            self.has_credentials.store(true, Ordering::SeqCst);
+        }
+        let password_file = self.config.generated_password_file();
+        init::init_cluster(
+            &store,
+            &self.config.cluster_name,
+            crate::VERSION,
+            force,
+            &password_file,
+            now_secs(),
+        )
+        .await
+        .map_err(|e| match e {
+            init::InitError::Store(s) => bus_error(s),
+            other => BusError::Failed(other.to_string()),
+        })?;
+        info!(force, "cluster {} initialized", self.config.cluster_name);
+        Ok(InitResult {
+            portal_url: self.config.portal_url_or(&self.host),
+            admin_user: init::ADMIN_USER.into(),
+            password_file: password_file.display().to_string(),
+        })
+    }
+
+    fn authenticated(&self) -> bool {
+        self.has_credentials.load(Ordering::SeqCst)
+    }
+
+    /// Connects to etcd, retrying with backoff and saying so in the status, until it answers.
+    async fn connect_etcd(&self) {
+        let mut backoff = Backoff::default();
+        let endpoints = self.config.etcd.endpoints.join(",");
+        loop {
+            let creds = match daemon::read_credentials(&self.config) {
+                Ok(creds) => Some(creds),
+                Err(CredentialsError::Missing(_)) => None,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    self.set_status(format!("{e}; retrying in {}s", delay.as_secs()));
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            match EtcdStore::connect(&self.config, creds.as_ref()).await {
+                Ok(store) => {
+                    self.has_credentials
+                        .store(creds.is_some(), Ordering::SeqCst);
+                    *self.store.write().await = Some(store);
+                    return;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    let hint = match (&e, creds.is_some()) {
+                        (StoreError::Unauthenticated(_), false) => format!(
+                            " (etcd requires credentials but {} is missing: is the shared filesystem mounted?)",
+                            self.config.credentials_file().display()
+                        ),
+                        _ => String::new(),
+                    };
+                    warn!("etcd at {endpoints}: {e}");
+                    self.set_status(format!(
+                        "waiting for etcd at {endpoints}: {e}{hint}; retrying in {}s",
+                        delay.as_secs()
+                    ));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One look at etcd for the status line.
+    async fn refresh_status(&self, listening: &str) {
+        let Some(store) = self.store.read().await.clone() else {
+            return;
+        };
+        let endpoints = self.config.etcd.endpoints.join(",");
+        let text = match store.cluster_info().await {
+            Ok(None) => format!(
+                "{listening}; etcd {endpoints} ok; cluster not initialized: run `docklet-admin init`"
+            ),
+            Ok(Some(_)) => match store.list_hosts().await {
+                Ok(hosts) => format!(
+                    "{listening}; etcd {endpoints} ok; cluster {} has {} host{}",
+                    self.config.cluster_name,
+                    hosts.len(),
+                    if hosts.len() == 1 { "" } else { "s" }
+                ),
+                Err(e) => format!("{listening}; etcd {endpoints}: {e}"),
+            },
+            Err(StoreError::Unauthenticated(e)) if !self.authenticated() => {
+                // Someone ran init elsewhere: pick up the credentials it wrote.
+                if let Ok(creds) = daemon::read_credentials(&self.config)
+                    && let Ok(s) = EtcdStore::connect(&self.config, Some(&creds)).await
+                {
+                    *self.store.write().await = Some(s);
+                    self.has_credentials.store(true, Ordering::SeqCst);
+                }
+                format!("{listening}; etcd {endpoints} refused us: {e}")
+            }
+            Err(e) => format!("{listening}; etcd {endpoints} unreachable: {e} (retrying)"),
+        };
+        self.set_status(text);
+    }
+}
+
+pub fn bus_error(e: StoreError) -> BusError {
+    match e {
+        StoreError::AlreadyInitialized => BusError::AlreadyInitialized(e.to_string()),
+        StoreError::Unavailable(_) | StoreError::Unauthenticated(_) => {
+            BusError::EtcdUnavailable(e.to_string())
+        }
+        other => BusError::Failed(other.to_string()),
+    }
+}
+
+/// Runs the master until SIGTERM.
+pub async fn run(config: Config) -> Result<(), MasterError> {
+    let notifier = Notifier::from_env();
+    let host = daemon::host_name();
+    let port = config.proxy_port;
+    let (listener, activated) =
+        daemon::portal_listener(port).map_err(|source| MasterError::Listen { port, source })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let listening = if activated {
+        format!("portal on {local} (socket-activated)")
+    } else {
+        format!("portal on {local}")
+    };
+    info!(activated, "listening on {local}");
+    let master = Arc::new(Master::new(config, host, notifier.clone()));
+
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(MasterError::Serve)?;
+    let app = api::router(master.clone());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    // D-Bus first, so `docklet-admin status` can tell what the master is waiting for.
+    let _bus = match bus::serve(master.clone()).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            warn!("D-Bus interface not available: {e}");
+            None
+        }
+    };
+
+    let shutdown = daemon::shutdown_signal();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = master.connect_etcd() => {}
+        _ = &mut shutdown => {
+            notifier.stopping();
+            let _ = stop_http.send(());
+            return Ok(());
+        }
+    }
+    master.refresh_status(&listening).await;
+    notifier.ready(&master.status());
+
+    let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
+    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = watchdog.tick() => notifier.watchdog(),
+            _ = refresh.tick() => master.refresh_status(&listening).await,
+            _ = &mut shutdown => break,
+        }
+    }
+    notifier.stopping();
+    let _ = stop_http.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => error!("HTTP server: {e}"),
+        Err(_) => warn!("HTTP connections still open after 10 s; exiting anyway"),
+        _ => {}
+    }
+    Ok(())
+}

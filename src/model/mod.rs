@@ -1,0 +1,6 @@
+//! Pure domain logic: records kept in etcd and the rules about them. No IO here; this is
+//! where most unit tests live.
+
+pub mod account;
+pub mod cluster;
+pub mod host;

@@ -1,0 +1,316 @@
+//! [`Store`] on a real etcd v3 cluster, plus what only etcd has: leases for host
+//! registration and the auth setup `init` performs.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, Permission, PutOptions, TlsOptions, Txn, TxnOp,
+};
+
+use tonic::Code;
+
+use super::{Keys, Store, StoreError, decode, encode};
+use crate::config::Config;
+use crate::model::account::Account;
+use crate::model::cluster::{ClusterInfo, EtcdCredentials};
+use crate::model::host::HostRecord;
+
+/// A connection to etcd, scoped to one cluster's keys.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+}
+
+fn classify(e: etcd_client::Error) -> StoreError {
+    match &e {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => {
+                StoreError::Unauthenticated(status.message().to_owned())
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                StoreError::Unavailable(status.message().to_owned())
+            }
+            _ if status.message().contains("authentication failed")
+                || status.message().contains("user name is empty") =>
+            {
+                StoreError::Unauthenticated(status.message().to_owned())
+            }
+            _ => StoreError::Failed(status.message().to_owned()),
+        },
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            StoreError::Unavailable(error_chain(&e))
+        }
+        _ => StoreError::Failed(error_chain(&e)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers with these credentials.
+    pub async fn connect(
+        config: &Config,
+        credentials: Option<&EtcdCredentials>,
+    ) -> Result<EtcdStore, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_auto_token_refresh(true);
+        if let Some(creds) = credentials {
+            options = options.with_user(creds.user.clone(), creds.password.clone());
+        }
+        if let Some(tls) = tls_options(config)? {
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(&config.etcd.endpoints, Some(options))
+            .await
+            .map_err(classify)?;
+        let store = EtcdStore {
+            client,
+            keys: Keys::new(&config.etcd_prefix()),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// One round trip to etcd.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        kv.get(
+            self.keys.cluster(),
+            Some(GetOptions::new().with_count_only()),
+        )
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Creates the etcd user and role that own this cluster's prefix and enables etcd
+    /// authentication. Safe to repeat: existing users get the given passwords.
+    pub async fn setup_auth(&self, creds: &EtcdCredentials) -> Result<(), StoreError> {
+        let mut auth = self.client.auth_client();
+        let ignore_exists = |r: Result<(), StoreError>| match r {
+            Err(StoreError::Failed(m)) if m.contains("already exists") => Ok(()),
+            other => other,
+        };
+        // etcd requires a `root` user holding the built-in `root` role before auth is enabled.
+        ignore_exists(auth.role_add("root").await.map(|_| ()).map_err(classify))?;
+        match auth
+            .user_add("root", creds.root_password.clone(), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => match classify(e) {
+                StoreError::Failed(m) if m.contains("already exists") => {
+                    auth.user_change_password("root", creds.root_password.clone())
+                        .await
+                        .map_err(classify)?;
+                }
+                other => return Err(other),
+            },
+        }
+        auth.user_grant_role("root", "root")
+            .await
+            .map_err(classify)?;
+
+        let role = creds.user.clone();
+        ignore_exists(
+            auth.role_add(role.clone())
+                .await
+                .map(|_| ())
+                .map_err(classify),
+        )?;
+        auth.role_grant_permission(
+            role.clone(),
+            Permission::read_write(self.keys.prefix()).with_prefix(),
+        )
+        .await
+        .map_err(classify)?;
+        match auth
+            .user_add(creds.user.clone(), creds.password.clone(), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => match classify(e) {
+                StoreError::Failed(m) if m.contains("already exists") => {
+                    auth.user_change_password(creds.user.clone(), creds.password.clone())
+                        .await
+                        .map_err(classify)?;
+                }
+                other => return Err(other),
+            },
+        }
+        auth.user_grant_role(creds.user.clone(), role)
+            .await
+            .map_err(classify)?;
+        auth.auth_enable().await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Puts this host's record under a new lease of `ttl` and returns the lease id.
+    pub async fn register_host(
+        &self,
+        record: &HostRecord,
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        let mut lease = self.client.lease_client();
+        let granted = lease
+            .grant(ttl.as_secs() as i64, None)
+            .await
+            .map_err(classify)?;
+        self.put_host(record, granted.id()).await?;
+        Ok(granted.id())
+    }
+
+    /// Rewrites this host's record (fresh capacity figures) under an existing lease.
+    pub async fn put_host(&self, record: &HostRecord, lease: i64) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        kv.put(
+            self.keys.host(&record.name),
+            encode(record),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    pub async fn keep_alive(
+        &self,
+        lease: i64,
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), StoreError> {
+        self.client
+            .lease_client()
+            .keep_alive(lease)
+            .await
+            .map_err(classify)
+    }
+
+    /// Ends a lease at once, so the host disappears without waiting for the TTL.
+    pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
+        self.client
+            .lease_client()
+            .revoke(lease)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+fn tls_options(config: &Config) -> Result<Option<TlsOptions>, StoreError> {
+    let wants_tls = config
+        .etcd
+        .endpoints
+        .iter()
+        .any(|e| e.starts_with("https://"))
+        || config.etcd.ca_file.is_some()
+        || config.etcd.cert_file.is_some();
+    if !wants_tls {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Failed(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.etcd.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.etcd.cert_file, &config.etcd.key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+impl Store for EtcdStore {
+    async fn cluster_info(&self) -> Result<Option<ClusterInfo>, StoreError> {
+        let key = self.keys.cluster();
+        let response = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| decode(&key, kv.value()))
+            .transpose()
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(self.keys.hosts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    async fn initialize(
+        &self,
+        info: &ClusterInfo,
+        admin: &Account,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        let mut operations = Vec::new();
+        if force {
+            // Wipe everything but the live host registrations, which belong to running workers.
+            let existing = kv
+                .get(
+                    self.keys.prefix(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .map_err(classify)?;
+            let hosts = self.keys.hosts();
+            for item in existing.kvs() {
+                let key = String::from_utf8_lossy(item.key()).into_owned();
+                if !key.starts_with(&hosts) {
+                    operations.push(TxnOp::delete(key, None::<DeleteOptions>));
+                }
+            }
+        }
+        operations.push(TxnOp::put(self.keys.cluster(), encode(info), None));
+        operations.push(TxnOp::put(self.keys.user(&admin.name), encode(admin), None));
+        let mut txn = Txn::new();
+        if !force {
+            txn = txn.when([Compare::create_revision(
+                self.keys.cluster(),
+                CompareOp::Equal,
+                0,
+            )]);
+        }
+        let response = kv.txn(txn.and_then(operations)).await.map_err(classify)?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyInitialized)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The etcd schema behind a trait. `EtcdStore` talks to a real etcd; `MemoryStore` keeps the
+//! same keys in a map for unit tests of the logic above it.
+//!
+//! Keys, all under `/<cluster_name>/`:
+//! - `cluster`: [`ClusterInfo`], written once by `init`;
+//! - `hosts/<name>`: [`HostRecord`], bound to the worker's lease;
+//! - `users/<name>`: [`Account`].
+
+use std::future::Future;
+
+use crate::model::account::Account;
+use crate::model::cluster::ClusterInfo;
+use crate::model::host::HostRecord;
+
+pub mod etcd;
+pub mod memory;
+
+pub use etcd::EtcdStore;
+pub use memory::MemoryStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd is unreachable: {0}")]
+    Unavailable(String),
+    #[error("etcd refused our credentials: {0}")]
+    Unauthenticated(String),
+    #[error("the cluster is already initialized (use --force to wipe it and start over)")]
+    AlreadyInitialized,
+    #[error("etcd key {key} holds unreadable data: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("etcd request failed: {0}")]
+    Failed(String),
+}
+
+/// Key names, in one place.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` ends with a slash, e.g. `/docklet/`.
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn cluster(&self) -> String {
+        format!("{}cluster", self.prefix)
+    }
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.prefix)
+    }
+    pub fn host(&self, name: &str) -> String {
+        format!("{}hosts/{name}", self.prefix)
+    }
+    pub fn user(&self, name: &str) -> String {
+        format!("{}users/{name}", self.prefix)
+    }
+}
+
+/// What the controllers need from the cluster state.
+pub trait Store: Send + Sync {
+    /// The cluster record, `None` before `init`.
+    fn cluster_info(&self) -> impl Future<Output = Result<Option<ClusterInfo>, StoreError>> + Send;
+
+    /// Every host whose worker currently holds its lease, sorted by name.
+    fn list_hosts(&self) -> impl Future<Output = Result<Vec<HostRecord>, StoreError>> + Send;
+
+    /// Writes the cluster record and the portal administrator in one transaction. Refuses with
+    /// [`StoreError::AlreadyInitialized`] when the cluster record exists, unless `force`, which
+    /// first deletes every key of the cluster except the live host registrations.
+    fn initialize(
+        &self,
+        info: &ClusterInfo,
+        admin: &Account,
+        force: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize to JSON")
+}

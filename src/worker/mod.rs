@@ -1,0 +1,289 @@
+//! The worker daemon: registers its host in etcd under a lease and keeps the lease alive, so
+//! the cluster always knows which hosts are up; serves `org.docklet.Worker1` on D-Bus.
+//! Later issues add the vnode reconciler, networks and the agent endpoint.
+
+pub mod bus;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::daemon::{self, Backoff, Notifier};
+use crate::master::now_secs;
+use crate::model::host::{HostRecord, validate_host_name};
+use crate::store::{EtcdStore, StoreError};
+use crate::sys::host::HostProbe;
+
+/// How long a host stays listed after its worker stops renewing: the bound on how stale
+/// `docklet-admin hosts` can be after a worker dies.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the lease is renewed.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+/// How often the record is rewritten with fresh capacity figures.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("this host's name cannot be used: {0}")]
+    HostName(#[from] crate::model::host::HostNameError),
+}
+
+pub struct Worker {
+    pub config: Config,
+    pub host: String,
+    status: Mutex<String>,
+    notifier: Notifier,
+    probe: Box<dyn HostProbe>,
+}
+
+impl Worker {
+    pub fn new(
+        config: Config,
+        host: String,
+        notifier: Notifier,
+        probe: Box<dyn HostProbe>,
+    ) -> Worker {
+        Worker {
+            config,
+            host,
+            status: Mutex::new("starting".into()),
+            notifier,
+            probe,
+        }
+    }
+
+    pub fn status(&self) -> String {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn set_status(&self, text: String) {
+        let mut status = self.status.lock().unwrap();
+        if *status != text {
+            self.notifier.status(&text);
+            *status = text;
+        }
+    }
+
+    /// What this worker registers: measured now.
+    pub fn host_record(&self, registered_at: u64) -> HostRecord {
+        let local = self.config.local_dir();
+        let capacity = self.probe.capacity(&local).unwrap_or_else(|e| {
+            warn!("cannot measure capacity under {}: {e}", local.display());
+            crate::model::host::Capacity {
+                cpus: 0,
+                memory_bytes: 0,
+                disk_free_bytes: 0,
+            }
+        });
+        let addresses = self
+            .probe
+            .addresses(&self.config.network_device)
+            .unwrap_or_else(|e| {
+                warn!(
+                    "cannot read addresses of {}: {e}",
+                    self.config.network_device
+                );
+                Vec::new()
+            });
+        HostRecord {
+            name: self.host.clone(),
+            addresses,
+            capacity,
+            version: crate::VERSION.to_owned(),
+            registered_at,
+        }
+    }
+
+    /// Gets credentials and a connection, retrying with backoff until both work.
+    async fn connect(&self, backoff: &mut Backoff) -> EtcdStore {
+        let endpoints = self.config.etcd.endpoints.join(",");
+        loop {
+            let result = match daemon::read_credentials(&self.config) {
+                Ok(creds) => EtcdStore::connect(&self.config, Some(&creds))
+                    .await
+                    .map_err(|e| format!("waiting for etcd at {endpoints}: {e}")),
+                Err(e) => Err(format!("waiting: {e}")),
+            };
+            match result {
+                Ok(store) => return store,
+                Err(text) => {
+                    let delay = backoff.next_delay();
+                    warn!("{text}");
+                    self.set_status(format!("{text}; retrying in {}s", delay.as_secs()));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Registers and keeps the lease alive; returns when the registration is lost so the
+    /// caller can start over. Calls `on_registered` after each successful registration.
+    async fn register_and_keep_alive(
+        &self,
+        store: &EtcdStore,
+        lease_slot: &Mutex<Option<i64>>,
+        on_registered: &(dyn Fn() + Sync),
+    ) -> StoreError {
+        let registered_at = now_secs();
+        let lease = match store
+            .register_host(&self.host_record(registered_at), LEASE_TTL)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(e) => return e,
+        };
+        *lease_slot.lock().unwrap() = Some(lease);
+        let (mut keeper, mut responses) = match store.keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(e) => return e,
+        };
+        self.set_status(format!(
+            "registered host {} in cluster {} (etcd {}, lease {}s)",
+            self.host,
+            self.config.cluster_name,
+            self.config.etcd.endpoints.join(","),
+            LEASE_TTL.as_secs()
+        ));
+        on_registered();
+        let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    if let Err(e) = keeper.keep_alive().await {
+                        return StoreError::Unavailable(e.to_string());
+                    }
+                    match tokio::time::timeout(LEASE_TTL, responses.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        Ok(Ok(Some(_))) => return StoreError::Failed("the registration lease expired".into()),
+                        Ok(Ok(None)) => return StoreError::Unavailable("keep-alive stream closed".into()),
+                        Ok(Err(e)) => return StoreError::Unavailable(e.to_string()),
+                        Err(_) => return StoreError::Unavailable("no keep-alive answer".into()),
+                    }
+                }
+                _ = refresh.tick() => {
+                    if let Err(e) = store.put_host(&self.host_record(registered_at), lease).await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the worker until SIGTERM. On a clean stop the lease is revoked, so the host leaves
+/// the list at once; a killed worker leaves it when the lease expires.
+pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), WorkerError> {
+    let notifier = Notifier::from_env();
+    let host = daemon::host_name();
+    validate_host_name(&host)?;
+    let worker = Arc::new(Worker::new(config, host, notifier.clone(), probe));
+    if let Err(e) = std::fs::create_dir_all(worker.config.local_dir()) {
+        warn!("cannot create {}: {e}", worker.config.local_dir().display());
+    }
+    let _bus = match bus::serve(worker.clone()).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            warn!("D-Bus interface not available: {e}");
+            None
+        }
+    };
+
+    let lease: Arc<Mutex<Option<i64>>> = Arc::new(Mutex::new(None));
+    let registration = {
+        let worker = worker.clone();
+        let lease = lease.clone();
+        let notifier = notifier.clone();
+        async move {
+            let mut backoff = Backoff::default();
+            let ready_sent = std::sync::atomic::AtomicBool::new(false);
+            let on_registered = || {
+                if !ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    notifier.ready(&worker.status());
+                }
+            };
+            loop {
+                let store = worker.connect(&mut backoff).await;
+                let lost = worker
+                    .register_and_keep_alive(&store, &lease, &on_registered)
+                    .await;
+                let delay = backoff.next_delay();
+                warn!("registration lost: {lost}");
+                worker.set_status(format!(
+                    "registration lost ({lost}); re-registering in {}s",
+                    delay.as_secs()
+                ));
+                tokio::time::sleep(delay).await;
+                if matches!(lost, StoreError::Unavailable(_)) {
+                    continue;
+                }
+                backoff.reset();
+            }
+        }
+    };
+
+    let watchdog_every = notifier.watchdog_interval();
+    let live_loop = async {
+        let mut watchdog = tokio::time::interval(watchdog_every);
+        loop {
+            watchdog.tick().await;
+            notifier.watchdog();
+        }
+    };
+
+    tokio::select! {
+        _ = registration => {}
+        _ = live_loop => {}
+        _ = daemon::shutdown_signal() => {}
+    }
+    notifier.stopping();
+    let lease_id = *lease.lock().unwrap();
+    if let Some(lease_id) = lease_id
+        && let Ok(creds) = daemon::read_credentials(&worker.config)
+        && let Ok(Ok(store)) = tokio::time::timeout(
+            Duration::from_secs(3),
+            EtcdStore::connect(&worker.config, Some(&creds)),
+        )
+        .await
+    {
+        match store.revoke(lease_id).await {
+            Ok(()) => info!("host {} unregistered", worker.host),
+            Err(e) => warn!("cannot unregister (the lease expires by itself): {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::host::Capacity;
+    use crate::sys::host::FakeHost;
+
+    #[test]
+    fn host_record_carries_measured_capacity_and_version() {
+        let probe = FakeHost {
+            capacity: Capacity {
+                cpus: 4,
+                memory_bytes: 8 << 30,
+                disk_free_bytes: 100 << 30,
+            },
+            addresses: vec!["10.213.0.12/24".into()],
+        };
+        let worker = Worker::new(
+            Config::default(),
+            "tb2".into(),
+            Notifier::from_env(),
+            Box::new(probe),
+        );
+        let record = worker.host_record(77);
+        assert_eq!(record.name, "tb2");
+        assert_eq!(record.capacity.cpus, 4);
+        assert_eq!(record.addresses, ["10.213.0.12/24"]);
+        assert_eq!(record.version, crate::VERSION);
+        assert_eq!(record.registered_at, 77);
+    }
+}
