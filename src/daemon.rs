@@ -207,13 +207,21 @@ pub struct DaemonArgs {
     /// Validate the configuration file and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Create the directories the daemon writes, with their owners, and exit (run as root by
+    /// the unit's ExecStartPre=+ before the daemon drops privileges).
+    #[arg(long)]
+    pub prepare_dirs: bool,
 }
+
+/// What `--prepare-dirs` does for one daemon.
+pub type PrepareDirs = fn(&Config) -> io::Result<()>;
 
 /// The `main` of both daemons: parses the command line, loads the configuration (refusing a
 /// bad one with the key, the value and the reason), sets up logging and runs `run`.
 pub fn daemon_main<F, Fut, E>(
     identifier: &'static str,
     about: &'static str,
+    prepare_dirs: PrepareDirs,
     run: F,
 ) -> std::process::ExitCode
 where
@@ -239,6 +247,15 @@ where
     if args.check_config {
         println!("{}: configuration OK", args.config.display());
         return ExitCode::SUCCESS;
+    }
+    if args.prepare_dirs {
+        return match prepare_dirs(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{identifier}: cannot prepare directories under {}: {e}", config.fs_prefix.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(identifier, &host_name());
     let runtime = tokio::runtime::Builder::new_multi_thread()

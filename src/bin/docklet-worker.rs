@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     docklet::daemon::daemon_main(
         "docklet-worker",
         "Docklet worker: registers this host and runs its vnodes",
+        |config| std::fs::create_dir_all(config.local_dir()),
         |config| docklet::worker::run(config, Box::new(docklet::sys::host::LocalHost)),
     )
 }

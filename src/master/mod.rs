@@ -251,6 +251,38 @@ pub fn bus_error(e: StoreError) -> BusError {
     }
 }
 
+/// The unprivileged user the packaged master runs as.
+pub const MASTER_USER: &str = "docklet";
+
+/// `docklet-master --prepare-dirs`, run as root before the sandboxed master starts: `local/`
+/// where the master puts the administrator's first password, and `global/secrets/` where it
+/// keeps the internal credentials, both writable by the master's user. Outside the package
+/// (no such user) it only creates the directories.
+pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
+    use nix::unistd::{Group, User, chown};
+    use std::os::unix::fs::PermissionsExt;
+    let user = User::from_name(MASTER_USER).ok().flatten();
+    let group = Group::from_name(MASTER_USER).ok().flatten();
+    let local = config.local_dir();
+    let secrets = config.credentials_file();
+    let secrets_dir = secrets.parent().unwrap_or(&local).to_owned();
+    for dir in [&local, &secrets_dir] {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let (Some(user), Some(group)) = (user, group) {
+        chown(&local, None, Some(group.gid))?;
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o770))?;
+        chown(&secrets_dir, Some(user.uid), Some(group.gid))?;
+        std::fs::set_permissions(&secrets_dir, std::fs::Permissions::from_mode(0o700))?;
+        for file in [secrets.clone(), config.generated_password_file()] {
+            if file.exists() {
+                chown(&file, Some(user.uid), Some(group.gid))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the master until SIGTERM.
 pub async fn run(config: Config) -> Result<(), MasterError> {
     let notifier = Notifier::from_env();
