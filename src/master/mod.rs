@@ -73,7 +73,15 @@ impl Master {
         }
     }
 
+    /// The etcd connection; a call that arrives while the master is still connecting (as
+    /// the one that D-Bus-activated it does) waits a little for it.
     async fn store(&self) -> Result<EtcdStore, BusError> {
+        for _ in 0..50 {
+            if let Some(store) = self.store.read().await.clone() {
+                return Ok(store);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         self.store.read().await.clone().ok_or_else(|| {
             BusError::EtcdUnavailable(format!(
                 "not connected to etcd at {} (see `systemctl status docklet-master`)",
@@ -168,6 +176,7 @@ impl Master {
     async fn connect_etcd(&self) {
         let mut backoff = Backoff::default();
         let endpoints = self.config.etcd.endpoints.join(",");
+        self.set_status(format!("connecting to etcd at {endpoints}"));
         loop {
             let creds = match daemon::read_credentials(&self.config) {
                 Ok(creds) => Some(creds),
