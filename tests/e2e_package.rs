@@ -1,0 +1,97 @@
+//! End-to-end: the .deb's lifecycle on a real systemd host of the testbed (tb3): purge,
+//! fresh install, upgrade to a higher version, remove, purge; then tb3 is put back as it was.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Builds a .deb with `tools/build-deb [--version V]` and returns its path.
+fn build_deb(version: Option<&str>) -> String {
+    let mut cmd = Command::new(repo().join("tools/build-deb"));
+    if let Some(v) = version {
+        cmd.args(["--version", v]);
+    }
+    let output = cmd.stderr(Stdio::inherit()).output().expect("tools/build-deb");
+    assert!(output.status.success(), "tools/build-deb failed");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let path = stdout.lines().last().expect("a path").to_owned();
+    assert!(path.ends_with(".deb"), "{path}");
+    path
+}
+
+/// Copies a file from this machine into a testbed host.
+fn copy_into(host: &str, from: &str, to: &str) {
+    let file = std::fs::File::open(from).unwrap();
+    let status = Command::new(repo().join("tools/testbed"))
+        .args(["exec", host, "bash", "-c", &format!("cat > {to}")])
+        .stdin(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn installed_version(host: &str) -> String {
+    sh(host, "dpkg-query -W -f '${Status} ${Version}' docklet").stdout
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn deb_installs_upgrades_removes_and_purges() {
+    let current = build_deb(None);
+    let bumped = build_deb(Some(&format!("{}+e2e1", env!("CARGO_PKG_VERSION"))));
+    copy_into("tb3", &current, "/root/docklet-current.deb");
+    copy_into("tb3", &bumped, "/root/docklet-bumped.deb");
+    let testbed_config = ok("tb3", "cat /etc/docklet/docklet.toml");
+    let restore_config = format!("cat > /etc/docklet/docklet.toml <<'EOF'\n{testbed_config}EOF");
+    let apt = "DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Options::=--force-confold -y -q";
+
+    // Start from a host without Docklet.
+    ok("tb3", &format!("{apt} purge docklet"));
+    assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
+
+    // Fresh install: users, directories, socket listening, worker enabled but waiting.
+    ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
+    assert!(installed_version("tb3").starts_with("install ok installed"));
+    ok("tb3", "getent group docklet-admin && getent passwd docklet");
+    assert_eq!(ok("tb3", "stat -c '%U:%G %a' /var/lib/docklet/local").trim(), "root:docklet 770");
+    assert_eq!(unit_property("tb3", "docklet-master.socket", "ActiveState"), "active");
+    assert_eq!(unit_property("tb3", "docklet-master.socket", "UnitFileState"), "enabled");
+    assert_eq!(unit_property("tb3", "docklet-worker.service", "UnitFileState"), "enabled");
+    assert_eq!(unit_property("tb3", "docklet-master.service", "ActiveState"), "inactive");
+    ok("tb3", "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf");
+    ok("tb3", "man -w docklet-admin");
+    ok("tb3", &restore_config);
+    ok("tb3", "systemctl start docklet-worker");
+    assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+    let old_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
+
+    // Upgrade: the edited conffile stays, the running worker moves to the new binary.
+    ok("tb3", &format!("{apt} install /root/docklet-bumped.deb"));
+    assert!(installed_version("tb3").ends_with("+e2e1"), "{}", installed_version("tb3"));
+    assert_eq!(ok("tb3", "cat /etc/docklet/docklet.toml"), testbed_config);
+    let new_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
+    assert_ne!(old_pid, new_pid, "the worker was not restarted on upgrade");
+    assert_eq!(unit_property("tb3", "docklet-worker.service", "ActiveState"), "active");
+    assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+
+    // Remove: daemons stop (the host unregisters), configuration and state stay.
+    ok("tb3", &format!("{apt} remove docklet"));
+    assert_eq!(unit_property("tb3", "docklet-worker.service", "ActiveState"), "inactive");
+    assert_ne!(sh("tb3", "test -e /usr/sbin/docklet-worker").code, 0);
+    assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
+    ok("tb3", "test -f /etc/docklet/docklet.toml && test -d /var/lib/docklet/local");
+
+    // Purge: configuration and this host's state go; the shared filesystem stays.
+    ok("tb3", &format!("{apt} purge docklet"));
+    assert_ne!(sh("tb3", "test -e /etc/docklet/docklet.toml").code, 0);
+    assert_ne!(sh("tb3", "test -e /var/lib/docklet/local").code, 0);
+    ok("tb3", "test -f /var/lib/docklet/global/secrets/etcd.toml");
+
+    // Put tb3 back as the testbed had it.
+    ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
+    ok("tb3", &restore_config);
+    ok("tb3", "systemctl start docklet-worker");
+    assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+}
