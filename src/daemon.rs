@@ -252,7 +252,10 @@ where
         return match prepare_dirs(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{identifier}: cannot prepare directories under {}: {e}", config.fs_prefix.display());
+                eprintln!(
+                    "{identifier}: cannot prepare directories under {}: {e}",
+                    config.fs_prefix.display()
+                );
                 ExitCode::FAILURE
             }
         };

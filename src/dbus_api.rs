@@ -116,6 +116,7 @@ pub trait Master1 {
     default_path = "/org/docklet/Worker1"
 )]
 pub trait Worker1 {
+    #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<Vec<VNodeRow>, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -13,10 +13,19 @@ use common::*;
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn master_is_socket_activated_and_answers_the_first_request() {
     ok("tb1", "systemctl stop docklet-master.service");
-    assert_eq!(unit_property("tb1", "docklet-master.service", "ActiveState"), "inactive");
-    assert_eq!(unit_property("tb1", "docklet-master.socket", "ActiveState"), "active");
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "ActiveState"),
+        "inactive"
+    );
+    assert_eq!(
+        unit_property("tb1", "docklet-master.socket", "ActiveState"),
+        "active"
+    );
     let run = sh("tb1", "pgrep -x docklet-master");
-    assert_ne!(run.code, 0, "a master process runs before any connection: {run}");
+    assert_ne!(
+        run.code, 0,
+        "a master process runs before any connection: {run}"
+    );
 
     // The very first connection goes to the socket and is answered by the activated master.
     let (code, body) = http_get(&format!("{PORTAL}/api/v1/health"));
@@ -24,8 +33,14 @@ fn master_is_socket_activated_and_answers_the_first_request() {
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["initialized"], true);
-    assert_eq!(unit_property("tb1", "docklet-master.service", "ActiveState"), "active");
-    assert_eq!(unit_property("tb1", "docklet-master.service", "User"), "docklet");
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "User"),
+        "docklet"
+    );
 
     let (code, page) = http_get(&format!("{PORTAL}/"));
     assert_eq!(code, 200);
@@ -36,12 +51,20 @@ fn master_is_socket_activated_and_answers_the_first_request() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn systemctl_status_shows_what_the_daemons_do() {
     http_get(&format!("{PORTAL}/api/v1/health"));
-    wait_for("master status to count hosts", Duration::from_secs(15), || {
-        unit_property("tb1", "docklet-master.service", "StatusText").contains("has 3 hosts")
-    });
+    wait_for(
+        "master status to count hosts",
+        Duration::from_secs(15),
+        || unit_property("tb1", "docklet-master.service", "StatusText").contains("has 3 hosts"),
+    );
     let master = unit_property("tb1", "docklet-master.service", "StatusText");
-    assert!(master.contains("etcd http://10.213.0.11:2379 ok"), "{master}");
-    let status = ok("tb1", "systemctl status docklet-master.service --no-pager || true");
+    assert!(
+        master.contains("etcd http://10.213.0.11:2379 ok"),
+        "{master}"
+    );
+    let status = ok(
+        "tb1",
+        "systemctl status docklet-master.service --no-pager || true",
+    );
     assert!(status.contains("Status: \"portal on"), "{status}");
     for host in ["tb1", "tb2", "tb3"] {
         let worker = unit_property(host, "docklet-worker.service", "StatusText");
@@ -49,8 +72,14 @@ fn systemctl_status_shows_what_the_daemons_do() {
             worker.contains(&format!("registered host {host} in cluster docklet")),
             "{host}: {worker}"
         );
-        assert_eq!(unit_property(host, "docklet-worker.service", "Type"), "notify");
-        assert_ne!(unit_property(host, "docklet-worker.service", "WatchdogUSec"), "0");
+        assert_eq!(
+            unit_property(host, "docklet-worker.service", "Type"),
+            "notify"
+        );
+        assert_ne!(
+            unit_property(host, "docklet-worker.service", "WatchdogUSec"),
+            "0"
+        );
     }
 }
 
@@ -70,7 +99,10 @@ fn journal_entries_carry_structured_fields() {
         "journalctl -u docklet-worker DOCKLET_HOST=tb2 -o json --no-pager | grep -c '\"STATUS\"' || true",
     );
     assert!(status_entries.trim().parse::<u32>().unwrap() > 0);
-    let other = ok("tb2", "journalctl -u docklet-worker DOCKLET_HOST=tb9 -q --no-pager | wc -l");
+    let other = ok(
+        "tb2",
+        "journalctl -u docklet-worker DOCKLET_HOST=tb9 -q --no-pager | wc -l",
+    );
     assert_eq!(other.trim(), "0");
 }
 
@@ -82,11 +114,17 @@ fn dbus_admits_root_and_docklet_admin_members_only() {
         "id alice >/dev/null 2>&1 || useradd -m -G docklet-admin alice; \
          id mallory >/dev/null 2>&1 || useradd -m mallory",
     );
-    let introspection = ok("tb1", "busctl introspect org.docklet.Master1 /org/docklet/Master1");
+    let introspection = ok(
+        "tb1",
+        "busctl introspect org.docklet.Master1 /org/docklet/Master1",
+    );
     for member in [".ListHosts", ".Init", ".Version", ".Status"] {
         assert!(introspection.contains(member), "{introspection}");
     }
-    let introspection = ok("tb1", "busctl introspect org.docklet.Worker1 /org/docklet/Worker1");
+    let introspection = ok(
+        "tb1",
+        "busctl introspect org.docklet.Worker1 /org/docklet/Worker1",
+    );
     assert!(introspection.contains(".ListVNodes"), "{introspection}");
     let root = ok(
         "tb1",
@@ -124,9 +162,15 @@ fn docklet_admin_prints_tables_and_json() {
     let table = ok("tb2", "docklet-admin hosts");
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("HOST"), "{table}");
-    assert!(lines[0].contains("ADDRESSES") && lines[0].contains("DISK FREE"), "{table}");
+    assert!(
+        lines[0].contains("ADDRESSES") && lines[0].contains("DISK FREE"),
+        "{table}"
+    );
     assert_eq!(lines.len(), 4, "{table}");
-    assert!(lines[2].starts_with("tb2 ") && lines[2].contains("10.213.0.12/24"), "{table}");
+    assert!(
+        lines[2].starts_with("tb2 ") && lines[2].contains("10.213.0.12/24"),
+        "{table}"
+    );
 
     assert_eq!(registered_hosts("tb2"), ["tb1", "tb2", "tb3"]);
 
@@ -149,9 +193,11 @@ fn killed_worker_disappears_and_returns_when_restarted() {
         "tb3",
         "systemctl kill -s KILL docklet-worker && systemctl stop docklet-worker",
     );
-    let gone = wait_for("tb3 to leave the host list", Duration::from_secs(25), || {
-        !registered_hosts("tb1").contains(&"tb3".to_owned())
-    });
+    let gone = wait_for(
+        "tb3 to leave the host list",
+        Duration::from_secs(25),
+        || !registered_hosts("tb1").contains(&"tb3".to_owned()),
+    );
     eprintln!("killed worker left the host list after {gone:?}");
     ok("tb3", "systemctl start docklet-worker");
     wait_for("tb3 to return", Duration::from_secs(15), || {
@@ -168,31 +214,52 @@ fn killed_worker_disappears_and_returns_when_restarted() {
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn bad_configuration_is_refused_with_key_value_and_reason() {
-    ok("tb2", "cp /etc/docklet/docklet.toml /root/docklet.toml.good");
+    ok(
+        "tb2",
+        "cp /etc/docklet/docklet.toml /root/docklet.toml.good",
+    );
     let check = |text: &str, expect: &[&str]| {
-        ok("tb2", &format!("cat > /etc/docklet/docklet.toml <<'EOF'\n{text}\nEOF"));
+        ok(
+            "tb2",
+            &format!("cat > /etc/docklet/docklet.toml <<'EOF'\n{text}\nEOF"),
+        );
         for daemon in ["docklet-master", "docklet-worker"] {
             let run = sh("tb2", &format!("{daemon} --check-config"));
             assert_eq!(run.code, 78, "{daemon}: {run}");
             for word in expect {
-                assert!(run.stderr.contains(word), "{daemon} should mention {word}: {run}");
+                assert!(
+                    run.stderr.contains(word),
+                    "{daemon} should mention {word}: {run}"
+                );
             }
         }
     };
     check("proxy_prot = 8000", &["proxy_prot", "unknown field"]);
-    check("cluster_net = \"172.16.0.1/16\"", &["cluster_net", "172.16.0.1/16", "host bits"]);
-    check("[etcd]\nendpoints = [\"etcd:2379\"]", &["etcd.endpoints", "etcd:2379"]);
+    check(
+        "cluster_net = \"172.16.0.1/16\"",
+        &["cluster_net", "172.16.0.1/16", "host bits"],
+    );
+    check(
+        "[etcd]\nendpoints = [\"etcd:2379\"]",
+        &["etcd.endpoints", "etcd:2379"],
+    );
 
     // The running worker is not disturbed by a bad file; a restart is refused and says why.
     let restart = sh("tb2", "systemctl restart docklet-worker");
     assert_ne!(restart.code, 0);
-    let status = ok("tb2", "systemctl status docklet-worker --no-pager -n 20 || true");
+    let status = ok(
+        "tb2",
+        "systemctl status docklet-worker --no-pager -n 20 || true",
+    );
     assert!(status.contains("configuration error"), "{status}");
     assert!(status.contains("etcd.endpoints"), "{status}");
     assert!(status.contains("status=78"), "{status}");
     // No crash loop: the unit does not restart on a configuration error.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(unit_property("tb2", "docklet-worker.service", "NRestarts"), "0");
+    assert_eq!(
+        unit_property("tb2", "docklet-worker.service", "NRestarts"),
+        "0"
+    );
 
     ok(
         "tb2",
@@ -208,9 +275,15 @@ fn bad_configuration_is_refused_with_key_value_and_reason() {
 fn second_init_is_refused_and_keeps_the_password() {
     let before = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
     assert_eq!(before.trim().len(), 20);
-    let mode = ok("tb1", "stat -c %a /var/lib/docklet/local/generated_password.txt");
+    let mode = ok(
+        "tb1",
+        "stat -c %a /var/lib/docklet/local/generated_password.txt",
+    );
     assert_eq!(mode.trim(), "600");
-    let creds_mode = ok("tb1", "stat -c %a /var/lib/docklet/global/secrets/etcd.toml");
+    let creds_mode = ok(
+        "tb1",
+        "stat -c %a /var/lib/docklet/global/secrets/etcd.toml",
+    );
     assert_eq!(creds_mode.trim(), "600");
 
     let again = sh("tb1", "docklet-admin init");
@@ -230,7 +303,8 @@ fn etcd_is_not_open_without_credentials() {
     );
     assert_ne!(anonymous.code, 0, "{anonymous}");
     assert!(
-        anonymous.stderr.contains("user name is empty") || anonymous.stderr.contains("permission denied"),
+        anonymous.stderr.contains("user name is empty")
+            || anonymous.stderr.contains("permission denied"),
         "{anonymous}"
     );
 }
@@ -244,13 +318,23 @@ fn unreachable_etcd_is_retried_without_crash_loop() {
          sed -i 's/10.213.0.11:2379/10.213.0.11:2399/' /etc/docklet/docklet.toml && \
          systemctl stop docklet-worker && systemctl start --no-block docklet-worker",
     );
-    wait_for("the worker to say it waits for etcd", Duration::from_secs(20), || {
-        unit_property("tb3", "docklet-worker.service", "StatusText")
-            .contains("waiting for etcd at http://10.213.0.11:2399")
-    });
+    wait_for(
+        "the worker to say it waits for etcd",
+        Duration::from_secs(20),
+        || {
+            unit_property("tb3", "docklet-worker.service", "StatusText")
+                .contains("waiting for etcd at http://10.213.0.11:2399")
+        },
+    );
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "ActiveState"), "activating");
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "NRestarts"), "0");
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "ActiveState"),
+        "activating"
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "NRestarts"),
+        "0"
+    );
     let status = unit_property("tb3", "docklet-worker.service", "StatusText");
     assert!(status.contains("retrying in"), "{status}");
     ok(
@@ -273,10 +357,18 @@ fn worker_started_before_init_waits_and_says_why() {
            > /root/pre-init.toml && \
          systemctl daemon-reload && systemctl start --no-block docklet-worker",
     );
-    wait_for("the worker to ask for init", Duration::from_secs(15), || {
-        unit_property("tb3", "docklet-worker.service", "StatusText").contains("docklet-admin init")
-    });
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "NRestarts"), "0");
+    wait_for(
+        "the worker to ask for init",
+        Duration::from_secs(15),
+        || {
+            unit_property("tb3", "docklet-worker.service", "StatusText")
+                .contains("docklet-admin init")
+        },
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "NRestarts"),
+        "0"
+    );
     ok(
         "tb3",
         "rm -r /etc/systemd/system/docklet-worker.service.d && systemctl daemon-reload && \

@@ -13,7 +13,10 @@ fn build_deb(version: Option<&str>) -> String {
     if let Some(v) = version {
         cmd.args(["--version", v]);
     }
-    let output = cmd.stderr(Stdio::inherit()).output().expect("tools/build-deb");
+    let output = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("tools/build-deb");
     assert!(output.status.success(), "tools/build-deb failed");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let path = stdout.lines().last().expect("a path").to_owned();
@@ -55,12 +58,30 @@ fn deb_installs_upgrades_removes_and_purges() {
     ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
     assert!(installed_version("tb3").starts_with("install ok installed"));
     ok("tb3", "getent group docklet-admin && getent passwd docklet");
-    assert_eq!(ok("tb3", "stat -c '%U:%G %a' /var/lib/docklet/local").trim(), "root:docklet 770");
-    assert_eq!(unit_property("tb3", "docklet-master.socket", "ActiveState"), "active");
-    assert_eq!(unit_property("tb3", "docklet-master.socket", "UnitFileState"), "enabled");
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "UnitFileState"), "enabled");
-    assert_eq!(unit_property("tb3", "docklet-master.service", "ActiveState"), "inactive");
-    ok("tb3", "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf");
+    assert_eq!(
+        ok("tb3", "stat -c '%U:%G %a' /var/lib/docklet/local").trim(),
+        "root:docklet 770"
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-master.socket", "ActiveState"),
+        "active"
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-master.socket", "UnitFileState"),
+        "enabled"
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "UnitFileState"),
+        "enabled"
+    );
+    assert_eq!(
+        unit_property("tb3", "docklet-master.service", "ActiveState"),
+        "inactive"
+    );
+    ok(
+        "tb3",
+        "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf",
+    );
     ok("tb3", "man -w docklet-admin");
     ok("tb3", &restore_config);
     ok("tb3", "systemctl start docklet-worker");
@@ -69,19 +90,32 @@ fn deb_installs_upgrades_removes_and_purges() {
 
     // Upgrade: the edited conffile stays, the running worker moves to the new binary.
     ok("tb3", &format!("{apt} install /root/docklet-bumped.deb"));
-    assert!(installed_version("tb3").ends_with("+e2e1"), "{}", installed_version("tb3"));
+    assert!(
+        installed_version("tb3").ends_with("+e2e1"),
+        "{}",
+        installed_version("tb3")
+    );
     assert_eq!(ok("tb3", "cat /etc/docklet/docklet.toml"), testbed_config);
     let new_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
     assert_ne!(old_pid, new_pid, "the worker was not restarted on upgrade");
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "ActiveState"), "active");
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "ActiveState"),
+        "active"
+    );
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 
     // Remove: daemons stop (the host unregisters), configuration and state stay.
     ok("tb3", &format!("{apt} remove docklet"));
-    assert_eq!(unit_property("tb3", "docklet-worker.service", "ActiveState"), "inactive");
+    assert_eq!(
+        unit_property("tb3", "docklet-worker.service", "ActiveState"),
+        "inactive"
+    );
     assert_ne!(sh("tb3", "test -e /usr/sbin/docklet-worker").code, 0);
     assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
-    ok("tb3", "test -f /etc/docklet/docklet.toml && test -d /var/lib/docklet/local");
+    ok(
+        "tb3",
+        "test -f /etc/docklet/docklet.toml && test -d /var/lib/docklet/local",
+    );
 
     // Purge: configuration and this host's state go; the shared filesystem stays.
     ok("tb3", &format!("{apt} purge docklet"));

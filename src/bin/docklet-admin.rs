@@ -64,29 +64,34 @@ fn failure(e: BusError, what: &str) -> Failure {
 }
 
 fn zbus_failure(e: zbus::Error, what: &str) -> (u8, String) {
-    let text = e.to_string();
-    match &e {
+    use zbus::DBusError;
+    // The bus's own refusals arrive either as a raw method error or as a decoded fdo error.
+    let (name, detail) = match &e {
         zbus::Error::MethodError(name, detail, _) => {
-            let detail = detail.clone().unwrap_or_default();
-            match name.as_str() {
-                "org.freedesktop.DBus.Error.AccessDenied" => (
-                    4,
-                    format!("permission denied: {detail} (be root or in group docklet-admin)"),
-                ),
-                "org.freedesktop.DBus.Error.ServiceUnknown"
-                | "org.freedesktop.DBus.Error.NameHasNoOwner"
-                | "org.freedesktop.DBus.Error.Spawn.ChildExited"
-                | "org.freedesktop.DBus.Error.Spawn.Failed" => (
-                    3,
-                    format!("the {what} is not running on this host ({detail})"),
-                ),
-                _ => (1, format!("{name}: {detail}")),
-            }
+            (name.to_string(), detail.clone().unwrap_or_default())
         }
+        zbus::Error::FDO(fdo) => (
+            fdo.name().to_string(),
+            fdo.description().unwrap_or_default().to_owned(),
+        ),
         zbus::Error::InputOutput(_) | zbus::Error::Address(_) => {
-            (3, format!("cannot reach the system bus: {text}"))
+            return (3, format!("cannot reach the system bus: {e}"));
         }
-        _ => (1, text),
+        _ => return (1, e.to_string()),
+    };
+    match name.as_str() {
+        "org.freedesktop.DBus.Error.AccessDenied" => (
+            4,
+            format!("permission denied: be root or in group docklet-admin ({detail})"),
+        ),
+        "org.freedesktop.DBus.Error.ServiceUnknown"
+        | "org.freedesktop.DBus.Error.NameHasNoOwner"
+        | "org.freedesktop.DBus.Error.Spawn.ChildExited"
+        | "org.freedesktop.DBus.Error.Spawn.Failed" => (
+            3,
+            format!("the {what} is not running on this host ({detail})"),
+        ),
+        _ => (1, format!("{name}: {detail}")),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::RwLock;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -33,7 +33,8 @@ pub struct Master {
     pub config: Config,
     pub host: String,
     status: Mutex<String>,
-    store: RwLock<Option<EtcdStore>>,
+    /// The etcd connection, once made; watchable so that early requests can wait for it.
+    store: watch::Sender<Option<EtcdStore>>,
     notifier: Notifier,
     /// Serializes `init` calls.
     init_lock: tokio::sync::Mutex<()>,
@@ -54,7 +55,7 @@ impl Master {
             config,
             host,
             status: Mutex::new("starting".into()),
-            store: RwLock::new(None),
+            store: watch::Sender::new(None),
             notifier,
             init_lock: tokio::sync::Mutex::new(()),
             has_credentials: AtomicBool::new(false),
@@ -74,20 +75,25 @@ impl Master {
     }
 
     /// The etcd connection; a call that arrives while the master is still connecting (as
-    /// the one that D-Bus-activated it does) waits a little for it.
-    async fn store(&self) -> Result<EtcdStore, BusError> {
-        for _ in 0..50 {
-            if let Some(store) = self.store.read().await.clone() {
-                return Ok(store);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    /// the one that activated it does) waits up to `patience` for it.
+    async fn connected_store(&self, patience: Duration) -> Option<EtcdStore> {
+        let mut rx = self.store.subscribe();
+        let waited = tokio::time::timeout(patience, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(store)) => store.clone(),
+            _ => None,
         }
-        self.store.read().await.clone().ok_or_else(|| {
-            BusError::EtcdUnavailable(format!(
-                "not connected to etcd at {} (see `systemctl status docklet-master`)",
-                self.config.etcd.endpoints.join(",")
-            ))
-        })
+    }
+
+    async fn store(&self) -> Result<EtcdStore, BusError> {
+        self.connected_store(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| {
+                BusError::EtcdUnavailable(format!(
+                    "not connected to etcd at {} (see `systemctl status docklet-master`)",
+                    self.config.etcd.endpoints.join(",")
+                ))
+            })
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, BusError> {
@@ -97,7 +103,7 @@ impl Master {
 
     /// Is etcd reachable and the cluster initialized? For the health endpoint.
     pub async fn health(&self) -> (bool, bool) {
-        match self.store.read().await.clone() {
+        match self.connected_store(Duration::from_secs(5)).await {
             Some(store) => match store.cluster_info().await {
                 Ok(info) => (true, info.is_some()),
                 Err(_) => (false, false),
@@ -143,7 +149,7 @@ impl Master {
             store = EtcdStore::connect(&self.config, Some(&creds))
                 .await
                 .map_err(bus_error)?;
-            *self.store.write().await = Some(store.clone());
+            self.store.send_replace(Some(store.clone()));
             self.has_credentials.store(true, Ordering::SeqCst);
         }
         let password_file = self.config.generated_password_file();
@@ -192,7 +198,7 @@ impl Master {
                 Ok(store) => {
                     self.has_credentials
                         .store(creds.is_some(), Ordering::SeqCst);
-                    *self.store.write().await = Some(store);
+                    self.store.send_replace(Some(store));
                     return;
                 }
                 Err(e) => {
@@ -217,7 +223,7 @@ impl Master {
 
     /// One look at etcd for the status line.
     async fn refresh_status(&self, listening: &str) {
-        let Some(store) = self.store.read().await.clone() else {
+        let Some(store) = self.store.borrow().clone() else {
             return;
         };
         let endpoints = self.config.etcd.endpoints.join(",");
@@ -239,7 +245,7 @@ impl Master {
                 if let Ok(creds) = daemon::read_credentials(&self.config)
                     && let Ok(s) = EtcdStore::connect(&self.config, Some(&creds)).await
                 {
-                    *self.store.write().await = Some(s);
+                    self.store.send_replace(Some(s));
                     self.has_credentials.store(true, Ordering::SeqCst);
                 }
                 format!("{listening}; etcd {endpoints} refused us: {e}")

@@ -14,6 +14,7 @@ pub struct WorkerInterface {
 #[zbus::interface(name = "org.docklet.Worker1")]
 impl WorkerInterface {
     /// The vnodes this worker runs (none until vnodes arrive).
+    #[zbus(name = "ListVNodes")]
     async fn list_vnodes(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,

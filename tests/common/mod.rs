@@ -68,9 +68,12 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) ->
 
 /// `systemctl show -p PROP --value UNIT` inside a host.
 pub fn unit_property(host: &str, unit: &str, property: &str) -> String {
-    ok(host, &format!("systemctl show -p {property} --value {unit}"))
-        .trim()
-        .to_owned()
+    ok(
+        host,
+        &format!("systemctl show -p {property} --value {unit}"),
+    )
+    .trim()
+    .to_owned()
 }
 
 /// Names of the hosts `docklet-admin hosts --json` lists, asked on `host`.
