@@ -38,8 +38,7 @@ pub fn random_secret(len: usize) -> String {
 }
 
 /// Writes `contents` to `path` with mode 0600 so that no reader ever sees a partial file: a
-/// temporary file beside it is renamed over it. Returns the temporary path when `commit` is
-/// false, for callers that rename later.
+/// temporary file beside it is renamed over it.
 pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> {
     let tmp = path.with_extension("tmp");
     let file_error = |source| InitError::File {
