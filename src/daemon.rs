@@ -101,6 +101,35 @@ impl Notifier {
     }
 }
 
+/// A daemon's one-line status: what D-Bus `Status` returns, sent to systemd as `STATUS=` (what
+/// `systemctl status` shows) and logged, each time it changes.
+#[derive(Debug)]
+pub struct StatusLine {
+    text: std::sync::Mutex<String>,
+    notifier: Notifier,
+}
+
+impl StatusLine {
+    pub fn new(notifier: Notifier) -> StatusLine {
+        StatusLine {
+            text: std::sync::Mutex::new("starting".into()),
+            notifier,
+        }
+    }
+
+    pub fn get(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    pub fn set(&self, text: String) {
+        let mut current = self.text.lock().unwrap();
+        if *current != text {
+            self.notifier.status(&text);
+            *current = text;
+        }
+    }
+}
+
 /// The portal socket: systemd's (socket activation) when it passed one, else bound here on
 /// every address at `port` (for development and hosts without the .socket unit).
 pub fn portal_listener(port: u16) -> io::Result<(TcpListener, bool)> {

@@ -196,11 +196,10 @@ async fn hosts(json: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| failure(e, "master"))?;
     rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let records: Vec<HostRecord> = rows.into_iter().map(HostRecord::from).collect();
     if json {
-        let records: Vec<HostRecord> = rows.into_iter().map(HostRecord::from).collect();
         println!("{}", serde_json::to_string_pretty(&records).expect("JSON"));
     } else {
-        let records: Vec<HostRecord> = rows.into_iter().map(HostRecord::from).collect();
         print!("{}", hosts_table(&records, docklet::master::now_secs()));
     }
     Ok(())

@@ -6,15 +6,15 @@ pub mod api;
 pub mod bus;
 pub mod init;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::daemon::{self, Backoff, CredentialsError, Notifier};
+use crate::daemon::{self, Backoff, CredentialsError, Notifier, StatusLine};
 use crate::dbus_api::{BusError, InitResult};
 use crate::model::cluster::EtcdCredentials;
 use crate::model::host::HostRecord;
@@ -32,10 +32,9 @@ pub enum MasterError {
 pub struct Master {
     pub config: Config,
     pub host: String,
-    status: Mutex<String>,
+    status: StatusLine,
     /// The etcd connection, once made; watchable so that early requests can wait for it.
     store: watch::Sender<Option<EtcdStore>>,
-    notifier: Notifier,
     /// Serializes `init` calls.
     init_lock: tokio::sync::Mutex<()>,
     /// Whether the current etcd connection carries the cluster credentials.
@@ -54,24 +53,15 @@ impl Master {
         Master {
             config,
             host,
-            status: Mutex::new("starting".into()),
+            status: StatusLine::new(notifier),
             store: watch::Sender::new(None),
-            notifier,
             init_lock: tokio::sync::Mutex::new(()),
             has_credentials: AtomicBool::new(false),
         }
     }
 
     pub fn status(&self) -> String {
-        self.status.lock().unwrap().clone()
-    }
-
-    fn set_status(&self, text: String) {
-        let mut status = self.status.lock().unwrap();
-        if *status != text {
-            self.notifier.status(&text);
-            *status = text;
-        }
+        self.status.get()
     }
 
     /// The etcd connection; a call that arrives while the master is still connecting (as
@@ -138,14 +128,9 @@ impl Master {
             }
             Err(e) => return Err(BusError::Failed(e.to_string())),
         };
-        store.setup_auth(&creds).await.or_else(|e| match e {
-            // Auth is already on and our connection is authenticated: nothing to set up.
-            StoreError::Unauthenticated(_) | StoreError::Failed(_) if self.authenticated() => {
-                Ok(())
-            }
-            other => Err(bus_error(other)),
-        })?;
+        // A connection with the cluster's credentials means authentication is already on.
         if !self.authenticated() {
+            store.setup_auth(&creds).await.map_err(bus_error)?;
             store = EtcdStore::connect(&self.config, Some(&creds))
                 .await
                 .map_err(bus_error)?;
@@ -182,14 +167,16 @@ impl Master {
     async fn connect_etcd(&self) {
         let mut backoff = Backoff::default();
         let endpoints = self.config.etcd.endpoints.join(",");
-        self.set_status(format!("connecting to etcd at {endpoints}"));
+        self.status
+            .set(format!("connecting to etcd at {endpoints}"));
         loop {
             let creds = match daemon::read_credentials(&self.config) {
                 Ok(creds) => Some(creds),
                 Err(CredentialsError::Missing(_)) => None,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    self.set_status(format!("{e}; retrying in {}s", delay.as_secs()));
+                    self.status
+                        .set(format!("{e}; retrying in {}s", delay.as_secs()));
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -211,7 +198,7 @@ impl Master {
                         _ => String::new(),
                     };
                     warn!("etcd at {endpoints}: {e}");
-                    self.set_status(format!(
+                    self.status.set(format!(
                         "waiting for etcd at {endpoints}: {e}{hint}; retrying in {}s",
                         delay.as_secs()
                     ));
@@ -252,7 +239,7 @@ impl Master {
             }
             Err(e) => format!("{listening}; etcd {endpoints} unreachable: {e} (retrying)"),
         };
-        self.set_status(text);
+        self.status.set(text);
     }
 }
 

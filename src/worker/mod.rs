@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::daemon::{self, Backoff, Notifier};
+use crate::daemon::{self, Backoff, Notifier, StatusLine};
 use crate::master::now_secs;
 use crate::model::host::{HostRecord, validate_host_name};
 use crate::store::{EtcdStore, StoreError};
@@ -33,8 +33,7 @@ pub enum WorkerError {
 pub struct Worker {
     pub config: Config,
     pub host: String,
-    status: Mutex<String>,
-    notifier: Notifier,
+    status: StatusLine,
     probe: Box<dyn HostProbe>,
 }
 
@@ -48,22 +47,13 @@ impl Worker {
         Worker {
             config,
             host,
-            status: Mutex::new("starting".into()),
-            notifier,
+            status: StatusLine::new(notifier),
             probe,
         }
     }
 
     pub fn status(&self) -> String {
-        self.status.lock().unwrap().clone()
-    }
-
-    fn set_status(&self, text: String) {
-        let mut status = self.status.lock().unwrap();
-        if *status != text {
-            self.notifier.status(&text);
-            *status = text;
-        }
+        self.status.get()
     }
 
     /// What this worker registers: measured now.
@@ -111,7 +101,8 @@ impl Worker {
                 Err(text) => {
                     let delay = backoff.next_delay();
                     warn!("{text}");
-                    self.set_status(format!("{text}; retrying in {}s", delay.as_secs()));
+                    self.status
+                        .set(format!("{text}; retrying in {}s", delay.as_secs()));
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -123,7 +114,7 @@ impl Worker {
     async fn register_and_keep_alive(
         &self,
         store: &EtcdStore,
-        lease_slot: &Mutex<Option<i64>>,
+        lease_slot: &Mutex<Option<(EtcdStore, i64)>>,
         on_registered: &(dyn Fn() + Sync),
     ) -> StoreError {
         let registered_at = now_secs();
@@ -134,12 +125,12 @@ impl Worker {
             Ok(lease) => lease,
             Err(e) => return e,
         };
-        *lease_slot.lock().unwrap() = Some(lease);
+        *lease_slot.lock().unwrap() = Some((store.clone(), lease));
         let (mut keeper, mut responses) = match store.keep_alive(lease).await {
             Ok(pair) => pair,
             Err(e) => return e,
         };
-        self.set_status(format!(
+        self.status.set(format!(
             "registered host {} in cluster {} (etcd {}, lease {}s)",
             self.host,
             self.config.cluster_name,
@@ -192,7 +183,8 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
         }
     };
 
-    let lease: Arc<Mutex<Option<i64>>> = Arc::new(Mutex::new(None));
+    // The live registration, so that a clean stop can revoke it on the same connection.
+    let lease: Arc<Mutex<Option<(EtcdStore, i64)>>> = Arc::new(Mutex::new(None));
     let registration = {
         let worker = worker.clone();
         let lease = lease.clone();
@@ -212,7 +204,7 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
                     .await;
                 let delay = backoff.next_delay();
                 warn!("registration lost: {lost}");
-                worker.set_status(format!(
+                worker.status.set(format!(
                     "registration lost ({lost}); re-registering in {}s",
                     delay.as_secs()
                 ));
@@ -240,18 +232,12 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
         _ = daemon::shutdown_signal() => {}
     }
     notifier.stopping();
-    let lease_id = *lease.lock().unwrap();
-    if let Some(lease_id) = lease_id
-        && let Ok(creds) = daemon::read_credentials(&worker.config)
-        && let Ok(Ok(store)) = tokio::time::timeout(
-            Duration::from_secs(3),
-            EtcdStore::connect(&worker.config, Some(&creds)),
-        )
-        .await
-    {
-        match store.revoke(lease_id).await {
-            Ok(()) => info!("host {} unregistered", worker.host),
-            Err(e) => warn!("cannot unregister (the lease expires by itself): {e}"),
+    let registration = lease.lock().unwrap().take();
+    if let Some((store, lease_id)) = registration {
+        match tokio::time::timeout(Duration::from_secs(3), store.revoke(lease_id)).await {
+            Ok(Ok(())) => info!("host {} unregistered", worker.host),
+            Ok(Err(e)) => warn!("cannot unregister (the lease expires by itself): {e}"),
+            Err(_) => warn!("etcd did not answer in 3 s; the lease expires by itself"),
         }
     }
     Ok(())
