@@ -61,8 +61,8 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> 
     std::fs::rename(&tmp, path).map_err(file_error)
 }
 
-/// Initializes the cluster in `store`. The password is written only once etcd accepted the
-/// cluster, so a refused `init` leaves the previous password file alone.
+/// Initializes the cluster in `store`. The password file is written only once the store
+/// accepted the cluster, so a refused `init` leaves the previous password file alone.
 pub async fn init_cluster<S: Store>(
     store: &S,
     cluster_name: &str,
@@ -71,9 +71,7 @@ pub async fn init_cluster<S: Store>(
     password_file: &Path,
     now: u64,
 ) -> Result<(), InitError> {
-    if !force && store.cluster_info().await?.is_some() {
-        return Err(StoreError::AlreadyInitialized.into());
-    }
+    // `initialize` refuses an existing cluster atomically; nothing is written before that.
     let password = random_secret(20);
     let admin = Account::local(ADMIN_USER, Role::Admin, &password)?;
     let info = ClusterInfo {
