@@ -32,6 +32,12 @@ pub enum BusError {
     AlreadyInitialized(String),
     /// etcd cannot be reached (or refuses our credentials) right now.
     EtcdUnavailable(String),
+    /// No such vnode, host or user.
+    NotFound(String),
+    /// The request clashes with what exists (a duplicate id, a vnode being deleted).
+    Conflict(String),
+    /// The request itself is wrong: a bad name, a size out of range.
+    InvalidArgument(String),
     Failed(String),
 }
 
@@ -78,7 +84,8 @@ impl From<HostRow> for HostRecord {
     }
 }
 
-/// One row of `ListVNodes`: `(id, user, cluster, state, unit)`.
+/// One row of the worker's `ListVNodes`: `(id, user, cluster, state, unit)`; `state` is the
+/// phase the worker last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct VNodeRow {
     pub id: String,
@@ -104,6 +111,14 @@ pub struct InitResult {
 pub trait Master1 {
     fn list_hosts(&self) -> Result<Vec<HostRow>, BusError>;
     fn init(&self, force: bool) -> Result<InitResult, BusError>;
+    /// `spec` is a [`VNodeSpec`](crate::model::vnode::VNodeSpec) as JSON.
+    #[zbus(name = "CreateVNode")]
+    fn create_vnode(&self, host: &str, spec: &str) -> Result<(), BusError>;
+    #[zbus(name = "SetVNodeState")]
+    fn set_vnode_state(&self, id: &str, state: &str) -> Result<(), BusError>;
+    /// Every vnode of the cluster as JSON: `[{"host", "spec", "status"}]`.
+    #[zbus(name = "ListVNodes")]
+    fn list_vnodes(&self) -> Result<String, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -118,6 +133,22 @@ pub trait Master1 {
 pub trait Worker1 {
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<Vec<VNodeRow>, BusError>;
+    /// Spec and status of one vnode of this host as JSON: `{"spec", "status"}`.
+    #[zbus(name = "VNodeStatus")]
+    fn vnode_status(&self, id: &str) -> Result<String, BusError>;
+    /// Runs `argv` in the vnode as `user` with the given standard streams; returns the exit
+    /// status (128 + signal when killed).
+    #[allow(clippy::too_many_arguments)]
+    fn exec(
+        &self,
+        id: &str,
+        user: &str,
+        argv: &[&str],
+        term: &str,
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+    ) -> Result<i32, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -1,24 +1,28 @@
 //! `docklet-admin`: local administration of Docklet, over D-Bus only (the system bus policy
 //! and the daemons admit root and group `docklet-admin`).
 //!
-//! Exit codes: 0 success; 1 the daemon reported a failure; 2 usage error; 3 the daemon is not
-//! running or the bus is unreachable; 4 permission denied; 5 the cluster is already
-//! initialized; 6 etcd is unreachable.
+//! Exit codes: 0 success; 1 the daemon reported a failure; 2 usage error or invalid argument;
+//! 3 the daemon is not running or the bus is unreachable; 4 permission denied; 5 the cluster
+//! is already initialized; 6 etcd is unreachable; 7 no such vnode or host; 8 conflict (e.g. a
+//! duplicate id). `exec` exits with the command's own status once the command ran.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use docklet::dbus_api::{BusError, HostRow, Master1Proxy, Worker1Proxy};
+use docklet::master::VNodeEntry;
 use docklet::model::host::{HostRecord, hosts_table, render_table};
+use docklet::model::vnode::{DesiredState, VNodeSpec};
 use serde_json::json;
 
 #[derive(Parser)]
 #[command(
     version,
     about = "Administer Docklet on this host (root or group docklet-admin)",
-    after_help = "Exit codes: 0 ok, 1 failure reported by the daemon, 2 usage, 3 daemon not running, \
-                  4 permission denied, 5 already initialized, 6 etcd unreachable."
+    after_help = "Exit codes: 0 ok, 1 failure reported by the daemon, 2 usage or invalid argument, \
+                  3 daemon not running, 4 permission denied, 5 already initialized, 6 etcd unreachable, \
+                  7 not found, 8 conflict. `exec` exits with the command's status."
 )]
 struct Args {
     #[command(subcommand)]
@@ -44,6 +48,72 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// List vnodes: this host's (from its worker), or with --all the whole cluster's.
+    Vnodes {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, start, stop, delete or show one vnode (desired state in etcd; the host's worker
+    /// acts on it).
+    Vnode {
+        #[command(subcommand)]
+        action: VnodeAction,
+    },
+    /// Run a command in a vnode of this host: `docklet-admin exec ID -- CMD [ARGS...]`.
+    Exec {
+        /// Run as this user of the vnode.
+        #[arg(long, default_value = "root")]
+        user: String,
+        id: String,
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VnodeAction {
+    /// Write a new vnode spec for a host.
+    Create {
+        id: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long, default_value_t = 0)]
+        index: u32,
+        #[arg(long, default_value = "base")]
+        image: String,
+        /// Cores, e.g. 1 or 0.5.
+        #[arg(long, default_value = "1")]
+        cpu: String,
+        /// Bytes, or with a K, M, G or T suffix.
+        #[arg(long, default_value = "1G")]
+        memory: String,
+        #[arg(long, default_value = "4G")]
+        disk: String,
+        #[arg(long, default_value_t = 2048)]
+        tasks: u32,
+        /// Create it stopped.
+        #[arg(long)]
+        stopped: bool,
+    },
+    Start {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+    /// Spec and status as JSON.
+    Show {
+        id: String,
+    },
 }
 
 /// A failure with the exit code documented above.
@@ -58,6 +128,9 @@ fn failure(e: BusError, what: &str) -> Failure {
         BusError::AlreadyInitialized(m) => (5, m),
         BusError::EtcdUnavailable(m) => (6, m),
         BusError::NotInitialized(m) | BusError::Failed(m) => (1, m),
+        BusError::InvalidArgument(m) => (2, m),
+        BusError::NotFound(m) => (7, m),
+        BusError::Conflict(m) => (8, m),
         BusError::ZBus(e) => zbus_failure(e, what),
     };
     Failure { code, message }
@@ -221,6 +294,198 @@ async fn init(force: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+async fn master_proxy(conn: &zbus::Connection) -> Result<Master1Proxy<'_>, Failure> {
+    Master1Proxy::new(conn)
+        .await
+        .map_err(|e| failure(e.into(), "master"))
+}
+
+async fn worker_proxy(conn: &zbus::Connection) -> Result<Worker1Proxy<'_>, Failure> {
+    Worker1Proxy::new(conn)
+        .await
+        .map_err(|e| failure(e.into(), "worker"))
+}
+
+async fn cluster_vnodes(conn: &zbus::Connection) -> Result<Vec<VNodeEntry>, Failure> {
+    let text = master_proxy(conn)
+        .await?
+        .list_vnodes()
+        .await
+        .map_err(|e| failure(e, "master"))?;
+    serde_json::from_str(&text).map_err(|e| Failure {
+        code: 1,
+        message: format!("the master sent an unreadable vnode list: {e}"),
+    })
+}
+
+async fn vnodes(all: bool, json: bool) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let rows: Vec<Vec<String>> = if all {
+        let list = cluster_vnodes(&conn).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list).expect("JSON"));
+            return Ok(());
+        }
+        list.into_iter()
+            .map(|e| {
+                let (phase, reason) = e.status.map_or(("pending".into(), String::new()), |s| {
+                    (s.phase.as_str().to_owned(), s.reason.unwrap_or_default())
+                });
+                vec![
+                    e.spec.id,
+                    e.host,
+                    e.spec.user,
+                    e.spec.cluster,
+                    format!("{:?}", e.spec.state).to_lowercase(),
+                    phase,
+                    reason,
+                ]
+            })
+            .collect()
+    } else {
+        let list = worker_proxy(&conn)
+            .await?
+            .list_vnodes()
+            .await
+            .map_err(|e| failure(e, "worker"))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list).expect("JSON"));
+            return Ok(());
+        }
+        list.into_iter()
+            .map(|r| vec![r.id, r.user, r.cluster, r.state, r.unit])
+            .collect()
+    };
+    let header: &[&str] = if all {
+        &[
+            "ID", "HOST", "USER", "CLUSTER", "DESIRED", "STATE", "REASON",
+        ]
+    } else {
+        &["ID", "USER", "CLUSTER", "STATE", "UNIT"]
+    };
+    print!("{}", render_table(header, &rows));
+    Ok(())
+}
+
+async fn vnode(action: VnodeAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let set = |id: String, state: &'static str| {
+        let master = &master;
+        async move {
+            master
+                .set_vnode_state(&id, state)
+                .await
+                .map_err(|e| failure(e, "master"))
+        }
+    };
+    match action {
+        VnodeAction::Create {
+            id,
+            host,
+            user,
+            cluster,
+            index,
+            image,
+            cpu,
+            memory,
+            disk,
+            tasks,
+            stopped,
+        } => {
+            let spec = VNodeSpec {
+                id,
+                user,
+                cluster,
+                index,
+                image,
+                cpu_millis: parse_cpu(&cpu).map_err(usage)?,
+                memory_bytes: parse_size(&memory).map_err(usage)?,
+                disk_bytes: parse_size(&disk).map_err(usage)?,
+                tasks,
+                state: if stopped {
+                    DesiredState::Stopped
+                } else {
+                    DesiredState::Running
+                },
+            };
+            master
+                .create_vnode(&host, &serde_json::to_string(&spec).expect("JSON"))
+                .await
+                .map_err(|e| failure(e, "master"))
+        }
+        VnodeAction::Start { id } => set(id, "running").await,
+        VnodeAction::Stop { id } => set(id, "stopped").await,
+        VnodeAction::Delete { id } => set(id, "deleted").await,
+        VnodeAction::Show { id } => {
+            let entry = cluster_vnodes(&conn)
+                .await?
+                .into_iter()
+                .find(|e| e.spec.id == id)
+                .ok_or_else(|| Failure {
+                    code: 7,
+                    message: format!("no vnode with id {id}"),
+                })?;
+            println!("{}", serde_json::to_string_pretty(&entry).expect("JSON"));
+            Ok(())
+        }
+    }
+}
+
+/// Runs the command with this process's own stdin, stdout and stderr; returns its status.
+async fn exec(user: String, id: String, command: Vec<String>) -> Result<u8, Failure> {
+    use std::os::fd::AsFd;
+    let conn = connect().await?;
+    let worker = worker_proxy(&conn).await?;
+    let term = std::env::var("TERM").unwrap_or_default();
+    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    let status = worker
+        .exec(
+            &id,
+            &user,
+            &argv,
+            &term,
+            std::io::stdin().as_fd().into(),
+            std::io::stdout().as_fd().into(),
+            std::io::stderr().as_fd().into(),
+        )
+        .await
+        .map_err(|e| failure(e, "worker"))?;
+    Ok(u8::try_from(status).unwrap_or(255))
+}
+
+/// `1`, `0.5`, `2.25` cores → thousandths of a core.
+fn parse_cpu(text: &str) -> Result<u32, String> {
+    let cores: f64 = text
+        .parse()
+        .map_err(|_| format!("--cpu {text:?}: expected a number of cores such as 1 or 0.5"))?;
+    if !(0.0..=4096.0).contains(&cores) {
+        return Err(format!("--cpu {text:?}: out of range"));
+    }
+    Ok((cores * 1000.0).round() as u32)
+}
+
+/// `512M`, `2G`, `1048576` → bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 30),
+        Some('T' | 't') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?}: expected bytes or a number with K, M, G or T"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -232,10 +497,16 @@ fn main() -> ExitCode {
             Command::Status { json } => status(json).await,
             Command::Hosts { json } => hosts(json).await,
             Command::Init { force } => init(force).await,
+            Command::Vnodes { all, json } => vnodes(all, json).await,
+            Command::Vnode { action } => vnode(action).await,
+            Command::Exec { user, id, command } => {
+                return exec(user, id, command).await.map(ExitCode::from);
+            }
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(f) => {
             eprintln!("docklet-admin: {}", f.message);
             ExitCode::from(f.code)

@@ -6,6 +6,6 @@ fn main() -> std::process::ExitCode {
         "docklet-worker",
         "Docklet worker: registers this host and runs its vnodes",
         |config| std::fs::create_dir_all(config.local_dir()),
-        |config| docklet::worker::run(config, Box::new(docklet::sys::host::LocalHost)),
+        |config| docklet::worker::run(config, std::sync::Arc::new(docklet::sys::host::LocalHost)),
     )
 }

@@ -6,6 +6,7 @@ use zbus::message::Header;
 
 use super::Master;
 use crate::dbus_api::{self, BusError, HostRow, InitResult};
+use crate::model::vnode::{DesiredState, VNodeSpec};
 
 pub struct MasterInterface {
     master: Arc<Master>,
@@ -40,6 +41,53 @@ impl MasterInterface {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(caller_uid = uid, force, "init requested over D-Bus");
         self.master.init(force).await
+    }
+
+    /// Writes a vnode spec (JSON) for a host; its worker creates the vnode.
+    #[zbus(name = "CreateVNode")]
+    async fn create_vnode(
+        &self,
+        host: &str,
+        spec: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let spec: VNodeSpec = serde_json::from_str(spec)
+            .map_err(|e| BusError::InvalidArgument(format!("vnode spec: {e}")))?;
+        tracing::info!(caller_uid = uid, vnode = %spec.id, host, "vnode created over D-Bus");
+        self.master.create_vnode(host, &spec).await
+    }
+
+    /// running, stopped or deleted.
+    #[zbus(name = "SetVNodeState")]
+    async fn set_vnode_state(
+        &self,
+        id: &str,
+        state: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let state: DesiredState = state.parse().map_err(BusError::InvalidArgument)?;
+        tracing::info!(
+            caller_uid = uid,
+            vnode = id,
+            ?state,
+            "vnode state set over D-Bus"
+        );
+        self.master.set_vnode_state(id, state).await
+    }
+
+    #[zbus(name = "ListVNodes")]
+    async fn list_vnodes(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let list = self.master.list_vnodes().await?;
+        Ok(serde_json::to_string(&list).expect("vnode entries serialize"))
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -18,6 +18,7 @@ use crate::daemon::{self, Backoff, CredentialsError, Notifier, StatusLine};
 use crate::dbus_api::{BusError, InitResult};
 use crate::model::cluster::EtcdCredentials;
 use crate::model::host::HostRecord;
+use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
 use crate::store::{EtcdStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,47 @@ impl Master {
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, BusError> {
         let store = self.store().await?;
         store.list_hosts().await.map_err(bus_error)
+    }
+
+    /// Writes a new vnode spec for `host` (an administrator's primitive; the vcluster API
+    /// builds on it).
+    pub async fn create_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), BusError> {
+        vnode::validate_spec(spec).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        if spec.state == DesiredState::Deleted {
+            return Err(BusError::InvalidArgument(
+                "a new vnode's state is running or stopped".into(),
+            ));
+        }
+        let store = self.store().await?;
+        let hosts = store.list_hosts().await.map_err(bus_error)?;
+        if !hosts.iter().any(|h| h.name == host) {
+            return Err(BusError::NotFound(format!(
+                "no host {host} is up (see `docklet-admin hosts`)"
+            )));
+        }
+        store.create_vnode(host, spec).await.map_err(bus_error)
+    }
+
+    pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), BusError> {
+        let store = self.store().await?;
+        store.set_vnode_state(id, state).await.map_err(bus_error)
+    }
+
+    /// Every vnode: host, spec and last status.
+    pub async fn list_vnodes(&self) -> Result<Vec<VNodeEntry>, BusError> {
+        let store = self.store().await?;
+        let specs = store.all_vnode_specs().await.map_err(bus_error)?;
+        let mut statuses = store.all_vnode_statuses().await.map_err(bus_error)?;
+        Ok(specs
+            .into_iter()
+            .map(|(host, spec)| {
+                let status = statuses
+                    .iter()
+                    .position(|s| s.id == spec.id)
+                    .map(|i| statuses.swap_remove(i));
+                VNodeEntry { host, spec, status }
+            })
+            .collect())
     }
 
     /// Is etcd reachable and the cluster initialized? For the health endpoint.
@@ -249,8 +291,18 @@ pub fn bus_error(e: StoreError) -> BusError {
         StoreError::Unavailable(_) | StoreError::Unauthenticated(_) => {
             BusError::EtcdUnavailable(e.to_string())
         }
+        StoreError::NotFound(m) => BusError::NotFound(m),
+        StoreError::Conflict(m) => BusError::Conflict(m),
         other => BusError::Failed(other.to_string()),
     }
+}
+
+/// One vnode as `ListVNodes` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VNodeEntry {
+    pub host: String,
+    pub spec: VNodeSpec,
+    pub status: Option<VNodeStatus>,
 }
 
 /// The unprivileged user the packaged master runs as.

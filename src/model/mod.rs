@@ -4,3 +4,4 @@
 pub mod account;
 pub mod cluster;
 pub mod host;
+pub mod vnode;

@@ -19,11 +19,11 @@ use crate::model::host::HostRecord;
 /// A connection to etcd, scoped to one cluster's keys.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
-    keys: Keys,
+    pub(super) client: Client,
+    pub(super) keys: Keys,
 }
 
-fn classify(e: etcd_client::Error) -> StoreError {
+pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
     match &e {
         etcd_client::Error::GRpcStatus(status) => match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => {

@@ -4,7 +4,13 @@
 //! Keys, all under `/<cluster_name>/`:
 //! - `cluster`: [`ClusterInfo`], written once by `init`;
 //! - `hosts/<name>`: [`HostRecord`], bound to the worker's lease;
-//! - `users/<name>`: [`Account`].
+//! - `users/<name>`: [`Account`];
+//! - `vnodes/<host>/<id>`: [`VNodeSpec`](crate::model::vnode::VNodeSpec), the desired state
+//!   the master writes and the worker of `<host>` watches;
+//! - `vnode-hosts/<id>`: the host a vnode id lives on (keeps ids unique in the cluster);
+//! - `vnode-status/<id>`: [`VNodeStatus`](crate::model::vnode::VNodeStatus), written by the worker;
+//! - `uid-ranges/<user>` and `uid-slots/<slot>`: the user's uid range for its vnodes, both
+//!   written in one transaction so no two users share a range.
 
 use std::future::Future;
 
@@ -14,6 +20,7 @@ use crate::model::host::HostRecord;
 
 pub mod etcd;
 pub mod memory;
+pub mod vnodes;
 
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
@@ -30,6 +37,12 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("etcd request failed: {0}")]
     Failed(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// Key names, in one place.
@@ -59,6 +72,34 @@ impl Keys {
     }
     pub fn user(&self, name: &str) -> String {
         format!("{}users/{name}", self.prefix)
+    }
+    /// All vnode specs of one host (with the trailing slash).
+    pub fn host_vnodes(&self, host: &str) -> String {
+        format!("{}vnodes/{host}/", self.prefix)
+    }
+    pub fn vnodes(&self) -> String {
+        format!("{}vnodes/", self.prefix)
+    }
+    pub fn vnode(&self, host: &str, id: &str) -> String {
+        format!("{}vnodes/{host}/{id}", self.prefix)
+    }
+    pub fn vnode_host(&self, id: &str) -> String {
+        format!("{}vnode-hosts/{id}", self.prefix)
+    }
+    pub fn vnode_statuses(&self) -> String {
+        format!("{}vnode-status/", self.prefix)
+    }
+    pub fn vnode_status(&self, id: &str) -> String {
+        format!("{}vnode-status/{id}", self.prefix)
+    }
+    pub fn uid_range(&self, user: &str) -> String {
+        format!("{}uid-ranges/{user}", self.prefix)
+    }
+    pub fn uid_slots(&self) -> String {
+        format!("{}uid-slots/", self.prefix)
+    }
+    pub fn uid_slot(&self, slot: u32) -> String {
+        format!("{}uid-slots/{slot}", self.prefix)
     }
 }
 

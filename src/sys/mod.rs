@@ -2,3 +2,5 @@
 //! tests of the logic that uses it.
 
 pub mod host;
+pub mod mounts;
+pub mod systemd;

@@ -1,19 +1,39 @@
-//! `org.docklet.Worker1` at `/org/docklet/Worker1` on the system bus.
+//! `org.docklet.Worker1` at `/org/docklet/Worker1` on the system bus: this host's vnodes, and
+//! commands inside them with the caller's own standard streams (`docklet-admin exec`).
 
 use std::sync::Arc;
 
 use zbus::message::Header;
 
 use super::Worker;
+use super::exec::{self, ExecRequest};
+use super::vnodes::{Runtime, VNodeError};
 use crate::dbus_api::{self, BusError, VNodeRow};
 
 pub struct WorkerInterface {
     worker: Arc<Worker>,
 }
 
+impl WorkerInterface {
+    fn runtime(&self) -> Result<&Arc<Runtime>, BusError> {
+        self.worker
+            .runtime
+            .get()
+            .ok_or_else(|| BusError::Failed("the worker is still connecting to systemd".into()))
+    }
+}
+
+fn bus_error(e: VNodeError) -> BusError {
+    match e {
+        VNodeError::Spec(e) => BusError::InvalidArgument(e.to_string()),
+        VNodeError::Refused(m) => BusError::Failed(m),
+        other => BusError::Failed(other.to_string()),
+    }
+}
+
 #[zbus::interface(name = "org.docklet.Worker1")]
 impl WorkerInterface {
-    /// The vnodes this worker runs (none until vnodes arrive).
+    /// The vnodes of this host with the phase last reported.
     #[zbus(name = "ListVNodes")]
     async fn list_vnodes(
         &self,
@@ -21,7 +41,83 @@ impl WorkerInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<VNodeRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        Ok(Vec::new())
+        let Some(runtime) = self.worker.runtime.get() else {
+            return Ok(Vec::new());
+        };
+        Ok(runtime
+            .vnodes()
+            .into_iter()
+            .map(|(spec, status)| VNodeRow {
+                state: status
+                    .map(|s| s.phase.as_str().to_owned())
+                    .unwrap_or_else(|| "pending".into()),
+                unit: crate::model::vnode::unit_name(&spec.id),
+                id: spec.id,
+                user: spec.user,
+                cluster: spec.cluster,
+            })
+            .collect())
+    }
+
+    /// `{"spec": ..., "status": ...}` of one vnode of this host.
+    #[zbus(name = "VNodeStatus")]
+    async fn vnode_status(
+        &self,
+        id: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let runtime = self.runtime()?;
+        let spec = runtime
+            .spec(id)
+            .ok_or_else(|| BusError::NotFound(format!("no vnode {id} on this host")))?;
+        let status = runtime.status(id);
+        Ok(serde_json::json!({ "spec": spec, "status": status }).to_string())
+    }
+
+    /// Runs a command in a vnode with the caller's file descriptors as its standard streams.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec(
+        &self,
+        id: &str,
+        user: &str,
+        argv: Vec<String>,
+        term: &str,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<i32, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let runtime = self.runtime()?.clone();
+        tracing::info!(
+            caller_uid = uid,
+            vnode = id,
+            user,
+            "exec over D-Bus: {argv:?}"
+        );
+        let request = ExecRequest {
+            id: id.to_owned(),
+            user: user.to_owned(),
+            argv,
+            term: if term.is_empty() {
+                "dumb".into()
+            } else {
+                term.to_owned()
+            },
+        };
+        exec::run(
+            &runtime,
+            runtime.systemd(),
+            &request,
+            stdin.into(),
+            stdout.into(),
+            stderr.into(),
+        )
+        .await
+        .map_err(bus_error)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -1,8 +1,10 @@
 //! The worker daemon: registers its host in etcd under a lease and keeps the lease alive, so
-//! the cluster always knows which hosts are up; serves `org.docklet.Worker1` on D-Bus.
-//! Later issues add the vnode reconciler, networks and the agent endpoint.
+//! the cluster always knows which hosts are up; runs the vnode reconciler ([`vnodes`]) on the
+//! specs etcd holds for this host; serves `org.docklet.Worker1` on D-Bus.
 
 pub mod bus;
+pub mod exec;
+pub mod vnodes;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +36,9 @@ pub struct Worker {
     pub config: Config,
     pub host: String,
     status: StatusLine,
-    probe: Box<dyn HostProbe>,
+    probe: Arc<dyn HostProbe>,
+    /// Set once systemd answered; the vnode runtime lives as long as the worker.
+    pub runtime: std::sync::OnceLock<Arc<vnodes::Runtime>>,
 }
 
 impl Worker {
@@ -42,13 +46,14 @@ impl Worker {
         config: Config,
         host: String,
         notifier: Notifier,
-        probe: Box<dyn HostProbe>,
+        probe: Arc<dyn HostProbe>,
     ) -> Worker {
         Worker {
             config,
             host,
             status: StatusLine::new(notifier),
             probe,
+            runtime: std::sync::OnceLock::new(),
         }
     }
 
@@ -167,7 +172,7 @@ impl Worker {
 
 /// Runs the worker until SIGTERM. On a clean stop the lease is revoked, so the host leaves
 /// the list at once; a killed worker leaves it when the lease expires.
-pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), WorkerError> {
+pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), WorkerError> {
     let notifier = Notifier::from_env();
     let host = daemon::host_name();
     validate_host_name(&host)?;
@@ -217,6 +222,8 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
         }
     };
 
+    let reconciler = reconcile_loop(worker.clone());
+
     let watchdog_every = notifier.watchdog_interval();
     let live_loop = async {
         let mut watchdog = tokio::time::interval(watchdog_every);
@@ -228,6 +235,7 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
 
     tokio::select! {
         _ = registration => {}
+        _ = reconciler => {}
         _ = live_loop => {}
         _ = daemon::shutdown_signal() => {}
     }
@@ -242,6 +250,91 @@ pub async fn run(config: Config, probe: Box<dyn HostProbe>) -> Result<(), Worker
     }
     Ok(())
 }
+
+/// Connects to systemd, then follows this host's vnode specs for ever: a full pass at start
+/// and after every change in etcd, every unit that goes away, and every few seconds.
+async fn reconcile_loop(worker: Arc<Worker>) {
+    use futures_util::StreamExt;
+    let mut backoff = Backoff::default();
+    let systemd = loop {
+        match crate::sys::systemd::Systemd::connect().await {
+            Ok(systemd) => break systemd,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(
+                    "cannot reach systemd, which runs the vnodes: {e}; retrying in {}s",
+                    delay.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    backoff.reset();
+    let runtime = worker
+        .runtime
+        .get_or_init(|| {
+            Arc::new(vnodes::Runtime::new(
+                worker.config.clone(),
+                worker.host.clone(),
+                systemd.clone(),
+                worker.probe.clone(),
+            ))
+        })
+        .clone();
+    let mut first_pass = true;
+    loop {
+        let store = worker.connect(&mut backoff).await;
+        let result: Result<(), StoreError> = async {
+            let (specs, revision) = store.host_vnode_specs(&worker.host).await?;
+            if std::mem::take(&mut first_pass) {
+                let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+                runtime.load_statuses(&store, &ids).await;
+                info!("{} vnode spec(s) for this host", ids.len());
+            }
+            runtime.reconcile_all(&store, specs).await;
+            let mut watch = store.watch_host_vnodes(&worker.host, revision).await?;
+            let mut removed = systemd
+                .manager()
+                .receive_unit_removed()
+                .await
+                .map_err(|e| StoreError::Failed(format!("systemd signals: {e}")))?;
+            let mut tick = tokio::time::interval(RESYNC_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    message = watch.message() => match message {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
+                        Err(e) => return Err(crate::store::etcd::classify(e)),
+                    },
+                    Some(signal) = removed.next() => {
+                        let ours = signal
+                            .args()
+                            .is_ok_and(|a| crate::model::vnode::id_from_unit(&a.unit).is_some());
+                        if !ours {
+                            continue;
+                        }
+                    }
+                    _ = tick.tick() => {}
+                }
+                let (specs, _) = store.host_vnode_specs(&worker.host).await?;
+                runtime.reconcile_all(&store, specs).await;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            let delay = backoff.next_delay();
+            warn!(
+                "vnode reconciler: {e}; starting over in {}s",
+                delay.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// A full pass this often even without events: restarts after backoff, drift repair.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -263,7 +356,7 @@ mod tests {
             Config::default(),
             "tb2".into(),
             Notifier::from_env(),
-            Box::new(probe),
+            Arc::new(probe),
         );
         let record = worker.host_record(77);
         assert_eq!(record.name, "tb2");

@@ -1,0 +1,499 @@
+//! Vnodes as the cluster sees them: the desired spec the master writes (keyed by host), the
+//! status the worker writes back, the rules a spec must follow, the names derived from it
+//! (unit, slice, machine, hostname), the per-user uid ranges, and the reconcile decision.
+
+use serde::{Deserialize, Serialize};
+
+/// What the master wants a vnode to be. Stored at `vnodes/<host>/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VNodeSpec {
+    /// Unique in the cluster; also the machine name. See [`validate_spec`].
+    pub id: String,
+    pub user: String,
+    /// The vcluster this node belongs to.
+    pub cluster: String,
+    /// The node's number in its vcluster: its hostname is `host-<index>`.
+    pub index: u32,
+    /// Image name under `FS_PREFIX/local/images`.
+    pub image: String,
+    /// CPU in thousandths of a core (1000 = one core).
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub tasks: u32,
+    pub state: DesiredState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+    /// Removed by the worker once everything local is gone (the spec key goes with it).
+    Deleted,
+}
+
+impl std::str::FromStr for DesiredState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(DesiredState::Running),
+            "stopped" => Ok(DesiredState::Stopped),
+            "deleted" => Ok(DesiredState::Deleted),
+            other => Err(format!(
+                "unknown state {other:?} (expected running, stopped or deleted)"
+            )),
+        }
+    }
+}
+
+/// What the worker reports. Stored at `vnode-status/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VNodeStatus {
+    pub id: String,
+    pub host: String,
+    pub phase: Phase,
+    /// Why the vnode is `failed` (or why it was restarted last), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_pid: Option<u32>,
+    /// Unix seconds when the vnode last reached `running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_at: Option<u64>,
+    /// Milliseconds from starting the unit to systemd inside reporting ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
+    /// First host uid of the vnode's user namespace (root inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_base: Option<u32>,
+    /// The image version the running rootfs was assembled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// Restarts after failures since the worker started watching this vnode.
+    #[serde(default)]
+    pub restarts: u32,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    #[default]
+    Pending,
+    Creating,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Creating => "creating",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("{field} {value:?} is invalid: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{field} {value} is out of range: {reason}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Lower-case letters, digits and inner dashes; `max` characters at most. Such names are safe
+/// as etcd key segments, unit names, paths and machine names.
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), SpecError> {
+    if value.is_empty() || value.len() > max {
+        return Err(invalid(
+            field,
+            value,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid(field, value, "may only contain a-z, 0-9 and '-'"));
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err(invalid(field, value, "must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+pub fn validate_user_name(user: &str) -> Result<(), SpecError> {
+    if user.is_empty() || user.len() > 32 {
+        return Err(invalid("user", user, "must be 1 to 32 characters"));
+    }
+    let mut bytes = user.bytes();
+    let first = bytes.next().unwrap_or(b'-');
+    if !(first.is_ascii_lowercase() || first == b'_')
+        || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            "user",
+            user,
+            "must start with a-z or '_' and contain only a-z, 0-9, '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_image_name(image: &str) -> Result<(), SpecError> {
+    check_name("image", image, 64)
+}
+
+pub const MIN_MEMORY: u64 = 64 << 20;
+pub const MIN_DISK: u64 = 64 << 20;
+pub const MIN_TASKS: u32 = 32;
+pub const MAX_TASKS: u32 = 1 << 22;
+
+/// The rules every spec follows, whatever the host.
+pub fn validate_spec(spec: &VNodeSpec) -> Result<(), SpecError> {
+    check_name("id", &spec.id, 48)?;
+    validate_user_name(&spec.user)?;
+    check_name("cluster", &spec.cluster, 32)?;
+    validate_image_name(&spec.image)?;
+    if spec.cpu_millis < 10 {
+        return Err(SpecError::OutOfRange {
+            field: "cpu_millis",
+            value: spec.cpu_millis.into(),
+            reason: "at least 10 (a hundredth of a core)".into(),
+        });
+    }
+    if spec.memory_bytes < MIN_MEMORY {
+        return Err(SpecError::OutOfRange {
+            field: "memory_bytes",
+            value: spec.memory_bytes,
+            reason: format!("at least {MIN_MEMORY}"),
+        });
+    }
+    if spec.disk_bytes < MIN_DISK {
+        return Err(SpecError::OutOfRange {
+            field: "disk_bytes",
+            value: spec.disk_bytes,
+            reason: format!("at least {MIN_DISK}"),
+        });
+    }
+    if !(MIN_TASKS..=MAX_TASKS).contains(&spec.tasks) {
+        return Err(SpecError::OutOfRange {
+            field: "tasks",
+            value: spec.tasks.into(),
+            reason: format!("between {MIN_TASKS} and {MAX_TASKS}"),
+        });
+    }
+    Ok(())
+}
+
+/// What one host can give a single vnode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disk_free_bytes: u64,
+}
+
+/// A spec that can never run on this host is refused rather than started and killed.
+pub fn check_fits(spec: &VNodeSpec, host: HostLimits) -> Result<(), SpecError> {
+    if u64::from(spec.cpu_millis) > u64::from(host.cpus) * 1000 {
+        return Err(SpecError::OutOfRange {
+            field: "cpu_millis",
+            value: spec.cpu_millis.into(),
+            reason: format!("this host has {} cpus", host.cpus),
+        });
+    }
+    if spec.memory_bytes > host.memory_bytes {
+        return Err(SpecError::OutOfRange {
+            field: "memory_bytes",
+            value: spec.memory_bytes,
+            reason: format!("this host has {} bytes of memory", host.memory_bytes),
+        });
+    }
+    if spec.disk_bytes > host.disk_free_bytes {
+        return Err(SpecError::OutOfRange {
+            field: "disk_bytes",
+            value: spec.disk_bytes,
+            reason: format!("this host has {} bytes free", host.disk_free_bytes),
+        });
+    }
+    Ok(())
+}
+
+/// systemd's unit-name escaping for one name segment: keeps `[A-Za-z0-9:_.]`, writes every
+/// other byte (and a leading dot) as `\xNN`. A dash would otherwise start a new slice level.
+pub fn escape_unit_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+pub fn unit_name(id: &str) -> String {
+    format!("docklet-vnode-{id}.service")
+}
+
+/// The vnode id behind a unit name, if it is one of ours.
+pub fn id_from_unit(unit: &str) -> Option<&str> {
+    unit.strip_prefix("docklet-vnode-")?
+        .strip_suffix(".service")
+}
+
+/// Every vnode of a user on a host sits in this slice, a child of `docklet-u.slice` (itself in
+/// `docklet.slice`), so a user's total can be capped per host.
+pub fn user_slice(user: &str) -> String {
+    format!("docklet-u-{}.slice", escape_unit_segment(user))
+}
+
+pub fn hostname(index: u32) -> String {
+    format!("host-{index}")
+}
+
+/// First uid of the container range systemd reserves (0x80000).
+pub const UID_RANGE_START: u32 = 524_288;
+/// Each user gets 65536 uids: a full 16-bit range, as nspawn expects.
+pub const UID_RANGE_SIZE: u32 = 65_536;
+/// Ranges end below 0x70000000, where systemd's container range ends.
+pub const UID_SLOTS: u32 = (0x7000_0000 - UID_RANGE_START) / UID_RANGE_SIZE;
+
+/// The first host uid of range `slot`.
+pub fn uid_base(slot: u32) -> u32 {
+    assert!(slot < UID_SLOTS, "uid slot {slot} out of range");
+    UID_RANGE_START + slot * UID_RANGE_SIZE
+}
+
+/// The lowest slot not in `taken`, if any is left.
+pub fn free_uid_slot(taken: &[u32]) -> Option<u32> {
+    let mut taken = taken.to_vec();
+    taken.sort_unstable();
+    let mut candidate = 0;
+    for slot in taken {
+        if slot == candidate {
+            candidate += 1;
+        } else if slot > candidate {
+            break;
+        }
+    }
+    (candidate < UID_SLOTS).then_some(candidate)
+}
+
+/// What the unit of a vnode is doing, as the worker sees it on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitState {
+    /// No such unit loaded (never started, stopped and collected, or the host rebooted).
+    Absent,
+    Starting,
+    Active,
+    Stopping,
+}
+
+/// The one next step for a vnode on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Prepare the rootfs if needed, then start the unit.
+    Start,
+    /// Stop the unit; keep the rootfs and its changes.
+    Stop,
+    /// Release mounts, keep the rootfs layers (after a stop).
+    Unmount,
+    /// Stop if needed, remove every local trace, then the spec and status keys.
+    Delete,
+    /// Wait for systemd to finish what it is doing.
+    Wait,
+}
+
+/// The reconcile decision: desired state against the unit's state and whether the rootfs is
+/// currently mounted. A failed unit is `Absent` (collected), so desired `running` restarts it.
+pub fn next_action(desired: DesiredState, unit: UnitState, mounted: bool) -> Action {
+    match (desired, unit) {
+        (DesiredState::Deleted, _) => Action::Delete,
+        (_, UnitState::Starting | UnitState::Stopping) => Action::Wait,
+        (DesiredState::Running, UnitState::Active) => Action::Nothing,
+        (DesiredState::Running, UnitState::Absent) => Action::Start,
+        (DesiredState::Stopped, UnitState::Active) => Action::Stop,
+        (DesiredState::Stopped, UnitState::Absent) if mounted => Action::Unmount,
+        (DesiredState::Stopped, UnitState::Absent) => Action::Nothing,
+    }
+}
+
+/// Delay before restarting a vnode that failed `failures` times in a row: 1 s, doubling up to 64 s.
+pub fn restart_delay_secs(failures: u32) -> u64 {
+    1u64 << failures.saturating_sub(1).min(6).min(63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn spec() -> VNodeSpec {
+        VNodeSpec {
+            id: "alice-c1-0".into(),
+            user: "alice".into(),
+            cluster: "c1".into(),
+            index: 0,
+            image: "base".into(),
+            cpu_millis: 1000,
+            memory_bytes: 512 << 20,
+            disk_bytes: 1 << 30,
+            tasks: 512,
+            state: DesiredState::Running,
+        }
+    }
+
+    #[test]
+    fn a_reasonable_spec_is_valid() {
+        assert_eq!(validate_spec(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn names_that_could_escape_a_path_or_a_unit_are_refused() {
+        for bad in ["", "../x", "a/b", "A", "a b", "-a", "a-", "a.b", "a\nb"] {
+            let mut s = spec();
+            s.id = bad.into();
+            assert!(validate_spec(&s).is_err(), "id {bad:?} accepted");
+            let mut s = spec();
+            s.image = bad.into();
+            assert!(validate_spec(&s).is_err(), "image {bad:?} accepted");
+        }
+        let mut s = spec();
+        s.id = "x".repeat(49);
+        assert!(validate_spec(&s).is_err());
+        for bad in ["", "1abc", "Al", "a.b", "a/b", &"a".repeat(33)] {
+            assert!(validate_user_name(bad).is_err(), "user {bad:?} accepted");
+        }
+        assert!(validate_user_name("_svc-1").is_ok());
+    }
+
+    #[test]
+    fn limits_below_the_minimum_are_refused_with_the_field_named() {
+        let mut s = spec();
+        s.memory_bytes = 1 << 20;
+        let e = validate_spec(&s).unwrap_err().to_string();
+        assert!(e.contains("memory_bytes"), "{e}");
+        let mut s = spec();
+        s.tasks = 1;
+        assert!(validate_spec(&s).unwrap_err().to_string().contains("tasks"));
+        let mut s = spec();
+        s.cpu_millis = 0;
+        assert!(validate_spec(&s).is_err());
+        let mut s = spec();
+        s.disk_bytes = 0;
+        assert!(validate_spec(&s).is_err());
+    }
+
+    #[test]
+    fn a_spec_larger_than_the_host_does_not_fit() {
+        let host = HostLimits {
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            disk_free_bytes: 10 << 30,
+        };
+        assert_eq!(check_fits(&spec(), host), Ok(()));
+        let mut s = spec();
+        s.cpu_millis = 2001;
+        let e = check_fits(&s, host).unwrap_err().to_string();
+        assert!(e.contains("2 cpus"), "{e}");
+        let mut s = spec();
+        s.memory_bytes = 5 << 30;
+        assert!(check_fits(&s, host).is_err());
+        let mut s = spec();
+        s.disk_bytes = 11 << 30;
+        assert!(check_fits(&s, host).is_err());
+    }
+
+    #[test]
+    fn unit_and_slice_names() {
+        assert_eq!(unit_name("alice-c1-0"), "docklet-vnode-alice-c1-0.service");
+        assert_eq!(
+            id_from_unit("docklet-vnode-alice-c1-0.service"),
+            Some("alice-c1-0")
+        );
+        assert_eq!(id_from_unit("docklet-worker.service"), None);
+        assert_eq!(user_slice("alice"), "docklet-u-alice.slice");
+        assert_eq!(user_slice("bob-x"), "docklet-u-bob\\x2dx.slice");
+        assert_eq!(hostname(3), "host-3");
+    }
+
+    #[test]
+    fn uid_ranges_are_disjoint_and_inside_the_container_range() {
+        assert_eq!(uid_base(0), 524_288);
+        assert_eq!(uid_base(1) - uid_base(0), 65_536);
+        let last = uid_base(UID_SLOTS - 1);
+        assert!(u64::from(last) + 65_536 <= 0x7000_0000);
+        assert_eq!(free_uid_slot(&[]), Some(0));
+        assert_eq!(free_uid_slot(&[0, 1, 3]), Some(2));
+        assert_eq!(free_uid_slot(&[1, 0, 2]), Some(3));
+        assert_eq!(free_uid_slot(&[5]), Some(0));
+        let all: Vec<u32> = (0..UID_SLOTS).collect();
+        assert_eq!(free_uid_slot(&all), None);
+    }
+
+    #[test]
+    fn reconcile_decisions() {
+        use Action::*;
+        use DesiredState::*;
+        use UnitState::*;
+        assert_eq!(next_action(Running, Absent, false), Start);
+        assert_eq!(next_action(Running, Absent, true), Start);
+        assert_eq!(next_action(Running, Active, true), Nothing);
+        assert_eq!(next_action(Running, Starting, true), Wait);
+        assert_eq!(next_action(Stopped, Active, true), Stop);
+        assert_eq!(next_action(Stopped, Stopping, true), Wait);
+        assert_eq!(next_action(Stopped, Absent, true), Unmount);
+        assert_eq!(next_action(Stopped, Absent, false), Action::Nothing);
+        assert_eq!(next_action(Deleted, Active, true), Delete);
+        assert_eq!(next_action(Deleted, Absent, false), Delete);
+    }
+
+    #[test]
+    fn restart_backoff_doubles_up_to_a_minute() {
+        assert_eq!(restart_delay_secs(1), 1);
+        assert_eq!(restart_delay_secs(2), 2);
+        assert_eq!(restart_delay_secs(4), 8);
+        assert_eq!(restart_delay_secs(7), 64);
+        assert_eq!(restart_delay_secs(100), 64);
+    }
+
+    #[test]
+    fn desired_state_parses_and_specs_round_trip() {
+        assert_eq!("stopped".parse::<DesiredState>(), Ok(DesiredState::Stopped));
+        assert!("paused".parse::<DesiredState>().is_err());
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert!(json.contains("\"state\":\"running\""), "{json}");
+        assert_eq!(serde_json::from_str::<VNodeSpec>(&json).unwrap(), spec());
+        assert!(serde_json::from_str::<VNodeSpec>(r#"{"id":"x"}"#).is_err());
+    }
+}

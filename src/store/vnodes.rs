@@ -1,0 +1,283 @@
+//! The vnode keys on etcd: specs keyed by host, their status, the id index and the per-user
+//! uid ranges. Every write that must not race (unique ids, uid ranges, state changes) is a
+//! compare-and-swap transaction.
+
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+
+use super::etcd::classify;
+use super::{EtcdStore, StoreError, decode, encode};
+use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
+
+/// A spec as read from etcd: unreadable ones are kept (with the error) so the worker can
+/// report them instead of ignoring them.
+pub struct StoredSpec {
+    pub id: String,
+    pub spec: Result<VNodeSpec, StoreError>,
+}
+
+impl EtcdStore {
+    /// Writes a new vnode spec on `host`. Refuses an id that exists anywhere in the cluster.
+    pub async fn create_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
+        let index = self.keys.vnode_host(&spec.id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(index.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(index, host, None),
+                TxnOp::put(self.keys.vnode(host, &spec.id), encode(spec), None),
+            ]);
+        let response = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "a vnode with id {} already exists",
+                spec.id
+            )))
+        }
+    }
+
+    /// The host a vnode id lives on.
+    pub async fn vnode_host(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(self.keys.vnode_host(id), None)
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Changes a vnode's desired state; the worker of its host acts on it.
+    pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), StoreError> {
+        let host = self
+            .vnode_host(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no vnode with id {id}")))?;
+        let key = self.keys.vnode(&host, id);
+        let mut kv = self.client.kv_client();
+        loop {
+            let response = kv.get(key.clone(), None).await.map_err(classify)?;
+            let Some(item) = response.kvs().first() else {
+                return Err(StoreError::NotFound(format!("no vnode with id {id}")));
+            };
+            let mut spec: VNodeSpec = decode(&key, item.value())?;
+            if spec.state == DesiredState::Deleted && state != DesiredState::Deleted {
+                return Err(StoreError::Conflict(format!("vnode {id} is being deleted")));
+            }
+            spec.state = state;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    item.mod_revision(),
+                )])
+                .and_then([TxnOp::put(key.clone(), encode(&spec), None)]);
+            if kv.txn(txn).await.map_err(classify)?.succeeded() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The specs under `vnodes/<host>/` and the revision they were read at.
+    pub async fn host_vnode_specs(&self, host: &str) -> Result<(Vec<StoredSpec>, i64), StoreError> {
+        let prefix = self.keys.host_vnodes(host);
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+        let specs = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                StoredSpec {
+                    id: key[prefix.len()..].to_owned(),
+                    spec: decode(&key, kv.value()),
+                }
+            })
+            .collect();
+        Ok((specs, revision))
+    }
+
+    /// One spec of `host`, `None` when its key is gone.
+    pub async fn host_vnode_spec(
+        &self,
+        host: &str,
+        id: &str,
+    ) -> Result<Option<StoredSpec>, StoreError> {
+        let key = self.keys.vnode(host, id);
+        let response = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(classify)?;
+        Ok(response.kvs().first().map(|kv| StoredSpec {
+            id: id.to_owned(),
+            spec: decode(&key, kv.value()),
+        }))
+    }
+
+    /// Every spec in the cluster, with the host it is on.
+    pub async fn all_vnode_specs(&self) -> Result<Vec<(String, VNodeSpec)>, StoreError> {
+        let prefix = self.keys.vnodes();
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let host = key[prefix.len()..]
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                decode(&key, kv.value()).map(|spec| (host, spec))
+            })
+            .collect()
+    }
+
+    /// Watches `vnodes/<host>/` from `after_revision + 1`: every event means "read again".
+    pub async fn watch_host_vnodes(
+        &self,
+        host: &str,
+        after_revision: i64,
+    ) -> Result<WatchStream, StoreError> {
+        self.client
+            .watch_client()
+            .watch(
+                self.keys.host_vnodes(host),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(after_revision + 1),
+                ),
+            )
+            .await
+            .map_err(classify)
+    }
+
+    pub async fn put_vnode_status(&self, status: &VNodeStatus) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(
+                self.keys.vnode_status(&status.id),
+                encode(status),
+                None::<PutOptions>,
+            )
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    pub async fn vnode_status(&self, id: &str) -> Result<Option<VNodeStatus>, StoreError> {
+        let key = self.keys.vnode_status(id);
+        let response = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| decode(&key, kv.value()))
+            .transpose()
+    }
+
+    pub async fn all_vnode_statuses(&self) -> Result<Vec<VNodeStatus>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(
+                self.keys.vnode_statuses(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    /// Forgets a deleted vnode: spec, status and id index go in one transaction.
+    pub async fn remove_vnode(&self, host: &str, id: &str) -> Result<(), StoreError> {
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.keys.vnode(host, id), None::<DeleteOptions>),
+            TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
+            TxnOp::delete(self.keys.vnode_host(id), None::<DeleteOptions>),
+        ]);
+        self.client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// The user's uid range slot, allocated on first use. Two workers allocating for different
+    /// users at once never get the same slot: both keys are created only if neither exists.
+    pub async fn uid_slot(&self, user: &str) -> Result<u32, StoreError> {
+        let mut kv = self.client.kv_client();
+        let range_key = self.keys.uid_range(user);
+        loop {
+            let response = kv.get(range_key.clone(), None).await.map_err(classify)?;
+            if let Some(item) = response.kvs().first() {
+                return decode(&range_key, item.value());
+            }
+            let slots_prefix = self.keys.uid_slots();
+            let taken = kv
+                .get(
+                    slots_prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .map_err(classify)?;
+            let taken: Vec<u32> = taken
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    String::from_utf8_lossy(kv.key())[slots_prefix.len()..]
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            let slot = vnode::free_uid_slot(&taken).ok_or_else(|| {
+                StoreError::Exhausted(format!(
+                    "no uid range left for user {user}: all {} ranges are taken",
+                    vnode::UID_SLOTS
+                ))
+            })?;
+            let slot_key = self.keys.uid_slot(slot);
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(range_key.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(slot_key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(range_key.clone(), encode(&slot), None),
+                    TxnOp::put(slot_key, user, None),
+                ]);
+            if kv.txn(txn).await.map_err(classify)?.succeeded() {
+                tracing::info!(user, slot, "allocated uid range {}", vnode::uid_base(slot));
+                return Ok(slot);
+            }
+        }
+    }
+}

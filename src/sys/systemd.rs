@@ -1,0 +1,319 @@
+//! systemd over D-Bus (zbus): transient units for vnodes and exec sessions, their state, and
+//! waiting for jobs. Never `systemd-run`: the worker talks to the manager directly, so it sees
+//! job results and unit properties as systemd reports them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+
+use crate::model::vnode::UnitState;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+pub trait SystemdManager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Variant<'_>)],
+        aux: &[(&str, &[(&str, Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn unref_unit(&self, name: &str) -> zbus::Result<()>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn unit_removed(&self, unit: String, path: OwnedObjectPath) -> zbus::Result<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("systemd D-Bus call failed: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("job for {unit} finished with result {result:?}")]
+    JobFailed { unit: String, result: String },
+    #[error("timed out after {secs}s waiting for the job of {unit}")]
+    Timeout { unit: String, secs: u64 },
+}
+
+/// What the worker reads of a unit.
+#[derive(Debug, Clone, Default)]
+pub struct UnitInfo {
+    pub active_state: String,
+    pub sub_state: String,
+    pub result: String,
+    pub main_pid: u32,
+    pub control_group: String,
+    /// `CLD_EXITED` (1), `CLD_KILLED` (2) or `CLD_DUMPED` (3), 0 while running.
+    pub exec_main_code: i32,
+    pub exec_main_status: i32,
+    /// Microseconds since the epoch.
+    pub active_enter_usec: u64,
+    pub inactive_exit_usec: u64,
+}
+
+impl UnitInfo {
+    pub fn state(&self) -> UnitState {
+        unit_state(&self.active_state)
+    }
+
+    /// The exit status as a shell reports it: the code, or 128 + the signal.
+    pub fn exit_status(&self) -> i32 {
+        match self.exec_main_code {
+            1 => self.exec_main_status,
+            2 | 3 => 128 + self.exec_main_status,
+            _ => -1,
+        }
+    }
+}
+
+pub fn unit_state(active_state: &str) -> UnitState {
+    match active_state {
+        "active" | "reloading" => UnitState::Active,
+        "activating" => UnitState::Starting,
+        "deactivating" => UnitState::Stopping,
+        _ => UnitState::Absent,
+    }
+}
+
+/// One property of a transient unit, owned so lists of them can be built and passed around.
+pub type Property = (&'static str, Variant<'static>);
+
+/// `ExecStart=`/`ExecStopPost=` entries: `a(sasb)` of (path, argv, ignore-failure).
+pub fn exec_property(name: &'static str, argv: &[String]) -> Property {
+    let entry = (argv[0].clone(), argv.to_vec(), false);
+    (name, Variant::new(vec![entry]))
+}
+
+#[derive(Clone)]
+pub struct Systemd {
+    connection: zbus::Connection,
+    manager: SystemdManagerProxy<'static>,
+}
+
+impl Systemd {
+    pub async fn connect() -> Result<Systemd, SystemdError> {
+        let connection = zbus::Connection::system().await?;
+        let manager = SystemdManagerProxy::new(&connection).await?;
+        // JobRemoved is only sent to subscribers.
+        manager.subscribe().await?;
+        Ok(Systemd {
+            connection,
+            manager,
+        })
+    }
+
+    pub fn manager(&self) -> &SystemdManagerProxy<'static> {
+        &self.manager
+    }
+
+    /// Starts a transient unit and waits for its start job: for `Type=notify` that is when the
+    /// service reported ready.
+    pub async fn start_transient(
+        &self,
+        name: &str,
+        properties: Vec<Property>,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        // Listen before starting, so the job's end cannot be missed.
+        let jobs = self.manager.receive_job_removed().await?;
+        let props: Vec<(&str, Variant<'_>)> = properties
+            .iter()
+            .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
+            .collect::<Result<_, _>>()?;
+        let job = self
+            .manager
+            .start_transient_unit(name, "fail", &props, &[])
+            .await?;
+        self.wait_job(jobs, job, name, timeout).await
+    }
+
+    /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
+    pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
+        let jobs = self.manager.receive_job_removed().await?;
+        let job = match self.manager.stop_unit(name, "replace").await {
+            Ok(job) => job,
+            Err(e) if is_no_such_unit(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match self.wait_job(jobs, job, name, timeout).await {
+            // "failed"/"done" both leave it stopped; only a timeout is a failure to stop.
+            Err(SystemdError::JobFailed { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn wait_job(
+        &self,
+        mut jobs: JobRemovedStream,
+        job: OwnedObjectPath,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        let wait = async {
+            while let Some(signal) = jobs.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Some(args.result.clone());
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(result)) if result == "done" => Ok(()),
+            Ok(Some(result)) => Err(SystemdError::JobFailed {
+                unit: unit.to_owned(),
+                result,
+            }),
+            Ok(None) => Err(SystemdError::Bus(zbus::Error::Failure(
+                "systemd's signal stream ended".into(),
+            ))),
+            Err(_) => Err(SystemdError::Timeout {
+                unit: unit.to_owned(),
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// The unit's state and main facts, `None` when it is not loaded.
+    pub async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError> {
+        let path = match self.manager.get_unit(name).await {
+            Ok(path) => path,
+            Err(e) if is_no_such_unit(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let props = zbus::fdo::PropertiesProxy::builder(&self.connection)
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let unit: HashMap<String, OwnedVariant> = props
+            .get_all("org.freedesktop.systemd1.Unit".try_into()?)
+            .await
+            .map_err(zbus::Error::from)?;
+        let service: HashMap<String, OwnedVariant> = props
+            .get_all("org.freedesktop.systemd1.Service".try_into()?)
+            .await
+            .unwrap_or_default();
+        let text = |map: &HashMap<String, OwnedVariant>, key: &str| -> String {
+            map.get(key)
+                .and_then(|v| String::try_from(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let u32_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> u32 {
+            map.get(key)
+                .and_then(|v| u32::try_from(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let i32_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> i32 {
+            map.get(key)
+                .and_then(|v| i32::try_from(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let u64_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> u64 {
+            map.get(key)
+                .and_then(|v| u64::try_from(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        Ok(Some(UnitInfo {
+            active_state: text(&unit, "ActiveState"),
+            sub_state: text(&unit, "SubState"),
+            result: text(&service, "Result"),
+            main_pid: u32_of(&service, "MainPID"),
+            control_group: text(&service, "ControlGroup"),
+            exec_main_code: i32_of(&service, "ExecMainCode"),
+            exec_main_status: i32_of(&service, "ExecMainStatus"),
+            active_enter_usec: u64_of(&unit, "ActiveEnterTimestamp"),
+            inactive_exit_usec: u64_of(&unit, "InactiveExitTimestamp"),
+        }))
+    }
+
+    /// Loaded units whose names match `pattern` (a glob), with their active state.
+    pub async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError> {
+        Ok(self
+            .manager
+            .list_units_by_patterns(&[], &[pattern])
+            .await?
+            .into_iter()
+            .map(|u| (u.0, u.3))
+            .collect())
+    }
+
+    /// Drops the reference a transient unit started with `AddRef=yes` holds for us.
+    pub async fn unref(&self, name: &str) {
+        if let Err(e) = self.manager.unref_unit(name).await {
+            tracing::debug!("UnrefUnit {name}: {e}");
+        }
+        let _ = self.manager.reset_failed_unit(name).await;
+    }
+}
+
+fn is_no_such_unit(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::MethodError(name, _, _) => {
+            name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_states_map_to_unit_states() {
+        assert_eq!(unit_state("active"), UnitState::Active);
+        assert_eq!(unit_state("activating"), UnitState::Starting);
+        assert_eq!(unit_state("deactivating"), UnitState::Stopping);
+        assert_eq!(unit_state("failed"), UnitState::Absent);
+        assert_eq!(unit_state("inactive"), UnitState::Absent);
+    }
+
+    #[test]
+    fn exit_status_follows_the_shell_convention() {
+        let mut info = UnitInfo {
+            exec_main_code: 1,
+            exec_main_status: 3,
+            ..Default::default()
+        };
+        assert_eq!(info.exit_status(), 3);
+        info.exec_main_code = 2;
+        info.exec_main_status = 9;
+        assert_eq!(info.exit_status(), 137);
+    }
+}

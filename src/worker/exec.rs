@@ -1,0 +1,161 @@
+//! Commands inside a vnode. Each runs as a transient unit of its own (not as a child of the
+//! worker), so it has none of the worker's sandbox, survives a worker restart and sits in the
+//! user's slice. Its main process is `nsenter` into every namespace of the vnode's PID 1, then
+//! `setpriv` to the requested user with that user's environment, then the command; its
+//! standard streams are the file descriptors the caller handed over.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use zbus::Variant;
+
+use super::vnodes::{Runtime, VNodeError};
+use crate::model::vnode;
+use crate::sys::systemd::{Property, Systemd, exec_property};
+
+/// How an exec session should look inside the vnode.
+pub struct ExecRequest {
+    pub id: String,
+    /// `root` or a user of the vnode.
+    pub user: String,
+    pub argv: Vec<String>,
+    /// Value of `TERM` for the command.
+    pub term: String,
+}
+
+/// The argv of the session's unit.
+pub fn session_argv(leader: u32, request: &ExecRequest) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "/usr/bin/nsenter".into(),
+        format!("--target={leader}"),
+        "--all".into(),
+        "--".into(),
+        "setpriv".into(),
+        format!("--reuid={}", request.user),
+        format!("--regid={}", request.user),
+        "--init-groups".into(),
+        "--reset-env".into(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        // Start in the user's home, like a login would.
+        "cd \"$HOME\" 2>/dev/null; exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    argv.extend(request.argv.iter().cloned());
+    argv
+}
+
+pub fn check_request(request: &ExecRequest) -> Result<(), VNodeError> {
+    if request.argv.is_empty() || request.argv[0].is_empty() {
+        return Err(VNodeError::Refused("no command given".into()));
+    }
+    vnode::validate_user_name(&request.user)?;
+    if request.term.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(VNodeError::Refused(format!(
+            "TERM {:?} is not a terminal name",
+            request.term
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the request with the given standard streams and returns its exit status (128 + the
+/// signal when killed).
+pub async fn run(
+    runtime: &Runtime,
+    systemd: &Systemd,
+    request: &ExecRequest,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32, VNodeError> {
+    check_request(request)?;
+    let owner = runtime
+        .spec(&request.id)
+        .ok_or_else(|| VNodeError::Refused(format!("no vnode {} on this host", request.id)))?
+        .user;
+    let leader = runtime
+        .leader(&request.id)
+        .await
+        .ok_or_else(|| VNodeError::Refused(format!("vnode {} is not running", request.id)))?;
+    let unit = format!(
+        "docklet-exec-{}-{}.service",
+        request.id,
+        super::vnodes::random_suffix()
+    );
+    let properties: Vec<Property> = vec![
+        (
+            "Description",
+            Variant::new(format!(
+                "Docklet exec in vnode {} as {}",
+                request.id, request.user
+            )),
+        ),
+        ("Slice", Variant::new(vnode::user_slice(&owner))),
+        ("Type", Variant::new("exec")),
+        ("CollectMode", Variant::new("inactive-or-failed")),
+        // Keeps the unit loaded after it ends until we have read its exit status.
+        ("AddRef", Variant::new(true)),
+        ("StandardInputFileDescriptor", Variant::Fd(stdin.into())),
+        ("StandardOutputFileDescriptor", Variant::Fd(stdout.into())),
+        ("StandardErrorFileDescriptor", Variant::Fd(stderr.into())),
+        (
+            "Environment",
+            Variant::new(vec![
+                format!("TERM={}", request.term),
+                "LANG=C.UTF-8".to_owned(),
+            ]),
+        ),
+        exec_property("ExecStart", &session_argv(leader, request)),
+    ];
+    systemd
+        .start_transient(&unit, properties, Duration::from_secs(30))
+        .await?;
+    let status = loop {
+        match systemd.unit_info(&unit).await? {
+            Some(info) if info.state() != vnode::UnitState::Absent => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(info) => break info.exit_status(),
+            None => break -1,
+        }
+    };
+    systemd.unref(&unit).await;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(argv: &[&str]) -> ExecRequest {
+        ExecRequest {
+            id: "alice-c1-0".into(),
+            user: "root".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            term: "xterm-256color".into(),
+        }
+    }
+
+    #[test]
+    fn the_command_is_passed_as_arguments_never_through_a_shell_string() {
+        let argv = session_argv(42, &request(&["echo", "$(id)", "; rm -rf /"]));
+        assert_eq!(argv[1], "--target=42");
+        assert_eq!(&argv[argv.len() - 3..], ["echo", "$(id)", "; rm -rf /"]);
+        assert!(argv.contains(&"--reuid=root".to_owned()));
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        assert!(check_request(&request(&[])).is_err());
+        assert!(check_request(&request(&[""])).is_err());
+        let mut r = request(&["id"]);
+        r.user = "--reuid=0".into();
+        assert!(check_request(&r).is_err());
+        let mut r = request(&["id"]);
+        r.term = "x\nterm".into();
+        assert!(check_request(&r).is_err());
+        assert!(check_request(&request(&["id"])).is_ok());
+    }
+}

@@ -1,0 +1,1115 @@
+//! The vnode reconciler: watches this host's specs in etcd and makes the host match them.
+//!
+//! A vnode on disk (`FS_PREFIX/local/vnodes/<id>/`): `upper/` and `work/` (the overlay's
+//! writable layer, in its own disk-quota project), `etc/` (bound read-only at `/etc/docklet`
+//! inside: the Jupyter configuration) and `state.json`, written last, so its presence means
+//! "created completely". At run time (`/run/docklet/vnodes/<id>/`): `lower` (the image,
+//! idmapped to the user's uid range), `rootfs` (the overlay), `exit` (how the unit last ended);
+//! and the network namespace `/run/docklet/netns/<id>`. A transient unit
+//! `docklet-vnode-<id>.service` runs `systemd-nspawn --boot` on it.
+//!
+//! Every decision comes from [`next_action`]; one task per vnode at a time, so a slow boot never
+//! holds up the others.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::master::now_secs;
+use crate::model::vnode::{
+    self, Action, DesiredState, HostLimits, Phase, UnitState, VNodeSpec, VNodeStatus,
+};
+use crate::store::vnodes::StoredSpec;
+use crate::store::{EtcdStore, StoreError};
+use crate::sys::host::HostProbe;
+use crate::sys::mounts;
+use crate::sys::systemd::{Property, Systemd, SystemdError, exec_property};
+
+/// How long systemd inside a vnode may take to report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Jupyter inside every vnode listens here (socket-activated), behind the workspace proxy.
+pub const JUPYTER_PORT: u16 = 8888;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VNodeError {
+    #[error("{0}")]
+    Spec(#[from] vnode::SpecError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Systemd(#[from] SystemdError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
+    let context = context.into();
+    move |source| VNodeError::Io { context, source }
+}
+
+/// Where one vnode's pieces live.
+#[derive(Debug, Clone)]
+pub struct VNodePaths {
+    pub dir: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub etc: PathBuf,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    pub lower: PathBuf,
+    pub rootfs: PathBuf,
+    pub exit: PathBuf,
+    pub netns: PathBuf,
+}
+
+impl VNodePaths {
+    pub fn new(config: &Config, id: &str) -> VNodePaths {
+        let dir = vnodes_dir(config).join(id);
+        let run = Path::new(RUN_DIR).join("vnodes").join(id);
+        VNodePaths {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            etc: dir.join("etc"),
+            state: dir.join("state.json"),
+            dir,
+            lower: run.join("lower"),
+            rootfs: run.join("rootfs"),
+            exit: run.join("exit"),
+            netns: Path::new(RUN_DIR).join("netns").join(id),
+            run,
+        }
+    }
+}
+
+pub const RUN_DIR: &str = "/run/docklet";
+
+pub fn vnodes_dir(config: &Config) -> PathBuf {
+    config.local_dir().join("vnodes")
+}
+
+pub fn images_dir(config: &Config) -> PathBuf {
+    config.local_dir().join("images")
+}
+
+/// The user's persistent data, on the shared filesystem: `/root/nfs` in all their vnodes.
+pub fn user_data_dir(config: &Config, user: &str) -> PathBuf {
+    config.global_dir().join("users").join(user).join("data")
+}
+
+/// What the worker keeps about a created vnode (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalState {
+    pub user: String,
+    pub uid_base: u32,
+    /// The vnode's machine id (32 hex digits), stable across restarts.
+    pub machine_id: String,
+    /// Disk-quota project of the vnode's upper layer.
+    pub project_id: u32,
+    pub created_at: u64,
+}
+
+impl LocalState {
+    pub fn load(path: &Path) -> Option<LocalState> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+/// Per-vnode memory of the reconciler: what it last reported and how often it failed.
+#[derive(Default)]
+struct Memo {
+    spec: Option<VNodeSpec>,
+    status: Option<VNodeStatus>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Set while a task works on the vnode; another trigger only marks it dirty.
+    busy: bool,
+    dirty: bool,
+}
+
+pub struct Runtime {
+    config: Config,
+    host: String,
+    systemd: Systemd,
+    probe: Arc<dyn HostProbe>,
+    memos: Mutex<HashMap<String, Memo>>,
+    /// machined is there: register vnodes so `machinectl` and `journalctl -M` know them.
+    register_machines: AtomicBool,
+}
+
+impl Runtime {
+    pub fn new(config: Config, host: String, systemd: Systemd, probe: Arc<dyn HostProbe>) -> Self {
+        let register = Path::new("/usr/lib/systemd/systemd-machined").exists()
+            || Path::new("/lib/systemd/systemd-machined").exists();
+        Runtime {
+            config,
+            host,
+            systemd,
+            probe,
+            memos: Mutex::new(HashMap::new()),
+            register_machines: AtomicBool::new(register),
+        }
+    }
+
+    pub fn systemd(&self) -> &Systemd {
+        &self.systemd
+    }
+
+    /// The last status of every vnode this worker knows, sorted by id.
+    pub fn statuses(&self) -> Vec<VNodeStatus> {
+        let memos = self.memos.lock().unwrap();
+        let mut list: Vec<VNodeStatus> = memos.values().filter_map(|m| m.status.clone()).collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// The last spec seen of a vnode of this host.
+    pub fn spec(&self, id: &str) -> Option<VNodeSpec> {
+        self.memos
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|m| m.spec.clone())
+    }
+
+    /// Every vnode this worker knows: spec and last status, sorted by id.
+    pub fn vnodes(&self) -> Vec<(VNodeSpec, Option<VNodeStatus>)> {
+        let memos = self.memos.lock().unwrap();
+        let mut list: Vec<_> = memos
+            .values()
+            .filter_map(|m| m.spec.clone().map(|s| (s, m.status.clone())))
+            .collect();
+        list.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        list
+    }
+
+    pub fn status(&self, id: &str) -> Option<VNodeStatus> {
+        self.memos
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|m| m.status.clone())
+    }
+
+    /// The vnode's container PID 1 on this host, if it runs.
+    pub async fn leader(&self, id: &str) -> Option<u32> {
+        let info = self
+            .systemd
+            .unit_info(&vnode::unit_name(id))
+            .await
+            .ok()
+            .flatten()?;
+        (info.state() == UnitState::Active)
+            .then(|| find_leader(&info.control_group))
+            .flatten()
+    }
+
+    /// Seeds memory from etcd after a (re)start, so boot times and restart counts survive.
+    pub async fn load_statuses(&self, store: &EtcdStore, ids: &[String]) {
+        for id in ids {
+            if let Ok(Some(status)) = store.vnode_status(id).await
+                && status.host == self.host
+            {
+                self.memos
+                    .lock()
+                    .unwrap()
+                    .entry(id.clone())
+                    .or_default()
+                    .status = Some(status);
+            }
+        }
+    }
+
+    /// One pass over every spec of this host, and over local vnodes no spec mentions.
+    pub async fn reconcile_all(self: &Arc<Self>, store: &EtcdStore, specs: Vec<StoredSpec>) {
+        let mut wanted: Vec<String> = Vec::new();
+        for stored in specs {
+            wanted.push(stored.id.clone());
+            self.schedule(store, stored.id);
+        }
+        // Units and directories without a spec: stop them, keep the data.
+        let mut orphans: Vec<String> = Vec::new();
+        if let Ok(units) = self.systemd.list_units("docklet-vnode-*.service").await {
+            for (unit, _) in units {
+                if let Some(id) = vnode::id_from_unit(&unit) {
+                    orphans.push(id.to_owned());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(vnodes_dir(&self.config)) {
+            for entry in entries.flatten() {
+                orphans.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        orphans.retain(|id| !wanted.contains(id));
+        orphans.sort();
+        orphans.dedup();
+        for id in orphans {
+            let runtime = self.clone();
+            tokio::spawn(async move { runtime.park_orphan(&id).await });
+        }
+        self.memos
+            .lock()
+            .unwrap()
+            .retain(|id, m| wanted.contains(id) || m.busy);
+    }
+
+    /// Runs the vnode's task, or marks it to run again when a task is already at work.
+    fn schedule(self: &Arc<Self>, store: &EtcdStore, id: String) {
+        {
+            let mut memos = self.memos.lock().unwrap();
+            let memo = memos.entry(id.clone()).or_default();
+            if memo.busy {
+                memo.dirty = true;
+                return;
+            }
+            memo.busy = true;
+        }
+        let runtime = self.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = runtime.reconcile_one(&store, &id).await {
+                    warn!(vnode = %id, "reconcile: {e}");
+                }
+                let mut memos = runtime.memos.lock().unwrap();
+                let Some(memo) = memos.get_mut(&id) else {
+                    break;
+                };
+                if std::mem::take(&mut memo.dirty) {
+                    continue;
+                }
+                memo.busy = false;
+                break;
+            }
+        });
+    }
+
+    async fn reconcile_one(&self, store: &EtcdStore, id: &str) -> Result<(), VNodeError> {
+        let Some(stored) = store.host_vnode_spec(&self.host, id).await? else {
+            return Ok(());
+        };
+        let spec = match stored.spec {
+            Ok(spec) => spec,
+            Err(e) => {
+                return self
+                    .report(
+                        store,
+                        id,
+                        Phase::Failed,
+                        Some(format!("unreadable spec: {e}")),
+                    )
+                    .await;
+            }
+        };
+        if spec.id != id {
+            let reason = format!("the spec under key {id} names id {}", spec.id);
+            return self.report(store, id, Phase::Failed, Some(reason)).await;
+        }
+        self.memos
+            .lock()
+            .unwrap()
+            .entry(id.to_owned())
+            .or_default()
+            .spec = Some(spec.clone());
+        if let Err(e) = vnode::validate_spec(&spec) {
+            if spec.state == DesiredState::Deleted {
+                // Nothing was ever created for an invalid spec: forget it.
+                store.remove_vnode(&self.host, id).await?;
+                return Ok(());
+            }
+            return self
+                .report(store, id, Phase::Failed, Some(format!("invalid spec: {e}")))
+                .await;
+        }
+        let paths = VNodePaths::new(&self.config, id);
+        let unit = vnode::unit_name(id);
+        let info = self.systemd.unit_info(&unit).await?;
+        let unit_state = info.as_ref().map_or(UnitState::Absent, |i| i.state());
+        let mounted = mounts::is_mount_point(&paths.rootfs);
+        match vnode::next_action(spec.state, unit_state, mounted) {
+            Action::Nothing => match spec.state {
+                DesiredState::Running => {
+                    let info = info.unwrap_or_default();
+                    self.report_running(store, &spec, &info, None).await
+                }
+                _ => self.report(store, id, Phase::Stopped, None).await,
+            },
+            Action::Wait => {
+                let phase = if unit_state == UnitState::Starting {
+                    Phase::Creating
+                } else {
+                    Phase::Stopping
+                };
+                self.report(store, id, phase, None).await
+            }
+            Action::Start => self.start(store, &spec, &paths).await,
+            Action::Stop => {
+                self.report(store, id, Phase::Stopping, None).await?;
+                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.release(&paths)?;
+                self.report(store, id, Phase::Stopped, None).await
+            }
+            Action::Unmount => {
+                self.release(&paths)?;
+                self.report(store, id, Phase::Stopped, None).await
+            }
+            Action::Delete => {
+                self.report(store, id, Phase::Stopping, Some("deleting".into()))
+                    .await?;
+                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.remove_local(&paths)?;
+                store.remove_vnode(&self.host, id).await?;
+                self.memos.lock().unwrap().remove(id);
+                info!(vnode = %id, "vnode deleted");
+                Ok(())
+            }
+        }
+    }
+
+    /// Desired running, unit absent: a first start, a start after a stop or a reboot, or a
+    /// restart after a failure (with backoff).
+    async fn start(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+    ) -> Result<(), VNodeError> {
+        let id = spec.id.as_str();
+        let previous = self.status(id);
+        // The unit went away on its own: that is a failure, unless we never saw it up.
+        if let Some(reason) = self.ended_unexpectedly(previous.as_ref(), paths) {
+            let (failures, delay) = {
+                let mut memos = self.memos.lock().unwrap();
+                let memo = memos.entry(id.to_owned()).or_default();
+                memo.failures += 1;
+                let delay = Duration::from_secs(vnode::restart_delay_secs(memo.failures));
+                memo.retry_at = Some(Instant::now() + delay);
+                (memo.failures, delay)
+            };
+            warn!(vnode = %id, "vnode stopped unexpectedly ({reason}); restart {failures} in {}s", delay.as_secs());
+            let _ = std::fs::remove_file(&paths.exit);
+            self.report(
+                store,
+                id,
+                Phase::Failed,
+                Some(format!("{reason}; restarting in {}s", delay.as_secs())),
+            )
+            .await?;
+        }
+        let retry_at = self.memos.lock().unwrap().get(id).and_then(|m| m.retry_at);
+        if let Some(at) = retry_at {
+            let now = Instant::now();
+            if at > now {
+                tokio::time::sleep(at - now).await;
+            }
+        }
+        self.report(store, id, Phase::Creating, None).await?;
+        let started = Instant::now();
+        match self.try_start(store, spec, paths).await {
+            Ok((uid_base, image_version)) => {
+                let boot_ms = started.elapsed().as_millis() as u64;
+                info!(vnode = %id, boot_ms, "vnode running");
+                {
+                    let mut memos = self.memos.lock().unwrap();
+                    let memo = memos.entry(id.to_owned()).or_default();
+                    memo.retry_at = None;
+                    if let Some(status) = memo.status.as_mut() {
+                        status.boot_ms = Some(boot_ms);
+                        status.booted_at = Some(now_secs());
+                        status.uid_base = Some(uid_base);
+                        status.image_version = Some(image_version);
+                    }
+                }
+                let info = self
+                    .systemd
+                    .unit_info(&vnode::unit_name(id))
+                    .await?
+                    .unwrap_or_default();
+                self.report_running(store, spec, &info, Some(boot_ms)).await
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                warn!(vnode = %id, "cannot start vnode: {reason}");
+                {
+                    let mut memos = self.memos.lock().unwrap();
+                    let memo = memos.entry(id.to_owned()).or_default();
+                    memo.failures += 1;
+                    memo.retry_at = Some(
+                        Instant::now()
+                            + Duration::from_secs(vnode::restart_delay_secs(memo.failures)),
+                    );
+                }
+                self.report(store, id, Phase::Failed, Some(reason)).await
+            }
+        }
+    }
+
+    /// Why the unit is gone although we last reported it up, if it is.
+    fn ended_unexpectedly(
+        &self,
+        previous: Option<&VNodeStatus>,
+        paths: &VNodePaths,
+    ) -> Option<String> {
+        let exit = std::fs::read_to_string(&paths.exit).ok();
+        let was_up = previous.is_some_and(|s| s.phase == Phase::Running);
+        if !was_up && exit.is_none() {
+            return None;
+        }
+        Some(match exit {
+            Some(line) => describe_exit(&line),
+            None => "the vnode's unit disappeared (host restart?)".to_owned(),
+        })
+    }
+
+    /// Everything from a checked spec to systemd inside reporting ready. On failure, nothing
+    /// this attempt created is left behind (the vnode's own layer of an earlier run stays).
+    async fn try_start(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+    ) -> Result<(u32, String), VNodeError> {
+        match store.vnode_host(&spec.id).await? {
+            Some(host) if host == self.host => {}
+            Some(other) => {
+                return Err(VNodeError::Refused(format!(
+                    "vnode id {} is registered on host {other}, not here: duplicate id",
+                    spec.id
+                )));
+            }
+            None => {
+                return Err(VNodeError::Refused(format!(
+                    "vnode id {} has no entry in the id index (written by hand?)",
+                    spec.id
+                )));
+            }
+        }
+        let existing = LocalState::load(&paths.state);
+        let capacity = self
+            .probe
+            .capacity(&self.config.local_dir())
+            .map_err(io_err("measuring this host"))?;
+        vnode::check_fits(
+            spec,
+            HostLimits {
+                cpus: capacity.cpus,
+                memory_bytes: capacity.memory_bytes,
+                disk_free_bytes: if existing.is_some() {
+                    u64::MAX
+                } else {
+                    capacity.disk_free_bytes
+                },
+            },
+        )?;
+        let (image_dir, image_version) = resolve_image(&self.config, &spec.image)?;
+        let slot = store.uid_slot(&spec.user).await?;
+        let uid_base = vnode::uid_base(slot);
+
+        let created_now = existing.is_none();
+        let state = match existing {
+            Some(state) if state.uid_base == uid_base => state,
+            Some(state) => {
+                return Err(VNodeError::Refused(format!(
+                    "the vnode's files belong to uid range {} but user {} now has {uid_base}",
+                    state.uid_base, spec.user
+                )));
+            }
+            None => self.create_local(spec, paths, uid_base)?,
+        };
+        let result = self.mount_and_boot(spec, paths, &state, &image_dir).await;
+        if let Err(e) = result {
+            let _ = self
+                .systemd
+                .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
+                .await;
+            if let Err(cleanup) = self.release(paths) {
+                warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+            }
+            if created_now && let Err(cleanup) = self.remove_local(paths) {
+                warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+            }
+            return Err(e);
+        }
+        Ok((uid_base, image_version))
+    }
+
+    /// Creates the vnode's directories, quota project and configuration; `state.json` last.
+    fn create_local(
+        &self,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+        uid_base: u32,
+    ) -> Result<LocalState, VNodeError> {
+        let result = (|| {
+            let owner = Some(nix::unistd::Uid::from_raw(uid_base));
+            let group = Some(nix::unistd::Gid::from_raw(uid_base));
+            create_dir(&paths.dir, 0o700)?;
+            create_dir(&paths.upper, 0o755)?;
+            create_dir(&paths.work, 0o700)?;
+            create_dir(&paths.etc, 0o755)?;
+            // The overlay's root is the upper directory: it must belong to root inside.
+            nix::unistd::chown(&paths.upper, owner, group)
+                .map_err(|e| io_err(format!("chown {}", paths.upper.display()))(e.into()))?;
+            let project_id = self.next_project_id();
+            for dir in [&paths.upper, &paths.work] {
+                mounts::set_project(dir, project_id).map_err(io_err("disk quota"))?;
+            }
+            let state = LocalState {
+                user: spec.user.clone(),
+                uid_base,
+                machine_id: random_machine_id(),
+                project_id,
+                created_at: now_secs(),
+            };
+            write_file(
+                &paths.state,
+                &serde_json::to_vec_pretty(&state).unwrap(),
+                0o600,
+            )?;
+            Ok::<_, VNodeError>(state)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+        }
+        result
+    }
+
+    /// A project id no other vnode here uses.
+    fn next_project_id(&self) -> u32 {
+        let mut highest = 10_000;
+        if let Ok(entries) = std::fs::read_dir(vnodes_dir(&self.config)) {
+            for entry in entries.flatten() {
+                if let Some(state) = LocalState::load(&entry.path().join("state.json")) {
+                    highest = highest.max(state.project_id);
+                }
+            }
+        }
+        highest + 1
+    }
+
+    async fn mount_and_boot(
+        &self,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+        state: &LocalState,
+        image_dir: &Path,
+    ) -> Result<(), VNodeError> {
+        mounts::set_project_limit(&paths.upper, state.project_id, spec.disk_bytes)
+            .map_err(io_err("disk quota"))?;
+        write_jupyter_config(spec, paths)?;
+        let data = user_data_dir(&self.config, &spec.user);
+        if !data.exists() {
+            std::fs::create_dir_all(&data)
+                .map_err(io_err(format!("creating {}", data.display())))?;
+            let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
+            let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
+            nix::unistd::chown(&data, owner, group)
+                .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
+        }
+        for dir in [&paths.lower, &paths.rootfs] {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        if !mounts::is_mount_point(&paths.lower) {
+            let userns = mounts::userns_fd(state.uid_base, vnode::UID_RANGE_SIZE)
+                .map_err(io_err("user namespace for the image"))?;
+            mounts::mount_idmapped(image_dir, &paths.lower, &userns)
+                .map_err(io_err("mounting the image"))?;
+        }
+        if !mounts::is_mount_point(&paths.rootfs) {
+            mounts::mount_overlay(&paths.lower, &paths.upper, &paths.work, &paths.rootfs)
+                .map_err(io_err("root filesystem"))?;
+        }
+        if !mounts::is_mount_point(&paths.netns) {
+            mounts::create_netns(&paths.netns).map_err(io_err("network namespace"))?;
+        }
+        let _ = std::fs::remove_file(&paths.exit);
+        let properties = self.unit_properties(spec, paths, state, &data);
+        let unit = vnode::unit_name(&spec.id);
+        // A failed unit of an earlier run would block the name.
+        let _ = self.systemd.manager().reset_failed_unit(&unit).await;
+        match self
+            .systemd
+            .start_transient(&unit, properties, START_TIMEOUT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(SystemdError::JobFailed { result, .. }) => {
+                let exit = std::fs::read_to_string(&paths.exit)
+                    .map(|l| describe_exit(&l))
+                    .unwrap_or_else(|_| format!("start job {result}"));
+                Err(VNodeError::Refused(format!(
+                    "the vnode did not boot: {exit} (journalctl -u {unit} on {})",
+                    self.host
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn unit_properties(
+        &self,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+        state: &LocalState,
+        data: &Path,
+    ) -> Vec<Property> {
+        use zbus::Variant;
+        let register = if self.register_machines.load(Ordering::Relaxed) {
+            "yes"
+        } else {
+            "no"
+        };
+        let nspawn: Vec<String> = vec![
+            "/usr/bin/systemd-nspawn".into(),
+            "--quiet".into(),
+            "--boot".into(),
+            "--keep-unit".into(),
+            "--notify-ready=yes".into(),
+            "--settings=no".into(),
+            "--console=passive".into(),
+            "--link-journal=no".into(),
+            format!("--register={register}"),
+            format!("--machine={}", spec.id),
+            format!("--hostname={}", vnode::hostname(spec.index)),
+            format!("--uuid={}", state.machine_id),
+            format!("--directory={}", paths.rootfs.display()),
+            format!(
+                "--private-users={}:{}",
+                state.uid_base,
+                vnode::UID_RANGE_SIZE
+            ),
+            "--private-users-ownership=off".into(),
+            format!("--network-namespace-path={}", paths.netns.display()),
+            format!("--bind={}:/root/nfs", data.display()),
+            format!("--bind-ro={}:/etc/docklet", paths.etc.display()),
+        ];
+        // systemd passes how the service ended; the worker reads it to explain failures.
+        let record_exit: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "printf '%s %s %s\\n' \"$SERVICE_RESULT\" \"$EXIT_CODE\" \"$EXIT_STATUS\" > {}",
+                paths.exit.display()
+            ),
+        ];
+        vec![
+            (
+                "Description",
+                Variant::new(format!(
+                    "Docklet vnode {} (user {}, cluster {}, {})",
+                    spec.id,
+                    spec.user,
+                    spec.cluster,
+                    vnode::hostname(spec.index)
+                )),
+            ),
+            ("Slice", Variant::new(vnode::user_slice(&spec.user))),
+            ("Type", Variant::new("notify")),
+            ("Delegate", Variant::new(true)),
+            ("CollectMode", Variant::new("inactive-or-failed")),
+            ("KillMode", Variant::new("mixed")),
+            (
+                "TimeoutStartUSec",
+                Variant::new(START_TIMEOUT.as_micros() as u64),
+            ),
+            (
+                "TimeoutStopUSec",
+                Variant::new(STOP_TIMEOUT.as_micros() as u64),
+            ),
+            (
+                "CPUQuotaPerSecUSec",
+                Variant::new(u64::from(spec.cpu_millis) * 1000),
+            ),
+            ("MemoryMax", Variant::new(spec.memory_bytes)),
+            ("TasksMax", Variant::new(u64::from(spec.tasks))),
+            exec_property("ExecStart", &nspawn),
+            exec_property("ExecStopPost", &record_exit),
+        ]
+    }
+
+    /// Unmounts the rootfs and the image view and removes the network namespace; keeps the
+    /// vnode's own layer.
+    fn release(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
+        mounts::unmount_all(&paths.rootfs).map_err(io_err("unmounting the rootfs"))?;
+        mounts::unmount_all(&paths.lower).map_err(io_err("unmounting the image"))?;
+        mounts::remove_netns(&paths.netns).map_err(io_err("removing the network namespace"))?;
+        match std::fs::remove_dir_all(&paths.run) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("removing {}", paths.run.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Everything local of a vnode, its layer included (not the user's data).
+    fn remove_local(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
+        self.release(paths)?;
+        if let Some(state) = LocalState::load(&paths.state)
+            && let Err(e) = mounts::set_project_limit(&paths.dir, state.project_id, 0)
+        {
+            warn!("clearing the disk quota of {}: {e}", paths.dir.display());
+        }
+        match std::fs::remove_dir_all(&paths.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(format!("removing {}", paths.dir.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A unit or directory no spec asks for: stop it and release its mounts, keep its files.
+    async fn park_orphan(&self, id: &str) {
+        if vnode::validate_spec(&VNodeSpec {
+            id: id.to_owned(),
+            ..placeholder_spec()
+        })
+        .is_err()
+        {
+            warn!(
+                "ignoring {id:?} under {}: not a vnode id",
+                vnodes_dir(&self.config).display()
+            );
+            return;
+        }
+        let paths = VNodePaths::new(&self.config, id);
+        let unit = vnode::unit_name(id);
+        let running = matches!(self.systemd.unit_info(&unit).await, Ok(Some(_)));
+        if !running && !mounts::is_mount_point(&paths.rootfs) && !paths.run.exists() {
+            return;
+        }
+        warn!(vnode = %id, "no spec in etcd for vnode {id}: stopping it; its files stay in {}", paths.dir.display());
+        if let Err(e) = self.systemd.stop(&unit, STOP_TIMEOUT).await {
+            warn!(vnode = %id, "stopping orphan: {e}");
+        }
+        if let Err(e) = self.release(&paths) {
+            warn!(vnode = %id, "releasing orphan: {e}");
+        }
+    }
+
+    async fn report_running(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        info: &crate::sys::systemd::UnitInfo,
+        boot_ms: Option<u64>,
+    ) -> Result<(), VNodeError> {
+        let leader = find_leader(&info.control_group);
+        let state = LocalState::load(&VNodePaths::new(&self.config, &spec.id).state);
+        let changed = {
+            let mut memos = self.memos.lock().unwrap();
+            let memo = memos.entry(spec.id.clone()).or_default();
+            let mut status = memo.status.clone().unwrap_or_default();
+            let before = status.clone();
+            status.id = spec.id.clone();
+            status.host = self.host.clone();
+            status.phase = Phase::Running;
+            status.reason = None;
+            status.unit = vnode::unit_name(&spec.id);
+            status.leader_pid = leader;
+            if boot_ms.is_some() {
+                status.boot_ms = boot_ms;
+            }
+            if status.booted_at.is_none() && info.active_enter_usec > 0 {
+                status.booted_at = Some(info.active_enter_usec / 1_000_000);
+            }
+            if let Some(state) = &state {
+                status.uid_base = Some(state.uid_base);
+            }
+            status.restarts = memo.failures;
+            let changed = status != before;
+            if changed {
+                status.updated_at = now_secs();
+                memo.status = Some(status.clone());
+            }
+            changed.then_some(status)
+        };
+        if let Some(status) = changed {
+            store.put_vnode_status(&status).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the status when phase or reason changed.
+    async fn report(
+        &self,
+        store: &EtcdStore,
+        id: &str,
+        phase: Phase,
+        reason: Option<String>,
+    ) -> Result<(), VNodeError> {
+        let changed = {
+            let mut memos = self.memos.lock().unwrap();
+            let memo = memos.entry(id.to_owned()).or_default();
+            let mut status = memo.status.clone().unwrap_or_default();
+            if memo.status.is_some() && status.phase == phase && status.reason == reason {
+                None
+            } else {
+                status.id = id.to_owned();
+                status.host = self.host.clone();
+                status.phase = phase;
+                status.reason = reason;
+                status.unit = vnode::unit_name(id);
+                if phase != Phase::Running {
+                    status.leader_pid = None;
+                }
+                status.restarts = memo.failures;
+                status.updated_at = now_secs();
+                memo.status = Some(status.clone());
+                Some(status)
+            }
+        };
+        if let Some(status) = changed {
+            if phase == Phase::Failed {
+                warn!(vnode = %id, "vnode failed: {}", status.reason.as_deref().unwrap_or(""));
+            }
+            store.put_vnode_status(&status).await?;
+        }
+        Ok(())
+    }
+}
+
+fn placeholder_spec() -> VNodeSpec {
+    VNodeSpec {
+        id: String::new(),
+        user: "u".into(),
+        cluster: "c".into(),
+        index: 0,
+        image: "base".into(),
+        cpu_millis: 1000,
+        memory_bytes: vnode::MIN_MEMORY,
+        disk_bytes: vnode::MIN_DISK,
+        tasks: vnode::MIN_TASKS,
+        state: DesiredState::Stopped,
+    }
+}
+
+/// `images/<name>/current` → the version directory it points to, checked to hold a systemd.
+pub fn resolve_image(config: &Config, image: &str) -> Result<(PathBuf, String), VNodeError> {
+    let link = images_dir(config).join(image).join("current");
+    let dir = std::fs::canonicalize(&link).map_err(|e| {
+        VNodeError::Refused(format!("unknown image {image:?}: {} ({e})", link.display()))
+    })?;
+    let init = dir.join("usr/lib/systemd/systemd");
+    if !init.exists() {
+        return Err(VNodeError::Refused(format!(
+            "image {image:?} at {} is incomplete: no {}",
+            dir.display(),
+            init.display()
+        )));
+    }
+    let version = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((dir, version))
+}
+
+/// `SERVICE_RESULT EXIT_CODE EXIT_STATUS` as systemd gave them to ExecStopPost, for people.
+pub fn describe_exit(line: &str) -> String {
+    let mut parts = line.split_whitespace();
+    let result = parts.next().unwrap_or("unknown");
+    let code = parts.next().unwrap_or("");
+    let status = parts.next().unwrap_or("");
+    match (result, code) {
+        ("success", _) => "systemd inside the vnode powered off".to_owned(),
+        (_, "exited") => format!("systemd-nspawn exited with status {status} ({result})"),
+        (_, "killed" | "dumped") => {
+            format!("systemd-nspawn was killed by signal {status} ({result})")
+        }
+        (result, _) => format!("the unit ended with result {result}"),
+    }
+}
+
+/// The vnode's PID 1 as the host sees it: the process in the unit's cgroup tree whose pid in
+/// its own namespace is 1.
+pub fn find_leader(control_group: &str) -> Option<u32> {
+    if control_group.is_empty() {
+        return None;
+    }
+    let root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/systemd")
+    };
+    let mut stack = vec![root.join(control_group.trim_start_matches('/'))];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                if is_namespace_init(pid) {
+                    return Some(pid);
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn is_namespace_init(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() >= 2 && ids.last() == Some(&"1")
+        })
+}
+
+fn random_machine_id() -> String {
+    use rand::RngExt;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Eight random lower-case letters and digits, for unit names.
+pub fn random_suffix() -> String {
+    use rand::RngExt;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn random_token() -> String {
+    use rand::RngExt;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect()
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), VNodeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io_err(format!("creating {}", path.display())))
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), VNodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// The workspace URL prefix of a vnode, as the portal's proxy forwards it.
+pub fn workspace_base_url(spec: &VNodeSpec) -> String {
+    format!("/go/{}/{}/{}/", spec.user, spec.cluster, spec.index)
+}
+
+/// Jupyter's configuration inside the vnode (`/etc/docklet/jupyter_notebook_config.json`): it
+/// listens on loopback behind the socket-activated proxy, under the workspace URL, and only
+/// with the token the worker keeps (the proxy adds it; people never see it).
+fn write_jupyter_config(spec: &VNodeSpec, paths: &VNodePaths) -> Result<(), VNodeError> {
+    let file = paths.etc.join("jupyter_notebook_config.json");
+    let token = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["NotebookApp"]["token"].as_str().map(str::to_owned))
+        .unwrap_or_else(random_token);
+    let config = serde_json::json!({
+        "NotebookApp": {
+            "ip": "127.0.0.1",
+            "port": 8889,
+            "base_url": workspace_base_url(spec),
+            "token": token,
+            "password": "",
+            "allow_root": true,
+            "open_browser": false,
+            "notebook_dir": "/root",
+            "allow_remote_access": true,
+            "trust_xheaders": true,
+        }
+    });
+    // Readable by root inside (an unprivileged uid here), so not 0600.
+    write_file(
+        &file,
+        serde_json::to_string_pretty(&config).unwrap().as_bytes(),
+        0o644,
+    )
+}
+
+/// The token the workspace proxy presents to Jupyter in this vnode.
+pub fn jupyter_token(config: &Config, id: &str) -> Option<String> {
+    let file = VNodePaths::new(config, id)
+        .etc
+        .join("jupyter_notebook_config.json");
+    let text = std::fs::read_to_string(file).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["NotebookApp"]["token"].as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_explained() {
+        assert_eq!(
+            describe_exit("exit-code exited 1\n"),
+            "systemd-nspawn exited with status 1 (exit-code)"
+        );
+        assert_eq!(
+            describe_exit("signal killed KILL"),
+            "systemd-nspawn was killed by signal KILL (signal)"
+        );
+        assert!(describe_exit("success exited 0").contains("powered off"));
+    }
+
+    #[test]
+    fn paths_stay_under_their_roots() {
+        let config = Config::default();
+        let paths = VNodePaths::new(&config, "alice-c1-0");
+        assert!(paths.upper.starts_with(config.local_dir()));
+        assert!(paths.rootfs.starts_with(RUN_DIR));
+        assert_eq!(paths.netns, Path::new("/run/docklet/netns/alice-c1-0"));
+    }
+
+    #[test]
+    fn missing_images_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            fs_prefix: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let e = resolve_image(&config, "nope").unwrap_err().to_string();
+        assert!(e.contains("unknown image \"nope\""), "{e}");
+        let version = images_dir(&config).join("base/v1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::os::unix::fs::symlink("v1", images_dir(&config).join("base/current")).unwrap();
+        let e = resolve_image(&config, "base").unwrap_err().to_string();
+        assert!(e.contains("incomplete"), "{e}");
+        std::fs::create_dir_all(version.join("usr/lib/systemd")).unwrap();
+        std::fs::write(version.join("usr/lib/systemd/systemd"), "").unwrap();
+        let (dir, v) = resolve_image(&config, "base").unwrap();
+        assert_eq!(v, "v1");
+        assert!(dir.ends_with("base/v1"));
+    }
+}
