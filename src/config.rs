@@ -82,6 +82,9 @@ pub struct Config {
     pub cluster_net: Ipv4Net,
     /// Public port of the portal, the API and the workspace proxy.
     pub proxy_port: u16,
+    /// Port of each worker's agent endpoint (exec, terminals, workspaces), which only
+    /// masters use, with the cluster's agent token.
+    pub agent_port: u16,
     /// Address users type in the browser; default `http://<this host>:<proxy_port>/`.
     pub portal_url: Option<String>,
     pub storage: Storage,
@@ -96,6 +99,7 @@ impl Default for Config {
             network_device: "auto".into(),
             cluster_net: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16).expect("valid prefix"),
             proxy_port: 8000,
+            agent_port: 8001,
             portal_url: None,
             storage: Storage::File,
             etcd: EtcdConfig::default(),
@@ -183,6 +187,13 @@ impl Config {
         }
         if self.proxy_port == 0 {
             return invalid("proxy_port", &self.proxy_port, "must be 1 to 65535");
+        }
+        if self.agent_port == 0 || self.agent_port == self.proxy_port {
+            return invalid(
+                "agent_port",
+                &self.agent_port,
+                "must be 1 to 65535 and differ from proxy_port",
+            );
         }
         if let Some(url) = &self.portal_url
             && (!(url.starts_with("http://") || url.starts_with("https://"))

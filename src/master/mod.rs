@@ -161,6 +161,7 @@ impl Master {
                     user: EtcdCredentials::user_for_cluster(cluster),
                     password: init::random_secret(32),
                     root_password: init::random_secret(32),
+                    agent_token: init::random_secret(48),
                 };
                 // The file goes first: if etcd setup fails half-way, a rerun reuses it.
                 init::write_private_file(&creds_path, &creds.to_toml())
@@ -169,6 +170,17 @@ impl Master {
                 creds
             }
             Err(e) => return Err(BusError::Failed(e.to_string())),
+        };
+        let creds = if creds.agent_token.is_empty() {
+            let creds = EtcdCredentials {
+                agent_token: init::random_secret(48),
+                ..creds
+            };
+            init::write_private_file(&creds_path, &creds.to_toml())
+                .map_err(|e| BusError::Failed(e.to_string()))?;
+            creds
+        } else {
+            creds
         };
         // A connection with the cluster's credentials means authentication is already on.
         if !self.authenticated() {

@@ -23,6 +23,10 @@ pub struct EtcdCredentials {
     pub password: String,
     /// The etcd `root` user's password, for the administrator's own `etcdctl` work.
     pub root_password: String,
+    /// The bearer token masters present to the workers' agent endpoints (exec, terminals,
+    /// workspace proxy). Empty in files written before it existed: `init` fills it in.
+    #[serde(default)]
+    pub agent_token: String,
 }
 
 impl std::fmt::Debug for EtcdCredentials {
@@ -61,6 +65,7 @@ mod tests {
             user: EtcdCredentials::user_for_cluster("docklet"),
             password: "s3cret-pw".into(),
             root_password: "r00t-pw".into(),
+            agent_token: "t0ken".into(),
         };
         let text = creds.to_toml();
         assert_eq!(EtcdCredentials::from_toml(&text).unwrap(), creds);

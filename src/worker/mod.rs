@@ -2,6 +2,7 @@
 //! the cluster always knows which hosts are up; runs the vnode reconciler ([`vnodes`]) on the
 //! specs etcd holds for this host; serves `org.docklet.Worker1` on D-Bus.
 
+pub mod agent;
 pub mod bus;
 pub mod exec;
 pub mod vnodes;
@@ -223,6 +224,23 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     };
 
     let reconciler = reconcile_loop(worker.clone());
+    let agent = {
+        let worker = worker.clone();
+        async move {
+            let mut backoff = Backoff::default();
+            loop {
+                if let Err(e) = agent::serve(worker.clone()).await {
+                    let delay = backoff.next_delay();
+                    warn!(
+                        "agent endpoint on port {}: {e}; retrying in {}s",
+                        worker.config.agent_port,
+                        delay.as_secs()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    };
 
     let watchdog_every = notifier.watchdog_interval();
     let live_loop = async {
@@ -236,6 +254,7 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     tokio::select! {
         _ = registration => {}
         _ = reconciler => {}
+        _ = agent => {}
         _ = live_loop => {}
         _ = daemon::shutdown_signal() => {}
     }
