@@ -192,7 +192,7 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
     // The disk size holds.
     let fill = exec("tb2", id, "dd if=/dev/zero of=/root/fill bs=1M count=1500 2>&1");
     assert_ne!(fill.code, 0, "wrote 1.5 GB on a 1 GB disk: {fill}");
-    assert!(fill.stdout.contains("quota"), "{fill}");
+    assert!(fill.stdout.contains("No space left"), "{fill}");
     exec_ok("tb2", id, "rm -f /root/fill");
 
     // Stop keeps the changes; start brings them back.

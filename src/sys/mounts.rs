@@ -1,6 +1,7 @@
 //! Kernel plumbing for a vnode's root filesystem and network namespace: the idmapped view of
 //! the image (so root in the vnode owns it without copying or chowning a byte), the overlay on
-//! top, XFS/ext4 project quotas for the disk size, and persistent network namespaces.
+//! top, the sized disk that holds the overlay's writable layer, and persistent network
+//! namespaces.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -193,115 +194,137 @@ pub fn unmount_all(path: &Path) -> io::Result<()> {
     )))
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct FsXattr {
-    xflags: u32,
-    extsize: u32,
-    nextents: u32,
-    projid: u32,
-    cowextsize: u32,
-    pad: [u8; 8],
-}
-
-const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
-const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
-const FS_XFLAG_PROJINHERIT: u32 = 0x200;
-
-/// Puts a directory (and, by inheritance, everything created below it) in project `id`.
-pub fn set_project(dir: &Path, id: u32) -> io::Result<()> {
-    let file = File::open(dir)?;
-    let mut attr = FsXattr::default();
-    // SAFETY: the ioctls read and write exactly one fsxattr.
-    unsafe {
-        check(
-            libc::ioctl(file.as_raw_fd(), FS_IOC_FSGETXATTR, &mut attr).into(),
-            &format!("reading the project of {}", dir.display()),
-        )?;
-        attr.projid = id;
-        attr.xflags |= FS_XFLAG_PROJINHERIT;
-        check(
-            libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, &attr).into(),
-            &format!("setting project {id} on {}", dir.display()),
-        )?;
-    }
-    Ok(())
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct IfDqblk {
-    bhardlimit: u64,
-    bsoftlimit: u64,
-    curspace: u64,
-    ihardlimit: u64,
-    isoftlimit: u64,
-    curinodes: u64,
-    btime: u64,
-    itime: u64,
-    valid: u32,
-}
-
-const Q_GETQUOTA: u32 = 0x80_0007;
-const Q_SETQUOTA: u32 = 0x80_0008;
-const PRJQUOTA: u32 = 2;
-const QIF_BLIMITS: u32 = 1;
-
-fn qcmd(cmd: u32, kind: u32) -> u32 {
-    (cmd << 8) | (kind & 0xff)
-}
-
-/// Limits project `id` on the filesystem holding `any_path` to `bytes` (0 removes the limit).
-/// Fails with a message naming the fix when the filesystem has no project quotas.
-pub fn set_project_limit(any_path: &Path, id: u32, bytes: u64) -> io::Result<()> {
-    let file = File::open(any_path)?;
-    let blocks = bytes.div_ceil(1024);
-    let quota = IfDqblk {
-        bhardlimit: blocks,
-        bsoftlimit: blocks,
-        valid: QIF_BLIMITS,
-        ..Default::default()
-    };
-    // SAFETY: quotactl_fd reads one if_dqblk.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_quotactl_fd,
-            file.as_raw_fd(),
-            qcmd(Q_SETQUOTA, PRJQUOTA),
-            id,
-            &quota as *const IfDqblk,
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
+/// Makes the vnode's disk: a sparse file of `bytes` with an ext4 in it. The size is the limit
+/// (a sized filesystem, which works on every kernel, unlike project quotas); unused space
+/// costs nothing on the host.
+pub fn make_disk_image(path: &Path, bytes: u64) -> io::Result<()> {
+    let file = File::options().write(true).create_new(true).open(path)?;
+    file.set_len(bytes)?;
+    drop(file);
+    let output = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L", "docklet-vnode"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output();
+    let result = match output {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(io::Error::other(format!(
+            "mkfs.ext4 {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) => Err(io::Error::new(
             e.kind(),
-            format!(
-                "cannot limit disk use under {} ({e}): vnode disk sizes are enforced with \
-                 project quotas; put this directory on XFS or ext4 mounted with prjquota",
-                any_path.display()
-            ),
-        ));
+            format!("cannot run mkfs.ext4 (package e2fsprogs): {e}"),
+        )),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    Ok(())
+    result
 }
 
-/// Bytes used by project `id` on the filesystem holding `any_path`.
-pub fn project_usage(any_path: &Path, id: u32) -> io::Result<u64> {
-    let file = File::open(any_path)?;
-    let mut quota = IfDqblk::default();
-    // SAFETY: quotactl_fd writes one if_dqblk.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_quotactl_fd,
-            file.as_raw_fd(),
-            qcmd(Q_GETQUOTA, PRJQUOTA),
-            id,
-            &mut quota as *mut IfDqblk,
-        )
-    };
-    check(ret, "reading project quota")?;
-    Ok(quota.curspace)
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LOOP_MAJOR: u64 = 7;
+
+/// Mounts the ext4 in `image` at `target` through a loop device that goes away with the
+/// unmount (autoclear).
+pub fn mount_disk_image(image: &Path, target: &Path) -> io::Result<()> {
+    let backing = File::options().read(true).write(true).open(image)?;
+    let control = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/loop-control: {e}")))?;
+    // Another process may take the free device between asking and configuring: try again.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let number = check(
+            unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) }.into(),
+            "LOOP_CTL_GET_FREE",
+        )? as u64;
+        let device = std::path::PathBuf::from(format!("/dev/loop{number}"));
+        if !device.exists() {
+            // A host whose /dev is not devtmpfs (a container, like the testbed's hosts).
+            nix::sys::stat::mknod(
+                &device,
+                nix::sys::stat::SFlag::S_IFBLK,
+                nix::sys::stat::Mode::from_bits_truncate(0o660),
+                nix::sys::stat::makedev(LOOP_MAJOR, number),
+            )
+            .map_err(|e| io::Error::other(format!("mknod {}: {e}", device.display())))?;
+        }
+        let loop_dev = File::options().read(true).write(true).open(&device)?;
+        let mut config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            // SAFETY: all-zero is a valid loop_info64.
+            info: unsafe { std::mem::zeroed() },
+            reserved: [0; 8],
+        };
+        config.info.flags = LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads one loop_config.
+        let ret = unsafe { libc::ioctl(loop_dev.as_raw_fd(), LOOP_CONFIGURE, &config) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(io::Error::new(e.kind(), format!("LOOP_CONFIGURE {}: {e}", device.display())));
+        }
+        // Mount while our descriptor still holds the device, or autoclear frees it at once.
+        let mounted = nix::mount::mount(
+            Some(device.as_path()),
+            target,
+            Some("ext4"),
+            MsFlags::MS_NOATIME,
+            None::<&str>,
+        );
+        drop(loop_dev);
+        return mounted.map_err(|e| {
+            io::Error::other(format!(
+                "mounting {} ({}) at {}: {e}",
+                image.display(),
+                device.display(),
+                target.display()
+            ))
+        });
+    }
+    Err(io::Error::other("no free loop device after 16 tries"))
+}
+
+/// Bytes used on the filesystem mounted at `path`.
+pub fn used_bytes(path: &Path) -> io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok((stat.blocks() - stat.blocks_free()) * stat.fragment_size())
 }
 
 /// Creates a network namespace that outlives every process, bound at `path`, with loopback up.
@@ -374,11 +397,9 @@ mod tests {
     }
 
     #[test]
-    fn quota_commands_are_encoded_like_the_kernel_headers() {
-        // QCMD(Q_SETQUOTA, PRJQUOTA) from <sys/quota.h>
-        assert_eq!(qcmd(Q_SETQUOTA, PRJQUOTA), 0x8000_0802);
-        assert_eq!(std::mem::size_of::<IfDqblk>(), 72);
-        assert_eq!(std::mem::size_of::<FsXattr>(), 28);
+    fn kernel_structs_have_the_kernel_sizes() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
         assert_eq!(std::mem::size_of::<MountAttr>(), 32);
     }
 }

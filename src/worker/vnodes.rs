@@ -1,12 +1,13 @@
 //! The vnode reconciler: watches this host's specs in etcd and makes the host match them.
 //!
-//! A vnode on disk (`FS_PREFIX/local/vnodes/<id>/`): `upper/` and `work/` (the overlay's
-//! writable layer, in its own disk-quota project), `etc/` (bound read-only at `/etc/docklet`
+//! A vnode on disk (`FS_PREFIX/local/vnodes/<id>/`): `disk.img` (a sparse file of the spec's
+//! disk size holding an ext4: the disk limit), `etc/` (bound read-only at `/etc/docklet`
 //! inside: the Jupyter configuration) and `state.json`, written last, so its presence means
-//! "created completely". At run time (`/run/docklet/vnodes/<id>/`): `lower` (the image,
-//! idmapped to the user's uid range), `rootfs` (the overlay), `exit` (how the unit last ended);
-//! and the network namespace `/run/docklet/netns/<id>`. A transient unit
-//! `docklet-vnode-<id>.service` runs `systemd-nspawn --boot` on it.
+//! "created completely". At run time (`/run/docklet/vnodes/<id>/`): `disk` (the ext4, with the
+//! overlay's `upper/` and `work/`), `lower` (the image, idmapped to the user's uid range),
+//! `rootfs` (the overlay), `exit` (how the unit last ended); and the network namespace
+//! `/run/docklet/netns/<id>`. A transient unit `docklet-vnode-<id>.service` runs
+//! `systemd-nspawn --boot` on the rootfs.
 //!
 //! Every decision comes from [`next_action`]; one task per vnode at a time, so a slow boot never
 //! holds up the others.
@@ -61,6 +62,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
 #[derive(Debug, Clone)]
 pub struct VNodePaths {
     pub dir: PathBuf,
+    pub disk_image: PathBuf,
+    pub disk: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub etc: PathBuf,
@@ -77,8 +80,10 @@ impl VNodePaths {
         let dir = vnodes_dir(config).join(id);
         let run = Path::new(RUN_DIR).join("vnodes").join(id);
         VNodePaths {
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            disk_image: dir.join("disk.img"),
+            disk: run.join("disk"),
+            upper: run.join("disk/upper"),
+            work: run.join("disk/work"),
             etc: dir.join("etc"),
             state: dir.join("state.json"),
             dir,
@@ -113,8 +118,7 @@ pub struct LocalState {
     pub uid_base: u32,
     /// The vnode's machine id (32 hex digits), stable across restarts.
     pub machine_id: String,
-    /// Disk-quota project of the vnode's upper layer.
-    pub project_id: u32,
+    pub disk_bytes: u64,
     pub created_at: u64,
 }
 
@@ -544,7 +548,7 @@ impl Runtime {
         Ok((uid_base, image_version))
     }
 
-    /// Creates the vnode's directories, quota project and configuration; `state.json` last.
+    /// Creates the vnode's directory, disk and layers; `state.json` last.
     fn create_local(
         &self,
         spec: &VNodeSpec,
@@ -552,50 +556,43 @@ impl Runtime {
         uid_base: u32,
     ) -> Result<LocalState, VNodeError> {
         let result = (|| {
-            let owner = Some(nix::unistd::Uid::from_raw(uid_base));
-            let group = Some(nix::unistd::Gid::from_raw(uid_base));
             create_dir(&paths.dir, 0o700)?;
+            create_dir(&paths.etc, 0o755)?;
+            mounts::make_disk_image(&paths.disk_image, spec.disk_bytes)
+                .map_err(io_err("making the vnode's disk"))?;
+            self.mount_disk(paths)?;
             create_dir(&paths.upper, 0o755)?;
             create_dir(&paths.work, 0o700)?;
-            create_dir(&paths.etc, 0o755)?;
             // The overlay's root is the upper directory: it must belong to root inside.
+            let owner = Some(nix::unistd::Uid::from_raw(uid_base));
+            let group = Some(nix::unistd::Gid::from_raw(uid_base));
             nix::unistd::chown(&paths.upper, owner, group)
                 .map_err(|e| io_err(format!("chown {}", paths.upper.display()))(e.into()))?;
-            let project_id = self.next_project_id();
-            for dir in [&paths.upper, &paths.work] {
-                mounts::set_project(dir, project_id).map_err(io_err("disk quota"))?;
-            }
             let state = LocalState {
                 user: spec.user.clone(),
                 uid_base,
                 machine_id: random_machine_id(),
-                project_id,
+                disk_bytes: spec.disk_bytes,
                 created_at: now_secs(),
             };
-            write_file(
-                &paths.state,
-                &serde_json::to_vec_pretty(&state).unwrap(),
-                0o600,
-            )?;
+            write_file(&paths.state, &serde_json::to_vec_pretty(&state).unwrap(), 0o600)?;
             Ok::<_, VNodeError>(state)
         })();
         if result.is_err() {
+            let _ = mounts::unmount_all(&paths.disk);
             let _ = std::fs::remove_dir_all(&paths.dir);
         }
         result
     }
 
-    /// A project id no other vnode here uses.
-    fn next_project_id(&self) -> u32 {
-        let mut highest = 10_000;
-        if let Ok(entries) = std::fs::read_dir(vnodes_dir(&self.config)) {
-            for entry in entries.flatten() {
-                if let Some(state) = LocalState::load(&entry.path().join("state.json")) {
-                    highest = highest.max(state.project_id);
-                }
-            }
+    fn mount_disk(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
+        if mounts::is_mount_point(&paths.disk) {
+            return Ok(());
         }
-        highest + 1
+        std::fs::create_dir_all(&paths.disk)
+            .map_err(io_err(format!("creating {}", paths.disk.display())))?;
+        mounts::mount_disk_image(&paths.disk_image, &paths.disk)
+            .map_err(io_err("mounting the vnode's disk"))
     }
 
     async fn mount_and_boot(
@@ -605,9 +602,8 @@ impl Runtime {
         state: &LocalState,
         image_dir: &Path,
     ) -> Result<(), VNodeError> {
-        mounts::set_project_limit(&paths.upper, state.project_id, spec.disk_bytes)
-            .map_err(io_err("disk quota"))?;
-        write_jupyter_config(spec, paths)?;
+        self.mount_disk(paths)?;
+        write_jupyter_config(spec, paths, &portal_origin(&self.config, &self.host))?;
         let data = user_data_dir(&self.config, &spec.user);
         if !data.exists() {
             std::fs::create_dir_all(&data)
@@ -743,6 +739,7 @@ impl Runtime {
     fn release(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
         mounts::unmount_all(&paths.rootfs).map_err(io_err("unmounting the rootfs"))?;
         mounts::unmount_all(&paths.lower).map_err(io_err("unmounting the image"))?;
+        mounts::unmount_all(&paths.disk).map_err(io_err("unmounting the vnode's disk"))?;
         mounts::remove_netns(&paths.netns).map_err(io_err("removing the network namespace"))?;
         match std::fs::remove_dir_all(&paths.run) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -755,11 +752,6 @@ impl Runtime {
     /// Everything local of a vnode, its layer included (not the user's data).
     fn remove_local(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
         self.release(paths)?;
-        if let Some(state) = LocalState::load(&paths.state)
-            && let Err(e) = mounts::set_project_limit(&paths.dir, state.project_id, 0)
-        {
-            warn!("clearing the disk quota of {}: {e}", paths.dir.display());
-        }
         match std::fs::remove_dir_all(&paths.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(io_err(format!("removing {}", paths.dir.display()))(e))
@@ -1027,7 +1019,11 @@ pub fn workspace_base_url(spec: &VNodeSpec) -> String {
 /// Jupyter's configuration inside the vnode (`/etc/docklet/jupyter_notebook_config.json`): it
 /// listens on loopback behind the socket-activated proxy, under the workspace URL, and only
 /// with the token the worker keeps (the proxy adds it; people never see it).
-fn write_jupyter_config(spec: &VNodeSpec, paths: &VNodePaths) -> Result<(), VNodeError> {
+fn write_jupyter_config(
+    spec: &VNodeSpec,
+    paths: &VNodePaths,
+    origin: &str,
+) -> Result<(), VNodeError> {
     let file = paths.etc.join("jupyter_notebook_config.json");
     let token = std::fs::read_to_string(&file)
         .ok()
@@ -1038,6 +1034,10 @@ fn write_jupyter_config(spec: &VNodeSpec, paths: &VNodePaths) -> Result<(), VNod
         "NotebookApp": {
             "ip": "127.0.0.1",
             "port": 8889,
+            // Never drift to another port: the socket proxy only knows 8889.
+            "port_retries": 0,
+            "allow_origin": origin,
+            "quit_button": false,
             "base_url": workspace_base_url(spec),
             "token": token,
             "password": "",
@@ -1054,6 +1054,16 @@ fn write_jupyter_config(spec: &VNodeSpec, paths: &VNodePaths) -> Result<(), VNod
         serde_json::to_string_pretty(&config).unwrap().as_bytes(),
         0o644,
     )
+}
+
+/// `scheme://host:port` of the portal, the only origin Jupyter accepts WebSockets from.
+fn portal_origin(config: &Config, host: &str) -> String {
+    let url = config.portal_url_or(host);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url;
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
 }
 
 /// The token the workspace proxy presents to Jupyter in this vnode.
@@ -1081,6 +1091,16 @@ mod tests {
             "systemd-nspawn was killed by signal KILL (signal)"
         );
         assert!(describe_exit("success exited 0").contains("powered off"));
+    }
+
+    #[test]
+    fn the_portal_origin_drops_the_path() {
+        let config = Config {
+            portal_url: Some("http://10.213.0.11:8000/".into()),
+            ..Config::default()
+        };
+        assert_eq!(portal_origin(&config, "tb1"), "http://10.213.0.11:8000");
+        assert_eq!(portal_origin(&Config::default(), "tb2"), "http://tb2:8000");
     }
 
     #[test]
