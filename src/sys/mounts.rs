@@ -327,7 +327,8 @@ pub fn used_bytes(path: &Path) -> io::Result<u64> {
     Ok((stat.blocks() - stat.blocks_free()) * stat.fragment_size())
 }
 
-/// Creates a network namespace that outlives every process, bound at `path`, with loopback up.
+/// Creates a network namespace that outlives every process, bound at `path`, with loopback up
+/// and unprivileged low ports and ping allowed.
 pub fn create_netns(path: &Path) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -339,6 +340,16 @@ pub fn create_netns(path: &Path) -> io::Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| io::Error::other(format!("unshare(CLONE_NEWNET): {e}")))?;
         loopback_up()?;
+        // The namespace belongs to the host's user namespace, not the vnode's, so root inside
+        // the vnode has no network privileges in it (no address or MAC changes: no spoofing).
+        // It still has to bind sshd's port 22 and ping: allow both to everyone in here.
+        for (key, value) in [
+            ("net/ipv4/ip_unprivileged_port_start", "0"),
+            ("net/ipv4/ping_group_range", "0 2147483647"),
+        ] {
+            std::fs::write(format!("/proc/sys/{key}"), value)
+                .map_err(|e| io::Error::other(format!("sysctl {key} in the netns: {e}")))?;
+        }
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,

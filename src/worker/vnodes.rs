@@ -139,6 +139,9 @@ struct Memo {
     /// Set while a task works on the vnode; another trigger only marks it dirty.
     busy: bool,
     dirty: bool,
+    /// Wakes a task waiting for a boot when the spec changed meanwhile (a delete or stop
+    /// must not wait for a slow boot to time out).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 pub struct Runtime {
@@ -275,6 +278,7 @@ impl Runtime {
             let memo = memos.entry(id.clone()).or_default();
             if memo.busy {
                 memo.dirty = true;
+                memo.wake.notify_one();
                 return;
             }
             memo.busy = true;
@@ -531,7 +535,9 @@ impl Runtime {
             }
             None => self.create_local(spec, paths, uid_base)?,
         };
-        let result = self.mount_and_boot(spec, paths, &state, &image_dir).await;
+        let result = self
+            .mount_and_boot(store, spec, paths, &state, &image_dir)
+            .await;
         if let Err(e) = result {
             let _ = self
                 .systemd
@@ -597,6 +603,7 @@ impl Runtime {
 
     async fn mount_and_boot(
         &self,
+        store: &EtcdStore,
         spec: &VNodeSpec,
         paths: &VNodePaths,
         state: &LocalState,
@@ -634,11 +641,33 @@ impl Runtime {
         let unit = vnode::unit_name(&spec.id);
         // A failed unit of an earlier run would block the name.
         let _ = self.systemd.manager().reset_failed_unit(&unit).await;
-        match self
-            .systemd
-            .start_transient(&unit, properties, START_TIMEOUT)
-            .await
-        {
+        let wake = self
+            .memos
+            .lock()
+            .unwrap()
+            .entry(spec.id.clone())
+            .or_default()
+            .wake
+            .clone();
+        let boot = self.systemd.start_transient(&unit, properties, START_TIMEOUT);
+        tokio::pin!(boot);
+        let booted = loop {
+            tokio::select! {
+                result = &mut boot => break result,
+                _ = wake.notified() => {
+                    let still_wanted = matches!(
+                        store.host_vnode_spec(&self.host, &spec.id).await,
+                        Ok(Some(StoredSpec { spec: Ok(VNodeSpec { state: DesiredState::Running, .. }), .. }))
+                    );
+                    if !still_wanted {
+                        return Err(VNodeError::Refused(
+                            "boot interrupted: the desired state changed".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        match booted {
             Ok(()) => Ok(()),
             Err(SystemdError::JobFailed { result, .. }) => {
                 let exit = std::fs::read_to_string(&paths.exit)
@@ -686,7 +715,6 @@ impl Runtime {
                 vnode::UID_RANGE_SIZE
             ),
             "--private-users-ownership=off".into(),
-            format!("--network-namespace-path={}", paths.netns.display()),
             format!("--bind={}:/root/nfs", data.display()),
             format!("--bind-ro={}:/etc/docklet", paths.etc.display()),
         ];
@@ -695,7 +723,7 @@ impl Runtime {
             "/bin/sh".into(),
             "-c".into(),
             format!(
-                "printf '%s %s %s\\n' \"$SERVICE_RESULT\" \"$EXIT_CODE\" \"$EXIT_STATUS\" > {}",
+                "echo \"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS\" > {}",
                 paths.exit.display()
             ),
         ];
@@ -728,6 +756,13 @@ impl Runtime {
                 Variant::new(u64::from(spec.cpu_millis) * 1000),
             ),
             ("MemoryMax", Variant::new(spec.memory_bytes)),
+            // systemd puts nspawn itself into the vnode's netns, and the container inherits it.
+            // (nspawn 252's own --network-namespace-path cannot join a netns its user namespace
+            // does not own: systemd issue #36363, fixed upstream only in 2026.)
+            (
+                "NetworkNamespacePath",
+                Variant::new(paths.netns.display().to_string()),
+            ),
             ("TasksMax", Variant::new(u64::from(spec.tasks))),
             exec_property("ExecStart", &nspawn),
             exec_property("ExecStopPost", &record_exit),
@@ -993,13 +1028,13 @@ fn random_token() -> String {
         .collect()
 }
 
+/// Creates a directory with exactly `mode`, whatever the daemon's umask (0027): the root of a
+/// vnode's filesystem must be 0755 for its unprivileged users.
 fn create_dir(path: &Path, mode: u32) -> Result<(), VNodeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(io_err(format!("creating {}", path.display())))
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", path.display())))
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), VNodeError> {
@@ -1107,7 +1142,8 @@ mod tests {
     fn paths_stay_under_their_roots() {
         let config = Config::default();
         let paths = VNodePaths::new(&config, "alice-c1-0");
-        assert!(paths.upper.starts_with(config.local_dir()));
+        assert!(paths.disk_image.starts_with(config.local_dir()));
+        assert!(paths.upper.starts_with(&paths.disk));
         assert!(paths.rootfs.starts_with(RUN_DIR));
         assert_eq!(paths.netns, Path::new("/run/docklet/netns/alice-c1-0"));
     }
