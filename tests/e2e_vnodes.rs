@@ -11,7 +11,11 @@ use serde_json::Value;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 
+/// Writes a new spec; a vnode of that id left by an earlier, interrupted run goes first.
 fn create(id: &str, host: &str, user: &str, extra: &str) -> Run {
+    if entry(id).is_some() {
+        delete(id);
+    }
     sh(
         "tb1",
         &format!(
@@ -173,7 +177,8 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
     let sockets = exec_ok("tb2", id, "systemctl is-active ssh.socket docklet-jupyter.socket");
     assert_eq!(sockets.split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
     // Socket-activated: neither daemon runs until first used.
-    let idle = exec(id_host(), id, "pgrep -x sshd || pgrep -f jupyter-notebook");
+    // (The bracket keeps pgrep -f from matching this very shell.)
+    let idle = exec("tb2", id, "pgrep -x sshd || pgrep -f '[j]upyter-notebook'");
     assert_ne!(idle.code, 0, "sshd or Jupyter runs on an idle vnode: {idle}");
 
     // Isolation: no host processes, no kernel modules, read-only binds stay read-only.
@@ -185,7 +190,12 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
         id,
         "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None, use_errno=True); r=l.syscall(175, None, 0, b\"\"); sys.exit(ctypes.get_errno() if r else 0)'",
     );
-    assert_eq!(module.code, 1, "init_module must fail with EPERM: {module}");
+    // EPERM (no CAP_SYS_MODULE in the host's user namespace) or ENOSYS (nspawn's seccomp
+    // filter): either way no module is loaded.
+    assert!(
+        module.code == 1 || module.code == 38,
+        "init_module must fail with EPERM or ENOSYS: {module}"
+    );
     let write = exec("tb2", id, "touch /etc/docklet/x");
     assert_ne!(write.code, 0, "wrote into a read-only bind: {write}");
 
@@ -220,10 +230,6 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
         ok("tb2", "cat /var/lib/docklet/global/users/alice/data/alice-keep").trim(),
         "keep"
     );
-}
-
-fn id_host() -> &'static str {
-    "tb2"
 }
 
 #[test]
@@ -313,11 +319,14 @@ fn a_rebooted_host_brings_its_vnodes_back() {
     wait_phase(running, "running");
     wait_phase(stopped, "stopped");
     exec_ok("tb3", running, "echo survived > /root/mark");
+    let boot_id = || ok("tb3", "cat /proc/sys/kernel/random/boot_id").trim().to_owned();
+    let before = boot_id();
     let _ = sh("tb3", "systemctl reboot");
     // The host goes down, boots again, its worker starts the vnode desired running.
-    std::thread::sleep(Duration::from_secs(5));
     wait_for("tb3 to boot again", Duration::from_secs(120), || {
-        sh("tb3", "systemctl is-active docklet-worker.service").stdout.trim() == "active"
+        let run = sh("tb3", "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service");
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        lines.len() == 2 && lines[0] != before && lines[1] == "active"
     });
     let e = wait_phase(running, "running");
     assert_eq!(e["status"]["host"], "tb3");
