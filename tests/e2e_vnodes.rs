@@ -76,10 +76,7 @@ fn wait_gone(id: &str) {
 fn exec(host: &str, id: &str, script: &str) -> Run {
     sh(
         host,
-        &format!(
-            "docklet-admin exec {id} -- sh -c {}",
-            shell_quote(script)
-        ),
+        &format!("docklet-admin exec {id} -- sh -c {}", shell_quote(script)),
     )
 }
 
@@ -174,12 +171,22 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
         );
     }
     assert_eq!(exec_ok("tb2", id, "hostname").trim(), "host-0");
-    let sockets = exec_ok("tb2", id, "systemctl is-active ssh.socket docklet-jupyter.socket");
-    assert_eq!(sockets.split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
+    let sockets = exec_ok(
+        "tb2",
+        id,
+        "systemctl is-active ssh.socket docklet-jupyter.socket",
+    );
+    assert_eq!(
+        sockets.split_whitespace().collect::<Vec<_>>(),
+        ["active", "active"]
+    );
     // Socket-activated: neither daemon runs until first used.
     // (The bracket keeps pgrep -f from matching this very shell.)
     let idle = exec("tb2", id, "pgrep -x sshd || pgrep -f '[j]upyter-notebook'");
-    assert_ne!(idle.code, 0, "sshd or Jupyter runs on an idle vnode: {idle}");
+    assert_ne!(
+        idle.code, 0,
+        "sshd or Jupyter runs on an idle vnode: {idle}"
+    );
 
     // Isolation: no host processes, no kernel modules, read-only binds stay read-only.
     let processes = exec_ok("tb2", id, "ps -e -o comm=");
@@ -200,7 +207,11 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
     assert_ne!(write.code, 0, "wrote into a read-only bind: {write}");
 
     // The disk size holds.
-    let fill = exec("tb2", id, "dd if=/dev/zero of=/root/fill bs=1M count=1500 2>&1");
+    let fill = exec(
+        "tb2",
+        id,
+        "dd if=/dev/zero of=/root/fill bs=1M count=1500 2>&1",
+    );
     assert_ne!(fill.code, 0, "wrote 1.5 GB on a 1 GB disk: {fill}");
     assert!(fill.stdout.contains("No space left"), "{fill}");
     exec_ok("tb2", id, "rm -f /root/fill");
@@ -212,7 +223,8 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
     assert_ne!(unit_property("tb2", unit, "ActiveState"), "active");
     let left = leftovers("tb2", id);
     assert!(
-        left.lines().all(|l| l.contains("/var/lib/docklet/local/vnodes")),
+        left.lines()
+            .all(|l| l.contains("/var/lib/docklet/local/vnodes")),
         "a stopped vnode keeps only its files: {left}"
     );
     ok("tb1", &format!("docklet-admin vnode start {id}"));
@@ -227,7 +239,11 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
     delete(id);
     assert_eq!(leftovers("tb2", id), "");
     assert_eq!(
-        ok("tb2", "cat /var/lib/docklet/global/users/alice/data/alice-keep").trim(),
+        ok(
+            "tb2",
+            "cat /var/lib/docklet/global/users/alice/data/alice-keep"
+        )
+        .trim(),
         "keep"
     );
 }
@@ -266,22 +282,32 @@ fn persistent_data_is_shared_across_hosts_and_users_get_disjoint_uid_ranges() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_killed_worker_adopts_its_running_vnodes() {
     let id = "dave-adopt-0";
-    assert_eq!(create(id, "tb3", "dave", "--memory 256M --disk 512M").code, 0);
+    assert_eq!(
+        create(id, "tb3", "dave", "--memory 256M --disk 512M").code,
+        0
+    );
     let before = wait_phase(id, "running");
     let unit = "docklet-vnode-dave-adopt-0.service";
     let invocation = unit_property("tb3", unit, "InvocationID");
 
     ok("tb3", "systemctl kill -s KILL docklet-worker.service");
-    wait_for("the worker to be restarted", Duration::from_secs(30), || {
-        unit_property("tb3", "docklet-worker.service", "ActiveState") == "active"
-            && unit_property("tb3", "docklet-worker.service", "NRestarts") != "0"
-    });
+    wait_for(
+        "the worker to be restarted",
+        Duration::from_secs(30),
+        || {
+            unit_property("tb3", "docklet-worker.service", "ActiveState") == "active"
+                && unit_property("tb3", "docklet-worker.service", "NRestarts") != "0"
+        },
+    );
     // The vnode ran on, untouched: same unit invocation, same PID 1, one unit.
     assert_eq!(unit_property("tb3", unit, "InvocationID"), invocation);
     std::thread::sleep(Duration::from_secs(2));
     let after = wait_phase(id, "running");
     assert_eq!(leader(&after), leader(&before));
-    let units = ok("tb3", "systemctl list-units --no-legend 'docklet-vnode-dave-*' | wc -l");
+    let units = ok(
+        "tb3",
+        "systemctl list-units --no-legend 'docklet-vnode-dave-*' | wc -l",
+    );
     assert_eq!(units.trim(), "1");
     // And the restarted worker still follows the desired state.
     ok("tb1", &format!("docklet-admin vnode stop {id}"));
@@ -293,7 +319,10 @@ fn a_killed_worker_adopts_its_running_vnodes() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_failed_vnode_is_reported_with_its_reason_and_restarted() {
     let id = "erin-crash-0";
-    assert_eq!(create(id, "tb2", "erin", "--memory 256M --disk 512M").code, 0);
+    assert_eq!(
+        create(id, "tb2", "erin", "--memory 256M --disk 512M").code,
+        0
+    );
     let before = wait_phase(id, "running");
     let unit = "docklet-vnode-erin-crash-0.service";
     let main_pid = unit_property("tb2", unit, "MainPID");
@@ -303,7 +332,10 @@ fn a_failed_vnode_is_reported_with_its_reason_and_restarted() {
     assert!(reason.contains("signal"), "reason: {reason}");
     let after = wait_phase(id, "running");
     assert_ne!(leader(&after), leader(&before));
-    assert!(after["status"]["restarts"].as_u64().unwrap() >= 1, "{after:#}");
+    assert!(
+        after["status"]["restarts"].as_u64().unwrap() >= 1,
+        "{after:#}"
+    );
     delete(id);
 }
 
@@ -311,20 +343,36 @@ fn a_failed_vnode_is_reported_with_its_reason_and_restarted() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_rebooted_host_brings_its_vnodes_back() {
     let (running, stopped) = ("frank-boot-0", "frank-boot-1");
-    assert_eq!(create(running, "tb3", "frank", "--memory 256M --disk 512M").code, 0);
     assert_eq!(
-        create(stopped, "tb3", "frank", "--memory 256M --disk 512M --stopped").code,
+        create(running, "tb3", "frank", "--memory 256M --disk 512M").code,
+        0
+    );
+    assert_eq!(
+        create(
+            stopped,
+            "tb3",
+            "frank",
+            "--memory 256M --disk 512M --stopped"
+        )
+        .code,
         0
     );
     wait_phase(running, "running");
     wait_phase(stopped, "stopped");
     exec_ok("tb3", running, "echo survived > /root/mark");
-    let boot_id = || ok("tb3", "cat /proc/sys/kernel/random/boot_id").trim().to_owned();
+    let boot_id = || {
+        ok("tb3", "cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_owned()
+    };
     let before = boot_id();
     let _ = sh("tb3", "systemctl reboot");
     // The host goes down, boots again, its worker starts the vnode desired running.
     wait_for("tb3 to boot again", Duration::from_secs(120), || {
-        let run = sh("tb3", "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service");
+        let run = sh(
+            "tb3",
+            "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service",
+        );
         let lines: Vec<&str> = run.stdout.lines().collect();
         lines.len() == 2 && lines[0] != before && lines[1] == "active"
     });
@@ -340,7 +388,10 @@ fn a_rebooted_host_brings_its_vnodes_back() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn exec_runs_as_root_or_a_user_with_streams_and_exit_status() {
     let id = "gina-exec-0";
-    assert_eq!(create(id, "tb2", "gina", "--memory 256M --disk 512M").code, 0);
+    assert_eq!(
+        create(id, "tb2", "gina", "--memory 256M --disk 512M").code,
+        0
+    );
     wait_phase(id, "running");
     assert_eq!(exec_ok("tb2", id, "id -u").trim(), "0");
     assert_eq!(exec("tb2", id, "exit 7").code, 7);
@@ -355,8 +406,14 @@ fn exec_runs_as_root_or_a_user_with_streams_and_exit_status() {
         &format!("docklet-admin exec --user gina {id} -- sh -c 'id -un; pwd'"),
     );
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(run.stdout.split_whitespace().collect::<Vec<_>>(), ["gina", "/home/gina"]);
-    let stderr = sh("tb2", &format!("docklet-admin exec {id} -- sh -c 'echo oops >&2'"));
+    assert_eq!(
+        run.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["gina", "/home/gina"]
+    );
+    let stderr = sh(
+        "tb2",
+        &format!("docklet-admin exec {id} -- sh -c 'echo oops >&2'"),
+    );
     assert_eq!(stderr.stderr.trim(), "oops");
     // Not running, unknown: clear errors.
     let missing = sh("tb2", "docklet-admin exec nobody-here-0 -- true");
@@ -374,7 +431,10 @@ fn exec_runs_as_root_or_a_user_with_streams_and_exit_status() {
     );
     assert!(status.contains("\\\"phase\\\":\\\"running\\\""), "{status}");
     // No exec session units stay behind.
-    let sessions = ok("tb2", &format!("systemctl list-units --all --no-legend 'docklet-exec-{id}-*' | wc -l"));
+    let sessions = ok(
+        "tb2",
+        &format!("systemctl list-units --all --no-legend 'docklet-exec-{id}-*' | wc -l"),
+    );
     assert_eq!(sessions.trim(), "0");
     delete(id);
 }
@@ -425,7 +485,9 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
             .expect("credentials field")
     };
     let (user, password) = (field("user"), field("password"));
-    let etcdctl = format!("ETCDCTL_API=3 etcdctl --user '{user}:{password}' --endpoints http://10.213.0.11:2379");
+    let etcdctl = format!(
+        "ETCDCTL_API=3 etcdctl --user '{user}:{password}' --endpoints http://10.213.0.11:2379"
+    );
     let spec = r#"{"id":"hank-raw-0","user":"hank","cluster":"raw","index":0,"image":"base","cpu_millis":1000,"memory_bytes":268435456,"disk_bytes":536870912,"tasks":1,"state":"running"}"#;
     ok(
         "tb1",
@@ -439,4 +501,134 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
     assert_eq!(leftovers("tb2", "hank-raw-0"), "");
     ok("tb1", "docklet-admin vnode delete hank-raw-0");
     wait_gone("hank-raw-0");
+}
+
+/// The agent token, as masters read it from the internal credentials.
+fn agent_token() -> String {
+    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
+    creds
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_token = "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("agent_token in the credentials")
+}
+
+/// POSTs JSON to a worker's agent from this machine; returns (status, body).
+fn agent_post(url: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut command = std::process::Command::new("curl");
+    command.args([
+        "-s",
+        "-m",
+        "30",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+    ]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = command
+        .args(["--data-binary", body, url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn the_agent_endpoint_runs_commands_and_terminals_for_token_holders_only() {
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest;
+
+    let id = "ivy-agent-0";
+    assert_eq!(
+        create(id, "tb3", "ivy", "--memory 256M --disk 512M").code,
+        0
+    );
+    wait_phase(id, "running");
+    let token = agent_token();
+    let exec_url = format!("http://10.213.0.13:8001/agent/v1/vnodes/{id}/exec");
+    let hostname = r#"{"argv": ["hostname"]}"#;
+
+    // No token, a wrong token: refused before anything runs.
+    assert_eq!(agent_post(&exec_url, None, hostname).0, 401);
+    assert_eq!(
+        agent_post(&exec_url, Some("not-the-token"), hostname).0,
+        401
+    );
+
+    let (code, body) = agent_post(&exec_url, Some(&token), hostname);
+    assert_eq!(code, 200, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["stdout"], "host-0\n");
+    let (_, body) = agent_post(
+        &exec_url,
+        Some(&token),
+        r#"{"argv": ["sh", "-c", "cat; echo err >&2; exit 3"], "stdin": "from stdin"}"#,
+    );
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["exit_code"], 3, "{body}");
+    assert_eq!(result["stdout"], "from stdin");
+    assert_eq!(result["stderr"], "err\n");
+    let (code, _) = agent_post(
+        "http://10.213.0.13:8001/agent/v1/vnodes/nobody-here-0/exec",
+        Some(&token),
+        hostname,
+    );
+    assert_eq!(code, 404);
+
+    // A terminal: keystrokes in, output back, resize, Ctrl-C, exit status at the end.
+    let url = format!("ws://10.213.0.13:8001/agent/v1/vnodes/{id}/pty?cols=80&rows=24");
+    let refused = tungstenite::connect(url.as_str());
+    assert!(refused.is_err(), "a terminal opened without the token");
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tungstenite::connect(request).expect("terminal with the token");
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    let mut screen = String::new();
+    let mut read_until = |socket: &mut tungstenite::WebSocket<_>, needle: &str| {
+        let start = std::time::Instant::now();
+        while !screen.contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no {needle:?} in {screen:?}"
+            );
+            match socket.read() {
+                Ok(Message::Binary(data)) => screen.push_str(&String::from_utf8_lossy(&data)),
+                Ok(Message::Text(text)) => screen.push_str(&text),
+                Ok(_) => {}
+                Err(e) => panic!("terminal read: {e}; screen so far {screen:?}"),
+            }
+        }
+    };
+    let send = |socket: &mut tungstenite::WebSocket<_>, keys: &str| {
+        socket
+            .send(Message::Binary(keys.as_bytes().to_vec().into()))
+            .unwrap();
+    };
+    send(&mut socket, "echo $((6*7))x\r");
+    read_until(&mut socket, "42x");
+    socket
+        .send(Message::Text(r#"{"resize":{"cols":100,"rows":30}}"#.into()))
+        .unwrap();
+    send(&mut socket, "stty size\r");
+    read_until(&mut socket, "30 100");
+    send(&mut socket, "sleep 100\r");
+    std::thread::sleep(Duration::from_millis(500));
+    send(&mut socket, "\x03");
+    send(&mut socket, "echo after-$((1+1))\r");
+    read_until(&mut socket, "after-2");
+    send(&mut socket, "exit 5\r");
+    read_until(&mut socket, r#"{"exit":5}"#);
+    delete(id);
 }

@@ -298,7 +298,10 @@ pub fn mount_disk_image(image: &Path, target: &Path) -> io::Result<()> {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 continue;
             }
-            return Err(io::Error::new(e.kind(), format!("LOOP_CONFIGURE {}: {e}", device.display())));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("LOOP_CONFIGURE {}: {e}", device.display()),
+            ));
         }
         // Mount while our descriptor still holds the device, or autoclear frees it at once.
         let mounted = nix::mount::mount(

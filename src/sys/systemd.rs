@@ -1,8 +1,13 @@
 //! systemd over D-Bus (zbus): transient units for vnodes and exec sessions, their state, and
 //! waiting for jobs. Never `systemd-run`: the worker talks to the manager directly, so it sees
 //! job results and unit properties as systemd reports them.
+//!
+//! One task reads systemd's signals for the whole connection and hands them out. (A zbus
+//! signal stream that is not polled all the time fills up and then stalls every call on the
+//! connection, replies included.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -122,18 +127,101 @@ pub fn exec_property(name: &'static str, argv: &[String]) -> Property {
 pub struct Systemd {
     connection: zbus::Connection,
     manager: SystemdManagerProxy<'static>,
+    events: Arc<Events>,
+}
+
+/// What the signal task hands out: results of jobs (to whoever waits for them) and "a vnode
+/// unit went away".
+#[derive(Default)]
+struct Events {
+    jobs: Mutex<JobBook>,
+    vnode_unit_removed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct JobBook {
+    waiters: HashMap<String, tokio::sync::oneshot::Sender<String>>,
+    /// Results that came before anyone asked (the signal can beat the method reply).
+    finished: VecDeque<(String, String)>,
+}
+
+const FINISHED_KEPT: usize = 1024;
+
+impl Events {
+    fn job_removed(&self, job: String, result: String) {
+        let mut book = self.jobs.lock().unwrap();
+        match book.waiters.remove(&job) {
+            Some(waiter) => {
+                let _ = waiter.send(result);
+            }
+            None => {
+                book.finished.push_back((job, result));
+                if book.finished.len() > FINISHED_KEPT {
+                    book.finished.pop_front();
+                }
+            }
+        }
+    }
+
+    fn wait_for(&self, job: &str) -> tokio::sync::oneshot::Receiver<String> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut book = self.jobs.lock().unwrap();
+        if let Some(i) = book.finished.iter().position(|(j, _)| j == job) {
+            let (_, result) = book.finished.remove(i).expect("index from position");
+            let _ = sender.send(result);
+        } else {
+            book.waiters.insert(job.to_owned(), sender);
+        }
+        receiver
+    }
 }
 
 impl Systemd {
     pub async fn connect() -> Result<Systemd, SystemdError> {
         let connection = zbus::Connection::system().await?;
         let manager = SystemdManagerProxy::new(&connection).await?;
+        let events = Arc::new(Events::default());
+        let mut jobs = manager.receive_job_removed().await?;
+        let mut removed = manager.receive_unit_removed().await?;
         // JobRemoved is only sent to subscribers.
         manager.subscribe().await?;
+        let task_events = events.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    signal = jobs.next() => match signal {
+                        Some(signal) => {
+                            if let Ok(args) = signal.args() {
+                                task_events.job_removed(args.job.to_string(), args.result.clone());
+                            }
+                        }
+                        None => break,
+                    },
+                    signal = removed.next() => match signal {
+                        Some(signal) => {
+                            let ours = signal
+                                .args()
+                                .is_ok_and(|a| crate::model::vnode::id_from_unit(&a.unit).is_some());
+                            if ours {
+                                task_events.vnode_unit_removed.notify_one();
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            tracing::error!("systemd's signal stream ended");
+        });
         Ok(Systemd {
             connection,
             manager,
+            events,
         })
+    }
+
+    /// Completes when a vnode unit was unloaded (stopped, failed, collected) since the last call.
+    pub async fn vnode_unit_removed(&self) {
+        self.events.vnode_unit_removed.notified().await
     }
 
     pub fn manager(&self) -> &SystemdManagerProxy<'static> {
@@ -148,8 +236,6 @@ impl Systemd {
         properties: Vec<Property>,
         timeout: Duration,
     ) -> Result<(), SystemdError> {
-        // Listen before starting, so the job's end cannot be missed.
-        let jobs = self.manager.receive_job_removed().await?;
         let props: Vec<(&str, Variant<'_>)> = properties
             .iter()
             .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
@@ -158,18 +244,17 @@ impl Systemd {
             .manager
             .start_transient_unit(name, "fail", &props, &[])
             .await?;
-        self.wait_job(jobs, job, name, timeout).await
+        self.wait_job(job, name, timeout).await
     }
 
     /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
-        let jobs = self.manager.receive_job_removed().await?;
         let job = match self.manager.stop_unit(name, "replace").await {
             Ok(job) => job,
             Err(e) if is_no_such_unit(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        match self.wait_job(jobs, job, name, timeout).await {
+        match self.wait_job(job, name, timeout).await {
             // "failed"/"done" both leave it stopped; only a timeout is a failure to stop.
             Err(SystemdError::JobFailed { .. }) | Ok(()) => Ok(()),
             Err(e) => Err(e),
@@ -178,27 +263,18 @@ impl Systemd {
 
     async fn wait_job(
         &self,
-        mut jobs: JobRemovedStream,
         job: OwnedObjectPath,
         unit: &str,
         timeout: Duration,
     ) -> Result<(), SystemdError> {
-        let wait = async {
-            while let Some(signal) = jobs.next().await {
-                let Ok(args) = signal.args() else { continue };
-                if args.job.as_str() == job.as_str() {
-                    return Some(args.result.clone());
-                }
-            }
-            None
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Some(result)) if result == "done" => Ok(()),
-            Ok(Some(result)) => Err(SystemdError::JobFailed {
+        let result = self.events.wait_for(job.as_str());
+        match tokio::time::timeout(timeout, result).await {
+            Ok(Ok(result)) if result == "done" => Ok(()),
+            Ok(Ok(result)) => Err(SystemdError::JobFailed {
                 unit: unit.to_owned(),
                 result,
             }),
-            Ok(None) => Err(SystemdError::Bus(zbus::Error::Failure(
+            Ok(Err(_)) => Err(SystemdError::Bus(zbus::Error::Failure(
                 "systemd's signal stream ended".into(),
             ))),
             Err(_) => Err(SystemdError::Timeout {

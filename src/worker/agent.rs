@@ -146,8 +146,11 @@ async fn require_token(State(worker): State<Shared>, request: Request, next: Nex
         .unwrap_or("");
     if !same_secret(presented.as_bytes(), expected.as_bytes()) {
         warn!(path = %request.uri().path(), "agent request without a valid token refused");
-        return AgentError(StatusCode::UNAUTHORIZED, "a valid agent token is required".into())
-            .into_response();
+        return AgentError(
+            StatusCode::UNAUTHORIZED,
+            "a valid agent token is required".into(),
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -191,6 +194,7 @@ async fn exec_handler(
         user: body.user,
         argv: body.argv,
         term: "dumb".into(),
+        tty: None,
     };
     exec::check_request(&request)?;
     let (stdin_read, stdin_write) = pipe()?;
@@ -232,12 +236,9 @@ async fn pty_handler(
     let request = ExecRequest {
         id,
         user: query.user,
-        // A session of its own with the terminal as controlling tty, so job control and
-        // Ctrl-C work; the login shell of the user.
-        argv: ["setsid", "-w", "-c", "bash", "-l"]
-            .map(String::from)
-            .to_vec(),
+        argv: ["bash", "-l"].map(String::from).to_vec(),
         term: "xterm-256color".into(),
+        tty: None,
     };
     exec::check_request(&request)?;
     if runtime.leader(&request.id).await.is_none() {
@@ -252,16 +253,45 @@ async fn pty_handler(
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    let pty = nix::pty::openpty(Some(&size), None)
-        .map_err(|e| AgentError(StatusCode::INTERNAL_SERVER_ERROR, format!("openpty: {e}")))?;
+    let (master, slave, path) = open_pty(&size)
+        .map_err(|e| AgentError(StatusCode::INTERNAL_SERVER_ERROR, format!("pty: {e}")))?;
+    let request = ExecRequest {
+        tty: Some(path),
+        ..request
+    };
     Ok(upgrade.on_upgrade(move |socket| async move {
-        if let Err(e) = terminal(socket, runtime, request, pty.master, pty.slave).await {
+        if let Err(e) = terminal(socket, runtime, request, master, slave).await {
             warn!("terminal session: {e}");
         }
     }))
 }
 
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);
+
+/// A pseudo-terminal pair and the slave's path. The slave is nobody's controlling terminal
+/// yet (openpty(3) would make it the worker's own, the worker being a session leader): the
+/// session unit takes it.
+fn open_pty(size: &nix::pty::Winsize) -> nix::Result<(OwnedFd, OwnedFd, String)> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    unsafe { set_window_size(slave.as_raw_fd(), size) }?;
+    // SAFETY: posix_openpt returned an open descriptor we now own.
+    let master = unsafe {
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+            master,
+        ))
+    };
+    Ok((master, slave, name))
+}
 
 /// Pumps bytes between the WebSocket and the terminal until either side ends; the shell's
 /// exit status goes out as a last text frame `{"exit": N}`.
@@ -272,8 +302,11 @@ async fn terminal(
     master: OwnedFd,
     slave: OwnedFd,
 ) -> std::io::Result<()> {
-    let (stdin, stdout, stderr) = (slave.try_clone()?, slave.try_clone()?, slave);
-    let session = {
+    let (stdin, stdout, stderr) = (slave.try_clone()?, slave.try_clone()?, slave.try_clone()?);
+    // Held until the session ends: without an open slave the master reads EIO (hang-up)
+    // before the session has opened its terminal.
+    let slave_held = slave;
+    let mut session = {
         let runtime = runtime.clone();
         tokio::spawn(async move {
             exec::run(&runtime, runtime.systemd(), &request, stdin, stdout, stderr).await
@@ -289,8 +322,13 @@ async fn terminal(
     let master = unsafe { AsyncFd::register(std::fs::File::from(master)) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut buf = vec![0u8; 16384];
+    let mut finished = None;
     loop {
         tokio::select! {
+            result = &mut session => {
+                finished = Some(result);
+                break;
+            }
             readable = master.readable() => {
                 let mut guard = readable?;
                 match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
@@ -320,14 +358,36 @@ async fn terminal(
             }
         }
     }
-    // Closing the terminal hangs the shell up.
-    drop(master);
-    let status = match session.await {
+    let result = match finished {
+        Some(result) => {
+            // What the shell wrote last is still in the terminal.
+            while let Ok(n) = master.get_ref().read(&mut buf) {
+                if n == 0
+                    || socket
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            result
+        }
+        None => {
+            // Closing the terminal hangs the shell up.
+            drop(master);
+            drop(slave_held);
+            session.await
+        }
+    };
+    let status = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             let _ = socket
                 .send(Message::Text(
-                    serde_json::json!({ "error": e.to_string() }).to_string().into(),
+                    serde_json::json!({ "error": e.to_string() })
+                        .to_string()
+                        .into(),
                 ))
                 .await;
             -1
@@ -370,6 +430,12 @@ mod tests {
     #[test]
     fn terminal_control_messages_parse() {
         let c: Control = serde_json::from_str(r#"{"resize":{"cols":120,"rows":40}}"#).unwrap();
-        assert!(matches!(c, Control::Resize { cols: 120, rows: 40 }));
+        assert!(matches!(
+            c,
+            Control::Resize {
+                cols: 120,
+                rows: 40
+            }
+        ));
     }
 }

@@ -102,6 +102,7 @@ impl WorkerInterface {
             id: id.to_owned(),
             user: user.to_owned(),
             argv,
+            tty: None,
             term: if term.is_empty() {
                 "dumb".into()
             } else {

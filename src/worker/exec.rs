@@ -21,6 +21,9 @@ pub struct ExecRequest {
     pub argv: Vec<String>,
     /// Value of `TERM` for the command.
     pub term: String,
+    /// A terminal (the slave of a pty) to run on as the session's controlling terminal,
+    /// instead of the given descriptors, so job control and Ctrl-C work.
+    pub tty: Option<String>,
 }
 
 /// The argv of the session's unit.
@@ -84,7 +87,7 @@ pub async fn run(
         request.id,
         super::vnodes::random_suffix()
     );
-    let properties: Vec<Property> = vec![
+    let mut properties: Vec<Property> = vec![
         (
             "Description",
             Variant::new(format!(
@@ -97,9 +100,6 @@ pub async fn run(
         ("CollectMode", Variant::new("inactive-or-failed")),
         // Keeps the unit loaded after it ends until we have read its exit status.
         ("AddRef", Variant::new(true)),
-        ("StandardInputFileDescriptor", Variant::Fd(stdin.into())),
-        ("StandardOutputFileDescriptor", Variant::Fd(stdout.into())),
-        ("StandardErrorFileDescriptor", Variant::Fd(stderr.into())),
         (
             "Environment",
             Variant::new(vec![
@@ -109,6 +109,23 @@ pub async fn run(
         ),
         exec_property("ExecStart", &session_argv(leader, request)),
     ];
+    match &request.tty {
+        // systemd opens the terminal and makes it the controlling terminal of the session
+        // (nsenter's); the command inside inherits it. A passed descriptor cannot become one
+        // from inside the vnode: TIOCSCTTY there lacks CAP_SYS_ADMIN in the host's namespace.
+        Some(tty) => {
+            properties.push(("TTYPath", Variant::new(tty.clone())));
+            for stream in ["StandardInput", "StandardOutput", "StandardError"] {
+                properties.push((stream, Variant::new("tty")));
+            }
+            drop((stdin, stdout, stderr));
+        }
+        None => {
+            properties.push(("StandardInputFileDescriptor", Variant::Fd(stdin.into())));
+            properties.push(("StandardOutputFileDescriptor", Variant::Fd(stdout.into())));
+            properties.push(("StandardErrorFileDescriptor", Variant::Fd(stderr.into())));
+        }
+    }
     systemd
         .start_transient(&unit, properties, Duration::from_secs(30))
         .await?;
@@ -135,6 +152,7 @@ mod tests {
             user: "root".into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             term: "xterm-256color".into(),
+            tty: None,
         }
     }
 

@@ -273,7 +273,6 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
 /// Connects to systemd, then follows this host's vnode specs for ever: a full pass at start
 /// and after every change in etcd, every unit that goes away, and every few seconds.
 async fn reconcile_loop(worker: Arc<Worker>) {
-    use futures_util::StreamExt;
     let mut backoff = Backoff::default();
     let systemd = loop {
         match crate::sys::systemd::Systemd::connect().await {
@@ -312,11 +311,6 @@ async fn reconcile_loop(worker: Arc<Worker>) {
             }
             runtime.reconcile_all(&store, specs).await;
             let mut watch = store.watch_host_vnodes(&worker.host, revision).await?;
-            let mut removed = systemd
-                .manager()
-                .receive_unit_removed()
-                .await
-                .map_err(|e| StoreError::Failed(format!("systemd signals: {e}")))?;
             let mut tick = tokio::time::interval(RESYNC_EVERY);
             tick.tick().await;
             loop {
@@ -326,14 +320,7 @@ async fn reconcile_loop(worker: Arc<Worker>) {
                         Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
                         Err(e) => return Err(crate::store::etcd::classify(e)),
                     },
-                    Some(signal) = removed.next() => {
-                        let ours = signal
-                            .args()
-                            .is_ok_and(|a| crate::model::vnode::id_from_unit(&a.unit).is_some());
-                        if !ours {
-                            continue;
-                        }
-                    }
+                    _ = systemd.vnode_unit_removed() => {}
                     _ = tick.tick() => {}
                 }
                 let (specs, _) = store.host_vnode_specs(&worker.host).await?;

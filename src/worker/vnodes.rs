@@ -581,7 +581,11 @@ impl Runtime {
                 disk_bytes: spec.disk_bytes,
                 created_at: now_secs(),
             };
-            write_file(&paths.state, &serde_json::to_vec_pretty(&state).unwrap(), 0o600)?;
+            write_file(
+                &paths.state,
+                &serde_json::to_vec_pretty(&state).unwrap(),
+                0o600,
+            )?;
             Ok::<_, VNodeError>(state)
         })();
         if result.is_err() {
@@ -649,7 +653,9 @@ impl Runtime {
             .or_default()
             .wake
             .clone();
-        let boot = self.systemd.start_transient(&unit, properties, START_TIMEOUT);
+        let boot = self
+            .systemd
+            .start_transient(&unit, properties, START_TIMEOUT);
         tokio::pin!(boot);
         let booted = loop {
             tokio::select! {
