@@ -171,6 +171,9 @@ fn a_vnode_boots_unprivileged_with_its_limits_and_keeps_changes_across_stop_and_
         );
     }
     assert_eq!(exec_ok("tb2", id, "hostname").trim(), "host-0");
+    // Registered with machined, so machinectl and journalctl -M know it.
+    let machines = ok("tb2", "machinectl list --no-legend");
+    assert!(machines.contains(id), "{machines}");
     let sockets = exec_ok(
         "tb2",
         id,
@@ -631,4 +634,119 @@ fn the_agent_endpoint_runs_commands_and_terminals_for_token_holders_only() {
     send(&mut socket, "exit 5\r");
     read_until(&mut socket, r#"{"exit":5}"#);
     delete(id);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn jupyter_starts_on_first_use_with_the_workers_configuration() {
+    let id = "judy-nb-0";
+    assert_eq!(create(id, "tb2", "judy", "--memory 512M --disk 1G").code, 0);
+    wait_phase(id, "running");
+    assert_eq!(
+        exec_ok(
+            "tb2",
+            id,
+            "systemctl is-active docklet-jupyter.service || true"
+        )
+        .trim(),
+        "inactive",
+        "Jupyter runs before anyone asked for it"
+    );
+    // The worker wrote the configuration: the workspace URL and a token only it knows.
+    let config = ok(
+        "tb2",
+        &format!("cat /var/lib/docklet/local/vnodes/{id}/etc/jupyter_notebook_config.json"),
+    );
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let app = &config["NotebookApp"];
+    assert_eq!(app["base_url"], "/go/judy/nb/0/");
+    let token = app["token"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 32);
+    assert!(exec_ok("tb2", id, "cat /etc/docklet/jupyter_notebook_config.json").contains(&token));
+    // The first connection to the socket starts it; the token is required.
+    let status = |with_token: bool| {
+        let query = if with_token {
+            format!("?token={token}")
+        } else {
+            String::new()
+        };
+        exec_ok(
+            "tb2",
+            id,
+            &format!(
+                "python3 -c \"import urllib.request,urllib.error,sys\ntry:\n print(urllib.request.urlopen('http://127.0.0.1:8888/go/judy/nb/0/api/status{query}', timeout=60).status)\nexcept urllib.error.HTTPError as e:\n print(e.code)\""
+            ),
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(status(true), "200");
+    assert_eq!(status(false), "403");
+    assert_eq!(
+        exec_ok("tb2", id, "systemctl is-active docklet-jupyter.service").trim(),
+        "active"
+    );
+    delete(id);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_new_base_image_serves_new_vnodes_and_leaves_running_ones_alone() {
+    let images = std::path::Path::new("/var/cache/docklet-testbed/images/base");
+    let current = std::fs::read_link(images.join("current")).expect("images/base/current");
+    let (old, new) = ("kim-img-0", "kim-img-1");
+    assert_eq!(
+        create(old, "tb2", "kim", "--memory 256M --disk 512M").code,
+        0
+    );
+    let before = wait_phase(old, "running");
+    let old_version = before["status"]["image_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(std::path::Path::new(&old_version), current);
+
+    // An update as tools/build-image makes it: a new version directory, then `current` moves
+    // atomically. (A hard-linked copy stands in for a rebuild here.)
+    let version = "e2e-next";
+    let _ = std::fs::remove_dir_all(images.join(version));
+    let copy = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(images.join(&current))
+        .arg(images.join(version))
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let switch = |target: &std::path::Path| {
+        let tmp = images.join("current.e2e");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, images.join("current")).unwrap();
+    };
+    switch(std::path::Path::new(version));
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(
+            create(new, "tb2", "kim", "--memory 256M --disk 512M").code,
+            0
+        );
+        let e = wait_phase(new, "running");
+        assert_eq!(e["status"]["image_version"], version);
+        // The running vnode kept its image and works on.
+        let old_now = entry(old).unwrap();
+        assert_eq!(old_now["status"]["image_version"], old_version.as_str());
+        assert_eq!(leader(&old_now), leader(&before));
+        assert_eq!(exec_ok("tb2", old, "hostname").trim(), "host-0");
+        let lower = ok(
+            "tb2",
+            &format!("findmnt -n -o SOURCE /run/docklet/vnodes/{old}/lower"),
+        );
+        assert!(lower.contains(&old_version), "{lower}");
+    });
+    switch(&current);
+    delete(new);
+    delete(old);
+    let _ = std::fs::remove_dir_all(images.join(version));
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
