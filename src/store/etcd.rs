@@ -100,6 +100,42 @@ impl EtcdStore {
         .map_err(classify)
     }
 
+    /// The JSON record at `key`, `None` when absent.
+    pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| decode(key, kv.value()))
+            .transpose()
+    }
+
+    /// Every JSON record under `prefix`, in key order.
+    pub(super) async fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -243,32 +279,11 @@ fn tls_options(config: &Config) -> Result<Option<TlsOptions>, StoreError> {
 
 impl Store for EtcdStore {
     async fn cluster_info(&self) -> Result<Option<ClusterInfo>, StoreError> {
-        let key = self.keys.cluster();
-        let response = self
-            .client
-            .kv_client()
-            .get(key.clone(), None)
-            .await
-            .map_err(classify)?;
-        response
-            .kvs()
-            .first()
-            .map(|kv| decode(&key, kv.value()))
-            .transpose()
+        self.get_json(&self.keys.cluster()).await
     }
 
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.keys.hosts(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(classify)?;
-        response
-            .kvs()
-            .iter()
-            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        self.list_json(&self.keys.hosts()).await
     }
 
     async fn initialize(

@@ -185,35 +185,11 @@ impl EtcdStore {
     }
 
     pub async fn vnode_status(&self, id: &str) -> Result<Option<VNodeStatus>, StoreError> {
-        let key = self.keys.vnode_status(id);
-        let response = self
-            .client
-            .kv_client()
-            .get(key.clone(), None)
-            .await
-            .map_err(classify)?;
-        response
-            .kvs()
-            .first()
-            .map(|kv| decode(&key, kv.value()))
-            .transpose()
+        self.get_json(&self.keys.vnode_status(id)).await
     }
 
     pub async fn all_vnode_statuses(&self) -> Result<Vec<VNodeStatus>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(
-                self.keys.vnode_statuses(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(classify)?;
-        response
-            .kvs()
-            .iter()
-            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        self.list_json(&self.keys.vnode_statuses()).await
     }
 
     /// Forgets a deleted vnode: spec, status and id index go in one transaction.

@@ -305,36 +305,16 @@ impl Systemd {
             .get_all("org.freedesktop.systemd1.Service".try_into()?)
             .await
             .unwrap_or_default();
-        let text = |map: &HashMap<String, OwnedVariant>, key: &str| -> String {
-            map.get(key)
-                .and_then(|v| String::try_from(v.clone()).ok())
-                .unwrap_or_default()
-        };
-        let u32_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> u32 {
-            map.get(key)
-                .and_then(|v| u32::try_from(v.clone()).ok())
-                .unwrap_or_default()
-        };
-        let i32_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> i32 {
-            map.get(key)
-                .and_then(|v| i32::try_from(v.clone()).ok())
-                .unwrap_or_default()
-        };
-        let u64_of = |map: &HashMap<String, OwnedVariant>, key: &str| -> u64 {
-            map.get(key)
-                .and_then(|v| u64::try_from(v.clone()).ok())
-                .unwrap_or_default()
-        };
         Ok(Some(UnitInfo {
-            active_state: text(&unit, "ActiveState"),
-            sub_state: text(&unit, "SubState"),
-            result: text(&service, "Result"),
-            main_pid: u32_of(&service, "MainPID"),
-            control_group: text(&service, "ControlGroup"),
-            exec_main_code: i32_of(&service, "ExecMainCode"),
-            exec_main_status: i32_of(&service, "ExecMainStatus"),
-            active_enter_usec: u64_of(&unit, "ActiveEnterTimestamp"),
-            inactive_exit_usec: u64_of(&unit, "InactiveExitTimestamp"),
+            active_state: prop::<String>(&unit, "ActiveState"),
+            sub_state: prop::<String>(&unit, "SubState"),
+            result: prop::<String>(&service, "Result"),
+            main_pid: prop::<u32>(&service, "MainPID"),
+            control_group: prop::<String>(&service, "ControlGroup"),
+            exec_main_code: prop::<i32>(&service, "ExecMainCode"),
+            exec_main_status: prop::<i32>(&service, "ExecMainStatus"),
+            active_enter_usec: prop::<u64>(&unit, "ActiveEnterTimestamp"),
+            inactive_exit_usec: prop::<u64>(&unit, "InactiveExitTimestamp"),
         }))
     }
 
@@ -356,6 +336,16 @@ impl Systemd {
         }
         let _ = self.manager.reset_failed_unit(name).await;
     }
+}
+
+/// One property out of a `GetAll` answer; missing or of another type reads as the default.
+fn prop<T>(map: &HashMap<String, OwnedVariant>, key: &str) -> T
+where
+    T: TryFrom<OwnedVariant> + Default,
+{
+    map.get(key)
+        .and_then(|v| T::try_from(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
