@@ -55,7 +55,13 @@ impl MasterInterface {
         let uid = dbus_api::authorize(conn, &header).await?;
         let spec: VNodeSpec = serde_json::from_str(spec)
             .map_err(|e| BusError::InvalidArgument(format!("vnode spec: {e}")))?;
-        tracing::info!(caller_uid = uid, vnode = %spec.id, host, "vnode created over D-Bus");
+        tracing::info!(
+            caller_uid = uid,
+            vnode = %spec.id,
+            host,
+            "vnode {} created on {host} over D-Bus",
+            spec.id
+        );
         self.master.create_vnode(host, &spec).await
     }
 
@@ -74,7 +80,7 @@ impl MasterInterface {
             caller_uid = uid,
             vnode = id,
             ?state,
-            "vnode state set over D-Bus"
+            "vnode {id} set to {state:?} over D-Bus"
         );
         self.master.set_vnode_state(id, state).await
     }

@@ -128,7 +128,13 @@ pub struct Systemd {
     connection: zbus::Connection,
     manager: SystemdManagerProxy<'static>,
     events: Arc<Events>,
+    /// dbus-daemon allows a connection 128 calls awaiting replies; with hundreds of vnodes
+    /// reconciled at once the worker would pass it ("LimitsExceeded").
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Method calls in flight on the worker's systemd connection at most.
+const CALLS_IN_FLIGHT: usize = 32;
 
 /// What the signal task hands out: results of jobs (to whoever waits for them) and "a vnode
 /// unit went away".
@@ -216,6 +222,7 @@ impl Systemd {
             connection,
             manager,
             events,
+            calls: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
         })
     }
 
@@ -240,20 +247,24 @@ impl Systemd {
             .iter()
             .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
             .collect::<Result<_, _>>()?;
+        let permit = self.calls.acquire().await.expect("never closed");
         let job = self
             .manager
             .start_transient_unit(name, "fail", &props, &[])
             .await?;
+        drop(permit);
         self.wait_job(job, name, timeout).await
     }
 
     /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
+        let permit = self.calls.acquire().await.expect("never closed");
         let job = match self.manager.stop_unit(name, "replace").await {
             Ok(job) => job,
             Err(e) if is_no_such_unit(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        drop(permit);
         match self.wait_job(job, name, timeout).await {
             // "failed"/"done" both leave it stopped; only a timeout is a failure to stop.
             Err(SystemdError::JobFailed { .. }) | Ok(()) => Ok(()),
@@ -286,6 +297,7 @@ impl Systemd {
 
     /// The unit's state and main facts, `None` when it is not loaded.
     pub async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError> {
+        let _permit = self.calls.acquire().await.expect("never closed");
         let path = match self.manager.get_unit(name).await {
             Ok(path) => path,
             Err(e) if is_no_such_unit(&e) => return Ok(None),
@@ -320,6 +332,7 @@ impl Systemd {
 
     /// Loaded units whose names match `pattern` (a glob), with their active state.
     pub async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError> {
+        let _permit = self.calls.acquire().await.expect("never closed");
         Ok(self
             .manager
             .list_units_by_patterns(&[], &[pattern])

@@ -320,7 +320,10 @@ async fn reconcile_loop(worker: Arc<Worker>) {
                         Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
                         Err(e) => return Err(crate::store::etcd::classify(e)),
                     },
-                    _ = systemd.vnode_unit_removed() => {}
+                    _ = systemd.vnode_unit_removed() => {
+                        // Bursts of these (every look at an unloaded unit makes one) share a pass.
+                        tokio::time::sleep(UNIT_EVENT_DEBOUNCE).await;
+                    }
                     _ = tick.tick() => {}
                 }
                 let (specs, _) = store.host_vnode_specs(&worker.host).await?;
@@ -341,6 +344,8 @@ async fn reconcile_loop(worker: Arc<Worker>) {
 
 /// A full pass this often even without events: restarts after backoff, drift repair.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long a pass waits after a unit went away, so that a burst makes one pass.
+const UNIT_EVENT_DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
