@@ -124,7 +124,14 @@ fn deb_installs_upgrades_removes_and_purges() {
     // Purge: configuration and this host's state go; the shared filesystem stays.
     ok("tb3", &format!("{apt} purge docklet"));
     assert_ne!(sh("tb3", "test -e /etc/docklet/docklet.toml").code, 0);
-    assert_ne!(sh("tb3", "test -e /var/lib/docklet/local").code, 0);
+    // (The testbed binds the base image read-only below it: only that mount may remain.)
+    assert_eq!(
+        ok(
+            "tb3",
+            "find /var/lib/docklet/local -xdev -mindepth 1 ! -path /var/lib/docklet/local/images 2>/dev/null || true"
+        ),
+        ""
+    );
     ok("tb3", "test -f /var/lib/docklet/global/secrets/etcd.toml");
 
     // Put tb3 back as the testbed had it.

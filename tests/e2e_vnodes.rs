@@ -473,7 +473,11 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
 
     // A duplicate id is refused, whatever the host.
     assert_eq!(create("hank-dup-0", "tb2", "hank", "--stopped").code, 0);
-    let dup = create("hank-dup-0", "tb3", "hank", "");
+    // (Not `create`, which clears a vnode of the same id first.)
+    let dup = sh(
+        "tb1",
+        "docklet-admin vnode create hank-dup-0 --host tb3 --user hank --cluster dup",
+    );
     assert_eq!(dup.code, 8, "{dup}");
     assert!(dup.stderr.contains("already exists"), "{dup}");
     delete("hank-dup-0");
