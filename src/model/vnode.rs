@@ -167,6 +167,10 @@ pub fn validate_user_name(user: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+pub fn validate_id(id: &str) -> Result<(), SpecError> {
+    check_name("id", id, 48)
+}
+
 pub fn validate_image_name(image: &str) -> Result<(), SpecError> {
     check_name("image", image, 64)
 }
@@ -178,7 +182,7 @@ pub const MAX_TASKS: u32 = 1 << 22;
 
 /// The rules every spec follows, whatever the host.
 pub fn validate_spec(spec: &VNodeSpec) -> Result<(), SpecError> {
-    check_name("id", &spec.id, 48)?;
+    validate_id(&spec.id)?;
     validate_user_name(&spec.user)?;
     check_name("cluster", &spec.cluster, 32)?;
     validate_image_name(&spec.image)?;

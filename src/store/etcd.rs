@@ -118,18 +118,25 @@ impl EtcdStore {
             .transpose()
     }
 
+    /// Every key under `prefix`, with the revision of the read in the response header.
+    pub(super) async fn get_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)
+    }
+
     /// Every JSON record under `prefix`, in key order.
     pub(super) async fn list_json<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(classify)?;
-        response
+        self.get_prefix(prefix)
+            .await?
             .kvs()
             .iter()
             .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))

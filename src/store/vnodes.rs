@@ -87,12 +87,7 @@ impl EtcdStore {
     /// The specs under `vnodes/<host>/` and the revision they were read at.
     pub async fn host_vnode_specs(&self, host: &str) -> Result<(Vec<StoredSpec>, i64), StoreError> {
         let prefix = self.keys.host_vnodes(host);
-        let response = self
-            .client
-            .kv_client()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(classify)?;
+        let response = self.get_prefix(&prefix).await?;
         let revision = response.header().map(|h| h.revision()).unwrap_or(0);
         let specs = response
             .kvs()
@@ -130,12 +125,7 @@ impl EtcdStore {
     /// Every spec in the cluster, with the host it is on.
     pub async fn all_vnode_specs(&self) -> Result<Vec<(String, VNodeSpec)>, StoreError> {
         let prefix = self.keys.vnodes();
-        let response = self
-            .client
-            .kv_client()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(classify)?;
+        let response = self.get_prefix(&prefix).await?;
         response
             .kvs()
             .iter()

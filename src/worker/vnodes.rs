@@ -36,8 +36,6 @@ use crate::sys::systemd::{Property, Systemd, SystemdError, exec_property};
 /// How long systemd inside a vnode may take to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Jupyter inside every vnode listens here (socket-activated), behind the workspace proxy.
-pub const JUPYTER_PORT: u16 = 8888;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VNodeError {
@@ -172,14 +170,6 @@ impl Runtime {
         &self.systemd
     }
 
-    /// The last status of every vnode this worker knows, sorted by id.
-    pub fn statuses(&self) -> Vec<VNodeStatus> {
-        let memos = self.memos.lock().unwrap();
-        let mut list: Vec<VNodeStatus> = memos.values().filter_map(|m| m.status.clone()).collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        list
-    }
-
     /// The last spec seen of a vnode of this host.
     pub fn spec(&self, id: &str) -> Option<VNodeSpec> {
         self.memos
@@ -242,7 +232,7 @@ impl Runtime {
         let mut wanted: Vec<String> = Vec::new();
         for stored in specs {
             wanted.push(stored.id.clone());
-            self.schedule(store, stored.id);
+            self.schedule(store, stored);
         }
         // Units and directories without a spec: stop them, keep the data.
         let mut orphans: Vec<String> = Vec::new();
@@ -271,8 +261,10 @@ impl Runtime {
             .retain(|id, m| wanted.contains(id) || m.busy);
     }
 
-    /// Runs the vnode's task, or marks it to run again when a task is already at work.
-    fn schedule(self: &Arc<Self>, store: &EtcdStore, id: String) {
+    /// Runs the vnode's task on the spec just read, or marks it to run again (on a fresh read)
+    /// when a task is already at work.
+    fn schedule(self: &Arc<Self>, store: &EtcdStore, stored: StoredSpec) {
+        let id = stored.id.clone();
         {
             let mut memos = self.memos.lock().unwrap();
             let memo = memos.entry(id.clone()).or_default();
@@ -286,8 +278,18 @@ impl Runtime {
         let runtime = self.clone();
         let store = store.clone();
         tokio::spawn(async move {
+            let mut next = Some(stored);
             loop {
-                if let Err(e) = runtime.reconcile_one(&store, &id).await {
+                let stored = match next.take() {
+                    Some(stored) => Ok(Some(stored)),
+                    None => store.host_vnode_spec(&runtime.host, &id).await,
+                };
+                let result = match stored {
+                    Ok(Some(stored)) => runtime.reconcile_one(&store, stored).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = result {
                     warn!(vnode = %id, "reconcile: {e}");
                 }
                 let mut memos = runtime.memos.lock().unwrap();
@@ -303,10 +305,8 @@ impl Runtime {
         });
     }
 
-    async fn reconcile_one(&self, store: &EtcdStore, id: &str) -> Result<(), VNodeError> {
-        let Some(stored) = store.host_vnode_spec(&self.host, id).await? else {
-            return Ok(());
-        };
+    async fn reconcile_one(&self, store: &EtcdStore, stored: StoredSpec) -> Result<(), VNodeError> {
+        let id = stored.id.as_str();
         let spec = match stored.spec {
             Ok(spec) => spec,
             Err(e) => {
@@ -803,12 +803,7 @@ impl Runtime {
 
     /// A unit or directory no spec asks for: stop it and release its mounts, keep its files.
     async fn park_orphan(&self, id: &str) {
-        if vnode::validate_spec(&VNodeSpec {
-            id: id.to_owned(),
-            ..placeholder_spec()
-        })
-        .is_err()
-        {
+        if vnode::validate_id(id).is_err() {
             warn!(
                 "ignoring {id:?} under {}: not a vnode id",
                 vnodes_dir(&self.config).display()
@@ -909,21 +904,6 @@ impl Runtime {
             store.put_vnode_status(&status).await?;
         }
         Ok(())
-    }
-}
-
-fn placeholder_spec() -> VNodeSpec {
-    VNodeSpec {
-        id: String::new(),
-        user: "u".into(),
-        cluster: "c".into(),
-        index: 0,
-        image: "base".into(),
-        cpu_millis: 1000,
-        memory_bytes: vnode::MIN_MEMORY,
-        disk_bytes: vnode::MIN_DISK,
-        tasks: vnode::MIN_TASKS,
-        state: DesiredState::Stopped,
     }
 }
 
@@ -1105,16 +1085,6 @@ fn portal_origin(config: &Config, host: &str) -> String {
     };
     let authority = rest.split('/').next().unwrap_or(rest);
     format!("{scheme}://{authority}")
-}
-
-/// The token the workspace proxy presents to Jupyter in this vnode.
-pub fn jupyter_token(config: &Config, id: &str) -> Option<String> {
-    let file = VNodePaths::new(config, id)
-        .etc
-        .join("jupyter_notebook_config.json");
-    let text = std::fs::read_to_string(file).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value["NotebookApp"]["token"].as_str().map(str::to_owned)
 }
 
 #[cfg(test)]
