@@ -85,6 +85,9 @@ pub struct Config {
     /// Port of each worker's agent endpoint (exec, terminals, workspaces), which only
     /// masters use, with the cluster's agent token.
     pub agent_port: u16,
+    /// First VXLAN network identifier: user `n` (by uid range) gets `vni_base + n`. Change it
+    /// when another VXLAN on the hosts uses the same identifiers.
+    pub vni_base: u32,
     /// Address users type in the browser; default `http://<this host>:<proxy_port>/`.
     pub portal_url: Option<String>,
     pub storage: Storage,
@@ -100,6 +103,7 @@ impl Default for Config {
             cluster_net: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16).expect("valid prefix"),
             proxy_port: 8000,
             agent_port: 8001,
+            vni_base: 1_000_000,
             portal_url: None,
             storage: Storage::File,
             etcd: EtcdConfig::default(),
@@ -193,6 +197,14 @@ impl Config {
                 "agent_port",
                 &self.agent_port,
                 "must be 1 to 65535 and differ from proxy_port",
+            );
+        }
+        let max_vni_base = crate::model::network::MAX_VNI - crate::model::vnode::UID_SLOTS;
+        if self.vni_base == 0 || self.vni_base > max_vni_base {
+            return invalid(
+                "vni_base",
+                &self.vni_base,
+                &format!("must be 1 to {max_vni_base}, so that every user's VNI fits in 24 bits"),
             );
         }
         if let Some(url) = &self.portal_url

@@ -38,6 +38,8 @@ pub enum BusError {
     Conflict(String),
     /// The request itself is wrong: a bad name, a size out of range.
     InvalidArgument(String),
+    /// A pool or quota has nothing left: addresses, uid ranges.
+    Exhausted(String),
     Failed(String),
 }
 
@@ -119,6 +121,9 @@ pub trait Master1 {
     /// Every vnode of the cluster as JSON: `[{"host", "spec", "status"}]`.
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<String, BusError>;
+    /// How many vnodes `user` may have; their network grows to hold that many.
+    #[zbus(name = "SetVNodeQuota")]
+    fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -61,6 +61,12 @@ enum Command {
         #[command(subcommand)]
         action: VnodeAction,
     },
+    /// Set how many vnodes a user may have (their network's address blocks grow to match).
+    Quota {
+        user: String,
+        #[arg(long)]
+        vnodes: u32,
+    },
     /// Run a command in a vnode of this host: `docklet-admin exec ID -- CMD [ARGS...]`.
     Exec {
         /// Run as this user of the vnode.
@@ -131,6 +137,7 @@ fn failure(e: BusError, what: &str) -> Failure {
         BusError::InvalidArgument(m) => (2, m),
         BusError::NotFound(m) => (7, m),
         BusError::Conflict(m) => (8, m),
+        BusError::Exhausted(m) => (9, m),
         BusError::ZBus(e) => zbus_failure(e, what),
     };
     Failure { code, message }
@@ -340,6 +347,7 @@ async fn vnodes(all: bool, json: bool) -> Result<(), Failure> {
                     e.host,
                     e.spec.user,
                     e.spec.cluster,
+                    e.spec.address.map_or_else(|| "-".into(), |a| a.to_string()),
                     format!("{:?}", e.spec.state).to_lowercase(),
                     phase,
                     reason,
@@ -362,7 +370,7 @@ async fn vnodes(all: bool, json: bool) -> Result<(), Failure> {
     };
     let header: &[&str] = if all {
         &[
-            "ID", "HOST", "USER", "CLUSTER", "DESIRED", "STATE", "REASON",
+            "ID", "HOST", "USER", "CLUSTER", "ADDRESS", "DESIRED", "STATE", "REASON",
         ]
     } else {
         &["ID", "USER", "CLUSTER", "STATE", "UNIT"]
@@ -412,6 +420,7 @@ async fn vnode(action: VnodeAction) -> Result<(), Failure> {
                 } else {
                     DesiredState::Running
                 },
+                address: None,
             };
             master
                 .create_vnode(&host, &serde_json::to_string(&spec).expect("JSON"))
@@ -499,6 +508,14 @@ fn main() -> ExitCode {
             Command::Init { force } => init(force).await,
             Command::Vnodes { all, json } => vnodes(all, json).await,
             Command::Vnode { action } => vnode(action).await,
+            Command::Quota { user, vnodes } => {
+                let conn = connect().await?;
+                master_proxy(&conn)
+                    .await?
+                    .set_vnode_quota(&user, vnodes)
+                    .await
+                    .map_err(|e| failure(e, "master"))
+            }
             Command::Exec { user, id, command } => {
                 return exec(user, id, command).await.map(ExitCode::from);
             }

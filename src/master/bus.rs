@@ -85,6 +85,19 @@ impl MasterInterface {
         self.master.set_vnode_state(id, state).await
     }
 
+    #[zbus(name = "SetVNodeQuota")]
+    async fn set_vnode_quota(
+        &self,
+        user: &str,
+        vnodes: u32,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, user, vnodes, "vnode quota of {user} set to {vnodes} over D-Bus");
+        self.master.set_vnode_quota(user, vnodes).await
+    }
+
     #[zbus(name = "ListVNodes")]
     async fn list_vnodes(
         &self,

@@ -19,6 +19,7 @@ use crate::dbus_api::{BusError, InitResult};
 use crate::model::cluster::EtcdCredentials;
 use crate::model::host::HostRecord;
 use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
+use crate::store::network::AddressPlan;
 use crate::store::{EtcdStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,27 @@ impl Master {
                 "no host {host} is up (see `docklet-admin hosts`)"
             )));
         }
-        store.create_vnode(host, spec).await.map_err(bus_error)
+        if spec.address.is_some() {
+            return Err(BusError::InvalidArgument(
+                "a vnode's address is assigned by Docklet; leave `address` out".into(),
+            ));
+        }
+        let plan = AddressPlan {
+            cluster_net: self.config.cluster_net,
+            vni_base: self.config.vni_base,
+        };
+        let created = store
+            .create_vnode(host, spec, &plan)
+            .await
+            .map_err(bus_error)?;
+        tracing::info!(vnode = %spec.id, address = ?created.address, "vnode {} created on {host}", spec.id);
+        Ok(())
+    }
+
+    pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError> {
+        vnode::validate_user_name(user).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let store = self.store().await?;
+        store.set_vnode_quota(user, vnodes).await.map_err(bus_error)
     }
 
     pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), BusError> {
@@ -305,6 +326,7 @@ pub fn bus_error(e: StoreError) -> BusError {
         }
         StoreError::NotFound(m) => BusError::NotFound(m),
         StoreError::Conflict(m) => BusError::Conflict(m),
+        StoreError::Exhausted(m) => BusError::Exhausted(m),
         other => BusError::Failed(other.to_string()),
     }
 }

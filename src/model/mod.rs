@@ -4,4 +4,5 @@
 pub mod account;
 pub mod cluster;
 pub mod host;
+pub mod network;
 pub mod vnode;

@@ -23,6 +23,9 @@ pub struct VNodeSpec {
     pub disk_bytes: u64,
     pub tasks: u32,
     pub state: DesiredState,
+    /// The vnode's address on its user's network, assigned by the master at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,9 @@ pub struct VNodeStatus {
     /// Milliseconds from starting the unit to systemd inside reporting ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_ms: Option<u64>,
+    /// Microseconds the worker spent wiring the vnode into its network at its last start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_us: Option<u64>,
     /// First host uid of the vnode's user namespace (root inside).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid_base: Option<u32>,
@@ -359,7 +365,7 @@ pub fn restart_delay_secs(failures: u32) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn spec() -> VNodeSpec {
@@ -374,6 +380,7 @@ mod tests {
             disk_bytes: 1 << 30,
             tasks: 512,
             state: DesiredState::Running,
+            address: None,
         }
     }
 

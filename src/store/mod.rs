@@ -10,7 +10,10 @@
 //! - `vnode-hosts/<id>`: the host a vnode id lives on (keeps ids unique in the cluster);
 //! - `vnode-status/<id>`: [`VNodeStatus`](crate::model::vnode::VNodeStatus), written by the worker;
 //! - `uid-ranges/<user>` and `uid-slots/<slot>`: the user's uid range for its vnodes, both
-//!   written in one transaction so no two users share a range.
+//!   written in one transaction so no two users share a range;
+//! - `network/users/<user>` ([`UserNet`](crate::model::network::UserNet)), `network/blocks/<cidr>`
+//!   (owner), `network/addrs/<user>/<address>` (vnode id), `network/vteps/<host>` (the host's
+//!   VXLAN endpoint) and `quotas/<user>` (vnode quota): see [`network`].
 
 use std::future::Future;
 
@@ -20,6 +23,7 @@ use crate::model::host::HostRecord;
 
 pub mod etcd;
 pub mod memory;
+pub mod network;
 pub mod vnodes;
 
 pub use etcd::EtcdStore;

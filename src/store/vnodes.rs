@@ -19,26 +19,6 @@ pub struct StoredSpec {
 }
 
 impl EtcdStore {
-    /// Writes a new vnode spec on `host`. Refuses an id that exists anywhere in the cluster.
-    pub async fn create_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
-        let index = self.keys.vnode_host(&spec.id);
-        let txn = Txn::new()
-            .when([Compare::create_revision(index.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(index, host, None),
-                TxnOp::put(self.keys.vnode(host, &spec.id), encode(spec), None),
-            ]);
-        let response = self.client.kv_client().txn(txn).await.map_err(classify)?;
-        if response.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "a vnode with id {} already exists",
-                spec.id
-            )))
-        }
-    }
-
     /// The host a vnode id lives on.
     pub async fn vnode_host(&self, id: &str) -> Result<Option<String>, StoreError> {
         let response = self

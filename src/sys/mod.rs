@@ -4,3 +4,5 @@
 pub mod host;
 pub mod mounts;
 pub mod systemd;
+pub mod firewall;
+pub mod netlink;

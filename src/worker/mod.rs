@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod bus;
 pub mod exec;
+pub mod network;
+pub mod ssh;
 pub mod vnodes;
 
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,8 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 pub enum WorkerError {
     #[error("this host's name cannot be used: {0}")]
     HostName(#[from] crate::model::host::HostNameError),
+    #[error("users' networks cannot work on this host: {0}")]
+    Network(#[from] network::NetworkError),
 }
 
 pub struct Worker {
@@ -177,6 +181,10 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     let notifier = Notifier::from_env();
     let host = daemon::host_name();
     validate_host_name(&host)?;
+    // Before anything else: a configuration that cannot work here stops the worker at start.
+    let network = Arc::new(
+        network::Network::start(&config, &host, Arc::new(crate::sys::firewall::Nft)).await?,
+    );
     let worker = Arc::new(Worker::new(config, host, notifier.clone(), probe));
     if let Err(e) = std::fs::create_dir_all(worker.config.local_dir()) {
         warn!("cannot create {}: {e}", worker.config.local_dir().display());
@@ -223,7 +231,8 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
         }
     };
 
-    let reconciler = reconcile_loop(worker.clone());
+    let reconciler = reconcile_loop(worker.clone(), network.clone());
+    let networks = network_loop(worker.clone(), network);
     let agent = {
         let worker = worker.clone();
         async move {
@@ -254,6 +263,7 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     tokio::select! {
         _ = registration => {}
         _ = reconciler => {}
+        _ = networks => {}
         _ = agent => {}
         _ = live_loop => {}
         _ = daemon::shutdown_signal() => {}
@@ -272,7 +282,7 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
 
 /// Connects to systemd, then follows this host's vnode specs for ever: a full pass at start
 /// and after every change in etcd, every unit that goes away, and every few seconds.
-async fn reconcile_loop(worker: Arc<Worker>) {
+async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
     let mut backoff = Backoff::default();
     let systemd = loop {
         match crate::sys::systemd::Systemd::connect().await {
@@ -296,6 +306,7 @@ async fn reconcile_loop(worker: Arc<Worker>) {
                 worker.host.clone(),
                 systemd.clone(),
                 worker.probe.clone(),
+                network,
             ))
         })
         .clone();
@@ -341,6 +352,56 @@ async fn reconcile_loop(worker: Arc<Worker>) {
         }
     }
 }
+
+/// Keeps this host's part of the users' networks in line with etcd: a pass at start, after
+/// every change of a vnode spec, a user's network or a host's endpoint, and every few seconds
+/// (which also repairs devices someone removed by hand).
+async fn network_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let store = worker.connect(&mut backoff).await;
+        let result: Result<(), network::NetworkError> = async {
+            store.put_vtep(&worker.host, network.vtep()).await?;
+            let mut watch = store.watch_network().await?;
+            let mut tick = tokio::time::interval(NETWORK_RESYNC_EVERY);
+            loop {
+                if let Err(e) = network.sync(&store).await {
+                    match e {
+                        network::NetworkError::Store(e) => return Err(e.into()),
+                        other => warn!("user networks: {other}"),
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        message = watch.message() => match message {
+                            Ok(Some(response)) => {
+                                if response.events().iter().any(|e| {
+                                    e.kv().is_some_and(|kv| store.is_network_key(kv.key()))
+                                }) {
+                                    // Let a burst of changes (a cluster scaling out) settle.
+                                    tokio::time::sleep(NETWORK_DEBOUNCE).await;
+                                    break;
+                                }
+                            }
+                            Ok(None) => return Err(StoreError::Unavailable("the watch ended".into()).into()),
+                            Err(e) => return Err(crate::store::etcd::classify(e).into()),
+                        },
+                        _ = tick.tick() => break,
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            let delay = backoff.next_delay();
+            warn!("user networks: {e}; starting over in {}s", delay.as_secs());
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+const NETWORK_RESYNC_EVERY: Duration = Duration::from_secs(10);
+const NETWORK_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// A full pass this often even without events: restarts after backoff, drift repair.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);

@@ -32,6 +32,8 @@ use crate::store::{EtcdStore, StoreError};
 use crate::sys::host::HostProbe;
 use crate::sys::mounts;
 use crate::sys::systemd::{Property, Systemd, SystemdError, exec_property};
+use crate::worker::network::{Network, NetworkError};
+use crate::worker::ssh;
 
 /// How long systemd inside a vnode may take to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,6 +51,8 @@ pub enum VNodeError {
     Systemd(#[from] SystemdError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Network(#[from] NetworkError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
@@ -147,13 +151,20 @@ pub struct Runtime {
     host: String,
     systemd: Systemd,
     probe: Arc<dyn HostProbe>,
+    network: Arc<Network>,
     memos: Mutex<HashMap<String, Memo>>,
     /// machined is there: register vnodes so `machinectl` and `journalctl -M` know them.
     register_machines: AtomicBool,
 }
 
 impl Runtime {
-    pub fn new(config: Config, host: String, systemd: Systemd, probe: Arc<dyn HostProbe>) -> Self {
+    pub fn new(
+        config: Config,
+        host: String,
+        systemd: Systemd,
+        probe: Arc<dyn HostProbe>,
+        network: Arc<Network>,
+    ) -> Self {
         let register = Path::new("/usr/lib/systemd/systemd-machined").exists()
             || Path::new("/lib/systemd/systemd-machined").exists();
         Runtime {
@@ -161,6 +172,7 @@ impl Runtime {
             host,
             systemd,
             probe,
+            network,
             memos: Mutex::new(HashMap::new()),
             register_machines: AtomicBool::new(register),
         }
@@ -377,6 +389,7 @@ impl Runtime {
                     .await?;
                 self.systemd.stop(&unit, STOP_TIMEOUT).await?;
                 self.remove_local(&paths)?;
+                store.release_address(&spec).await?;
                 store.remove_vnode(&self.host, id).await?;
                 self.memos.lock().unwrap().remove(id);
                 info!(vnode = %id, "vnode deleted");
@@ -425,15 +438,17 @@ impl Runtime {
         self.report(store, id, Phase::Creating, None).await?;
         let started = Instant::now();
         match self.try_start(store, spec, paths).await {
-            Ok((uid_base, image_version)) => {
+            Ok((uid_base, image_version, net)) => {
                 let boot_ms = started.elapsed().as_millis() as u64;
-                info!(vnode = %id, boot_ms, "vnode running");
+                let net_us = net.as_micros() as u64;
+                info!(vnode = %id, boot_ms, net_us, "vnode running");
                 {
                     let mut memos = self.memos.lock().unwrap();
                     let memo = memos.entry(id.to_owned()).or_default();
                     memo.retry_at = None;
                     if let Some(status) = memo.status.as_mut() {
                         status.boot_ms = Some(boot_ms);
+                        status.net_us = Some(net_us);
                         status.booted_at = Some(now_secs());
                         status.uid_base = Some(uid_base);
                         status.image_version = Some(image_version);
@@ -487,7 +502,7 @@ impl Runtime {
         store: &EtcdStore,
         spec: &VNodeSpec,
         paths: &VNodePaths,
-    ) -> Result<(u32, String), VNodeError> {
+    ) -> Result<(u32, String, Duration), VNodeError> {
         match store.vnode_host(&spec.id).await? {
             Some(host) if host == self.host => {}
             Some(other) => {
@@ -538,7 +553,9 @@ impl Runtime {
         let result = self
             .mount_and_boot(store, spec, paths, &state, &image_dir)
             .await;
-        if let Err(e) = result {
+        let net = match result {
+            Ok(net) => net,
+            Err(e) => {
             let _ = self
                 .systemd
                 .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
@@ -550,8 +567,9 @@ impl Runtime {
                 warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
             }
             return Err(e);
-        }
-        Ok((uid_base, image_version))
+            }
+        };
+        Ok((uid_base, image_version, net))
     }
 
     /// Creates the vnode's directory, disk and layers; `state.json` last.
@@ -612,7 +630,7 @@ impl Runtime {
         paths: &VNodePaths,
         state: &LocalState,
         image_dir: &Path,
-    ) -> Result<(), VNodeError> {
+    ) -> Result<Duration, VNodeError> {
         self.mount_disk(paths)?;
         write_jupyter_config(spec, paths, &portal_origin(&self.config, &self.host))?;
         let data = user_data_dir(&self.config, &spec.user);
@@ -640,6 +658,19 @@ impl Runtime {
         if !mounts::is_mount_point(&paths.netns) {
             mounts::create_netns(&paths.netns).map_err(io_err("network namespace"))?;
         }
+        let net = self
+            .network
+            .attach(store, spec, &paths.netns, &paths.etc)
+            .await?;
+        let ssh_dir = ssh::user_ssh_dir(&self.config, &spec.user);
+        ssh::ensure_user_keys(&ssh_dir, &spec.user, state.uid_base)
+            .map_err(io_err("the user's SSH keys"))?;
+        // sshd reads /etc/docklet/ssh/authorized_keys only below directories root owns.
+        create_dir(&paths.etc.join("ssh"), 0o755)?;
+        let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
+        let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
+        nix::unistd::chown(&paths.etc, owner, group)
+            .map_err(|e| io_err(format!("chown {}", paths.etc.display()))(e.into()))?;
         let _ = std::fs::remove_file(&paths.exit);
         let properties = self.unit_properties(spec, paths, state, &data);
         let unit = vnode::unit_name(&spec.id);
@@ -674,7 +705,7 @@ impl Runtime {
             }
         };
         match booted {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(net),
             Err(SystemdError::JobFailed { result, .. }) => {
                 let exit = std::fs::read_to_string(&paths.exit)
                     .map(|l| describe_exit(&l))
@@ -723,6 +754,10 @@ impl Runtime {
             "--private-users-ownership=off".into(),
             format!("--bind={}:/root/nfs", data.display()),
             format!("--bind-ro={}:/etc/docklet", paths.etc.display()),
+            format!(
+                "--bind-ro={}:/etc/docklet/ssh",
+                ssh::user_ssh_dir(&self.config, &spec.user).display()
+            ),
         ];
         // systemd passes how the service ended; the worker reads it to explain failures.
         let record_exit: Vec<String> = vec![

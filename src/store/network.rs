@@ -1,0 +1,274 @@
+//! The network keys on etcd: users' networks and blocks, assigned addresses, hosts' VXLAN
+//! endpoints and users' vnode quotas. A vnode's address is assigned in the very transaction
+//! that creates its spec, so no two vnodes ever share one, however many creates race.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use ipnet::Ipv4Net;
+
+use super::etcd::classify;
+use super::{EtcdStore, StoreError, decode, encode};
+use crate::model::network::{self, DEFAULT_VNODE_QUOTA, NetView, UserNet};
+use crate::model::vnode::{self, VNodeSpec};
+
+/// How a new vnode gets its address.
+pub struct AddressPlan {
+    pub cluster_net: Ipv4Net,
+    pub vni_base: u32,
+}
+
+impl From<network::IpamError> for StoreError {
+    fn from(e: network::IpamError) -> Self {
+        StoreError::Exhausted(e.to_string())
+    }
+}
+
+impl EtcdStore {
+    fn network_user(&self, user: &str) -> String {
+        format!("{}network/users/{user}", self.keys.prefix())
+    }
+    fn network_users(&self) -> String {
+        format!("{}network/users/", self.keys.prefix())
+    }
+    fn network_blocks(&self) -> String {
+        format!("{}network/blocks/", self.keys.prefix())
+    }
+    fn network_addrs(&self, user: &str) -> String {
+        format!("{}network/addrs/{user}/", self.keys.prefix())
+    }
+    fn network_vteps(&self) -> String {
+        format!("{}network/vteps/", self.keys.prefix())
+    }
+    fn quota_key(&self, user: &str) -> String {
+        format!("{}quotas/{user}", self.keys.prefix())
+    }
+
+    /// A user's vnode quota (the default until one is set).
+    pub async fn vnode_quota(&self, user: &str) -> Result<u32, StoreError> {
+        Ok(self
+            .get_json(&self.quota_key(user))
+            .await?
+            .unwrap_or(DEFAULT_VNODE_QUOTA))
+    }
+
+    pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), StoreError> {
+        vnode::validate_user_name(user).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        self.client
+            .kv_client()
+            .put(self.quota_key(user), encode(&vnodes), None)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// The user's network, made or grown to hold the quota. Blocks are claimed in a
+    /// transaction on the block key and the user's record, so two users never share one.
+    async fn user_net_for(
+        &self,
+        user: &str,
+        quota: u32,
+        plan: &AddressPlan,
+    ) -> Result<(UserNet, i64), StoreError> {
+        let key = self.network_user(user);
+        let mut kv = self.client.kv_client();
+        loop {
+            let response = kv.get(key.clone(), None).await.map_err(classify)?;
+            let current: Option<(UserNet, i64)> = match response.kvs().first() {
+                Some(item) => Some((decode(&key, item.value())?, item.mod_revision())),
+                None => None,
+            };
+            let taken: Vec<Ipv4Net> = self
+                .keys_under(&self.network_blocks())
+                .await?
+                .iter()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            let Some(block) = network::grow(
+                user,
+                current.as_ref().map(|c| &c.0),
+                quota,
+                plan.cluster_net,
+                &taken,
+            )?
+            else {
+                return Ok(current.expect("grow adds a block to a missing network"));
+            };
+            let (mut net, guard) = match current {
+                Some((net, revision)) => (
+                    net,
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                ),
+                None => {
+                    let slot = self.uid_slot(user).await?;
+                    (
+                        UserNet {
+                            vni: network::vni(plan.vni_base, slot),
+                            blocks: Vec::new(),
+                        },
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    )
+                }
+            };
+            net.blocks.push(block);
+            let block_key = format!("{}{block}", self.network_blocks());
+            let txn = Txn::new()
+                .when([
+                    guard,
+                    Compare::create_revision(block_key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(key.clone(), encode(&net), None),
+                    TxnOp::put(block_key, user, None),
+                ]);
+            if kv.txn(txn).await.map_err(classify)?.succeeded() {
+                tracing::info!(user, %block, vni = net.vni, "network block assigned");
+            }
+        }
+    }
+
+    /// Writes a new vnode spec on `host` with a fresh address of its user's network, the id
+    /// index and the address claim in one transaction. Refuses an id that exists anywhere.
+    pub async fn create_vnode(
+        &self,
+        host: &str,
+        spec: &VNodeSpec,
+        plan: &AddressPlan,
+    ) -> Result<VNodeSpec, StoreError> {
+        let quota = self.vnode_quota(&spec.user).await?;
+        let index = self.keys.vnode_host(&spec.id);
+        let mut kv = self.client.kv_client();
+        loop {
+            if self.vnode_host(&spec.id).await?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "a vnode with id {} already exists",
+                    spec.id
+                )));
+            }
+            let (net, revision) = self.user_net_for(&spec.user, quota, plan).await?;
+            let addrs = self.network_addrs(&spec.user);
+            let used: HashSet<Ipv4Addr> = self
+                .keys_under(&addrs)
+                .await?
+                .iter()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            let address = network::free_address(&spec.user, &net, quota, &used, |n| {
+                rand::random_range(0..n)
+            })?;
+            let mut created = spec.clone();
+            created.address = Some(address);
+            let addr_key = format!("{addrs}{address}");
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(index.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(addr_key.clone(), CompareOp::Equal, 0),
+                    Compare::mod_revision(self.network_user(&spec.user), CompareOp::Equal, revision),
+                ])
+                .and_then([
+                    TxnOp::put(index.clone(), host, None),
+                    TxnOp::put(self.keys.vnode(host, &spec.id), encode(&created), None),
+                    TxnOp::put(addr_key, spec.id.as_str(), None),
+                ]);
+            if kv.txn(txn).await.map_err(classify)?.succeeded() {
+                return Ok(created);
+            }
+        }
+    }
+
+    /// Frees a deleted vnode's address, if it still holds it.
+    pub async fn release_address(&self, spec: &VNodeSpec) -> Result<(), StoreError> {
+        let Some(address) = spec.address else {
+            return Ok(());
+        };
+        let key = format!("{}{address}", self.network_addrs(&spec.user));
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, spec.id.as_str())])
+            .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
+        self.client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Records the address other hosts send this host's VXLAN traffic to. Not bound to the
+    /// worker's lease: a worker restart must not cut its vnodes off.
+    pub async fn put_vtep(&self, host: &str, address: Ipv4Addr) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(
+                format!("{}{host}", self.network_vteps()),
+                address.to_string(),
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Everything the network of every host is made from. Unreadable specs are left out
+    /// (their worker reports them).
+    pub async fn net_view(&self) -> Result<NetView, StoreError> {
+        let mut view = NetView::default();
+        let prefix = self.keys.vnodes();
+        for kv in self.get_prefix(&prefix).await?.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let host = key[prefix.len()..].split('/').next().unwrap_or_default();
+            if let Ok(spec) = decode::<VNodeSpec>(&key, kv.value()) {
+                view.specs.push((host.to_owned(), spec));
+            }
+        }
+        let prefix = self.network_users();
+        for kv in self.get_prefix(&prefix).await?.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Ok(net) = decode::<UserNet>(&key, kv.value()) {
+                view.users.insert(key[prefix.len()..].to_owned(), net);
+            }
+        }
+        let prefix = self.network_vteps();
+        for kv in self.get_prefix(&prefix).await?.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Ok(address) = String::from_utf8_lossy(kv.value()).parse() {
+                view.vteps.insert(key[prefix.len()..].to_owned(), address);
+            }
+        }
+        Ok(view)
+    }
+
+    /// Watches everything [`net_view`](Self::net_view) reads: every event means "read again".
+    pub async fn watch_network(&self) -> Result<etcd_client::WatchStream, StoreError> {
+        // One watch over the cluster prefix; callers skip keys that are not theirs.
+        self.client
+            .watch_client()
+            .watch(self.keys.prefix(), Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(classify)
+    }
+
+    /// Whether a watched key is one the network is made from.
+    pub fn is_network_key(&self, key: &[u8]) -> bool {
+        let key = String::from_utf8_lossy(key);
+        let Some(rest) = key.strip_prefix(self.keys.prefix()) else {
+            return false;
+        };
+        rest.starts_with("vnodes/") || rest.starts_with("network/users/") || rest.starts_with("network/vteps/")
+    }
+
+    /// The last path segment of every key under `prefix`.
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned())
+            .collect())
+    }
+}

@@ -1,0 +1,73 @@
+//! Docklet's nftables tables. The whole ruleset is replaced in one `nft -f` transaction, so
+//! the kernel never runs half of it; only tables named `docklet` are ever created or deleted.
+
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use crate::model::network::TABLE;
+
+pub trait Firewall: Send + Sync {
+    /// Replaces Docklet's tables with `ruleset` atomically.
+    fn apply(&self, ruleset: &str) -> io::Result<()>;
+    /// Removes Docklet's tables (and nothing else).
+    fn remove(&self) -> io::Result<()>;
+}
+
+/// The real one: `nft -f -`.
+pub struct Nft;
+
+fn nft(input: &str) -> io::Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("running nft (package nftables): {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft refused Docklet's ruleset: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+impl Firewall for Nft {
+    fn apply(&self, ruleset: &str) -> io::Result<()> {
+        nft(ruleset)
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        // `table X` first makes the delete succeed whether or not the table exists.
+        nft(&["bridge", "inet", "ip"]
+            .iter()
+            .map(|family| format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
+            .collect::<String>())
+    }
+}
+
+/// Remembers what it was given, for unit tests.
+#[derive(Default)]
+pub struct FakeFirewall {
+    pub applied: Mutex<Vec<String>>,
+}
+
+impl Firewall for FakeFirewall {
+    fn apply(&self, ruleset: &str) -> io::Result<()> {
+        self.applied.lock().unwrap().push(ruleset.to_owned());
+        Ok(())
+    }
+    fn remove(&self) -> io::Result<()> {
+        self.applied.lock().unwrap().clear();
+        Ok(())
+    }
+}
