@@ -122,6 +122,9 @@ pub trait Master1 {
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<String, BusError>;
     /// How many vnodes `user` may have; their network grows to hold that many.
+    /// A user's network as JSON: `{"vni", "blocks", "gateway", "quota", "addresses"}`.
+    #[zbus(name = "UserNetwork")]
+    fn user_network(&self, user: &str) -> Result<String, BusError>;
     #[zbus(name = "SetVNodeQuota")]
     fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError>;
     #[zbus(property)]

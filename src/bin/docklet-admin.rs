@@ -61,6 +61,8 @@ enum Command {
         #[command(subcommand)]
         action: VnodeAction,
     },
+    /// Show a user's network: VNI, address blocks, gateway, quota and addresses (JSON).
+    Network { user: String },
     /// Set how many vnodes a user may have (their network's address blocks grow to match).
     Quota {
         user: String,
@@ -508,6 +510,16 @@ fn main() -> ExitCode {
             Command::Init { force } => init(force).await,
             Command::Vnodes { all, json } => vnodes(all, json).await,
             Command::Vnode { action } => vnode(action).await,
+            Command::Network { user } => {
+                let conn = connect().await?;
+                let text = master_proxy(&conn)
+                    .await?
+                    .user_network(&user)
+                    .await
+                    .map_err(|e| failure(e, "master"))?;
+                println!("{text}");
+                Ok(())
+            }
             Command::Quota { user, vnodes } => {
                 let conn = connect().await?;
                 master_proxy(&conn)

@@ -85,6 +85,18 @@ impl MasterInterface {
         self.master.set_vnode_state(id, state).await
     }
 
+    #[zbus(name = "UserNetwork")]
+    async fn user_network(
+        &self,
+        user: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let info = self.master.user_network(user).await?;
+        Ok(serde_json::to_string_pretty(&info).expect("JSON"))
+    }
+
     #[zbus(name = "SetVNodeQuota")]
     async fn set_vnode_quota(
         &self,

@@ -126,6 +126,24 @@ impl Master {
         Ok(())
     }
 
+    pub async fn user_network(&self, user: &str) -> Result<serde_json::Value, BusError> {
+        vnode::validate_user_name(user).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let store = self.store().await?;
+        let (net, quota, addresses) = store.user_network(user).await.map_err(bus_error)?;
+        let net = net.ok_or_else(|| {
+            BusError::NotFound(format!("user {user} has no network yet (no vnode was created)"))
+        })?;
+        Ok(serde_json::json!({
+            "user": user,
+            "vni": net.vni,
+            "blocks": net.blocks,
+            "gateway": net.gateway(),
+            "capacity": net.capacity(),
+            "quota": quota,
+            "addresses": addresses,
+        }))
+    }
+
     pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError> {
         vnode::validate_user_name(user).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
         let store = self.store().await?;

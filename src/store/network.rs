@@ -63,6 +63,29 @@ impl EtcdStore {
             .map_err(classify)
     }
 
+    /// A user's network, vnode quota and assigned addresses (address → vnode id).
+    pub async fn user_network(
+        &self,
+        user: &str,
+    ) -> Result<(Option<UserNet>, u32, std::collections::BTreeMap<String, String>), StoreError> {
+        let net = self.get_json(&self.network_user(user)).await?;
+        let quota = self.vnode_quota(user).await?;
+        let prefix = self.network_addrs(user);
+        let addresses = self
+            .get_prefix(&prefix)
+            .await?
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect();
+        Ok((net, quota, addresses))
+    }
+
     /// The user's network, made or grown to hold the quota. Blocks are claimed in a
     /// transaction on the block key and the user's record, so two users never share one.
     async fn user_net_for(

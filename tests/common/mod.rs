@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub const PORTAL: &str = "http://10.213.0.11:8000";
 
 pub fn repo() -> PathBuf {
@@ -97,4 +99,107 @@ pub fn http_get(url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+// Vnodes, driven with `docklet-admin` on tb1 (through the master into etcd).
+
+pub const BOOT_LIMIT: Duration = Duration::from_secs(90);
+
+/// Writes a new spec; a vnode of that id left by an earlier, interrupted run goes first.
+pub fn create(id: &str, host: &str, user: &str, extra: &str) -> Run {
+    if entry(id).is_some() {
+        delete(id);
+    }
+    sh(
+        "tb1",
+        &format!(
+            "docklet-admin vnode create {id} --host {host} --user {user} --cluster {} --index {} {extra}",
+            cluster_of(id),
+            index_of(id)
+        ),
+    )
+}
+
+/// Ids in these tests are `<user>-<cluster>-<index>`.
+pub fn cluster_of(id: &str) -> &str {
+    id.split('-').nth(1).unwrap()
+}
+
+pub fn index_of(id: &str) -> &str {
+    id.rsplit('-').next().unwrap()
+}
+
+/// `{"host", "spec", "status"}` of a vnode, `None` once it is gone.
+pub fn entry(id: &str) -> Option<Value> {
+    let run = sh("tb1", &format!("docklet-admin vnode show {id}"));
+    if run.code == 7 {
+        return None;
+    }
+    assert_eq!(run.code, 0, "vnode show {id}: {run}");
+    Some(serde_json::from_str(&run.stdout).expect("vnode JSON"))
+}
+
+pub fn phase(id: &str) -> String {
+    entry(id)
+        .and_then(|e| e["status"]["phase"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub fn wait_phase(id: &str, wanted: &str) -> Value {
+    let mut last = Value::Null;
+    let start = std::time::Instant::now();
+    while start.elapsed() < BOOT_LIMIT {
+        if let Some(e) = entry(id) {
+            if e["status"]["phase"] == wanted {
+                return e;
+            }
+            last = e;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("vnode {id} did not reach {wanted} in {BOOT_LIMIT:?}; last: {last:#}");
+}
+
+pub fn wait_gone(id: &str) {
+    wait_for(&format!("vnode {id} to be deleted"), BOOT_LIMIT, || {
+        entry(id).is_none()
+    });
+}
+
+/// A command inside a vnode through `docklet-admin exec` on its host.
+pub fn exec(host: &str, id: &str, script: &str) -> Run {
+    sh(
+        host,
+        &format!("docklet-admin exec {id} -- sh -c {}", shell_quote(script)),
+    )
+}
+
+pub fn exec_ok(host: &str, id: &str, script: &str) -> String {
+    let run = exec(host, id, script);
+    assert_eq!(run.code, 0, "`{script}` in {id} failed: {run}");
+    run.stdout
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn delete(id: &str) {
+    let _ = sh("tb1", &format!("docklet-admin vnode delete {id}"));
+    wait_gone(id);
+}
+
+/// Everything a vnode can leave on a host: units, mounts, netns, directories.
+pub fn leftovers(host: &str, id: &str) -> String {
+    sh(
+        host,
+        &format!(
+            "systemctl list-units --all --no-legend 'docklet-vnode-{id}.service' 'docklet-exec-{id}-*'; \
+             grep -F '/{id}/' /proc/self/mountinfo; grep -F 'netns/{id}' /proc/self/mountinfo; \
+             ls -d /run/docklet/netns/{id} /run/docklet/vnodes/{id} /var/lib/docklet/local/vnodes/{id} 2>/dev/null; true"
+        ),
+    )
+    .stdout
+    .trim()
+    .to_owned()
 }

@@ -1,0 +1,443 @@
+//! End-to-end: users' networks on the testbed (the networks issue, points 1–7). Vnodes are
+//! created with `docklet-admin` on tb1; what is checked is what a user inside a vnode sees
+//! (names, ping, ssh, HTTP to the internet stand-in at 10.213.0.254) and what reaches nothing.
+//! Every test has users of its own and deletes what it made.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The testbed's stand-in for the internet (tools/testbed: a netns on the testbed bridge).
+const INTERNET: &str = "10.213.0.254";
+const SMALL: &str = "--memory 256M --disk 512M";
+
+fn address(id: &str) -> String {
+    let e = entry(id).unwrap_or_else(|| panic!("no vnode {id}"));
+    e["spec"]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("vnode {id} has no address: {e:#}"))
+        .to_owned()
+}
+
+fn host_of(id: &str) -> String {
+    entry(id).unwrap()["host"].as_str().unwrap().to_owned()
+}
+
+/// Runs `script` in vnode `id` (on whichever host it is).
+fn vsh(id: &str, script: &str) -> Run {
+    exec(&host_of(id), id, script)
+}
+
+fn vok(id: &str, script: &str) -> String {
+    exec_ok(&host_of(id), id, script)
+}
+
+fn pings(id: &str, target: &str) -> bool {
+    vsh(id, &format!("ping -c1 -W2 {target}")).code == 0
+}
+
+/// Whether a TCP connection from vnode `id` to `ip:port` opens within 2 s.
+fn tcp_opens(id: &str, ip: &str, port: u16) -> bool {
+    let out = vok(
+        id,
+        &format!(
+            "python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(2); \
+             print(\"open\" if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else \"closed\")' {ip} {port}"
+        ),
+    );
+    out.trim() == "open"
+}
+
+fn http_from(id: &str, url: &str) -> Run {
+    vsh(
+        id,
+        &format!(
+            "python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' {url}"
+        ),
+    )
+}
+
+fn up(ids: &[(&str, &str, &str)]) {
+    for (id, host, user) in ids {
+        let run = create(id, host, user, SMALL);
+        assert_eq!(run.code, 0, "create {id}: {run}");
+    }
+    for (id, _, _) in ids {
+        wait_phase(id, "running");
+    }
+}
+
+fn down(ids: &[&str]) {
+    for id in ids {
+        let _ = sh("tb1", &format!("docklet-admin vnode delete {id}"));
+    }
+    for id in ids {
+        wait_gone(id);
+    }
+}
+
+/// The user's network as `docklet-admin network USER` shows it.
+fn user_net(user: &str) -> Value {
+    let out = ok("tb1", &format!("docklet-admin network {user}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("network of {user}: {e}: {out}"))
+}
+
+fn vni(user: &str) -> u64 {
+    user_net(user)["vni"].as_u64().unwrap()
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_through_nat() {
+    let ids = ["neta-c1-0", "neta-c1-1", "neta-c1-2"];
+    up(&[
+        (ids[0], "tb1", "neta"),
+        (ids[1], "tb2", "neta"),
+        (ids[2], "tb3", "neta"),
+    ]);
+    let addrs: Vec<String> = ids.iter().map(|id| address(id)).collect();
+    let unique: HashSet<&String> = addrs.iter().collect();
+    assert_eq!(unique.len(), 3, "addresses must differ: {addrs:?}");
+
+    // Names: host-N and host-N.<cluster>, for every node, from every node.
+    for id in ids {
+        let hosts = vok(id, "getent hosts host-0 host-1.c1 host-2");
+        for (n, addr) in addrs.iter().enumerate() {
+            assert!(
+                hosts.lines().any(|l| l.starts_with(&format!("{addr} ")) && l.contains(&format!("host-{n}"))),
+                "{id} resolves host-{n} wrongly: {hosts}"
+            );
+        }
+    }
+    // One L2 across hosts: ping by name, and full-size frames pass (MTU accounts for VXLAN).
+    let mtu: u32 = vok(ids[0], "cat /sys/class/net/eth0/mtu").trim().parse().unwrap();
+    let host_mtu: u32 = ok("tb1", "cat /sys/class/net/host0/mtu").trim().parse().unwrap();
+    assert_eq!(mtu, host_mtu - 50, "vnode MTU leaves room for VXLAN");
+    for target in ["host-1", "host-2.c1"] {
+        let run = vsh(ids[0], &format!("ping -c2 -W2 -M do -s {} {target}", mtu - 28));
+        assert_eq!(run.code, 0, "full-size ping host-0 → {target}: {run}");
+    }
+
+    // Passwordless SSH with no host-key prompt, in both directions across hosts.
+    let run = vsh(ids[0], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-1 hostname");
+    assert_eq!(run.code, 0, "ssh host-0 → host-1: {run}");
+    assert_eq!(run.stdout.trim(), "host-1");
+    let run = vsh(ids[2], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-0.c1 cat /etc/hostname");
+    assert_eq!(run.code, 0, "ssh host-2 → host-0.c1: {run}");
+    assert_eq!(run.stdout.trim(), "host-0");
+    // The private key is in the vnodes and the user's own area, and nowhere else on the host.
+    vok(ids[1], "test -r /etc/docklet/ssh/id_ed25519");
+    let found = ok(
+        "tb2",
+        "grep -rlF 'OPENSSH PRIVATE KEY' /var/lib/docklet --exclude-dir=vnodes 2>/dev/null | grep -v '^/var/lib/docklet/global/users/' || true",
+    );
+    assert_eq!(found.trim(), "", "private keys outside users' areas");
+
+    // The internet through NAT: the stand-in sees the vnode's host, not the vnode.
+    for (id, host_addr) in [(ids[0], "10.213.0.11"), (ids[1], "10.213.0.12")] {
+        assert!(pings(id, INTERNET), "{id} cannot ping the internet stand-in");
+        let run = http_from(id, &format!("http://{INTERNET}/"));
+        assert_eq!(run.code, 0, "HTTP from {id}: {run}");
+        assert!(
+            run.stdout.contains(host_addr),
+            "the internet should see {id}'s host {host_addr}: {}",
+            run.stdout
+        );
+    }
+    down(&ids);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_delete() {
+    // 50 creates at once (stopped vnodes: no boot needed to get an address).
+    ok("tb1", "docklet-admin quota netc --vnodes 60");
+    let ids: Vec<String> = (0..50).map(|i| format!("netc-c1-{i}")).collect();
+    let script = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "docklet-admin vnode create {id} --host tb{} --user netc --cluster c1 --index {} {SMALL} --stopped &",
+                1 + id.len() % 3,
+                id.rsplit('-').next().unwrap()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let run = sh("tb1", &format!("{script}\nfail=0; for j in $(jobs -p); do wait $j || fail=1; done; exit $fail"));
+    assert_eq!(run.code, 0, "50 concurrent creates: {run}");
+    let list: Value = serde_json::from_str(&ok("tb1", "docklet-admin vnodes --all --json")).unwrap();
+    let addrs: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["spec"]["user"] == "netc")
+        .map(|e| e["spec"]["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(addrs.len(), 50);
+    let unique: HashSet<&String> = addrs.iter().collect();
+    assert_eq!(unique.len(), 50, "an address was given twice: {addrs:?}");
+    let net = user_net("netc");
+    let blocks: Vec<ipnet::Ipv4Net> = net["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().parse().unwrap())
+        .collect();
+    for a in &addrs {
+        let a: std::net::Ipv4Addr = a.parse().unwrap();
+        assert!(blocks.iter().any(|b| b.contains(&a)), "{a} outside {blocks:?}");
+    }
+
+    // A small quota: the third vnode is refused with a clear error; raising the quota adds a
+    // block and leaves the addresses given so far alone.
+    ok("tb1", "docklet-admin quota netd --vnodes 2");
+    for i in 0..2 {
+        let run = create(&format!("netd-c1-{i}"), "tb2", "netd", &format!("{SMALL} --stopped"));
+        assert_eq!(run.code, 0, "{run}");
+    }
+    let run = create("netd-c1-2", "tb2", "netd", &format!("{SMALL} --stopped"));
+    assert_eq!(run.code, 9, "over quota must be exit 9 (exhausted): {run}");
+    assert!(run.stderr.contains("used all"), "{run}");
+    let before = (address("netd-c1-0"), address("netd-c1-1"));
+    ok("tb1", "docklet-admin quota netd --vnodes 12");
+    let run = create("netd-c1-2", "tb2", "netd", &format!("{SMALL} --stopped"));
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(user_net("netd")["blocks"].as_array().unwrap().len(), 2);
+    assert_eq!(before, (address("netd-c1-0"), address("netd-c1-1")));
+
+    // A quota no block of the pool can hold: a clear error, nothing written.
+    ok("tb1", "docklet-admin quota netz --vnodes 1000000");
+    let run = create("netz-c1-0", "tb2", "netz", &format!("{SMALL} --stopped"));
+    assert_eq!(run.code, 9, "{run}");
+    assert!(run.stderr.contains("has no free block"), "{run}");
+    assert!(entry("netz-c1-0").is_none());
+
+    // Deleting frees addresses: the 50 can be created again within the same blocks.
+    let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    all.extend(["netd-c1-0", "netd-c1-1", "netd-c1-2"]);
+    down(&all);
+    let left = ok(
+        "tb1",
+        "docklet-admin vnodes --all --json",
+    );
+    assert!(!left.contains("\"netc\""), "{left}");
+    let run = create("netc-c1-0", "tb3", "netc", &format!("{SMALL} --stopped"));
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(user_net("netc")["blocks"], net["blocks"], "blocks stay with the user");
+    down(&["netc-c1-0"]);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
+    let (a0, a1, b0, b1) = ("isoa-c1-0", "isoa-c1-1", "isob-c1-0", "isob-c1-1");
+    // Somebody else's firewall table on tb1: Docklet must leave it alone.
+    ok("tb1", "nft add table inet bystander; nft add chain inet bystander keep");
+    up(&[(a0, "tb1", "isoa"), (a1, "tb2", "isoa"), (b0, "tb1", "isob"), (b1, "tb2", "isob")]);
+    let (addr_a1, addr_b0, addr_b1) = (address(a1), address(b0), address(b1));
+
+    // The positive controls: a reaches its own node on the other host and the internet.
+    assert!(pings(a0, &addr_a1));
+    assert!(tcp_opens(a0, &addr_a1, 22));
+    assert!(tcp_opens(a0, INTERNET, 80));
+    // Another user's nodes: not on the same host, not across hosts, neither ping nor TCP.
+    for target in [&addr_b0, &addr_b1] {
+        assert!(!pings(a0, target), "isoa reached isob's {target}");
+        assert!(!tcp_opens(a0, target, 22), "isoa opened isob's {target}:22");
+    }
+    assert!(!pings(b1, &address(a0)), "isob reached isoa across hosts");
+    // The control plane and every host's management address.
+    let gateway = vok(a0, "ip -4 route show default").split_whitespace().nth(2).unwrap().to_owned();
+    for (ip, port) in [
+        ("10.213.0.11", 2379),
+        ("10.213.0.11", 8000),
+        ("10.213.0.11", 8001),
+        ("10.213.0.12", 8001),
+        ("10.213.0.13", 8001),
+        ("10.213.0.12", 22),
+        (gateway.as_str(), 8001),
+        (gateway.as_str(), 2379),
+    ] {
+        assert!(!tcp_opens(a0, ip, port), "a vnode reached {ip}:{port}");
+    }
+    for host in ["10.213.0.11", "10.213.0.12", "10.213.0.13"] {
+        assert!(!pings(a0, host), "a vnode pinged host {host}");
+    }
+    // Root in a vnode has no network privileges: no address or MAC changes.
+    let run = vsh(a0, "ip addr add 172.16.250.250/16 dev eth0");
+    assert_ne!(run.code, 0, "root in a vnode changed its addresses");
+    assert!(run.stderr.contains("Operation not permitted"), "{run}");
+    // Even with host privileges in the vnode's netns, spoofed frames get nowhere: another
+    // address, then another MAC.
+    let netns = format!("/run/docklet/netns/{a0}");
+    let spoofed = sh(
+        "tb1",
+        &format!(
+            "nsenter --net={netns} sh -c 'ip addr add {addr_b0}/32 dev eth0 && ping -c2 -W2 -I {addr_b0} {addr_a1}; \
+             r=$?; ip addr del {addr_b0}/32 dev eth0; exit $r'"
+        ),
+    );
+    assert_ne!(spoofed.code, 0, "a spoofed source address got through: {spoofed}");
+    let mac = ok("tb1", &format!("nsenter --net={netns} cat /sys/class/net/eth0/address"));
+    let spoofed = sh(
+        "tb1",
+        &format!(
+            "nsenter --net={netns} sh -c 'ip link set eth0 address 02:dc:01:02:03:04 && ping -c2 -W2 {addr_a1}; \
+             r=$?; ip link set eth0 address {}; exit $r'",
+            mac.trim()
+        ),
+    );
+    assert_ne!(spoofed.code, 0, "a spoofed MAC got through: {spoofed}");
+    assert!(pings(a0, &addr_a1), "the vnode works again once it stops spoofing");
+
+    // Docklet's tables are its own; the bystander's table is still there.
+    let tables = ok("tb1", "nft list tables");
+    assert!(tables.contains("table inet bystander"), "{tables}");
+    for family in ["bridge", "inet", "ip"] {
+        assert_eq!(tables.matches(&format!("table {family} docklet\n")).count(), 1, "{tables}");
+    }
+    ok("tb1", "nft delete table inet bystander");
+    down(&[a0, a1, b0, b1]);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn names_and_peers_follow_scale_out_and_in_and_idle_hosts_drop_the_network() {
+    let (n0, n1) = ("nete-c1-0", "nete-c1-1");
+    up(&[(n0, "tb1", "nete")]);
+    let leader_before = entry(n0).unwrap()["status"]["leader_pid"].clone();
+    assert!(vsh(n0, "getent hosts host-1").code != 0, "host-1 resolves before it exists");
+    up(&[(n1, "tb2", "nete")]);
+    let addr1 = address(n1);
+    wait_for("host-0 to resolve host-1", Duration::from_secs(10), || {
+        vsh(n0, "getent hosts host-1").stdout.starts_with(&format!("{addr1} "))
+    });
+    assert!(pings(n0, "host-1"));
+    assert_eq!(entry(n0).unwrap()["status"]["leader_pid"], leader_before, "no restart");
+    let vni = vni("nete");
+    let fdb = |host: &str| ok(host, &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00' || true"));
+    assert!(fdb("tb1").contains("dst 10.213.0.12"), "tb1 floods to tb2: {}", fdb("tb1"));
+
+    // Scale in: the name goes, tb2 drops the user's devices, tb1 its peer.
+    down(&[n1]);
+    wait_for("host-1 to go from host-0's names", Duration::from_secs(10), || {
+        vsh(n0, "getent hosts host-1").code != 0
+    });
+    wait_for("tb2 to drop nete's devices", Duration::from_secs(15), || {
+        sh("tb2", &format!("ip link show dkb{vni} || ip link show dkx{vni}")).code != 0
+    });
+    assert!(!fdb("tb1").contains("10.213.0.12"), "{}", fdb("tb1"));
+    down(&[n0]);
+    wait_for("tb1 to drop nete's devices", Duration::from_secs(15), || {
+        sh("tb1", &format!("ip link show dkb{vni}")).code != 0
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
+    let (f0, f1) = ("netf-c1-0", "netf-c1-1");
+    up(&[(f0, "tb2", "netf"), (f1, "tb3", "netf")]);
+    let addr0 = address(f0);
+    let vni = vni("netf");
+    // A TCP connection across hosts that must survive the worker's restart.
+    vok(
+        f0,
+        "systemd-run --unit=echo-server python3 -c 'import socket\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"\", 7000)); s.listen()\n\
+         c,_=s.accept()\n\
+         while True:\n    d=c.recv(100)\n    if not d: break\n    c.sendall(d)'",
+    );
+    vok(
+        f1,
+        &format!(
+            "systemd-run --unit=echo-client python3 -c 'import socket, time\n\
+             c=socket.create_connection((\"{addr0}\", 7000), timeout=5)\n\
+             for i in range(600):\n    c.sendall(b\"x\"); assert c.recv(1) == b\"x\"; open(\"/tmp/echoes\", \"w\").write(str(i)); time.sleep(0.1)'"
+        ),
+    );
+    let echoes = || vsh(f1, "cat /tmp/echoes").stdout.trim().parse::<u32>().unwrap_or(0);
+    wait_for("echoes to flow", Duration::from_secs(10), || echoes() > 3);
+
+    let state = |host: &str| {
+        ok(
+            host,
+            &format!(
+                "bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00' | sort; \
+                 ip -br link show master dkb{vni} | awk '{{print $1}}' | sort; \
+                 ip -4 -br addr show dkb{vni}; nft list tables | sort"
+            ),
+        )
+    };
+    let before = state("tb2");
+    ok("tb2", "systemctl restart docklet-worker");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(state("tb2"), before, "a restarted worker changes nothing that was right");
+    let n = echoes();
+    wait_for("echoes to keep flowing after the restart", Duration::from_secs(10), || echoes() > n + 5);
+    assert_eq!(vsh(f1, "systemctl is-failed echo-client").stdout.trim(), "active", "the connection broke");
+
+    // Devices removed by hand come back within a resync.
+    ok("tb2", &format!("ip link del dkx{vni}; ip link del dkb{vni}"));
+    wait_for("tb2 to rebuild the user's network", Duration::from_secs(20), || pings(f1, &addr0));
+    assert_eq!(state("tb2"), before);
+
+    // A reboot of tb3: its vnode comes back and reaches tb2's again.
+    let boot_id = || ok("tb3", "cat /proc/sys/kernel/random/boot_id").trim().to_owned();
+    let old = boot_id();
+    let _ = sh("tb3", "systemctl reboot");
+    wait_for("tb3 to boot again", Duration::from_secs(120), || {
+        let run = sh("tb3", "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service");
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        lines.len() == 2 && lines[0] != old && lines[1] == "active"
+    });
+    wait_phase(f1, "running");
+    wait_for("the rebooted host's vnode to reach tb2's", Duration::from_secs(20), || pings(f1, &addr0));
+    assert_eq!(address(f1), address(f1), "address kept");
+    let fdb = ok("tb3", &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00'"));
+    assert_eq!(fdb.lines().count(), 1, "one flood entry towards tb2: {fdb}");
+    down(&[f0, f1]);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn network_settings_that_cannot_work_are_refused_at_start() {
+    // Keys must go before the [etcd] table: prepend by rewriting the file.
+    let top = |line: &str| {
+        ok(
+            "tb3",
+            &format!(
+                "cp -n /etc/docklet/docklet.toml /etc/docklet/docklet.toml.e2e; \
+                 {{ printf '%s\\n' {}; cat /etc/docklet/docklet.toml.e2e; }} > /etc/docklet/docklet.toml",
+                shell_quote(line)
+            ),
+        );
+        let run = sh("tb3", "systemctl reset-failed docklet-worker; systemctl restart docklet-worker");
+        let log = ok("tb3", "journalctl -u docklet-worker -n 30 --no-pager -o cat");
+        (run.code == 0, log)
+    };
+    let cases = [
+        ("cluster_net = \"10.213.0.0/16\"", "overlaps 10.213.0.0/24"),
+        ("network_device = \"nosuchdev0\"", "\"nosuchdev0\" does not exist"),
+    ];
+    for (line, reason) in cases {
+        let (started, log) = top(line);
+        assert!(!started, "the worker started with {line}");
+        assert!(log.contains(reason), "{line}: the journal should say {reason:?}: {log}");
+    }
+    // Somebody else's VXLAN in Docklet's VNI range.
+    ok("tb3", "ip link add vxother type vxlan id 1000005 dstport 4789 dev host0");
+    let (started, log) = top("");
+    ok("tb3", "ip link del vxother");
+    assert!(!started, "the worker started beside a colliding VNI");
+    assert!(log.contains("vxother already uses VNI 1000005"), "{log}");
+    // Back to the real configuration: the worker starts.
+    ok("tb3", "mv /etc/docklet/docklet.toml.e2e /etc/docklet/docklet.toml");
+    let run = sh("tb3", "systemctl reset-failed docklet-worker; systemctl restart docklet-worker");
+    assert_eq!(run.code, 0, "{run}");
+}
