@@ -349,6 +349,9 @@ pub fn create_netns(path: &Path) -> io::Result<()> {
         for (key, value) in [
             ("net/ipv4/ip_unprivileged_port_start", "0"),
             ("net/ipv4/ping_group_range", "0 2147483647"),
+            // Users' networks are IPv4 only: no IPv6 (nor its link-local chatter) in here.
+            ("net/ipv6/conf/all/disable_ipv6", "1"),
+            ("net/ipv6/conf/default/disable_ipv6", "1"),
         ] {
             std::fs::write(format!("/proc/sys/{key}"), value)
                 .map_err(|e| io::Error::other(format!("sysctl {key} in the netns: {e}")))?;

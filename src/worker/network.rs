@@ -498,6 +498,8 @@ pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
         .truncate(true)
         .mode(0o644)
         .open(&tmp)?;
+    // Not the worker's umask: every user inside the vnode reads it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     file.write_all(text.as_bytes())?;
     file.sync_data()?;
     std::fs::rename(&tmp, path)

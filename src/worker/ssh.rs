@@ -18,11 +18,14 @@ pub fn user_ssh_dir(config: &Config, user: &str) -> PathBuf {
 }
 
 /// Makes the user's key pair and `authorized_keys` unless they exist. Several hosts may race
-/// to make them: each writes its own files under temporary names and links them into place,
-/// and the first link wins.
+/// to make them: each writes its private key under a temporary name and links it into place;
+/// the first link wins, and the public files are derived from the winner.
 pub fn ensure_user_keys(dir: &Path, user: &str, owner: u32) -> io::Result<()> {
     let private = dir.join("id_ed25519");
-    if private.exists() && dir.join("authorized_keys").exists() {
+    if ["id_ed25519", "id_ed25519.pub", "authorized_keys"]
+        .iter()
+        .all(|name| dir.join(name).exists())
+    {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
@@ -37,17 +40,18 @@ pub fn ensure_user_keys(dir: &Path, user: &str, owner: u32) -> io::Result<()> {
         let text = key
             .to_openssh(LineEnding::LF)
             .map_err(|e| io::Error::other(format!("encoding the SSH key: {e}")))?;
-        let public = key
-            .public_key()
-            .to_openssh()
-            .map_err(|e| io::Error::other(format!("encoding the SSH key: {e}")))?;
-        // The public half first: whoever sees the private key may rely on it.
         let tag = format!("{}.{}", std::process::id(), rand::random::<u32>());
-        place(dir, "id_ed25519.pub", &tag, &format!("{public}\n"), 0o644, owner)?;
         place(dir, "id_ed25519", &tag, &text, 0o600, owner)?;
     }
-    let public = std::fs::read_to_string(dir.join("id_ed25519.pub"))?;
+    let key = PrivateKey::from_openssh(std::fs::read_to_string(&private)?)
+        .map_err(|e| io::Error::other(format!("reading {}: {e}", private.display())))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| io::Error::other(format!("encoding the SSH key: {e}")))?;
+    let public = format!("{public}\n");
     let tag = format!("{}.{}", std::process::id(), rand::random::<u32>());
+    place(dir, "id_ed25519.pub", &tag, &public, 0o644, owner)?;
     place(dir, "authorized_keys", &tag, &public, 0o600, owner)
 }
 
@@ -64,6 +68,7 @@ fn place(dir: &Path, name: &str, tag: &str, text: &str, mode: u32, owner: u32) -
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         chown(&tmp, owner)?;
@@ -102,5 +107,21 @@ mod tests {
         ensure_user_keys(&ssh, "alice", me).unwrap();
         assert_eq!(std::fs::read_to_string(ssh.join("id_ed25519")).unwrap(), private);
         assert_eq!(std::fs::read_dir(&ssh).unwrap().count(), 3, "no temporary files left");
+    }
+
+    #[test]
+    fn the_public_half_follows_the_private_key_that_won_a_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        // Another host linked its private key first.
+        let theirs = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
+        std::fs::write(
+            dir.path().join("id_ed25519"),
+            theirs.to_openssh(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+        ensure_user_keys(dir.path(), "bob", me).unwrap();
+        let public = std::fs::read_to_string(dir.path().join("id_ed25519.pub")).unwrap();
+        assert_eq!(public.trim(), theirs.public_key().to_openssh().unwrap());
     }
 }
