@@ -126,14 +126,16 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
     let run = vsh(ids[0], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-1 hostname");
     assert_eq!(run.code, 0, "ssh host-0 → host-1: {run}");
     assert_eq!(run.stdout.trim(), "host-1");
-    let run = vsh(ids[2], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-0.c1 cat /etc/hostname");
+    let run = vsh(ids[2], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-0.c1 hostname");
     assert_eq!(run.code, 0, "ssh host-2 → host-0.c1: {run}");
     assert_eq!(run.stdout.trim(), "host-0");
-    // The private key is in the vnodes and the user's own area, and nowhere else on the host.
+    // The private key is in the vnodes and the user's own area of the shared filesystem
+    // (global/users/<user>, stored in GlusterFS's bricks), and nowhere else on the host.
     vok(ids[1], "test -r /etc/docklet/ssh/id_ed25519");
     let found = ok(
         "tb2",
-        "grep -rlF 'OPENSSH PRIVATE KEY' /var/lib/docklet --exclude-dir=vnodes 2>/dev/null | grep -v '^/var/lib/docklet/global/users/' || true",
+        "grep -rlF 'OPENSSH PRIVATE KEY' /var/lib/docklet/local /etc /root /run/docklet /var/log \
+         --exclude-dir=vnodes --exclude-dir=images 2>/dev/null || true",
     );
     assert_eq!(found.trim(), "", "private keys outside users' areas");
 
@@ -283,13 +285,13 @@ fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
         ),
     );
     assert_ne!(spoofed.code, 0, "a spoofed source address got through: {spoofed}");
-    let mac = ok("tb1", &format!("nsenter --net={netns} cat /sys/class/net/eth0/address"));
+    let mac = ok("tb1", &format!("nsenter --net={netns} ip -br link show eth0"));
+    let mac = mac.split_whitespace().nth(2).unwrap_or_default().to_owned();
     let spoofed = sh(
         "tb1",
         &format!(
             "nsenter --net={netns} sh -c 'ip link set eth0 address 02:dc:01:02:03:04 && ping -c2 -W2 {addr_a1}; \
-             r=$?; ip link set eth0 address {}; exit $r'",
-            mac.trim()
+             r=$?; ip link set eth0 address {mac}; exit $r'"
         ),
     );
     assert_ne!(spoofed.code, 0, "a spoofed MAC got through: {spoofed}");
@@ -404,16 +406,33 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
     down(&[f0, f1]);
 }
 
+/// Puts tb3's own configuration back and restarts its worker, however the test ends.
+struct RestoreConfig;
+
+impl Drop for RestoreConfig {
+    fn drop(&mut self) {
+        let run = sh(
+            "tb3",
+            "if [ -f /etc/docklet/docklet.toml.e2e ]; then mv /etc/docklet/docklet.toml.e2e /etc/docklet/docklet.toml; fi; \
+             ip link del vxother 2>/dev/null; systemctl reset-failed docklet-worker; systemctl restart docklet-worker",
+        );
+        assert_eq!(run.code, 0, "restoring tb3's worker: {run}");
+    }
+}
+
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn network_settings_that_cannot_work_are_refused_at_start() {
-    // Keys must go before the [etcd] table: prepend by rewriting the file.
+    let restore = RestoreConfig;
+    // tb3's configuration with `line` in place of its own setting of the same key (keys go
+    // before the [etcd] table).
     let top = |line: &str| {
+        let key = line.split_whitespace().next().unwrap_or("#");
         ok(
             "tb3",
             &format!(
                 "cp -n /etc/docklet/docklet.toml /etc/docklet/docklet.toml.e2e; \
-                 {{ printf '%s\\n' {}; cat /etc/docklet/docklet.toml.e2e; }} > /etc/docklet/docklet.toml",
+                 {{ printf '%s\\n' {}; grep -v '^{key} ' /etc/docklet/docklet.toml.e2e; }} > /etc/docklet/docklet.toml",
                 shell_quote(line)
             ),
         );
@@ -436,8 +455,6 @@ fn network_settings_that_cannot_work_are_refused_at_start() {
     ok("tb3", "ip link del vxother");
     assert!(!started, "the worker started beside a colliding VNI");
     assert!(log.contains("vxother already uses VNI 1000005"), "{log}");
-    // Back to the real configuration: the worker starts.
-    ok("tb3", "mv /etc/docklet/docklet.toml.e2e /etc/docklet/docklet.toml");
-    let run = sh("tb3", "systemctl reset-failed docklet-worker; systemctl restart docklet-worker");
-    assert_eq!(run.code, 0, "{run}");
+    // Back to the real configuration: the worker starts (or the drop panics).
+    drop(restore);
 }

@@ -239,6 +239,18 @@ impl Netlink {
             .map_err(|e| nl_err(&format!("configuring {}", link.name), e))
     }
 
+    /// Puts an existing link (back) into `bridge` and brings it up.
+    pub async fn enslave(&self, link: &Link, bridge: u32) -> io::Result<()> {
+        self.set(
+            link,
+            LinkUnspec::new_with_index(link.index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .await
+    }
+
     pub async fn set_up(&self, name: &str) -> io::Result<Link> {
         let link = self.require(name).await?;
         if !link.up {
@@ -389,6 +401,10 @@ impl Netlink {
                 match attr {
                     NeighbourAttribute::LinkLayerAddress(mac) => zero = mac.iter().all(|b| *b == 0),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    // In AF_BRIDGE dumps the destination comes undecoded.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                        dst = <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => {}
                 }
             }

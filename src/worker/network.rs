@@ -363,8 +363,9 @@ impl Network {
         Ok(())
     }
 
-    /// A running vnode whose veth went missing or left its bridge (the bridge was remade)
-    /// is wired again; one without a netns is not running here and is left alone.
+    /// A running vnode whose veth left its bridge (the bridge was remade) goes back in, so
+    /// its connections live on; one whose veth is gone is wired again; one without a netns
+    /// is not running here and is left alone.
     async fn repair_vnode(
         &self,
         user: &UserPlan,
@@ -378,6 +379,13 @@ impl Network {
         let veth = self.netlink.link(&vnode.veth).await.ok().flatten();
         match (bridge, veth) {
             (Some(bridge), Some(veth)) if veth.controller == Some(bridge.index) && veth.up => Ok(()),
+            (Some(bridge), Some(veth)) => {
+                info!(vnode = %vnode.id, "putting {} back into {}", veth.name, bridge.name);
+                self.netlink
+                    .enslave(&veth, bridge.index)
+                    .await
+                    .map_err(io_err(format!("network of vnode {}", vnode.id)))
+            }
             _ => {
                 warn!(vnode = %vnode.id, "vnode's network was incomplete; wiring it again");
                 self.wire_vnode(user, vnode, &netns).await
