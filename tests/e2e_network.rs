@@ -114,19 +114,34 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
         }
     }
     // One L2 across hosts: ping by name, and full-size frames pass (MTU accounts for VXLAN).
-    let mtu: u32 = vok(ids[0], "cat /sys/class/net/eth0/mtu").trim().parse().unwrap();
-    let host_mtu: u32 = ok("tb1", "cat /sys/class/net/host0/mtu").trim().parse().unwrap();
+    let mtu: u32 = vok(ids[0], "cat /sys/class/net/eth0/mtu")
+        .trim()
+        .parse()
+        .unwrap();
+    let host_mtu: u32 = ok("tb1", "cat /sys/class/net/host0/mtu")
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(mtu, host_mtu - 50, "vnode MTU leaves room for VXLAN");
     for target in ["host-1", "host-2.c1"] {
-        let run = vsh(ids[0], &format!("ping -c2 -W2 -M do -s {} {target}", mtu - 28));
+        let run = vsh(
+            ids[0],
+            &format!("ping -c2 -W2 -M do -s {} {target}", mtu - 28),
+        );
         assert_eq!(run.code, 0, "full-size ping host-0 → {target}: {run}");
     }
 
     // Passwordless SSH with no host-key prompt, in both directions across hosts.
-    let run = vsh(ids[0], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-1 hostname");
+    let run = vsh(
+        ids[0],
+        "ssh -o BatchMode=yes -o ConnectTimeout=10 host-1 hostname",
+    );
     assert_eq!(run.code, 0, "ssh host-0 → host-1: {run}");
     assert_eq!(run.stdout.trim(), "host-1");
-    let run = vsh(ids[2], "ssh -o BatchMode=yes -o ConnectTimeout=10 host-0.c1 hostname");
+    let run = vsh(
+        ids[2],
+        "ssh -o BatchMode=yes -o ConnectTimeout=10 host-0.c1 hostname",
+    );
     assert_eq!(run.code, 0, "ssh host-2 → host-0.c1: {run}");
     assert_eq!(run.stdout.trim(), "host-0");
     // The private key is in the vnodes and the user's own area of the shared filesystem
@@ -141,7 +156,10 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
 
     // The internet through NAT: the stand-in sees the vnode's host, not the vnode.
     for (id, host_addr) in [(ids[0], "10.213.0.11"), (ids[1], "10.213.0.12")] {
-        assert!(pings(id, INTERNET), "{id} cannot ping the internet stand-in");
+        assert!(
+            pings(id, INTERNET),
+            "{id} cannot ping the internet stand-in"
+        );
         let run = http_from(id, &format!("http://{INTERNET}/"));
         assert_eq!(run.code, 0, "HTTP from {id}: {run}");
         assert!(
@@ -170,9 +188,13 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let run = sh("tb1", &format!("{script}\nfail=0; for j in $(jobs -p); do wait $j || fail=1; done; exit $fail"));
+    let run = sh(
+        "tb1",
+        &format!("{script}\nfail=0; for j in $(jobs -p); do wait $j || fail=1; done; exit $fail"),
+    );
     assert_eq!(run.code, 0, "50 concurrent creates: {run}");
-    let list: Value = serde_json::from_str(&ok("tb1", "docklet-admin vnodes --all --json")).unwrap();
+    let list: Value =
+        serde_json::from_str(&ok("tb1", "docklet-admin vnodes --all --json")).unwrap();
     let addrs: Vec<String> = list
         .as_array()
         .unwrap()
@@ -192,14 +214,22 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
         .collect();
     for a in &addrs {
         let a: std::net::Ipv4Addr = a.parse().unwrap();
-        assert!(blocks.iter().any(|b| b.contains(&a)), "{a} outside {blocks:?}");
+        assert!(
+            blocks.iter().any(|b| b.contains(&a)),
+            "{a} outside {blocks:?}"
+        );
     }
 
     // A small quota: the third vnode is refused with a clear error; raising the quota adds a
     // block and leaves the addresses given so far alone.
     ok("tb1", "docklet-admin quota netd --vnodes 2");
     for i in 0..2 {
-        let run = create(&format!("netd-c1-{i}"), "tb2", "netd", &format!("{SMALL} --stopped"));
+        let run = create(
+            &format!("netd-c1-{i}"),
+            "tb2",
+            "netd",
+            &format!("{SMALL} --stopped"),
+        );
         assert_eq!(run.code, 0, "{run}");
     }
     let run = create("netd-c1-2", "tb2", "netd", &format!("{SMALL} --stopped"));
@@ -223,14 +253,15 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
     let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
     all.extend(["netd-c1-0", "netd-c1-1", "netd-c1-2"]);
     down(&all);
-    let left = ok(
-        "tb1",
-        "docklet-admin vnodes --all --json",
-    );
+    let left = ok("tb1", "docklet-admin vnodes --all --json");
     assert!(!left.contains("\"netc\""), "{left}");
     let run = create("netc-c1-0", "tb3", "netc", &format!("{SMALL} --stopped"));
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(user_net("netc")["blocks"], net["blocks"], "blocks stay with the user");
+    assert_eq!(
+        user_net("netc")["blocks"],
+        net["blocks"],
+        "blocks stay with the user"
+    );
     down(&["netc-c1-0"]);
 }
 
@@ -239,8 +270,16 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
 fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
     let (a0, a1, b0, b1) = ("isoa-c1-0", "isoa-c1-1", "isob-c1-0", "isob-c1-1");
     // Somebody else's firewall table on tb1: Docklet must leave it alone.
-    ok("tb1", "nft add table inet bystander; nft add chain inet bystander keep");
-    up(&[(a0, "tb1", "isoa"), (a1, "tb2", "isoa"), (b0, "tb1", "isob"), (b1, "tb2", "isob")]);
+    ok(
+        "tb1",
+        "nft add table inet bystander; nft add chain inet bystander keep",
+    );
+    up(&[
+        (a0, "tb1", "isoa"),
+        (a1, "tb2", "isoa"),
+        (b0, "tb1", "isob"),
+        (b1, "tb2", "isob"),
+    ]);
     let (addr_a1, addr_b0, addr_b1) = (address(a1), address(b0), address(b1));
 
     // The positive controls: a reaches its own node on the other host and the internet.
@@ -254,7 +293,11 @@ fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
     }
     assert!(!pings(b1, &address(a0)), "isob reached isoa across hosts");
     // The control plane and every host's management address.
-    let gateway = vok(a0, "ip -4 route show default").split_whitespace().nth(2).unwrap().to_owned();
+    let gateway = vok(a0, "ip -4 route show default")
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
     for (ip, port) in [
         ("10.213.0.11", 2379),
         ("10.213.0.11", 8000),
@@ -284,8 +327,14 @@ fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
              r=$?; ip addr del {addr_b0}/32 dev eth0; exit $r'"
         ),
     );
-    assert_ne!(spoofed.code, 0, "a spoofed source address got through: {spoofed}");
-    let mac = ok("tb1", &format!("nsenter --net={netns} ip -br link show eth0"));
+    assert_ne!(
+        spoofed.code, 0,
+        "a spoofed source address got through: {spoofed}"
+    );
+    let mac = ok(
+        "tb1",
+        &format!("nsenter --net={netns} ip -br link show eth0"),
+    );
     let mac = mac.split_whitespace().nth(2).unwrap_or_default().to_owned();
     let spoofed = sh(
         "tb1",
@@ -295,13 +344,20 @@ fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
         ),
     );
     assert_ne!(spoofed.code, 0, "a spoofed MAC got through: {spoofed}");
-    assert!(pings(a0, &addr_a1), "the vnode works again once it stops spoofing");
+    assert!(
+        pings(a0, &addr_a1),
+        "the vnode works again once it stops spoofing"
+    );
 
     // Docklet's tables are its own; the bystander's table is still there.
     let tables = ok("tb1", "nft list tables");
     assert!(tables.contains("table inet bystander"), "{tables}");
     for family in ["bridge", "inet", "ip"] {
-        assert_eq!(tables.matches(&format!("table {family} docklet\n")).count(), 1, "{tables}");
+        assert_eq!(
+            tables.matches(&format!("table {family} docklet\n")).count(),
+            1,
+            "{tables}"
+        );
     }
     ok("tb1", "nft delete table inet bystander");
     down(&[a0, a1, b0, b1]);
@@ -313,31 +369,62 @@ fn names_and_peers_follow_scale_out_and_in_and_idle_hosts_drop_the_network() {
     let (n0, n1) = ("nete-c1-0", "nete-c1-1");
     up(&[(n0, "tb1", "nete")]);
     let leader_before = entry(n0).unwrap()["status"]["leader_pid"].clone();
-    assert!(vsh(n0, "getent hosts host-1").code != 0, "host-1 resolves before it exists");
+    assert!(
+        vsh(n0, "getent hosts host-1").code != 0,
+        "host-1 resolves before it exists"
+    );
     up(&[(n1, "tb2", "nete")]);
     let addr1 = address(n1);
     wait_for("host-0 to resolve host-1", Duration::from_secs(10), || {
-        vsh(n0, "getent hosts host-1").stdout.starts_with(&format!("{addr1} "))
+        vsh(n0, "getent hosts host-1")
+            .stdout
+            .starts_with(&format!("{addr1} "))
     });
     assert!(pings(n0, "host-1"));
-    assert_eq!(entry(n0).unwrap()["status"]["leader_pid"], leader_before, "no restart");
+    assert_eq!(
+        entry(n0).unwrap()["status"]["leader_pid"],
+        leader_before,
+        "no restart"
+    );
     let vni = vni("nete");
-    let fdb = |host: &str| ok(host, &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00' || true"));
-    assert!(fdb("tb1").contains("dst 10.213.0.12"), "tb1 floods to tb2: {}", fdb("tb1"));
+    let fdb = |host: &str| {
+        ok(
+            host,
+            &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00' || true"),
+        )
+    };
+    assert!(
+        fdb("tb1").contains("dst 10.213.0.12"),
+        "tb1 floods to tb2: {}",
+        fdb("tb1")
+    );
 
     // Scale in: the name goes, tb2 drops the user's devices, tb1 its peer.
     down(&[n1]);
-    wait_for("host-1 to go from host-0's names", Duration::from_secs(10), || {
-        vsh(n0, "getent hosts host-1").code != 0
-    });
-    wait_for("tb2 to drop nete's devices", Duration::from_secs(15), || {
-        sh("tb2", &format!("ip link show dkb{vni} || ip link show dkx{vni}")).code != 0
-    });
+    wait_for(
+        "host-1 to go from host-0's names",
+        Duration::from_secs(10),
+        || vsh(n0, "getent hosts host-1").code != 0,
+    );
+    wait_for(
+        "tb2 to drop nete's devices",
+        Duration::from_secs(15),
+        || {
+            sh(
+                "tb2",
+                &format!("ip link show dkb{vni} || ip link show dkx{vni}"),
+            )
+            .code
+                != 0
+        },
+    );
     assert!(!fdb("tb1").contains("10.213.0.12"), "{}", fdb("tb1"));
     down(&[n0]);
-    wait_for("tb1 to drop nete's devices", Duration::from_secs(15), || {
-        sh("tb1", &format!("ip link show dkb{vni}")).code != 0
-    });
+    wait_for(
+        "tb1 to drop nete's devices",
+        Duration::from_secs(15),
+        || sh("tb1", &format!("ip link show dkb{vni}")).code != 0,
+    );
 }
 
 #[test]
@@ -363,7 +450,13 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
              for i in range(600):\n    c.sendall(b\"x\"); assert c.recv(1) == b\"x\"; open(\"/tmp/echoes\", \"w\").write(str(i)); time.sleep(0.1)'"
         ),
     );
-    let echoes = || vsh(f1, "cat /tmp/echoes").stdout.trim().parse::<u32>().unwrap_or(0);
+    let echoes = || {
+        vsh(f1, "cat /tmp/echoes")
+            .stdout
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
     wait_for("echoes to flow", Duration::from_secs(10), || echoes() > 3);
 
     let state = |host: &str| {
@@ -379,29 +472,62 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
     let before = state("tb2");
     ok("tb2", "systemctl restart docklet-worker");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(state("tb2"), before, "a restarted worker changes nothing that was right");
+    assert_eq!(
+        state("tb2"),
+        before,
+        "a restarted worker changes nothing that was right"
+    );
     let n = echoes();
-    wait_for("echoes to keep flowing after the restart", Duration::from_secs(10), || echoes() > n + 5);
-    assert_eq!(vsh(f1, "systemctl is-failed echo-client").stdout.trim(), "active", "the connection broke");
+    wait_for(
+        "echoes to keep flowing after the restart",
+        Duration::from_secs(10),
+        || echoes() > n + 5,
+    );
+    assert_eq!(
+        vsh(f1, "systemctl is-failed echo-client").stdout.trim(),
+        "active",
+        "the connection broke"
+    );
 
     // Devices removed by hand come back within a resync.
-    ok("tb2", &format!("ip link del dkx{vni}; ip link del dkb{vni}"));
-    wait_for("tb2 to rebuild the user's network", Duration::from_secs(20), || pings(f1, &addr0));
+    ok(
+        "tb2",
+        &format!("ip link del dkx{vni}; ip link del dkb{vni}"),
+    );
+    wait_for(
+        "tb2 to rebuild the user's network",
+        Duration::from_secs(20),
+        || pings(f1, &addr0),
+    );
     assert_eq!(state("tb2"), before);
 
     // A reboot of tb3: its vnode comes back and reaches tb2's again.
-    let boot_id = || ok("tb3", "cat /proc/sys/kernel/random/boot_id").trim().to_owned();
+    let boot_id = || {
+        ok("tb3", "cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_owned()
+    };
     let old = boot_id();
     let _ = sh("tb3", "systemctl reboot");
     wait_for("tb3 to boot again", Duration::from_secs(120), || {
-        let run = sh("tb3", "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service");
+        let run = sh(
+            "tb3",
+            "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service",
+        );
         let lines: Vec<&str> = run.stdout.lines().collect();
         lines.len() == 2 && lines[0] != old && lines[1] == "active"
     });
     wait_phase(f1, "running");
-    wait_for("the rebooted host's vnode to reach tb2's", Duration::from_secs(20), || pings(f1, &addr0));
+    wait_for(
+        "the rebooted host's vnode to reach tb2's",
+        Duration::from_secs(20),
+        || pings(f1, &addr0),
+    );
     assert_eq!(address(f1), address(f1), "address kept");
-    let fdb = ok("tb3", &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00'"));
+    let fdb = ok(
+        "tb3",
+        &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00'"),
+    );
     assert_eq!(fdb.lines().count(), 1, "one flood entry towards tb2: {fdb}");
     down(&[f0, f1]);
 }
@@ -436,21 +562,36 @@ fn network_settings_that_cannot_work_are_refused_at_start() {
                 shell_quote(line)
             ),
         );
-        let run = sh("tb3", "systemctl reset-failed docklet-worker; systemctl restart docklet-worker");
-        let log = ok("tb3", "journalctl -u docklet-worker -n 30 --no-pager -o cat");
+        let run = sh(
+            "tb3",
+            "systemctl reset-failed docklet-worker; systemctl restart docklet-worker",
+        );
+        let log = ok(
+            "tb3",
+            "journalctl -u docklet-worker -n 30 --no-pager -o cat",
+        );
         (run.code == 0, log)
     };
     let cases = [
         ("cluster_net = \"10.213.0.0/16\"", "overlaps 10.213.0.0/24"),
-        ("network_device = \"nosuchdev0\"", "\"nosuchdev0\" does not exist"),
+        (
+            "network_device = \"nosuchdev0\"",
+            "\"nosuchdev0\" does not exist",
+        ),
     ];
     for (line, reason) in cases {
         let (started, log) = top(line);
         assert!(!started, "the worker started with {line}");
-        assert!(log.contains(reason), "{line}: the journal should say {reason:?}: {log}");
+        assert!(
+            log.contains(reason),
+            "{line}: the journal should say {reason:?}: {log}"
+        );
     }
     // Somebody else's VXLAN in Docklet's VNI range.
-    ok("tb3", "ip link add vxother type vxlan id 1000005 dstport 4789 dev host0");
+    ok(
+        "tb3",
+        "ip link add vxother type vxlan id 1000005 dstport 4789 dev host0",
+    );
     let (started, log) = top("");
     ok("tb3", "ip link del vxother");
     assert!(!started, "the worker started beside a colliding VNI");

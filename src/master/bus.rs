@@ -106,7 +106,12 @@ impl MasterInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
-        tracing::info!(caller_uid = uid, user, vnodes, "vnode quota of {user} set to {vnodes} over D-Bus");
+        tracing::info!(
+            caller_uid = uid,
+            user,
+            vnodes,
+            "vnode quota of {user} set to {vnodes} over D-Bus"
+        );
         self.master.set_vnode_quota(user, vnodes).await
     }
 

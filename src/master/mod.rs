@@ -131,7 +131,9 @@ impl Master {
         let store = self.store().await?;
         let (net, quota, addresses) = store.user_network(user).await.map_err(bus_error)?;
         let net = net.ok_or_else(|| {
-            BusError::NotFound(format!("user {user} has no network yet (no vnode was created)"))
+            BusError::NotFound(format!(
+                "user {user} has no network yet (no vnode was created)"
+            ))
         })?;
         Ok(serde_json::json!({
             "user": user,

@@ -276,16 +276,14 @@ pub fn plan(view: &NetView, host: &str) -> HostPlan {
         let Some(gateway) = net.gateway() else {
             continue;
         };
-        let entry = users
-            .entry(spec.user.clone())
-            .or_insert_with(|| UserPlan {
-                user: spec.user.clone(),
-                vni: net.vni,
-                gateway,
-                blocks: net.blocks.clone(),
-                remotes: BTreeSet::new(),
-                vnodes: Vec::new(),
-            });
+        let entry = users.entry(spec.user.clone()).or_insert_with(|| UserPlan {
+            user: spec.user.clone(),
+            vni: net.vni,
+            gateway,
+            blocks: net.blocks.clone(),
+            remotes: BTreeSet::new(),
+            vnodes: Vec::new(),
+        });
         entry.vnodes.push(VNodeNet {
             id: spec.id.clone(),
             veth: veth_name(&spec.id),
@@ -373,11 +371,7 @@ pub fn ruleset(plan: &HostPlan, ctx: &FirewallContext) -> String {
             .map(|v| format!("\"{}\" . {} . {}", v.veth, format_mac(&v.mac), v.address)),
     );
     let gateways = set_elements(plan.users.values().map(|u| u.gateway));
-    let gateway_macs = set_elements(
-        plan.users
-            .values()
-            .map(|u| format_mac(&mac_for(u.gateway))),
-    );
+    let gateway_macs = set_elements(plan.users.values().map(|u| format_mac(&mac_for(u.gateway))));
     // With br_netfilter loaded (Docker does it), frames bridged within one user's network
     // pass the IP forward hook too, in and out of the same bridge: let those through.
     let own_bridges = set_elements(
@@ -455,6 +449,26 @@ table ip {TABLE} {{
     )
 }
 
+/// What one more vnode adds to a ruleset made by [`ruleset`]: its port and its user's
+/// gateway and bridge, as element additions (adding what is there already is no error). The
+/// kernel takes these in a few milliseconds, where replacing the tables waits for RCU grace
+/// periods; the next full pass replaces the tables with the same content anyway.
+pub fn ruleset_additions(user: &UserPlan, vnode: &VNodeNet) -> String {
+    let gateway = user.gateway;
+    let bridge = user.bridge();
+    format!(
+        "add element bridge {TABLE} ports {{ \"{}\" . {} . {} }}\n\
+         add element bridge {TABLE} gateways {{ {gateway} }}\n\
+         add element bridge {TABLE} gateway_macs {{ {} }}\n\
+         add element inet {TABLE} gateways {{ {gateway} }}\n\
+         add element inet {TABLE} own_bridges {{ \"{bridge}\" . \"{bridge}\" }}\n",
+        vnode.veth,
+        format_mac(&vnode.mac),
+        vnode.address,
+        format_mac(&mac_for(gateway)),
+    )
+}
+
 /// `cluster_net` must not overlap any network this host is on or routes to (other than
 /// Docklet's own routes): `routes` are `(destination, device)` of the main table, `addresses`
 /// the host's own networks.
@@ -505,7 +519,10 @@ mod tests {
         };
         assert_eq!(alice.gateway(), Some(ip("172.16.0.1")));
         assert_eq!(alice.capacity(), 5);
-        assert_eq!(grow("alice", Some(&alice), 5, pool, &[first]).unwrap(), None);
+        assert_eq!(
+            grow("alice", Some(&alice), 5, pool, &[first]).unwrap(),
+            None
+        );
         // Bob takes the next free block; alice's growth skips it.
         let bob = grow("bob", None, 13, pool, &[first]).unwrap().unwrap();
         assert_eq!(bob, net("172.16.0.16/28"));
@@ -526,7 +543,10 @@ mod tests {
         let a = grow("a", None, 5, pool, &[]).unwrap().unwrap();
         let b = grow("b", None, 5, pool, &[a]).unwrap().unwrap();
         let err = grow("c", None, 5, pool, &[a, b]).unwrap_err();
-        assert!(err.to_string().contains("10.0.0.0/28 has no free block"), "{err}");
+        assert!(
+            err.to_string().contains("10.0.0.0/28 has no free block"),
+            "{err}"
+        );
         // A quota larger than the pool: refused, not truncated.
         assert!(grow("d", None, 100, pool, &[]).is_err());
     }
@@ -575,10 +595,10 @@ mod tests {
     fn view() -> NetView {
         let mut v = NetView {
             specs: vec![
-            node("tb1", "a0", "alice", 0, "172.16.0.2"),
-            node("tb2", "a1", "alice", 1, "172.16.0.3"),
-            node("tb3", "a2", "alice", 2, "172.16.0.4"),
-            node("tb1", "b0", "bob", 0, "172.16.0.10"),
+                node("tb1", "a0", "alice", 0, "172.16.0.2"),
+                node("tb2", "a1", "alice", 1, "172.16.0.3"),
+                node("tb3", "a2", "alice", 2, "172.16.0.4"),
+                node("tb1", "b0", "bob", 0, "172.16.0.10"),
             ],
             ..NetView::default()
         };
@@ -597,7 +617,11 @@ mod tests {
                 blocks: vec![net("172.16.0.8/29")],
             },
         );
-        for (h, a) in [("tb1", "10.0.0.11"), ("tb2", "10.0.0.12"), ("tb3", "10.0.0.13")] {
+        for (h, a) in [
+            ("tb1", "10.0.0.11"),
+            ("tb2", "10.0.0.12"),
+            ("tb3", "10.0.0.13"),
+        ] {
             v.vteps.insert(h.into(), ip(a));
         }
         v
@@ -648,14 +672,32 @@ mod tests {
             rules.contains(&format!("\"{a0}\" . 02:dc:ac:10:00:02 . 172.16.0.2")),
             "{rules}"
         );
-        assert!(rules.contains("elements = { 172.16.0.1, 172.16.0.9 }"), "{rules}");
+        assert!(
+            rules.contains("elements = { 172.16.0.1, 172.16.0.9 }"),
+            "{rules}"
+        );
         assert!(rules.contains("oifname \"host0\" masquerade"));
-        assert!(rules.contains("elements = { \"dkb100\" . \"dkb100\", \"dkb101\" . \"dkb101\" }"), "{rules}");
+        assert!(
+            rules.contains("elements = { \"dkb100\" . \"dkb100\", \"dkb101\" . \"dkb101\" }"),
+            "{rules}"
+        );
         assert!(rules.contains("set peers { type ipv4_addr; elements = { 10.0.0.12 } }"));
         // Only Docklet's own tables are ever deleted.
         for line in rules.lines().filter(|l| l.starts_with("delete")) {
             assert!(line.ends_with(" docklet"), "{line}");
         }
+        let alice = &plan(&v, "tb1").users["alice"];
+        let more = ruleset_additions(alice, &alice.vnodes[0]);
+        assert!(
+            more.contains(&format!(
+                "ports {{ \"{a0}\" . 02:dc:ac:10:00:02 . 172.16.0.2 }}"
+            )),
+            "{more}"
+        );
+        assert!(
+            more.contains("own_bridges { \"dkb100\" . \"dkb100\" }"),
+            "{more}"
+        );
         // With nothing to carry, the sets are empty but valid.
         let empty = ruleset(&HostPlan::default(), &ctx);
         assert!(empty.contains("set ports { type ifname . ether_addr . ipv4_addr;  }"));
@@ -667,7 +709,10 @@ mod tests {
         let eth = |n: &str| (net(n), "eth0".to_string());
         assert!(check_cluster_net(pool, &[eth("10.213.0.0/24")], &[eth("0.0.0.0/0")]).is_ok());
         let err = check_cluster_net(pool, &[eth("172.16.5.0/24")], &[]).unwrap_err();
-        assert!(err.contains("overlaps 172.16.5.0/24 on device eth0"), "{err}");
+        assert!(
+            err.contains("overlaps 172.16.5.0/24 on device eth0"),
+            "{err}"
+        );
         assert!(check_cluster_net(pool, &[], &[eth("172.0.0.0/8")]).is_err());
         // Docklet's own routes to user blocks are no overlap.
         let ours = (net("172.16.0.0/29"), "dkb100".to_string());

@@ -67,7 +67,14 @@ impl EtcdStore {
     pub async fn user_network(
         &self,
         user: &str,
-    ) -> Result<(Option<UserNet>, u32, std::collections::BTreeMap<String, String>), StoreError> {
+    ) -> Result<
+        (
+            Option<UserNet>,
+            u32,
+            std::collections::BTreeMap<String, String>,
+        ),
+        StoreError,
+    > {
         let net = self.get_json(&self.network_user(user)).await?;
         let quota = self.vnode_quota(user).await?;
         let prefix = self.network_addrs(user);
@@ -187,7 +194,11 @@ impl EtcdStore {
                 .when([
                     Compare::create_revision(index.clone(), CompareOp::Equal, 0),
                     Compare::create_revision(addr_key.clone(), CompareOp::Equal, 0),
-                    Compare::mod_revision(self.network_user(&spec.user), CompareOp::Equal, revision),
+                    Compare::mod_revision(
+                        self.network_user(&spec.user),
+                        CompareOp::Equal,
+                        revision,
+                    ),
                 ])
                 .and_then([
                     TxnOp::put(index.clone(), host, None),
@@ -207,7 +218,11 @@ impl EtcdStore {
         };
         let key = format!("{}{address}", self.network_addrs(&spec.user));
         let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, spec.id.as_str())])
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                spec.id.as_str(),
+            )])
             .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
         self.client
             .kv_client()
@@ -277,7 +292,9 @@ impl EtcdStore {
         let Some(rest) = key.strip_prefix(self.keys.prefix()) else {
             return false;
         };
-        rest.starts_with("vnodes/") || rest.starts_with("network/users/") || rest.starts_with("network/vteps/")
+        rest.starts_with("vnodes/")
+            || rest.starts_with("network/users/")
+            || rest.starts_with("network/vteps/")
     }
 
     /// The last path segment of every key under `prefix`.
@@ -285,7 +302,10 @@ impl EtcdStore {
         let response = self
             .client
             .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await
             .map_err(classify)?;
         Ok(response

@@ -97,14 +97,23 @@ impl Netlink {
     pub async fn links(&self) -> io::Result<Vec<Link>> {
         let mut stream = self.handle.link().get().execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| nl_err("listing links", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| nl_err("listing links", e))?
+        {
             out.push(to_link(&msg));
         }
         Ok(out)
     }
 
     pub async fn link(&self, name: &str) -> io::Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match stream.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(to_link)),
             Err(e) if is_gone(&e) => Ok(None),
@@ -153,9 +162,9 @@ impl Netlink {
         bridge: u32,
     ) -> io::Result<Link> {
         let existing = self.link(name).await?;
-        let stale = existing.as_ref().is_some_and(|l| {
-            l.vxlan_id != Some(vni) || l.vxlan_port != Some(port)
-        });
+        let stale = existing
+            .as_ref()
+            .is_some_and(|l| l.vxlan_id != Some(vni) || l.vxlan_port != Some(port));
         if stale {
             self.delete(name).await?;
         }
@@ -298,7 +307,12 @@ impl Netlink {
     }
 
     /// Adds `address/prefix` to a link unless it has it.
-    pub async fn ensure_address(&self, index: u32, address: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    pub async fn ensure_address(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> io::Result<()> {
         let present = self
             .addresses()
             .await?
@@ -314,7 +328,9 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if !is_exists(&e) => Err(nl_err(&format!("adding address {address}/{prefix}"), e)),
+            Err(e) if !is_exists(&e) => {
+                Err(nl_err(&format!("adding address {address}/{prefix}"), e))
+            }
             _ => Ok(()),
         }
     }
@@ -327,7 +343,11 @@ impl Netlink {
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| nl_err("listing routes", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| nl_err("listing routes", e))?
+        {
             if msg.header.table != libc::RT_TABLE_MAIN {
                 continue;
             }
@@ -377,7 +397,9 @@ impl Netlink {
             .output_interface(index)
             .build();
         match self.handle.route().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(&format!("removing the route to {destination}"), e)),
+            Err(e) if !is_gone(&e) => {
+                Err(nl_err(&format!("removing the route to {destination}"), e))
+            }
             _ => Ok(()),
         }
     }
@@ -391,7 +413,11 @@ impl Netlink {
             .set_address_family(AddressFamily::Bridge)
             .execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| nl_err("listing FDB", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| nl_err("listing FDB", e))?
+        {
             if msg.header.ifindex != vxlan {
                 continue;
             }
@@ -403,7 +429,9 @@ impl Netlink {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
                     // In AF_BRIDGE dumps the destination comes undecoded.
                     NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-                        dst = <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+                        dst = <[u8; 4]>::try_from(bytes.as_slice())
+                            .ok()
+                            .map(Ipv4Addr::from)
                     }
                     _ => {}
                 }
@@ -425,7 +453,9 @@ impl Netlink {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                remote,
+            )));
         msg
     }
 

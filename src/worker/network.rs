@@ -233,12 +233,13 @@ impl Network {
     ) -> Result<Duration, NetworkError> {
         let started = Instant::now();
         let mut state = self.state.lock().await;
-        let known = state
-            .view
-            .specs
-            .iter()
-            .any(|(h, s)| h == &self.host && s == spec)
-            && state.view.users.contains_key(&spec.user);
+        let known = spec.address.is_some_and(|a| {
+            state
+                .view
+                .users
+                .get(&spec.user)
+                .is_some_and(|net| net.contains(a))
+        });
         if !known {
             state.view = store.net_view().await?;
         }
@@ -259,7 +260,13 @@ impl Network {
             .expect("the plan holds the vnode it was made for");
         self.ensure_user(user).await?;
         self.wire_vnode(user, vnode, netns).await?;
-        self.apply_firewall(&mut state, &plan).await?;
+        if state.ruleset.is_some() {
+            self.run_nft(network::ruleset_additions(user, vnode))
+                .await
+                .map_err(io_err("adding the vnode to the firewall"))?;
+        } else {
+            self.apply_firewall(&mut state, &plan).await?;
+        }
         let text = network::hosts_file(&state.view, &spec.user, &spec.cluster);
         write_atomically(&etc_dir.join("hosts"), &text)
             .map_err(io_err(format!("writing the hosts file of {}", spec.id)))?;
@@ -338,7 +345,14 @@ impl Network {
             .map_err(io_err(&context))?
             .ok_or_else(|| NetworkError::Config(format!("{context}: no bridge")))?;
         self.netlink
-            .create_veth(&vnode.veth, bridge.index, self.mtu, netns, VNODE_IFACE, vnode.mac)
+            .create_veth(
+                &vnode.veth,
+                bridge.index,
+                self.mtu,
+                netns,
+                VNODE_IFACE,
+                vnode.mac,
+            )
             .await
             .map_err(io_err(&context))?;
         let _ = set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", vnode.veth), "1");
@@ -378,7 +392,9 @@ impl Network {
         let bridge = self.netlink.link(&user.bridge()).await.ok().flatten();
         let veth = self.netlink.link(&vnode.veth).await.ok().flatten();
         match (bridge, veth) {
-            (Some(bridge), Some(veth)) if veth.controller == Some(bridge.index) && veth.up => Ok(()),
+            (Some(bridge), Some(veth)) if veth.controller == Some(bridge.index) && veth.up => {
+                Ok(())
+            }
             (Some(bridge), Some(veth)) => {
                 info!(vnode = %vnode.id, "putting {} back into {}", veth.name, bridge.name);
                 self.netlink
@@ -401,7 +417,11 @@ impl Network {
             .values()
             .flat_map(|u| u.vnodes.iter().map(|v| v.veth.as_str()))
             .collect();
-        let links = self.netlink.links().await.map_err(io_err("listing links"))?;
+        let links = self
+            .netlink
+            .links()
+            .await
+            .map_err(io_err("listing links"))?;
         // VXLANs before their bridges, so no frame is flooded into a half-removed network.
         let mut stale: Vec<&str> = Vec::new();
         for link in &links {
@@ -449,14 +469,18 @@ impl Network {
         if state.ruleset.as_ref() == Some(&ruleset) {
             return Ok(());
         }
-        let firewall = self.firewall.clone();
-        let text = ruleset.clone();
-        tokio::task::spawn_blocking(move || firewall.apply(&text))
+        self.run_nft(ruleset.clone())
             .await
-            .map_err(|e| io_err("nft")(io::Error::other(e)))?
             .map_err(io_err("applying the firewall"))?;
         state.ruleset = Some(ruleset);
         Ok(())
+    }
+
+    async fn run_nft(&self, text: String) -> io::Result<()> {
+        let firewall = self.firewall.clone();
+        tokio::task::spawn_blocking(move || firewall.apply(&text))
+            .await
+            .map_err(io::Error::other)?
     }
 
     fn write_hosts_files(&self, state: &mut NetState) {

@@ -99,14 +99,27 @@ mod tests {
         assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
         let public = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
         assert!(public.starts_with("ssh-ed25519 ") && public.ends_with(" docklet-alice\n"));
-        assert_eq!(std::fs::read_to_string(ssh.join("authorized_keys")).unwrap(), public);
+        assert_eq!(
+            std::fs::read_to_string(ssh.join("authorized_keys")).unwrap(),
+            public
+        );
         let mode = |p: &str| std::fs::metadata(ssh.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("id_ed25519"), 0o600);
-        assert_eq!(std::fs::metadata(&ssh).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&ssh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // A second call keeps the key.
         ensure_user_keys(&ssh, "alice", me).unwrap();
-        assert_eq!(std::fs::read_to_string(ssh.join("id_ed25519")).unwrap(), private);
-        assert_eq!(std::fs::read_dir(&ssh).unwrap().count(), 3, "no temporary files left");
+        assert_eq!(
+            std::fs::read_to_string(ssh.join("id_ed25519")).unwrap(),
+            private
+        );
+        assert_eq!(
+            std::fs::read_dir(&ssh).unwrap().count(),
+            3,
+            "no temporary files left"
+        );
     }
 
     #[test]

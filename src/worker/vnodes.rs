@@ -556,17 +556,17 @@ impl Runtime {
         let net = match result {
             Ok(net) => net,
             Err(e) => {
-            let _ = self
-                .systemd
-                .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
-                .await;
-            if let Err(cleanup) = self.release(paths) {
-                warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
-            }
-            if created_now && let Err(cleanup) = self.remove_local(paths) {
-                warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
-            }
-            return Err(e);
+                let _ = self
+                    .systemd
+                    .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
+                    .await;
+                if let Err(cleanup) = self.release(paths) {
+                    warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+                }
+                if created_now && let Err(cleanup) = self.remove_local(paths) {
+                    warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+                }
+                return Err(e);
             }
         };
         Ok((uid_base, image_version, net))
