@@ -131,6 +131,44 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
         assert_eq!(run.code, 0, "full-size ping host-0 → {target}: {run}");
     }
 
+    // The gateway is each host's own: ARP for it is answered locally and never crosses the
+    // VXLAN (counted where it is dropped: leaving tb1, and arriving on tb2, which sees none).
+    let gateway_arp = |host: &str, chain: &str| -> u64 {
+        let rules = ok(host, &format!("nft list chain bridge docklet {chain}"));
+        rules
+            .lines()
+            .find(|l| l.contains("arp daddr ip @gateways counter"))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no gateway ARP counter on {host}: {rules}"))
+    };
+    let leaving = gateway_arp("tb1", "forward");
+    ok(
+        "tb1",
+        &format!(
+            "nsenter --net=/run/docklet/netns/{} ip neigh flush all",
+            ids[0]
+        ),
+    );
+    assert!(pings(
+        ids[0],
+        &vok(ids[0], "ip -4 route show default")
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    ));
+    assert!(
+        gateway_arp("tb1", "forward") > leaving,
+        "tb1 dropped no gateway ARP"
+    );
+    assert_eq!(
+        gateway_arp("tb2", "prerouting"),
+        0,
+        "gateway ARP reached tb2"
+    );
+
     // Passwordless SSH with no host-key prompt, in both directions across hosts.
     let run = vsh(
         ids[0],
@@ -488,6 +526,22 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
         "active",
         "the connection broke"
     );
+
+    // The master's restart and the vnode's own stop and start keep its address.
+    ok("tb1", "systemctl restart docklet-master");
+    ok("tb1", &format!("docklet-admin vnode stop {f0}"));
+    wait_phase(f0, "stopped");
+    ok("tb1", &format!("docklet-admin vnode start {f0}"));
+    wait_phase(f0, "running");
+    assert_eq!(address(f0), addr0);
+    let inside = vok(f0, "ip -4 -br addr show eth0");
+    assert!(inside.contains(&format!("{addr0}/")), "{inside}");
+    wait_for(
+        "the restarted vnode to be reachable",
+        Duration::from_secs(10),
+        || pings(f1, &addr0),
+    );
+    let before = state("tb2");
 
     // Devices removed by hand come back within a resync.
     ok(

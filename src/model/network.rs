@@ -256,6 +256,8 @@ pub struct NetView {
     pub users: BTreeMap<String, UserNet>,
     /// VXLAN endpoint (management address) of every host that ever ran a worker.
     pub vteps: BTreeMap<String, Ipv4Addr>,
+    /// Every IPv4 address registered hosts report on their network device.
+    pub host_addresses: BTreeSet<Ipv4Addr>,
 }
 
 /// A vnode takes part in the network while it is meant to run.
@@ -396,7 +398,7 @@ table bridge {TABLE} {{
 		iifname "dkv*" jump from_vnode
 		iifname "dkx*" ether saddr @gateway_macs drop
 		iifname "dkx*" arp saddr ip @gateways drop
-		iifname "dkx*" arp daddr ip @gateways drop
+		iifname "dkx*" arp daddr ip @gateways counter drop
 	}}
 	chain from_vnode {{
 		ether type arp iifname . arp saddr ether . arp saddr ip @ports accept
@@ -406,7 +408,7 @@ table bridge {TABLE} {{
 	chain forward {{
 		type filter hook forward priority -210; policy accept;
 		oifname "dkx*" ether saddr @gateway_macs drop
-		oifname "dkx*" arp daddr ip @gateways drop
+		oifname "dkx*" arp daddr ip @gateways counter drop
 	}}
 	chain output {{
 		type filter hook output priority -210; policy accept;

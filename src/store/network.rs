@@ -266,6 +266,16 @@ impl EtcdStore {
                 view.users.insert(key[prefix.len()..].to_owned(), net);
             }
         }
+        for kv in self.get_prefix(&self.keys.hosts()).await?.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Ok(host) = decode::<crate::model::host::HostRecord>(&key, kv.value()) {
+                view.host_addresses.extend(
+                    host.addresses
+                        .iter()
+                        .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok()),
+                );
+            }
+        }
         let prefix = self.network_vteps();
         for kv in self.get_prefix(&prefix).await?.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();

@@ -451,6 +451,7 @@ impl Network {
     ) -> Result<(), NetworkError> {
         let mut protected = self.etcd_addresses.clone();
         protected.extend(state.view.vteps.values());
+        protected.extend(&state.view.host_addresses);
         protected.insert(self.vtep);
         let peers = state
             .view
