@@ -157,7 +157,6 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
             .split_whitespace()
             .nth(2)
             .unwrap()
-            .to_owned()
     ));
     assert!(
         gateway_arp("tb1", "forward") > leaving,
