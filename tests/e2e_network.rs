@@ -153,7 +153,7 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
     );
     assert!(pings(
         ids[0],
-        &vok(ids[0], "ip -4 route show default")
+        vok(ids[0], "ip -4 route show default")
             .split_whitespace()
             .nth(2)
             .unwrap()
