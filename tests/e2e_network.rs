@@ -555,21 +555,7 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
     assert_eq!(state("tb2"), before);
 
     // A reboot of tb3: its vnode comes back and reaches tb2's again.
-    let boot_id = || {
-        ok("tb3", "cat /proc/sys/kernel/random/boot_id")
-            .trim()
-            .to_owned()
-    };
-    let old = boot_id();
-    let _ = sh("tb3", "systemctl reboot");
-    wait_for("tb3 to boot again", Duration::from_secs(120), || {
-        let run = sh(
-            "tb3",
-            "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service",
-        );
-        let lines: Vec<&str> = run.stdout.lines().collect();
-        lines.len() == 2 && lines[0] != old && lines[1] == "active"
-    });
+    reboot("tb3");
     wait_phase(f1, "running");
     wait_for(
         "the rebooted host's vnode to reach tb2's",

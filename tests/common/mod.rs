@@ -203,3 +203,26 @@ pub fn leftovers(host: &str, id: &str) -> String {
     .trim()
     .to_owned()
 }
+
+/// Reboots a testbed host and waits until it is back with its worker active.
+pub fn reboot(host: &str) {
+    let boot_id = || {
+        ok(host, "cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_owned()
+    };
+    let before = boot_id();
+    let _ = sh(host, "systemctl reboot");
+    wait_for(
+        &format!("{host} to boot again"),
+        Duration::from_secs(120),
+        || {
+            let run = sh(
+                host,
+                "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service",
+            );
+            let lines: Vec<&str> = run.stdout.lines().collect();
+            lines.len() == 2 && lines[0] != before && lines[1] == "active"
+        },
+    );
+}
