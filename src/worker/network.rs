@@ -53,6 +53,9 @@ struct NetState {
     ruleset: Option<String>,
     /// The `/etc/hosts` last written per vnode.
     hosts_files: HashMap<String, String>,
+    /// Vnodes being wired right now (id → VNI): a pass leaves their devices alone, even if it
+    /// planned from a view read before their spec existed.
+    attaching: HashMap<String, u32>,
 }
 
 pub struct Network {
@@ -183,6 +186,7 @@ impl Network {
                 view: NetView::default(),
                 ruleset: None,
                 hosts_files: HashMap::new(),
+                attaching: HashMap::new(),
             }),
         })
     }
@@ -198,7 +202,7 @@ impl Network {
         state.view = store.net_view().await?;
         let plan = network::plan(&state.view, &self.host);
         let mut errors = Vec::new();
-        if let Err(e) = self.remove_stale(&plan).await {
+        if let Err(e) = self.remove_stale(&plan, &state.attaching).await {
             errors.push(e);
         }
         for user in plan.users.values() {
@@ -207,6 +211,9 @@ impl Network {
                 continue;
             }
             for vnode in &user.vnodes {
+                if state.attaching.contains_key(&vnode.id) {
+                    continue;
+                }
                 if let Err(e) = self.repair_vnode(user, vnode).await {
                     errors.push(e);
                 }
@@ -223,7 +230,9 @@ impl Network {
     }
 
     /// Wires a vnode into its user's network before it boots: the user's devices, its veth
-    /// and address, the firewall, its hosts file. Returns how long it took.
+    /// and address, the firewall, its hosts file. Returns how long it took. Only the shared
+    /// part (view, the user's devices) holds the lock: vnodes starting together are wired in
+    /// parallel.
     pub async fn attach(
         &self,
         store: &EtcdStore,
@@ -232,6 +241,32 @@ impl Network {
         etc_dir: &Path,
     ) -> Result<Duration, NetworkError> {
         let started = Instant::now();
+        let (user, vnode, hosts_text, firewall_done) = self.attach_shared(store, spec).await?;
+        let result = async {
+            self.wire_vnode(&user, &vnode, netns).await?;
+            if !firewall_done {
+                self.run_nft(network::ruleset_additions(&user, &vnode))
+                    .await
+                    .map_err(io_err("adding the vnode to the firewall"))?;
+            }
+            write_atomically(&etc_dir.join("hosts"), &hosts_text)
+                .map_err(io_err(format!("writing the hosts file of {}", spec.id)))
+        }
+        .await;
+        let mut state = self.state.lock().await;
+        state.attaching.remove(&spec.id);
+        result?;
+        state.hosts_files.insert(spec.id.clone(), hosts_text);
+        Ok(started.elapsed())
+    }
+
+    /// The part of [`attach`](Self::attach) that needs the lock: the view, the plan, the
+    /// user's devices, and the whole ruleset if none was applied yet.
+    async fn attach_shared(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+    ) -> Result<(UserPlan, network::VNodeNet, String, bool), NetworkError> {
         let mut state = self.state.lock().await;
         let known = spec.address.is_some_and(|a| {
             state
@@ -259,19 +294,13 @@ impl Network {
             .find(|v| v.id == spec.id)
             .expect("the plan holds the vnode it was made for");
         self.ensure_user(user).await?;
-        self.wire_vnode(user, vnode, netns).await?;
-        if state.ruleset.is_some() {
-            self.run_nft(network::ruleset_additions(user, vnode))
-                .await
-                .map_err(io_err("adding the vnode to the firewall"))?;
-        } else {
+        let firewall_done = state.ruleset.is_none();
+        if firewall_done {
             self.apply_firewall(&mut state, &plan).await?;
         }
         let text = network::hosts_file(&state.view, &spec.user, &spec.cluster);
-        write_atomically(&etc_dir.join("hosts"), &text)
-            .map_err(io_err(format!("writing the hosts file of {}", spec.id)))?;
-        state.hosts_files.insert(spec.id.clone(), text);
-        Ok(started.elapsed())
+        state.attaching.insert(spec.id.clone(), user.vni);
+        Ok((user.clone(), vnode.clone(), text, firewall_done))
     }
 
     async fn ensure_user(&self, user: &UserPlan) -> Result<(), NetworkError> {
@@ -410,12 +439,20 @@ impl Network {
     }
 
     /// Removes devices of users with no vnode meant to run here, and veths of vnodes gone.
-    async fn remove_stale(&self, plan: &HostPlan) -> Result<(), NetworkError> {
-        let vnis: BTreeSet<u32> = plan.users.values().map(|u| u.vni).collect();
+    async fn remove_stale(
+        &self,
+        plan: &HostPlan,
+        attaching: &HashMap<String, u32>,
+    ) -> Result<(), NetworkError> {
+        let mut vnis: BTreeSet<u32> = plan.users.values().map(|u| u.vni).collect();
+        vnis.extend(attaching.values());
+        let attaching_veths: Vec<String> =
+            attaching.keys().map(|id| network::veth_name(id)).collect();
         let veths: BTreeSet<&str> = plan
             .users
             .values()
             .flat_map(|u| u.vnodes.iter().map(|v| v.veth.as_str()))
+            .chain(attaching_veths.iter().map(String::as_str))
             .collect();
         let links = self
             .netlink
@@ -534,6 +571,6 @@ pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     // Not the worker's umask: every user inside the vnode reads it.
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     file.write_all(text.as_bytes())?;
-    file.sync_data()?;
+    // No fsync: after a crash the worker writes every hosts file again anyway.
     std::fs::rename(&tmp, path)
 }
