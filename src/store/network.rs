@@ -63,6 +63,10 @@ impl EtcdStore {
             .map_err(classify)
     }
 
+    pub async fn user_net(&self, user: &str) -> Result<Option<UserNet>, StoreError> {
+        self.get_json(&self.network_user(user)).await
+    }
+
     /// A user's network, vnode quota and assigned addresses (address → vnode id).
     pub async fn user_network(
         &self,
@@ -75,7 +79,7 @@ impl EtcdStore {
         ),
         StoreError,
     > {
-        let net = self.get_json(&self.network_user(user)).await?;
+        let net = self.user_net(user).await?;
         let quota = self.vnode_quota(user).await?;
         let prefix = self.network_addrs(user);
         let addresses = self

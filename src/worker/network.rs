@@ -219,10 +219,19 @@ impl Network {
                 }
             }
         }
-        if let Err(e) = self.apply_firewall(&mut state, &plan).await {
-            errors.push(e);
-        }
         self.write_hosts_files(&mut state);
+        // Replacing the tables takes tens of milliseconds (RCU grace periods): without the
+        // lock, so vnodes starting meanwhile are not held up. Their element additions and this
+        // replacement are each one nftables transaction; the replacement holds every vnode
+        // of the view it was planned from.
+        let ruleset = self.ruleset_for(&state, &plan);
+        if state.ruleset.as_ref() != Some(&ruleset) {
+            drop(state);
+            match self.run_nft(ruleset.clone()).await {
+                Ok(()) => self.state.lock().await.ruleset = Some(ruleset),
+                Err(e) => errors.push(io_err("applying the firewall")(e)),
+            }
+        }
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -276,7 +285,14 @@ impl Network {
                 .is_some_and(|net| net.contains(a))
         });
         if !known {
-            state.view = store.net_view().await?;
+            // A user new on this host, or a network that grew: one key, not the whole view
+            // (the next pass brings the rest).
+            match store.user_net(&spec.user).await? {
+                Some(net) => {
+                    state.view.users.insert(spec.user.clone(), net);
+                }
+                None => state.view = store.net_view().await?,
+            }
         }
         // The spec read from etcd may lag the one being started: plan with the latter.
         state.view.specs.retain(|(_, s)| s.id != spec.id);
@@ -486,6 +502,18 @@ impl Network {
         state: &mut NetState,
         plan: &HostPlan,
     ) -> Result<(), NetworkError> {
+        let ruleset = self.ruleset_for(state, plan);
+        if state.ruleset.as_ref() == Some(&ruleset) {
+            return Ok(());
+        }
+        self.run_nft(ruleset.clone())
+            .await
+            .map_err(io_err("applying the firewall"))?;
+        state.ruleset = Some(ruleset);
+        Ok(())
+    }
+
+    fn ruleset_for(&self, state: &NetState, plan: &HostPlan) -> String {
         let mut protected = self.etcd_addresses.clone();
         protected.extend(state.view.vteps.values());
         protected.extend(&state.view.host_addresses);
@@ -503,15 +531,7 @@ impl Network {
             protected,
             peers,
         };
-        let ruleset = network::ruleset(plan, &ctx);
-        if state.ruleset.as_ref() == Some(&ruleset) {
-            return Ok(());
-        }
-        self.run_nft(ruleset.clone())
-            .await
-            .map_err(io_err("applying the firewall"))?;
-        state.ruleset = Some(ruleset);
-        Ok(())
+        network::ruleset(plan, &ctx)
     }
 
     async fn run_nft(&self, text: String) -> io::Result<()> {
