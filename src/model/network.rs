@@ -363,7 +363,8 @@ fn set_elements<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> Str
 ///   frames never cross a VXLAN port.
 /// - `inet docklet`: vnodes reach neither this host (but for ping of their gateway), nor
 ///   another user's network, nor a protected address; nothing enters a vnode from outside
-///   but replies; VXLAN is accepted only from peers.
+///   but replies; VXLAN is accepted only from peers. Traffic within users' networks is not
+///   connection-tracked (with br_netfilter, bridged frames would be).
 /// - `ip docklet`: outbound masquerade on the configured device.
 pub fn ruleset(plan: &HostPlan, ctx: &FirewallContext) -> String {
     let vnodes: Vec<&VNodeNet> = plan.users.values().flat_map(|u| &u.vnodes).collect();
@@ -428,6 +429,10 @@ table inet {TABLE} {{
 		udp dport {port} ip saddr != @peers drop
 	}}
 	set own_bridges {{ type ifname . ifname; {own_bridges} }}
+	chain prerouting {{
+		type filter hook prerouting priority raw; policy accept;
+		iifname "dkb*" ip daddr {net} notrack
+	}}
 	chain forward {{
 		type filter hook forward priority -10; policy accept;
 		iifname . oifname @own_bridges accept
@@ -679,6 +684,7 @@ mod tests {
             "{rules}"
         );
         assert!(rules.contains("oifname \"host0\" masquerade"));
+        assert!(rules.contains("iifname \"dkb*\" ip daddr 172.16.0.0/16 notrack"));
         assert!(
             rules.contains("elements = { \"dkb100\" . \"dkb100\", \"dkb101\" . \"dkb101\" }"),
             "{rules}"
