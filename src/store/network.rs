@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use ipnet::Ipv4Net;
 
 use super::etcd::classify;
@@ -193,7 +193,7 @@ impl EtcdStore {
             })?;
             let mut created = spec.clone();
             created.address = Some(address);
-            let addr_key = format!("{addrs}{address}");
+            let addr_key = self.address_key(&spec.user, address);
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(index.clone(), CompareOp::Equal, 0),
@@ -215,25 +215,9 @@ impl EtcdStore {
         }
     }
 
-    /// Frees a deleted vnode's address, if it still holds it.
-    pub async fn release_address(&self, spec: &VNodeSpec) -> Result<(), StoreError> {
-        let Some(address) = spec.address else {
-            return Ok(());
-        };
-        let key = format!("{}{address}", self.network_addrs(&spec.user));
-        let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                spec.id.as_str(),
-            )])
-            .and_then([TxnOp::delete(key, None::<DeleteOptions>)]);
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map(|_| ())
-            .map_err(classify)
+    /// The key that claims `address` for a vnode of `user`.
+    pub(super) fn address_key(&self, user: &str, address: Ipv4Addr) -> String {
+        format!("{}{address}", self.network_addrs(user))
     }
 
     /// Records the address other hosts send this host's VXLAN traffic to. Not bound to the

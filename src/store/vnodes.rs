@@ -162,13 +162,24 @@ impl EtcdStore {
         self.list_json(&self.keys.vnode_statuses()).await
     }
 
-    /// Forgets a deleted vnode: spec, status and id index go in one transaction.
-    pub async fn remove_vnode(&self, host: &str, id: &str) -> Result<(), StoreError> {
-        let txn = Txn::new().and_then([
+    /// Forgets a deleted vnode: spec, status, id index and its address claim (if it still
+    /// holds it) go in one transaction.
+    pub async fn remove_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
+        let id = spec.id.as_str();
+        let mut ops = vec![
             TxnOp::delete(self.keys.vnode(host, id), None::<DeleteOptions>),
             TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
             TxnOp::delete(self.keys.vnode_host(id), None::<DeleteOptions>),
-        ]);
+        ];
+        if let Some(address) = spec.address {
+            let claim = self.address_key(&spec.user, address);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(claim.clone(), CompareOp::Equal, id)])
+                    .and_then([TxnOp::delete(claim, None::<DeleteOptions>)]),
+            ));
+        }
+        let txn = Txn::new().and_then(ops);
         self.client
             .kv_client()
             .txn(txn)

@@ -232,10 +232,13 @@ impl Network {
                 Err(e) => errors.push(io_err("applying the firewall")(e)),
             }
         }
-        match errors.into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        // The first error is returned (and logged by the caller); the rest are logged here.
+        let mut errors = errors.into_iter();
+        let first = errors.next();
+        for e in errors {
+            warn!("user networks: {e}");
         }
+        first.map_or(Ok(()), Err)
     }
 
     /// Wires a vnode into its user's network before it boots: the user's devices, its veth

@@ -345,7 +345,7 @@ impl Runtime {
         if let Err(e) = vnode::validate_spec(&spec) {
             if spec.state == DesiredState::Deleted {
                 // Nothing was ever created for an invalid spec: forget it.
-                store.remove_vnode(&self.host, id).await?;
+                store.remove_vnode(&self.host, &spec).await?;
                 return Ok(());
             }
             return self
@@ -389,8 +389,7 @@ impl Runtime {
                     .await?;
                 self.systemd.stop(&unit, STOP_TIMEOUT).await?;
                 self.remove_local(&paths)?;
-                store.release_address(&spec).await?;
-                store.remove_vnode(&self.host, id).await?;
+                store.remove_vnode(&self.host, &spec).await?;
                 self.memos.lock().unwrap().remove(id);
                 info!(vnode = %id, "vnode deleted");
                 Ok(())
