@@ -1,6 +1,7 @@
 //! The worker daemon: registers its host in etcd under a lease and keeps the lease alive, so
 //! the cluster always knows which hosts are up; runs the vnode reconciler ([`vnodes`]) on the
-//! specs etcd holds for this host; serves `org.docklet.Worker1` on D-Bus.
+//! specs etcd holds for this host and keeps this host's part of the users' networks
+//! ([`network`]) in line with etcd; serves `org.docklet.Worker1` on D-Bus.
 
 pub mod agent;
 pub mod bus;
