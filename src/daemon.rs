@@ -247,6 +247,14 @@ pub type PrepareDirs = fn(&Config) -> io::Result<()>;
 
 /// The `main` of both daemons: parses the command line, loads the configuration (refusing a
 /// bad one with the key, the value and the reason), sets up logging and runs `run`.
+/// An error that ends a daemon, with the exit status it ends with: [`EXIT_CONFIG`] for a
+/// configuration that cannot work here (systemd does not restart on it), else 1.
+pub trait DaemonError: std::fmt::Display {
+    fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
 pub fn daemon_main<F, Fut, E>(
     identifier: &'static str,
     about: &'static str,
@@ -256,7 +264,7 @@ pub fn daemon_main<F, Fut, E>(
 where
     F: FnOnce(Config) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    E: DaemonError,
 {
     use clap::{CommandFactory, FromArgMatches};
     use std::process::ExitCode;
@@ -299,7 +307,7 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

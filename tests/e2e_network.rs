@@ -609,6 +609,15 @@ fn network_settings_that_cannot_work_are_refused_at_start() {
             "tb3",
             "journalctl -u docklet-worker -n 30 --no-pager -o cat",
         );
+        if run.code != 0 {
+            // A configuration error: systemd leaves the worker failed, no restart loop.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let state = [
+                unit_property("tb3", "docklet-worker", "ActiveState"),
+                unit_property("tb3", "docklet-worker", "ExecMainStatus"),
+            ];
+            assert_eq!(state, ["failed", "78"], "{log}");
+        }
         (run.code == 0, log)
     };
     let cases = [

@@ -392,6 +392,8 @@ pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
 }
 
 /// Runs the master until SIGTERM.
+impl daemon::DaemonError for MasterError {}
+
 pub async fn run(config: Config) -> Result<(), MasterError> {
     let notifier = Notifier::from_env();
     let host = daemon::host_name();

@@ -38,6 +38,15 @@ pub enum WorkerError {
     Network(#[from] network::NetworkError),
 }
 
+impl crate::daemon::DaemonError for WorkerError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Network(network::NetworkError::Config(_)) => crate::daemon::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
 pub struct Worker {
     pub config: Config,
     pub host: String,
