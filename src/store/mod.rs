@@ -105,6 +105,25 @@ impl Keys {
     pub fn uid_slot(&self, slot: u32) -> String {
         format!("{}uid-slots/{slot}", self.prefix)
     }
+    pub fn network_user(&self, user: &str) -> String {
+        format!("{}network/users/{user}", self.prefix)
+    }
+    pub fn network_users(&self) -> String {
+        format!("{}network/users/", self.prefix)
+    }
+    pub fn network_blocks(&self) -> String {
+        format!("{}network/blocks/", self.prefix)
+    }
+    /// Address claims of one user (with the trailing slash).
+    pub fn network_addrs(&self, user: &str) -> String {
+        format!("{}network/addrs/{user}/", self.prefix)
+    }
+    pub fn network_vteps(&self) -> String {
+        format!("{}network/vteps/", self.prefix)
+    }
+    pub fn quota_key(&self, user: &str) -> String {
+        format!("{}quotas/{user}", self.prefix)
+    }
 }
 
 /// What the controllers need from the cluster state.

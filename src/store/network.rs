@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
 use crate::model::network::{self, DEFAULT_VNODE_QUOTA, NetView, UserNet};
-use crate::model::vnode::{self, VNodeSpec};
+use crate::model::vnode::VNodeSpec;
 
 /// How a new vnode gets its address.
 pub struct AddressPlan {
@@ -26,45 +26,25 @@ impl From<network::IpamError> for StoreError {
 }
 
 impl EtcdStore {
-    fn network_user(&self, user: &str) -> String {
-        format!("{}network/users/{user}", self.keys.prefix())
-    }
-    fn network_users(&self) -> String {
-        format!("{}network/users/", self.keys.prefix())
-    }
-    fn network_blocks(&self) -> String {
-        format!("{}network/blocks/", self.keys.prefix())
-    }
-    fn network_addrs(&self, user: &str) -> String {
-        format!("{}network/addrs/{user}/", self.keys.prefix())
-    }
-    fn network_vteps(&self) -> String {
-        format!("{}network/vteps/", self.keys.prefix())
-    }
-    fn quota_key(&self, user: &str) -> String {
-        format!("{}quotas/{user}", self.keys.prefix())
-    }
-
     /// A user's vnode quota (the default until one is set).
     pub async fn vnode_quota(&self, user: &str) -> Result<u32, StoreError> {
         Ok(self
-            .get_json(&self.quota_key(user))
+            .get_json(&self.keys.quota_key(user))
             .await?
             .unwrap_or(DEFAULT_VNODE_QUOTA))
     }
 
     pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), StoreError> {
-        vnode::validate_user_name(user).map_err(|e| StoreError::Conflict(e.to_string()))?;
         self.client
             .kv_client()
-            .put(self.quota_key(user), encode(&vnodes), None)
+            .put(self.keys.quota_key(user), encode(&vnodes), None)
             .await
             .map(|_| ())
             .map_err(classify)
     }
 
     pub async fn user_net(&self, user: &str) -> Result<Option<UserNet>, StoreError> {
-        self.get_json(&self.network_user(user)).await
+        self.get_json(&self.keys.network_user(user)).await
     }
 
     /// A user's network, vnode quota and assigned addresses (address → vnode id).
@@ -81,7 +61,7 @@ impl EtcdStore {
     > {
         let net = self.user_net(user).await?;
         let quota = self.vnode_quota(user).await?;
-        let prefix = self.network_addrs(user);
+        let prefix = self.keys.network_addrs(user);
         let addresses = self
             .get_prefix(&prefix)
             .await?
@@ -105,7 +85,7 @@ impl EtcdStore {
         quota: u32,
         plan: &AddressPlan,
     ) -> Result<(UserNet, i64), StoreError> {
-        let key = self.network_user(user);
+        let key = self.keys.network_user(user);
         let mut kv = self.client.kv_client();
         loop {
             let response = kv.get(key.clone(), None).await.map_err(classify)?;
@@ -114,7 +94,7 @@ impl EtcdStore {
                 None => None,
             };
             let taken: Vec<Ipv4Net> = self
-                .keys_under(&self.network_blocks())
+                .keys_under(&self.keys.network_blocks())
                 .await?
                 .iter()
                 .filter_map(|k| k.parse().ok())
@@ -146,7 +126,7 @@ impl EtcdStore {
                 }
             };
             net.blocks.push(block);
-            let block_key = format!("{}{block}", self.network_blocks());
+            let block_key = format!("{}{block}", self.keys.network_blocks());
             let txn = Txn::new()
                 .when([
                     guard,
@@ -181,7 +161,7 @@ impl EtcdStore {
                 )));
             }
             let (net, revision) = self.user_net_for(&spec.user, quota, plan).await?;
-            let addrs = self.network_addrs(&spec.user);
+            let addrs = self.keys.network_addrs(&spec.user);
             let used: HashSet<Ipv4Addr> = self
                 .keys_under(&addrs)
                 .await?
@@ -199,7 +179,7 @@ impl EtcdStore {
                     Compare::create_revision(index.clone(), CompareOp::Equal, 0),
                     Compare::create_revision(addr_key.clone(), CompareOp::Equal, 0),
                     Compare::mod_revision(
-                        self.network_user(&spec.user),
+                        self.keys.network_user(&spec.user),
                         CompareOp::Equal,
                         revision,
                     ),
@@ -217,7 +197,7 @@ impl EtcdStore {
 
     /// The key that claims `address` for a vnode of `user`.
     pub(super) fn address_key(&self, user: &str, address: Ipv4Addr) -> String {
-        format!("{}{address}", self.network_addrs(user))
+        format!("{}{address}", self.keys.network_addrs(user))
     }
 
     /// Records the address other hosts send this host's VXLAN traffic to. Not bound to the
@@ -226,7 +206,7 @@ impl EtcdStore {
         self.client
             .kv_client()
             .put(
-                format!("{}{host}", self.network_vteps()),
+                format!("{}{host}", self.keys.network_vteps()),
                 address.to_string(),
                 None,
             )
@@ -247,7 +227,7 @@ impl EtcdStore {
                 view.specs.push((host.to_owned(), spec));
             }
         }
-        let prefix = self.network_users();
+        let prefix = self.keys.network_users();
         for kv in self.get_prefix(&prefix).await?.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             if let Ok(net) = decode::<UserNet>(&key, kv.value()) {
@@ -264,7 +244,7 @@ impl EtcdStore {
                 );
             }
         }
-        let prefix = self.network_vteps();
+        let prefix = self.keys.network_vteps();
         for kv in self.get_prefix(&prefix).await?.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             if let Ok(address) = String::from_utf8_lossy(kv.value()).parse() {
