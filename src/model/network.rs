@@ -80,6 +80,11 @@ impl UserNet {
             - u32::from(!self.blocks.is_empty())
     }
 
+    /// Whether the blocks hold `quota` vnodes (no block to add).
+    pub fn holds(&self, quota: u32) -> bool {
+        !self.blocks.is_empty() && self.capacity() >= quota
+    }
+
     pub fn contains(&self, address: Ipv4Addr) -> bool {
         self.blocks.iter().any(|b| b.contains(&address))
     }
@@ -112,10 +117,10 @@ pub fn grow(
     pool: Ipv4Net,
     taken: &[Ipv4Net],
 ) -> Result<Option<Ipv4Net>, IpamError> {
-    let capacity = net.map_or(0, |n| n.capacity());
-    if net.is_some_and(|n| !n.blocks.is_empty()) && capacity >= quota {
+    if net.is_some_and(|n| n.holds(quota)) {
         return Ok(None);
     }
+    let capacity = net.map_or(0, |n| n.capacity());
     // A first block also holds the gateway.
     let first = net.is_none_or(|n| n.blocks.is_empty());
     let needed = quota.saturating_sub(capacity).max(1) + u32::from(first);

@@ -93,6 +93,10 @@ impl EtcdStore {
                 Some(item) => Some((decode(&key, item.value())?, item.mod_revision())),
                 None => None,
             };
+            // The common case, a network that holds the quota: no need to list the blocks.
+            if let Some((net, revision)) = current.as_ref().filter(|c| c.0.holds(quota)) {
+                return Ok((net.clone(), *revision));
+            }
             let taken: Vec<Ipv4Net> = self
                 .keys_under(&self.keys.network_blocks())
                 .await?
@@ -276,7 +280,7 @@ impl EtcdStore {
     }
 
     /// The last path segment of every key under `prefix`.
-    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let response = self
             .client
             .kv_client()

@@ -3,8 +3,7 @@
 //! compare-and-swap transaction.
 
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
 use super::etcd::classify;
@@ -198,22 +197,11 @@ impl EtcdStore {
             if let Some(item) = response.kvs().first() {
                 return decode(&range_key, item.value());
             }
-            let slots_prefix = self.keys.uid_slots();
-            let taken = kv
-                .get(
-                    slots_prefix.clone(),
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-                .map_err(classify)?;
-            let taken: Vec<u32> = taken
-                .kvs()
+            let taken: Vec<u32> = self
+                .keys_under(&self.keys.uid_slots())
+                .await?
                 .iter()
-                .filter_map(|kv| {
-                    String::from_utf8_lossy(kv.key())[slots_prefix.len()..]
-                        .parse()
-                        .ok()
-                })
+                .filter_map(|k| k.parse().ok())
                 .collect();
             let slot = vnode::free_uid_slot(&taken).ok_or_else(|| {
                 StoreError::Exhausted(format!(

@@ -3,7 +3,6 @@
 
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use crate::model::network::TABLE;
 
@@ -52,22 +51,5 @@ impl Firewall for Nft {
             .iter()
             .map(|family| format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
             .collect::<String>())
-    }
-}
-
-/// Remembers what it was given, for unit tests.
-#[derive(Default)]
-pub struct FakeFirewall {
-    pub applied: Mutex<Vec<String>>,
-}
-
-impl Firewall for FakeFirewall {
-    fn apply(&self, ruleset: &str) -> io::Result<()> {
-        self.applied.lock().unwrap().push(ruleset.to_owned());
-        Ok(())
-    }
-    fn remove(&self) -> io::Result<()> {
-        self.applied.lock().unwrap().clear();
-        Ok(())
     }
 }

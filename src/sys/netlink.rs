@@ -135,6 +135,9 @@ impl Netlink {
             self.add_link(&format!("bridge {name}"), msg).await?;
         }
         let link = self.require(name).await?;
+        if link.mac == mac && link.mtu == mtu && link.up {
+            return Ok(link);
+        }
         self.set(
             &link,
             LinkUnspec::new_with_index(link.index)
@@ -189,6 +192,9 @@ impl Netlink {
             }
         }
         let link = self.require(name).await?;
+        if link.controller == Some(bridge) && link.mtu == mtu && link.up {
+            return Ok(link);
+        }
         self.set(
             &link,
             LinkUnspec::new_with_index(link.index)

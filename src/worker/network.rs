@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::firewall::Firewall;
 use crate::sys::netlink::{Netlink, set_sysctl};
+use crate::worker::vnodes::{VNodePaths, replace_file};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -261,7 +262,7 @@ impl Network {
                     .await
                     .map_err(io_err("adding the vnode to the firewall"))?;
             }
-            write_atomically(&etc_dir.join("hosts"), &hosts_text)
+            replace_file(&etc_dir.join("hosts"), hosts_text.as_bytes(), 0o644)
                 .map_err(io_err(format!("writing the hosts file of {}", spec.id)))
         }
         .await;
@@ -433,7 +434,7 @@ impl Network {
         user: &UserPlan,
         vnode: &network::VNodeNet,
     ) -> Result<(), NetworkError> {
-        let netns = netns_path(&vnode.id);
+        let netns = VNodePaths::new(&self.config, &vnode.id).netns;
         if !crate::sys::mounts::is_mount_point(&netns) {
             return Ok(());
         }
@@ -560,11 +561,11 @@ impl Network {
             if state.hosts_files.get(&spec.id) == Some(&text) {
                 continue;
             }
-            let etc = crate::worker::vnodes::VNodePaths::new(&self.config, &spec.id).etc;
+            let etc = VNodePaths::new(&self.config, &spec.id).etc;
             if !etc.is_dir() {
                 continue;
             }
-            match write_atomically(&etc.join("hosts"), &text) {
+            match replace_file(&etc.join("hosts"), text.as_bytes(), 0o644) {
                 Ok(()) => {
                     state.hosts_files.insert(spec.id.clone(), text);
                 }
@@ -572,28 +573,4 @@ impl Network {
             }
         }
     }
-}
-
-pub fn netns_path(id: &str) -> PathBuf {
-    Path::new(crate::worker::vnodes::RUN_DIR)
-        .join("netns")
-        .join(id)
-}
-
-/// Replaces `path` by rename, so readers (glibc reading /etc/hosts) never see half a file.
-pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    // Not the worker's umask: every user inside the vnode reads it.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    file.write_all(text.as_bytes())?;
-    // No fsync: after a crash the worker writes every hosts file again anyway.
-    std::fs::rename(&tmp, path)
 }

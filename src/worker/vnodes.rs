@@ -1058,12 +1058,17 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), VNodeError> {
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), VNodeError> {
+    replace_file(path, data, mode).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Replaces `path` by rename, with exactly `mode` (not the worker's umask): readers (glibc
+/// reading a vnode's /etc/hosts, say) never see half a file.
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(io_err(format!("writing {}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("chmod {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+    std::fs::write(&tmp, data)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The workspace URL prefix of a vnode, as the portal's proxy forwards it.
