@@ -1,5 +1,7 @@
-//! Side effects behind small traits, each with the real implementation and a fake for unit
-//! tests of the logic that uses it.
+//! Side effects, one module each: the real implementation, behind a small trait with a fake
+//! where logic above it has unit tests (host facts). The kernel seams (mounts, rtnetlink,
+//! nftables, systemd) are tested for real: root tests in throwaway namespaces and the
+//! end-to-end suite.
 
 pub mod firewall;
 pub mod host;
