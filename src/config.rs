@@ -90,6 +90,10 @@ pub struct Config {
     pub vni_base: u32,
     /// Address users type in the browser; default `http://<this host>:<proxy_port>/`.
     pub portal_url: Option<String>,
+    /// The image of a new cluster whose request names none.
+    pub default_image: String,
+    /// How far the scheduler may allocate a host beyond its capacity, per resource.
+    pub overcommit: crate::model::placement::Overcommit,
     pub storage: Storage,
     pub etcd: EtcdConfig,
 }
@@ -105,6 +109,8 @@ impl Default for Config {
             agent_port: 8001,
             vni_base: 1_000_000,
             portal_url: None,
+            default_image: "base".into(),
+            overcommit: crate::model::placement::Overcommit::default(),
             storage: Storage::File,
             etcd: EtcdConfig::default(),
         }
@@ -206,6 +212,22 @@ impl Config {
                 &self.vni_base,
                 &format!("must be 1 to {max_vni_base}, so that every user's VNI fits in 24 bits"),
             );
+        }
+        if crate::model::vnode::validate_image_name(&self.default_image).is_err() {
+            return invalid(
+                "default_image",
+                &self.default_image,
+                "must be an image name: a-z, 0-9 and inner '-'",
+            );
+        }
+        for (key, ratio) in [
+            ("overcommit.cpu", self.overcommit.cpu),
+            ("overcommit.memory", self.overcommit.memory),
+            ("overcommit.disk", self.overcommit.disk),
+        ] {
+            if !(0.1..=100.0).contains(&ratio) {
+                return invalid(key, &ratio, "must be between 0.1 and 100 (1 = capacity exactly)");
+            }
         }
         if let Some(url) = &self.portal_url
             && (!(url.starts_with("http://") || url.starts_with("https://"))

@@ -82,6 +82,8 @@ impl From<HostRow> for HostRecord {
             },
             version: r.version,
             registered_at: r.registered_at,
+            // Not carried over D-Bus: `docklet-admin hosts` does not show them.
+            images: Vec::new(),
         }
     }
 }
@@ -234,6 +236,7 @@ mod tests {
             },
             version: "0.1.0".into(),
             registered_at: 42,
+            images: vec![],
         };
         let row = HostRow::from(record.clone());
         assert_eq!(HostRecord::from(row), record);

@@ -555,6 +555,7 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
     assert_eq!(state("tb2"), before);
 
     // A reboot of tb3: its vnode comes back and reaches tb2's again.
+    let addr1 = address(f1);
     reboot("tb3");
     wait_phase(f1, "running");
     wait_for(
@@ -562,7 +563,7 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
         Duration::from_secs(20),
         || pings(f1, &addr0),
     );
-    assert_eq!(address(f1), address(f1), "address kept");
+    assert_eq!(address(f1), addr1, "address kept");
     let fdb = ok(
         "tb3",
         &format!("bridge fdb show dev dkx{vni} | grep '^00:00:00:00:00:00'"),

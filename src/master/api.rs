@@ -1,25 +1,483 @@
-//! The HTTP side of the portal port. For now: the portal's landing page and a health
-//! endpoint; accounts, vclusters and the workspace proxy arrive with later issues.
+//! The HTTP side of the portal port: the portal's landing page and the versioned JSON API
+//! under `/api/v1`. Handlers only parse requests into the typed actions of [`actions`] and
+//! render their answers; authentication (a bearer token) and every authorization decision
+//! happen there. Errors are `{"error": {"code", "message", "field"?}}` with the status of
+//! [`ApiError::status`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
-use serde::Serialize;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::Master;
+use super::actions::{
+    ApiError, Caller, ExecRequest, GroupPatch, NewUser, OperationView, UserPatch,
+};
+use crate::model::quota::Group;
+use crate::model::vcluster::CreateClusterRequest;
+
+type Shared = State<Arc<Master>>;
 
 pub fn router(master: Arc<Master>) -> Router {
     Router::new()
         .route("/", get(portal))
         .route("/api/v1/health", get(health))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/clusters", get(list_clusters).post(create_cluster))
+        .route(
+            "/api/v1/clusters/{name}",
+            get(show_cluster).delete(delete_cluster),
+        )
+        .route("/api/v1/clusters/{name}/start", post(start_cluster))
+        .route("/api/v1/clusters/{name}/stop", post(stop_cluster))
+        .route("/api/v1/clusters/{name}/scale-out", post(scale_out))
+        .route("/api/v1/clusters/{name}/scale-in", post(scale_in))
+        .route("/api/v1/clusters/{name}/nodes/{index}/exec", post(exec))
+        .route("/api/v1/operations/{id}", get(operation))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route(
+            "/api/v1/users/{name}",
+            get(show_user).patch(update_user).delete(delete_user),
+        )
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route(
+            "/api/v1/groups/{name}",
+            axum::routing::patch(update_group).delete(delete_group),
+        )
+        .route("/api/v1/settings/default-group", put(set_default_group))
+        .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/hosts/{name}/drain", post(drain))
+        .route("/api/v1/hosts/{name}/undrain", post(undrain))
+        .fallback(not_found)
         .with_state(master)
 }
 
-#[derive(Serialize)]
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), "API error: {self}");
+        }
+        let mut error = serde_json::json!({"code": self.code(), "message": self.to_string()});
+        if let Some(field) = self.field() {
+            error["field"] = field.into();
+        }
+        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let ApiError::Throttled { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint (see /api/v1/openapi.json)".into())
+}
+
+/// A JSON body whose problems answer in the API's error format: 400 for what is not JSON,
+/// 422 for JSON of the wrong shape.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Input(
+                crate::model::vcluster::InputError {
+                    code: "invalid_body",
+                    field: "body",
+                    message: format!("the request body does not fit: {}", e.body_text()),
+                },
+            )),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "the request body must be JSON (Content-Type: application/json): {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters, with problems answered in the API's error format.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e: QueryRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<Arc<Master>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        master: &Arc<Master>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "log in first: POST /api/v1/auth/login, then send Authorization: Bearer <token>"
+                        .into(),
+                )
+            })?;
+        master.authenticate(token.trim()).await.map(Auth)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OwnerQuery {
+    /// Administrators act on another user's clusters with `?user=`.
+    user: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    user: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// Seconds to wait for the operation to end (at most 120).
+    #[serde(default)]
+    wait: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    user: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleInBody {
+    node: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultGroupBody {
+    group: String,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn accepted(view: OperationView) -> Response {
+    let location = format!("/api/v1/operations/{}", view.operation.id);
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+async fn login(
+    State(master): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(body): Body<LoginBody>,
+) -> ApiResult<Response> {
+    let result = master
+        .login(&body.user, &body.password, &peer.ip().to_string())
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+async fn logout(State(master): Shared, Auth(caller): Auth) -> ApiResult<StatusCode> {
+    master.logout(&caller).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.me(&caller).await?).into_response())
+}
+
+async fn list_tokens(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.list_tokens(&caller).await?).into_response())
+}
+
+async fn create_token(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Body(body): Body<TokenBody>,
+) -> ApiResult<Response> {
+    let token = master.create_api_token(&caller, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+async fn revoke_token(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    master.revoke_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_clusters(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(master.list_clusters(&caller, q.user.as_deref()).await?).into_response())
+}
+
+async fn create_cluster(
+    State(master): Shared,
+    Auth(caller): Auth,
+    headers: HeaderMap,
+    Body(request): Body<CreateClusterRequest>,
+) -> ApiResult<Response> {
+    let key = match headers.get("idempotency-key") {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::BadRequest("Idempotency-Key must be printable ASCII".into())
+        })?),
+        None => None,
+    };
+    let created = master.create_cluster(&caller, &request, key).await?;
+    if created.replayed {
+        Ok(Json(created.operation).into_response())
+    } else {
+        Ok(accepted(created.operation))
+    }
+}
+
+async fn show_cluster(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(master.show_cluster(&caller, q.user.as_deref(), &name).await?).into_response())
+}
+
+async fn delete_cluster(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<DeleteQuery>,
+) -> ApiResult<Response> {
+    let view = master
+        .delete_cluster(&caller, q.user.as_deref(), &name, q.force)
+        .await?;
+    Ok(accepted(view))
+}
+
+async fn start_cluster(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    let view = master
+        .set_cluster_state(&caller, q.user.as_deref(), &name, true)
+        .await?;
+    Ok(accepted(view))
+}
+
+async fn stop_cluster(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    let view = master
+        .set_cluster_state(&caller, q.user.as_deref(), &name, false)
+        .await?;
+    Ok(accepted(view))
+}
+
+async fn scale_out(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    let view = master.scale_out(&caller, q.user.as_deref(), &name).await?;
+    Ok(accepted(view))
+}
+
+async fn scale_in(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<OwnerQuery>,
+    Body(body): Body<ScaleInBody>,
+) -> ApiResult<Response> {
+    let view = master
+        .scale_in(&caller, q.user.as_deref(), &name, body.node)
+        .await?;
+    Ok(accepted(view))
+}
+
+async fn exec(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((name, index)): Path<(String, String)>,
+    Params(q): Params<OwnerQuery>,
+    Body(request): Body<ExecRequest>,
+) -> ApiResult<Response> {
+    let index: u32 = index
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("cluster {name} has no node {index:?}")))?;
+    let result = master
+        .exec(&caller, q.user.as_deref(), &name, index, &request)
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+async fn operation(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Params(q): Params<WaitQuery>,
+) -> ApiResult<Response> {
+    let wait = Duration::from_secs(q.wait.min(120));
+    Ok(Json(master.operation(&caller, &id, wait).await?).into_response())
+}
+
+async fn list_users(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.list_users(&caller).await?).into_response())
+}
+
+async fn create_user(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Body(body): Body<NewUser>,
+) -> ApiResult<Response> {
+    let user = master.create_user(&caller, &body).await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn show_user(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(master.show_user(&caller, &name).await?).into_response())
+}
+
+async fn update_user(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Body(body): Body<UserPatch>,
+) -> ApiResult<Response> {
+    Ok(Json(master.update_user(&caller, &name, &body).await?).into_response())
+}
+
+async fn delete_user(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    master.delete_user(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_groups(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.list_groups(&caller).await?).into_response())
+}
+
+async fn create_group(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Body(body): Body<Group>,
+) -> ApiResult<Response> {
+    let group = master.create_group(&caller, &body).await?;
+    Ok((StatusCode::CREATED, Json(group)).into_response())
+}
+
+async fn update_group(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Body(body): Body<GroupPatch>,
+) -> ApiResult<Response> {
+    Ok(Json(master.update_group(&caller, &name, &body).await?).into_response())
+}
+
+async fn delete_group(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    master.delete_group(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_default_group(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Body(body): Body<DefaultGroupBody>,
+) -> ApiResult<StatusCode> {
+    master.set_default_group(&caller, &body.group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn hosts(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.hosts(&caller).await?).into_response())
+}
+
+async fn drain(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    master.drain(&caller, &name, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn undrain(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    master.drain(&caller, &name, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Serialize)]
 struct Health {
     status: &'static str,
     version: &'static str,
@@ -28,7 +486,7 @@ struct Health {
 }
 
 /// 200 when etcd answers, 503 otherwise; tells nothing an anonymous caller should not know.
-async fn health(State(master): State<Arc<Master>>) -> impl IntoResponse {
+async fn health(State(master): Shared) -> impl IntoResponse {
     let (etcd_ok, initialized) = master.health().await;
     let body = Health {
         status: if etcd_ok { "ok" } else { "degraded" },
@@ -44,14 +502,14 @@ async fn health(State(master): State<Arc<Master>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn portal(State(master): State<Arc<Master>>) -> Html<String> {
+async fn portal(State(master): Shared) -> Html<String> {
     let (etcd_ok, initialized) = master.health().await;
     let state = match (etcd_ok, initialized) {
         (false, _) => "The cluster's state store (etcd) cannot be reached right now.",
         (true, false) => {
             "This cluster is not initialized yet: run <code>docklet-admin init</code> on the master."
         }
-        (true, true) => "Sign-in opens here soon.",
+        (true, true) => "Sign-in opens here soon; the API is at <code>/api/v1</code>.",
     };
     Html(format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Docklet</title></head>\n\

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use rand::RngExt;
 use rand::distr::Alphanumeric;
 
-use crate::model::account::{Account, HashError, Role};
+use crate::model::account::{Account, HashError};
+use crate::model::quota;
 use crate::model::cluster::ClusterInfo;
 use crate::store::{Store, StoreError};
 
@@ -73,13 +74,16 @@ pub async fn init_cluster<S: Store>(
 ) -> Result<(), InitError> {
     // `initialize` refuses an existing cluster atomically; nothing is written before that.
     let password = random_secret(20);
-    let admin = Account::local(ADMIN_USER, Role::Admin, &password)?;
+    // `root` is in group `root`, an administrators' group of the defaults.
+    let admin = Account::local(ADMIN_USER, ADMIN_USER, &password, now)?;
     let info = ClusterInfo {
         name: cluster_name.to_owned(),
         created_at: now,
         created_by_version: version.to_owned(),
     };
-    store.initialize(&info, &admin, force).await?;
+    store
+        .initialize(&info, &admin, &quota::default_groups(), force)
+        .await?;
     write_private_file(password_file, &format!("{password}\n"))
 }
 
@@ -111,7 +115,10 @@ mod tests {
             0o600
         );
         let root = account(&store);
-        assert_eq!(root.role, Role::Admin);
+        assert_eq!(root.group, "root");
+        let group = store.get_raw("/docklet/groups/root").unwrap();
+        assert!(group.contains("\"admin\":true"), "{group}");
+        assert!(store.get_raw("/docklet/groups/foundation").is_some());
         assert!(root.verify_password(password));
         let info = store.cluster_info().await.unwrap().unwrap();
         assert_eq!(info.created_at, 100);
@@ -161,6 +168,7 @@ mod tests {
             },
             version: "0.1.0".into(),
             registered_at: 1,
+            images: vec![],
         });
         init_cluster(&store, "docklet", "0.1.0", true, &file, 2)
             .await

@@ -2,6 +2,8 @@
 //! `org.docklet.Master1` D-Bus interface, and keeps its connection to etcd. It holds no state
 //! of its own: everything lives in etcd, so a restart is a non-event.
 
+pub mod actions;
+pub mod agent_client;
 pub mod api;
 pub mod bus;
 pub mod init;
@@ -41,6 +43,10 @@ pub struct Master {
     init_lock: tokio::sync::Mutex<()>,
     /// Whether the current etcd connection carries the cluster credentials.
     has_credentials: AtomicBool,
+    /// Failed logins per account and source address. Kept in this master's memory: a
+    /// restart forgets them, and with several masters each counts its own.
+    throttle: std::sync::Mutex<crate::model::account::Throttle>,
+    pam: Arc<dyn crate::sys::pam::PasswordCheck>,
 }
 
 pub fn now_secs() -> u64 {
@@ -59,6 +65,10 @@ impl Master {
             store: watch::Sender::new(None),
             init_lock: tokio::sync::Mutex::new(()),
             has_credentials: AtomicBool::new(false),
+            throttle: Default::default(),
+            pam: Arc::new(crate::sys::pam::Pam {
+                service: "docklet".into(),
+            }),
         }
     }
 
@@ -278,6 +288,9 @@ impl Master {
             };
             match EtcdStore::connect(&self.config, creds.as_ref()).await {
                 Ok(store) => {
+                    if creds.is_some() {
+                        ensure_default_groups(&store).await;
+                    }
                     self.has_credentials
                         .store(creds.is_some(), Ordering::SeqCst);
                     self.store.send_replace(Some(store));
@@ -335,6 +348,21 @@ impl Master {
             Err(e) => format!("{listening}; etcd {endpoints} unreachable: {e} (retrying)"),
         };
         self.status.set(text);
+    }
+}
+
+/// Clusters initialized by a version without groups get the default ones.
+async fn ensure_default_groups(store: &EtcdStore) {
+    if !matches!(store.cluster_info().await, Ok(Some(_))) {
+        return;
+    }
+    match store
+        .ensure_groups(&crate::model::quota::default_groups())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!("created {n} missing default groups"),
+        Err(e) => warn!("cannot check the default groups: {e}"),
     }
 }
 
@@ -416,7 +444,10 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     let app = api::router(master.clone());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
             .with_graceful_shutdown(async {
                 let _ = http_stopped.await;
             })

@@ -1,24 +1,102 @@
-//! Portal accounts stored in etcd. `init` creates the administrator `root` with a random
-//! password; later issues add PAM users, groups and quotas.
+//! Portal accounts, API tokens and login throttling. An account is a Docklet user: local
+//! (Argon2id hash kept in etcd) or PAM (the system checks the password; the account records
+//! the group and status). Its group carries the quota and decides whether it administers.
+//! Tokens are random secrets of which only a SHA-256 digest is stored.
+
+use std::collections::HashMap;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    User,
+pub enum AccountStatus {
+    /// Registered, waiting for an administrator: may log in, may not create anything.
+    Applying,
+    Normal,
+    /// May not log in; existing tokens stop working.
+    Locked,
 }
 
+impl std::str::FromStr for AccountStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "applying" => Ok(AccountStatus::Applying),
+            "normal" => Ok(AccountStatus::Normal),
+            "locked" => Ok(AccountStatus::Locked),
+            other => Err(format!(
+                "unknown status {other:?} (expected applying, normal or locked)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Docklet's own password (Argon2id).
+    Local,
+    /// The host's PAM service `docklet` checks the password.
+    Pam,
+}
+
+/// Stored at `users/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredAccount")]
 pub struct Account {
     pub name: String,
-    pub role: Role,
-    /// Argon2id PHC string; `None` for accounts that log in through PAM.
+    pub group: String,
+    pub status: AccountStatus,
+    pub auth: AuthMethod,
+    /// Argon2id PHC string; only for local accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: u64,
+}
+
+/// An account as stored by any version: records written before groups existed carry a
+/// `role` instead of a group, status and method (only local accounts existed then).
+#[derive(Deserialize)]
+struct StoredAccount {
+    name: String,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    status: Option<AccountStatus>,
+    #[serde(default)]
+    auth: Option<AuthMethod>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default)]
+    created_at: u64,
+}
+
+impl From<StoredAccount> for Account {
+    fn from(stored: StoredAccount) -> Account {
+        let group = stored.group.unwrap_or_else(|| {
+            match stored.role.as_deref() {
+                Some("admin") => "root",
+                _ => crate::model::quota::DEFAULT_GROUP,
+            }
+            .to_owned()
+        });
+        Account {
+            name: stored.name,
+            group,
+            status: stored.status.unwrap_or(AccountStatus::Normal),
+            auth: stored.auth.unwrap_or(AuthMethod::Local),
+            password_hash: stored.password_hash,
+            created_at: stored.created_at,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +112,27 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
 }
 
 impl Account {
-    pub fn local(name: &str, role: Role, password: &str) -> Result<Account, HashError> {
+    pub fn local(name: &str, group: &str, password: &str, now: u64) -> Result<Account, HashError> {
         Ok(Account {
             name: name.to_owned(),
-            role,
+            group: group.to_owned(),
+            status: AccountStatus::Normal,
+            auth: AuthMethod::Local,
             password_hash: Some(hash_password(password)?),
+            created_at: now,
         })
+    }
+
+    /// The record a PAM user gets at the first successful login.
+    pub fn pam(name: &str, group: &str, now: u64) -> Account {
+        Account {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            status: AccountStatus::Normal,
+            auth: AuthMethod::Pam,
+            password_hash: None,
+            created_at: now,
+        }
     }
 
     /// True when `password` is this local account's password.
@@ -56,13 +149,198 @@ impl Account {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("user name {0:?} is invalid: {1}")]
+    InvalidName(String, &'static str),
+    #[error("the password is too short: at least {MIN_PASSWORD} characters")]
+    ShortPassword,
+    #[error("the password is too long: at most {MAX_PASSWORD} bytes")]
+    LongPassword,
+}
+
+pub const MIN_PASSWORD: usize = 8;
+/// Argon2 takes longer with longer input: a bound keeps a login request cheap.
+pub const MAX_PASSWORD: usize = 1024;
+pub const MAX_NAME: usize = 16;
+
+/// Docklet user names: a lower-case letter, then lower-case letters and digits, at most 16.
+/// No dash, so a vnode id `<user>-<cluster>-<index>` names one user and one cluster only;
+/// system accounts with other names cannot use Docklet (and are told so at login).
+pub fn validate_account_name(name: &str) -> Result<(), AccountError> {
+    let bad = |reason| Err(AccountError::InvalidName(name.to_owned(), reason));
+    if name.is_empty() || name.len() > MAX_NAME {
+        return bad("must be 1 to 16 characters");
+    }
+    let mut bytes = name.bytes();
+    if !bytes.next().is_some_and(|b| b.is_ascii_lowercase()) {
+        return bad("must start with a lower-case letter a-z");
+    }
+    if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return bad("may only contain a-z and 0-9");
+    }
+    Ok(())
+}
+
+pub fn validate_password(password: &str) -> Result<(), AccountError> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(AccountError::ShortPassword);
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(AccountError::LongPassword);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Made by a login; ends at logout or after [`SESSION_SECS`].
+    Session,
+    /// Made by the user for scripts; lives until revoked.
+    Api,
+}
+
+/// How long a login session lasts.
+pub const SESSION_SECS: u64 = 7 * 24 * 3600;
+/// `last_used_at` is written at most this often per token, not on every request.
+pub const LAST_USE_PRECISION_SECS: u64 = 60;
+/// Every token starts with this, so secret scanners and people recognise one.
+pub const TOKEN_PREFIX: &str = "dkt_";
+
+/// Stored at `tokens/<digest>`, where digest is [`token_digest`] of the secret: the secret
+/// itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public handle (the digest's first 12 hex digits), for listing and revoking.
+    pub id: String,
+    pub user: String,
+    pub kind: TokenKind,
+    /// What the user called it (API tokens) or the client's address (sessions).
+    pub name: String,
+    pub created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Whether a request at `now` should record its use.
+    pub fn use_is_news(&self, now: u64) -> bool {
+        self.last_used_at
+            .is_none_or(|at| now >= at + LAST_USE_PRECISION_SECS)
+    }
+}
+
+/// The hex SHA-256 of a token secret: its key in etcd. A fast hash suffices, unlike for
+/// passwords: the secret has 190 bits of entropy.
+pub fn token_digest(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn token_id(digest: &str) -> String {
+    digest[..12].to_owned()
+}
+
+/// Whether `text` looks like a token at all (cheap check before any etcd read).
+pub fn plausible_token(text: &str) -> bool {
+    text.len() == TOKEN_PREFIX.len() + 32
+        && text.starts_with(TOKEN_PREFIX)
+        && text[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Failed-login bookkeeping for one key (an account or a source address).
+#[derive(Debug, Clone, Copy, Default)]
+struct Failures {
+    count: u32,
+    blocked_until: u64,
+}
+
+/// Login throttling: after `free` failures in a row for the same account (or `free_per_source`
+/// from the same address), each further failure blocks that key for twice as long as the
+/// last, from [`Throttle::FIRST_BLOCK_SECS`] up to an hour. A success clears the account.
+#[derive(Debug)]
+pub struct Throttle {
+    free: u32,
+    free_per_source: u32,
+    accounts: HashMap<String, Failures>,
+    sources: HashMap<String, Failures>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new(5, 20)
+    }
+}
+
+impl Throttle {
+    pub const FIRST_BLOCK_SECS: u64 = 30;
+    pub const MAX_BLOCK_SECS: u64 = 3600;
+    /// Entries are forgotten this long after their last block ended.
+    const FORGET_SECS: u64 = 24 * 3600;
+
+    pub fn new(free: u32, free_per_source: u32) -> Throttle {
+        Throttle {
+            free,
+            free_per_source,
+            accounts: HashMap::new(),
+            sources: HashMap::new(),
+        }
+    }
+
+    /// Seconds the caller must still wait before trying `user` from `source` again; 0: go.
+    pub fn wait(&self, user: &str, source: &str, now: u64) -> u64 {
+        let left = |f: Option<&Failures>| f.map_or(0, |f| f.blocked_until.saturating_sub(now));
+        left(self.accounts.get(user)).max(left(self.sources.get(source)))
+    }
+
+    pub fn failed(&mut self, user: &str, source: &str, now: u64) {
+        fn bump(map: &mut HashMap<String, Failures>, key: &str, free: u32, now: u64) {
+            let entry = map.entry(key.to_owned()).or_default();
+            entry.count += 1;
+            if entry.count > free {
+                let doublings = (entry.count - free - 1).min(16);
+                let block =
+                    (Throttle::FIRST_BLOCK_SECS << doublings).min(Throttle::MAX_BLOCK_SECS);
+                entry.blocked_until = now + block;
+            }
+        }
+        bump(&mut self.accounts, user, self.free, now);
+        bump(&mut self.sources, source, self.free_per_source, now);
+        // Bound the memory an attacker with many names can make us use.
+        if self.accounts.len() + self.sources.len() > 100_000 {
+            self.forget_old(now);
+        }
+    }
+
+    pub fn succeeded(&mut self, user: &str) {
+        self.accounts.remove(user);
+    }
+
+    fn forget_old(&mut self, now: u64) {
+        let keep = |f: &Failures| f.blocked_until + Self::FORGET_SECS > now && f.count > 0;
+        self.accounts.retain(|_, f| keep(f));
+        self.sources.retain(|_, f| keep(f));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn local_account_verifies_only_its_password() {
-        let account = Account::local("root", Role::Admin, "correct horse").unwrap();
+        let account = Account::local("root", "root", "correct horse", 1).unwrap();
         let hash = account.password_hash.as_deref().unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(!hash.contains("correct horse"));
@@ -78,13 +356,120 @@ mod tests {
 
     #[test]
     fn account_without_hash_or_with_garbage_never_verifies() {
-        let mut account = Account {
-            name: "alice".into(),
-            role: Role::User,
-            password_hash: None,
-        };
+        let mut account = Account::pam("alice", "foundation", 1);
         assert!(!account.verify_password("anything"));
         account.password_hash = Some("not-a-phc-string".into());
         assert!(!account.verify_password("not-a-phc-string"));
+    }
+
+    #[test]
+    fn records_from_before_groups_still_read() {
+        let old: Account = serde_json::from_str(
+            r#"{"name":"root","role":"admin","password_hash":"$argon2id$x"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.group, "root");
+        assert_eq!(old.auth, AuthMethod::Local);
+        assert_eq!(old.status, AccountStatus::Normal);
+        let new = Account::pam("alice", "primary", 5);
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<Account>(&text).unwrap(), new);
+    }
+
+    #[test]
+    fn account_names_fit_vnode_ids() {
+        for good in ["alice", "a", "bob2", "abcdefghijklmnop"] {
+            assert!(validate_account_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "2bob",
+            "a-b",
+            "a_b",
+            "a.b",
+            "abcdefghijklmnopq",
+            "../x",
+            "a b",
+        ] {
+            assert!(validate_account_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_have_bounds() {
+        assert_eq!(validate_password("short"), Err(AccountError::ShortPassword));
+        assert!(validate_password("long enough").is_ok());
+        assert_eq!(
+            validate_password(&"x".repeat(2000)),
+            Err(AccountError::LongPassword)
+        );
+    }
+
+    #[test]
+    fn token_digests_are_stable_hex_and_ids_their_prefix() {
+        let d = token_digest("dkt_abc");
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, token_digest("dkt_abc"));
+        assert_ne!(d, token_digest("dkt_abd"));
+        assert_eq!(token_id(&d), &d[..12]);
+        assert!(plausible_token(&format!("dkt_{}", "a1".repeat(16))));
+        assert!(!plausible_token("dkt_short"));
+        assert!(!plausible_token(&format!("xxx_{}", "a1".repeat(16))));
+        assert!(!plausible_token(&format!("dkt_{}", "a/".repeat(16))));
+    }
+
+    #[test]
+    fn tokens_expire_and_record_use_sparingly() {
+        let mut t = TokenRecord {
+            id: "x".into(),
+            user: "alice".into(),
+            kind: TokenKind::Session,
+            name: "".into(),
+            created_at: 100,
+            last_used_at: None,
+            expires_at: Some(200),
+        };
+        assert!(!t.expired(199));
+        assert!(t.expired(200));
+        assert!(t.use_is_news(150));
+        t.last_used_at = Some(150);
+        assert!(!t.use_is_news(150 + LAST_USE_PRECISION_SECS - 1));
+        assert!(t.use_is_news(150 + LAST_USE_PRECISION_SECS));
+    }
+
+    #[test]
+    fn throttle_blocks_an_account_after_free_failures_and_doubles() {
+        let mut t = Throttle::new(3, 100);
+        for _ in 0..3 {
+            assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0);
+            t.failed("alice", "10.0.0.1", 1000);
+        }
+        assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0, "three are free");
+        t.failed("alice", "10.0.0.1", 1000);
+        assert_eq!(t.wait("alice", "10.0.0.2", 1000), Throttle::FIRST_BLOCK_SECS);
+        assert_eq!(t.wait("bob", "10.0.0.1", 1000), 0, "others are not blocked");
+        t.failed("alice", "10.0.0.1", 1000);
+        assert_eq!(
+            t.wait("alice", "10.0.0.1", 1000),
+            2 * Throttle::FIRST_BLOCK_SECS
+        );
+        for _ in 0..20 {
+            t.failed("alice", "10.0.0.1", 1000);
+        }
+        assert_eq!(t.wait("alice", "x", 1000), Throttle::MAX_BLOCK_SECS);
+        t.succeeded("alice");
+        assert_eq!(t.wait("alice", "x", 1000), 0);
+    }
+
+    #[test]
+    fn throttle_blocks_a_source_trying_many_accounts() {
+        let mut t = Throttle::new(5, 4);
+        for i in 0..5 {
+            t.failed(&format!("user{i}"), "10.0.0.9", 50);
+        }
+        assert_eq!(t.wait("someone", "10.0.0.9", 50), Throttle::FIRST_BLOCK_SECS);
+        assert_eq!(t.wait("someone", "10.0.0.8", 50), 0);
+        assert_eq!(t.wait("someone", "10.0.0.9", 50 + Throttle::FIRST_BLOCK_SECS), 0);
     }
 }

@@ -21,6 +21,10 @@ pub struct HostRecord {
     pub capacity: Capacity,
     /// Docklet version of the worker.
     pub version: String,
+    /// Images installed on the host (names under `fs_prefix/local/images` with a `current`
+    /// version), so the master places vnodes only where their image is.
+    #[serde(default)]
+    pub images: Vec<String>,
     /// Unix seconds when this worker registered.
     pub registered_at: u64,
 }
@@ -153,6 +157,7 @@ mod tests {
             },
             version: "0.1.0".into(),
             registered_at: 1_000,
+            images: vec![],
         }
     }
 

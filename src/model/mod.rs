@@ -5,4 +5,7 @@ pub mod account;
 pub mod cluster;
 pub mod host;
 pub mod network;
+pub mod placement;
+pub mod quota;
+pub mod vcluster;
 pub mod vnode;

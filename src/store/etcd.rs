@@ -13,6 +13,7 @@ use tonic::Code;
 use super::{Keys, Store, StoreError, decode, encode};
 use crate::config::Config;
 use crate::model::account::Account;
+use crate::model::quota::Group;
 use crate::model::cluster::{ClusterInfo, EtcdCredentials};
 use crate::model::host::HostRecord;
 
@@ -297,6 +298,7 @@ impl Store for EtcdStore {
         &self,
         info: &ClusterInfo,
         admin: &Account,
+        groups: &[Group],
         force: bool,
     ) -> Result<(), StoreError> {
         let mut kv = self.client.kv_client();
@@ -320,6 +322,9 @@ impl Store for EtcdStore {
         }
         operations.push(TxnOp::put(self.keys.cluster(), encode(info), None));
         operations.push(TxnOp::put(self.keys.user(&admin.name), encode(admin), None));
+        for group in groups {
+            operations.push(TxnOp::put(self.keys.group(&group.name), encode(group), None));
+        }
         let mut txn = Txn::new();
         if !force {
             txn = txn.when([Compare::create_revision(

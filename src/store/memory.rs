@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use super::{Keys, Store, StoreError, decode, encode};
 use crate::model::account::Account;
+use crate::model::quota::Group;
 use crate::model::cluster::ClusterInfo;
 use crate::model::host::HostRecord;
 
@@ -55,6 +56,7 @@ impl Store for MemoryStore {
         &self,
         info: &ClusterInfo,
         admin: &Account,
+        groups: &[Group],
         force: bool,
     ) -> Result<(), StoreError> {
         let mut data = self.data.lock().unwrap();
@@ -68,6 +70,9 @@ impl Store for MemoryStore {
         }
         data.insert(self.keys.cluster(), encode(info));
         data.insert(self.keys.user(&admin.name), encode(admin));
+        for group in groups {
+            data.insert(self.keys.group(&group.name), encode(group));
+        }
         Ok(())
     }
 }

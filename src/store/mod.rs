@@ -13,14 +13,25 @@
 //!   written in one transaction so no two users share a range;
 //! - `network/users/<user>` ([`UserNet`](crate::model::network::UserNet)), `network/blocks/<cidr>`
 //!   (owner), `network/addrs/<user>/<address>` (vnode id), `network/vteps/<host>` (the host's
-//!   VXLAN endpoint) and `quotas/<user>` (vnode quota): see [`network`].
+//!   VXLAN endpoint) and `quotas/<user>` (a user's own vnode quota, over the group's): see
+//!   [`network`];
+//! - `groups/<name>` ([`Group`](crate::model::quota::Group)), `settings/default-group`,
+//!   `tokens/<sha256>` ([`TokenRecord`](crate::model::account::TokenRecord)): see [`accounts`];
+//! - `clusters/<user>/<name>` ([`VCluster`](crate::model::vcluster::VCluster)), `usage/<user>`
+//!   and `allocations/<host>` ([`Usage`](crate::model::quota::Usage): what a user's vnodes
+//!   and a host's vnodes hold, changed in the transactions that create and forget vnodes),
+//!   `operations/<id>` and `idempotency/<user>/<key>` (leased), `drain/<host>`: see
+//!   [`clusters`].
 
 use std::future::Future;
 
 use crate::model::account::Account;
+use crate::model::quota::Group;
 use crate::model::cluster::ClusterInfo;
 use crate::model::host::HostRecord;
 
+pub mod accounts;
+pub mod clusters;
 pub mod etcd;
 pub mod memory;
 pub mod network;
@@ -47,6 +58,11 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Exhausted(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// No host can take what was asked.
+    #[error("{0}")]
+    NoCapacity(String),
 }
 
 /// Key names, in one place.
@@ -124,6 +140,55 @@ impl Keys {
     pub fn quota_key(&self, user: &str) -> String {
         format!("{}quotas/{user}", self.prefix)
     }
+    pub fn users(&self) -> String {
+        format!("{}users/", self.prefix)
+    }
+    pub fn groups(&self) -> String {
+        format!("{}groups/", self.prefix)
+    }
+    pub fn group(&self, name: &str) -> String {
+        format!("{}groups/{name}", self.prefix)
+    }
+    pub fn default_group(&self) -> String {
+        format!("{}settings/default-group", self.prefix)
+    }
+    pub fn tokens(&self) -> String {
+        format!("{}tokens/", self.prefix)
+    }
+    pub fn token(&self, digest: &str) -> String {
+        format!("{}tokens/{digest}", self.prefix)
+    }
+    pub fn usage(&self, user: &str) -> String {
+        format!("{}usage/{user}", self.prefix)
+    }
+    pub fn allocations(&self) -> String {
+        format!("{}allocations/", self.prefix)
+    }
+    pub fn allocation(&self, host: &str) -> String {
+        format!("{}allocations/{host}", self.prefix)
+    }
+    /// Clusters of one user (with the trailing slash).
+    pub fn user_clusters(&self, user: &str) -> String {
+        format!("{}clusters/{user}/", self.prefix)
+    }
+    pub fn clusters(&self) -> String {
+        format!("{}clusters/", self.prefix)
+    }
+    pub fn cluster_record(&self, user: &str, name: &str) -> String {
+        format!("{}clusters/{user}/{name}", self.prefix)
+    }
+    pub fn operation(&self, id: &str) -> String {
+        format!("{}operations/{id}", self.prefix)
+    }
+    pub fn idempotency(&self, user: &str, key: &str) -> String {
+        format!("{}idempotency/{user}/{key}", self.prefix)
+    }
+    pub fn drains(&self) -> String {
+        format!("{}drain/", self.prefix)
+    }
+    pub fn drain(&self, host: &str) -> String {
+        format!("{}drain/{host}", self.prefix)
+    }
 }
 
 /// What the controllers need from the cluster state.
@@ -134,13 +199,15 @@ pub trait Store: Send + Sync {
     /// Every host whose worker currently holds its lease, sorted by name.
     fn list_hosts(&self) -> impl Future<Output = Result<Vec<HostRecord>, StoreError>> + Send;
 
-    /// Writes the cluster record and the portal administrator in one transaction. Refuses with
+    /// Writes the cluster record, the portal administrator and the default groups in one
+    /// transaction. Refuses with
     /// [`StoreError::AlreadyInitialized`] when the cluster record exists, unless `force`, which
     /// first deletes every key of the cluster except the live host registrations.
     fn initialize(
         &self,
         info: &ClusterInfo,
         admin: &Account,
+        groups: &[Group],
         force: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -2,7 +2,6 @@
 //! endpoints and users' vnode quotas. A vnode's address is assigned in the very transaction
 //! that creates its spec, so no two vnodes ever share one, however many creates race.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
@@ -26,12 +25,18 @@ impl From<network::IpamError> for StoreError {
 }
 
 impl EtcdStore {
-    /// A user's vnode quota (the default until one is set).
+    /// A user's vnode quota: the user's own when an administrator set one, else the group's,
+    /// else the default (vnodes of users without an account, made with the admin primitive).
     pub async fn vnode_quota(&self, user: &str) -> Result<u32, StoreError> {
-        Ok(self
-            .get_json(&self.keys.quota_key(user))
-            .await?
-            .unwrap_or(DEFAULT_VNODE_QUOTA))
+        if let Some(own) = self.get_json(&self.keys.quota_key(user)).await? {
+            return Ok(own);
+        }
+        if let Some(account) = self.account(user).await?
+            && let Some(group) = self.group(&account.group).await?
+        {
+            return Ok(group.quota.vnodes);
+        }
+        Ok(DEFAULT_VNODE_QUOTA)
     }
 
     pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), StoreError> {
@@ -79,7 +84,7 @@ impl EtcdStore {
 
     /// The user's network, made or grown to hold the quota. Blocks are claimed in a
     /// transaction on the block key and the user's record, so two users never share one.
-    async fn user_net_for(
+    pub(super) async fn user_net_for(
         &self,
         user: &str,
         quota: u32,
@@ -147,56 +152,25 @@ impl EtcdStore {
     }
 
     /// Writes a new vnode spec on `host` with a fresh address of its user's network, the id
-    /// index and the address claim in one transaction. Refuses an id that exists anywhere.
+    /// index and the address claim in one transaction (the administrator's primitive: no
+    /// group quota, no placement). Refuses an id that exists anywhere.
     pub async fn create_vnode(
         &self,
         host: &str,
         spec: &VNodeSpec,
         plan: &AddressPlan,
     ) -> Result<VNodeSpec, StoreError> {
-        let quota = self.vnode_quota(&spec.user).await?;
-        let index = self.keys.vnode_host(&spec.id);
-        let mut kv = self.client.kv_client();
-        loop {
-            if self.vnode_host(&spec.id).await?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "a vnode with id {} already exists",
-                    spec.id
-                )));
-            }
-            let (net, revision) = self.user_net_for(&spec.user, quota, plan).await?;
-            let addrs = self.keys.network_addrs(&spec.user);
-            let used: HashSet<Ipv4Addr> = self
-                .keys_under(&addrs)
-                .await?
-                .iter()
-                .filter_map(|k| k.parse().ok())
-                .collect();
-            let address = network::free_address(&spec.user, &net, quota, &used, |n| {
-                rand::random_range(0..n)
-            })?;
-            let mut created = spec.clone();
-            created.address = Some(address);
-            let addr_key = self.address_key(&spec.user, address);
-            let txn = Txn::new()
-                .when([
-                    Compare::create_revision(index.clone(), CompareOp::Equal, 0),
-                    Compare::create_revision(addr_key.clone(), CompareOp::Equal, 0),
-                    Compare::mod_revision(
-                        self.keys.network_user(&spec.user),
-                        CompareOp::Equal,
-                        revision,
-                    ),
-                ])
-                .and_then([
-                    TxnOp::put(index.clone(), host, None),
-                    TxnOp::put(self.keys.vnode(host, &spec.id), encode(&created), None),
-                    TxnOp::put(addr_key, spec.id.as_str(), None),
-                ]);
-            if kv.txn(txn).await.map_err(classify)?.succeeded() {
-                return Ok(created);
-            }
-        }
+        let write = super::clusters::NodeWrite {
+            user: &spec.user,
+            quota: None,
+            cluster: None,
+            nodes: vec![(host.to_owned(), spec.clone())],
+            operation: None,
+            idempotency_key: None,
+            check_hosts: &|_| Ok(()),
+        };
+        let mut created = self.write_nodes(&write, plan).await?;
+        Ok(created.remove(0))
     }
 
     /// The key that claims `address` for a vnode of `user`.

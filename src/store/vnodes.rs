@@ -8,6 +8,7 @@ use etcd_client::{
 
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
+use crate::model::quota::Usage;
 use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
 
 /// A spec as read from etcd: unreadable ones are kept (with the error) so the worker can
@@ -162,29 +163,62 @@ impl EtcdStore {
     }
 
     /// Forgets a deleted vnode: spec, status, id index and its address claim (if it still
-    /// holds it) go in one transaction.
+    /// holds it) go in one transaction, which also releases what it held of its user's usage
+    /// and its host's allocation. Only the transaction that sees the spec still there
+    /// releases anything, so a repeated call releases nothing twice.
     pub async fn remove_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
         let id = spec.id.as_str();
-        let mut ops = vec![
-            TxnOp::delete(self.keys.vnode(host, id), None::<DeleteOptions>),
-            TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
-            TxnOp::delete(self.keys.vnode_host(id), None::<DeleteOptions>),
-        ];
-        if let Some(address) = spec.address {
-            let claim = self.address_key(&spec.user, address);
-            ops.push(TxnOp::txn(
-                Txn::new()
-                    .when([Compare::value(claim.clone(), CompareOp::Equal, id)])
-                    .and_then([TxnOp::delete(claim, None::<DeleteOptions>)]),
-            ));
+        let held = super::clusters::spec_usage(spec);
+        let spec_key = self.keys.vnode(host, id);
+        for _ in 0..64 {
+            let usage_key = self.keys.usage(&spec.user);
+            let alloc_key = self.keys.allocation(host);
+            let (usage, usage_revision) = self
+                .get_json_rev::<Usage>(&usage_key)
+                .await?
+                .unwrap_or_default();
+            let (allocated, alloc_revision) = self
+                .get_json_rev::<Usage>(&alloc_key)
+                .await?
+                .unwrap_or_default();
+            let mut ops = vec![
+                TxnOp::delete(spec_key.clone(), None::<DeleteOptions>),
+                TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
+                TxnOp::delete(self.keys.vnode_host(id), None::<DeleteOptions>),
+                TxnOp::put(usage_key.clone(), encode(&usage.minus(&held)), None),
+                TxnOp::put(alloc_key.clone(), encode(&allocated.minus(&held)), None),
+            ];
+            if let Some(address) = spec.address {
+                let claim = self.address_key(&spec.user, address);
+                ops.push(TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(claim.clone(), CompareOp::Equal, id)])
+                        .and_then([TxnOp::delete(claim, None::<DeleteOptions>)]),
+                ));
+            }
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(spec_key.clone(), CompareOp::Greater, 0),
+                    Compare::mod_revision(usage_key, CompareOp::Equal, usage_revision),
+                    Compare::mod_revision(alloc_key, CompareOp::Equal, alloc_revision),
+                ])
+                .and_then(ops);
+            if self.txn_ok(txn).await? {
+                return Ok(());
+            }
+            if self.get_json_rev::<VNodeSpec>(&spec_key).await?.is_none() {
+                // Forgotten already (by an earlier call whose answer we lost).
+                let _ = self
+                    .client
+                    .kv_client()
+                    .delete(self.keys.vnode_status(id), None)
+                    .await;
+                return Ok(());
+            }
         }
-        let txn = Txn::new().and_then(ops);
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map(|_| ())
-            .map_err(classify)
+        Err(StoreError::Unavailable(format!(
+            "could not forget vnode {id}: too many concurrent changes"
+        )))
     }
 
     /// The user's uid range slot, allocated on first use. Two workers allocating for different

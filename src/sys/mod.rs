@@ -7,4 +7,5 @@ pub mod firewall;
 pub mod host;
 pub mod mounts;
 pub mod netlink;
+pub mod pam;
 pub mod systemd;

@@ -103,6 +103,7 @@ impl Worker {
             capacity,
             version: crate::VERSION.to_owned(),
             registered_at,
+            images: vnodes::installed_images(&self.config),
         }
     }
 

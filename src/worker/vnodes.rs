@@ -108,6 +108,19 @@ pub fn images_dir(config: &Config) -> PathBuf {
     config.local_dir().join("images")
 }
 
+/// Names of the images that have a `current` version here, sorted.
+pub fn installed_images(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(images_dir(config))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("current").exists())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
 /// The user's persistent data, on the shared filesystem: `/root/nfs` in all their vnodes.
 pub fn user_data_dir(config: &Config, user: &str) -> PathBuf {
     config.global_dir().join("users").join(user).join("data")

@@ -40,13 +40,24 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// How long one command in a testbed host may take: a hung command fails its test with the
+/// command named, instead of hanging the suite.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
+
 /// Runs a shell command inside a testbed host.
 pub fn sh(host: &str, script: &str) -> Run {
-    let output = Command::new(repo().join("tools/testbed"))
+    let output = Command::new("timeout")
+        .args(["--kill-after=5", &format!("{}", COMMAND_LIMIT.as_secs())])
+        .arg(repo().join("tools/testbed"))
         .args(["exec", host, "bash", "-c", script])
         .output()
         .expect("run tools/testbed exec");
-    Run::from(output)
+    let run = Run::from(output);
+    // 124: timeout's own status when it had to stop the command (137 after the kill).
+    if run.code == 124 || run.code == 137 {
+        panic!("`{script}` on {host} did not finish within {COMMAND_LIMIT:?}: {run}");
+    }
+    run
 }
 
 /// Runs a shell command that must succeed, returning its stdout.

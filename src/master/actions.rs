@@ -1,0 +1,1423 @@
+//! What the API does, as typed actions on the cluster state. The HTTP handlers (`api`) and
+//! the D-Bus interface (`bus`) parse their input into these calls and map [`ApiError`] to
+//! their own errors. Every action takes the authenticated [`Caller`] and authorizes it here,
+//! never only in a front-end.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::{Master, now_secs};
+use crate::model::account::{
+    self, Account, AccountStatus, AuthMethod, SESSION_SECS, TOKEN_PREFIX, TokenKind, TokenRecord,
+};
+use crate::model::host::HostRecord;
+use crate::model::placement::{self, HostLoad};
+use crate::model::quota::{self, Group, NodeSize, Quota, Usage};
+use crate::model::vcluster::{
+    self, ClusterState, CreateClusterRequest, InputError, NodeSeen, NodeState, Operation,
+    OperationKind, Progress, VCluster,
+};
+use crate::model::vnode::{self, DesiredState, VNodeSpec};
+use crate::store::clusters::NodeWrite;
+use crate::store::network::AddressPlan;
+use crate::store::{EtcdStore, Store, StoreError};
+
+/// An API failure: an HTTP status, a machine-readable code and a message for people.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Input(InputError),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("too many failed logins: try again in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Unauthenticated(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Input(_) | ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => 422,
+            ApiError::Throttled { .. } => 429,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Input(e) => e.code,
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::NoCapacity(_) => "no_capacity",
+            ApiError::Throttled { .. } => "throttled",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Input(e) => Some(e.field),
+            _ => None,
+        }
+    }
+
+    fn invalid(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Input(InputError {
+            code,
+            field,
+            message: message.into(),
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Unauthenticated(_) => ApiError::Unavailable(
+                format!("the cluster state (etcd) cannot be reached right now: {e}"),
+            ),
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
+            StoreError::Exhausted(m) | StoreError::NoCapacity(m) => ApiError::NoCapacity(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        ApiError::Input(e)
+    }
+}
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account: Account,
+    pub admin: bool,
+    /// The digest of the token the call came with (`None` for local D-Bus administrators).
+    pub token_digest: Option<String>,
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.account.name
+    }
+
+    /// The local administrator on D-Bus (root or group docklet-admin on the master's host).
+    pub fn local_admin() -> Caller {
+        Caller {
+            account: Account {
+                name: "root".into(),
+                group: "root".into(),
+                status: AccountStatus::Normal,
+                auth: AuthMethod::Local,
+                password_hash: None,
+                created_at: 0,
+            },
+            admin: true,
+            token_digest: None,
+        }
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("administrators only".into()))
+        }
+    }
+
+    /// The user whose clusters a call acts on: the caller, or (administrators only) `user`.
+    fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
+        match user {
+            Some(user) if user != self.name() => {
+                self.require_admin()
+                    .map_err(|_| ApiError::Forbidden("you may only act on your own clusters".into()))?;
+                Ok(user.to_owned())
+            }
+            _ => Ok(self.name().to_owned()),
+        }
+    }
+
+    fn require_normal(&self) -> Result<(), ApiError> {
+        match self.account.status {
+            AccountStatus::Normal => Ok(()),
+            AccountStatus::Applying => Err(ApiError::Forbidden(
+                "your account is waiting for an administrator's approval".into(),
+            )),
+            AccountStatus::Locked => Err(ApiError::Forbidden("your account is locked".into())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResult {
+    pub token: String,
+    pub user: String,
+    pub admin: bool,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub record: TokenRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub user: String,
+    pub group: String,
+    pub admin: bool,
+    pub status: AccountStatus,
+    pub auth: AuthMethod,
+    pub quota: Quota,
+    pub usage: Usage,
+    pub defaults: NodeSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub index: u32,
+    pub id: String,
+    pub hostname: String,
+    pub state: NodeState,
+    pub address: Option<std::net::Ipv4Addr>,
+    pub host: String,
+    pub image: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub name: String,
+    pub user: String,
+    pub image: String,
+    pub state: ClusterState,
+    pub node_size: NodeSize,
+    pub created_at: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperationView {
+    #[serde(flatten)]
+    pub operation: Operation,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub allocated: Usage,
+    pub draining: bool,
+    pub images: Vec<String>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    /// Only for local accounts; PAM accounts have none here.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub status: Option<AccountStatus>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Changes to a group; absent fields stay as they are.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    #[serde(default)]
+    pub admin: Option<bool>,
+    #[serde(default)]
+    pub quota: Option<QuotaPatch>,
+    #[serde(default)]
+    pub defaults: Option<NodeSize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPatch {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub disk_bytes: Option<u64>,
+    pub vnodes: Option<u32>,
+    pub images: Option<u32>,
+    pub port_mappings: Option<u32>,
+    pub idle_secs: Option<u64>,
+}
+
+impl QuotaPatch {
+    fn apply(&self, quota: &mut Quota) {
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { quota.$f = v; })* };
+        }
+        set!(
+            cpu_millis,
+            memory_bytes,
+            disk_bytes,
+            vnodes,
+            images,
+            port_mappings,
+            idle_secs
+        );
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub stdin: String,
+    /// The user inside the vnode (default root).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A create's answer: the operation, and whether it is an earlier one found by its
+/// idempotency key.
+pub struct Created {
+    pub operation: OperationView,
+    pub replayed: bool,
+}
+
+fn random_id(len: usize) -> String {
+    super::init::random_secret(len).to_ascii_lowercase()
+}
+
+impl Master {
+    async fn api_store(&self) -> Result<EtcdStore, ApiError> {
+        self.store()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    fn address_plan(&self) -> AddressPlan {
+        AddressPlan {
+            cluster_net: self.config.cluster_net,
+            vni_base: self.config.vni_base,
+        }
+    }
+
+    // ---- authentication ----
+
+    /// Checks a user's password (local hash or PAM) under the login throttle; on success
+    /// makes a session token. A PAM user's account is created at the first login.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<LoginResult, ApiError> {
+        let now = now_secs();
+        let wait = self.throttle.lock().unwrap().wait(user, source, now);
+        if wait > 0 {
+            return Err(ApiError::Throttled { retry_after: wait });
+        }
+        let refused = || ApiError::Unauthenticated("wrong user name or password".into());
+        if password.len() > account::MAX_PASSWORD || user.len() > 256 {
+            return Err(refused());
+        }
+        let store = self.api_store().await?;
+        let existing = store.account(user).await?;
+        let verified = match &existing {
+            Some(a) if a.auth == AuthMethod::Local => {
+                let (a, pw) = (a.clone(), password.to_owned());
+                tokio::task::spawn_blocking(move || a.verify_password(&pw))
+                    .await
+                    .unwrap_or(false)
+            }
+            _ => {
+                let (pam, u, pw) = (self.pam.clone(), user.to_owned(), password.to_owned());
+                tokio::task::spawn_blocking(move || pam.check(&u, &pw))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            }
+        };
+        if !verified {
+            self.throttle.lock().unwrap().failed(user, source, now);
+            info!(user, source, "login refused");
+            return Err(refused());
+        }
+        let account = match existing {
+            Some(a) => a,
+            None => {
+                account::validate_account_name(user).map_err(|e| {
+                    ApiError::Forbidden(format!("{e}: this account cannot use Docklet"))
+                })?;
+                let group = store.default_group().await?;
+                let new = Account::pam(user, &group, now);
+                match store.create_account(&new).await {
+                    Ok(()) => info!(user, group, "PAM user signed up at first login"),
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                store
+                    .account(user)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("account vanished".into()))?
+            }
+        };
+        if account.status == AccountStatus::Locked {
+            return Err(ApiError::Forbidden("your account is locked".into()));
+        }
+        self.throttle.lock().unwrap().succeeded(user);
+        let admin = self.is_admin(&store, &account).await?;
+        let (token, record) = self
+            .issue_token(&store, user, TokenKind::Session, source, Some(now + SESSION_SECS))
+            .await?;
+        info!(user, source, token = %record.id, "login");
+        Ok(LoginResult {
+            token,
+            user: user.to_owned(),
+            admin,
+            expires_at: now + SESSION_SECS,
+        })
+    }
+
+    async fn is_admin(&self, store: &EtcdStore, account: &Account) -> Result<bool, ApiError> {
+        Ok(store
+            .group(&account.group)
+            .await?
+            .is_some_and(|g| g.admin))
+    }
+
+    async fn issue_token(
+        &self,
+        store: &EtcdStore,
+        user: &str,
+        kind: TokenKind,
+        name: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(String, TokenRecord), ApiError> {
+        let secret = format!("{TOKEN_PREFIX}{}", super::init::random_secret(32));
+        let digest = account::token_digest(&secret);
+        let record = TokenRecord {
+            id: account::token_id(&digest),
+            user: user.to_owned(),
+            kind,
+            name: name.to_owned(),
+            created_at: now_secs(),
+            last_used_at: None,
+            expires_at,
+        };
+        store.put_token(&digest, &record).await?;
+        Ok((secret, record))
+    }
+
+    /// The caller a bearer token stands for.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        let refused = |why: &str| ApiError::Unauthenticated(why.to_owned());
+        if !account::plausible_token(token) {
+            return Err(refused("not a Docklet token"));
+        }
+        let store = self.api_store().await?;
+        let digest = account::token_digest(token);
+        let now = now_secs();
+        let Some(mut record) = store.token(&digest).await? else {
+            return Err(refused("unknown or revoked token: log in again"));
+        };
+        if record.expired(now) {
+            let _ = store.delete_token(&digest).await;
+            return Err(refused("the session expired: log in again"));
+        }
+        let Some(account) = store.account(&record.user).await? else {
+            return Err(refused("the account no longer exists"));
+        };
+        if account.status == AccountStatus::Locked {
+            return Err(refused("the account is locked"));
+        }
+        if record.use_is_news(now) {
+            record.last_used_at = Some(now);
+            store.touch_token(&digest, &record).await?;
+        }
+        let admin = self.is_admin(&store, &account).await?;
+        Ok(Caller {
+            account,
+            admin,
+            token_digest: Some(digest),
+        })
+    }
+
+    pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
+        if let Some(digest) = &caller.token_digest {
+            self.api_store().await?.delete_token(digest).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn create_api_token(&self, caller: &Caller, name: &str) -> Result<NewToken, ApiError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "invalid_name",
+                "name",
+                "a token's name is 1 to 64 printable characters",
+            ));
+        }
+        let store = self.api_store().await?;
+        let (token, record) = self
+            .issue_token(&store, caller.name(), TokenKind::Api, name, None)
+            .await?;
+        Ok(NewToken { token, record })
+    }
+
+    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, ApiError> {
+        let store = self.api_store().await?;
+        Ok(store
+            .tokens_of(caller.name())
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        let store = self.api_store().await?;
+        for (digest, token) in store.tokens_of(caller.name()).await? {
+            if token.id == id {
+                store.delete_token(&digest).await?;
+                return Ok(());
+            }
+        }
+        Err(ApiError::NotFound(format!("you have no token {id}")))
+    }
+
+    pub async fn me(&self, caller: &Caller) -> Result<Me, ApiError> {
+        let store = self.api_store().await?;
+        self.account_view(&store, &caller.account).await
+    }
+
+    async fn account_view(&self, store: &EtcdStore, account: &Account) -> Result<Me, ApiError> {
+        let group = self.group_of(store, account).await?;
+        Ok(Me {
+            user: account.name.clone(),
+            group: group.name.clone(),
+            admin: group.admin,
+            status: account.status,
+            auth: account.auth,
+            quota: group.quota.clone(),
+            usage: store.usage(&account.name).await?,
+            defaults: group.defaults,
+        })
+    }
+
+    async fn group_of(&self, store: &EtcdStore, account: &Account) -> Result<Group, ApiError> {
+        store.group(&account.group).await?.ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "your group {} no longer exists: ask an administrator",
+                account.group
+            ))
+        })
+    }
+
+    // ---- clusters ----
+
+    pub async fn create_cluster(
+        &self,
+        caller: &Caller,
+        request: &CreateClusterRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, ApiError> {
+        caller.require_normal()?;
+        let user = caller.name().to_owned();
+        if let Some(key) = idempotency_key
+            && (key.is_empty()
+                || key.len() > 128
+                || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key: 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'".into(),
+            ));
+        }
+        let store = self.api_store().await?;
+        if let Some(key) = idempotency_key
+            && let Some(view) = self.replay(&store, &user, key).await?
+        {
+            return Ok(Created {
+                operation: view,
+                replayed: true,
+            });
+        }
+        let group = self.group_of(&store, &caller.account).await?;
+        let create = request.resolve(&group.defaults, &self.config.default_image)?;
+        let now = now_secs();
+        let cluster = VCluster {
+            name: create.name.clone(),
+            user: user.clone(),
+            image: create.image.clone(),
+            node_size: create.node,
+            nodes: (0..create.size).collect(),
+            next_index: create.size,
+            created_at: now,
+        };
+        let operation = Operation {
+            id: random_id(16),
+            kind: OperationKind::Create,
+            user: user.clone(),
+            cluster: cluster.name.clone(),
+            nodes: cluster
+                .nodes
+                .iter()
+                .map(|i| vcluster::node_id(&user, &cluster.name, *i))
+                .collect(),
+            created_at: now,
+        };
+        let sizes = vec![create.node; create.size as usize];
+        let result = self
+            .place_and_write(&store, &cluster, None, &sizes, &HashMap::new(), &group.quota, &operation, idempotency_key)
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(ApiError::Conflict(m)) if m.contains("idempotency key") => {
+                let key = idempotency_key.expect("only with a key");
+                if let Some(view) = self.replay(&store, &user, key).await? {
+                    return Ok(Created {
+                        operation: view,
+                        replayed: true,
+                    });
+                }
+                return Err(ApiError::Conflict(m));
+            }
+            Err(e) => return Err(e),
+        }
+        info!(user, cluster = %cluster.name, size = create.size, operation = %operation.id, "cluster created");
+        Ok(Created {
+            operation: self.operation_view(&store, operation).await?,
+            replayed: false,
+        })
+    }
+
+    async fn replay(
+        &self,
+        store: &EtcdStore,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<OperationView>, ApiError> {
+        let Some(id) = store.idempotent_operation(user, key).await? else {
+            return Ok(None);
+        };
+        match store.operation(&id).await? {
+            Some(op) => Ok(Some(self.operation_view(store, op).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Places `sizes` new nodes of `cluster` (whose new record already lists their indices,
+    /// the last `sizes.len()` of `nodes`) and writes everything in one transaction.
+    /// `existing` counts the cluster's nodes per host, for spreading.
+    #[allow(clippy::too_many_arguments)]
+    async fn place_and_write(
+        &self,
+        store: &EtcdStore,
+        cluster: &VCluster,
+        revision: Option<i64>,
+        sizes: &[NodeSize],
+        existing: &HashMap<String, u32>,
+        quota: &Quota,
+        operation: &Operation,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        // The quota first: its message is the more useful one when both would fail.
+        let wanted = sizes
+            .iter()
+            .fold(Usage::default(), |sum, s| sum.plus(&Usage::of_node(s)));
+        quota::admit(quota, &store.usage(&cluster.user).await?, &wanted)
+            .map_err(|e| ApiError::QuotaExceeded(e.to_string()))?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            let hosts = store.list_hosts().await?;
+            let image_hosts: Vec<&HostRecord> = hosts
+                .iter()
+                .filter(|h| h.images.iter().any(|i| *i == cluster.image))
+                .collect();
+            if image_hosts.is_empty() {
+                let known: HashSet<&String> = hosts.iter().flat_map(|h| &h.images).collect();
+                let mut known: Vec<&String> = known.into_iter().collect();
+                known.sort();
+                return Err(ApiError::invalid(
+                    "unknown_image",
+                    "image",
+                    format!(
+                        "no host has image {}; images: {}",
+                        cluster.image,
+                        known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
+            let allocations = store.allocations().await?;
+            let loads: Vec<HostLoad> = image_hosts
+                .iter()
+                .map(|h| host_load(h, &allocations, &drained, existing))
+                .collect();
+            let chosen = placement::place(&loads, sizes, self.config.overcommit)
+                .map_err(|e| ApiError::NoCapacity(e.to_string()))?;
+            let first_new = cluster.nodes.len() - sizes.len();
+            let nodes: Vec<(String, VNodeSpec)> = chosen
+                .iter()
+                .zip(sizes)
+                .zip(&cluster.nodes[first_new..])
+                .map(|((host, size), index)| {
+                    (
+                        loads[*host].name.clone(),
+                        node_spec(cluster, *index, size),
+                    )
+                })
+                .collect();
+            let capacity: HashMap<String, HostLoad> =
+                loads.iter().map(|l| (l.name.clone(), l.clone())).collect();
+            let overcommit = self.config.overcommit;
+            let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
+                for (host, allocated) in after {
+                    if let Some(load) = capacity.get(host) {
+                        let mut load = load.clone();
+                        load.allocated = *allocated;
+                        load.draining = false;
+                        if !placement::within(&load, overcommit) {
+                            return Err(StoreError::NoCapacity(format!(
+                                "host {host} filled up meanwhile"
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let write = NodeWrite {
+                user: &cluster.user,
+                quota: Some(quota),
+                cluster: Some((cluster, revision)),
+                nodes,
+                operation: Some(operation),
+                idempotency_key,
+                check_hosts: &check,
+            };
+            match store.write_nodes(&write, &self.address_plan()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::NoCapacity(m)) => last_error = Some(m),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::NoCapacity(last_error.unwrap_or_default()))
+    }
+
+    pub async fn list_clusters(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+    ) -> Result<Vec<ClusterView>, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let hosts_up = hosts_up(&store).await?;
+        let mut views = Vec::new();
+        for cluster in store.clusters_of(&owner).await? {
+            views.push(self.cluster_view(&store, cluster, &hosts_up).await?);
+        }
+        Ok(views)
+    }
+
+    pub async fn show_cluster(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+    ) -> Result<ClusterView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let cluster = self.find_cluster(&store, &owner, name).await?.0;
+        let hosts_up = hosts_up(&store).await?;
+        self.cluster_view(&store, cluster, &hosts_up).await
+    }
+
+    async fn find_cluster(
+        &self,
+        store: &EtcdStore,
+        owner: &str,
+        name: &str,
+    ) -> Result<(VCluster, i64), ApiError> {
+        // A malformed name cannot name anything: the same 404 as an absent cluster.
+        if vcluster::validate_cluster_name(name).is_err() {
+            return Err(ApiError::NotFound(format!("no cluster named {name:?}")));
+        }
+        store
+            .cluster(owner, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no cluster named {name}")))
+    }
+
+    async fn cluster_view(
+        &self,
+        store: &EtcdStore,
+        cluster: VCluster,
+        hosts_up: &HashSet<String>,
+    ) -> Result<ClusterView, ApiError> {
+        let mut nodes = Vec::new();
+        for index in &cluster.nodes {
+            let id = vcluster::node_id(&cluster.user, &cluster.name, *index);
+            let Some((host, spec, _)) = store.vnode_spec(&id).await? else {
+                continue;
+            };
+            let status = store.vnode_status(&id).await?;
+            let seen = NodeSeen {
+                exists: true,
+                phase: status.as_ref().map(|s| s.phase),
+                reason: status.as_ref().and_then(|s| s.reason.clone()),
+                host_up: hosts_up.contains(&host),
+            };
+            nodes.push(NodeView {
+                index: *index,
+                id: id.clone(),
+                hostname: vnode::hostname(*index),
+                state: vcluster::node_state(&seen, spec.state == DesiredState::Deleted),
+                address: spec.address,
+                host,
+                image: spec.image.clone(),
+                cpu_millis: spec.cpu_millis,
+                memory_bytes: spec.memory_bytes,
+                disk_bytes: spec.disk_bytes,
+                reason: seen.reason,
+            });
+        }
+        let states: Vec<NodeState> = nodes.iter().map(|n| n.state).collect();
+        Ok(ClusterView {
+            state: vcluster::cluster_state(&states),
+            name: cluster.name,
+            user: cluster.user,
+            image: cluster.image,
+            node_size: cluster.node_size,
+            created_at: cluster.created_at,
+            nodes,
+        })
+    }
+
+    /// Start or stop every node of a cluster.
+    pub async fn set_cluster_state(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        running: bool,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        if running {
+            caller.require_normal()?;
+        }
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        let state = if running {
+            DesiredState::Running
+        } else {
+            DesiredState::Stopped
+        };
+        let ids: Vec<String> = node_ids(&cluster);
+        store
+            .change_cluster(&owner, name, |c| {
+                Ok((
+                    Some(c.clone()),
+                    node_ids(c).into_iter().map(|id| (id, state)).collect(),
+                ))
+            })
+            .await?;
+        let kind = if running {
+            OperationKind::Start
+        } else {
+            OperationKind::Stop
+        };
+        self.record_operation(&store, kind, &owner, name, ids).await
+    }
+
+    async fn record_operation(
+        &self,
+        store: &EtcdStore,
+        kind: OperationKind,
+        owner: &str,
+        cluster: &str,
+        nodes: Vec<String>,
+    ) -> Result<OperationView, ApiError> {
+        let operation = Operation {
+            id: random_id(16),
+            kind,
+            user: owner.to_owned(),
+            cluster: cluster.to_owned(),
+            nodes,
+            created_at: now_secs(),
+        };
+        store.put_operation(&operation).await?;
+        info!(user = owner, cluster, kind = ?kind, operation = %operation.id, "cluster operation");
+        self.operation_view(store, operation).await
+    }
+
+    pub async fn scale_out(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        caller.require_normal()?;
+        let store = self.api_store().await?;
+        let (mut cluster, revision) = self.find_cluster(&store, &owner, name).await?;
+        let account = store
+            .account(&owner)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no user {owner}")))?;
+        let group = self.group_of(&store, &account).await?;
+        let mut existing: HashMap<String, u32> = HashMap::new();
+        for id in node_ids(&cluster) {
+            if let Some(host) = store.vnode_host(&id).await? {
+                *existing.entry(host).or_default() += 1;
+            }
+        }
+        let index = cluster.next_index;
+        cluster.nodes.push(index);
+        cluster.next_index += 1;
+        let operation = Operation {
+            id: random_id(16),
+            kind: OperationKind::ScaleOut,
+            user: owner.clone(),
+            cluster: name.to_owned(),
+            nodes: vec![vcluster::node_id(&owner, name, index)],
+            created_at: now_secs(),
+        };
+        let size = cluster.node_size;
+        self.place_and_write(&store, &cluster, Some(revision), &[size], &existing, &group.quota, &operation, None)
+            .await?;
+        info!(user = owner, cluster = name, index, "scale out");
+        self.operation_view(&store, operation).await
+    }
+
+    pub async fn scale_in(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        index: u32,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        self.find_cluster(&store, &owner, name).await?;
+        let id = vcluster::node_id(&owner, name, index);
+        store
+            .change_cluster(&owner, name, |c| {
+                if !c.nodes.contains(&index) {
+                    return Err(StoreError::NotFound(format!(
+                        "cluster {name} has no node {index}"
+                    )));
+                }
+                if c.nodes.len() == 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "node {index} is the last node of cluster {name}: delete the cluster instead"
+                    )));
+                }
+                let mut c = c.clone();
+                c.nodes.retain(|i| *i != index);
+                Ok((Some(c), vec![(id.clone(), DesiredState::Deleted)]))
+            })
+            .await?;
+        self.record_operation(&store, OperationKind::ScaleIn, &owner, name, vec![id])
+            .await
+    }
+
+    pub async fn delete_cluster(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        force: bool,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        if !force {
+            for id in node_ids(&cluster) {
+                let phase = store.vnode_status(&id).await?.map(|s| s.phase);
+                let stopped = matches!(
+                    phase,
+                    Some(vnode::Phase::Stopped) | Some(vnode::Phase::Failed)
+                );
+                if !stopped {
+                    return Err(ApiError::Conflict(format!(
+                        "cluster {name} is not stopped ({id} is {}): stop it first, or delete with force",
+                        phase.map_or("pending", |p| p.as_str())
+                    )));
+                }
+            }
+        }
+        store
+            .change_cluster(&owner, name, |c| {
+                Ok((
+                    None,
+                    node_ids(c)
+                        .into_iter()
+                        .map(|id| (id, DesiredState::Deleted))
+                        .collect(),
+                ))
+            })
+            .await?;
+        self.record_operation(&store, OperationKind::Delete, &owner, name, node_ids(&cluster))
+            .await
+    }
+
+    /// An operation's progress, waiting up to `wait` for it to end.
+    pub async fn operation(
+        &self,
+        caller: &Caller,
+        id: &str,
+        wait: Duration,
+    ) -> Result<OperationView, ApiError> {
+        let store = self.api_store().await?;
+        let missing = || ApiError::NotFound(format!("no operation {id}"));
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(missing());
+        }
+        let operation = store.operation(id).await?.ok_or_else(missing)?;
+        if operation.user != caller.name() && !caller.admin {
+            return Err(missing());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.operation_view(&store, operation.clone()).await?;
+            if view.progress.state != vcluster::OperationState::Running
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn operation_view(
+        &self,
+        store: &EtcdStore,
+        operation: Operation,
+    ) -> Result<OperationView, ApiError> {
+        let hosts_up = hosts_up(store).await?;
+        let mut seen = Vec::new();
+        for id in &operation.nodes {
+            let spec = store.vnode_spec(id).await?;
+            let status = store.vnode_status(id).await?;
+            seen.push(NodeSeen {
+                exists: spec.is_some(),
+                phase: status.as_ref().map(|s| s.phase),
+                reason: status.and_then(|s| s.reason),
+                host_up: spec.is_none_or(|(host, _, _)| hosts_up.contains(&host)),
+            });
+        }
+        let progress = vcluster::progress(&operation, &seen, now_secs());
+        Ok(OperationView {
+            operation,
+            progress,
+        })
+    }
+
+    /// Runs a command in a node through its worker's agent.
+    pub async fn exec(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        index: u32,
+        request: &ExecRequest,
+    ) -> Result<ExecResult, ApiError> {
+        let owner = caller.owner(user)?;
+        caller.require_normal()?;
+        if request.argv.is_empty() || request.argv[0].is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_command",
+                "argv",
+                "argv lists the command and its arguments: at least the command",
+            ));
+        }
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        if !cluster.nodes.contains(&index) {
+            return Err(ApiError::NotFound(format!(
+                "cluster {name} has no node {index}"
+            )));
+        }
+        let id = vcluster::node_id(&owner, name, index);
+        let (host, _, _) = store
+            .vnode_spec(&id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("cluster {name} has no node {index}")))?;
+        let record = store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| ApiError::Conflict(format!("node {index}'s host {host} is down")))?;
+        let address = record
+            .addresses
+            .first()
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| ApiError::Internal(format!("host {host} has no address")))?
+            .to_owned();
+        let token = crate::daemon::read_credentials(&self.config)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .agent_token;
+        let body = serde_json::json!({
+            "argv": request.argv,
+            "stdin": request.stdin,
+            "user": request.user.clone().unwrap_or_else(|| "root".into()),
+        });
+        let url = format!(
+            "http://{address}:{}/agent/v1/vnodes/{id}/exec",
+            self.config.agent_port
+        );
+        let (status, text) = super::agent_client::post_json(&url, &token, &body)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot reach the agent on {host}: {e}")))?;
+        match status {
+            200 => serde_json::from_str(&text)
+                .map_err(|e| ApiError::Internal(format!("agent answer: {e}"))),
+            409 | 404 => Err(ApiError::Conflict(format!("node {index}: {}", text.trim()))),
+            400 | 422 => Err(ApiError::BadRequest(text.trim().to_owned())),
+            other => Err(ApiError::Internal(format!(
+                "agent on {host} answered {other}: {}",
+                text.trim()
+            ))),
+        }
+    }
+
+    // ---- administration ----
+
+    pub async fn list_users(&self, caller: &Caller) -> Result<Vec<Me>, ApiError> {
+        caller.require_admin()?;
+        let store = self.api_store().await?;
+        let mut out = Vec::new();
+        for account in store.list_accounts().await? {
+            out.push(self.account_view(&store, &account).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn show_user(&self, caller: &Caller, name: &str) -> Result<Me, ApiError> {
+        if name != caller.name() {
+            caller.require_admin()?;
+        }
+        let store = self.api_store().await?;
+        let account = store
+            .account(name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
+        self.account_view(&store, &account).await
+    }
+
+    pub async fn create_user(&self, caller: &Caller, new: &NewUser) -> Result<Me, ApiError> {
+        caller.require_admin()?;
+        account::validate_account_name(&new.name)
+            .map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
+        let store = self.api_store().await?;
+        let group = match &new.group {
+            Some(g) => g.clone(),
+            None => store.default_group().await?,
+        };
+        let now = now_secs();
+        let account = match (new.auth.unwrap_or(AuthMethod::Local), &new.password) {
+            (AuthMethod::Local, Some(password)) => {
+                account::validate_password(password)
+                    .map_err(|e| ApiError::invalid("invalid_password", "password", e.to_string()))?;
+                let (name, group, pw) = (new.name.clone(), group.clone(), password.clone());
+                tokio::task::spawn_blocking(move || Account::local(&name, &group, &pw, now))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+            (AuthMethod::Local, None) => {
+                return Err(ApiError::invalid(
+                    "invalid_password",
+                    "password",
+                    "a local account needs a password",
+                ));
+            }
+            (AuthMethod::Pam, None) => Account::pam(&new.name, &group, now),
+            (AuthMethod::Pam, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "invalid_password",
+                    "password",
+                    "a PAM account's password is the system's: give none",
+                ));
+            }
+        };
+        store.create_account(&account).await?;
+        info!(user = %account.name, group = %account.group, by = caller.name(), "user created");
+        self.account_view(&store, &account).await
+    }
+
+    pub async fn update_user(
+        &self,
+        caller: &Caller,
+        name: &str,
+        patch: &UserPatch,
+    ) -> Result<Me, ApiError> {
+        // Users may change their own local password; everything else is for administrators.
+        let own_password_only = name == caller.name()
+            && patch.group.is_none()
+            && patch.status.is_none()
+            && patch.password.is_some();
+        if !own_password_only {
+            caller.require_admin()?;
+        }
+        let hash = match &patch.password {
+            Some(password) => {
+                account::validate_password(password)
+                    .map_err(|e| ApiError::invalid("invalid_password", "password", e.to_string()))?;
+                let pw = password.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || account::hash_password(&pw))
+                        .await
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                        .map_err(|e| ApiError::Internal(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let store = self.api_store().await?;
+        if hash.is_some()
+            && store.account(name).await?.is_some_and(|a| a.auth == AuthMethod::Pam)
+        {
+            return Err(ApiError::invalid(
+                "invalid_password",
+                "password",
+                "a PAM account's password is changed on the system, not here",
+            ));
+        }
+        let account = store
+            .update_account(name, |a| {
+                if let Some(group) = &patch.group {
+                    a.group = group.clone();
+                }
+                if let Some(status) = patch.status {
+                    a.status = status;
+                }
+                if let Some(hash) = &hash {
+                    a.password_hash = Some(hash.clone());
+                }
+            })
+            .await?;
+        info!(user = name, by = caller.name(), "user changed");
+        self.account_view(&store, &account).await
+    }
+
+    pub async fn delete_user(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        if name == caller.name() {
+            return Err(ApiError::Conflict("you cannot delete yourself".into()));
+        }
+        self.api_store().await?.delete_account(name).await?;
+        info!(user = name, by = caller.name(), "user deleted");
+        Ok(())
+    }
+
+    pub async fn list_groups(&self, caller: &Caller) -> Result<Vec<Group>, ApiError> {
+        caller.require_admin()?;
+        Ok(self.api_store().await?.list_groups().await?)
+    }
+
+    pub async fn create_group(&self, caller: &Caller, group: &Group) -> Result<Group, ApiError> {
+        caller.require_admin()?;
+        quota::validate_group(group)
+            .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
+        self.api_store().await?.put_group(group, false).await?;
+        info!(group = %group.name, by = caller.name(), "group created");
+        Ok(group.clone())
+    }
+
+    pub async fn update_group(
+        &self,
+        caller: &Caller,
+        name: &str,
+        patch: &GroupPatch,
+    ) -> Result<Group, ApiError> {
+        caller.require_admin()?;
+        let store = self.api_store().await?;
+        let mut group = store
+            .group(name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no group {name}")))?;
+        if let Some(admin) = patch.admin {
+            group.admin = admin;
+        }
+        if let Some(quota) = &patch.quota {
+            quota.apply(&mut group.quota);
+        }
+        if let Some(defaults) = patch.defaults {
+            group.defaults = defaults;
+        }
+        quota::validate_group(&group)
+            .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
+        store.put_group(&group, true).await?;
+        info!(group = name, by = caller.name(), "group changed");
+        Ok(group)
+    }
+
+    pub async fn delete_group(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        self.api_store().await?.delete_group(name).await?;
+        Ok(())
+    }
+
+    pub async fn set_default_group(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        self.api_store().await?.set_default_group(name).await?;
+        Ok(())
+    }
+
+    pub async fn hosts(&self, caller: &Caller) -> Result<Vec<HostView>, ApiError> {
+        caller.require_admin()?;
+        let store = self.api_store().await?;
+        let allocations = store.allocations().await?;
+        let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
+        Ok(store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| HostView {
+                allocated: allocations.get(&h.name).copied().unwrap_or_default(),
+                draining: drained.contains(&h.name),
+                name: h.name,
+                addresses: h.addresses,
+                cpus: h.capacity.cpus,
+                memory_bytes: h.capacity.memory_bytes,
+                disk_free_bytes: h.capacity.disk_free_bytes,
+                images: h.images,
+                version: h.version,
+            })
+            .collect())
+    }
+
+    /// Marks a host as taking no new vnodes (or takes the mark away).
+    pub async fn drain(&self, caller: &Caller, host: &str, drain: bool) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        if crate::model::host::validate_host_name(host).is_err() {
+            return Err(ApiError::NotFound(format!("no host {host:?}")));
+        }
+        let store = self.api_store().await?;
+        let known = store.list_hosts().await?.iter().any(|h| h.name == host)
+            || store.allocations().await?.contains_key(host);
+        if !known {
+            return Err(ApiError::NotFound(format!("no host {host}")));
+        }
+        store.set_drain(host, drain).await?;
+        info!(host, drain, by = caller.name(), "drain changed");
+        Ok(())
+    }
+}
+
+fn node_ids(cluster: &VCluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|i| vcluster::node_id(&cluster.user, &cluster.name, *i))
+        .collect()
+}
+
+fn node_spec(cluster: &VCluster, index: u32, size: &NodeSize) -> VNodeSpec {
+    VNodeSpec {
+        id: vcluster::node_id(&cluster.user, &cluster.name, index),
+        user: cluster.user.clone(),
+        cluster: cluster.name.clone(),
+        index,
+        image: cluster.image.clone(),
+        cpu_millis: size.cpu_millis,
+        memory_bytes: size.memory_bytes,
+        disk_bytes: size.disk_bytes,
+        tasks: vcluster::NODE_TASKS,
+        state: DesiredState::Running,
+        address: None,
+    }
+}
+
+fn host_load(
+    host: &HostRecord,
+    allocations: &BTreeMap<String, Usage>,
+    drained: &HashSet<String>,
+    existing: &HashMap<String, u32>,
+) -> HostLoad {
+    let allocated = allocations.get(&host.name).copied().unwrap_or_default();
+    HostLoad {
+        name: host.name.clone(),
+        cpu_millis: u64::from(host.capacity.cpus) * 1000,
+        memory_bytes: host.capacity.memory_bytes,
+        // What is free now plus what the vnodes here were promised: sparse disks use
+        // little until written, and counting them twice would refuse too early.
+        disk_bytes: host.capacity.disk_free_bytes + allocated.disk_bytes,
+        allocated,
+        draining: drained.contains(&host.name),
+        cluster_nodes: existing.get(&host.name).copied().unwrap_or(0),
+    }
+}
+
+async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
+    Ok(store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .map(|h| h.name)
+        .collect())
+}

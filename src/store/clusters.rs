@@ -1,0 +1,362 @@
+//! Vclusters on etcd. A create or scale-out writes, in one transaction, the cluster record,
+//! every new vnode's spec, id index and address claim, the user's usage and the chosen
+//! hosts' allocations, guarded by the revisions they were computed from: two requests never
+//! both pass a quota or a host's capacity, and a crash leaves either all of it or none.
+//! Usage and allocations are released in the transaction that forgets a deleted vnode
+//! (`remove_vnode`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
+
+use super::etcd::classify;
+use super::network::AddressPlan;
+use super::{EtcdStore, StoreError, encode};
+use crate::model::network;
+use crate::model::quota::{self, Quota, Usage};
+use crate::model::vcluster::{Operation, VCluster};
+use crate::model::vnode::{DesiredState, VNodeSpec};
+
+/// How often contention (other creates changing usage, allocations or addresses) is
+/// retried before giving up.
+const ATTEMPTS: usize = 64;
+
+/// What one create or scale-out writes.
+pub struct NodeWrite<'a> {
+    pub user: &'a str,
+    /// The group's quota; `None` for the administrator's single-vnode primitive.
+    pub quota: Option<&'a Quota>,
+    /// The cluster record to write, and the revision it must still have (`None`: it must
+    /// not exist yet).
+    pub cluster: Option<(&'a VCluster, Option<i64>)>,
+    /// `(host, spec)` of each new vnode; addresses are assigned here.
+    pub nodes: Vec<(String, VNodeSpec)>,
+    pub operation: Option<&'a Operation>,
+    /// `idempotency/<user>/<key>` → operation id, written with the operation.
+    pub idempotency_key: Option<&'a str>,
+    /// Checks the hosts' allocations after adding the new vnodes (capacity × overcommit).
+    pub check_hosts: &'a (dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync),
+}
+
+pub fn spec_usage(spec: &VNodeSpec) -> Usage {
+    Usage {
+        cpu_millis: spec.cpu_millis.into(),
+        memory_bytes: spec.memory_bytes,
+        disk_bytes: spec.disk_bytes,
+        vnodes: 1,
+    }
+}
+
+impl EtcdStore {
+    /// Writes new vnodes (and their cluster record) as described; returns the specs with
+    /// their addresses.
+    pub async fn write_nodes(
+        &self,
+        write: &NodeWrite<'_>,
+        plan: &AddressPlan,
+    ) -> Result<Vec<VNodeSpec>, StoreError> {
+        let user = write.user;
+        let vnode_quota = self.vnode_quota(user).await?;
+        let lease = match write.operation {
+            Some(_) => Some(self.operation_lease().await?),
+            None => None,
+        };
+        for _ in 0..ATTEMPTS {
+            self.refuse_hard_conflicts(write).await?;
+            let (net, net_revision) = self.user_net_for(user, vnode_quota, plan).await?;
+            let mut used: HashSet<Ipv4Addr> = self
+                .keys_under(&self.keys.network_addrs(user))
+                .await?
+                .iter()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            let mut specs = Vec::with_capacity(write.nodes.len());
+            for (host, spec) in &write.nodes {
+                let address = network::free_address(user, &net, vnode_quota, &used, |n| {
+                    rand::random_range(0..n)
+                })?;
+                used.insert(address);
+                let mut spec = spec.clone();
+                spec.address = Some(address);
+                specs.push((host.clone(), spec));
+            }
+
+            let added = specs
+                .iter()
+                .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
+            let usage_key = self.keys.usage(user);
+            let (usage, usage_revision) = self
+                .get_json_rev::<Usage>(&usage_key)
+                .await?
+                .unwrap_or_default();
+            let new_usage = match write.quota {
+                Some(limit) => quota::admit(limit, &usage, &added)
+                    .map_err(|e| StoreError::QuotaExceeded(e.to_string()))?,
+                None => usage.plus(&added),
+            };
+
+            let mut allocations: BTreeMap<String, (Usage, i64)> = BTreeMap::new();
+            for (host, spec) in &specs {
+                if !allocations.contains_key(host) {
+                    let current = self
+                        .get_json_rev::<Usage>(&self.keys.allocation(host))
+                        .await?
+                        .unwrap_or_default();
+                    allocations.insert(host.clone(), current);
+                }
+                let entry = allocations.get_mut(host).expect("inserted above");
+                entry.0 = entry.0.plus(&spec_usage(spec));
+            }
+            let after: BTreeMap<String, Usage> = allocations
+                .iter()
+                .map(|(h, (u, _))| (h.clone(), *u))
+                .collect();
+            (write.check_hosts)(&after)?;
+
+            let mut when = vec![
+                Compare::mod_revision(self.keys.network_user(user), CompareOp::Equal, net_revision),
+                Compare::mod_revision(usage_key.clone(), CompareOp::Equal, usage_revision),
+            ];
+            let mut then = vec![TxnOp::put(usage_key, encode(&new_usage), None)];
+            for (host, (allocated, revision)) in &allocations {
+                let key = self.keys.allocation(host);
+                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *revision));
+                then.push(TxnOp::put(key, encode(allocated), None));
+            }
+            for (host, spec) in &specs {
+                let index = self.keys.vnode_host(&spec.id);
+                let claim = self.address_key(user, spec.address.expect("assigned above"));
+                when.push(Compare::create_revision(index.clone(), CompareOp::Equal, 0));
+                when.push(Compare::create_revision(claim.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(index, host.as_str(), None));
+                then.push(TxnOp::put(self.keys.vnode(host, &spec.id), encode(spec), None));
+                then.push(TxnOp::put(claim, spec.id.as_str(), None));
+            }
+            if let Some((cluster, revision)) = write.cluster {
+                let key = self.keys.cluster_record(user, &cluster.name);
+                when.push(match revision {
+                    None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+                });
+                then.push(TxnOp::put(key, encode(cluster), None));
+            }
+            if let (Some(op), Some(lease)) = (write.operation, lease) {
+                let options = || Some(PutOptions::new().with_lease(lease));
+                then.push(TxnOp::put(self.keys.operation(&op.id), encode(op), options()));
+                if let Some(key) = write.idempotency_key {
+                    let key = self.keys.idempotency(user, key);
+                    when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+                    then.push(TxnOp::put(key, op.id.as_str(), options()));
+                }
+            }
+            if self.txn_ok(Txn::new().when(when).and_then(then)).await? {
+                return Ok(specs.into_iter().map(|(_, s)| s).collect());
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too many concurrent changes: try again".into(),
+        ))
+    }
+
+    /// Conflicts no retry can resolve: the cluster record changed or exists, a vnode id or
+    /// the idempotency key is taken.
+    async fn refuse_hard_conflicts(&self, write: &NodeWrite<'_>) -> Result<(), StoreError> {
+        if let Some((cluster, revision)) = write.cluster {
+            let key = self.keys.cluster_record(write.user, &cluster.name);
+            let current = self.get_json_rev::<VCluster>(&key).await?;
+            match (revision, current) {
+                (None, Some(_)) => {
+                    return Err(StoreError::Conflict(format!(
+                        "you already have a cluster named {}",
+                        cluster.name
+                    )));
+                }
+                (Some(_), None) => {
+                    return Err(StoreError::NotFound(format!(
+                        "no cluster named {}",
+                        cluster.name
+                    )));
+                }
+                (Some(expected), Some((_, actual))) if expected != actual => {
+                    return Err(StoreError::Conflict(format!(
+                        "cluster {} changed meanwhile: try again",
+                        cluster.name
+                    )));
+                }
+                _ => {}
+            }
+        }
+        for (_, spec) in &write.nodes {
+            if self.vnode_host(&spec.id).await?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "a vnode with id {} already exists (a cluster of that name may still be \
+                     being deleted: try again shortly)",
+                    spec.id
+                )));
+            }
+        }
+        if let Some(key) = write.idempotency_key
+            && let Some(id) = self.idempotent_operation(write.user, key).await?
+        {
+            return Err(StoreError::Conflict(format!(
+                "idempotency key already used by operation {id}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn operation_lease(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .client
+            .lease_client()
+            .grant(crate::model::vcluster::OPERATION_TTL_SECS, None)
+            .await
+            .map_err(classify)?
+            .id())
+    }
+
+    pub async fn put_operation(&self, op: &Operation) -> Result<(), StoreError> {
+        let lease = self.operation_lease().await?;
+        self.client
+            .kv_client()
+            .put(
+                self.keys.operation(&op.id),
+                encode(op),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+        self.get_json(&self.keys.operation(id)).await
+    }
+
+    /// The operation an idempotency key was used for.
+    pub async fn idempotent_operation(
+        &self,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(self.keys.idempotency(user, key), None)
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    pub async fn cluster(
+        &self,
+        user: &str,
+        name: &str,
+    ) -> Result<Option<(VCluster, i64)>, StoreError> {
+        self.get_json_rev(&self.keys.cluster_record(user, name)).await
+    }
+
+    pub async fn clusters_of(&self, user: &str) -> Result<Vec<VCluster>, StoreError> {
+        self.list_json(&self.keys.user_clusters(user)).await
+    }
+
+    pub async fn all_clusters(&self) -> Result<Vec<VCluster>, StoreError> {
+        self.list_json(&self.keys.clusters()).await
+    }
+
+    /// A vnode's spec (wherever it lives) with its host and revision.
+    pub async fn vnode_spec(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, VNodeSpec, i64)>, StoreError> {
+        let Some(host) = self.vnode_host(id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_json_rev::<VNodeSpec>(&self.keys.vnode(&host, id))
+            .await?
+            .map(|(spec, revision)| (host, spec, revision)))
+    }
+
+    /// Changes the cluster record (`change` returns the new record, or `None` to delete it)
+    /// and the desired state of some of its vnodes in one transaction. `states` maps vnode
+    /// ids to their new state; vnodes already being deleted are left alone.
+    pub async fn change_cluster(
+        &self,
+        user: &str,
+        name: &str,
+        change: impl Fn(&VCluster) -> Result<(Option<VCluster>, Vec<(String, DesiredState)>), StoreError>,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.cluster_record(user, name);
+        for _ in 0..ATTEMPTS {
+            let (cluster, revision) = self
+                .cluster(user, name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no cluster named {name}")))?;
+            let (record, states) = change(&cluster)?;
+            let mut when = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
+            let mut then = vec![match &record {
+                Some(record) => TxnOp::put(key.clone(), encode(record), None),
+                None => TxnOp::delete(key.clone(), None::<DeleteOptions>),
+            }];
+            let mut changed = Vec::new();
+            for (id, state) in &states {
+                let Some((host, mut spec, spec_revision)) = self.vnode_spec(id).await? else {
+                    continue;
+                };
+                if spec.state == DesiredState::Deleted || spec.state == *state {
+                    continue;
+                }
+                spec.state = *state;
+                let spec_key = self.keys.vnode(&host, id);
+                when.push(Compare::mod_revision(
+                    spec_key.clone(),
+                    CompareOp::Equal,
+                    spec_revision,
+                ));
+                then.push(TxnOp::put(spec_key, encode(&spec), None));
+                changed.push(id.clone());
+            }
+            if self.txn_ok(Txn::new().when(when).and_then(then)).await? {
+                return Ok(changed);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too many concurrent changes: try again".into(),
+        ))
+    }
+
+    /// Hosts that take no new vnodes.
+    pub async fn drained_hosts(&self) -> Result<Vec<String>, StoreError> {
+        self.keys_under(&self.keys.drains()).await
+    }
+
+    pub async fn set_drain(&self, host: &str, drain: bool) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        if drain {
+            kv.put(self.keys.drain(host), "1", None).await.map_err(classify)?;
+        } else {
+            kv.delete(self.keys.drain(host), None).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Every host's allocation (hosts without vnodes have none).
+    pub async fn allocations(&self) -> Result<BTreeMap<String, Usage>, StoreError> {
+        let prefix = self.keys.allocations();
+        let response = self.get_prefix(&prefix).await?;
+        let mut out = BTreeMap::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            out.insert(
+                key[prefix.len()..].to_owned(),
+                super::decode(&key, kv.value())?,
+            );
+        }
+        Ok(out)
+    }
+}
