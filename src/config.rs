@@ -226,7 +226,11 @@ impl Config {
             ("overcommit.disk", self.overcommit.disk),
         ] {
             if !(0.1..=100.0).contains(&ratio) {
-                return invalid(key, &ratio, "must be between 0.1 and 100 (1 = capacity exactly)");
+                return invalid(
+                    key,
+                    &ratio,
+                    "must be between 0.1 and 100 (1 = capacity exactly)",
+                );
             }
         }
         if let Some(url) = &self.portal_url

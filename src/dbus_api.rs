@@ -129,6 +129,26 @@ pub trait Master1 {
     fn user_network(&self, user: &str) -> Result<String, BusError>;
     #[zbus(name = "SetVNodeQuota")]
     fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError>;
+    /// Accounts, groups, hosts and clusters as JSON, the same records as the REST API's.
+    fn users(&self) -> Result<String, BusError>;
+    fn create_user(
+        &self,
+        name: &str,
+        group: &str,
+        auth: &str,
+        password: &str,
+    ) -> Result<String, BusError>;
+    fn set_user(&self, name: &str, patch: &str) -> Result<String, BusError>;
+    fn delete_user(&self, name: &str) -> Result<(), BusError>;
+    fn groups(&self) -> Result<String, BusError>;
+    fn create_group(&self, group: &str) -> Result<String, BusError>;
+    fn set_group(&self, name: &str, patch: &str) -> Result<String, BusError>;
+    fn delete_group(&self, name: &str) -> Result<(), BusError>;
+    fn set_default_group(&self, name: &str) -> Result<(), BusError>;
+    fn default_group(&self) -> Result<String, BusError>;
+    fn host_loads(&self) -> Result<String, BusError>;
+    fn drain(&self, host: &str, drain: bool) -> Result<(), BusError>;
+    fn clusters(&self, user: &str) -> Result<String, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

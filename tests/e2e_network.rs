@@ -212,7 +212,7 @@ fn a_users_nodes_reach_each_other_by_name_and_ssh_across_hosts_and_the_internet_
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_delete() {
     // 50 creates at once (stopped vnodes: no boot needed to get an address).
-    ok("tb1", "docklet-admin quota netc --vnodes 60");
+    ok("tb1", "docklet-admin quota --user netc --vnodes 60");
     let ids: Vec<String> = (0..50).map(|i| format!("netc-c1-{i}")).collect();
     let script = ids
         .iter()
@@ -259,7 +259,7 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
 
     // A small quota: the third vnode is refused with a clear error; raising the quota adds a
     // block and leaves the addresses given so far alone.
-    ok("tb1", "docklet-admin quota netd --vnodes 2");
+    ok("tb1", "docklet-admin quota --user netd --vnodes 2");
     for i in 0..2 {
         let run = create(
             &format!("netd-c1-{i}"),
@@ -273,14 +273,14 @@ fn addresses_are_unique_under_concurrent_creates_bounded_by_quota_and_freed_on_d
     assert_eq!(run.code, 9, "over quota must be exit 9 (exhausted): {run}");
     assert!(run.stderr.contains("used all"), "{run}");
     let before = (address("netd-c1-0"), address("netd-c1-1"));
-    ok("tb1", "docklet-admin quota netd --vnodes 12");
+    ok("tb1", "docklet-admin quota --user netd --vnodes 12");
     let run = create("netd-c1-2", "tb2", "netd", &format!("{SMALL} --stopped"));
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(user_net("netd")["blocks"].as_array().unwrap().len(), 2);
     assert_eq!(before, (address("netd-c1-0"), address("netd-c1-1")));
 
     // A quota no block of the pool can hold: a clear error, nothing written.
-    ok("tb1", "docklet-admin quota netz --vnodes 1000000");
+    ok("tb1", "docklet-admin quota --user netz --vnodes 1000000");
     let run = create("netz-c1-0", "tb2", "netz", &format!("{SMALL} --stopped"));
     assert_eq!(run.code, 9, "{run}");
     assert!(run.stderr.contains("has no free block"), "{run}");

@@ -12,7 +12,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use docklet::dbus_api::{BusError, HostRow, Master1Proxy, Worker1Proxy};
 use docklet::master::VNodeEntry;
-use docklet::model::host::{HostRecord, hosts_table, render_table};
+use std::collections::BTreeMap;
+
+use docklet::model::host::{HostLoadSummary, HostRecord, hosts_table, human_bytes, render_table};
+use docklet::model::quota::human_cores;
 use docklet::model::vnode::{DesiredState, VNodeSpec};
 use serde_json::json;
 
@@ -63,11 +66,59 @@ enum Command {
     },
     /// Show a user's network: VNI, address blocks, gateway, quota and addresses (JSON).
     Network { user: String },
-    /// Set how many vnodes a user may have (their network's address blocks grow to match).
+    /// Show a group's quota, or change it with any of the options; with --user, set one
+    /// user's own vnode count over the group's (their network's blocks grow to match).
     Quota {
-        user: String,
+        /// The group (not with --user).
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        group: Option<String>,
         #[arg(long)]
-        vnodes: u32,
+        user: Option<String>,
+        /// Total cores, e.g. 4 or 0.5.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Total memory: bytes, or with a K, M, G or T suffix.
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        disk: Option<String>,
+        #[arg(long)]
+        vnodes: Option<u32>,
+        #[arg(long)]
+        images: Option<u32>,
+        #[arg(long)]
+        port_mappings: Option<u32>,
+        /// Seconds a cluster may stay idle before it is stopped (0: never).
+        #[arg(long)]
+        idle: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts with their group, status and usage against the group's quota.
+    Users {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, change or delete an account.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// List groups with their quotas; the default group for new users is marked.
+    Groups {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or delete a group, or make one the default for new users.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Stop placing new vnodes on a host (--off: take it back into service).
+    Drain {
+        host: String,
+        #[arg(long)]
+        off: bool,
     },
     /// Run a command in a vnode of this host: `docklet-admin exec ID -- CMD [ARGS...]`.
     Exec {
@@ -77,6 +128,53 @@ enum Command {
         id: String,
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// A local account (password read from standard input) or, with --pam, one whose password
+    /// the hosts' PAM checks.
+    Add {
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        pam: bool,
+    },
+    /// Change the group or status (applying, normal, locked); --password reads a new local
+    /// password from standard input.
+    Set {
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        password: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// A new group with the quota and node defaults of another (default: the default group).
+    Add {
+        name: String,
+        #[arg(long)]
+        from: Option<String>,
+        /// Members administer Docklet.
+        #[arg(long)]
+        admin: bool,
+    },
+    Delete {
+        name: String,
+    },
+    /// New users join this group.
+    Default {
+        name: String,
     },
 }
 
@@ -282,7 +380,27 @@ async fn hosts(json: bool) -> Result<(), Failure> {
     if json {
         println!("{}", serde_json::to_string_pretty(&records).expect("JSON"));
     } else {
-        print!("{}", hosts_table(&records, docklet::master::now_secs()));
+        // Vnodes and drain state need an initialized cluster; without them the table says `-`.
+        let loads: BTreeMap<String, HostLoadSummary> = match master.host_loads().await {
+            Ok(text) => serde_json::from_str::<Vec<serde_json::Value>>(&text)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| {
+                    (
+                        h["name"].as_str().unwrap_or_default().to_owned(),
+                        HostLoadSummary {
+                            vnodes: h["allocated"]["vnodes"].as_u64().unwrap_or(0) as u32,
+                            draining: h["draining"] == true,
+                        },
+                    )
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        print!(
+            "{}",
+            hosts_table(&records, &loads, docklet::master::now_secs())
+        );
     }
     Ok(())
 }
@@ -469,6 +587,187 @@ async fn exec(user: String, id: String, command: Vec<String>) -> Result<u8, Fail
     Ok(u8::try_from(status).unwrap_or(255))
 }
 
+fn parse_reply<T: serde::de::DeserializeOwned>(text: String) -> Result<T, Failure> {
+    serde_json::from_str(&text).map_err(|e| Failure {
+        code: 1,
+        message: format!("the master sent an unreadable answer: {e}"),
+    })
+}
+
+/// A password from standard input: the first line, so `echo pw | docklet-admin ...` works and
+/// the password never shows in the process list.
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+        code: 2,
+        message: format!("cannot read the password from standard input: {e}"),
+    })?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(usage("give the password on standard input".into()));
+    }
+    Ok(password)
+}
+
+async fn user(action: UserAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    let reply = match action {
+        UserAction::Add { name, group, pam } => {
+            let password = if pam { String::new() } else { read_password()? };
+            master
+                .create_user(
+                    &name,
+                    group.as_deref().unwrap_or(""),
+                    if pam { "pam" } else { "local" },
+                    &password,
+                )
+                .await
+                .map_err(bus)?
+        }
+        UserAction::Set {
+            name,
+            group,
+            status,
+            password,
+        } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(group) = group {
+                patch.insert("group".into(), group.into());
+            }
+            if let Some(status) = status {
+                patch.insert("status".into(), status.into());
+            }
+            if password {
+                patch.insert("password".into(), read_password()?.into());
+            }
+            if patch.is_empty() {
+                return Err(usage(
+                    "nothing to change: give --group, --status or --password".into(),
+                ));
+            }
+            master
+                .set_user(&name, &serde_json::Value::Object(patch).to_string())
+                .await
+                .map_err(bus)?
+        }
+        UserAction::Delete { name } => {
+            master.delete_user(&name).await.map_err(bus)?;
+            println!("User {name} deleted.");
+            return Ok(());
+        }
+    };
+    let user: serde_json::Value = parse_reply(reply)?;
+    print!("{}", users_table(&[user]));
+    Ok(())
+}
+
+async fn group(action: GroupAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    match action {
+        GroupAction::Add { name, from, admin } => {
+            let groups: Vec<serde_json::Value> = parse_reply(master.groups().await.map_err(bus)?)?;
+            let from = from.unwrap_or_else(|| docklet::model::quota::DEFAULT_GROUP.to_owned());
+            let mut group = groups
+                .into_iter()
+                .find(|g| g["name"] == from.as_str())
+                .ok_or_else(|| Failure {
+                    code: 7,
+                    message: format!("no group {from} to copy the quota from"),
+                })?;
+            group["name"] = name.clone().into();
+            group["admin"] = admin.into();
+            let reply = master.create_group(&group.to_string()).await.map_err(bus)?;
+            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+        }
+        GroupAction::Delete { name } => {
+            master.delete_group(&name).await.map_err(bus)?;
+            println!("Group {name} deleted.");
+        }
+        GroupAction::Default { name } => {
+            master.set_default_group(&name).await.map_err(bus)?;
+            println!("New users join group {name}.");
+        }
+    }
+    Ok(())
+}
+
+fn users_table(users: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            let used = |key: &str| u["usage"][key].as_u64().unwrap_or(0);
+            let limit = |key: &str| u["quota"][key].as_u64().unwrap_or(0);
+            vec![
+                u["user"].as_str().unwrap_or("?").to_owned(),
+                u["group"].as_str().unwrap_or("?").to_owned(),
+                u["status"].as_str().unwrap_or("?").to_owned(),
+                u["auth"].as_str().unwrap_or("?").to_owned(),
+                format!("{}/{}", used("vnodes"), limit("vnodes")),
+                format!(
+                    "{}/{}",
+                    human_cores(used("cpu_millis")),
+                    human_cores(limit("cpu_millis"))
+                ),
+                format!(
+                    "{}/{}",
+                    human_bytes(used("memory_bytes")),
+                    human_bytes(limit("memory_bytes"))
+                ),
+                format!(
+                    "{}/{}",
+                    human_bytes(used("disk_bytes")),
+                    human_bytes(limit("disk_bytes"))
+                ),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "USER", "GROUP", "STATUS", "AUTH", "VNODES", "CPU", "MEMORY", "DISK",
+        ],
+        &rows,
+    )
+}
+
+/// `default` (the group new users join) is marked with a star.
+fn groups_table(groups: &[serde_json::Value], default: &str) -> String {
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            let q = |key: &str| g["quota"][key].as_u64().unwrap_or(0);
+            let name = g["name"].as_str().unwrap_or("?");
+            vec![
+                if name == default {
+                    format!("{name}*")
+                } else {
+                    name.to_owned()
+                },
+                if g["admin"] == true { "yes" } else { "no" }.into(),
+                human_cores(q("cpu_millis")),
+                human_bytes(q("memory_bytes")),
+                human_bytes(q("disk_bytes")),
+                q("vnodes").to_string(),
+                q("images").to_string(),
+                q("port_mappings").to_string(),
+                match q("idle_secs") {
+                    0 => "never".into(),
+                    s => format!("{}h", s / 3600),
+                },
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "GROUP", "ADMIN", "CPU", "MEMORY", "DISK", "VNODES", "IMAGES", "PORTS", "IDLE",
+        ],
+        &rows,
+    )
+}
+
 /// `1`, `0.5`, `2.25` cores → thousandths of a core.
 fn parse_cpu(text: &str) -> Result<u32, String> {
     let cores: f64 = text
@@ -520,13 +819,128 @@ fn main() -> ExitCode {
                 println!("{text}");
                 Ok(())
             }
-            Command::Quota { user, vnodes } => {
+            Command::Quota {
+                group,
+                user,
+                cpu,
+                memory,
+                disk,
+                vnodes,
+                images,
+                port_mappings,
+                idle,
+                json,
+            } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                if let Some(user) = user {
+                    let vnodes = vnodes.ok_or_else(|| {
+                        usage("--user sets a user's own vnode count: give --vnodes".into())
+                    })?;
+                    return master
+                        .set_vnode_quota(&user, vnodes)
+                        .await
+                        .map_err(|e| failure(e, "master"))
+                        .map(|()| ExitCode::SUCCESS);
+                }
+                let group = group.expect("clap requires a group without --user");
+                let mut quota = serde_json::Map::new();
+                if let Some(cpu) = cpu {
+                    quota.insert("cpu_millis".into(), parse_cpu(&cpu).map_err(usage)?.into());
+                }
+                if let Some(memory) = memory {
+                    quota.insert(
+                        "memory_bytes".into(),
+                        parse_size(&memory).map_err(usage)?.into(),
+                    );
+                }
+                if let Some(disk) = disk {
+                    quota.insert(
+                        "disk_bytes".into(),
+                        parse_size(&disk).map_err(usage)?.into(),
+                    );
+                }
+                for (key, value) in [
+                    ("vnodes", vnodes.map(u64::from)),
+                    ("images", images.map(u64::from)),
+                    ("port_mappings", port_mappings.map(u64::from)),
+                    ("idle_secs", idle),
+                ] {
+                    if let Some(value) = value {
+                        quota.insert(key.into(), value.into());
+                    }
+                }
+                let text = if quota.is_empty() {
+                    let groups: Vec<serde_json::Value> =
+                        parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+                    let found = groups
+                        .into_iter()
+                        .find(|g| g["name"] == group.as_str())
+                        .ok_or_else(|| Failure {
+                            code: 7,
+                            message: format!("no group {group}"),
+                        })?;
+                    found.to_string()
+                } else {
+                    master
+                        .set_group(&group, &json!({ "quota": quota }).to_string())
+                        .await
+                        .map_err(|e| failure(e, "master"))?
+                };
+                let group: serde_json::Value = parse_reply(text)?;
+                if json {
+                    println!("{group:#}");
+                } else {
+                    print!("{}", groups_table(&[group], ""));
+                }
+                Ok(())
+            }
+            Command::Users { json } => {
+                let conn = connect().await?;
+                let text = master_proxy(&conn)
+                    .await?
+                    .users()
+                    .await
+                    .map_err(|e| failure(e, "master"))?;
+                let users: Vec<serde_json::Value> = parse_reply(text)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&users).expect("JSON"));
+                } else {
+                    print!("{}", users_table(&users));
+                }
+                Ok(())
+            }
+            Command::User { action } => user(action).await,
+            Command::Groups { json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                let groups: Vec<serde_json::Value> =
+                    parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&groups).expect("JSON"));
+                } else {
+                    let default = master
+                        .default_group()
+                        .await
+                        .map_err(|e| failure(e, "master"))?;
+                    print!("{}", groups_table(&groups, &default));
+                }
+                Ok(())
+            }
+            Command::Group { action } => group(action).await,
+            Command::Drain { host, off } => {
                 let conn = connect().await?;
                 master_proxy(&conn)
                     .await?
-                    .set_vnode_quota(&user, vnodes)
+                    .drain(&host, !off)
                     .await
-                    .map_err(|e| failure(e, "master"))
+                    .map_err(|e| failure(e, "master"))?;
+                if off {
+                    println!("{host} takes new vnodes again.");
+                } else {
+                    println!("{host} takes no new vnodes; its running vnodes stay where they are.");
+                }
+                Ok(())
             }
             Command::Exec { user, id, command } => {
                 return exec(user, id, command).await.map(ExitCode::from);

@@ -162,8 +162,9 @@ impl Caller {
     fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
         match user {
             Some(user) if user != self.name() => {
-                self.require_admin()
-                    .map_err(|_| ApiError::Forbidden("you may only act on your own clusters".into()))?;
+                self.require_admin().map_err(|_| {
+                    ApiError::Forbidden("you may only act on your own clusters".into())
+                })?;
                 Ok(user.to_owned())
             }
             _ => Ok(self.name().to_owned()),
@@ -181,7 +182,7 @@ impl Caller {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginResult {
     pub token: String,
     pub user: String,
@@ -189,14 +190,14 @@ pub struct LoginResult {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewToken {
     pub token: String,
     #[serde(flatten)]
     pub record: TokenRecord,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Me {
     pub user: String,
     pub group: String,
@@ -208,12 +209,13 @@ pub struct Me {
     pub defaults: NodeSize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub index: u32,
     pub id: String,
     pub hostname: String,
     pub state: NodeState,
+    #[schema(value_type = Option<String>, format = "ipv4")]
     pub address: Option<std::net::Ipv4Addr>,
     pub host: String,
     pub image: String,
@@ -224,7 +226,7 @@ pub struct NodeView {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterView {
     pub name: String,
     pub user: String,
@@ -235,7 +237,7 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationView {
     #[serde(flatten)]
     pub operation: Operation,
@@ -243,7 +245,7 @@ pub struct OperationView {
     pub progress: Progress,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostView {
     pub name: String,
     pub addresses: Vec<String>,
@@ -256,7 +258,7 @@ pub struct HostView {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -269,7 +271,7 @@ pub struct NewUser {
     pub auth: Option<AuthMethod>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     #[serde(default)]
@@ -281,7 +283,7 @@ pub struct UserPatch {
 }
 
 /// Changes to a group; absent fields stay as they are.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
     #[serde(default)]
@@ -292,7 +294,7 @@ pub struct GroupPatch {
     pub defaults: Option<NodeSize>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaPatch {
     pub cpu_millis: Option<u64>,
@@ -321,7 +323,7 @@ impl QuotaPatch {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
@@ -332,7 +334,7 @@ pub struct ExecRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ExecResult {
     pub exit_code: i32,
     pub stdout: String,
@@ -430,7 +432,13 @@ impl Master {
         self.throttle.lock().unwrap().succeeded(user);
         let admin = self.is_admin(&store, &account).await?;
         let (token, record) = self
-            .issue_token(&store, user, TokenKind::Session, source, Some(now + SESSION_SECS))
+            .issue_token(
+                &store,
+                user,
+                TokenKind::Session,
+                source,
+                Some(now + SESSION_SECS),
+            )
             .await?;
         info!(user, source, token = %record.id, "login");
         Ok(LoginResult {
@@ -442,10 +450,7 @@ impl Master {
     }
 
     async fn is_admin(&self, store: &EtcdStore, account: &Account) -> Result<bool, ApiError> {
-        Ok(store
-            .group(&account.group)
-            .await?
-            .is_some_and(|g| g.admin))
+        Ok(store.group(&account.group).await?.is_some_and(|g| g.admin))
     }
 
     async fn issue_token(
@@ -512,7 +517,11 @@ impl Master {
         Ok(())
     }
 
-    pub async fn create_api_token(&self, caller: &Caller, name: &str) -> Result<NewToken, ApiError> {
+    pub async fn create_api_token(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<NewToken, ApiError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(ApiError::invalid(
                 "invalid_name",
@@ -589,7 +598,9 @@ impl Master {
         if let Some(key) = idempotency_key
             && (key.is_empty()
                 || key.len() > 128
-                || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
         {
             return Err(ApiError::BadRequest(
                 "Idempotency-Key: 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'".into(),
@@ -630,7 +641,16 @@ impl Master {
         };
         let sizes = vec![create.node; create.size as usize];
         let result = self
-            .place_and_write(&store, &cluster, None, &sizes, &HashMap::new(), &group.quota, &operation, idempotency_key)
+            .place_and_write(
+                &store,
+                &cluster,
+                None,
+                &sizes,
+                &HashMap::new(),
+                &group.quota,
+                &operation,
+                idempotency_key,
+            )
             .await;
         match result {
             Ok(()) => {}
@@ -706,7 +726,11 @@ impl Master {
                     format!(
                         "no host has image {}; images: {}",
                         cluster.image,
-                        known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -724,10 +748,7 @@ impl Master {
                 .zip(sizes)
                 .zip(&cluster.nodes[first_new..])
                 .map(|((host, size), index)| {
-                    (
-                        loads[*host].name.clone(),
-                        node_spec(cluster, *index, size),
-                    )
+                    (loads[*host].name.clone(), node_spec(cluster, *index, size))
                 })
                 .collect();
             let capacity: HashMap<String, HostLoad> =
@@ -945,8 +966,17 @@ impl Master {
             created_at: now_secs(),
         };
         let size = cluster.node_size;
-        self.place_and_write(&store, &cluster, Some(revision), &[size], &existing, &group.quota, &operation, None)
-            .await?;
+        self.place_and_write(
+            &store,
+            &cluster,
+            Some(revision),
+            &[size],
+            &existing,
+            &group.quota,
+            &operation,
+            None,
+        )
+        .await?;
         info!(user = owner, cluster = name, index, "scale out");
         self.operation_view(&store, operation).await
     }
@@ -1019,8 +1049,14 @@ impl Master {
                 ))
             })
             .await?;
-        self.record_operation(&store, OperationKind::Delete, &owner, name, node_ids(&cluster))
-            .await
+        self.record_operation(
+            &store,
+            OperationKind::Delete,
+            &owner,
+            name,
+            node_ids(&cluster),
+        )
+        .await
     }
 
     /// An operation's progress, waiting up to `wait` for it to end.
@@ -1180,8 +1216,9 @@ impl Master {
         let now = now_secs();
         let account = match (new.auth.unwrap_or(AuthMethod::Local), &new.password) {
             (AuthMethod::Local, Some(password)) => {
-                account::validate_password(password)
-                    .map_err(|e| ApiError::invalid("invalid_password", "password", e.to_string()))?;
+                account::validate_password(password).map_err(|e| {
+                    ApiError::invalid("invalid_password", "password", e.to_string())
+                })?;
                 let (name, group, pw) = (new.name.clone(), group.clone(), password.clone());
                 tokio::task::spawn_blocking(move || Account::local(&name, &group, &pw, now))
                     .await
@@ -1225,8 +1262,9 @@ impl Master {
         }
         let hash = match &patch.password {
             Some(password) => {
-                account::validate_password(password)
-                    .map_err(|e| ApiError::invalid("invalid_password", "password", e.to_string()))?;
+                account::validate_password(password).map_err(|e| {
+                    ApiError::invalid("invalid_password", "password", e.to_string())
+                })?;
                 let pw = password.clone();
                 Some(
                     tokio::task::spawn_blocking(move || account::hash_password(&pw))
@@ -1239,7 +1277,10 @@ impl Master {
         };
         let store = self.api_store().await?;
         if hash.is_some()
-            && store.account(name).await?.is_some_and(|a| a.auth == AuthMethod::Pam)
+            && store
+                .account(name)
+                .await?
+                .is_some_and(|a| a.auth == AuthMethod::Pam)
         {
             return Err(ApiError::invalid(
                 "invalid_password",
@@ -1326,6 +1367,11 @@ impl Master {
         caller.require_admin()?;
         self.api_store().await?.set_default_group(name).await?;
         Ok(())
+    }
+
+    pub async fn default_group(&self, caller: &Caller) -> Result<String, ApiError> {
+        caller.require_admin()?;
+        Ok(self.api_store().await?.default_group().await?)
     }
 
     pub async fn hosts(&self, caller: &Caller) -> Result<Vec<HostView>, ApiError> {

@@ -13,15 +13,17 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::Master;
 use super::actions::{
-    ApiError, Caller, ExecRequest, GroupPatch, NewUser, OperationView, UserPatch,
+    ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
+    NewToken, NewUser, OperationView, UserPatch,
 };
+use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
 use crate::model::vcluster::CreateClusterRequest;
 
@@ -31,6 +33,7 @@ pub fn router(master: Arc<Master>) -> Router {
     Router::new()
         .route("/", get(portal))
         .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
@@ -47,6 +50,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/clusters/{name}/scale-in", post(scale_in))
         .route("/api/v1/clusters/{name}/nodes/{index}/exec", post(exec))
         .route("/api/v1/operations/{id}", get(operation))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route(
             "/api/v1/users/{name}",
@@ -57,7 +61,10 @@ pub fn router(master: Arc<Master>) -> Router {
             "/api/v1/groups/{name}",
             axum::routing::patch(update_group).delete(delete_group),
         )
-        .route("/api/v1/settings/default-group", put(set_default_group))
+        .route(
+            "/api/v1/settings/default-group",
+            get(default_group).put(set_default_group),
+        )
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
@@ -67,7 +74,8 @@ pub fn router(master: Arc<Master>) -> Router {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(code = self.code(), "API error: {self}");
         }
@@ -99,13 +107,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Body(value)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Input(
-                crate::model::vcluster::InputError {
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::Input(crate::model::vcluster::InputError {
                     code: "invalid_body",
                     field: "body",
                     message: format!("the request body does not fit: {}", e.body_text()),
-                },
-            )),
+                }))
+            }
             Err(e) => Err(ApiError::BadRequest(format!(
                 "the request body must be JSON (Content-Type: application/json): {}",
                 e.body_text()
@@ -153,14 +161,16 @@ impl FromRequestParts<Arc<Master>> for Auth {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct OwnerQuery {
     /// Administrators act on another user's clusters with `?user=`.
     user: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     user: Option<String>,
@@ -168,7 +178,8 @@ struct DeleteQuery {
     force: bool,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct WaitQuery {
     /// Seconds to wait for the operation to end (at most 120).
@@ -176,32 +187,86 @@ struct WaitQuery {
     wait: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     user: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScaleInBody {
     node: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DefaultGroupBody {
     group: String,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Every error answer: `{"error": {...}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ErrorDetail {
+    /// Machine-readable: unauthenticated, forbidden, not_found, conflict, bad_request,
+    /// invalid_body, invalid_name, invalid_size, invalid_image, unknown_image,
+    /// quota_exceeded, no_capacity, throttled, unavailable, internal, ...
+    code: String,
+    /// For people.
+    message: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Docklet API", description = "Private virtual clusters: accounts, clusters, operations and administration. Authenticate with `Authorization: Bearer <token>` from /api/v1/auth/login or an API token."),
+    paths(
+        login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
+        create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
+        scale_in, exec, operation, events, list_users, create_user, show_user, update_user,
+        delete_user, list_groups, create_group, update_group, delete_group, default_group,
+        set_default_group, hosts, drain, undrain, health
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 description of this API.
+async fn openapi_json() -> Response {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi()).into_response()
+}
 
 fn accepted(view: OperationView) -> Response {
     let location = format!("/api/v1/operations/{}", view.operation.id);
@@ -212,6 +277,7 @@ fn accepted(view: OperationView) -> Response {
     response
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "docklet", summary = "Logs in with a PAM or local password and returns a session token", request_body = LoginBody, responses((status = 200, body = LoginResult), (status = "default", description = "An error: see the code and message", body = ErrorBody)), security(()))]
 async fn login(
     State(master): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -223,19 +289,23 @@ async fn login(
     Ok(Json(result).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "docklet", summary = "Revokes the token of this request", responses((status = 204, description = "The token is revoked"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn logout(State(master): Shared, Auth(caller): Auth) -> ApiResult<StatusCode> {
     master.logout(&caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/me", tag = "docklet", summary = "The caller's account, quota and usage", responses((status = 200, body = Me), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn me(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     Ok(Json(master.me(&caller).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "docklet", summary = "The caller's tokens (never their secrets)", responses((status = 200, body = Vec<TokenRecord>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn list_tokens(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     Ok(Json(master.list_tokens(&caller).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "docklet", summary = "A new API token; its secret is shown once", request_body = TokenBody, responses((status = 201, body = NewToken), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn create_token(
     State(master): Shared,
     Auth(caller): Auth,
@@ -245,6 +315,7 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "docklet", summary = "Revokes one of the caller's tokens", params(("id" = String, Path)), responses((status = 204, description = "Revoked"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn revoke_token(
     State(master): Shared,
     Auth(caller): Auth,
@@ -254,6 +325,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/clusters", tag = "docklet", summary = "The caller's clusters (administrators: `?user=`)", params(OwnerQuery), responses((status = 200, body = Vec<ClusterView>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn list_clusters(
     State(master): Shared,
     Auth(caller): Auth,
@@ -262,18 +334,20 @@ async fn list_clusters(
     Ok(Json(master.list_clusters(&caller, q.user.as_deref()).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters", tag = "docklet", summary = "Creates a cluster; returns the operation that brings it up", request_body = CreateClusterRequest, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats return the first operation")), responses((status = 202, body = OperationView), (status = 200, body = OperationView, description = "An earlier create with the same Idempotency-Key"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn create_cluster(
     State(master): Shared,
     Auth(caller): Auth,
     headers: HeaderMap,
     Body(request): Body<CreateClusterRequest>,
 ) -> ApiResult<Response> {
-    let key = match headers.get("idempotency-key") {
-        Some(value) => Some(value.to_str().map_err(|_| {
-            ApiError::BadRequest("Idempotency-Key must be printable ASCII".into())
-        })?),
-        None => None,
-    };
+    let key =
+        match headers.get("idempotency-key") {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ApiError::BadRequest("Idempotency-Key must be printable ASCII".into())
+            })?),
+            None => None,
+        };
     let created = master.create_cluster(&caller, &request, key).await?;
     if created.replayed {
         Ok(Json(created.operation).into_response())
@@ -282,15 +356,22 @@ async fn create_cluster(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/clusters/{name}", tag = "docklet", summary = "A cluster with its nodes", params(("name" = String, Path), OwnerQuery), responses((status = 200, body = ClusterView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn show_cluster(
     State(master): Shared,
     Auth(caller): Auth,
     Path(name): Path<String>,
     Params(q): Params<OwnerQuery>,
 ) -> ApiResult<Response> {
-    Ok(Json(master.show_cluster(&caller, q.user.as_deref(), &name).await?).into_response())
+    Ok(Json(
+        master
+            .show_cluster(&caller, q.user.as_deref(), &name)
+            .await?,
+    )
+    .into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/clusters/{name}", tag = "docklet", summary = "Deletes a stopped cluster (or any, with `force=true`)", params(("name" = String, Path), DeleteQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn delete_cluster(
     State(master): Shared,
     Auth(caller): Auth,
@@ -303,6 +384,7 @@ async fn delete_cluster(
     Ok(accepted(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/start", tag = "docklet", summary = "Starts every node", params(("name" = String, Path), OwnerQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn start_cluster(
     State(master): Shared,
     Auth(caller): Auth,
@@ -315,6 +397,7 @@ async fn start_cluster(
     Ok(accepted(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/stop", tag = "docklet", summary = "Stops every node", params(("name" = String, Path), OwnerQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn stop_cluster(
     State(master): Shared,
     Auth(caller): Auth,
@@ -327,6 +410,7 @@ async fn stop_cluster(
     Ok(accepted(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/scale-out", tag = "docklet", summary = "Adds a node", params(("name" = String, Path), OwnerQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn scale_out(
     State(master): Shared,
     Auth(caller): Auth,
@@ -337,6 +421,7 @@ async fn scale_out(
     Ok(accepted(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/scale-in", tag = "docklet", summary = "Removes the named node", params(("name" = String, Path), OwnerQuery), request_body = ScaleInBody, responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn scale_in(
     State(master): Shared,
     Auth(caller): Auth,
@@ -350,6 +435,7 @@ async fn scale_in(
     Ok(accepted(view))
 }
 
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/nodes/{index}/exec", tag = "docklet", summary = "Runs a command (an argv list) in a node and returns its exit code and output", params(("name" = String, Path), ("index" = u32, Path), OwnerQuery), request_body = ExecRequest, responses((status = 200, body = ExecResult), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn exec(
     State(master): Shared,
     Auth(caller): Auth,
@@ -366,6 +452,7 @@ async fn exec(
     Ok(Json(result).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "docklet", summary = "An operation's progress, optionally waiting for its end", params(("id" = String, Path), WaitQuery), responses((status = 200, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn operation(
     State(master): Shared,
     Auth(caller): Auth,
@@ -376,10 +463,31 @@ async fn operation(
     Ok(Json(master.operation(&caller, &id, wait).await?).into_response())
 }
 
+/// Server-sent events: `event: <kind>`, `data: <JSON>`, kept alive with comments.
+#[utoipa::path(get, path = "/api/v1/events", tag = "docklet", summary = "The lifecycle event stream", responses((status = 200, description = "Server-sent events: cluster, node, operation and host changes", content_type = "text/event-stream"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn events(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = master.events(caller).await?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let sse = Event::default()
+            .event(event.kind)
+            .id(event.revision.to_string())
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().comment("unencodable event"));
+        Some((Ok::<_, std::convert::Infallible>(sse), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/users", tag = "docklet", summary = "Every account (administrators)", responses((status = 200, body = Vec<Me>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn list_users(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     Ok(Json(master.list_users(&caller).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "docklet", summary = "Creates a local or PAM account (administrators)", request_body = NewUser, responses((status = 201, body = Me), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn create_user(
     State(master): Shared,
     Auth(caller): Auth,
@@ -389,6 +497,7 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "docklet", summary = "One account (administrators, or the account itself)", params(("name" = String, Path)), responses((status = 200, body = Me), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn show_user(
     State(master): Shared,
     Auth(caller): Auth,
@@ -397,6 +506,7 @@ async fn show_user(
     Ok(Json(master.show_user(&caller, &name).await?).into_response())
 }
 
+#[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "docklet", summary = "Changes an account's group, status or local password", params(("name" = String, Path)), request_body = UserPatch, responses((status = 200, body = Me), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn update_user(
     State(master): Shared,
     Auth(caller): Auth,
@@ -406,6 +516,7 @@ async fn update_user(
     Ok(Json(master.update_user(&caller, &name, &body).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "docklet", summary = "Deletes an account without clusters (administrators)", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn delete_user(
     State(master): Shared,
     Auth(caller): Auth,
@@ -415,10 +526,12 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/groups", tag = "docklet", summary = "Groups and their quotas (administrators)", responses((status = 200, body = Vec<Group>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn list_groups(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     Ok(Json(master.list_groups(&caller).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/groups", tag = "docklet", summary = "Creates a group (administrators)", request_body = Group, responses((status = 201, body = Group), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn create_group(
     State(master): Shared,
     Auth(caller): Auth,
@@ -428,6 +541,7 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(group)).into_response())
 }
 
+#[utoipa::path(patch, path = "/api/v1/groups/{name}", tag = "docklet", summary = "Changes a group's quota, defaults or admin flag", params(("name" = String, Path)), request_body = GroupPatch, responses((status = 200, body = Group), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn update_group(
     State(master): Shared,
     Auth(caller): Auth,
@@ -437,6 +551,7 @@ async fn update_group(
     Ok(Json(master.update_group(&caller, &name, &body).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "docklet", summary = "Deletes an empty group that is not the default", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn delete_group(
     State(master): Shared,
     Auth(caller): Auth,
@@ -446,6 +561,7 @@ async fn delete_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(put, path = "/api/v1/settings/default-group", tag = "docklet", summary = "Chooses the group new users join", request_body = DefaultGroupBody, responses((status = 204, description = "Changed"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn set_default_group(
     State(master): Shared,
     Auth(caller): Auth,
@@ -455,10 +571,18 @@ async fn set_default_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/settings/default-group", tag = "docklet", summary = "The group new users join", responses((status = 200, body = DefaultGroupBody), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn default_group(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    let group = master.default_group(&caller).await?;
+    Ok(Json(serde_json::json!({ "group": group })).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "docklet", summary = "Hosts with capacity, allocations and drain state (administrators)", responses((status = 200, body = Vec<HostView>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn hosts(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     Ok(Json(master.hosts(&caller).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", tag = "docklet", summary = "The host takes no new vnodes", params(("name" = String, Path)), responses((status = 204, description = "Draining"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn drain(
     State(master): Shared,
     Auth(caller): Auth,
@@ -468,6 +592,7 @@ async fn drain(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/undrain", tag = "docklet", summary = "The host takes new vnodes again", params(("name" = String, Path)), responses((status = 204, description = "Back in service"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn undrain(
     State(master): Shared,
     Auth(caller): Auth,
@@ -477,7 +602,7 @@ async fn undrain(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
     version: &'static str,
@@ -486,6 +611,7 @@ struct Health {
 }
 
 /// 200 when etcd answers, 503 otherwise; tells nothing an anonymous caller should not know.
+#[utoipa::path(get, path = "/api/v1/health", tag = "docklet", summary = "Liveness: whether etcd answers", responses((status = 200, body = Health), (status = 503, body = Health)), security(()))]
 async fn health(State(master): Shared) -> impl IntoResponse {
     let (etcd_ok, initialized) = master.health().await;
     let body = Health {
@@ -525,4 +651,56 @@ fn html_escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route_with_bearer_auth() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for path in [
+            "/api/v1/auth/login",
+            "/api/v1/clusters",
+            "/api/v1/clusters/{name}",
+            "/api/v1/clusters/{name}/scale-in",
+            "/api/v1/clusters/{name}/nodes/{index}/exec",
+            "/api/v1/operations/{id}",
+            "/api/v1/events",
+            "/api/v1/users/{name}",
+            "/api/v1/groups/{name}",
+            "/api/v1/settings/default-group",
+            "/api/v1/hosts/{name}/drain",
+        ] {
+            assert!(paths.contains_key(path), "{path} missing");
+        }
+        assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        // Login and health need no token.
+        assert_eq!(
+            doc["paths"]["/api/v1/auth/login"]["post"]["security"],
+            serde_json::json!([{}])
+        );
+    }
+
+    #[test]
+    fn errors_render_with_code_message_and_field() {
+        let response = ApiError::Input(crate::model::vcluster::InputError {
+            code: "invalid_name",
+            field: "name",
+            message: "bad".into(),
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let throttled = ApiError::Throttled { retry_after: 30 }.into_response();
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(throttled.headers()[header::RETRY_AFTER], "30");
+    }
 }

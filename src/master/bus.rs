@@ -5,7 +5,10 @@ use std::sync::Arc;
 use zbus::message::Header;
 
 use super::Master;
+use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
 use crate::dbus_api::{self, BusError, HostRow, InitResult};
+use crate::model::account::AuthMethod;
+use crate::model::quota::Group;
 use crate::model::vnode::{DesiredState, VNodeSpec};
 
 pub struct MasterInterface {
@@ -126,6 +129,204 @@ impl MasterInterface {
         Ok(serde_json::to_string(&list).expect("vnode entries serialize"))
     }
 
+    /// Every account with its group, quota and usage (JSON).
+    async fn users(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(self.master.list_users(&Caller::local_admin()).await)
+    }
+
+    /// Creates an account: `auth` is `local` (with a password) or `pam` (password empty);
+    /// an empty `group` means the default group.
+    async fn create_user(
+        &self,
+        name: &str,
+        group: &str,
+        auth: &str,
+        password: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let auth = match auth {
+            "local" => AuthMethod::Local,
+            "pam" => AuthMethod::Pam,
+            other => {
+                return Err(BusError::InvalidArgument(format!(
+                    "auth {other:?}: expected local or pam"
+                )));
+            }
+        };
+        let new = NewUser {
+            name: name.to_owned(),
+            password: (!password.is_empty()).then(|| password.to_owned()),
+            group: (!group.is_empty()).then(|| group.to_owned()),
+            auth: Some(auth),
+        };
+        tracing::info!(caller_uid = uid, user = name, "user created over D-Bus");
+        json(self.master.create_user(&Caller::local_admin(), &new).await)
+    }
+
+    /// Changes an account: `patch` is JSON with any of `group`, `status`, `password`.
+    async fn set_user(
+        &self,
+        name: &str,
+        patch: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let patch: UserPatch = parse(patch)?;
+        tracing::info!(caller_uid = uid, user = name, "user changed over D-Bus");
+        json(
+            self.master
+                .update_user(&Caller::local_admin(), name, &patch)
+                .await,
+        )
+    }
+
+    async fn delete_user(
+        &self,
+        name: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, user = name, "user deleted over D-Bus");
+        self.master
+            .delete_user(&Caller::local_admin(), name)
+            .await
+            .map_err(api_bus_error)
+    }
+
+    /// Every group with its quota and node defaults (JSON).
+    async fn groups(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(self.master.list_groups(&Caller::local_admin()).await)
+    }
+
+    /// Creates a group from its JSON record.
+    async fn create_group(
+        &self,
+        group: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let group: Group = parse(group)?;
+        json(
+            self.master
+                .create_group(&Caller::local_admin(), &group)
+                .await,
+        )
+    }
+
+    /// Changes a group: `patch` is JSON with any of `admin`, `quota` (any of its fields) and
+    /// `defaults`.
+    async fn set_group(
+        &self,
+        name: &str,
+        patch: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let patch: GroupPatch = parse(patch)?;
+        tracing::info!(caller_uid = uid, group = name, "group changed over D-Bus");
+        json(
+            self.master
+                .update_group(&Caller::local_admin(), name, &patch)
+                .await,
+        )
+    }
+
+    async fn delete_group(
+        &self,
+        name: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        self.master
+            .delete_group(&Caller::local_admin(), name)
+            .await
+            .map_err(api_bus_error)
+    }
+
+    async fn set_default_group(
+        &self,
+        name: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        self.master
+            .set_default_group(&Caller::local_admin(), name)
+            .await
+            .map_err(api_bus_error)
+    }
+
+    /// The group new users join.
+    async fn default_group(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        self.master
+            .default_group(&Caller::local_admin())
+            .await
+            .map_err(api_bus_error)
+    }
+
+    /// Hosts with capacity, allocations, images and drain state (JSON).
+    async fn host_loads(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(self.master.hosts(&Caller::local_admin()).await)
+    }
+
+    /// Stops (or, with `drain` false, resumes) placing new vnodes on a host.
+    async fn drain(
+        &self,
+        host: &str,
+        drain: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, host, drain, "drain changed over D-Bus");
+        self.master
+            .drain(&Caller::local_admin(), host, drain)
+            .await
+            .map_err(api_bus_error)
+    }
+
+    /// A user's clusters with their nodes (JSON).
+    async fn clusters(
+        &self,
+        user: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(
+            self.master
+                .list_clusters(&Caller::local_admin(), Some(user))
+                .await,
+        )
+    }
+
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         crate::VERSION.to_owned()
@@ -144,4 +345,28 @@ pub async fn serve(master: Arc<Master>) -> zbus::Result<zbus::Connection> {
         .serve_at(dbus_api::MASTER_PATH, MasterInterface { master })
         .build()
         .await
+}
+
+/// The same failure on D-Bus as on HTTP, in D-Bus's terms.
+pub fn api_bus_error(e: ApiError) -> BusError {
+    let message = e.to_string();
+    match e {
+        ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => BusError::AccessDenied(message),
+        ApiError::NotFound(_) => BusError::NotFound(message),
+        ApiError::Conflict(_) => BusError::Conflict(message),
+        ApiError::BadRequest(_) | ApiError::Input(_) => BusError::InvalidArgument(message),
+        ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => BusError::Exhausted(message),
+        ApiError::Unavailable(_) => BusError::EtcdUnavailable(message),
+        ApiError::Throttled { .. } | ApiError::Internal(_) => BusError::Failed(message),
+    }
+}
+
+fn json<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<String, BusError> {
+    result
+        .map(|value| serde_json::to_string_pretty(&value).expect("records serialize"))
+        .map_err(api_bus_error)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, BusError> {
+    serde_json::from_str(text).map_err(|e| BusError::InvalidArgument(format!("JSON: {e}")))
 }

@@ -9,8 +9,8 @@ use rand::RngExt;
 use rand::distr::Alphanumeric;
 
 use crate::model::account::{Account, HashError};
-use crate::model::quota;
 use crate::model::cluster::ClusterInfo;
+use crate::model::quota;
 use crate::store::{Store, StoreError};
 
 /// The portal administrator `init` creates.

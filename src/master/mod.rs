@@ -6,6 +6,7 @@ pub mod actions;
 pub mod agent_client;
 pub mod api;
 pub mod bus;
+pub mod events;
 pub mod init;
 
 use std::sync::Arc;
@@ -448,10 +449,10 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
+        .with_graceful_shutdown(async {
+            let _ = http_stopped.await;
+        })
+        .await
     });
 
     // D-Bus first, so `docklet-admin status` can tell what the master is waiting for.

@@ -11,7 +11,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountStatus {
     /// Registered, waiting for an administrator: may log in, may not create anything.
@@ -35,7 +35,7 @@ impl std::str::FromStr for AccountStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMethod {
     /// Docklet's own password (Argon2id).
@@ -192,7 +192,7 @@ pub fn validate_password(password: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     /// Made by a login; ends at logout or after [`SESSION_SECS`].
@@ -210,7 +210,7 @@ pub const TOKEN_PREFIX: &str = "dkt_";
 
 /// Stored at `tokens/<digest>`, where digest is [`token_digest`] of the secret: the secret
 /// itself is never stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     /// Public handle (the digest's first 12 hex digits), for listing and revoking.
     pub id: String,
@@ -310,8 +310,7 @@ impl Throttle {
             entry.count += 1;
             if entry.count > free {
                 let doublings = (entry.count - free - 1).min(16);
-                let block =
-                    (Throttle::FIRST_BLOCK_SECS << doublings).min(Throttle::MAX_BLOCK_SECS);
+                let block = (Throttle::FIRST_BLOCK_SECS << doublings).min(Throttle::MAX_BLOCK_SECS);
                 entry.blocked_until = now + block;
             }
         }
@@ -364,10 +363,9 @@ mod tests {
 
     #[test]
     fn records_from_before_groups_still_read() {
-        let old: Account = serde_json::from_str(
-            r#"{"name":"root","role":"admin","password_hash":"$argon2id$x"}"#,
-        )
-        .unwrap();
+        let old: Account =
+            serde_json::from_str(r#"{"name":"root","role":"admin","password_hash":"$argon2id$x"}"#)
+                .unwrap();
         assert_eq!(old.group, "root");
         assert_eq!(old.auth, AuthMethod::Local);
         assert_eq!(old.status, AccountStatus::Normal);
@@ -447,7 +445,10 @@ mod tests {
         }
         assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0, "three are free");
         t.failed("alice", "10.0.0.1", 1000);
-        assert_eq!(t.wait("alice", "10.0.0.2", 1000), Throttle::FIRST_BLOCK_SECS);
+        assert_eq!(
+            t.wait("alice", "10.0.0.2", 1000),
+            Throttle::FIRST_BLOCK_SECS
+        );
         assert_eq!(t.wait("bob", "10.0.0.1", 1000), 0, "others are not blocked");
         t.failed("alice", "10.0.0.1", 1000);
         assert_eq!(
@@ -468,8 +469,14 @@ mod tests {
         for i in 0..5 {
             t.failed(&format!("user{i}"), "10.0.0.9", 50);
         }
-        assert_eq!(t.wait("someone", "10.0.0.9", 50), Throttle::FIRST_BLOCK_SECS);
+        assert_eq!(
+            t.wait("someone", "10.0.0.9", 50),
+            Throttle::FIRST_BLOCK_SECS
+        );
         assert_eq!(t.wait("someone", "10.0.0.8", 50), 0);
-        assert_eq!(t.wait("someone", "10.0.0.9", 50 + Throttle::FIRST_BLOCK_SECS), 0);
+        assert_eq!(
+            t.wait("someone", "10.0.0.9", 50 + Throttle::FIRST_BLOCK_SECS),
+            0
+        );
     }
 }

@@ -99,10 +99,24 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The `docklet-admin hosts` table.
-pub fn hosts_table(hosts: &[HostRecord], now: u64) -> String {
+/// What the scheduler knows of a host beyond its record: vnodes placed there and whether it
+/// is draining.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostLoadSummary {
+    pub vnodes: u32,
+    pub draining: bool,
+}
+
+/// `loads` may lack hosts (or be empty when the master cannot tell): those show `-`.
+pub fn hosts_table(
+    hosts: &[HostRecord],
+    loads: &std::collections::BTreeMap<String, HostLoadSummary>,
+    now: u64,
+) -> String {
     let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
+            let load = loads.get(&h.name);
             vec![
                 h.name.clone(),
                 if h.addresses.is_empty() {
@@ -115,6 +129,12 @@ pub fn hosts_table(hosts: &[HostRecord], now: u64) -> String {
                 human_bytes(h.capacity.disk_free_bytes),
                 h.version.clone(),
                 human_duration(now.saturating_sub(h.registered_at)),
+                load.map_or_else(|| "-".into(), |l| l.vnodes.to_string()),
+                match load {
+                    Some(l) if l.draining => "draining".into(),
+                    Some(_) => "no".into(),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
@@ -127,6 +147,8 @@ pub fn hosts_table(hosts: &[HostRecord], now: u64) -> String {
             "DISK FREE",
             "VERSION",
             "UP",
+            "VNODES",
+            "DRAIN",
         ],
         &rows,
     )
@@ -189,7 +211,14 @@ mod tests {
 
     #[test]
     fn hosts_table_aligns_columns() {
-        let table = hosts_table(&[host("tb1"), host("tb-long-name")], 1_090);
+        let loads = std::collections::BTreeMap::from([(
+            "tb1".to_owned(),
+            HostLoadSummary {
+                vnodes: 3,
+                draining: true,
+            },
+        )]);
+        let table = hosts_table(&[host("tb1"), host("tb-long-name")], &loads, 1_090);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("HOST          ADDRESSES"), "{table}");
@@ -197,7 +226,8 @@ mod tests {
             lines[1].starts_with("tb1           10.213.0.11/24  2     24.0G   80.5G"),
             "{table}"
         );
-        assert!(lines[2].ends_with("0.1.0    90s"), "{table}");
+        assert!(lines[1].ends_with("90s  3       draining"), "{table}");
+        assert!(lines[2].ends_with("90s  -       -"), "{table}");
     }
 
     #[test]

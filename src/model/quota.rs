@@ -14,7 +14,7 @@ pub const MIN_CPU_MILLIS: u32 = 10;
 const GIB: u64 = 1 << 30;
 
 /// Additive amounts a user's vnodes hold. Stored per user in etcd as `usage/<user>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -55,7 +55,7 @@ impl Usage {
 }
 
 /// Per-vnode sizes (cpu in thousandths of a core).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeSize {
     pub cpu_millis: u32,
     pub memory_bytes: u64,
@@ -64,7 +64,7 @@ pub struct NodeSize {
 
 /// A group's limits. `cpu_millis`, `memory_bytes`, `disk_bytes` and `vnodes` are sums over all
 /// of a member's vnodes; `images` and `port_mappings` are counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quota {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -77,7 +77,7 @@ pub struct Quota {
 }
 
 /// Stored at `groups/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Group {
     pub name: String,
     /// Members are administrators.

@@ -86,7 +86,7 @@ pub fn validate_cluster_name(name: &str) -> Result<(), InputError> {
 }
 
 /// The body of `POST /api/v1/clusters`. Absent fields take the group's defaults.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateClusterRequest {
     pub name: String,
@@ -127,7 +127,10 @@ impl CreateClusterRequest {
                 format!("size must be between 1 and {MAX_NODES_PER_REQUEST}, not {size}"),
             ));
         }
-        let image = self.image.clone().unwrap_or_else(|| default_image.to_owned());
+        let image = self
+            .image
+            .clone()
+            .unwrap_or_else(|| default_image.to_owned());
         vnode::validate_image_name(&image)
             .map_err(|e| input("invalid_image", "image", e.to_string()))?;
         let node = NodeSize {
@@ -182,7 +185,7 @@ pub fn validate_node_size(node: &NodeSize) -> Result<(), InputError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OperationKind {
     Create,
@@ -212,7 +215,7 @@ enum Goal {
 }
 
 /// Stored at `operations/<id>` (with a lease, so old ones go away by themselves).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     pub id: String,
     pub kind: OperationKind,
@@ -239,7 +242,7 @@ pub struct NodeSeen {
     pub host_up: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationState {
     Running,
@@ -247,7 +250,7 @@ pub enum OperationState {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub state: OperationState,
     /// Nodes that reached the goal.
@@ -302,7 +305,7 @@ pub fn progress(op: &Operation, seen: &[NodeSeen], now: u64) -> Progress {
 }
 
 /// What a node of a cluster is, as the user sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Pending,
@@ -334,7 +337,7 @@ pub fn node_state(seen: &NodeSeen, deleting: bool) -> NodeState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterState {
     Running,
@@ -499,7 +502,11 @@ mod tests {
     #[test]
     fn progress_counts_nodes_at_the_goal() {
         let create = op(OperationKind::Create, 2);
-        let p = progress(&create, &[seen(Phase::Running), seen(Phase::Creating)], 1001);
+        let p = progress(
+            &create,
+            &[seen(Phase::Running), seen(Phase::Creating)],
+            1001,
+        );
         assert_eq!((p.state, p.done, p.total), (OperationState::Running, 1, 2));
         let p = progress(&create, &[seen(Phase::Running), seen(Phase::Running)], 1001);
         assert_eq!(p.state, OperationState::Succeeded);
@@ -522,7 +529,11 @@ mod tests {
             1001,
         );
         assert_eq!(p.state, OperationState::Failed);
-        assert!(p.message.contains("alice-c1-1 failed: image base2"), "{}", p.message);
+        assert!(
+            p.message.contains("alice-c1-1 failed: image base2"),
+            "{}",
+            p.message
+        );
 
         let mut lost = seen(Phase::Running);
         lost.host_up = false;

@@ -87,7 +87,10 @@ impl EtcdStore {
         let key = self.keys.user(name);
         let mut ops = vec![TxnOp::delete(key.clone(), None::<DeleteOptions>)];
         for (digest, _) in self.tokens_of(name).await? {
-            ops.push(TxnOp::delete(self.keys.token(&digest), None::<DeleteOptions>));
+            ops.push(TxnOp::delete(
+                self.keys.token(&digest),
+                None::<DeleteOptions>,
+            ));
         }
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Greater, 0)])

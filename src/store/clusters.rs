@@ -121,7 +121,11 @@ impl EtcdStore {
             let mut then = vec![TxnOp::put(usage_key, encode(&new_usage), None)];
             for (host, (allocated, revision)) in &allocations {
                 let key = self.keys.allocation(host);
-                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *revision));
+                when.push(Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *revision,
+                ));
                 then.push(TxnOp::put(key, encode(allocated), None));
             }
             for (host, spec) in &specs {
@@ -130,7 +134,11 @@ impl EtcdStore {
                 when.push(Compare::create_revision(index.clone(), CompareOp::Equal, 0));
                 when.push(Compare::create_revision(claim.clone(), CompareOp::Equal, 0));
                 then.push(TxnOp::put(index, host.as_str(), None));
-                then.push(TxnOp::put(self.keys.vnode(host, &spec.id), encode(spec), None));
+                then.push(TxnOp::put(
+                    self.keys.vnode(host, &spec.id),
+                    encode(spec),
+                    None,
+                ));
                 then.push(TxnOp::put(claim, spec.id.as_str(), None));
             }
             if let Some((cluster, revision)) = write.cluster {
@@ -143,7 +151,11 @@ impl EtcdStore {
             }
             if let (Some(op), Some(lease)) = (write.operation, lease) {
                 let options = || Some(PutOptions::new().with_lease(lease));
-                then.push(TxnOp::put(self.keys.operation(&op.id), encode(op), options()));
+                then.push(TxnOp::put(
+                    self.keys.operation(&op.id),
+                    encode(op),
+                    options(),
+                ));
                 if let Some(key) = write.idempotency_key {
                     let key = self.keys.idempotency(user, key);
                     when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
@@ -257,7 +269,8 @@ impl EtcdStore {
         user: &str,
         name: &str,
     ) -> Result<Option<(VCluster, i64)>, StoreError> {
-        self.get_json_rev(&self.keys.cluster_record(user, name)).await
+        self.get_json_rev(&self.keys.cluster_record(user, name))
+            .await
     }
 
     pub async fn clusters_of(&self, user: &str) -> Result<Vec<VCluster>, StoreError> {
@@ -289,7 +302,9 @@ impl EtcdStore {
         &self,
         user: &str,
         name: &str,
-        change: impl Fn(&VCluster) -> Result<(Option<VCluster>, Vec<(String, DesiredState)>), StoreError>,
+        change: impl Fn(
+            &VCluster,
+        ) -> Result<(Option<VCluster>, Vec<(String, DesiredState)>), StoreError>,
     ) -> Result<Vec<String>, StoreError> {
         let key = self.keys.cluster_record(user, name);
         for _ in 0..ATTEMPTS {
@@ -298,7 +313,11 @@ impl EtcdStore {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("no cluster named {name}")))?;
             let (record, states) = change(&cluster)?;
-            let mut when = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
+            let mut when = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )];
             let mut then = vec![match &record {
                 Some(record) => TxnOp::put(key.clone(), encode(record), None),
                 None => TxnOp::delete(key.clone(), None::<DeleteOptions>),
@@ -338,9 +357,13 @@ impl EtcdStore {
     pub async fn set_drain(&self, host: &str, drain: bool) -> Result<(), StoreError> {
         let mut kv = self.client.kv_client();
         if drain {
-            kv.put(self.keys.drain(host), "1", None).await.map_err(classify)?;
+            kv.put(self.keys.drain(host), "1", None)
+                .await
+                .map_err(classify)?;
         } else {
-            kv.delete(self.keys.drain(host), None).await.map_err(classify)?;
+            kv.delete(self.keys.drain(host), None)
+                .await
+                .map_err(classify)?;
         }
         Ok(())
     }

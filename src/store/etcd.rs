@@ -13,9 +13,9 @@ use tonic::Code;
 use super::{Keys, Store, StoreError, decode, encode};
 use crate::config::Config;
 use crate::model::account::Account;
-use crate::model::quota::Group;
 use crate::model::cluster::{ClusterInfo, EtcdCredentials};
 use crate::model::host::HostRecord;
+use crate::model::quota::Group;
 
 /// A connection to etcd, scoped to one cluster's keys.
 #[derive(Clone)]
@@ -323,7 +323,11 @@ impl Store for EtcdStore {
         operations.push(TxnOp::put(self.keys.cluster(), encode(info), None));
         operations.push(TxnOp::put(self.keys.user(&admin.name), encode(admin), None));
         for group in groups {
-            operations.push(TxnOp::put(self.keys.group(&group.name), encode(group), None));
+            operations.push(TxnOp::put(
+                self.keys.group(&group.name),
+                encode(group),
+                None,
+            ));
         }
         let mut txn = Txn::new();
         if !force {

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 
 use super::{Keys, Store, StoreError, decode, encode};
 use crate::model::account::Account;
-use crate::model::quota::Group;
 use crate::model::cluster::ClusterInfo;
 use crate::model::host::HostRecord;
+use crate::model::quota::Group;
 
 pub struct MemoryStore {
     keys: Keys,

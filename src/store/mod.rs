@@ -26,9 +26,9 @@
 use std::future::Future;
 
 use crate::model::account::Account;
-use crate::model::quota::Group;
 use crate::model::cluster::ClusterInfo;
 use crate::model::host::HostRecord;
+use crate::model::quota::Group;
 
 pub mod accounts;
 pub mod clusters;

@@ -232,9 +232,9 @@ impl EtcdStore {
         Ok(view)
     }
 
-    /// Watches everything [`net_view`](Self::net_view) reads: every event means "read again".
-    pub async fn watch_network(&self) -> Result<etcd_client::WatchStream, StoreError> {
-        // One watch over the cluster prefix; callers skip keys that are not theirs.
+    /// Every change under the cluster's prefix; callers skip the keys that are not theirs
+    /// (the worker's network loop, the master's event stream).
+    pub async fn watch_all(&self) -> Result<etcd_client::WatchStream, StoreError> {
         self.client
             .watch_client()
             .watch(self.keys.prefix(), Some(WatchOptions::new().with_prefix()))

@@ -26,9 +26,7 @@ impl PasswordCheck for Pam {
             service: self.service.clone(),
             reason: e.to_string(),
         })?;
-        client
-            .conversation_mut()
-            .set_credentials(user, password);
+        client.conversation_mut().set_credentials(user, password);
         // `authenticate` runs pam_authenticate and then pam_acct_mgmt, so expired and locked
         // system accounts are refused as well.
         match client.authenticate() {

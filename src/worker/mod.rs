@@ -373,7 +373,7 @@ async fn network_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
         let store = worker.connect(&mut backoff).await;
         let result: Result<(), network::NetworkError> = async {
             store.put_vtep(&worker.host, network.vtep()).await?;
-            let mut watch = store.watch_network().await?;
+            let mut watch = store.watch_all().await?;
             let mut tick = tokio::time::interval(NETWORK_RESYNC_EVERY);
             loop {
                 if let Err(e) = network.sync(&store).await {

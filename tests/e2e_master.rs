@@ -1,0 +1,1560 @@
+//! End-to-end: the master's REST API (`/api/v1`) on the testbed, as its users and
+//! administrators see it from outside: logins and tokens, the login throttle, a cluster's
+//! lifecycle, quotas under concurrent requests, idempotent creates, the authorization of
+//! every route, clear errors for bad input, and drained hosts.
+//!
+//! Every test has users of its own (PAM users made on tb1, where the master runs, and local
+//! users made through the API), first removes what an interrupted earlier run of it left, and
+//! deletes the clusters, accounts and groups it made however it ends ([`Cleanup`]).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Node sizes that fit the testbed many times over.
+const CPU: u64 = 200;
+const MEMORY: u64 = 256 * MIB;
+const DISK: u64 = 512 * MIB;
+
+// ---- HTTP ----
+
+/// An answer of the API.
+struct Resp {
+    status: u16,
+    /// The header block, as received.
+    headers: String,
+    text: String,
+    /// The body as JSON; `Null` when it is empty or not JSON.
+    json: Value,
+}
+
+impl Resp {
+    /// `error.code` of an error answer.
+    fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
+    /// Asserts an error answer: its status and code (and that it is the API's error format).
+    #[track_caller]
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "wanted {status} {code}, got {self}");
+        assert_eq!(self.code(), code, "wanted {status} {code}, got {self}");
+        assert!(
+            self.json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "an error says what went wrong: {self}"
+        );
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.text)
+    }
+}
+
+/// One request to the API with curl: `path` is below `/api/v1`, `body` is sent as it is
+/// (with `Content-Type: application/json` unless `headers` name one).
+fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let url = format!("{PORTAL}/api/v1{path}");
+    let mut cmd = Command::new("curl");
+    // Operations are waited for up to a minute; nothing else may take long (an event stream
+    // that should have been refused would otherwise hang the test).
+    let limit = if path.contains("wait=") { "150" } else { "30" };
+    cmd.args(["-s", "-S", "-m", limit, "-X", method, "-D", "-", "-o", "-"])
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
+    }
+    if body.is_some() {
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            cmd.args(["-H", "Content-Type: application/json"]);
+        }
+        cmd.args(["--data-binary", "@-"]);
+    }
+    cmd.arg(&url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run curl");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(body) = body {
+            stdin.write_all(body.as_bytes()).unwrap();
+        }
+    }
+    let output = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (rest, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let status: u16 = status.trim().parse().unwrap_or(0);
+    assert_ne!(
+        status,
+        0,
+        "{method} {url}: no answer: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    Resp {
+        status,
+        headers: headers.to_owned(),
+        text: body.to_owned(),
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+/// A JSON request to the API.
+fn api(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Resp {
+    let body = body.map(Value::to_string);
+    request(method, path, token, body.as_deref(), &[])
+}
+
+fn get(path: &str, token: &str) -> Resp {
+    api("GET", path, Some(token), None)
+}
+
+fn post(path: &str, token: &str, body: &Value) -> Resp {
+    api("POST", path, Some(token), Some(body))
+}
+
+fn login(user: &str, password: &str) -> Resp {
+    api(
+        "POST",
+        "/auth/login",
+        None,
+        Some(&json!({"user": user, "password": password})),
+    )
+}
+
+/// The token of a login that must succeed.
+#[track_caller]
+fn session(user: &str, password: &str) -> String {
+    let r = login(user, password);
+    assert_eq!(r.status, 200, "login of {user}: {r}");
+    r.json["token"].as_str().unwrap().to_owned()
+}
+
+/// A session of the portal's administrator `root`, made once per test run.
+fn root() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+        session("root", password.trim())
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---- users, clusters, operations ----
+
+fn password_of(user: &str) -> String {
+    format!("Pw-{user}-7d1x")
+}
+
+/// A PAM user `name` (a system account on tb1, password [`password_of`]) of whom Docklet
+/// knows nothing yet: an account, clusters or tokens an earlier run left are removed.
+fn fresh_pam_user(name: &str) -> String {
+    let password = password_of(name);
+    ok(
+        "tb1",
+        &format!(
+            "id {name} >/dev/null 2>&1 || useradd -m {name}; echo {name}:{password} | chpasswd"
+        ),
+    );
+    forget_user(name).unwrap();
+    password
+}
+
+/// Removes `user`'s clusters (waiting until their vnodes are gone) and Docklet account.
+fn forget_user(user: &str) -> Result<(), String> {
+    remove_clusters(user)?;
+    let r = api("DELETE", &format!("/users/{user}"), Some(root()), None);
+    match r.status {
+        204 | 404 => Ok(()),
+        _ => Err(format!("delete user {user}: {r}")),
+    }
+}
+
+/// Deletes every cluster of `user` (forced) and waits for the deletions to end.
+fn remove_clusters(user: &str) -> Result<(), String> {
+    let list = get(&format!("/clusters?user={user}"), root());
+    if list.status != 200 {
+        return Err(format!("list clusters of {user}: {list}"));
+    }
+    let mut operations = Vec::new();
+    for cluster in list.json.as_array().cloned().unwrap_or_default() {
+        let name = cluster["name"].as_str().unwrap_or_default();
+        let r = api(
+            "DELETE",
+            &format!("/clusters/{name}?user={user}&force=true"),
+            Some(root()),
+            None,
+        );
+        match r.status {
+            202 => operations.push(r.json["id"].as_str().unwrap_or_default().to_owned()),
+            404 => {}
+            _ => return Err(format!("delete cluster {name} of {user}: {r}")),
+        }
+    }
+    for id in operations {
+        let op = wait_operation(root(), &id);
+        if op["state"] != "succeeded" {
+            return Err(format!("deleting a cluster of {user}: {op}"));
+        }
+    }
+    Ok(())
+}
+
+/// An operation once it has ended (or after three minutes).
+fn wait_operation(token: &str, id: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..3 {
+        let r = get(&format!("/operations/{id}?wait=60"), token);
+        assert_eq!(r.status, 200, "operation {id}: {r}");
+        if r.json["state"] != "running" {
+            return r.json;
+        }
+        last = r.json;
+    }
+    panic!("operation {id} still running after 3 minutes: {last}")
+}
+
+/// Asserts that `r` accepted an operation (202, with its `Location`) that then succeeds;
+/// returns the operation as it ended.
+#[track_caller]
+fn succeeds(token: &str, r: &Resp) -> Value {
+    assert_eq!(r.status, 202, "{r}");
+    let id = r.json["id"].as_str().expect("operation id");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some(format!("/api/v1/operations/{id}").as_str()),
+        "{}",
+        r.headers
+    );
+    let op = wait_operation(token, id);
+    assert_eq!(op["state"], "succeeded", "operation: {op}");
+    assert_eq!(op["done"], op["total"], "operation: {op}");
+    op
+}
+
+/// A create request for `size` small nodes.
+fn small(name: &str, size: u32) -> Value {
+    json!({"name": name, "size": size, "cpu_millis": CPU, "memory_bytes": MEMORY, "disk_bytes": DISK})
+}
+
+fn create(token: &str, body: &Value) -> Resp {
+    post("/clusters", token, body)
+}
+
+/// Shows a cluster that must exist.
+#[track_caller]
+fn show(token: &str, name: &str) -> Value {
+    let r = get(&format!("/clusters/{name}"), token);
+    assert_eq!(r.status, 200, "show {name}: {r}");
+    r.json
+}
+
+fn me(token: &str) -> Value {
+    let r = get("/me", token);
+    assert_eq!(r.status, 200, "/me: {r}");
+    r.json
+}
+
+fn exec(token: &str, cluster: &str, index: u32, argv: &[&str]) -> Resp {
+    post(
+        &format!("/clusters/{cluster}/nodes/{index}/exec"),
+        token,
+        &json!({ "argv": argv }),
+    )
+}
+
+fn node_states(cluster: &Value) -> Vec<String> {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn node_indices(cluster: &Value) -> Vec<u64> {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["index"].as_u64().unwrap())
+        .collect()
+}
+
+/// Whatever a test made, removed when it ends, even by a panic: drained hosts are undrained,
+/// the users' clusters deleted (and waited for), their accounts and then the groups deleted.
+struct Cleanup {
+    users: Vec<String>,
+    groups: Vec<String>,
+    drained: Vec<String>,
+}
+
+impl Cleanup {
+    fn new(users: &[&str], groups: &[&str], drained: &[&str]) -> Cleanup {
+        let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Cleanup {
+            users: owned(users),
+            groups: owned(groups),
+            drained: owned(drained),
+        }
+    }
+
+    fn users(users: &[&str]) -> Cleanup {
+        Cleanup::new(users, &[], &[])
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for host in &self.drained {
+            let r = api(
+                "POST",
+                &format!("/hosts/{host}/undrain"),
+                Some(root()),
+                None,
+            );
+            if r.status != 204 {
+                eprintln!("cleanup: undrain {host}: {r}");
+            }
+        }
+        for user in &self.users {
+            if let Err(e) = forget_user(user) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        for group in &self.groups {
+            let r = api("DELETE", &format!("/groups/{group}"), Some(root()), None);
+            if r.status != 204 && r.status != 404 {
+                eprintln!("cleanup: delete group {group}: {r}");
+            }
+        }
+    }
+}
+
+/// A group that lets its members take small nodes, with `quota` over its defaults.
+fn group(name: &str, quota: Value) -> Value {
+    let mut q = json!({"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
+        "vnodes": 8, "images": 1, "port_mappings": 1, "idle_secs": 0});
+    for (k, v) in quota.as_object().unwrap() {
+        q[k] = v.clone();
+    }
+    json!({"name": name, "admin": false, "quota": q,
+        "defaults": {"cpu_millis": 100, "memory_bytes": MEMORY, "disk_bytes": DISK}})
+}
+
+/// Creates group `name` afresh (one an earlier run left, without members by now, goes first).
+fn fresh_group(name: &str, quota: Value) {
+    let r = api("DELETE", &format!("/groups/{name}"), Some(root()), None);
+    assert!(
+        r.status == 204 || r.status == 404,
+        "delete group {name}: {r}"
+    );
+    let r = post("/groups", root(), &group(name, quota));
+    assert_eq!(r.status, 201, "create group {name}: {r}");
+}
+
+#[track_caller]
+fn move_to_group(user: &str, group: &str) {
+    let r = api(
+        "PATCH",
+        &format!("/users/{user}"),
+        Some(root()),
+        Some(&json!({ "group": group })),
+    );
+    assert_eq!(r.status, 200, "move {user} to {group}: {r}");
+    assert_eq!(r.json["group"], group, "{r}");
+}
+
+/// Everything under the cluster's etcd prefix, keys and values, read on tb1 with the
+/// master's credentials.
+fn etcd_dump() -> String {
+    ok(
+        "tb1",
+        "f=/var/lib/docklet/global/secrets/etcd.toml; \
+         u=$(sed -n 's/^user = \"\\(.*\\)\"$/\\1/p' $f); p=$(sed -n 's/^password = \"\\(.*\\)\"$/\\1/p' $f); \
+         ETCDCTL_API=3 etcdctl --endpoints=http://10.213.0.11:2379 --user \"$u:$p\" get --prefix /docklet/",
+    )
+}
+
+fn master_journal() -> String {
+    ok(
+        "tb1",
+        "journalctl -u docklet-master.service --no-pager -o verbose",
+    )
+}
+
+// ---- the tests ----
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn pam_and_local_users_log_in_and_tokens_are_revocable() {
+    let (user, local) = ("mau1", "mauloc1");
+    let local_password = "Local-Secret-4417-q";
+    let _cleanup = Cleanup::users(&[user, local]);
+    let password = fresh_pam_user(user);
+    forget_user(local).unwrap();
+
+    // A PAM user logs in with the system password and becomes a Docklet user.
+    let r = login(user, &password);
+    assert_eq!(r.status, 200, "{r}");
+    let token = r.json["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("dkt_"), "{r}");
+    assert_eq!(r.json["user"], user);
+    assert_eq!(r.json["admin"], false);
+    assert!(r.json["expires_at"].as_u64().unwrap() > now(), "{r}");
+    let info = me(&token);
+    assert_eq!(info["user"], user, "{info}");
+    assert_eq!(info["group"], "foundation", "{info}");
+    assert_eq!(info["auth"], "pam", "{info}");
+    assert_eq!(info["admin"], false, "{info}");
+    assert_eq!(info["status"], "normal", "{info}");
+    assert_eq!(info["usage"]["vnodes"], 0, "{info}");
+
+    // A wrong password and an unknown user get the same answer, and no token.
+    let wrong = login(user, "not-the-password");
+    wrong.assert_error(401, "unauthenticated");
+    assert!(!wrong.text.contains("dkt_"), "{wrong}");
+    let unknown = login("mauzznosuchuser", "not-the-password");
+    unknown.assert_error(401, "unauthenticated");
+    assert_eq!(unknown.json, wrong.json, "unknown users are not told apart");
+
+    // Logging out ends the session, not the account.
+    let r = api("POST", "/auth/logout", Some(&token), None);
+    assert_eq!(r.status, 204, "{r}");
+    get("/me", &token).assert_error(401, "unauthenticated");
+    let again = session(user, &password);
+    assert_ne!(again, token);
+    assert_eq!(me(&again)["user"], user);
+
+    // The administrator makes a local user, who logs in with the password given.
+    let r = post(
+        "/users",
+        root(),
+        &json!({"name": local, "password": local_password, "group": "primary"}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    assert_eq!(r.json["auth"], "local", "{r}");
+    assert!(!r.text.contains(local_password), "{r}");
+    login(local, "Local-Secret-4417-Q").assert_error(401, "unauthenticated");
+    let local_session = session(local, local_password);
+    let info = me(&local_session);
+    assert_eq!(
+        (&info["user"], &info["group"], &info["auth"]),
+        (&json!(local), &json!("primary"), &json!("local")),
+        "{info}"
+    );
+
+    // An API token works as a bearer token, and its use shows in the list.
+    let r = post("/tokens", &local_session, &json!({"name": "ci"}));
+    assert_eq!(r.status, 201, "{r}");
+    let api_token = r.json["token"].as_str().unwrap().to_owned();
+    let api_token_id = r.json["id"].as_str().unwrap().to_owned();
+    assert!(api_token.starts_with("dkt_"), "{r}");
+    assert_eq!(r.json["kind"], "api", "{r}");
+    let listed = |id: &str| -> Option<Value> {
+        let r = get("/tokens", &local_session);
+        assert_eq!(r.status, 200, "{r}");
+        assert!(
+            !r.text.contains(&api_token),
+            "token secrets are not listed: {r}"
+        );
+        assert!(
+            !r.text.contains(&local_session),
+            "token secrets are not listed: {r}"
+        );
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+    };
+    let entry = listed(&api_token_id).expect("the new token is listed");
+    assert_eq!(entry["name"], "ci", "{entry}");
+    assert!(entry.get("last_used_at").is_none(), "not used yet: {entry}");
+    assert_eq!(me(&api_token)["user"], local);
+    let entry = listed(&api_token_id).unwrap();
+    let used = entry["last_used_at"].as_u64();
+    assert!(
+        used.is_some_and(|t| t >= entry["created_at"].as_u64().unwrap() && t <= now() + 1),
+        "last_used_at after a use: {entry}"
+    );
+
+    // Revoked, it is refused; the session it was made with lives on.
+    let r = api(
+        "DELETE",
+        &format!("/tokens/{api_token_id}"),
+        Some(&local_session),
+        None,
+    );
+    assert_eq!(r.status, 204, "{r}");
+    get("/me", &api_token).assert_error(401, "unauthenticated");
+    assert!(listed(&api_token_id).is_none());
+    api(
+        "DELETE",
+        &format!("/tokens/{api_token_id}"),
+        Some(&local_session),
+        None,
+    )
+    .assert_error(404, "not_found");
+    assert_eq!(me(&local_session)["user"], local);
+
+    // No password or token secret in etcd or the master's journal.
+    let dump = etcd_dump();
+    assert!(
+        dump.contains(&format!("/docklet/users/{local}\n")),
+        "the dump holds the accounts"
+    );
+    assert!(dump.contains("$argon2id$"), "local accounts keep a hash");
+    for secret in [
+        local_password,
+        password.as_str(),
+        "not-the-password",
+        &api_token,
+        &local_session,
+        &again,
+    ] {
+        assert!(!dump.contains(secret), "{secret:?} is in etcd");
+    }
+    let journal = master_journal();
+    assert!(
+        journal.contains(&format!("USER={local}")),
+        "the journal has the logins"
+    );
+    for secret in [
+        local_password,
+        password.as_str(),
+        "not-the-password",
+        &api_token,
+        &local_session,
+    ] {
+        assert!(
+            !journal.contains(secret),
+            "{secret:?} is in the master's journal"
+        );
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn logins_are_throttled_per_account() {
+    // The throttle also counts failures per source address, for ever: this machine is one
+    // source for every test, so a fresh master keeps reruns from adding up to its limit.
+    ok("tb1", "systemctl restart docklet-master.service");
+    wait_for(
+        "the master to answer again",
+        Duration::from_secs(30),
+        || http_get(&format!("{PORTAL}/api/v1/health")).0 == 200,
+    );
+    let (user, other) = ("mau2", "mau2b");
+    let _cleanup = Cleanup::users(&[user, other]);
+    let password = fresh_pam_user(user);
+    let other_password = fresh_pam_user(other);
+
+    for attempt in 0..5 {
+        login(user, &format!("wrong-{attempt}")).assert_error(401, "unauthenticated");
+    }
+    // The sixth try is refused before the password is even looked at.
+    for password in [password.as_str(), "wrong-again"] {
+        let r = login(user, password);
+        r.assert_error(429, "throttled");
+        let retry: u64 = r
+            .header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After: {}", r.headers))
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&retry), "Retry-After {retry}");
+        assert!(!r.text.contains("dkt_"), "{r}");
+    }
+    // Another account, from the same address, is not blocked.
+    let token = session(other, &other_password);
+    assert_eq!(me(&token)["user"], other);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_cluster_lives_through_its_lifecycle() {
+    let user = "mau3";
+    let _cleanup = Cleanup::users(&[user]);
+    let token = session(user, &fresh_pam_user(user));
+
+    let r = create(&token, &small("life", 2));
+    assert_eq!(r.status, 202, "{r}");
+    assert_eq!(r.json["kind"], "create", "{r}");
+    assert_eq!(r.json["user"], user, "{r}");
+    assert_eq!(r.json["cluster"], "life", "{r}");
+    assert_eq!(r.json["total"], 2, "{r}");
+    assert_eq!(
+        r.json["nodes"],
+        json!(["mau3-life-0", "mau3-life-1"]),
+        "{r}"
+    );
+    succeeds(&token, &r);
+
+    let list = get("/clusters", &token);
+    assert_eq!(list.status, 200, "{list}");
+    let names: Vec<&str> = list
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["life"], "{list}");
+
+    // Two running nodes with addresses, on two hosts.
+    let cluster = show(&token, "life");
+    assert_eq!(cluster["state"], "running", "{cluster}");
+    assert_eq!(node_states(&cluster), ["running", "running"], "{cluster}");
+    let nodes = cluster["nodes"].as_array().unwrap().clone();
+    assert_eq!(nodes[0]["hostname"], "host-0");
+    assert_eq!(nodes[1]["hostname"], "host-1");
+    assert_eq!(nodes[0]["id"], "mau3-life-0");
+    assert_ne!(
+        nodes[0]["host"], nodes[1]["host"],
+        "spread over hosts: {cluster}"
+    );
+    let address1 = nodes[1]["address"].as_str().expect("an address").to_owned();
+    assert!(nodes[0]["address"].is_string(), "{cluster}");
+    assert_eq!(nodes[0]["memory_bytes"], MEMORY);
+    assert_eq!(nodes[0]["cpu_millis"], CPU);
+
+    // Commands run in the nodes, which know each other by name.
+    let r = exec(&token, "life", 0, &["hostname"]);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["exit_code"], 0, "{r}");
+    assert_eq!(r.json["stdout"], "host-0\n", "{r}");
+    let r = exec(&token, "life", 0, &["sh", "-c", "getent hosts host-1"]);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["exit_code"], 0, "{r}");
+    let out = r.json["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with(&format!("{address1} ")) && out.contains("host-1"),
+        "{r}"
+    );
+    let r = exec(&token, "life", 1, &["sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        (&r.json["exit_code"], &r.json["stderr"]),
+        (&json!(3), &json!("oops\n")),
+        "{r}"
+    );
+    exec(&token, "life", 7, &["hostname"]).assert_error(404, "not_found");
+
+    // Scale out: node 2, on the third host.
+    let op = succeeds(
+        &token,
+        &api("POST", "/clusters/life/scale-out", Some(&token), None),
+    );
+    assert_eq!(op["kind"], "scale-out", "{op}");
+    assert_eq!(op["nodes"], json!(["mau3-life-2"]), "{op}");
+    let cluster = show(&token, "life");
+    assert_eq!(node_indices(&cluster), [0, 1, 2], "{cluster}");
+    assert_eq!(node_states(&cluster), ["running"; 3], "{cluster}");
+    let hosts: HashSet<&str> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 3, "three nodes on three hosts: {cluster}");
+    assert_eq!(me(&token)["usage"]["vnodes"], 3);
+    let r = exec(&token, "life", 2, &["hostname"]);
+    assert_eq!(r.json["stdout"], "host-2\n", "{r}");
+
+    // Scale in node 1: the others keep their indices.
+    let op = succeeds(
+        &token,
+        &post("/clusters/life/scale-in", &token, &json!({"node": 1})),
+    );
+    assert_eq!(op["kind"], "scale-in", "{op}");
+    let cluster = show(&token, "life");
+    assert_eq!(node_indices(&cluster), [0, 2], "{cluster}");
+    assert_eq!(me(&token)["usage"]["vnodes"], 2);
+    post("/clusters/life/scale-in", &token, &json!({"node": 1})).assert_error(404, "not_found");
+
+    // Stop and start.
+    let op = succeeds(
+        &token,
+        &api("POST", "/clusters/life/stop", Some(&token), None),
+    );
+    assert_eq!(op["kind"], "stop", "{op}");
+    let cluster = show(&token, "life");
+    assert_eq!(cluster["state"], "stopped", "{cluster}");
+    assert_eq!(node_states(&cluster), ["stopped", "stopped"], "{cluster}");
+    let r = exec(&token, "life", 0, &["hostname"]);
+    assert!(r.status >= 400, "no command runs in a stopped node: {r}");
+    succeeds(
+        &token,
+        &api("POST", "/clusters/life/start", Some(&token), None),
+    );
+    let cluster = show(&token, "life");
+    assert_eq!(cluster["state"], "running", "{cluster}");
+    assert_eq!(node_states(&cluster), ["running", "running"], "{cluster}");
+    assert_eq!(
+        exec(&token, "life", 2, &["hostname"]).json["stdout"],
+        "host-2\n"
+    );
+
+    // A running cluster is only deleted with force; a stopped one without.
+    api("DELETE", "/clusters/life", Some(&token), None).assert_error(409, "conflict");
+    assert_eq!(show(&token, "life")["state"], "running");
+    succeeds(
+        &token,
+        &api("POST", "/clusters/life/stop", Some(&token), None),
+    );
+    let op = succeeds(&token, &api("DELETE", "/clusters/life", Some(&token), None));
+    assert_eq!(op["kind"], "delete", "{op}");
+    get("/clusters/life", &token).assert_error(404, "not_found");
+    assert_eq!(get("/clusters", &token).json, json!([]));
+    let usage = &me(&token)["usage"];
+    assert_eq!(
+        usage,
+        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn quotas_hold_under_concurrent_creates() {
+    let (user, tiny) = ("mau4", "mautiny");
+    let _cleanup = Cleanup::new(&[user], &[tiny], &[]);
+    let token = session(user, &fresh_pam_user(user));
+    fresh_group(tiny, json!({"vnodes": 3}));
+    move_to_group(user, tiny);
+    let info = me(&token);
+    assert_eq!(info["group"], tiny, "{info}");
+    assert_eq!(info["quota"]["vnodes"], 3, "{info}");
+
+    // One request beyond the quota.
+    let r = create(&token, &small("big", 4));
+    r.assert_error(422, "quota_exceeded");
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vnodes"),
+        "{r}"
+    );
+
+    // Twenty at once: exactly three fit.
+    let answers: Vec<(String, Resp)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                let token = &token;
+                s.spawn(move || {
+                    let name = format!("q{i}");
+                    let r = create(token, &small(&name, 1));
+                    (name, r)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut created: Vec<(String, String)> = Vec::new();
+    // Refusals other than quota_exceeded: asserted at the end, after the rest is checked.
+    let mut wrong_refusals = Vec::new();
+    for (name, r) in &answers {
+        if r.status == 202 {
+            created.push((name.clone(), r.json["id"].as_str().unwrap().to_owned()));
+        } else if (r.status, r.code()) != (422, "quota_exceeded") {
+            wrong_refusals.push(format!("{name}: {r}"));
+        }
+    }
+    assert_eq!(
+        created.len(),
+        3,
+        "{:?}",
+        answers
+            .iter()
+            .map(|(n, r)| format!("{n}: {r}"))
+            .collect::<Vec<_>>()
+    );
+    let usage = me(&token)["usage"].clone();
+    assert_eq!(
+        usage,
+        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3})
+    );
+    let mut names: Vec<String> = get("/clusters", &token)
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = created.iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    for (_, id) in &created {
+        let op = wait_operation(&token, id);
+        assert_eq!(op["state"], "succeeded", "{op}");
+    }
+
+    // Deleting one frees its share.
+    let gone = &created[0].0;
+    succeeds(
+        &token,
+        &api(
+            "DELETE",
+            &format!("/clusters/{gone}?force=true"),
+            Some(&token),
+            None,
+        ),
+    );
+    assert_eq!(me(&token)["usage"]["vnodes"], 2);
+    succeeds(&token, &create(&token, &small("qafter", 1)));
+    assert_eq!(me(&token)["usage"]["vnodes"], 3);
+    create(&token, &small("qmore", 1)).assert_error(422, "quota_exceeded");
+
+    // A raised quota shows at once and admits more.
+    let r = api(
+        "PATCH",
+        &format!("/groups/{tiny}"),
+        Some(root()),
+        Some(&json!({"quota": {"vnodes": 5}})),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["quota"]["vnodes"], 5, "{r}");
+    assert_eq!(
+        r.json["quota"]["cpu_millis"], 4000,
+        "other limits stay: {r}"
+    );
+    let info = me(&token);
+    assert_eq!(info["quota"]["vnodes"], 5, "{info}");
+    succeeds(&token, &create(&token, &small("qraised", 2)));
+    assert_eq!(me(&token)["usage"]["vnodes"], 5);
+    create(&token, &small("qover", 1)).assert_error(422, "quota_exceeded");
+
+    assert!(
+        wrong_refusals.is_empty(),
+        "{} of 17 concurrent creates over the quota were refused with another error than \
+         422 quota_exceeded:\n{}",
+        wrong_refusals.len(),
+        wrong_refusals.join("\n")
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn idempotent_create_returns_the_same_operation() {
+    let user = "mau5";
+    let _cleanup = Cleanup::users(&[user]);
+    let token = session(user, &fresh_pam_user(user));
+    // Keys live a day: each run has its own.
+    let key = format!(
+        "mau5-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let body = small("idem", 1).to_string();
+    let send = |key: &str| {
+        request(
+            "POST",
+            "/clusters",
+            Some(&token),
+            Some(&body),
+            &[("Idempotency-Key", key)],
+        )
+    };
+    let first = send(&key);
+    assert_eq!(first.status, 202, "{first}");
+    let second = send(&key);
+    assert_eq!(second.status, 200, "{second}");
+    assert_eq!(second.json["id"], first.json["id"], "{second}");
+    assert_eq!(second.json["kind"], "create", "{second}");
+    assert_eq!(second.json["cluster"], "idem", "{second}");
+    let clusters = get("/clusters", &token);
+    assert_eq!(clusters.json.as_array().unwrap().len(), 1, "{clusters}");
+    assert_eq!(me(&token)["usage"]["vnodes"], 1);
+
+    // Another key is another request: the name is taken.
+    send(&format!("{key}-other")).assert_error(409, "conflict");
+    send("bad key!").assert_error(400, "bad_request");
+    succeeds(&token, &first);
+    let third = send(&key);
+    assert_eq!(third.status, 200, "{third}");
+    assert_eq!(third.json["id"], first.json["id"]);
+    assert_eq!(third.json["state"], "succeeded", "{third}");
+    assert_eq!(get("/clusters", &token).json.as_array().unwrap().len(), 1);
+}
+
+/// Every route of the API but the health check and login, with the method, a path (with
+/// `{cluster}`, `{op}`, `{token}`, `{other}` to fill in) and a body.
+fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
+    vec![
+        ("POST", "/auth/logout", None),
+        ("GET", "/me", None),
+        ("GET", "/tokens", None),
+        ("POST", "/tokens", Some(json!({"name": "x"}))),
+        ("DELETE", "/tokens/{token}", None),
+        ("GET", "/clusters", None),
+        ("POST", "/clusters", Some(small("anon", 1))),
+        ("GET", "/clusters/{cluster}", None),
+        ("DELETE", "/clusters/{cluster}?force=true", None),
+        ("POST", "/clusters/{cluster}/start", None),
+        ("POST", "/clusters/{cluster}/stop", None),
+        ("POST", "/clusters/{cluster}/scale-out", None),
+        (
+            "POST",
+            "/clusters/{cluster}/scale-in",
+            Some(json!({"node": 0})),
+        ),
+        (
+            "POST",
+            "/clusters/{cluster}/nodes/0/exec",
+            Some(json!({"argv": ["hostname"]})),
+        ),
+        ("GET", "/operations/{op}", None),
+        ("GET", "/events", None),
+        ("GET", "/users", None),
+        (
+            "POST",
+            "/users",
+            Some(json!({"name": "mau6x", "password": "Pw-mau6x-7d1x"})),
+        ),
+        ("GET", "/users/{other}", None),
+        ("PATCH", "/users/{other}", Some(json!({"group": "root"}))),
+        ("DELETE", "/users/{other}", None),
+        ("GET", "/groups", None),
+        ("POST", "/groups", Some(group("mau6g", json!({})))),
+        (
+            "PATCH",
+            "/groups/foundation",
+            Some(json!({"quota": {"vnodes": 99}})),
+        ),
+        ("DELETE", "/groups/primary", None),
+        ("GET", "/settings/default-group", None),
+        (
+            "PUT",
+            "/settings/default-group",
+            Some(json!({"group": "root"})),
+        ),
+        ("GET", "/hosts", None),
+        ("POST", "/hosts/tb3/drain", None),
+        ("POST", "/hosts/tb3/undrain", None),
+    ]
+}
+
+/// The routes `src/master/api.rs` declares, as (method, path below /api/v1).
+fn declared_routes() -> HashSet<(String, String)> {
+    let source = std::fs::read_to_string(repo().join("src/master/api.rs")).unwrap();
+    let router = &source[source.find("Router::new()").expect("the router")..];
+    let router = &router[..router.find(".fallback").expect("the router's end")];
+    let mut routes = HashSet::new();
+    for piece in router.split(".route(").skip(1) {
+        let path = piece.split('"').nth(1).unwrap();
+        let Some(path) = path.strip_prefix("/api/v1") else {
+            continue;
+        };
+        let bytes = piece.as_bytes();
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let call = format!("{method}(");
+            let mut from = 0;
+            while let Some(at) = piece[from..].find(&call) {
+                let at = from + at;
+                let before = if at == 0 { b' ' } else { bytes[at - 1] };
+                if !(before.is_ascii_alphanumeric() || before == b'_') {
+                    routes.insert((method.to_ascii_uppercase(), path.to_owned()));
+                }
+                from = at + call.len();
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn every_endpoint_is_authorized() {
+    let (a, b) = ("mau6a", "mau6b");
+    let _cleanup = Cleanup::new(&[a, b, "mau6x", "mau6c"], &["mau6g"], &["tb3"]);
+    let token_a = session(a, &fresh_pam_user(a));
+    let token_b = session(b, &fresh_pam_user(b));
+    forget_user("mau6c").unwrap();
+
+    // The table covers every route the router declares.
+    let table: HashSet<(String, String)> = every_route()
+        .iter()
+        .map(|(m, p, _)| {
+            let p = p.split('?').next().unwrap();
+            let p = p
+                .replace("{cluster}", "{name}")
+                .replace("{op}", "{id}")
+                .replace("{token}", "{id}")
+                .replace("{other}", "{name}")
+                .replace("/nodes/0/", "/nodes/{index}/")
+                .replace("/groups/foundation", "/groups/{name}")
+                .replace("/groups/primary", "/groups/{name}")
+                .replace("/hosts/tb3/", "/hosts/{name}/");
+            (m.to_string(), p)
+        })
+        .collect();
+    let mut declared = declared_routes();
+    declared.remove(&("GET".into(), "/health".into()));
+    declared.remove(&("POST".into(), "/auth/login".into()));
+    declared.remove(&("GET".into(), "/openapi.json".into()));
+    assert!(declared.len() >= 28, "{declared:?}");
+    let untested: Vec<_> = declared.difference(&table).collect();
+    let unknown: Vec<_> = table.difference(&declared).collect();
+    assert!(
+        untested.is_empty() && unknown.is_empty(),
+        "the table must list exactly the API's routes: add {untested:?}, remove {unknown:?}"
+    );
+
+    // A's cluster, operation and token.
+    let r = create(&token_a, &small("c6", 1));
+    let op_a = r.json["id"].as_str().unwrap_or_default().to_owned();
+    let created = succeeds(&token_a, &r);
+    let cluster_a = show(&token_a, "c6");
+    let secrets: Vec<String> = cluster_a["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| {
+            [
+                n["id"].as_str().unwrap().to_owned(),
+                n["address"].as_str().unwrap().to_owned(),
+            ]
+        })
+        .collect();
+    assert_eq!(created["nodes"], json!(["mau6a-c6-0"]));
+    let r = post("/tokens", &token_a, &json!({"name": "a's"}));
+    assert_eq!(r.status, 201, "{r}");
+    let api_token_a = r.json["token"].as_str().unwrap().to_owned();
+    let token_id_a = r.json["id"].as_str().unwrap().to_owned();
+    let fill = |path: &str| {
+        path.replace("{cluster}", "c6")
+            .replace("{op}", &op_a)
+            .replace("{token}", &token_id_a)
+            .replace("{other}", a)
+    };
+
+    // (a) Nothing without a valid token.
+    let forged = format!("dkt_{}", "x".repeat(32));
+    let mut anonymous = Vec::new();
+    for (method, path, body) in every_route() {
+        let path = fill(path);
+        for token in [None, Some(forged.as_str())] {
+            let r = api(method, &path, token, body.as_ref());
+            if (r.status, r.code()) != (401, "unauthenticated")
+                || secrets.iter().any(|s| r.text.contains(s))
+            {
+                anonymous.push(format!("{method} {path} with {token:?}: {r}"));
+            }
+        }
+    }
+    assert!(
+        anonymous.is_empty(),
+        "wanted 401 unauthenticated:\n{}",
+        anonymous.join("\n")
+    );
+    let r = request(
+        "GET",
+        "/me",
+        None,
+        None,
+        &[("Authorization", &format!("Basic {api_token_a}"))],
+    );
+    r.assert_error(401, "unauthenticated");
+
+    // (b) B cannot see or touch A's cluster, operation or token.
+    let on_a: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", "/clusters/c6", None),
+        ("DELETE", "/clusters/c6?force=true", None),
+        ("POST", "/clusters/c6/start", None),
+        ("POST", "/clusters/c6/stop", None),
+        ("POST", "/clusters/c6/scale-out", None),
+        ("POST", "/clusters/c6/scale-in", Some(json!({"node": 0}))),
+        (
+            "POST",
+            "/clusters/c6/nodes/0/exec",
+            Some(json!({"argv": ["hostname"]})),
+        ),
+    ];
+    for (method, path, body) in &on_a {
+        let r = api(method, path, Some(&token_b), body.as_ref());
+        r.assert_error(404, "not_found");
+        let owned = if path.contains('?') {
+            format!("{path}&user={a}")
+        } else {
+            format!("{path}?user={a}")
+        };
+        let r2 = api(method, &owned, Some(&token_b), body.as_ref());
+        r2.assert_error(403, "forbidden");
+        for secret in &secrets {
+            assert!(
+                !r.text.contains(secret) && !r2.text.contains(secret),
+                "{method} {path}: {r} {r2}"
+            );
+        }
+    }
+    get(&format!("/clusters?user={a}"), &token_b).assert_error(403, "forbidden");
+    let own = get("/clusters", &token_b);
+    assert_eq!((own.status, &own.json), (200, &json!([])), "{own}");
+    get(&format!("/operations/{op_a}"), &token_b).assert_error(404, "not_found");
+    get("/operations/nosuchoperation", &token_b).assert_error(404, "not_found");
+    api(
+        "DELETE",
+        &format!("/tokens/{token_id_a}"),
+        Some(&token_b),
+        None,
+    )
+    .assert_error(404, "not_found");
+    let tokens_b = get("/tokens", &token_b);
+    assert!(!tokens_b.text.contains(&token_id_a), "{tokens_b}");
+    assert_eq!(
+        me(&api_token_a)["user"],
+        a,
+        "A's token survives B's attempt"
+    );
+
+    // (c) Administration is for administrators.
+    let admin_only: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/users".into(), None),
+        (
+            "POST",
+            "/users".into(),
+            Some(json!({"name": "mau6x", "password": "Pw-mau6x-7d1x"})),
+        ),
+        ("GET", format!("/users/{a}"), None),
+        (
+            "PATCH",
+            format!("/users/{a}"),
+            Some(json!({"status": "locked"})),
+        ),
+        (
+            "PATCH",
+            format!("/users/{a}"),
+            Some(json!({"password": "Another-pw-123"})),
+        ),
+        (
+            "PATCH",
+            format!("/users/{b}"),
+            Some(json!({"group": "root"})),
+        ),
+        ("DELETE", format!("/users/{a}"), None),
+        ("GET", "/groups".into(), None),
+        ("POST", "/groups".into(), Some(group("mau6g", json!({})))),
+        (
+            "PATCH",
+            "/groups/foundation".into(),
+            Some(json!({"quota": {"vnodes": 99}})),
+        ),
+        ("DELETE", "/groups/primary".into(), None),
+        ("GET", "/settings/default-group".into(), None),
+        (
+            "PUT",
+            "/settings/default-group".into(),
+            Some(json!({"group": "root"})),
+        ),
+        ("GET", "/hosts".into(), None),
+        ("POST", "/hosts/tb3/drain".into(), None),
+        ("POST", "/hosts/tb3/undrain".into(), None),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body) in &admin_only {
+        let r = api(method, path, Some(&token_b), body.as_ref());
+        if (r.status, r.code()) != (403, "forbidden") {
+            wrong.push(format!("{method} {path}: {r}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "wanted 403 forbidden:\n{}",
+        wrong.join("\n")
+    );
+    // Nothing of it happened.
+    let info_b = me(&token_b);
+    assert_eq!(
+        (&info_b["group"], &info_b["admin"]),
+        (&json!("foundation"), &json!(false))
+    );
+    let groups = get("/groups", root());
+    let foundation = groups
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "foundation")
+        .cloned()
+        .unwrap();
+    assert_eq!(foundation["quota"]["vnodes"], 8, "{foundation}");
+    assert!(
+        groups
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "primary")
+    );
+    assert!(
+        !groups
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "mau6g")
+    );
+    assert_eq!(me(&token_a)["status"], "normal");
+    login("mau6x", "Pw-mau6x-7d1x").assert_error(401, "unauthenticated");
+
+    // (d) The administrator may do all of it.
+    let r = get("/users", root());
+    assert_eq!(r.status, 200, "{r}");
+    assert!(
+        r.json.as_array().unwrap().iter().any(|u| u["user"] == a),
+        "{r}"
+    );
+    let r = post(
+        "/users",
+        root(),
+        &json!({"name": "mau6c", "password": "Pw-mau6c-7d1x", "group": "primary"}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let r = get("/users/mau6c", root());
+    assert_eq!(
+        (r.status, &r.json["group"]),
+        (200, &json!("primary")),
+        "{r}"
+    );
+    let r = api(
+        "PATCH",
+        "/users/mau6c",
+        Some(root()),
+        Some(&json!({"status": "locked"})),
+    );
+    assert_eq!(
+        (r.status, &r.json["status"]),
+        (200, &json!("locked")),
+        "{r}"
+    );
+    login("mau6c", "Pw-mau6c-7d1x").assert_error(403, "forbidden");
+    let r = api("DELETE", "/users/mau6c", Some(root()), None);
+    assert_eq!(r.status, 204, "{r}");
+    get("/users/mau6c", root()).assert_error(404, "not_found");
+    let r = get(&format!("/users/{a}"), root());
+    assert_eq!((r.status, &r.json["user"]), (200, &json!(a)), "{r}");
+    let r = post("/groups", root(), &group("mau6g", json!({})));
+    assert_eq!(r.status, 201, "{r}");
+    let r = api(
+        "PATCH",
+        "/groups/mau6g",
+        Some(root()),
+        Some(&json!({"quota": {"vnodes": 2}})),
+    );
+    assert_eq!(
+        (r.status, &r.json["quota"]["vnodes"]),
+        (200, &json!(2)),
+        "{r}"
+    );
+    let r = api("DELETE", "/groups/mau6g", Some(root()), None);
+    assert_eq!(r.status, 204, "{r}");
+    let r = api(
+        "PUT",
+        "/settings/default-group",
+        Some(root()),
+        Some(&json!({"group": "foundation"})),
+    );
+    assert_eq!(r.status, 204, "{r}");
+    let r = get("/settings/default-group", root());
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"group": "foundation"})),
+        "{r}"
+    );
+    let r = get("/hosts", root());
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json.as_array().unwrap().len(), 3, "{r}");
+    for action in ["drain", "undrain"] {
+        let r = api("POST", &format!("/hosts/tb3/{action}"), Some(root()), None);
+        assert_eq!(r.status, 204, "{action}: {r}");
+    }
+    let r = get(&format!("/clusters?user={a}"), root());
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json[0]["name"], "c6", "{r}");
+    let r = get(&format!("/clusters/c6?user={a}"), root());
+    assert_eq!(r.status, 200, "{r}");
+    let r = get(&format!("/operations/{op_a}"), root());
+    assert_eq!(
+        (r.status, &r.json["state"]),
+        (200, &json!("succeeded")),
+        "{r}"
+    );
+    let r = post(
+        &format!("/clusters/c6/nodes/0/exec?user={a}"),
+        root(),
+        &json!({"argv": ["hostname"]}),
+    );
+    assert_eq!(
+        (r.status, &r.json["stdout"]),
+        (200, &json!("host-0\n")),
+        "{r}"
+    );
+
+    // A's cluster is as it was.
+    let after = show(&token_a, "c6");
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["nodes"], cluster_a["nodes"], "{after}");
+    assert_eq!(me(&api_token_a)["user"], a);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn bad_input_gets_clear_errors() {
+    let (user, big) = ("mau7", "maubig");
+    let _cleanup = Cleanup::new(&[user], &[big], &[]);
+    let token = session(user, &fresh_pam_user(user));
+    let raw = |body: &str, headers: &[(&str, &str)]| {
+        request("POST", "/clusters", Some(&token), Some(body), headers)
+    };
+
+    raw(r#"{"name": "c7","#, &[]).assert_error(400, "bad_request");
+    raw(
+        "name=c7",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    .assert_error(400, "bad_request");
+    for body in [
+        json!({"name": "c7", "size": "two"}),
+        json!({"name": "c7", "colour": "red"}),
+        json!({"size": 1}),
+        json!(["c7"]),
+    ] {
+        let r = create(&token, &body);
+        r.assert_error(422, "invalid_body");
+        assert_eq!(r.json["error"]["field"], "body", "{r}");
+    }
+    for name in ["../x", "UPPER", "", &"a".repeat(25), "x--y", "x-", "9x"] {
+        let r = create(&token, &small(name, 1));
+        r.assert_error(422, "invalid_name");
+        assert_eq!(r.json["error"]["field"], "name", "{name:?}: {r}");
+    }
+    for size in [0, 33] {
+        let r = create(&token, &small("c7", size));
+        r.assert_error(422, "invalid_size");
+        assert_eq!(r.json["error"]["field"], "size", "{r}");
+    }
+    for field in ["cpu_millis", "memory_bytes", "disk_bytes"] {
+        let mut body = small("c7", 1);
+        body[field] = json!(1);
+        let r = create(&token, &body);
+        r.assert_error(422, "invalid_size");
+        assert_eq!(r.json["error"]["field"], field, "{r}");
+    }
+    let mut body = small("c7", 1);
+    body["image"] = json!("nosuchimage");
+    let r = create(&token, &body);
+    r.assert_error(422, "unknown_image");
+    assert_eq!(r.json["error"]["field"], "image", "{r}");
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("base"),
+        "names the images there are: {r}"
+    );
+    body["image"] = json!("../etc");
+    let r = create(&token, &body);
+    r.assert_error(422, "invalid_image");
+    assert_eq!(r.json["error"]["field"], "image", "{r}");
+
+    // Unknown endpoints answer in the same format.
+    for path in ["/nosuch", "/clusters/c7/nosuch"] {
+        let r = get(path, &token);
+        r.assert_error(404, "not_found");
+    }
+    let r = http_get(&format!("{PORTAL}/api/v2/clusters"));
+    assert_eq!(r.0, 404);
+    let v: Value = serde_json::from_str(&r.1).unwrap_or_else(|_| panic!("JSON 404: {}", r.1));
+    assert_eq!(v["error"]["code"], "not_found");
+    get("/operations/..%2F..%2Fetc", &token).assert_error(404, "not_found");
+    get("/clusters/..%2Fx", &token).assert_error(404, "not_found");
+
+    // None of it left anything.
+    assert_eq!(get("/clusters", &token).json, json!([]));
+    assert_eq!(me(&token)["usage"]["vnodes"], 0);
+
+    // A duplicate name is a conflict, and the first cluster stays as it was.
+    let first = create(&token, &small("c7", 1));
+    assert_eq!(first.status, 202, "{first}");
+    let mut other = small("c7", 2);
+    other["cpu_millis"] = json!(300);
+    create(&token, &other).assert_error(409, "conflict");
+    let clusters = get("/clusters", &token);
+    assert_eq!(clusters.json.as_array().unwrap().len(), 1, "{clusters}");
+    assert_eq!(
+        clusters.json[0]["node_size"]["cpu_millis"], CPU,
+        "{clusters}"
+    );
+    assert_eq!(me(&token)["usage"]["vnodes"], 1);
+    // Bad commands and nodes.
+    succeeds(&token, &first);
+    for body in [json!({"argv": []}), json!({"argv": [""]})] {
+        let r = post("/clusters/c7/nodes/0/exec", &token, &body);
+        r.assert_error(422, "invalid_command");
+        assert_eq!(r.json["error"]["field"], "argv", "{r}");
+    }
+    post(
+        "/clusters/c7/nodes/x/exec",
+        &token,
+        &json!({"argv": ["true"]}),
+    )
+    .assert_error(404, "not_found");
+    post(
+        "/clusters/c7/nodes/5/exec",
+        &token,
+        &json!({"argv": ["true"]}),
+    )
+    .assert_error(404, "not_found");
+    post("/clusters/c7/scale-in", &token, &json!({"node": 5})).assert_error(404, "not_found");
+    post("/clusters/c7/scale-in", &token, &json!({"node": 0})).assert_error(409, "conflict");
+    post("/clusters/c7/scale-in", &token, &json!({"node": "0"})).assert_error(422, "invalid_body");
+    get("/operations/x?wait=soon", &token).assert_error(400, "bad_request");
+    succeeds(
+        &token,
+        &api("DELETE", "/clusters/c7?force=true", Some(&token), None),
+    );
+
+    // Sizes no host has, for a group that would allow them.
+    fresh_group(
+        big,
+        json!({"cpu_millis": 64000, "memory_bytes": 4u64 << 40, "disk_bytes": 4u64 << 40}),
+    );
+    move_to_group(user, big);
+    let mut body = small("huge", 1);
+    body["memory_bytes"] = json!(1u64 << 40);
+    let r = create(&token, &body);
+    r.assert_error(422, "no_capacity");
+    let mut body = small("huge", 1);
+    body["cpu_millis"] = json!(9000);
+    create(&token, &body).assert_error(422, "no_capacity");
+    // Nor does the group's quota let this one through.
+    let mut body = small("huge", 1);
+    body["memory_bytes"] = json!(8u64 << 40);
+    create(&token, &body).assert_error(422, "quota_exceeded");
+
+    assert_eq!(get("/clusters", &token).json, json!([]));
+    assert_eq!(
+        me(&token)["usage"],
+        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn drained_hosts_take_no_new_vnodes() {
+    let user = "mau8";
+    let _cleanup = Cleanup::new(&[user], &[], &["tb2", "tb3"]);
+    let token = session(user, &fresh_pam_user(user));
+    let draining = || -> Vec<(String, bool)> {
+        let r = get("/hosts", root());
+        assert_eq!(r.status, 200, "{r}");
+        let mut hosts: Vec<(String, bool)> = r
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["name"].as_str().unwrap().to_owned(),
+                    h["draining"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    };
+
+    for host in ["tb2", "tb3"] {
+        let r = api("POST", &format!("/hosts/{host}/drain"), Some(root()), None);
+        assert_eq!(r.status, 204, "{r}");
+    }
+    api("POST", "/hosts/tb9/drain", Some(root()), None).assert_error(404, "not_found");
+    assert_eq!(
+        draining(),
+        [
+            ("tb1".into(), false),
+            ("tb2".into(), true),
+            ("tb3".into(), true)
+        ]
+    );
+
+    succeeds(&token, &create(&token, &small("c8", 2)));
+    let cluster = show(&token, "c8");
+    let hosts: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["tb1", "tb1"], "{cluster}");
+
+    for host in ["tb2", "tb3"] {
+        let r = api(
+            "POST",
+            &format!("/hosts/{host}/undrain"),
+            Some(root()),
+            None,
+        );
+        assert_eq!(r.status, 204, "{r}");
+    }
+    assert_eq!(
+        draining(),
+        [
+            ("tb1".into(), false),
+            ("tb2".into(), false),
+            ("tb3".into(), false)
+        ]
+    );
+    // Undrained, the hosts take nodes again: a new node spreads to one of them.
+    succeeds(
+        &token,
+        &api("POST", "/clusters/c8/scale-out", Some(&token), None),
+    );
+    let cluster = show(&token, "c8");
+    let node = &cluster["nodes"][2];
+    assert_ne!(node["host"], "tb1", "{cluster}");
+}
