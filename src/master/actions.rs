@@ -1111,6 +1111,81 @@ impl Master {
         })
     }
 
+    /// Recreates a lost node (its host's lease expired) on another host, with its index,
+    /// address and the user's shared data; what it had on the lost host's disk stays there.
+    pub async fn recover_node(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        index: u32,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        caller.require_normal()?;
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        let missing = || ApiError::NotFound(format!("cluster {name} has no node {index}"));
+        if !cluster.nodes.contains(&index) {
+            return Err(missing());
+        }
+        let id = vcluster::node_id(&owner, name, index);
+        let (lost_host, spec, _) = store.vnode_spec(&id).await?.ok_or_else(missing)?;
+        let hosts = store.list_hosts().await?;
+        if hosts.iter().any(|h| h.name == lost_host) {
+            return Err(ApiError::Conflict(format!(
+                "node {index} is not lost: its host {lost_host} is up"
+            )));
+        }
+        let mut existing: HashMap<String, u32> = HashMap::new();
+        for other in node_ids(&cluster) {
+            if other != id
+                && let Some(host) = store.vnode_host(&other).await?
+            {
+                *existing.entry(host).or_default() += 1;
+            }
+        }
+        let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
+        let allocations = store.allocations().await?;
+        let loads: Vec<HostLoad> = hosts
+            .iter()
+            .filter(|h| h.images.iter().any(|i| *i == spec.image))
+            .map(|h| host_load(h, &allocations, &drained, &existing))
+            .collect();
+        let size = NodeSize {
+            cpu_millis: spec.cpu_millis,
+            memory_bytes: spec.memory_bytes,
+            disk_bytes: spec.disk_bytes,
+        };
+        let chosen = placement::place(&loads, &[size], self.config.overcommit)
+            .map_err(|e| ApiError::NoCapacity(e.to_string()))?;
+        let target = loads[chosen[0]].clone();
+        let overcommit = self.config.overcommit;
+        let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
+            let mut load = target.clone();
+            load.allocated = after.get(&target.name).copied().unwrap_or_default();
+            if placement::within(&load, overcommit) {
+                Ok(())
+            } else {
+                Err(StoreError::NoCapacity(format!(
+                    "host {} filled up meanwhile: try again",
+                    target.name
+                )))
+            }
+        };
+        let to = loads[chosen[0]].name.clone();
+        store.move_vnode(&id, &to, &check).await?;
+        info!(
+            user = owner,
+            cluster = name,
+            index,
+            from = lost_host,
+            to,
+            "lost node recovered"
+        );
+        self.record_operation(&store, OperationKind::Recover, &owner, name, vec![id])
+            .await
+    }
+
     /// Runs a command in a node through its worker's agent.
     pub async fn exec(
         &self,

@@ -49,6 +49,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/clusters/{name}/scale-out", post(scale_out))
         .route("/api/v1/clusters/{name}/scale-in", post(scale_in))
         .route("/api/v1/clusters/{name}/nodes/{index}/exec", post(exec))
+        .route(
+            "/api/v1/clusters/{name}/nodes/{index}/recover",
+            post(recover_node),
+        )
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events))
         .route("/api/v1/users", get(list_users).post(create_user))
@@ -239,7 +243,7 @@ struct ErrorDetail {
     paths(
         login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
-        scale_in, exec, operation, events, list_users, create_user, show_user, update_user,
+        scale_in, exec, recover_node, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
         set_default_group, hosts, drain, undrain, health
     ),
@@ -450,6 +454,22 @@ async fn exec(
         .exec(&caller, q.user.as_deref(), &name, index, &request)
         .await?;
     Ok(Json(result).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/nodes/{index}/recover", tag = "docklet", summary = "Recreates a lost node (its host is down) on another host, keeping its index and address", params(("name" = String, Path), ("index" = u32, Path), OwnerQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn recover_node(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((name, index)): Path<(String, String)>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    let index: u32 = index
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("cluster {name} has no node {index:?}")))?;
+    let view = master
+        .recover_node(&caller, q.user.as_deref(), &name, index)
+        .await?;
+    Ok(accepted(view))
 }
 
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "docklet", summary = "An operation's progress, optionally waiting for its end", params(("id" = String, Path), WaitQuery), responses((status = 200, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
@@ -678,7 +698,7 @@ mod tests {
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 24, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

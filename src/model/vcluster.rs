@@ -194,15 +194,18 @@ pub enum OperationKind {
     ScaleOut,
     ScaleIn,
     Delete,
+    /// A lost node recreated on another host.
+    Recover,
 }
 
 impl OperationKind {
     /// What every node of the operation must reach.
     fn goal(self) -> Goal {
         match self {
-            OperationKind::Create | OperationKind::Start | OperationKind::ScaleOut => {
-                Goal::Phase(Phase::Running)
-            }
+            OperationKind::Create
+            | OperationKind::Start
+            | OperationKind::ScaleOut
+            | OperationKind::Recover => Goal::Phase(Phase::Running),
             OperationKind::Stop => Goal::Phase(Phase::Stopped),
             OperationKind::ScaleIn | OperationKind::Delete => Goal::Gone,
         }

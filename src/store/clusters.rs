@@ -349,6 +349,72 @@ impl EtcdStore {
         ))
     }
 
+    /// Moves a vnode's spec to another host, keeping its id, index and address: the way
+    /// back for a node whose host was lost. Spec, id index, status and both hosts'
+    /// allocations change in one transaction. The lost host's worker, if it ever returns,
+    /// finds no spec for its copy and parks it (stopped, files kept).
+    pub async fn move_vnode(
+        &self,
+        id: &str,
+        to: &str,
+        check_hosts: &(dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync),
+    ) -> Result<VNodeSpec, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let (from, mut spec, spec_revision) = self
+                .vnode_spec(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no vnode {id}")))?;
+            if from == to {
+                return Ok(spec);
+            }
+            if spec.state == DesiredState::Deleted {
+                return Err(StoreError::Conflict(format!("vnode {id} is being deleted")));
+            }
+            let held = spec_usage(&spec);
+            let (from_alloc, from_revision) = self
+                .get_json_rev::<Usage>(&self.keys.allocation(&from))
+                .await?
+                .unwrap_or_default();
+            let (to_alloc, to_revision) = self
+                .get_json_rev::<Usage>(&self.keys.allocation(to))
+                .await?
+                .unwrap_or_default();
+            let to_alloc = to_alloc.plus(&held);
+            check_hosts(&BTreeMap::from([(to.to_owned(), to_alloc)]))?;
+            spec.state = DesiredState::Running;
+            let old_key = self.keys.vnode(&from, id);
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(old_key.clone(), CompareOp::Equal, spec_revision),
+                    Compare::mod_revision(
+                        self.keys.allocation(&from),
+                        CompareOp::Equal,
+                        from_revision,
+                    ),
+                    Compare::mod_revision(self.keys.allocation(to), CompareOp::Equal, to_revision),
+                ])
+                .and_then([
+                    TxnOp::delete(old_key, None::<DeleteOptions>),
+                    TxnOp::put(self.keys.vnode(to, id), encode(&spec), None),
+                    TxnOp::put(self.keys.vnode_host(id), to, None),
+                    TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
+                    TxnOp::put(
+                        self.keys.allocation(&from),
+                        encode(&from_alloc.minus(&held)),
+                        None,
+                    ),
+                    TxnOp::put(self.keys.allocation(to), encode(&to_alloc), None),
+                ]);
+            if self.txn_ok(txn).await? {
+                tracing::info!(vnode = id, from, to, "vnode moved");
+                return Ok(spec);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too many concurrent changes: try again".into(),
+        ))
+    }
+
     /// Hosts that take no new vnodes.
     pub async fn drained_hosts(&self) -> Result<Vec<String>, StoreError> {
         self.keys_under(&self.keys.drains()).await
