@@ -1,7 +1,8 @@
 //! End-to-end: the master's REST API (`/api/v1`) on the testbed, as its users and
 //! administrators see it from outside: logins and tokens, the login throttle, a cluster's
 //! lifecycle, quotas under concurrent requests, idempotent creates, the authorization of
-//! every route, clear errors for bad input, and drained hosts.
+//! every route, clear errors for bad input, drained hosts, and recovery: a master killed
+//! during creates, etcd down, a lost host's node recovered elsewhere.
 //!
 //! Every test has users of its own (PAM users made on tb1, where the master runs, and local
 //! users made through the API), first removes what an interrupted earlier run of it left, and
@@ -202,8 +203,9 @@ fn fresh_pam_user(name: &str) -> String {
 
 /// Removes `user`'s clusters (waiting until their vnodes are gone) and Docklet account.
 fn forget_user(user: &str) -> Result<(), String> {
-    remove_clusters(user)?;
+    let removed = remove_clusters(user);
     let r = api("DELETE", &format!("/users/{user}"), Some(root()), None);
+    removed?;
     match r.status {
         204 | 404 => Ok(()),
         _ => Err(format!("delete user {user}: {r}")),
@@ -219,6 +221,21 @@ fn remove_clusters(user: &str) -> Result<(), String> {
     let mut operations = Vec::new();
     for cluster in list.json.as_array().cloned().unwrap_or_default() {
         let name = cluster["name"].as_str().unwrap_or_default();
+        // A vnode deleted in the middle of its boot takes a minute to go (see the report of
+        // this suite): let nodes that are being created finish first.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let r = get(&format!("/clusters/{name}?user={user}"), root());
+            let booting = r.json["nodes"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["state"] == "pending" || n["state"] == "creating")
+            });
+            if !booting {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let r = api(
             "DELETE",
             &format!("/clusters/{name}?user={user}&force=true"),
@@ -232,7 +249,17 @@ fn remove_clusters(user: &str) -> Result<(), String> {
         }
     }
     for id in operations {
-        let op = wait_operation(root(), &id);
+        let start = std::time::Instant::now();
+        let mut op = try_wait_operation(root(), &id)?;
+        if op["state"] != "succeeded" {
+            eprintln!("cleanup: after {:?}: {op}", start.elapsed());
+        }
+        // A node whose boot the deletion interrupted can show the deletion failed for a
+        // moment (see the report of this suite): what counts is that its vnodes go.
+        while op["state"] == "failed" && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(500));
+            op = try_wait_operation(root(), &id)?;
+        }
         if op["state"] != "succeeded" {
             return Err(format!("deleting a cluster of {user}: {op}"));
         }
@@ -241,17 +268,27 @@ fn remove_clusters(user: &str) -> Result<(), String> {
 }
 
 /// An operation once it has ended (or after three minutes).
+#[track_caller]
 fn wait_operation(token: &str, id: &str) -> Value {
+    try_wait_operation(token, id).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wait_operation`] without panicking, for cleanups.
+fn try_wait_operation(token: &str, id: &str) -> Result<Value, String> {
     let mut last = Value::Null;
     for _ in 0..3 {
         let r = get(&format!("/operations/{id}?wait=60"), token);
-        assert_eq!(r.status, 200, "operation {id}: {r}");
+        if r.status != 200 {
+            return Err(format!("operation {id}: {r}"));
+        }
         if r.json["state"] != "running" {
-            return r.json;
+            return Ok(r.json);
         }
         last = r.json;
     }
-    panic!("operation {id} still running after 3 minutes: {last}")
+    Err(format!(
+        "operation {id} still running after 3 minutes: {last}"
+    ))
 }
 
 /// Asserts that `r` accepted an operation (202, with its `Location`) that then succeeds;
@@ -591,10 +628,11 @@ fn logins_are_throttled_per_account() {
     let password = fresh_pam_user(user);
     let other_password = fresh_pam_user(other);
 
-    for attempt in 0..5 {
+    // Five failures are free; the sixth is answered as usual but blocks the account.
+    for attempt in 0..6 {
         login(user, &format!("wrong-{attempt}")).assert_error(401, "unauthenticated");
     }
-    // The sixth try is refused before the password is even looked at.
+    // Then even the right password is refused, before it is looked at.
     for password in [password.as_str(), "wrong-again"] {
         let r = login(user, password);
         r.assert_error(429, "throttled");
@@ -722,8 +760,8 @@ fn a_cluster_lives_through_its_lifecycle() {
     let cluster = show(&token, "life");
     assert_eq!(cluster["state"], "stopped", "{cluster}");
     assert_eq!(node_states(&cluster), ["stopped", "stopped"], "{cluster}");
-    let r = exec(&token, "life", 0, &["hostname"]);
-    assert!(r.status >= 400, "no command runs in a stopped node: {r}");
+    // No command runs in a stopped node, and the user is told why.
+    exec(&token, "life", 0, &["hostname"]).assert_error(409, "conflict");
     succeeds(
         &token,
         &api("POST", "/clusters/life/start", Some(&token), None),
@@ -921,8 +959,8 @@ fn idempotent_create_returns_the_same_operation() {
     assert_eq!(get("/clusters", &token).json.as_array().unwrap().len(), 1);
 }
 
-/// Every route of the API but the health check and login, with the method, a path (with
-/// `{cluster}`, `{op}`, `{token}`, `{other}` to fill in) and a body.
+/// Every route of the API but the public ones (health, OpenAPI document, login): method,
+/// path (`{cluster}`, `{op}`, `{token}` and `{other}` to fill in) and body.
 fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
     vec![
         ("POST", "/auth/logout", None),
@@ -947,6 +985,7 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/clusters/{cluster}/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("POST", "/clusters/{cluster}/nodes/0/recover", None),
         ("GET", "/operations/{op}", None),
         ("GET", "/events", None),
         ("GET", "/users", None),
@@ -1113,6 +1152,7 @@ fn every_endpoint_is_authorized() {
             "/clusters/c6/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("POST", "/clusters/c6/nodes/0/recover", None),
     ];
     for (method, path, body) in &on_a {
         let r = api(method, path, Some(&token_b), body.as_ref());
@@ -1334,6 +1374,15 @@ fn every_endpoint_is_authorized() {
         "{r}"
     );
 
+    // Recovering a node whose host is up is refused for what it is, not for who asks.
+    let r = api(
+        "POST",
+        &format!("/clusters/c6/nodes/0/recover?user={a}"),
+        Some(root()),
+        None,
+    );
+    r.assert_error(409, "conflict");
+
     // A's cluster is as it was.
     let after = show(&token_a, "c6");
     assert_eq!(after["state"], "running", "{after}");
@@ -1361,7 +1410,8 @@ fn bad_input_gets_clear_errors() {
         json!({"name": "c7", "size": "two"}),
         json!({"name": "c7", "colour": "red"}),
         json!({"size": 1}),
-        json!(["c7"]),
+        json!("c7"),
+        json!(null),
     ] {
         let r = create(&token, &body);
         r.assert_error(422, "invalid_body");
@@ -1481,6 +1531,11 @@ fn bad_input_gets_clear_errors() {
         me(&token)["usage"],
         json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
     );
+
+    // A JSON array is not the object the API documents, even with the fields in order.
+    let r = create(&token, &json!(["arr", 1, null, CPU, MEMORY, DISK]));
+    r.assert_error(422, "invalid_body");
+    assert_eq!(get("/clusters", &token).json, json!([]));
 }
 
 #[test]
@@ -1557,4 +1612,222 @@ fn drained_hosts_take_no_new_vnodes() {
     let cluster = show(&token, "c8");
     let node = &cluster["nodes"][2];
     assert_ne!(node["host"], "tb1", "{cluster}");
+}
+
+// ---- recovery: a killed master, etcd down, a lost host ----
+
+/// What a user holds in etcd, as the API and the admin tools show it: cluster names, the
+/// vnodes of the user, usage and assigned addresses.
+fn holdings(token: &str, user: &str) -> (Vec<String>, Vec<String>, u64, usize) {
+    let list = get("/clusters", token);
+    assert_eq!(list.status, 200, "{list}");
+    let names: Vec<String> = list
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let vnodes: Vec<String> =
+        serde_json::from_str::<Value>(&ok("tb1", "docklet-admin vnodes --all --json"))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["spec"]["user"] == user)
+            .map(|e| e["spec"]["id"].as_str().unwrap().to_owned())
+            .collect();
+    let usage = me(token)["usage"]["vnodes"].as_u64().unwrap();
+    let network: Value =
+        serde_json::from_str(&ok("tb1", &format!("docklet-admin network {user}"))).unwrap();
+    let addresses = network["addresses"].as_object().map_or(0, |a| a.len());
+    (names, vnodes, usage, addresses)
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_master_killed_during_creates_leaves_all_or_nothing() {
+    let user = "mrkill";
+    let password = fresh_pam_user(user);
+    let _cleanup = Cleanup::users(&[user]);
+    let token = session(user, &password);
+    // Kill the master at different moments of a 4-node create: before it reads the request,
+    // while it places and writes, after it answered.
+    for (round, delay_ms) in [0u64, 15, 40, 120].into_iter().enumerate() {
+        let name = format!("k{round}");
+        let body = small(&name, 4);
+        let t = token.clone();
+        let creator = std::thread::spawn(move || create(&t, &body));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        ok("tb1", "systemctl kill --signal=KILL docklet-master.service");
+        let answered = creator.join().unwrap();
+        // The socket stays open: the next request starts a new master.
+        wait_for(
+            "the master to answer again",
+            Duration::from_secs(30),
+            || get("/me", &token).status == 200,
+        );
+        let (names, vnodes, usage, addresses) = holdings(&token, user);
+        if names.contains(&name) {
+            // It happened: all four nodes, their usage and addresses, and it completes.
+            let cluster = show(&token, &name);
+            assert_eq!(node_states(&cluster).len(), 4, "{cluster}");
+            wait_for(
+                "the surviving create to finish",
+                Duration::from_secs(120),
+                || {
+                    node_states(&show(&token, &name))
+                        .iter()
+                        .all(|s| s == "running")
+                },
+            );
+        } else {
+            assert_ne!(
+                answered.status, 202,
+                "an accepted create must exist: {answered}"
+            );
+        }
+        let clusters = names.len() as u64;
+        assert_eq!(
+            vnodes.len() as u64,
+            4 * clusters,
+            "round {round}: {vnodes:?} for {names:?}"
+        );
+        assert_eq!(usage, 4 * clusters, "round {round}: usage");
+        assert_eq!(addresses as u64, 4 * clusters, "round {round}: addresses");
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn etcd_down_answers_503_and_service_returns() {
+    let user = "mretcd";
+    let password = fresh_pam_user(user);
+    let _cleanup = Cleanup::users(&[user]);
+    let token = session(user, &password);
+    succeeds(&token, &create(&token, &small("e1", 1)));
+
+    /// Starts etcd again however the test ends.
+    struct EtcdBack;
+    impl Drop for EtcdBack {
+        fn drop(&mut self) {
+            let _ = sh("tb1", "systemctl start etcd");
+        }
+    }
+    let _back = EtcdBack;
+    ok("tb1", "systemctl stop etcd");
+    let r = get("/clusters", &token);
+    r.assert_error(503, "unavailable");
+    assert!(r.text.contains("etcd"), "{r}");
+    let health = api("GET", "/health", None, None);
+    assert_eq!(health.status, 503, "{health}");
+    let refused = create(&token, &small("e2", 1));
+    refused.assert_error(503, "unavailable");
+
+    ok("tb1", "systemctl start etcd");
+    wait_for("the API to answer again", Duration::from_secs(60), || {
+        get("/clusters", &token).status == 200
+    });
+    let cluster = show(&token, "e1");
+    assert_eq!(node_states(&cluster), ["running"], "{cluster}");
+    let names: Vec<Value> = get("/clusters", &token).json.as_array().unwrap().clone();
+    assert_eq!(names.len(), 1, "the refused create left nothing: {names:?}");
+    assert_eq!(me(&token)["usage"]["vnodes"], 1);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_lost_node_shows_and_is_recovered_on_another_host() {
+    let user = "mrlost";
+    let password = fresh_pam_user(user);
+    let _cleanup = Cleanup::users(&[user]);
+    let token = session(user, &password);
+    succeeds(&token, &create(&token, &small("l1", 3)));
+    let cluster = show(&token, "l1");
+    let on_tb3 = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["host"] == "tb3")
+        .cloned()
+        .expect("3 nodes spread over 3 hosts");
+    let index = on_tb3["index"].as_u64().unwrap();
+    let address = on_tb3["address"].clone();
+    let id = on_tb3["id"].as_str().unwrap().to_owned();
+
+    /// Brings tb3's worker back however the test ends.
+    struct WorkerBack;
+    impl Drop for WorkerBack {
+        fn drop(&mut self) {
+            let _ = sh("tb3", "systemctl start docklet-worker");
+        }
+    }
+    let _back = WorkerBack;
+    // tb3 is lost: its worker is gone (and with it the host's lease) and the vnode dies.
+    ok(
+        "tb3",
+        &format!(
+            "systemctl stop docklet-worker; systemctl kill --signal=KILL docklet-vnode-{id}.service"
+        ),
+    );
+    wait_for("tb3's node to show lost", Duration::from_secs(30), || {
+        let c = show(&token, "l1");
+        c["state"] == "degraded"
+            && c["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["index"] == index && n["state"] == "lost")
+    });
+    // A node that is not lost is refused.
+    let other = (index + 1) % 3;
+    let r = post(
+        &format!("/clusters/l1/nodes/{other}/recover"),
+        &token,
+        &json!({}),
+    );
+    r.assert_error(409, "conflict");
+
+    let r = post(
+        &format!("/clusters/l1/nodes/{index}/recover"),
+        &token,
+        &json!({}),
+    );
+    succeeds(&token, &r);
+    let cluster = show(&token, "l1");
+    assert_eq!(cluster["state"], "running", "{cluster}");
+    let node = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["index"] == index)
+        .cloned()
+        .unwrap();
+    assert_ne!(node["host"], "tb3", "{node}");
+    assert_eq!(node["address"], address, "the node keeps its address");
+    let r = exec(
+        &token,
+        "l1",
+        other as u32,
+        &[
+            "sh",
+            "-c",
+            &format!("ping -c1 -W2 host-{index} >/dev/null && echo reached"),
+        ],
+    );
+    assert_eq!(r.json["stdout"], "reached\n", "{r}");
+
+    // tb3 returns: its old copy is parked (stopped, files kept), not started again.
+    ok("tb3", "systemctl start docklet-worker");
+    wait_for("tb3 to park its old copy", Duration::from_secs(30), || {
+        sh(
+            "tb3",
+            &format!("systemctl is-active docklet-vnode-{id}.service"),
+        )
+        .stdout
+        .trim()
+            != "active"
+    });
+    let cluster = show(&token, "l1");
+    assert_eq!(cluster["state"], "running", "{cluster}");
 }

@@ -73,6 +73,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(master)
 }
 
@@ -97,6 +98,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+async fn method_not_allowed() -> Response {
+    let mut response =
+        ApiError::BadRequest("this endpoint does not take that method".into()).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint (see /api/v1/openapi.json)".into())
 }
@@ -109,20 +117,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
+        let invalid = |message: String| {
+            ApiError::Input(crate::model::vcluster::InputError {
+                code: "invalid_body",
+                field: "body",
+                message,
+            })
+        };
+        // Every body is a JSON object: serde would also take an array for a struct,
+        // field by field in order, which nobody means.
+        let value = match Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(Json(value)) => value,
             Err(JsonRejection::JsonDataError(e)) => {
-                Err(ApiError::Input(crate::model::vcluster::InputError {
-                    code: "invalid_body",
-                    field: "body",
-                    message: format!("the request body does not fit: {}", e.body_text()),
-                }))
+                return Err(invalid(format!(
+                    "the request body does not fit: {}",
+                    e.body_text()
+                )));
             }
-            Err(e) => Err(ApiError::BadRequest(format!(
-                "the request body must be JSON (Content-Type: application/json): {}",
-                e.body_text()
-            ))),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the request body must be JSON (Content-Type: application/json): {}",
+                    e.body_text()
+                )));
+            }
+        };
+        if !value.is_object() {
+            return Err(invalid("the request body must be a JSON object".into()));
         }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| invalid(format!("the request body does not fit: {e}")))
     }
 }
 

@@ -264,11 +264,14 @@ pub fn plausible_token(text: &str) -> bool {
 struct Failures {
     count: u32,
     blocked_until: u64,
+    last_failure: u64,
 }
 
 /// Login throttling: after `free` failures in a row for the same account (or `free_per_source`
 /// from the same address), each further failure blocks that key for twice as long as the
-/// last, from [`Throttle::FIRST_BLOCK_SECS`] up to an hour. A success clears the account.
+/// last, from [`Throttle::FIRST_BLOCK_SECS`] up to an hour. A success clears the account; a
+/// key without failures for [`Throttle::RESET_SECS`] starts afresh (so typos on a shared
+/// address do not add up for ever, while a success cannot reset an address's count).
 #[derive(Debug)]
 pub struct Throttle {
     free: u32,
@@ -286,6 +289,8 @@ impl Default for Throttle {
 impl Throttle {
     pub const FIRST_BLOCK_SECS: u64 = 30;
     pub const MAX_BLOCK_SECS: u64 = 3600;
+    /// Failures this long ago no longer count.
+    pub const RESET_SECS: u64 = 15 * 60;
     /// Entries are forgotten this long after their last block ended.
     const FORGET_SECS: u64 = 24 * 3600;
 
@@ -307,6 +312,10 @@ impl Throttle {
     pub fn failed(&mut self, user: &str, source: &str, now: u64) {
         fn bump(map: &mut HashMap<String, Failures>, key: &str, free: u32, now: u64) {
             let entry = map.entry(key.to_owned()).or_default();
+            if now >= entry.last_failure + Throttle::RESET_SECS && now >= entry.blocked_until {
+                entry.count = 0;
+            }
+            entry.last_failure = now;
             entry.count += 1;
             if entry.count > free {
                 let doublings = (entry.count - free - 1).min(16);
@@ -461,6 +470,23 @@ mod tests {
         assert_eq!(t.wait("alice", "x", 1000), Throttle::MAX_BLOCK_SECS);
         t.succeeded("alice");
         assert_eq!(t.wait("alice", "x", 1000), 0);
+    }
+
+    #[test]
+    fn old_failures_stop_counting() {
+        let mut t = Throttle::new(2, 2);
+        t.failed("alice", "a", 100);
+        t.failed("alice", "a", 100);
+        let later = 100 + Throttle::RESET_SECS;
+        t.failed("alice", "a", later);
+        assert_eq!(
+            t.wait("alice", "a", later),
+            0,
+            "the first two no longer count"
+        );
+        t.failed("alice", "a", later);
+        t.failed("alice", "a", later);
+        assert_eq!(t.wait("alice", "a", later), Throttle::FIRST_BLOCK_SECS);
     }
 
     #[test]

@@ -274,11 +274,14 @@ pub fn progress(op: &Operation, seen: &[NodeSeen], now: u64) -> Progress {
             Goal::Gone => !node.exists,
             Goal::Phase(phase) => node.exists && node.phase == Some(phase),
         };
+        let deleting = matches!(goal, Goal::Gone);
         if reached {
             done += 1;
         } else if !node.exists {
             failures.push(format!("{id} was deleted"));
-        } else if node.phase == Some(Phase::Failed) {
+        } else if node.phase == Some(Phase::Failed) && !deleting {
+            // A deletion goes on whatever state the node was in (a boot it interrupted may
+            // report failed on the way).
             failures.push(format!(
                 "{id} failed: {}",
                 node.reason.as_deref().unwrap_or("no reason given")
@@ -559,8 +562,22 @@ mod tests {
             1001,
         );
         assert_eq!((p.state, p.done), (OperationState::Running, 1));
-        let p = progress(&op(OperationKind::Delete, 2), &[gone.clone(), gone], 1001);
+        let p = progress(
+            &op(OperationKind::Delete, 2),
+            &[gone.clone(), gone.clone()],
+            1001,
+        );
         assert_eq!(p.state, OperationState::Succeeded);
+        let p = progress(
+            &op(OperationKind::Delete, 2),
+            &[gone, seen(Phase::Failed)],
+            1001,
+        );
+        assert_eq!(
+            p.state,
+            OperationState::Running,
+            "a failed node is still being deleted"
+        );
     }
 
     #[test]

@@ -64,6 +64,22 @@ impl EtcdStore {
         };
         for _ in 0..ATTEMPTS {
             self.refuse_hard_conflicts(write).await?;
+            // The quota first: a request over it is refused as such, before any address.
+            let added = write
+                .nodes
+                .iter()
+                .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
+            let usage_key = self.keys.usage(user);
+            let (usage, usage_revision) = self
+                .get_json_rev::<Usage>(&usage_key)
+                .await?
+                .unwrap_or_default();
+            let new_usage = match write.quota {
+                Some(limit) => quota::admit(limit, &usage, &added)
+                    .map_err(|e| StoreError::QuotaExceeded(e.to_string()))?,
+                None => usage.plus(&added),
+            };
+
             let (net, net_revision) = self.user_net_for(user, vnode_quota, plan).await?;
             let mut used: HashSet<Ipv4Addr> = self
                 .keys_under(&self.keys.network_addrs(user))
@@ -81,20 +97,6 @@ impl EtcdStore {
                 spec.address = Some(address);
                 specs.push((host.clone(), spec));
             }
-
-            let added = specs
-                .iter()
-                .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
-            let usage_key = self.keys.usage(user);
-            let (usage, usage_revision) = self
-                .get_json_rev::<Usage>(&usage_key)
-                .await?
-                .unwrap_or_default();
-            let new_usage = match write.quota {
-                Some(limit) => quota::admit(limit, &usage, &added)
-                    .map_err(|e| StoreError::QuotaExceeded(e.to_string()))?,
-                None => usage.plus(&added),
-            };
 
             let mut allocations: BTreeMap<String, (Usage, i64)> = BTreeMap::new();
             for (host, spec) in &specs {

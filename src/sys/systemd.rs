@@ -29,6 +29,7 @@ pub trait SystemdManager {
         aux: &[(&str, &[(&str, Variant<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
@@ -257,6 +258,16 @@ impl Systemd {
     }
 
     /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
+    /// Sends SIGKILL to every process of a unit (no unit: nothing to do).
+    pub async fn kill(&self, name: &str) -> Result<(), SystemdError> {
+        let _permit = self.calls.acquire().await.expect("never closed");
+        match self.manager.kill_unit(name, "all", libc::SIGKILL).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_no_such_unit(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
         let permit = self.calls.acquire().await.expect("never closed");
         let job = match self.manager.stop_unit(name, "replace").await {

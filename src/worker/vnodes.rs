@@ -400,6 +400,12 @@ impl Runtime {
             Action::Delete => {
                 self.report(store, id, Phase::Stopping, Some("deleting".into()))
                     .await?;
+                // Nothing of a deleted vnode is kept, so there is nothing to shut down
+                // cleanly; a vnode still booting would also ignore the poweroff request
+                // until its systemd is up, holding the delete for the whole stop timeout.
+                if let Err(e) = self.systemd.kill(&unit).await {
+                    warn!(vnode = %id, "killing the unit of a deleted vnode: {e}");
+                }
                 self.systemd.stop(&unit, STOP_TIMEOUT).await?;
                 self.remove_local(&paths)?;
                 store.remove_vnode(&self.host, &spec).await?;
@@ -1078,10 +1084,16 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), VNodeError> {
 /// reading a vnode's /etc/hosts, say) never see half a file.
 pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)
+    // A temporary name of this call's own: two writers of one file at once (a vnode's
+    // start and a network pass) each rename a complete file, and the last one wins.
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), random_suffix()));
+    let written = std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The workspace URL prefix of a vnode, as the portal's proxy forwards it.
