@@ -714,7 +714,7 @@ impl Master {
             let hosts = store.list_hosts().await?;
             let image_hosts: Vec<&HostRecord> = hosts
                 .iter()
-                .filter(|h| h.images.iter().any(|i| *i == cluster.image))
+                .filter(|h| h.images.contains(&cluster.image))
                 .collect();
             if image_hosts.is_empty() {
                 let known: HashSet<&String> = hosts.iter().flat_map(|h| &h.images).collect();
@@ -1148,7 +1148,7 @@ impl Master {
         let allocations = store.allocations().await?;
         let loads: Vec<HostLoad> = hosts
             .iter()
-            .filter(|h| h.images.iter().any(|i| *i == spec.image))
+            .filter(|h| h.images.contains(&spec.image))
             .map(|h| host_load(h, &allocations, &drained, &existing))
             .collect();
         let size = NodeSize {

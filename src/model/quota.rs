@@ -160,7 +160,9 @@ impl QuotaError {
 /// disk) it would exceed. A resource `add` does not grow is not checked, so a member left above
 /// a lowered quota is only stopped from taking more of what is already over.
 pub fn admit(quota: &Quota, usage: &Usage, add: &Usage) -> Result<Usage, QuotaError> {
-    let checks: [(&'static str, u64, u64, u64, fn(u64) -> String); 4] = [
+    /// Resource name, in use, requested, limit, and how to show an amount of it.
+    type Check = (&'static str, u64, u64, u64, fn(u64) -> String);
+    let checks: [Check; 4] = [
         (
             "vnodes",
             u64::from(usage.vnodes),
@@ -454,7 +456,8 @@ mod tests {
             Err(GroupError::DefaultsExceedQuota { .. })
         ));
 
-        let cases: [(&str, fn(&mut NodeSize)); 6] = [
+        type Case = (&'static str, fn(&mut NodeSize));
+        let cases: [Case; 6] = [
             ("cpu", |d| d.cpu_millis = 0),
             ("cpu", |d| d.cpu_millis = MIN_CPU_MILLIS - 1),
             ("memory", |d| d.memory_bytes = 0),

@@ -22,6 +22,9 @@ use crate::model::vnode::{DesiredState, VNodeSpec};
 /// retried before giving up.
 const ATTEMPTS: usize = 64;
 
+/// Checks hosts' allocations (host → allocation after the change) against their capacity.
+pub type HostCheck<'a> = dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync + 'a;
+
 /// What one create or scale-out writes.
 pub struct NodeWrite<'a> {
     pub user: &'a str,
@@ -36,7 +39,7 @@ pub struct NodeWrite<'a> {
     /// `idempotency/<user>/<key>` → operation id, written with the operation.
     pub idempotency_key: Option<&'a str>,
     /// Checks the hosts' allocations after adding the new vnodes (capacity × overcommit).
-    pub check_hosts: &'a (dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync),
+    pub check_hosts: &'a HostCheck<'a>,
 }
 
 pub fn spec_usage(spec: &VNodeSpec) -> Usage {
@@ -359,7 +362,7 @@ impl EtcdStore {
         &self,
         id: &str,
         to: &str,
-        check_hosts: &(dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync),
+        check_hosts: &HostCheck<'_>,
     ) -> Result<VNodeSpec, StoreError> {
         for _ in 0..ATTEMPTS {
             let (from, mut spec, spec_revision) = self
