@@ -212,6 +212,7 @@ struct DeleteQuery {
 struct WaitQuery {
     /// Seconds to wait for the operation to end (at most 120).
     #[serde(default)]
+    #[param(maximum = 120)]
     wait: u64,
 }
 
@@ -503,7 +504,13 @@ async fn operation(
     Path(id): Path<String>,
     Params(q): Params<WaitQuery>,
 ) -> ApiResult<Response> {
-    let wait = Duration::from_secs(q.wait.min(120));
+    if q.wait > 120 {
+        return Err(ApiError::BadRequest(format!(
+            "wait={}: at most 120 seconds",
+            q.wait
+        )));
+    }
+    let wait = Duration::from_secs(q.wait);
     Ok(Json(master.operation(&caller, &id, wait).await?).into_response())
 }
 
