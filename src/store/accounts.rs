@@ -257,23 +257,6 @@ impl EtcdStore {
             .unwrap_or_default())
     }
 
-    /// A record and its mod revision.
-    pub(super) async fn get_json_rev<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<(T, i64)>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(classify)?;
-        match response.kvs().first() {
-            Some(kv) => Ok(Some((decode(key, kv.value())?, kv.mod_revision()))),
-            None => Ok(None),
-        }
-    }
-
     pub(super) async fn txn_ok(&self, txn: Txn) -> Result<bool, StoreError> {
         Ok(self
             .client

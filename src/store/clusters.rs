@@ -257,16 +257,7 @@ impl EtcdStore {
         user: &str,
         key: &str,
     ) -> Result<Option<String>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.keys.idempotency(user, key), None)
-            .await
-            .map_err(classify)?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        self.get_text(&self.keys.idempotency(user, key)).await
     }
 
     pub async fn cluster(

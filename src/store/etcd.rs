@@ -106,17 +106,38 @@ impl EtcdStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
+        Ok(self.get_json_rev(key).await?.map(|(value, _)| value))
+    }
+
+    /// A JSON record and its mod revision (for a compare-and-swap).
+    pub(super) async fn get_json_rev<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, StoreError> {
         let response = self
             .client
             .kv_client()
             .get(key, None)
             .await
             .map_err(classify)?;
-        response
+        match response.kvs().first() {
+            Some(kv) => Ok(Some((decode(key, kv.value())?, kv.mod_revision()))),
+            None => Ok(None),
+        }
+    }
+
+    /// The plain text at `key` (host names, ids), `None` when absent.
+    pub(super) async fn get_text(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(classify)?;
+        Ok(response
             .kvs()
             .first()
-            .map(|kv| decode(key, kv.value()))
-            .transpose()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Every key under `prefix`, with the revision of the read in the response header.

@@ -21,16 +21,7 @@ pub struct StoredSpec {
 impl EtcdStore {
     /// The host a vnode id lives on.
     pub async fn vnode_host(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.keys.vnode_host(id), None)
-            .await
-            .map_err(classify)?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        self.get_text(&self.keys.vnode_host(id)).await
     }
 
     /// Changes a vnode's desired state; the worker of its host acts on it.
