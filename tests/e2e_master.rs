@@ -1831,3 +1831,75 @@ fn a_lost_node_shows_and_is_recovered_on_another_host() {
     let cluster = show(&token, "l1");
     assert_eq!(cluster["state"], "running", "{cluster}");
 }
+
+/// The event stream of `token` for `seconds`, as `(event, data)` pairs.
+fn events_for(token: &str, seconds: u32) -> std::process::Child {
+    Command::new("curl")
+        .args(["-s", "-N", "-m", &seconds.to_string()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{PORTAL}/api/v1/events"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run curl")
+}
+
+fn parse_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut kind = String::new();
+    for line in text.lines() {
+        if let Some(k) = line.strip_prefix("event:") {
+            kind = k.trim().to_owned();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            out.push((
+                kind.clone(),
+                serde_json::from_str(data.trim()).unwrap_or(Value::Null),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn events_show_users_their_own_clusters_and_administrators_everything() {
+    let (a, b) = ("mevta", "mevtb");
+    let (pa, pb) = (fresh_pam_user(a), fresh_pam_user(b));
+    let _cleanup = Cleanup::users(&[a, b]);
+    let (ta, tb) = (session(a, &pa), session(b, &pb));
+    let stream_a = events_for(&ta, 25);
+    let stream_root = events_for(root(), 25);
+    std::thread::sleep(Duration::from_millis(500));
+    succeeds(&ta, &create(&ta, &small("ea", 1)));
+    succeeds(&tb, &create(&tb, &small("eb", 1)));
+    let text_a = String::from_utf8_lossy(&stream_a.wait_with_output().unwrap().stdout).into_owned();
+    let text_root =
+        String::from_utf8_lossy(&stream_root.wait_with_output().unwrap().stdout).into_owned();
+    let seen_a = parse_events(&text_a);
+    let seen_root = parse_events(&text_root);
+    let of = |events: &[(String, Value)], user: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|(k, d)| k == kind && d["user"] == user)
+            .count()
+    };
+    // A sees their cluster appear, its operation and its node reach running.
+    assert!(of(&seen_a, a, "cluster") >= 1, "{text_a}");
+    assert!(of(&seen_a, a, "operation") >= 1, "{text_a}");
+    assert!(
+        seen_a
+            .iter()
+            .any(|(k, d)| k == "node" && d["user"] == a && d["data"]["phase"] == "running"),
+        "{text_a}"
+    );
+    // Nothing of B's reaches A, not even B's name.
+    assert!(seen_a.iter().all(|(_, d)| d["user"] == a), "{text_a}");
+    assert!(!text_a.contains(b), "{text_a}");
+    // The administrator sees both.
+    assert!(
+        of(&seen_root, a, "cluster") >= 1 && of(&seen_root, b, "cluster") >= 1,
+        "{text_root}"
+    );
+    // Without a token there is no stream.
+    let anonymous = api("GET", "/events", None, None);
+    anonymous.assert_error(401, "unauthenticated");
+}

@@ -65,7 +65,7 @@ impl EtcdStore {
             Some(_) => Some(self.operation_lease().await?),
             None => None,
         };
-        for _ in 0..ATTEMPTS {
+        'attempt: for _ in 0..ATTEMPTS {
             self.refuse_hard_conflicts(write).await?;
             // The quota first: a request over it is refused as such, before any address.
             let added = write
@@ -92,9 +92,21 @@ impl EtcdStore {
                 .collect();
             let mut specs = Vec::with_capacity(write.nodes.len());
             for (host, spec) in &write.nodes {
-                let address = network::free_address(user, &net, vnode_quota, &used, |n| {
+                let picked = network::free_address(user, &net, vnode_quota, &used, |n| {
                     rand::random_range(0..n)
-                })?;
+                });
+                let address = match picked {
+                    Ok(address) => address,
+                    Err(e) => {
+                        // Creates that committed after our usage read hold addresses we now
+                        // see: the next round reads their usage and answers with the quota.
+                        let now = self.get_json_rev::<Usage>(&usage_key).await?;
+                        if now.map_or(0, |(_, revision)| revision) != usage_revision {
+                            continue 'attempt;
+                        }
+                        return Err(e.into());
+                    }
+                };
                 used.insert(address);
                 let mut spec = spec.clone();
                 spec.address = Some(address);
