@@ -257,7 +257,6 @@ impl Systemd {
         self.wait_job(job, name, timeout).await
     }
 
-    /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
     /// Sends SIGKILL to every process of a unit (no unit: nothing to do).
     pub async fn kill(&self, name: &str) -> Result<(), SystemdError> {
         let _permit = self.calls.acquire().await.expect("never closed");
@@ -268,6 +267,7 @@ impl Systemd {
         }
     }
 
+    /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
     pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
         let permit = self.calls.acquire().await.expect("never closed");
         let job = match self.manager.stop_unit(name, "replace").await {
