@@ -5,11 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::host::human_bytes;
-use crate::model::vnode::{MIN_DISK, MIN_MEMORY};
-
-/// The smallest cpu share of a vnode. `vnode::validate_spec` enforces the same bound with a
-/// literal rather than a constant, so it is mirrored here: keep the two equal.
-pub const MIN_CPU_MILLIS: u32 = 10;
+use crate::model::vnode::{MIN_CPU_MILLIS, MIN_DISK, MIN_MEMORY};
 
 const GIB: u64 = 1 << 30;
 

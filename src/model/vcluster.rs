@@ -150,12 +150,13 @@ impl CreateClusterRequest {
 
 /// The lower bounds every vnode needs, as the worker enforces them.
 pub fn validate_node_size(node: &NodeSize) -> Result<(), InputError> {
-    if node.cpu_millis < 10 {
+    if node.cpu_millis < vnode::MIN_CPU_MILLIS {
         return Err(input(
             "invalid_size",
             "cpu_millis",
             format!(
-                "cpu_millis must be at least 10 (a hundredth of a core), not {}",
+                "cpu_millis must be at least {} (a hundredth of a core), not {}",
+                vnode::MIN_CPU_MILLIS,
                 node.cpu_millis
             ),
         ));

@@ -181,6 +181,8 @@ pub fn validate_image_name(image: &str) -> Result<(), SpecError> {
     check_name("image", image, 64)
 }
 
+/// The smallest cpu share of a vnode: a hundredth of a core.
+pub const MIN_CPU_MILLIS: u32 = 10;
 pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MIN_DISK: u64 = 64 << 20;
 pub const MIN_TASKS: u32 = 32;
@@ -192,11 +194,11 @@ pub fn validate_spec(spec: &VNodeSpec) -> Result<(), SpecError> {
     validate_user_name(&spec.user)?;
     check_name("cluster", &spec.cluster, 32)?;
     validate_image_name(&spec.image)?;
-    if spec.cpu_millis < 10 {
+    if spec.cpu_millis < MIN_CPU_MILLIS {
         return Err(SpecError::OutOfRange {
             field: "cpu_millis",
             value: spec.cpu_millis.into(),
-            reason: "at least 10 (a hundredth of a core)".into(),
+            reason: format!("at least {MIN_CPU_MILLIS} (a hundredth of a core)"),
         });
     }
     if spec.memory_bytes < MIN_MEMORY {
