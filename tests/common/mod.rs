@@ -46,8 +46,16 @@ pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
 
 /// Runs a shell command inside a testbed host.
 pub fn sh(host: &str, script: &str) -> Run {
+    sh_within(host, script, COMMAND_LIMIT).unwrap_or_else(|run| {
+        panic!("`{script}` on {host} did not finish within {COMMAND_LIMIT:?}: {run}")
+    })
+}
+
+/// Runs a shell command inside a testbed host, stopped after `limit`: `Err` then, with what
+/// it printed so far.
+pub fn sh_within(host: &str, script: &str, limit: Duration) -> Result<Run, Run> {
     let output = Command::new("timeout")
-        .args(["--kill-after=5", &format!("{}", COMMAND_LIMIT.as_secs())])
+        .args(["--kill-after=5", &format!("{}", limit.as_secs())])
         .arg(repo().join("tools/testbed"))
         .args(["exec", host, "bash", "-c", script])
         .output()
@@ -55,9 +63,9 @@ pub fn sh(host: &str, script: &str) -> Run {
     let run = Run::from(output);
     // 124: timeout's own status when it had to stop the command (137 after the kill).
     if run.code == 124 || run.code == 137 {
-        panic!("`{script}` on {host} did not finish within {COMMAND_LIMIT:?}: {run}");
+        return Err(run);
     }
-    run
+    Ok(run)
 }
 
 /// Runs a shell command that must succeed, returning its stdout.
@@ -223,15 +231,22 @@ pub fn reboot(host: &str) {
             .to_owned()
     };
     let before = boot_id();
-    let _ = sh(host, "systemctl reboot");
+    let _ = sh_within(host, "systemctl reboot", Duration::from_secs(30));
+    // While the host goes down and comes up, a command entering it can meet a systemd that
+    // does not answer yet (or any more), or a namespace half made: each probe is bounded
+    // and one that hangs only counts as "not yet".
     wait_for(
         &format!("{host} to boot again"),
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         || {
-            let run = sh(
+            let Ok(run) = sh_within(
                 host,
-                "cat /proc/sys/kernel/random/boot_id; systemctl is-active docklet-worker.service",
-            );
+                "cat /proc/sys/kernel/random/boot_id; timeout -k 2 10 systemctl is-active docklet-worker.service",
+                Duration::from_secs(20),
+            ) else {
+                eprintln!("{host}: a probe hung while it reboots; trying again");
+                return false;
+            };
             let lines: Vec<&str> = run.stdout.lines().collect();
             lines.len() == 2 && lines[0] != before && lines[1] == "active"
         },
