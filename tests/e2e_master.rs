@@ -95,7 +95,19 @@ fn try_request(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<Resp, String> {
-    let url = format!("{PORTAL}/api/v1{path}");
+    try_request_at(PORTAL, method, path, token, body, headers)
+}
+
+/// A request to the master at `base` (every host can run one).
+fn try_request_at(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    let url = format!("{base}/api/v1{path}");
     let mut cmd = Command::new("curl");
     // Operations are waited for up to a minute; nothing else may take long (an event stream
     // that should have been refused would otherwise hang the test).
@@ -1849,6 +1861,248 @@ fn a_lost_node_shows_and_is_recovered_on_another_host() {
     });
     let cluster = show(&token, "l1");
     assert_eq!(cluster["state"], "running", "{cluster}");
+}
+
+/// The node of `cluster` with `index`.
+fn node_of(cluster: &Value, index: u64) -> Value {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["index"] == index)
+        .cloned()
+        .unwrap_or_else(|| panic!("no node {index}: {cluster}"))
+}
+
+/// A node pings another by name: `reached` when it answers.
+fn reaches(token: &str, cluster: &str, from: u64, to: u64) -> bool {
+    let r = exec(
+        token,
+        cluster,
+        from as u32,
+        &[
+            "sh",
+            "-c",
+            &format!("ping -c1 -W2 host-{to} >/dev/null && echo reached"),
+        ],
+    );
+    r.json["stdout"] == "reached\n"
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_drained_host_moves_its_vnodes_with_their_addresses_and_data() {
+    let user = "mrdrain";
+    let password = fresh_pam_user(user);
+    let token = session(user, &password);
+    succeeds(&token, &create(&token, &small("d1", 2)));
+    let before = show(&token, "d1");
+    let moving = node_of(&before, 0);
+    let from = moving["host"].as_str().unwrap().to_owned();
+    let _cleanup = Cleanup::new(&[user], &[], &[&from]);
+    let sibling_host = node_of(&before, 1)["host"].clone();
+    assert_ne!(moving["host"], sibling_host, "spread: {before}");
+    // Something only the node's own disk holds: a file in its root filesystem.
+    let r = exec(
+        &token,
+        "d1",
+        0,
+        &[
+            "sh",
+            "-c",
+            "echo mark-$$-$(date +%s%N) > /root/marker && sync && cat /root/marker",
+        ],
+    );
+    assert_eq!(r.json["exit_code"], 0, "{r}");
+    let marker = r.json["stdout"].as_str().unwrap().to_owned();
+
+    // The administrator drains the node's host and watches it empty.
+    let out = ok("tb1", &format!("docklet-admin drain {from}"));
+    assert!(
+        out.contains(&format!(
+            "{from}: empty, every vnode moved and up elsewhere"
+        )),
+        "{out}"
+    );
+
+    let after = show(&token, "d1");
+    let moved = node_of(&after, 0);
+    assert_eq!(after["state"], "running", "{after}");
+    assert_ne!(moved["host"], from.as_str(), "{after}");
+    assert_ne!(moved["host"], sibling_host, "still spread: {after}");
+    assert_eq!(moved["address"], moving["address"], "the address stays");
+    let r = exec(&token, "d1", 0, &["cat", "/root/marker"]);
+    assert_eq!(
+        r.json["stdout"],
+        marker.as_str(),
+        "the node's disk moved with it: {r}"
+    );
+    assert!(
+        reaches(&token, "d1", 1, 0),
+        "host-1 reaches the moved host-0"
+    );
+    assert!(
+        reaches(&token, "d1", 0, 1),
+        "the moved host-0 reaches host-1"
+    );
+
+    // Nothing is left on the drained host, and it says so.
+    let hosts = get("/hosts", root());
+    let view = hosts
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == from.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(view["allocated"]["vnodes"], 0, "{view}");
+    assert_eq!(view["drain_note"], "empty: every vnode moved", "{view}");
+    let left = ok(
+        &from,
+        &format!(
+            "ls /var/lib/docklet/local/vnodes | grep -c '^{user}-' || true; systemctl list-units --all --plain --no-legend 'docklet-vnode-{user}-*' | wc -l"
+        ),
+    );
+    assert_eq!(
+        left.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{left}"
+    );
+    let handoffs = ok(
+        &from,
+        "ls -A /var/lib/docklet/global/handoff 2>/dev/null | wc -l",
+    );
+    assert_eq!(handoffs.trim(), "0", "no handoff is left behind");
+    // Usage is unchanged: a move is not a new node.
+    assert_eq!(me(&token)["usage"]["vnodes"], 2);
+}
+
+/// `GET /api/v1/health` of the master on `host`.
+fn health_of(host: &str) -> Value {
+    let (status, body) = http_get(&format!("http://{}:8000/api/v1/health", address_of(host)));
+    assert!(status == 200 || status == 503, "{host}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+fn address_of(host: &str) -> &'static str {
+    match host {
+        "tb1" => "10.213.0.11",
+        "tb2" => "10.213.0.12",
+        "tb3" => "10.213.0.13",
+        other => panic!("no testbed host {other}"),
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn two_masters_serve_the_api_and_a_killed_leader_hands_over() {
+    let user = "mrha";
+    let password = fresh_pam_user(user);
+    let token = session(user, &password);
+    // The administrator's session, made while tb1's master still answers.
+    let admin = root();
+    succeeds(&token, &create(&token, &small("h1", 1)));
+    let on = node_of(&show(&token, "h1"), 0)["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _cleanup = Cleanup::new(&[user], &[], &[&on]);
+
+    /// However the test ends: tb1's master is back on its socket, tb2's stopped.
+    struct Masters;
+    impl Drop for Masters {
+        fn drop(&mut self) {
+            for host in ["tb1", "tb2"] {
+                let _ = sh(host, "systemctl start docklet-master.socket");
+            }
+            let _ = sh("tb2", "systemctl stop docklet-master.service");
+        }
+    }
+    let _masters = Masters;
+    // Two masters, on tb1 and tb2 (the socket is on every host; a request starts one).
+    ok("tb3", "systemctl stop docklet-master.service");
+    wait_for("tb2's master to answer", Duration::from_secs(30), || {
+        health_of("tb2")["status"] == "ok"
+    });
+    let leaders = || -> Vec<&'static str> {
+        ["tb1", "tb2"]
+            .into_iter()
+            .filter(|h| health_of(h)["leading"] == true)
+            .collect()
+    };
+    wait_for("one leader", Duration::from_secs(15), || {
+        leaders().len() == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let [leader] = leaders()[..] else {
+        panic!("one leader at a time: {:?}", leaders());
+    };
+    let standby = if leader == "tb1" { "tb2" } else { "tb1" };
+    let at = |host: &str| format!("http://{}:8000", address_of(host));
+    let r = try_request_at(&at(standby), "GET", "/clusters/h1", Some(&token), None, &[]).unwrap();
+    assert_eq!(r.status, 200, "the standby serves the API: {r}");
+
+    // Reads against the standby, every 100 ms, while the leader dies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, token, base) = (stop.clone(), token.clone(), at(standby));
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = try_request_at(&base, "GET", "/clusters", Some(&token), None, &[]);
+                answers.push(r.map(|r| r.status).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answers
+        })
+    };
+    // kill -9, and no socket to start it again: the leader is gone for good.
+    ok(
+        leader,
+        "systemctl kill --signal=KILL docklet-master.service; systemctl stop docklet-master.socket",
+    );
+    let took = wait_for(
+        &format!("{standby} to take the lead"),
+        Duration::from_secs(30),
+        || health_of(standby)["leading"] == true,
+    );
+    eprintln!("hand-over from {leader} to {standby} after a kill -9: {took:?}");
+    assert!(
+        took <= Duration::from_secs(10 + 3),
+        "the standby leads within the lease TTL (10 s) and its 1 s retry: {took:?}"
+    );
+    // The new leader runs the controllers: it drains the node's host.
+    let r = api_at(
+        &at(standby),
+        "POST",
+        &format!("/hosts/{on}/drain"),
+        Some(admin),
+    );
+    assert_eq!(r.status, 204, "{r}");
+    wait_for(
+        "the new leader to move the node",
+        Duration::from_secs(120),
+        || {
+            let r = try_request_at(&at(standby), "GET", "/clusters/h1", Some(&token), None, &[])
+                .unwrap();
+            let node = node_of(&r.json, 0);
+            node["host"] != on.as_str() && node["state"] == "running"
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = reader.join().unwrap();
+    assert!(answers.len() > 50, "{} reads", answers.len());
+    assert!(
+        answers.iter().all(|s| *s == 200),
+        "the API kept answering: {:?}",
+        answers.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+}
+
+fn api_at(base: &str, method: &str, path: &str, token: Option<&str>) -> Resp {
+    try_request_at(base, method, path, token, None, &[])
+        .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"))
 }
 
 /// The event stream of `token` for `seconds`, as `(event, data)` pairs.

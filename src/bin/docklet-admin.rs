@@ -114,11 +114,15 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
-    /// Stop placing new vnodes on a host (--off: take it back into service).
+    /// Move every vnode off a host and place no new ones there, showing progress until it is
+    /// empty (--off: take it back into service; vnodes not moved yet stay).
     Drain {
         host: String,
         #[arg(long)]
         off: bool,
+        /// Return at once; the leading master goes on moving the vnodes.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Run a command in a vnode of this host: `docklet-admin exec ID -- CMD [ARGS...]`.
     Exec {
@@ -405,6 +409,43 @@ async fn hosts(json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Shows a drain's progress until its host is empty.
+async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Result<(), Failure> {
+    let mut last = String::new();
+    loop {
+        let text = master
+            .host_loads()
+            .await
+            .map_err(|e| failure(e, "master"))?;
+        let hosts: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        let Some(view) = hosts.iter().find(|h| h["name"] == host) else {
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "{host} is down: its vnodes wait for it to come back (or recover them on another host)"
+                ),
+            });
+        };
+        let left = view["allocated"]["vnodes"].as_u64().unwrap_or(0);
+        if view["draining"] != true {
+            println!("{host}: the drain was called off with {left} vnode(s) left.");
+            return Ok(());
+        }
+        let note = view["drain_note"].as_str().unwrap_or("").to_owned();
+        // Empty of allocations is not enough: the last vnodes may still be starting where
+        // they went.
+        if left == 0 && note == docklet::model::drain::EMPTY_NOTE {
+            println!("{host}: empty, every vnode moved and up elsewhere.");
+            return Ok(());
+        }
+        if note != last {
+            println!("{host}: {note}");
+            last = note;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn init(force: bool) -> Result<(), Failure> {
     let conn = connect().await?;
     let master = Master1Proxy::new(&conn)
@@ -541,6 +582,7 @@ async fn vnode(action: VnodeAction) -> Result<(), Failure> {
                     DesiredState::Running
                 },
                 address: None,
+                handoff: None,
             };
             master
                 .create_vnode(&host, &serde_json::to_string(&spec).expect("JSON"))
@@ -928,19 +970,25 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Group { action } => group(action).await,
-            Command::Drain { host, off } => {
+            Command::Drain { host, off, no_wait } => {
                 let conn = connect().await?;
-                master_proxy(&conn)
-                    .await?
+                let master = master_proxy(&conn).await?;
+                master
                     .drain(&host, !off)
                     .await
                     .map_err(|e| failure(e, "master"))?;
                 if off {
                     println!("{host} takes new vnodes again.");
+                    Ok(())
+                } else if no_wait {
+                    println!(
+                        "{host} takes no new vnodes; the leading master moves its vnodes elsewhere (see `docklet-admin hosts`)."
+                    );
+                    Ok(())
                 } else {
-                    println!("{host} takes no new vnodes; its running vnodes stay where they are.");
+                    println!("{host} takes no new vnodes; moving its vnodes elsewhere (Ctrl-C stops waiting, not the drain).");
+                    wait_drained(&master, &host).await
                 }
-                Ok(())
             }
             Command::Exec { user, id, command } => {
                 return exec(user, id, command).await.map(ExitCode::from);

@@ -254,6 +254,9 @@ pub struct HostView {
     pub disk_free_bytes: u64,
     pub allocated: Usage,
     pub draining: bool,
+    /// What the drain of this host is doing (moving its vnodes elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_note: Option<String>,
     pub images: Vec<String>,
     pub version: String,
 }
@@ -348,7 +351,7 @@ pub struct Created {
     pub replayed: bool,
 }
 
-fn random_id(len: usize) -> String {
+pub(crate) fn random_id(len: usize) -> String {
     super::init::random_secret(len).to_ascii_lowercase()
 }
 
@@ -854,7 +857,7 @@ impl Master {
                 index: *index,
                 id: id.clone(),
                 hostname: vnode::hostname(*index),
-                state: vcluster::node_state(&seen, spec.state == DesiredState::Deleted),
+                state: vcluster::node_state(&seen, spec.state),
                 address: spec.address,
                 host,
                 image: spec.image.clone(),
@@ -1136,10 +1139,41 @@ impl Master {
                 "node {index} is not lost: its host {lost_host} is up"
             )));
         }
+        let to = self
+            .relocate(&store, &node_ids(&cluster), &spec, |spec| {
+                // Its disk stayed with the lost host: it starts afresh, address kept.
+                spec.state = DesiredState::Running;
+                spec.handoff = None;
+                Ok(())
+            })
+            .await?;
+        info!(
+            user = owner,
+            cluster = name,
+            index,
+            from = lost_host,
+            to,
+            "lost node recovered"
+        );
+        self.record_operation(&store, OperationKind::Recover, &owner, name, vec![id])
+            .await
+    }
+
+    /// Moves a node to the host placement picks among those up, not draining, with its
+    /// image and room for it (away from its `siblings`, as at create); `arrive` says
+    /// what its spec becomes there. Returns the new host.
+    pub(crate) async fn relocate(
+        &self,
+        store: &EtcdStore,
+        siblings: &[String],
+        spec: &VNodeSpec,
+        arrive: impl Fn(&mut VNodeSpec) -> Result<(), StoreError>,
+    ) -> Result<String, ApiError> {
+        let hosts = store.list_hosts().await?;
         let mut existing: HashMap<String, u32> = HashMap::new();
-        for other in node_ids(&cluster) {
-            if other != id
-                && let Some(host) = store.vnode_host(&other).await?
+        for other in siblings {
+            if *other != spec.id
+                && let Some(host) = store.vnode_host(other).await?
             {
                 *existing.entry(host).or_default() += 1;
             }
@@ -1173,17 +1207,8 @@ impl Master {
             }
         };
         let to = loads[chosen[0]].name.clone();
-        store.move_vnode(&id, &to, &check).await?;
-        info!(
-            user = owner,
-            cluster = name,
-            index,
-            from = lost_host,
-            to,
-            "lost node recovered"
-        );
-        self.record_operation(&store, OperationKind::Recover, &owner, name, vec![id])
-            .await
+        store.move_vnode(&spec.id, &to, &check, arrive).await?;
+        Ok(to)
     }
 
     /// Runs a command in a node through its worker's agent.
@@ -1453,14 +1478,15 @@ impl Master {
         caller.require_admin()?;
         let store = self.api_store().await?;
         let allocations = store.allocations().await?;
-        let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
+        let mut notes = store.drain_notes().await?;
         Ok(store
             .list_hosts()
             .await?
             .into_iter()
             .map(|h| HostView {
                 allocated: allocations.get(&h.name).copied().unwrap_or_default(),
-                draining: drained.contains(&h.name),
+                draining: notes.contains_key(&h.name),
+                drain_note: notes.remove(&h.name),
                 name: h.name,
                 addresses: h.addresses,
                 cpus: h.capacity.cpus,
@@ -1490,7 +1516,7 @@ impl Master {
     }
 }
 
-fn node_ids(cluster: &VCluster) -> Vec<String> {
+pub(crate) fn node_ids(cluster: &VCluster) -> Vec<String> {
     cluster
         .nodes
         .iter()
@@ -1511,6 +1537,7 @@ fn node_spec(cluster: &VCluster, index: u32, size: &NodeSize) -> VNodeSpec {
         tasks: vcluster::NODE_TASKS,
         state: DesiredState::Running,
         address: None,
+        handoff: None,
     }
 }
 

@@ -659,6 +659,8 @@ struct Health {
     version: &'static str,
     etcd: &'static str,
     initialized: bool,
+    /// This master leads (runs the controllers); the others stand by and serve the API.
+    leading: bool,
 }
 
 /// 200 when etcd answers, 503 otherwise; tells nothing an anonymous caller should not know.
@@ -670,6 +672,7 @@ async fn health(State(master): Shared) -> impl IntoResponse {
         version: crate::VERSION,
         etcd: if etcd_ok { "ok" } else { "unreachable" },
         initialized,
+        leading: master.leading(),
     };
     let code = if etcd_ok {
         StatusCode::OK

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod agent_client;
 pub mod api;
 pub mod bus;
+pub mod controllers;
 pub mod events;
 pub mod init;
 
@@ -48,6 +49,11 @@ pub struct Master {
     /// restart forgets them, and with several masters each counts its own.
     throttle: std::sync::Mutex<crate::model::account::Throttle>,
     pam: Arc<dyn crate::sys::pam::PasswordCheck>,
+    /// This master holds the leadership and runs the controllers ([`controllers`]).
+    leading: AtomicBool,
+    /// The lease of this master's candidacy, revoked on a clean stop so another master
+    /// takes over at once.
+    leader_lease: std::sync::Mutex<Option<(EtcdStore, i64)>>,
 }
 
 pub fn now_secs() -> u64 {
@@ -70,6 +76,29 @@ impl Master {
             pam: Arc::new(crate::sys::pam::Pam {
                 service: "docklet".into(),
             }),
+            leading: AtomicBool::new(false),
+            leader_lease: Default::default(),
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    async fn is_initialized(&self, store: &EtcdStore) -> bool {
+        self.authenticated() && matches!(store.cluster_info().await, Ok(Some(_)))
+    }
+
+    /// Ends this master's candidacy at once (a clean stop): the next master leads without
+    /// waiting for the lease to expire.
+    async fn resign(&self) {
+        let held = self.leader_lease.lock().unwrap().take();
+        if let Some((store, lease)) = held {
+            if let Err(e) = store.revoke(lease).await {
+                warn!("revoking the leader lease: {e}");
+            } else if self.leading.swap(false, Ordering::SeqCst) {
+                info!("resigned the leadership");
+            }
         }
     }
 
@@ -164,6 +193,11 @@ impl Master {
     }
 
     pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), BusError> {
+        if state == DesiredState::Exported {
+            return Err(BusError::InvalidArgument(
+                "exported is set by a drain (`docklet-admin drain HOST`), not by hand".into(),
+            ));
+        }
         let store = self.store().await?;
         store.set_vnode_state(id, state).await.map_err(bus_error)
     }
@@ -329,10 +363,15 @@ impl Master {
             ),
             Ok(Some(_)) => match store.list_hosts().await {
                 Ok(hosts) => format!(
-                    "{listening}; etcd {endpoints} ok; cluster {} has {} host{}",
+                    "{listening}; etcd {endpoints} ok; cluster {} has {} host{}; {}",
                     self.config.cluster_name,
                     hosts.len(),
-                    if hosts.len() == 1 { "" } else { "s" }
+                    if hosts.len() == 1 { "" } else { "s" },
+                    match (self.leading(), store.leader().await) {
+                        (true, _) => "leading".to_owned(),
+                        (false, Ok(Some(leader))) => format!("standby (leader: {leader})"),
+                        (false, _) => "standby (no leader yet)".to_owned(),
+                    }
                 ),
                 Err(e) => format!("{listening}; etcd {endpoints}: {e}"),
             },
@@ -476,6 +515,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     }
     master.refresh_status(&listening).await;
     notifier.ready(&master.status());
+    let leadership = tokio::spawn(controllers::lead(master.clone()));
 
     let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
@@ -487,6 +527,8 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
         }
     }
     notifier.stopping();
+    leadership.abort();
+    master.resign().await;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Err(e))) => error!("HTTP server: {e}"),

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod cluster;
+pub mod drain;
 pub mod host;
 pub mod network;
 pub mod placement;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::quota::NodeSize;
-use super::vnode::{self, Phase};
+use super::vnode::{self, DesiredState, Phase};
 
 /// Stored at `clusters/<user>/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,11 +325,16 @@ pub enum NodeState {
     /// is recreated elsewhere.
     Lost,
     Deleting,
+    /// On its way to another host (its host is being drained), data and address with it.
+    Moving,
 }
 
-pub fn node_state(seen: &NodeSeen, deleting: bool) -> NodeState {
-    if deleting {
-        return NodeState::Deleting;
+/// `desired`: the state its spec asks for.
+pub fn node_state(seen: &NodeSeen, desired: DesiredState) -> NodeState {
+    match desired {
+        DesiredState::Deleted => return NodeState::Deleting,
+        DesiredState::Exported if seen.host_up => return NodeState::Moving,
+        _ => {}
     }
     if !seen.host_up {
         return NodeState::Lost;
@@ -341,6 +346,8 @@ pub fn node_state(seen: &NodeSeen, deleting: bool) -> NodeState {
         Some(Phase::Stopping) => NodeState::Stopping,
         Some(Phase::Stopped) => NodeState::Stopped,
         Some(Phase::Failed) => NodeState::Failed,
+        // Exported but asked to be running or stopped again: about to take its disk back.
+        Some(Phase::Exported) => NodeState::Moving,
     }
 }
 
@@ -591,7 +598,12 @@ mod tests {
         assert_eq!(cluster_state(&[Running, Lost]), ClusterState::Degraded);
         let mut s = seen(Phase::Running);
         s.host_up = false;
-        assert_eq!(node_state(&s, false), Lost);
-        assert_eq!(node_state(&s, true), Deleting);
+        assert_eq!(node_state(&s, DesiredState::Running), Lost);
+        assert_eq!(node_state(&s, DesiredState::Deleted), Deleting);
+        assert_eq!(node_state(&s, DesiredState::Exported), Lost);
+        s.host_up = true;
+        assert_eq!(node_state(&s, DesiredState::Exported), Moving);
+        s.phase = Some(Phase::Exported);
+        assert_eq!(node_state(&s, DesiredState::Running), Moving);
     }
 }

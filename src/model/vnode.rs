@@ -26,6 +26,46 @@ pub struct VNodeSpec {
     /// The vnode's address on its user's network, assigned by the master at create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// A move between hosts in progress: see [`Handoff`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A vnode moving to another host (a drain): the old host's worker stops it and hands its
+/// disk over through the shared filesystem (`FS_PREFIX/global/handoff/<token>/`), the new
+/// host's worker takes the disk from there before its first start. The token is fresh per
+/// move, so a handoff never meets the files of another one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    pub token: String,
+    /// The host it leaves.
+    pub from: String,
+    /// What the vnode becomes once moved: running or stopped, as it was (or as its owner
+    /// asked meanwhile).
+    pub resume: DesiredState,
+}
+
+impl Handoff {
+    pub const TOKEN_LEN: usize = 24;
+}
+
+/// Sets the state its owner (or an administrator) wants; a vnode in the middle of a move
+/// keeps moving and takes the state when it arrives. Returns whether anything changed.
+pub fn want_state(spec: &mut VNodeSpec, state: DesiredState) -> bool {
+    match (&mut spec.handoff, spec.state) {
+        (_, DesiredState::Deleted) => false,
+        (Some(handoff), DesiredState::Exported) if state != DesiredState::Deleted => {
+            let changed = handoff.resume != state;
+            handoff.resume = state;
+            changed
+        }
+        _ => {
+            let changed = spec.state != state;
+            spec.state = state;
+            changed
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +75,9 @@ pub enum DesiredState {
     Stopped,
     /// Removed by the worker once everything local is gone (the spec key goes with it).
     Deleted,
+    /// Stopped, with its disk handed over for a move ([`VNodeSpec::handoff`] says where);
+    /// set by the master's drain, never by users.
+    Exported,
 }
 
 impl std::str::FromStr for DesiredState {
@@ -44,8 +87,9 @@ impl std::str::FromStr for DesiredState {
             "running" => Ok(DesiredState::Running),
             "stopped" => Ok(DesiredState::Stopped),
             "deleted" => Ok(DesiredState::Deleted),
+            "exported" => Ok(DesiredState::Exported),
             other => Err(format!(
-                "unknown state {other:?} (expected running, stopped or deleted)"
+                "unknown state {other:?} (expected running, stopped, deleted or exported)"
             )),
         }
     }
@@ -94,6 +138,8 @@ pub enum Phase {
     Stopping,
     Stopped,
     Failed,
+    /// Stopped, its disk handed over and nothing left on this host: ready to move.
+    Exported,
 }
 
 impl Phase {
@@ -105,6 +151,7 @@ impl Phase {
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
+            Phase::Exported => "exported",
         }
     }
 }
@@ -221,6 +268,40 @@ pub fn validate_spec(spec: &VNodeSpec) -> Result<(), SpecError> {
             value: spec.tasks.into(),
             reason: format!("between {MIN_TASKS} and {MAX_TASKS}"),
         });
+    }
+    match (&spec.handoff, spec.state) {
+        (None, DesiredState::Exported) => {
+            return Err(invalid(
+                "handoff",
+                "",
+                "an exported vnode needs a handoff token",
+            ));
+        }
+        (Some(handoff), _) => {
+            let token = &handoff.token;
+            if token.len() != Handoff::TOKEN_LEN
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                return Err(invalid(
+                    "handoff.token",
+                    token,
+                    format!("{} lowercase letters and digits", Handoff::TOKEN_LEN),
+                ));
+            }
+            if !matches!(
+                handoff.resume,
+                DesiredState::Running | DesiredState::Stopped
+            ) {
+                return Err(invalid(
+                    "handoff.resume",
+                    &format!("{:?}", handoff.resume),
+                    "running or stopped",
+                ));
+            }
+        }
+        (None, _) => {}
     }
     Ok(())
 }
@@ -343,6 +424,8 @@ pub enum Action {
     Unmount,
     /// Stop if needed, remove every local trace, then the spec and status keys.
     Delete,
+    /// Stop if needed, hand the disk over for a move, remove every local trace.
+    Export,
     /// Wait for systemd to finish what it is doing.
     Wait,
 }
@@ -353,6 +436,7 @@ pub fn next_action(desired: DesiredState, unit: UnitState, mounted: bool) -> Act
     match (desired, unit) {
         (DesiredState::Deleted, _) => Action::Delete,
         (_, UnitState::Starting | UnitState::Stopping) => Action::Wait,
+        (DesiredState::Exported, _) => Action::Export,
         (DesiredState::Running, UnitState::Active) => Action::Nothing,
         (DesiredState::Running, UnitState::Absent) => Action::Start,
         (DesiredState::Stopped, UnitState::Active) => Action::Stop,
@@ -383,6 +467,7 @@ pub(crate) mod tests {
             tasks: 512,
             state: DesiredState::Running,
             address: None,
+            handoff: None,
         }
     }
 
@@ -489,6 +574,55 @@ pub(crate) mod tests {
         assert_eq!(next_action(Stopped, Absent, false), Action::Nothing);
         assert_eq!(next_action(Deleted, Active, true), Delete);
         assert_eq!(next_action(Deleted, Absent, false), Delete);
+        assert_eq!(next_action(Exported, Active, true), Export);
+        assert_eq!(next_action(Exported, Absent, false), Export);
+        assert_eq!(next_action(Exported, Starting, true), Wait);
+    }
+
+    fn moving() -> VNodeSpec {
+        VNodeSpec {
+            state: DesiredState::Exported,
+            handoff: Some(Handoff {
+                token: "a".repeat(Handoff::TOKEN_LEN),
+                from: "tb2".into(),
+                resume: DesiredState::Running,
+            }),
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn a_move_needs_a_well_formed_handoff() {
+        assert_eq!(validate_spec(&moving()), Ok(()));
+        let mut no_token = moving();
+        no_token.handoff = None;
+        assert!(validate_spec(&no_token).is_err());
+        for token in ["short", &"A".repeat(24), &"../".repeat(8)] {
+            let mut bad = moving();
+            bad.handoff.as_mut().unwrap().token = token.to_owned();
+            assert!(validate_spec(&bad).is_err(), "{token}");
+        }
+        let mut resume_deleted = moving();
+        resume_deleted.handoff.as_mut().unwrap().resume = DesiredState::Deleted;
+        assert!(validate_spec(&resume_deleted).is_err());
+    }
+
+    #[test]
+    fn a_moving_vnode_takes_its_owners_state_when_it_arrives() {
+        let mut spec = moving();
+        assert!(want_state(&mut spec, DesiredState::Stopped));
+        assert_eq!(spec.state, DesiredState::Exported);
+        assert_eq!(spec.handoff.as_ref().unwrap().resume, DesiredState::Stopped);
+        assert!(!want_state(&mut spec, DesiredState::Stopped));
+        // A delete does not wait for the move.
+        assert!(want_state(&mut spec, DesiredState::Deleted));
+        assert_eq!(spec.state, DesiredState::Deleted);
+        // Nothing brings a deleted vnode back.
+        assert!(!want_state(&mut spec, DesiredState::Running));
+        assert_eq!(spec.state, DesiredState::Deleted);
+        let mut plain = super::tests::spec();
+        assert!(want_state(&mut plain, DesiredState::Stopped));
+        assert_eq!(plain.state, DesiredState::Stopped);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{EtcdStore, StoreError, encode};
 use crate::model::network;
 use crate::model::quota::{self, Quota, Usage};
 use crate::model::vcluster::{Operation, VCluster};
-use crate::model::vnode::{DesiredState, VNodeSpec};
+use crate::model::vnode::{self, DesiredState, VNodeSpec};
 
 /// How often contention (other creates changing usage, allocations or addresses) is
 /// retried before giving up.
@@ -335,10 +335,9 @@ impl EtcdStore {
                 let Some((host, mut spec, spec_revision)) = self.vnode_spec(id).await? else {
                     continue;
                 };
-                if spec.state == DesiredState::Deleted || spec.state == *state {
+                if !vnode::want_state(&mut spec, *state) {
                     continue;
                 }
-                spec.state = *state;
                 let spec_key = self.keys.vnode(&host, id);
                 when.push(Compare::mod_revision(
                     spec_key.clone(),
@@ -358,14 +357,16 @@ impl EtcdStore {
     }
 
     /// Moves a vnode's spec to another host, keeping its id, index and address: the way
-    /// back for a node whose host was lost. Spec, id index, status and both hosts'
-    /// allocations change in one transaction. The lost host's worker, if it ever returns,
+    /// back for a node whose host was lost, and the last step of a drain's move. Spec, id
+    /// index, status and both hosts' allocations change in one transaction; `arrive` says
+    /// what the spec becomes (and may refuse). A lost host's worker, if it ever returns,
     /// finds no spec for its copy and parks it (stopped, files kept).
     pub async fn move_vnode(
         &self,
         id: &str,
         to: &str,
         check_hosts: &HostCheck<'_>,
+        arrive: impl Fn(&mut VNodeSpec) -> Result<(), StoreError>,
     ) -> Result<VNodeSpec, StoreError> {
         for _ in 0..ATTEMPTS {
             let (from, mut spec, spec_revision) = self
@@ -389,7 +390,7 @@ impl EtcdStore {
                 .unwrap_or_default();
             let to_alloc = to_alloc.plus(&held);
             check_hosts(&BTreeMap::from([(to.to_owned(), to_alloc)]))?;
-            spec.state = DesiredState::Running;
+            arrive(&mut spec)?;
             let old_key = self.keys.vnode(&from, id);
             let txn = Txn::new()
                 .when([
@@ -428,12 +429,41 @@ impl EtcdStore {
         self.keys_under(&self.keys.drains()).await
     }
 
+    /// What the drain of each draining host is doing, in the leading master's words.
+    pub async fn drain_notes(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let prefix = self.keys.drains();
+        let response = self.get_prefix(&prefix).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Updates the note of a host still draining (an undrain meanwhile wins).
+    pub async fn set_drain_note(&self, host: &str, note: &str) -> Result<(), StoreError> {
+        let key = self.keys.drain(host);
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(key, note, None)]);
+        self.txn_ok(txn).await.map(|_| ())
+    }
+
     pub async fn set_drain(&self, host: &str, drain: bool) -> Result<(), StoreError> {
         let mut kv = self.client.kv_client();
         if drain {
-            kv.put(self.keys.drain(host), "1", None)
-                .await
-                .map_err(classify)?;
+            kv.put(
+                self.keys.drain(host),
+                "waiting for the leading master",
+                None,
+            )
+            .await
+            .map_err(classify)?;
         } else {
             kv.delete(self.keys.drain(host), None)
                 .await

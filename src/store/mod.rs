@@ -20,8 +20,10 @@
 //! - `clusters/<user>/<name>` ([`VCluster`](crate::model::vcluster::VCluster)), `usage/<user>`
 //!   and `allocations/<host>` ([`Usage`](crate::model::quota::Usage): what a user's vnodes
 //!   and a host's vnodes hold, changed in the transactions that create and forget vnodes),
-//!   `operations/<id>` and `idempotency/<user>/<key>` (leased), `drain/<host>`: see
-//!   [`clusters`].
+//!   `operations/<id>` and `idempotency/<user>/<key>` (leased), `drain/<host>` (the drain's
+//!   progress note): see [`clusters`];
+//! - `leader`: the name of the master that runs the controllers, bound to its lease: see
+//!   [`leader`].
 
 use std::future::Future;
 
@@ -33,6 +35,7 @@ use crate::model::quota::Group;
 pub mod accounts;
 pub mod clusters;
 pub mod etcd;
+pub mod leader;
 pub mod memory;
 pub mod network;
 pub mod vnodes;
@@ -188,6 +191,9 @@ impl Keys {
     }
     pub fn drain(&self, host: &str) -> String {
         format!("{}drain/{host}", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
     }
 }
 

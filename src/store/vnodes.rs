@@ -26,6 +26,23 @@ impl EtcdStore {
 
     /// Changes a vnode's desired state; the worker of its host acts on it.
     pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), StoreError> {
+        self.update_vnode_spec(id, |spec| {
+            if spec.state == DesiredState::Deleted && state != DesiredState::Deleted {
+                return Err(StoreError::Conflict(format!("vnode {id} is being deleted")));
+            }
+            Ok(vnode::want_state(spec, state))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Changes a vnode's spec where it lives, against concurrent writers: `change` edits it
+    /// and says whether there is anything to write. Returns the spec as it is now.
+    pub async fn update_vnode_spec(
+        &self,
+        id: &str,
+        change: impl Fn(&mut VNodeSpec) -> Result<bool, StoreError>,
+    ) -> Result<VNodeSpec, StoreError> {
         let host = self
             .vnode_host(id)
             .await?
@@ -38,10 +55,9 @@ impl EtcdStore {
                 return Err(StoreError::NotFound(format!("no vnode with id {id}")));
             };
             let mut spec: VNodeSpec = decode(&key, item.value())?;
-            if spec.state == DesiredState::Deleted && state != DesiredState::Deleted {
-                return Err(StoreError::Conflict(format!("vnode {id} is being deleted")));
+            if !change(&mut spec)? {
+                return Ok(spec);
             }
-            spec.state = state;
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.clone(),
@@ -50,7 +66,7 @@ impl EtcdStore {
                 )])
                 .and_then([TxnOp::put(key.clone(), encode(&spec), None)]);
             if kv.txn(txn).await.map_err(classify)?.succeeded() {
-                return Ok(());
+                return Ok(spec);
             }
         }
     }

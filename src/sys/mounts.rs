@@ -404,9 +404,84 @@ pub fn remove_netns(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Copies a sparse file (a vnode's disk image) so that the copy is sparse too: only the
+/// source's data extents are read (SEEK_DATA/SEEK_HOLE, the whole file where the filesystem
+/// cannot tell), and blocks of zeros in them become holes. A 4 GiB disk with 50 MiB written
+/// costs 50 MiB of reading and writing, on the shared filesystem too.
+pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 * 1024;
+    let mut source = File::open(from)?;
+    let len = source.metadata()?.len();
+    let mut target = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)?;
+    let fd = source.as_raw_fd();
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; BLOCK];
+    let mut offset: i64 = 0;
+    while (offset as u64) < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
+        let (start, end) = if data < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => break, // only a hole from here on
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => (offset, len as i64),
+                _ => return Err(io::Error::last_os_error()),
+            }
+        } else {
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            (data, if hole < 0 { len as i64 } else { hole })
+        };
+        source.seek(SeekFrom::Start(start as u64))?;
+        let mut at = start;
+        while at < end {
+            let want = BLOCK.min((end - at) as usize);
+            source.read_exact(&mut buf[..want])?;
+            if buf[..want].iter().any(|b| *b != 0) {
+                target.seek(SeekFrom::Start(at as u64))?;
+                target.write_all(&buf[..want])?;
+                copied += want as u64;
+            }
+            at += want as i64;
+        }
+        offset = end;
+    }
+    target.set_len(len)?;
+    target.sync_all()?;
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_copies_keep_their_holes_and_their_bytes() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("disk.img");
+        let to = dir.path().join("copy.img");
+        let mut f = File::create(&from).unwrap();
+        f.set_len(256 << 20).unwrap();
+        f.write_all(b"superblock").unwrap();
+        f.seek(SeekFrom::Start(100 << 20)).unwrap();
+        f.write_all(&[7u8; 200_000]).unwrap();
+        // Written zeros: data to the filesystem, a hole in the copy.
+        f.seek(SeekFrom::Start(200 << 20)).unwrap();
+        f.write_all(&vec![0u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let copied = copy_sparse(&from, &to).unwrap();
+        assert!(copied < 1 << 20, "copied {copied} bytes");
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        let blocks = std::fs::metadata(&to).unwrap().blocks();
+        assert!(blocks * 512 < 2 << 20, "{blocks} blocks allocated");
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

@@ -121,6 +121,76 @@ pub fn installed_images(config: &Config) -> Vec<String> {
     names
 }
 
+/// Where a moving vnode's disk waits between its two hosts, on the shared filesystem
+/// ([`vnode::Handoff`]); `<token>.part` while it is being written.
+pub fn handoff_dir(config: &Config, token: &str) -> PathBuf {
+    config.global_dir().join("handoff").join(token)
+}
+
+/// The files that make a vnode what it is on any host: its disk (the writable layer) and
+/// `state.json` (uid range, machine id). `etc/` is written again at every start.
+const TRAVELLING_FILES: [&str; 2] = ["disk.img", "state.json"];
+
+/// Hands a stopped vnode's files over to `target` and removes them here. Idempotent: a
+/// handoff already complete is not made again, a half-written one is made again.
+fn export_local(paths: &VNodePaths, target: &Path) -> Result<u64, VNodeError> {
+    let mut bytes = 0;
+    if !target.exists() {
+        let part = target.with_extension("part");
+        remove_dir_if_present(&part)?;
+        create_dir(&part, 0o700)?;
+        for name in TRAVELLING_FILES {
+            let from = paths.dir.join(name);
+            if from.exists() {
+                bytes += mounts::copy_sparse(&from, &part.join(name)).map_err(io_err(format!(
+                    "copying {} to {}",
+                    from.display(),
+                    part.display()
+                )))?;
+            }
+        }
+        std::fs::rename(&part, target).map_err(io_err(format!(
+            "renaming {} to {}",
+            part.display(),
+            target.display()
+        )))?;
+    }
+    remove_dir_if_present(&paths.dir)?;
+    Ok(bytes)
+}
+
+/// Takes a moved vnode's files from `source` (`state.json` last: it marks them complete)
+/// and removes the handoff.
+fn import_local(paths: &VNodePaths, source: &Path) -> Result<u64, VNodeError> {
+    create_dir(&paths.dir, 0o700)?;
+    create_dir(&paths.etc, 0o755)?;
+    let mut bytes = 0;
+    for name in TRAVELLING_FILES {
+        let from = source.join(name);
+        if from.exists() {
+            let to = paths.dir.join(format!("{name}.part"));
+            bytes += mounts::copy_sparse(&from, &to).map_err(io_err(format!(
+                "copying {} to {}",
+                from.display(),
+                to.display()
+            )))?;
+            std::fs::rename(&to, paths.dir.join(name))
+                .map_err(io_err(format!("renaming {}", to.display())))?;
+        }
+    }
+    remove_dir_if_present(source)?;
+    Ok(bytes)
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), VNodeError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_err(format!("removing {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The user's persistent data, on the shared filesystem: `/root/nfs` in all their vnodes.
 pub fn user_data_dir(config: &Config, user: &str) -> PathBuf {
     config.global_dir().join("users").join(user).join("data")
@@ -366,6 +436,11 @@ impl Runtime {
                 .await;
         }
         let paths = VNodePaths::new(&self.config, id);
+        if let Err(e) = self.take_handoff(&spec, &paths).await {
+            return self
+                .report(store, id, Phase::Failed, Some(e.to_string()))
+                .await;
+        }
         let unit = vnode::unit_name(id);
         let info = self.systemd.unit_info(&unit).await?;
         let unit_state = info.as_ref().map_or(UnitState::Absent, |i| i.state());
@@ -408,12 +483,68 @@ impl Runtime {
                 }
                 self.systemd.stop(&unit, STOP_TIMEOUT).await?;
                 self.remove_local(&paths)?;
+                if let Some(handoff) = &spec.handoff {
+                    let dir = handoff_dir(&self.config, &handoff.token);
+                    remove_dir_if_present(&dir.with_extension("part"))?;
+                    remove_dir_if_present(&dir)?;
+                }
                 store.remove_vnode(&self.host, &spec).await?;
                 self.memos.lock().unwrap().remove(id);
                 info!(vnode = %id, "vnode deleted");
                 Ok(())
             }
+            Action::Export => {
+                let Some(handoff) = spec.handoff.clone() else {
+                    unreachable!("validate_spec: an exported vnode has a handoff");
+                };
+                self.report(
+                    store,
+                    id,
+                    Phase::Stopping,
+                    Some("moving to another host".into()),
+                )
+                .await?;
+                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.release(&paths)?;
+                let target = handoff_dir(&self.config, &handoff.token);
+                let started = Instant::now();
+                let bytes = tokio::task::spawn_blocking(move || export_local(&paths, &target))
+                    .await
+                    .map_err(|e| VNodeError::Refused(format!("handing over: {e}")))??;
+                info!(vnode = %id, bytes, ms = started.elapsed().as_millis() as u64, "vnode handed over for a move");
+                self.report(store, id, Phase::Exported, None).await
+            }
         }
+    }
+
+    /// A vnode that moved here takes its files from the handoff before anything else. The
+    /// handoff directory goes once they are here, so its absence with the vnode's directory
+    /// present means taken (a vnode that never ran hands over an empty directory).
+    async fn take_handoff(&self, spec: &VNodeSpec, paths: &VNodePaths) -> Result<(), VNodeError> {
+        let Some(handoff) = &spec.handoff else {
+            return Ok(());
+        };
+        if matches!(spec.state, DesiredState::Deleted | DesiredState::Exported) {
+            return Ok(());
+        }
+        let source = handoff_dir(&self.config, &handoff.token);
+        if !source.exists() {
+            if paths.dir.exists() {
+                return Ok(());
+            }
+            return Err(VNodeError::Refused(format!(
+                "vnode {} moved here but its files are not in {} (was the handoff interrupted?)",
+                spec.id,
+                source.display()
+            )));
+        }
+        let started = Instant::now();
+        let (to, from) = (paths.clone(), source.clone());
+        let bytes = tokio::task::spawn_blocking(move || import_local(&to, &from))
+            .await
+            .map_err(|e| VNodeError::Refused(format!("taking over: {e}")))??;
+        info!(vnode = %spec.id, bytes, ms = started.elapsed().as_millis() as u64, "vnode taken over from {}", source.display());
+        Ok(())
     }
 
     /// Desired running, unit absent: a first start, a start after a stop or a reboot, or a

@@ -1,0 +1,259 @@
+//! What only the leading master does. Every master campaigns for the `leader` key
+//! ([`crate::store::leader`]) under a lease it keeps alive; the one holding it runs the
+//! controllers in passes. Today there is one controller, the drain: it moves the vnodes of a
+//! draining host elsewhere, disk and address with them ([`crate::model::drain`]).
+//!
+//! A pass only reads etcd and writes with compare-and-swap transactions, so a leader that
+//! lost its lease without noticing yet cannot undo what the next one does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Master;
+use super::actions::{ApiError, node_ids, random_id};
+use crate::model::drain::{self, DrainStep};
+use crate::model::vnode::{DesiredState, Handoff};
+use crate::store::{EtcdStore, Store, StoreError};
+
+/// The leader's lease: a killed leader is replaced within this time.
+pub const LEADER_TTL_SECS: i64 = 10;
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+/// How often a standby master tries to take the lead, and the leader runs a pass.
+const TICK: Duration = Duration::from_secs(1);
+/// Moves in flight at once, cluster-wide: each copies a disk through the shared filesystem.
+const MOVES_AT_ONCE: usize = 4;
+
+/// Campaigns for the leadership, and runs the controllers while holding it, forever.
+pub async fn lead(master: Arc<Master>) {
+    loop {
+        let Some(store) = master.connected_store(Duration::from_secs(3600)).await else {
+            continue;
+        };
+        let lost = hold(&master, &store).await;
+        if master.leading.swap(false, Ordering::SeqCst) {
+            warn!("no longer leading: {lost}");
+        }
+        *master.leader_lease.lock().unwrap() = None;
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// One candidacy: a lease, kept alive in its own task, and the leadership tried every tick
+/// until it is taken; then passes. Returns why the lease was lost.
+async fn hold(master: &Master, store: &EtcdStore) -> StoreError {
+    let lease = match store.grant_lease(LEADER_TTL_SECS).await {
+        Ok(lease) => lease,
+        Err(e) => return e,
+    };
+    *master.leader_lease.lock().unwrap() = Some((store.clone(), lease));
+    let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel();
+    let keeper = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let _ = lost_tx.send(keep_alive(&store, lease).await);
+        })
+    };
+    let _stop_keeper = AbortOnDrop(keeper);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain = DrainController::default();
+    loop {
+        tokio::select! {
+            lost = &mut lost_rx => {
+                return lost.unwrap_or_else(|_| StoreError::Failed("lease keeper ended".into()));
+            }
+            _ = tick.tick() => {}
+        }
+        if !master.leading.load(Ordering::SeqCst) {
+            match store.try_lead(&master.host, lease).await {
+                Ok(true) => {
+                    master.leading.store(true, Ordering::SeqCst);
+                    info!(lease, "leading: this master runs the controllers");
+                }
+                Ok(false) => continue,
+                Err(e) => return e,
+            }
+        }
+        if !master.is_initialized(store).await {
+            continue;
+        }
+        if let Err(e) = drain.pass(master, store).await {
+            warn!("drain pass: {e}");
+        }
+    }
+}
+
+async fn keep_alive(store: &EtcdStore, lease: i64) -> StoreError {
+    let (mut keeper, mut responses) = match store.keep_alive(lease).await {
+        Ok(pair) => pair,
+        Err(e) => return e,
+    };
+    loop {
+        if let Err(e) = keeper.keep_alive().await {
+            return StoreError::Unavailable(e.to_string());
+        }
+        let ttl = Duration::from_secs(LEADER_TTL_SECS as u64);
+        match tokio::time::timeout(ttl, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            Ok(Ok(Some(_))) => return StoreError::Failed("the leader lease expired".into()),
+            Ok(Ok(None)) => return StoreError::Unavailable("keep-alive stream closed".into()),
+            Ok(Err(e)) => return StoreError::Unavailable(e.to_string()),
+            Err(_) => return StoreError::Unavailable("no keep-alive answer".into()),
+        }
+        tokio::time::sleep(KEEPALIVE_EVERY).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Moves vnodes off draining hosts, a few at a time.
+#[derive(Default)]
+struct DrainController {
+    /// The last pass saw nothing to do: until a host drains, passes read one key range.
+    idle: bool,
+}
+
+impl DrainController {
+    async fn pass(&mut self, master: &Master, store: &EtcdStore) -> Result<(), ApiError> {
+        let notes = store.drain_notes().await?;
+        if notes.is_empty() && self.idle {
+            return Ok(());
+        }
+        let draining: HashSet<String> = notes.keys().cloned().collect();
+        let up: HashSet<String> = store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        let specs = store.all_vnode_specs().await?;
+        let statuses: HashMap<String, _> = store
+            .all_vnode_statuses()
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let plan = drain::plan(&draining, &up, &specs, &statuses, MOVES_AT_ONCE);
+        self.idle = draining.is_empty()
+            && plan.steps.is_empty()
+            && specs.iter().all(|(_, s)| s.handoff.is_none());
+        let mut trouble: HashMap<String, String> = HashMap::new();
+        for step in plan.steps {
+            let (id, result) = match step {
+                DrainStep::Export(id) => {
+                    let r = export(store, &id).await;
+                    (id, r)
+                }
+                DrainStep::Place(id) => {
+                    let r = place(master, store, &id).await;
+                    (id, r)
+                }
+                DrainStep::Return(id) => {
+                    let r = store
+                        .update_vnode_spec(&id, |spec| {
+                            let resume = spec.handoff.as_ref().map(|h| h.resume);
+                            match (spec.state, resume) {
+                                (DesiredState::Exported, Some(resume)) => {
+                                    spec.state = resume;
+                                    Ok(true)
+                                }
+                                _ => Ok(false),
+                            }
+                        })
+                        .await
+                        .map(|_| info!(vnode = %id, "drain called off: vnode stays"))
+                        .map_err(ApiError::from);
+                    (id, r)
+                }
+                DrainStep::Finish(id) => {
+                    let r = store
+                        .update_vnode_spec(&id, |spec| {
+                            let done = spec.state != DesiredState::Exported
+                                && spec.handoff.take().is_some();
+                            Ok(done)
+                        })
+                        .await
+                        .map(|_| info!(vnode = %id, "vnode moved and up"))
+                        .map_err(ApiError::from);
+                    (id, r)
+                }
+            };
+            if let Err(e) = result {
+                warn!(vnode = %id, "drain: {e}");
+                if let Some((host, _)) = specs.iter().find(|(_, s)| s.id == id) {
+                    trouble.insert(host.clone(), format!("cannot move {id}: {e}"));
+                }
+            }
+        }
+        for (host, note) in plan.notes {
+            let note = match trouble.remove(&host) {
+                Some(problem) => format!("{note}; {problem}"),
+                None => note,
+            };
+            if notes.get(&host) != Some(&note) {
+                store.set_drain_note(&host, &note).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks the worker to stop the vnode and hand its disk over.
+async fn export(store: &EtcdStore, id: &str) -> Result<(), ApiError> {
+    let token = random_id(Handoff::TOKEN_LEN);
+    let from = store.vnode_host(id).await?.unwrap_or_default();
+    store
+        .update_vnode_spec(id, |spec| match spec.state {
+            DesiredState::Running | DesiredState::Stopped => {
+                spec.handoff = Some(Handoff {
+                    token: token.clone(),
+                    from: from.clone(),
+                    resume: spec.state,
+                });
+                spec.state = DesiredState::Exported;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await?;
+    info!(vnode = %id, "drain: moving vnode");
+    Ok(())
+}
+
+/// Recreates a handed-over vnode where placement says, in the state it had.
+async fn place(master: &Master, store: &EtcdStore, id: &str) -> Result<(), ApiError> {
+    let Some((from, spec, _)) = store.vnode_spec(id).await? else {
+        return Ok(());
+    };
+    // Vnodes an administrator made by hand belong to no cluster record: nothing to spread.
+    let siblings = match store.cluster(&spec.user, &spec.cluster).await? {
+        Some((cluster, _)) => node_ids(&cluster),
+        None => Vec::new(),
+    };
+    let to = master
+        .relocate(store, &siblings, &spec, |spec| {
+            match (spec.state, spec.handoff.as_ref()) {
+                (DesiredState::Exported, Some(handoff)) => {
+                    spec.state = handoff.resume;
+                    Ok(())
+                }
+                _ => Err(StoreError::Conflict(format!(
+                    "vnode {} changed during its move",
+                    spec.id
+                ))),
+            }
+        })
+        .await?;
+    info!(vnode = %id, from, to, "drain: vnode recreated on another host");
+    Ok(())
+}
