@@ -92,17 +92,10 @@ async fn keep_alive(store: &EtcdStore, lease: i64) -> StoreError {
         Ok(pair) => pair,
         Err(e) => return e,
     };
+    let patience = Duration::from_secs(LEADER_TTL_SECS as u64);
     loop {
-        if let Err(e) = keeper.keep_alive().await {
-            return StoreError::Unavailable(e.to_string());
-        }
-        let ttl = Duration::from_secs(LEADER_TTL_SECS as u64);
-        match tokio::time::timeout(ttl, responses.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-            Ok(Ok(Some(_))) => return StoreError::Failed("the leader lease expired".into()),
-            Ok(Ok(None)) => return StoreError::Unavailable("keep-alive stream closed".into()),
-            Ok(Err(e)) => return StoreError::Unavailable(e.to_string()),
-            Err(_) => return StoreError::Unavailable("no keep-alive answer".into()),
+        if let Err(e) = EtcdStore::renew(&mut keeper, &mut responses, patience).await {
+            return e;
         }
         tokio::time::sleep(KEEPALIVE_EVERY).await;
     }

@@ -270,6 +270,26 @@ impl EtcdStore {
             .map_err(classify)
     }
 
+    /// One keep-alive round trip of a lease (from [`Self::keep_alive`]): an error when the
+    /// lease is gone or etcd does not answer within `patience`.
+    pub async fn renew(
+        keeper: &mut LeaseKeeper,
+        responses: &mut LeaseKeepAliveStream,
+        patience: Duration,
+    ) -> Result<(), StoreError> {
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match tokio::time::timeout(patience, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => Ok(()),
+            Ok(Ok(Some(_))) => Err(StoreError::Failed("the lease expired".into())),
+            Ok(Ok(None)) => Err(StoreError::Unavailable("keep-alive stream closed".into())),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable("no keep-alive answer".into())),
+        }
+    }
+
     /// Ends a lease at once, so the host disappears without waiting for the TTL.
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
         self.client

@@ -165,15 +165,8 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = keepalive.tick() => {
-                    if let Err(e) = keeper.keep_alive().await {
-                        return StoreError::Unavailable(e.to_string());
-                    }
-                    match tokio::time::timeout(LEASE_TTL, responses.message()).await {
-                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                        Ok(Ok(Some(_))) => return StoreError::Failed("the registration lease expired".into()),
-                        Ok(Ok(None)) => return StoreError::Unavailable("keep-alive stream closed".into()),
-                        Ok(Err(e)) => return StoreError::Unavailable(e.to_string()),
-                        Err(_) => return StoreError::Unavailable("no keep-alive answer".into()),
+                    if let Err(e) = EtcdStore::renew(&mut keeper, &mut responses, LEASE_TTL).await {
+                        return e;
                     }
                 }
                 _ = refresh.tick() => {
