@@ -1916,6 +1916,50 @@ fn a_drained_host_moves_its_vnodes_with_their_addresses_and_data() {
     assert_eq!(r.json["exit_code"], 0, "{r}");
     let marker = r.json["stdout"].as_str().unwrap().to_owned();
 
+    // With every host draining there is nowhere to go: the vnodes stay up where they are,
+    // and the drain says why.
+    let _undrain_all = Cleanup::new(&[], &[], &["tb1", "tb2", "tb3"]);
+    for host in ["tb1", "tb2", "tb3"] {
+        let r = api("POST", &format!("/hosts/{host}/drain"), Some(root()), None);
+        assert_eq!(r.status, 204, "{r}");
+    }
+    let note_of = |host: &str| -> String {
+        let hosts = get("/hosts", root());
+        hosts
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == host)
+            .unwrap()["drain_note"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    wait_for(
+        "the drain to say it is stuck",
+        Duration::from_secs(30),
+        || note_of(&from).contains("cannot move mrdrain-d1-0: "),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        show(&token, "d1")["state"],
+        "running",
+        "nothing stopped: {}",
+        note_of(&from)
+    );
+    for host in ["tb1", "tb2", "tb3"] {
+        if host != from {
+            let r = api(
+                "POST",
+                &format!("/hosts/{host}/undrain"),
+                Some(root()),
+                None,
+            );
+            assert_eq!(r.status, 204, "{r}");
+        }
+    }
+
     // The administrator drains the node's host and watches it empty.
     let out = ok("tb1", &format!("docklet-admin drain {from}"));
     assert!(

@@ -1169,6 +1169,32 @@ impl Master {
         spec: &VNodeSpec,
         arrive: impl Fn(&mut VNodeSpec) -> Result<(), StoreError>,
     ) -> Result<String, ApiError> {
+        let target = self.choose_host(store, siblings, spec).await?;
+        let to = target.name.clone();
+        let overcommit = self.config.overcommit;
+        let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
+            let mut load = target.clone();
+            load.allocated = after.get(&target.name).copied().unwrap_or_default();
+            if placement::within(&load, overcommit) {
+                Ok(())
+            } else {
+                Err(StoreError::NoCapacity(format!(
+                    "host {} filled up meanwhile: try again",
+                    target.name
+                )))
+            }
+        };
+        store.move_vnode(&spec.id, &to, &check, arrive).await?;
+        Ok(to)
+    }
+
+    /// Where [`Self::relocate`] would put a node now, without moving it.
+    pub(crate) async fn choose_host(
+        &self,
+        store: &EtcdStore,
+        siblings: &[String],
+        spec: &VNodeSpec,
+    ) -> Result<HostLoad, ApiError> {
         let hosts = store.list_hosts().await?;
         let mut existing: HashMap<String, u32> = HashMap::new();
         for other in siblings {
@@ -1192,23 +1218,7 @@ impl Master {
         };
         let chosen = placement::place(&loads, &[size], self.config.overcommit)
             .map_err(|e| ApiError::NoCapacity(e.to_string()))?;
-        let target = loads[chosen[0]].clone();
-        let overcommit = self.config.overcommit;
-        let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
-            let mut load = target.clone();
-            load.allocated = after.get(&target.name).copied().unwrap_or_default();
-            if placement::within(&load, overcommit) {
-                Ok(())
-            } else {
-                Err(StoreError::NoCapacity(format!(
-                    "host {} filled up meanwhile: try again",
-                    target.name
-                )))
-            }
-        };
-        let to = loads[chosen[0]].name.clone();
-        store.move_vnode(&spec.id, &to, &check, arrive).await?;
-        Ok(to)
+        Ok(loads[chosen[0]].clone())
     }
 
     /// Runs a command in a node through its worker's agent.

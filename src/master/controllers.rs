@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::Master;
 use super::actions::{ApiError, node_ids, random_id};
 use crate::model::drain::{self, DrainStep};
-use crate::model::vnode::{DesiredState, Handoff};
+use crate::model::vnode::{DesiredState, Handoff, VNodeSpec};
 use crate::store::{EtcdStore, Store, StoreError};
 
 /// The leader's lease: a killed leader is replaced within this time.
@@ -144,7 +144,7 @@ impl DrainController {
         for step in plan.steps {
             let (id, result) = match step {
                 DrainStep::Export(id) => {
-                    let r = export(store, &id).await;
+                    let r = export(master, store, &id).await;
                     (id, r)
                 }
                 DrainStep::Place(id) => {
@@ -201,10 +201,16 @@ impl DrainController {
     }
 }
 
-/// Asks the worker to stop the vnode and hand its disk over.
-async fn export(store: &EtcdStore, id: &str) -> Result<(), ApiError> {
+/// Asks the worker to stop the vnode and hand its disk over, if some host can take it: a
+/// vnode with nowhere to go keeps running where it is.
+async fn export(master: &Master, store: &EtcdStore, id: &str) -> Result<(), ApiError> {
+    let Some((from, spec, _)) = store.vnode_spec(id).await? else {
+        return Ok(());
+    };
+    master
+        .choose_host(store, &siblings(store, &spec).await?, &spec)
+        .await?;
     let token = random_id(Handoff::TOKEN_LEN);
-    let from = store.vnode_host(id).await?.unwrap_or_default();
     store
         .update_vnode_spec(id, |spec| match spec.state {
             DesiredState::Running | DesiredState::Stopped => {
@@ -228,25 +234,30 @@ async fn place(master: &Master, store: &EtcdStore, id: &str) -> Result<(), ApiEr
     let Some((from, spec, _)) = store.vnode_spec(id).await? else {
         return Ok(());
     };
-    // Vnodes an administrator made by hand belong to no cluster record: nothing to spread.
-    let siblings = match store.cluster(&spec.user, &spec.cluster).await? {
-        Some((cluster, _)) => node_ids(&cluster),
-        None => Vec::new(),
-    };
     let to = master
-        .relocate(store, &siblings, &spec, |spec| {
-            match (spec.state, spec.handoff.as_ref()) {
-                (DesiredState::Exported, Some(handoff)) => {
-                    spec.state = handoff.resume;
-                    Ok(())
-                }
-                _ => Err(StoreError::Conflict(format!(
-                    "vnode {} changed during its move",
-                    spec.id
-                ))),
+        .relocate(store, &siblings(store, &spec).await?, &spec, |spec| match (
+            spec.state,
+            spec.handoff.as_ref(),
+        ) {
+            (DesiredState::Exported, Some(handoff)) => {
+                spec.state = handoff.resume;
+                Ok(())
             }
+            _ => Err(StoreError::Conflict(format!(
+                "vnode {} changed during its move",
+                spec.id
+            ))),
         })
         .await?;
     info!(vnode = %id, from, to, "drain: vnode recreated on another host");
     Ok(())
+}
+
+/// The other nodes of a vnode's cluster, which placement spreads it from. Vnodes an
+/// administrator made by hand belong to no cluster record: nothing to spread.
+async fn siblings(store: &EtcdStore, spec: &VNodeSpec) -> Result<Vec<String>, ApiError> {
+    Ok(match store.cluster(&spec.user, &spec.cluster).await? {
+        Some((cluster, _)) => node_ids(&cluster),
+        None => Vec::new(),
+    })
 }

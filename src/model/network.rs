@@ -316,15 +316,23 @@ pub fn plan(view: &NetView, host: &str) -> HostPlan {
 }
 
 /// `/etc/hosts` of the vnodes of one vcluster: every node of it by `host-N` and
-/// `host-N.<cluster>`, whatever host it runs on or whether it runs.
-pub fn hosts_file(view: &NetView, user: &str, cluster: &str) -> String {
+/// `host-N.<cluster>`, whatever host it runs on or whether it runs. `claimed` adds nodes the
+/// view does not know yet (see [`claimed_nodes`]).
+pub fn hosts_file(
+    view: &NetView,
+    user: &str,
+    cluster: &str,
+    claimed: &[(u32, Ipv4Addr)],
+) -> String {
     let mut nodes: Vec<(u32, Ipv4Addr)> = view
         .specs
         .iter()
         .filter(|(_, s)| s.user == user && s.cluster == cluster && s.state != DesiredState::Deleted)
         .filter_map(|(_, s)| s.address.map(|a| (s.index, a)))
+        .chain(claimed.iter().copied())
         .collect();
     nodes.sort();
+    nodes.dedup();
     let mut out = String::from(
         "# Written by Docklet: the nodes of this vcluster. Changes here are overwritten.\n\
          127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
@@ -334,6 +342,30 @@ pub fn hosts_file(view: &NetView, user: &str, cluster: &str) -> String {
         let _ = writeln!(out, "{address}\t{name} {name}.{cluster}");
     }
     out
+}
+
+/// Nodes of a cluster that hold an address (`claims`: address → vnode id, written in the
+/// transaction that created them) but that `view` does not have yet: a vnode starting right
+/// after its siblings were created learns them from its user's claims, one small read,
+/// rather than waiting for the next pass to rewrite its hosts file.
+pub fn claimed_nodes(
+    view: &NetView,
+    user: &str,
+    cluster: &str,
+    claims: &BTreeMap<String, String>,
+) -> Vec<(u32, Ipv4Addr)> {
+    let prefix = format!("{user}-{cluster}-");
+    claims
+        .iter()
+        .filter(|(_, id)| !view.specs.iter().any(|(_, s)| &s.id == *id))
+        .filter_map(|(address, id)| {
+            let index = id.strip_prefix(&prefix)?;
+            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((index.parse().ok()?, address.parse().ok()?))
+        })
+        .collect()
 }
 
 /// What the firewall must know besides the plan.
@@ -662,11 +694,34 @@ mod tests {
     #[test]
     fn hosts_file_names_every_node_of_the_cluster() {
         let v = view();
-        let text = hosts_file(&v, "alice", "c1");
+        let text = hosts_file(&v, "alice", "c1", &[]);
         assert!(text.contains("172.16.0.2\thost-0 host-0.c1\n"), "{text}");
         assert!(text.contains("172.16.0.4\thost-2 host-2.c1\n"), "{text}");
         assert!(!text.contains("172.16.0.10"), "bob's node leaked: {text}");
         assert!(text.contains("127.0.0.1\tlocalhost"));
+    }
+
+    #[test]
+    fn nodes_created_after_the_view_come_from_the_address_claims() {
+        let v = view();
+        let known = v
+            .specs
+            .iter()
+            .find(|(_, s)| s.user == "alice" && s.cluster == "c1")
+            .map(|(_, s)| (s.address.unwrap().to_string(), s.id.clone()))
+            .unwrap();
+        let claims = BTreeMap::from([
+            known,
+            ("172.16.0.7".to_owned(), "alice-c1-7".to_owned()),
+            // Another cluster whose name starts like this one, and a malformed id.
+            ("172.16.0.8".to_owned(), "alice-c1-x-0".to_owned()),
+            ("172.16.0.9".to_owned(), "alice-c1-".to_owned()),
+        ]);
+        let claimed = claimed_nodes(&v, "alice", "c1", &claims);
+        assert_eq!(claimed, vec![(7, ip("172.16.0.7"))]);
+        let text = hosts_file(&v, "alice", "c1", &claimed);
+        assert!(text.contains("172.16.0.7\thost-7 host-7.c1\n"), "{text}");
+        assert!(text.contains("172.16.0.2\thost-0 host-0.c1\n"), "{text}");
     }
 
     #[test]

@@ -66,8 +66,17 @@ impl EtcdStore {
     > {
         let net = self.user_net(user).await?;
         let quota = self.vnode_quota(user).await?;
+        let addresses = self.address_claims(user).await?;
+        Ok((net, quota, addresses))
+    }
+
+    /// A user's assigned addresses: address → vnode id.
+    pub async fn address_claims(
+        &self,
+        user: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         let prefix = self.keys.network_addrs(user);
-        let addresses = self
+        Ok(self
             .get_prefix(&prefix)
             .await?
             .kvs()
@@ -78,8 +87,7 @@ impl EtcdStore {
                     String::from_utf8_lossy(kv.value()).into_owned(),
                 )
             })
-            .collect();
-        Ok((net, quota, addresses))
+            .collect())
     }
 
     /// The user's network, made or grown to hold the quota. Blocks are claimed in a

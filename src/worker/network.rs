@@ -318,7 +318,9 @@ impl Network {
         if firewall_done {
             self.apply_firewall(&mut state, &plan).await?;
         }
-        let text = network::hosts_file(&state.view, &spec.user, &spec.cluster);
+        let claims = store.address_claims(&spec.user).await?;
+        let claimed = network::claimed_nodes(&state.view, &spec.user, &spec.cluster, &claims);
+        let text = network::hosts_file(&state.view, &spec.user, &spec.cluster, &claimed);
         state.attaching.insert(spec.id.clone(), user.vni);
         Ok((user.clone(), vnode.clone(), text, firewall_done))
     }
@@ -557,7 +559,7 @@ impl Network {
             .hosts_files
             .retain(|id, _| local.iter().any(|s| &s.id == id));
         for spec in local {
-            let text = network::hosts_file(&state.view, &spec.user, &spec.cluster);
+            let text = network::hosts_file(&state.view, &spec.user, &spec.cluster, &[]);
             if state.hosts_files.get(&spec.id) == Some(&text) {
                 continue;
             }
