@@ -22,6 +22,7 @@ use crate::model::vcluster::{
 };
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::clusters::NodeWrite;
+use crate::store::vnodes::VNodeSeen;
 use crate::store::network::AddressPlan;
 use crate::store::{EtcdStore, Store, StoreError};
 
@@ -841,12 +842,12 @@ impl Master {
         hosts_up: &HashSet<String>,
     ) -> Result<ClusterView, ApiError> {
         let mut nodes = Vec::new();
-        for index in &cluster.nodes {
-            let id = vcluster::node_id(&cluster.user, &cluster.name, *index);
-            let Some((host, spec, _)) = store.vnode_spec(&id).await? else {
+        let ids = node_ids(&cluster);
+        let found = store.vnodes_seen(&ids).await?;
+        for ((index, id), found) in cluster.nodes.iter().zip(ids).zip(found) {
+            let Some(VNodeSeen { host, spec, status }) = found else {
                 continue;
             };
-            let status = store.vnode_status(&id).await?;
             let seen = NodeSeen {
                 exists: true,
                 phase: status.as_ref().map(|s| s.phase),
@@ -1096,17 +1097,25 @@ impl Master {
         operation: Operation,
     ) -> Result<OperationView, ApiError> {
         let hosts_up = hosts_up(store).await?;
-        let mut seen = Vec::new();
-        for id in &operation.nodes {
-            let spec = store.vnode_spec(id).await?;
-            let status = store.vnode_status(id).await?;
-            seen.push(NodeSeen {
-                exists: spec.is_some(),
-                phase: status.as_ref().map(|s| s.phase),
-                reason: status.and_then(|s| s.reason),
-                host_up: spec.is_none_or(|(host, _, _)| hosts_up.contains(&host)),
-            });
-        }
+        let seen: Vec<NodeSeen> = store
+            .vnodes_seen(&operation.nodes)
+            .await?
+            .into_iter()
+            .map(|found| match found {
+                Some(VNodeSeen { host, status, .. }) => NodeSeen {
+                    exists: true,
+                    phase: status.as_ref().map(|s| s.phase),
+                    reason: status.and_then(|s| s.reason),
+                    host_up: hosts_up.contains(&host),
+                },
+                None => NodeSeen {
+                    exists: false,
+                    phase: None,
+                    reason: None,
+                    host_up: true,
+                },
+            })
+            .collect();
         let progress = vcluster::progress(&operation, &seen, now_secs());
         Ok(OperationView {
             operation,
@@ -1572,10 +1581,5 @@ fn host_load(
 }
 
 async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
-    Ok(store
-        .list_hosts()
-        .await?
-        .into_iter()
-        .map(|h| h.name)
-        .collect())
+    Ok(store.host_names().await?.into_iter().collect())
 }

@@ -18,7 +18,99 @@ pub struct StoredSpec {
     pub spec: Result<VNodeSpec, StoreError>,
 }
 
+/// One vnode as [`EtcdStore::vnodes_seen`] finds it.
+pub struct VNodeSeen {
+    pub host: String,
+    pub spec: VNodeSpec,
+    pub status: Option<VNodeStatus>,
+}
+
+/// Gets per transaction: etcd's default limit is 128 operations.
+const GETS_PER_TXN: usize = 100;
+
 impl EtcdStore {
+    /// The hosts whose worker holds its lease, by name only (one keys-only read).
+    pub async fn host_names(&self) -> Result<Vec<String>, StoreError> {
+        self.keys_under(&self.keys.hosts()).await
+    }
+
+    /// Specs and statuses of `ids`, in two round trips per hundred vnodes rather than three
+    /// per vnode; a vnode that does not exist (or moved between the two reads) is `None`.
+    pub async fn vnodes_seen(&self, ids: &[String]) -> Result<Vec<Option<VNodeSeen>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GETS_PER_TXN / 2) {
+            let first = self
+                .gets(chunk.iter().flat_map(|id| {
+                    [self.keys.vnode_host(id), self.keys.vnode_status(id)]
+                }))
+                .await?;
+            let mut hosts = Vec::new();
+            let mut statuses = Vec::new();
+            for (id, pair) in chunk.iter().zip(first.chunks(2)) {
+                let host = pair[0]
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                let status = match &pair[1] {
+                    Some(v) => Some(decode::<VNodeStatus>(&self.keys.vnode_status(id), v)?),
+                    None => None,
+                };
+                hosts.push(host);
+                statuses.push(status);
+            }
+            let spec_keys: Vec<String> = chunk
+                .iter()
+                .zip(&hosts)
+                .filter_map(|(id, host)| host.as_ref().map(|h| self.keys.vnode(h, id)))
+                .collect();
+            let mut specs = self.gets(spec_keys.iter().cloned()).await?.into_iter();
+            let mut spec_keys = spec_keys.iter();
+            for (host, status) in hosts.into_iter().zip(statuses) {
+                let Some(host) = host else {
+                    out.push(None);
+                    continue;
+                };
+                let key = spec_keys.next().expect("one key per host");
+                let seen = match specs.next().flatten() {
+                    Some(value) => Some(VNodeSeen {
+                        host,
+                        spec: decode(key, &value)?,
+                        status,
+                    }),
+                    None => None,
+                };
+                out.push(seen);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The values of `keys` read at one revision, in one transaction.
+    async fn gets(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let ops: Vec<TxnOp> = keys.map(|k| TxnOp::get(k, None)).collect();
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(classify)?;
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => {
+                    get.kvs().first().map(|kv| kv.value().to_vec())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The host a vnode id lives on.
     pub async fn vnode_host(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.get_text(&self.keys.vnode_host(id)).await
