@@ -21,9 +21,9 @@ use crate::model::vcluster::{
     OperationKind, Progress, VCluster,
 };
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
-use crate::store::clusters::NodeWrite;
-use crate::store::vnodes::VNodeSeen;
+use crate::store::clusters::{NodeWrite, PlacementSnapshot};
 use crate::store::network::AddressPlan;
+use crate::store::vnodes::VNodeSeen;
 use crate::store::{EtcdStore, Store, StoreError};
 
 /// An API failure: an HTTP status, a machine-readable code and a message for people.
@@ -715,7 +715,11 @@ impl Master {
             .map_err(|e| ApiError::QuotaExceeded(e.to_string()))?;
         let mut last_error = None;
         for _ in 0..3 {
-            let hosts = store.list_hosts().await?;
+            let PlacementSnapshot {
+                hosts,
+                drained,
+                allocations,
+            } = store.placement_snapshot().await?;
             let image_hosts: Vec<&HostRecord> = hosts
                 .iter()
                 .filter(|h| h.images.contains(&cluster.image))
@@ -738,8 +742,6 @@ impl Master {
                     ),
                 ));
             }
-            let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
-            let allocations = store.allocations().await?;
             let loads: Vec<HostLoad> = image_hosts
                 .iter()
                 .map(|h| host_load(h, &allocations, &drained, existing))
@@ -1204,7 +1206,11 @@ impl Master {
         siblings: &[String],
         spec: &VNodeSpec,
     ) -> Result<HostLoad, ApiError> {
-        let hosts = store.list_hosts().await?;
+        let PlacementSnapshot {
+            hosts,
+            drained,
+            allocations,
+        } = store.placement_snapshot().await?;
         let mut existing: HashMap<String, u32> = HashMap::new();
         for other in siblings {
             if *other != spec.id
@@ -1213,8 +1219,6 @@ impl Master {
                 *existing.entry(host).or_default() += 1;
             }
         }
-        let drained: HashSet<String> = store.drained_hosts().await?.into_iter().collect();
-        let allocations = store.allocations().await?;
         let loads: Vec<HostLoad> = hosts
             .iter()
             .filter(|h| h.images.contains(&spec.image))

@@ -8,11 +8,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 
 use super::etcd::classify;
 use super::network::AddressPlan;
 use super::{EtcdStore, StoreError, encode};
+use crate::model::host::HostRecord;
 use crate::model::network;
 use crate::model::quota::{self, Quota, Usage};
 use crate::model::vcluster::{Operation, VCluster};
@@ -24,6 +27,14 @@ const ATTEMPTS: usize = 64;
 
 /// Checks hosts' allocations (host → allocation after the change) against their capacity.
 pub type HostCheck<'a> = dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync + 'a;
+
+/// See [`EtcdStore::placement_snapshot`].
+#[derive(Debug, Default)]
+pub struct PlacementSnapshot {
+    pub hosts: Vec<HostRecord>,
+    pub drained: HashSet<String>,
+    pub allocations: BTreeMap<String, Usage>,
+}
 
 /// What one create or scale-out writes.
 pub struct NodeWrite<'a> {
@@ -422,6 +433,51 @@ impl EtcdStore {
         Err(StoreError::Unavailable(
             "too many concurrent changes: try again".into(),
         ))
+    }
+
+    /// What placement looks at, read at one revision in one round trip: the hosts up, the
+    /// draining ones and every host's allocation.
+    pub async fn placement_snapshot(&self) -> Result<PlacementSnapshot, StoreError> {
+        let prefixed = || Some(GetOptions::new().with_prefix());
+        let (hosts, drains, allocations) = (
+            self.keys.hosts(),
+            self.keys.drains(),
+            self.keys.allocations(),
+        );
+        let txn = Txn::new().and_then([
+            TxnOp::get(hosts.clone(), prefixed()),
+            TxnOp::get(
+                drains.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(allocations.clone(), prefixed()),
+        ]);
+        let response = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let mut ranges = response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().to_vec(),
+            _ => Vec::new(),
+        });
+        let mut next = || ranges.next().unwrap_or_default();
+        let key_of = |kv: &etcd_client::KeyValue| String::from_utf8_lossy(kv.key()).into_owned();
+        let mut snapshot = PlacementSnapshot::default();
+        for kv in next() {
+            snapshot
+                .hosts
+                .push(super::decode(&key_of(&kv), kv.value())?);
+        }
+        for kv in next() {
+            snapshot
+                .drained
+                .insert(key_of(&kv)[drains.len()..].to_owned());
+        }
+        for kv in next() {
+            let key = key_of(&kv);
+            let usage = super::decode(&key, kv.value())?;
+            snapshot
+                .allocations
+                .insert(key[allocations.len()..].to_owned(), usage);
+        }
+        Ok(snapshot)
     }
 
     /// Hosts that take no new vnodes.

@@ -34,15 +34,17 @@ impl EtcdStore {
         self.keys_under(&self.keys.hosts()).await
     }
 
-    /// Specs and statuses of `ids`, in two round trips per hundred vnodes rather than three
+    /// Specs and statuses of `ids`, in two round trips per fifty vnodes rather than three
     /// per vnode; a vnode that does not exist (or moved between the two reads) is `None`.
     pub async fn vnodes_seen(&self, ids: &[String]) -> Result<Vec<Option<VNodeSeen>>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(GETS_PER_TXN / 2) {
             let first = self
-                .gets(chunk.iter().flat_map(|id| {
-                    [self.keys.vnode_host(id), self.keys.vnode_status(id)]
-                }))
+                .gets(
+                    chunk
+                        .iter()
+                        .flat_map(|id| [self.keys.vnode_host(id), self.keys.vnode_status(id)]),
+                )
                 .await?;
             let mut hosts = Vec::new();
             let mut statuses = Vec::new();
