@@ -719,7 +719,7 @@ impl Master {
                 hosts,
                 drained,
                 allocations,
-            } = store.placement_snapshot().await?;
+            } = self.placement.snapshot(store).await?;
             let image_hosts: Vec<&HostRecord> = hosts
                 .iter()
                 .filter(|h| h.images.contains(&cluster.image))
@@ -1210,7 +1210,7 @@ impl Master {
             hosts,
             drained,
             allocations,
-        } = store.placement_snapshot().await?;
+        } = self.placement.snapshot(store).await?;
         let mut existing: HashMap<String, u32> = HashMap::new();
         for other in siblings {
             if *other != spec.id

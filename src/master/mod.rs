@@ -54,6 +54,8 @@ pub struct Master {
     /// The lease of this master's candidacy, revoked on a clean stop so another master
     /// takes over at once.
     leader_lease: std::sync::Mutex<Option<(EtcdStore, i64)>>,
+    /// Hosts and allocations for placement, kept current by a watch.
+    placement: crate::store::placement_view::PlacementView,
 }
 
 pub fn now_secs() -> u64 {
@@ -78,6 +80,19 @@ impl Master {
             }),
             leading: AtomicBool::new(false),
             leader_lease: Default::default(),
+            placement: Default::default(),
+        }
+    }
+
+    /// Keeps the placement view current, following the etcd connection of the moment.
+    async fn follow_placement(self: Arc<Self>) {
+        loop {
+            let Some(store) = self.connected_store(Duration::from_secs(3600)).await else {
+                continue;
+            };
+            let error = self.placement.follow(&store).await;
+            tracing::debug!("placement view: {error}; reloading");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -516,6 +531,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     master.refresh_status(&listening).await;
     notifier.ready(&master.status());
     let leadership = tokio::spawn(controllers::lead(master.clone()));
+    let placement = tokio::spawn(master.clone().follow_placement());
 
     let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
@@ -528,6 +544,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     }
     notifier.stopping();
     leadership.abort();
+    placement.abort();
     master.resign().await;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {

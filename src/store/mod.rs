@@ -38,6 +38,7 @@ pub mod etcd;
 pub mod leader;
 pub mod memory;
 pub mod network;
+pub mod placement_view;
 pub mod vnodes;
 
 pub use etcd::EtcdStore;
