@@ -16,7 +16,7 @@
 //!
 //! Prints Markdown on stdout and progress on stderr. Run through `tools/bench-master`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use docklet::config::Config;
+use docklet::master::actions::host_load;
 use docklet::master::init;
 use docklet::model::account::{self, Account, TokenKind, TokenRecord};
 use docklet::model::host::{Capacity, HostRecord};
 use docklet::model::placement::{self, HostLoad};
-use docklet::model::quota::{Group, NodeSize, Quota, Usage};
+use docklet::model::quota::{Group, NodeSize, Quota};
 use docklet::store::{EtcdStore, Store};
 
 const GIB: u64 = 1 << 30;
@@ -273,26 +274,6 @@ fn rss_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((field("VmRSS:"), field("VmHWM:")))
-}
-
-/// A copy of `host_load` in src/master/actions.rs (private there): what the scheduler sees
-/// of one host.
-fn host_load(
-    host: &HostRecord,
-    allocations: &BTreeMap<String, Usage>,
-    drained: &HashSet<String>,
-    existing: &HashMap<String, u32>,
-) -> HostLoad {
-    let allocated = allocations.get(&host.name).copied().unwrap_or_default();
-    HostLoad {
-        name: host.name.clone(),
-        cpu_millis: u64::from(host.capacity.cpus) * 1000,
-        memory_bytes: host.capacity.memory_bytes,
-        disk_bytes: host.capacity.disk_free_bytes + allocated.disk_bytes,
-        allocated,
-        draining: drained.contains(&host.name),
-        cluster_nodes: existing.get(&host.name).copied().unwrap_or(0),
-    }
 }
 
 /// Simulated host `i`: three shapes (16, 32 and 64 cores, 4 GiB a core, 1 TB disk free a

@@ -1564,7 +1564,8 @@ fn node_spec(cluster: &VCluster, index: u32, size: &NodeSize) -> VNodeSpec {
     }
 }
 
-fn host_load(
+/// What the scheduler sees of one host.
+pub fn host_load(
     host: &HostRecord,
     allocations: &BTreeMap<String, Usage>,
     drained: &HashSet<String>,

@@ -487,18 +487,7 @@ impl EtcdStore {
 
     /// What the drain of each draining host is doing, in the leading master's words.
     pub async fn drain_notes(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let prefix = self.keys.drains();
-        let response = self.get_prefix(&prefix).await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
-            .collect())
+        self.get_text_map(&self.keys.drains()).await
     }
 
     /// Updates the note of a host still draining (an undrain meanwhile wins).

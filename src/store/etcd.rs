@@ -127,6 +127,25 @@ impl EtcdStore {
     }
 
     /// The plain text at `key` (host names, ids), `None` when absent.
+    /// Every key under `prefix` (without it) with its value as text.
+    pub(super) async fn get_text_map(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        Ok(self
+            .get_prefix(prefix)
+            .await?
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
+    }
+
     pub(super) async fn get_text(&self, key: &str) -> Result<Option<String>, StoreError> {
         let response = self
             .client

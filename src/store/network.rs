@@ -75,19 +75,7 @@ impl EtcdStore {
         &self,
         user: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
-        let prefix = self.keys.network_addrs(user);
-        Ok(self
-            .get_prefix(&prefix)
-            .await?
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
-            .collect())
+        self.get_text_map(&self.keys.network_addrs(user)).await
     }
 
     /// The user's network, made or grown to hold the quota. Blocks are claimed in a
