@@ -235,9 +235,12 @@ pub fn reboot(host: &str) {
     // While the host goes down and comes up, a command entering it can meet a systemd that
     // does not answer yet (or any more), or a namespace half made: each probe is bounded
     // and one that hangs only counts as "not yet".
+    // If it does not come back, the failure shows the end of the host's console (what its
+    // systemd was doing), which CI keeps while the testbed goes.
+    let _console = ConsoleOnPanic(host.to_owned());
     wait_for(
         &format!("{host} to boot again"),
-        Duration::from_secs(180),
+        Duration::from_secs(300),
         || {
             let Ok(run) = sh_within(
                 host,
@@ -251,4 +254,20 @@ pub fn reboot(host: &str) {
             lines.len() == 2 && lines[0] != before && lines[1] == "active"
         },
     );
+}
+
+/// Prints the last lines of a testbed host's console if the test panics meanwhile.
+struct ConsoleOnPanic(String);
+
+impl Drop for ConsoleOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let path = format!("/var/lib/docklet-testbed/hosts/{}/console.log", self.0);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{path}: {e}"));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        eprintln!("--- the last lines of {path}:\n{tail}\n---");
+    }
 }
