@@ -126,7 +126,6 @@ impl EtcdStore {
         }
     }
 
-    /// The plain text at `key` (host names, ids), `None` when absent.
     /// Every key under `prefix` (without it) with its value as text.
     pub(super) async fn get_text_map(
         &self,
@@ -146,6 +145,7 @@ impl EtcdStore {
             .collect())
     }
 
+    /// The plain text at `key` (host names, ids), `None` when absent.
     pub(super) async fn get_text(&self, key: &str) -> Result<Option<String>, StoreError> {
         let response = self
             .client
