@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::Master;
+use super::{Master, session};
 use super::actions::{
     ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
@@ -164,7 +164,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// The authenticated caller, from `Authorization: Bearer <token>`.
+/// The authenticated caller: from `Authorization: Bearer <token>` (scripts), or from the
+/// portal's session cookie (browsers), where changes and WebSockets must also pass the
+/// same-origin rule of [`session`].
 pub struct Auth(pub Caller);
 
 impl FromRequestParts<Arc<Master>> for Auth {
@@ -174,18 +176,27 @@ impl FromRequestParts<Arc<Master>> for Auth {
         parts: &mut Parts,
         master: &Arc<Master>,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "log in first: POST /api/v1/auth/login, then send Authorization: Bearer <token>"
-                        .into(),
-                )
-            })?;
-        master.authenticate(token.trim()).await.map(Auth)
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(token) = bearer {
+            return master.authenticate(token.trim()).await.map(Auth);
+        }
+        let Some(token) = session::session_from_cookies(&parts.headers) else {
+            return Err(ApiError::Unauthenticated(
+                "log in first: POST /api/v1/auth/login, then send Authorization: Bearer <token>"
+                    .into(),
+            ));
+        };
+        if !session::browser_request_allowed(&parts.method, &parts.headers, &token) {
+            return Err(ApiError::Forbidden(
+                "a browser request from another site: send it from the portal's own pages"
+                    .into(),
+            ));
+        }
+        master.authenticate(&token).await.map(Auth)
     }
 }
 

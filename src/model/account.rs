@@ -246,6 +246,12 @@ pub fn token_digest(secret: &str) -> String {
         .collect()
 }
 
+/// Compares two secrets in time independent of where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn token_id(digest: &str) -> String {
     digest[..12].to_owned()
 }
@@ -345,6 +351,14 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+        assert!(!same_secret("", "x"));
+    }
 
     #[test]
     fn local_account_verifies_only_its_password() {

@@ -122,11 +122,6 @@ pub async fn serve(worker: Shared) -> std::io::Result<()> {
     axum::serve(listener, router(worker)).await
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_token(State(worker): State<Shared>, request: Request, next: Next) -> Response {
     let expected = match crate::daemon::read_credentials(&worker.config) {
         Ok(creds) if !creds.agent_token.is_empty() => creds.agent_token,
@@ -144,7 +139,7 @@ async fn require_token(State(worker): State<Shared>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same_secret(presented.as_bytes(), expected.as_bytes()) {
+    if !crate::model::account::same_secret(presented, &expected) {
         warn!(path = %request.uri().path(), "agent request without a valid token refused");
         return AgentError(
             StatusCode::UNAUTHORIZED,
@@ -418,14 +413,6 @@ async fn write_all(master: &AsyncFd<std::fs::File>, mut data: &[u8]) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
-        assert!(!same_secret(b"", b"x"));
-    }
 
     #[test]
     fn terminal_control_messages_parse() {

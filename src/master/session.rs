@@ -1,0 +1,141 @@
+//! Browser sessions: the session cookie a portal login sets, the CSRF token derived from it,
+//! and the same-origin rule for requests that a browser sends on its own. A cookie is sent
+//! with any request to this host, so a cookie-authenticated request that changes something
+//! (or opens a WebSocket) must prove it comes from the portal's own pages: its `Origin` is
+//! this host, or it carries the CSRF token that only the portal's pages know.
+
+use axum::http::{HeaderMap, Method, header};
+use sha2::{Digest, Sha256};
+
+/// The cookie holding the session token (HttpOnly, SameSite=Strict, Secure under https).
+pub const SESSION_COOKIE: &str = "docklet_session";
+/// The header scripts send the CSRF token in; forms send it as the field `csrf`.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The CSRF token of a session: unguessable without the session token, which scripts on
+/// other sites cannot read (HttpOnly), and the same for the whole session.
+pub fn csrf_token(session_token: &str) -> String {
+    let digest = Sha256::digest(format!("docklet-csrf\0{session_token}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The session token in the request's cookies, if any.
+pub fn session_from_cookies(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// `Set-Cookie` for a new session (`max_age` seconds), or to end one (`None`).
+pub fn session_cookie(token: Option<&str>, max_age: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    match token {
+        Some(token) => format!(
+            "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        ),
+        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    }
+}
+
+/// Whether the request's `Origin` is this host itself (as the browser addressed it).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(scheme, authority)| {
+            matches!(scheme, "http" | "https") && authority.eq_ignore_ascii_case(host)
+        })
+}
+
+/// Whether a browser could have sent this request without a page of ours asking for it:
+/// anything but a plain read, and every WebSocket handshake.
+pub fn needs_proof(method: &Method, headers: &HeaderMap) -> bool {
+    let websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    websocket || !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The same-origin rule for a cookie-authenticated request: reads pass; changes and
+/// WebSockets need this host's `Origin` or the session's CSRF token in [`CSRF_HEADER`].
+pub fn browser_request_allowed(method: &Method, headers: &HeaderMap, session: &str) -> bool {
+    if !needs_proof(method, headers) {
+        return true;
+    }
+    let token_ok = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| crate::model::account::same_secret(v, &csrf_token(session)));
+    token_ok || same_origin(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; docklet_session=dkt_x ; b=2")]);
+        assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_x"));
+        let h = headers(&[("cookie", "a=1"), ("cookie", "docklet_session=dkt_y")]);
+        assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_y"));
+        assert_eq!(session_from_cookies(&headers(&[("cookie", "docklet_session=")])), None);
+        assert_eq!(session_from_cookies(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn cookies_are_http_only_strict_and_secure_under_https() {
+        let c = session_cookie(Some("dkt_x"), 60, false);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && !c.contains("Secure"));
+        assert!(session_cookie(Some("dkt_x"), 60, true).ends_with("; Secure"));
+        assert!(session_cookie(None, 0, false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn changes_need_this_origin_or_the_csrf_token() {
+        let session = "dkt_session";
+        let post = Method::POST;
+        let same = headers(&[("host", "10.0.0.1:8000"), ("origin", "http://10.0.0.1:8000")]);
+        assert!(browser_request_allowed(&post, &same, session));
+        let other = headers(&[("host", "10.0.0.1:8000"), ("origin", "http://evil.example")]);
+        assert!(!browser_request_allowed(&post, &other, session));
+        let none = headers(&[("host", "10.0.0.1:8000")]);
+        assert!(!browser_request_allowed(&post, &none, session));
+        assert!(browser_request_allowed(&Method::GET, &other, session));
+        let mut with_token = other.clone();
+        with_token.insert(CSRF_HEADER, csrf_token(session).parse().unwrap());
+        assert!(browser_request_allowed(&post, &with_token, session));
+        with_token.insert(CSRF_HEADER, csrf_token("dkt_other").parse().unwrap());
+        assert!(!browser_request_allowed(&post, &with_token, session));
+    }
+
+    #[test]
+    fn websocket_handshakes_need_this_origin() {
+        let mut h = headers(&[("host", "h:8000"), ("origin", "http://evil.example")]);
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(!browser_request_allowed(&Method::GET, &h, "dkt_s"));
+        h.insert("origin", HeaderValue::from_static("http://h:8000"));
+        assert!(browser_request_allowed(&Method::GET, &h, "dkt_s"));
+    }
+}
