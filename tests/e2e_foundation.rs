@@ -42,9 +42,9 @@ fn master_is_socket_activated_and_answers_the_first_request() {
         "docklet"
     );
 
-    let (code, page) = http_get(&format!("{PORTAL}/"));
+    let (code, page) = http_get(&format!("{PORTAL}/login"));
     assert_eq!(code, 200);
-    assert!(page.contains("<title>Docklet</title>"), "{page}");
+    assert!(page.contains("<title>Log in · Docklet</title>"), "{page}");
 }
 
 #[test]

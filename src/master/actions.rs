@@ -311,7 +311,7 @@ pub struct QuotaPatch {
 }
 
 impl QuotaPatch {
-    fn apply(&self, quota: &mut Quota) {
+    pub fn apply(&self, quota: &mut Quota) {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { quota.$f = v; })* };
         }

@@ -12,17 +12,17 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Master, session};
 use super::actions::{
     ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
 };
+use super::{Master, session};
 use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
 use crate::model::vcluster::CreateClusterRequest;
@@ -31,7 +31,6 @@ type Shared = State<Arc<Master>>;
 
 pub fn router(master: Arc<Master>) -> Router {
     Router::new()
-        .route("/", get(portal))
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1/auth/login", post(login))
@@ -72,6 +71,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
+        .merge(super::portal::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(master)
@@ -192,8 +192,7 @@ impl FromRequestParts<Arc<Master>> for Auth {
         };
         if !session::browser_request_allowed(&parts.method, &parts.headers, &token) {
             return Err(ApiError::Forbidden(
-                "a browser request from another site: send it from the portal's own pages"
-                    .into(),
+                "a browser request from another site: send it from the portal's own pages".into(),
             ));
         }
         master.authenticate(&token).await.map(Auth)
@@ -691,31 +690,6 @@ async fn health(State(master): Shared) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
-}
-
-async fn portal(State(master): Shared) -> Html<String> {
-    let (etcd_ok, initialized) = master.health().await;
-    let state = match (etcd_ok, initialized) {
-        (false, _) => "The cluster's state store (etcd) cannot be reached right now.",
-        (true, false) => {
-            "This cluster is not initialized yet: run <code>docklet-admin init</code> on the master."
-        }
-        (true, true) => "Sign-in opens here soon; the API is at <code>/api/v1</code>.",
-    };
-    Html(format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Docklet</title></head>\n\
-         <body><h1>Docklet</h1><p>Private virtual clusters, in your browser.</p>\n\
-         <p id=\"state\">{state}</p><footer>cluster {} · version {}</footer></body></html>\n",
-        html_escape(&master.config.cluster_name),
-        crate::VERSION
-    ))
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod controllers;
 pub mod events;
 pub mod init;
+pub mod portal;
 pub mod session;
 
 use std::sync::Arc;

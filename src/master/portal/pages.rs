@@ -1,0 +1,750 @@
+//! The pages every user has: login, the dashboard with its one-click create, a cluster's
+//! page with its actions, a node's terminal, and the account (password, API tokens).
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CsrfOnly, DoneQuery, Peer, Session, given, notice, render, render_error, safe_next, secure,
+    see_other, status_of,
+};
+use crate::master::Master;
+use crate::master::actions::{ApiError, ClusterView, UserPatch};
+use crate::master::session;
+use crate::model::account::{AuthMethod, SESSION_SECS};
+use crate::model::vcluster::{CreateClusterRequest, NodeState};
+
+type Shared = State<Arc<Master>>;
+
+#[derive(Deserialize, Default)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    next: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginPage<'a> {
+    next: &'a str,
+    user: &'a str,
+    /// Why logging in cannot work right now, if it cannot.
+    trouble: Option<&'static str>,
+}
+
+/// What keeps anyone from logging in at the moment, if anything.
+async fn trouble(master: &Master) -> Option<&'static str> {
+    match master.health().await {
+        (false, _) => Some("The cluster's state store (etcd) cannot be reached right now."),
+        (true, false) => Some(
+            "This cluster is not initialized yet: an administrator runs docklet-admin init on the master.",
+        ),
+        (true, true) => None,
+    }
+}
+
+pub async fn login_page(State(master): Shared, Query(query): Query<LoginQuery>) -> Response {
+    let next = safe_next(query.next.as_deref());
+    render(
+        &master,
+        None,
+        "login.html",
+        StatusCode::OK,
+        None,
+        None,
+        LoginPage {
+            next: &next,
+            user: "",
+            trouble: trouble(&master).await,
+        },
+    )
+}
+
+pub async fn login(
+    State(master): Shared,
+    Peer(peer): Peer,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(form.next.as_deref());
+    let page = |status, message: &str| {
+        render(
+            &master,
+            None,
+            "login.html",
+            status,
+            None,
+            Some(message),
+            LoginPage {
+                next: &next,
+                user: &form.user,
+                trouble: None,
+            },
+        )
+    };
+    // A login form posted from another site would sign the browser in as someone else.
+    if headers.contains_key(header::ORIGIN) && !session::same_origin(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "This login did not come from the portal's own page.",
+        );
+    }
+    if form.user.is_empty() || form.password.is_empty() {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Enter your user name and password.",
+        );
+    }
+    match master.login(form.user.trim(), &form.password, &peer).await {
+        Ok(result) => {
+            let mut response = Redirect::to(&next).into_response();
+            let cookie =
+                session::session_cookie(Some(&result.token), SESSION_SECS, secure(&master));
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(ApiError::Throttled { retry_after }) => page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed logins. Wait {retry_after} seconds before you try again."),
+        ),
+        Err(ApiError::Unauthenticated(_)) => {
+            page(StatusCode::UNAUTHORIZED, "Wrong user name or password.")
+        }
+        Err(e) => page(status_of(&e), &e.to_string()),
+    }
+}
+
+pub async fn logout(
+    State(master): Shared,
+    session: Session,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    if let Err(e) = master.logout(&session.caller).await {
+        tracing::warn!("logout: {e}");
+    }
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(value) = HeaderValue::from_str(&session::session_cookie(None, 0, secure(&master))) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// A node as the pages show it.
+#[derive(Serialize)]
+struct NodeRow<'a> {
+    #[serde(flatten)]
+    node: &'a crate::master::actions::NodeView,
+    running: bool,
+}
+
+#[derive(Serialize)]
+struct ClusterRow<'a> {
+    #[serde(flatten)]
+    cluster: &'a ClusterView,
+    nodes: Vec<NodeRow<'a>>,
+    running: usize,
+}
+
+fn cluster_row(cluster: &ClusterView) -> ClusterRow<'_> {
+    let nodes: Vec<NodeRow> = cluster
+        .nodes
+        .iter()
+        .map(|node| NodeRow {
+            node,
+            running: node.state == NodeState::Running,
+        })
+        .collect();
+    ClusterRow {
+        running: nodes.iter().filter(|n| n.running).count(),
+        cluster,
+        nodes,
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct CreateForm {
+    #[serde(default)]
+    csrf: String,
+    name: Option<String>,
+    size: Option<String>,
+    cpus: Option<String>,
+    memory_mib: Option<String>,
+    disk_gib: Option<String>,
+}
+
+/// The dashboard: usage against quota, the one-click create, and the clusters.
+async fn dashboard_page(
+    master: &Master,
+    session: &Session,
+    status: StatusCode,
+    done: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let me = match master.me(&session.caller).await {
+        Ok(me) => me,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let clusters = match master.list_clusters(&session.caller, None).await {
+        Ok(c) => c,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let rows: Vec<ClusterRow> = clusters.iter().map(cluster_row).collect();
+    render(
+        master,
+        Some(session),
+        "dashboard.html",
+        status,
+        notice(done),
+        error,
+        minijinja::context! {
+            me => me,
+            clusters => rows,
+            suggested_name => free_name(&clusters),
+        },
+    )
+}
+
+pub async fn dashboard(
+    State(master): Shared,
+    session: Session,
+    Query(query): Query<DoneQuery>,
+) -> Response {
+    dashboard_page(
+        &master,
+        &session,
+        StatusCode::OK,
+        query.done.as_deref(),
+        None,
+    )
+    .await
+}
+
+/// The first of `c1`, `c2`, ... that the user has not taken.
+fn free_name(clusters: &[ClusterView]) -> String {
+    (1..)
+        .map(|n| format!("c{n}"))
+        .find(|name| !clusters.iter().any(|c| &c.name == name))
+        .unwrap()
+}
+
+/// A number a person typed, in a form field.
+fn parse_number(field: &Option<String>, label: &str) -> Result<Option<f64>, String> {
+    match given(field) {
+        None => Ok(None),
+        Some(text) => match text.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+            _ => Err(format!("{label}: {text:?} is not a positive number")),
+        },
+    }
+}
+
+fn create_request(
+    form: &CreateForm,
+    fallback_name: String,
+) -> Result<CreateClusterRequest, String> {
+    let size = parse_number(&form.size, "Nodes")?;
+    if size.is_some_and(|s| s.fract() != 0.0 || s > 1000.0) {
+        return Err("Nodes: a whole number, please".into());
+    }
+    let cpus = parse_number(&form.cpus, "CPUs")?;
+    let memory = parse_number(&form.memory_mib, "Memory")?;
+    let disk = parse_number(&form.disk_gib, "Disk")?;
+    Ok(CreateClusterRequest {
+        name: given(&form.name)
+            .map(str::to_owned)
+            .unwrap_or(fallback_name),
+        size: size.map(|s| s as u32),
+        image: None,
+        cpu_millis: cpus.map(|c| (c * 1000.0).round().min(u32::MAX as f64) as u32),
+        memory_bytes: memory.map(|m| (m * 1048576.0).round().min(u64::MAX as f64) as u64),
+        disk_bytes: disk.map(|d| (d * 1073741824.0).round().min(u64::MAX as f64) as u64),
+    })
+}
+
+pub async fn create_cluster(
+    State(master): Shared,
+    session: Session,
+    Form(form): Form<CreateForm>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    let fallback = match master.list_clusters(&session.caller, None).await {
+        Ok(clusters) => free_name(&clusters),
+        Err(e) => return render_error(Some(&session), status_of(&e), &e.to_string()),
+    };
+    let request = match create_request(&form, fallback) {
+        Ok(r) => r,
+        Err(message) => {
+            return dashboard_page(
+                &master,
+                &session,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(&message),
+            )
+            .await;
+        }
+    };
+    match master.create_cluster(&session.caller, &request, None).await {
+        Ok(_) => see_other(&format!("/clusters/{}", request.name), "created"),
+        Err(e) => {
+            dashboard_page(&master, &session, status_of(&e), None, Some(&e.to_string())).await
+        }
+    }
+}
+
+async fn cluster_page(
+    master: &Master,
+    session: &Session,
+    name: &str,
+    status: StatusCode,
+    done: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let cluster = match master.show_cluster(&session.caller, None, name).await {
+        Ok(c) => c,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let row = cluster_row(&cluster);
+    render(
+        master,
+        Some(session),
+        "cluster.html",
+        status,
+        notice(done),
+        error,
+        minijinja::context! { cluster => row },
+    )
+}
+
+pub async fn cluster(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Query(query): Query<DoneQuery>,
+) -> Response {
+    cluster_page(
+        &master,
+        &session,
+        &name,
+        StatusCode::OK,
+        query.done.as_deref(),
+        None,
+    )
+    .await
+}
+
+/// Runs a cluster action from its page: back to the page with `done`, or the page again
+/// with the error.
+async fn cluster_action<T>(
+    master: &Master,
+    session: &Session,
+    name: &str,
+    csrf: &str,
+    done: &str,
+    action: impl Future<Output = Result<T, ApiError>>,
+) -> Response {
+    if let Err(r) = session.check(csrf) {
+        return r;
+    }
+    match action.await {
+        Ok(_) => see_other(&format!("/clusters/{name}"), done),
+        Err(e) => {
+            cluster_page(
+                master,
+                session,
+                name,
+                status_of(&e),
+                None,
+                Some(&e.to_string()),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn start_cluster(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let action = master.set_cluster_state(&session.caller, None, &name, true);
+    cluster_action(&master, &session, &name, &form.csrf, "started", action).await
+}
+
+pub async fn stop_cluster(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let action = master.set_cluster_state(&session.caller, None, &name, false);
+    cluster_action(&master, &session, &name, &form.csrf, "stopped", action).await
+}
+
+pub async fn scale_out(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let action = master.scale_out(&session.caller, None, &name);
+    cluster_action(&master, &session, &name, &form.csrf, "scaled-out", action).await
+}
+
+#[derive(Deserialize)]
+pub struct ScaleInForm {
+    #[serde(default)]
+    csrf: String,
+    node: u32,
+}
+
+pub async fn scale_in(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<ScaleInForm>,
+) -> Response {
+    let action = master.scale_in(&session.caller, None, &name, form.node);
+    cluster_action(&master, &session, &name, &form.csrf, "scaled-in", action).await
+}
+
+pub async fn confirm_delete(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+) -> Response {
+    match master.show_cluster(&session.caller, None, &name).await {
+        Ok(cluster) => render(
+            &master,
+            Some(&session),
+            "confirm_delete.html",
+            StatusCode::OK,
+            None,
+            None,
+            minijinja::context! { cluster => cluster },
+        ),
+        Err(e) => render_error(Some(&session), status_of(&e), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    /// The user typed the cluster's name to confirm.
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn delete_cluster(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    if form.confirm.trim() != name {
+        return render_error(
+            Some(&session),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!(
+                "Type the cluster's name ({name}) to confirm the delete. Nothing was deleted."
+            ),
+        );
+    }
+    match master
+        .delete_cluster(&session.caller, None, &name, false)
+        .await
+    {
+        Ok(_) => see_other("/", "deleted"),
+        Err(e) => {
+            cluster_page(
+                &master,
+                &session,
+                &name,
+                status_of(&e),
+                None,
+                Some(&e.to_string()),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn terminal(
+    State(master): Shared,
+    session: Session,
+    Path((name, index)): Path<(String, u32)>,
+) -> Response {
+    let cluster = match master.show_cluster(&session.caller, None, &name).await {
+        Ok(c) => c,
+        Err(e) => return render_error(Some(&session), status_of(&e), &e.to_string()),
+    };
+    let Some(node) = cluster.nodes.iter().find(|n| n.index == index) else {
+        return render_error(
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            &format!("Cluster {name} has no node {index}."),
+        );
+    };
+    render(
+        &master,
+        Some(&session),
+        "terminal.html",
+        StatusCode::OK,
+        None,
+        None,
+        minijinja::context! {
+            cluster => cluster.name,
+            node => node,
+            socket => format!("/api/v1/clusters/{name}/nodes/{index}/terminal"),
+        },
+    )
+}
+
+async fn account_page(
+    master: &Master,
+    session: &Session,
+    status: StatusCode,
+    done: Option<&str>,
+    error: Option<&str>,
+    new_token: Option<(String, String)>,
+) -> Response {
+    let me = match master.me(&session.caller).await {
+        Ok(me) => me,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let tokens = match master.list_tokens(&session.caller).await {
+        Ok(t) => t,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let this_session =
+        crate::model::account::token_id(&crate::model::account::token_digest(&session.token));
+    render(
+        master,
+        Some(session),
+        "account.html",
+        status,
+        notice(done),
+        error,
+        minijinja::context! {
+            me => me,
+            local => me.auth == AuthMethod::Local,
+            tokens => tokens,
+            this_session => this_session,
+            new_token => new_token.map(|(name, secret)| minijinja::context! { name => name, secret => secret }),
+        },
+    )
+}
+
+pub async fn account(
+    State(master): Shared,
+    session: Session,
+    Query(query): Query<DoneQuery>,
+) -> Response {
+    account_page(
+        &master,
+        &session,
+        StatusCode::OK,
+        query.done.as_deref(),
+        None,
+        None,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    repeat: String,
+}
+
+pub async fn change_password(
+    State(master): Shared,
+    session: Session,
+    Peer(peer): Peer,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    let fail = |status, message: String| {
+        let master = master.clone();
+        let session = &session;
+        async move { account_page(&master, session, status, None, Some(&message), None).await }
+    };
+    if form.password != form.repeat {
+        return fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The two new passwords differ.".into(),
+        )
+        .await;
+    }
+    // The current password is asked again, so an unattended browser cannot change it; the
+    // check goes through the login throttle like any login.
+    let user = session.caller.name().to_owned();
+    match master.login(&user, &form.current, &peer).await {
+        Ok(result) => {
+            // Only a proof: this extra session is not needed.
+            if let Ok(caller) = master.authenticate(&result.token).await {
+                let _ = master.logout(&caller).await;
+            }
+        }
+        Err(ApiError::Throttled { retry_after }) => {
+            return fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed attempts. Wait {retry_after} seconds."),
+            )
+            .await;
+        }
+        Err(_) => {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "Your current password is not right.".into(),
+            )
+            .await;
+        }
+    }
+    let patch = UserPatch {
+        password: Some(form.password.clone()),
+        ..Default::default()
+    };
+    match master.update_user(&session.caller, &user, &patch).await {
+        Ok(_) => see_other("/account", "password"),
+        Err(e) => fail(status_of(&e), e.to_string()).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn create_token(
+    State(master): Shared,
+    session: Session,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    match master
+        .create_api_token(&session.caller, form.name.trim())
+        .await
+    {
+        // Shown once, on this answer only: it is stored as a digest.
+        Ok(token) => {
+            account_page(
+                &master,
+                &session,
+                StatusCode::CREATED,
+                None,
+                None,
+                Some((token.record.name, token.token)),
+            )
+            .await
+        }
+        Err(e) => {
+            account_page(
+                &master,
+                &session,
+                status_of(&e),
+                None,
+                Some(&e.to_string()),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn revoke_token(
+    State(master): Shared,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(r) = session.check(&form.csrf) {
+        return r;
+    }
+    match master.revoke_token(&session.caller, &id).await {
+        Ok(()) => see_other("/account", "revoked"),
+        Err(e) => {
+            account_page(
+                &master,
+                &session,
+                status_of(&e),
+                None,
+                Some(&e.to_string()),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_forms_read_people_units() {
+        let form = CreateForm {
+            size: Some("3".into()),
+            cpus: Some("0.5".into()),
+            memory_mib: Some("512".into()),
+            disk_gib: Some(" ".into()),
+            ..Default::default()
+        };
+        let request = create_request(&form, "c2".into()).unwrap();
+        assert_eq!(request.name, "c2");
+        assert_eq!(request.size, Some(3));
+        assert_eq!(request.cpu_millis, Some(500));
+        assert_eq!(request.memory_bytes, Some(512 << 20));
+        assert_eq!(request.disk_bytes, None);
+        let bad = CreateForm {
+            size: Some("2.5".into()),
+            ..Default::default()
+        };
+        assert!(create_request(&bad, "c1".into()).is_err());
+        let bad = CreateForm {
+            cpus: Some("-1".into()),
+            ..Default::default()
+        };
+        assert!(
+            create_request(&bad, "c1".into())
+                .unwrap_err()
+                .contains("CPUs")
+        );
+    }
+}
