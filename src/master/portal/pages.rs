@@ -473,8 +473,9 @@ pub async fn delete_cluster(
             ),
         );
     }
+    // Typing the name was the confirmation: running nodes are stopped on the way.
     match master
-        .delete_cluster(&session.caller, None, &name, false)
+        .delete_cluster(&session.caller, None, &name, true)
         .await
     {
         Ok(_) => see_other("/", "deleted"),

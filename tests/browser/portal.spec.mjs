@@ -1,0 +1,215 @@
+// The portal as users see it, in headless Chromium against the testbed: a PAM user logs in,
+// creates a cluster in one click, watches it come up, uses its terminal and its Jupyter
+// workspace, maps a port and reaches it from outside, and deletes the cluster; another user
+// is refused the first one's terminal and workspace; an administrator changes a quota and the
+// user sees the new limit. Every page is saved as a screenshot (testbed.mjs: shots).
+import { test, expect } from "@playwright/test";
+import net from "node:net";
+import { api, apiLogin, login, pamUser, rootPassword, shot, portal } from "./testbed.mjs";
+
+const owner = { name: "webalice", password: "Alice-pw-2026" };
+const other = { name: "webbob", password: "Bob-pw-2026" };
+let ownerToken;
+
+/** Deletes every cluster `token`'s user has and waits until they are gone. */
+async function removeClusters(token) {
+  const [, clusters] = await api("GET", "/api/v1/clusters", token);
+  for (const c of clusters) {
+    const [, op] = await api("DELETE", `/api/v1/clusters/${c.name}?force=true`, token);
+    if (op && op.id) await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
+  }
+}
+
+/** The text on the terminal's screen and in its scrollback. */
+async function terminalText(page) {
+  return page.evaluate(() => {
+    const buffer = window.dockletTerminal.buffer.active;
+    const lines = [];
+    for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
+    return lines.join("\n");
+  });
+}
+
+/** The first line a TCP server sends on connect (an SSH banner). */
+function firstLine(host, port) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, timeout: 10_000 });
+    let data = "";
+    socket.on("data", (chunk) => {
+      data += chunk.toString("latin1");
+      if (data.includes("\n")) { socket.destroy(); resolve(data.split("\n")[0]); }
+    });
+    socket.on("timeout", () => { socket.destroy(); reject(new Error("no banner within 10 s")); });
+    socket.on("error", reject);
+  });
+}
+
+test.describe.serial("the portal", () => {
+  test.beforeAll(async () => {
+    pamUser(owner.name, owner.password);
+    pamUser(other.name, other.password);
+    ownerToken = await apiLogin(owner.name, owner.password);
+    await removeClusters(ownerToken);
+  });
+
+  test("a user creates a cluster in one click and watches it come up", async ({ page }) => {
+    await page.goto("/");
+    await expect(page).toHaveURL(/\/login/);
+    await shot(page, "login");
+    await page.getByLabel("User name").fill(owner.name);
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Log in" }).click();
+    await expect(page.getByRole("alert")).toContainText("Wrong user name or password");
+    await shot(page, "login-refused");
+    await login(page, owner.name, owner.password);
+    await expect(page.getByRole("heading", { name: "Your clusters" })).toBeVisible();
+    await shot(page, "dashboard-empty");
+
+    await page.getByRole("button", { name: "Create cluster c1" }).click();
+    await expect(page).toHaveURL(/\/clusters\/c1/);
+    await expect(page.getByRole("status").first()).toContainText("being created");
+    // Live: the page follows the event stream, no reload.
+    await expect(page.locator("#progress")).toContainText("1 of 1 node(s) running", { timeout: 90_000 });
+    await expect(page.locator("tr[data-node='0'] .state")).toHaveText("running");
+    await shot(page, "cluster-running");
+    await page.goto("/");
+    await expect(page.locator("tr[data-cluster='c1']")).toContainText("running");
+    await expect(page.locator(".usage")).toContainText("1 of");
+    await shot(page, "dashboard-one-cluster");
+  });
+
+  test("the terminal reaches the node", async ({ page }) => {
+    await login(page, owner.name, owner.password);
+    await page.goto("/clusters/c1");
+    await page.getByRole("link", { name: "Terminal" }).first().click();
+    await expect(page.locator("#term-status")).toHaveText("connected");
+    await expect.poll(() => terminalText(page)).toContain("#");
+    await page.locator("#terminal").click();
+    await page.keyboard.type("hostname\n");
+    await expect.poll(() => terminalText(page)).toMatch(/^host-0\s*$/m);
+    await page.keyboard.type("echo \"žluťoučký ✓\"\n");
+    await expect.poll(() => terminalText(page)).toMatch(/^žluťoučký ✓\s*$/m);
+    // Ctrl-C interrupts a command and the prompt comes back.
+    await page.keyboard.type("sleep 300\n");
+    await page.keyboard.press("Control+c");
+    await page.keyboard.type("echo after-interrupt\n");
+    await expect.poll(() => terminalText(page)).toMatch(/^after-interrupt\s*$/m);
+    await shot(page, "terminal");
+    // A reload reattaches to the same shell and shows what it printed before.
+    await page.keyboard.type("echo shell-$$\n");
+    await expect.poll(() => terminalText(page)).toMatch(/^shell-\d+\s*$/m);
+    const before = (await terminalText(page)).match(/^shell-(\d+)\s*$/m)[1];
+    await page.reload();
+    await expect(page.locator("#term-status")).toHaveText("connected");
+    await expect.poll(() => terminalText(page)).toContain(`shell-${before}`);
+    await page.locator("#terminal").click();
+    await page.keyboard.type("echo again-$$\n");
+    await expect.poll(() => terminalText(page)).toContain(`again-${before}`);
+  });
+
+  test("the workspace runs a notebook that prints and plots", async ({ page }) => {
+    const notebook = {
+      type: "notebook",
+      content: {
+        nbformat: 4, nbformat_minor: 5,
+        metadata: { kernelspec: { name: "python3", display_name: "Python 3", language: "python" } },
+        cells: [{
+          cell_type: "code", metadata: {}, outputs: [], execution_count: null,
+          source: "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n" +
+            "print('sum is', 6 * 7)\nplt.plot([1, 4, 9, 16])\nplt.show()",
+        }],
+      },
+    };
+    const base = `/go/${owner.name}/c1/0`;
+    const [status] = await api("PUT", `${base}/api/contents/plot.ipynb`, ownerToken, notebook);
+    expect(status).toBeLessThan(300);
+    await login(page, owner.name, owner.password);
+    await page.goto(`${base}/tree`);
+    await expect(page.getByText("plot.ipynb")).toBeVisible({ timeout: 60_000 });
+    await shot(page, "workspace-tree");
+    await page.goto(`${base}/notebooks/plot.ipynb`);
+    await expect(page.locator("#kernel_indicator_icon.kernel_idle_icon")).toBeAttached({ timeout: 60_000 });
+    await page.locator(".cell .CodeMirror").first().click();
+    await page.keyboard.press("Shift+Enter");
+    await expect(page.locator(".output_area pre").first()).toContainText("sum is 42", { timeout: 60_000 });
+    await expect(page.locator(".output_area img").first()).toBeVisible();
+    await shot(page, "workspace-notebook");
+  });
+
+  test("another user is refused the first one's terminal and workspace", async ({ page }) => {
+    await login(page, other.name, other.password);
+    const workspace = await page.request.get(`/go/${owner.name}/c1/0/tree`);
+    expect(workspace.status()).toBe(403);
+    const terminal = await page.request.get(
+      `/api/v1/clusters/c1/nodes/0/terminal?user=${owner.name}`,
+      { headers: { Origin: portal } },
+    );
+    expect(terminal.status()).toBe(403);
+    await page.goto(`/go/${owner.name}/c1/0/tree`);
+    await shot(page, "workspace-refused");
+  });
+
+  test("an administrator changes a quota and the user sees it", async ({ page, browser }) => {
+    const rootToken = await apiLogin("root", rootPassword());
+    await api("PATCH", `/api/v1/users/${owner.name}`, rootToken, { group: "foundation" });
+    await api("DELETE", "/api/v1/groups/webtesters", rootToken);
+    await login(page, "root", rootPassword());
+    await page.goto("/admin/groups");
+    await shot(page, "admin-groups");
+    await page.locator("#new-group-name").fill("webtesters");
+    await page.locator("#new-vnodes").fill("7");
+    await page.getByRole("button", { name: "Create group" }).click();
+    await expect(page.getByRole("status")).toContainText("group has been created");
+    await page.goto("/admin/users");
+    const row = page.locator(`tr[data-user='${owner.name}']`);
+    await row.locator("select[name='group']").selectOption("webtesters");
+    await row.getByRole("button", { name: "Save" }).click();
+    await expect(page.getByRole("status")).toContainText("user has been saved");
+    await shot(page, "admin-users");
+    await page.goto("/admin/groups");
+    await page.locator("section[data-group='webtesters'] input[name='vnodes']").fill("5");
+    await page.locator("section[data-group='webtesters']").getByRole("button", { name: "Save webtesters" }).click();
+    await expect(page.getByRole("status")).toContainText("group has been saved");
+    await page.goto("/admin/hosts");
+    await expect(page.locator("tr[data-host]").first()).toBeVisible();
+    await shot(page, "admin-hosts");
+
+    const userContext = await browser.newContext();
+    const userPage = await userContext.newPage();
+    await login(userPage, owner.name, owner.password);
+    await expect(userPage.locator(".usage")).toContainText("of 5");
+    await expect(userPage.locator(".usage")).toContainText("webtesters");
+    await shot(userPage, "dashboard-new-quota");
+    await userContext.close();
+  });
+
+  test("the user deletes the cluster with a confirmation", async ({ page }) => {
+    await login(page, owner.name, owner.password);
+    await page.goto("/clusters/c1");
+    await page.getByRole("link", { name: "Delete…" }).click();
+    await shot(page, "confirm-delete");
+    await page.getByLabel("Type c1 to confirm").fill("c1");
+    await page.getByRole("button", { name: "Delete c1" }).click();
+    await expect(page).toHaveURL(/\/\?done=deleted/);
+    await expect(page.locator("tr[data-cluster='c1']")).toHaveCount(0, { timeout: 90_000 });
+    await shot(page, "dashboard-deleted");
+  });
+
+  test("pages carry the security headers and refuse forged forms", async ({ page }) => {
+    await login(page, owner.name, owner.password);
+    const response = await page.goto("/account");
+    const headers = response.headers();
+    expect(headers["content-security-policy"]).toContain("frame-ancestors 'none'");
+    expect(headers["x-frame-options"]).toBe("DENY");
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === "docklet_session");
+    expect(session.httpOnly).toBe(true);
+    expect(session.sameSite).toBe("Strict");
+    await shot(page, "account");
+    // A form posted without the session's CSRF token changes nothing.
+    const forged = await page.request.post("/clusters", { form: { csrf: "0".repeat(32) } });
+    expect(forged.status()).toBe(403);
+    const [, clusters] = await api("GET", "/api/v1/clusters", ownerToken);
+    expect(clusters.map((c) => c.name)).not.toContain("c2");
+  });
+});

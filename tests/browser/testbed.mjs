@@ -1,0 +1,70 @@
+// What the browser tests need from the testbed besides the browser: commands on its hosts
+// (users for PAM, the administrator's password) and a few API calls to set up and check.
+import { execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const portal = process.env.DOCKLET_PORTAL || "http://10.213.0.11:8000";
+export const shots = process.env.DOCKLET_SHOTS || path.join(repo, "target/browser-screenshots");
+mkdirSync(shots, { recursive: true });
+
+/** Runs a shell script on a testbed host; returns its standard output. */
+export function sh(host, script) {
+  return execFileSync(path.join(repo, "tools/testbed"), ["exec", host, "sh", "-c", script], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+}
+
+/** A PAM user on every host (Docklet creates the account at the first login). */
+export function pamUser(name, password) {
+  for (const host of ["tb1", "tb2", "tb3"]) {
+    sh(host, `id ${name} >/dev/null 2>&1 || useradd -m ${name}; echo '${name}:${password}' | chpasswd`);
+  }
+}
+
+export function rootPassword() {
+  return sh("tb1", "cat /var/lib/docklet/local/generated_password.txt").trim();
+}
+
+/** An API call as `token`; returns [status, parsed body]. */
+export async function api(method, urlPath, token, body) {
+  const response = await fetch(portal + urlPath, {
+    method,
+    headers: {
+      ...(token ? { authorization: "Bearer " + token } : {}),
+      ...(body ? { "content-type": "application/json" } : {}),
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await response.text();
+  let parsed = text;
+  try { parsed = JSON.parse(text); } catch (e) { /* not JSON */ }
+  return [response.status, parsed];
+}
+
+export async function apiLogin(user, password) {
+  const [status, body] = await api("POST", "/api/v1/auth/login", null, { user, password });
+  if (status !== 200) throw new Error(`login of ${user}: ${status} ${JSON.stringify(body)}`);
+  return body.token;
+}
+
+let shotCount = 0;
+/** A full-page screenshot, numbered in the order the test took them. */
+export async function shot(page, name) {
+  shotCount += 1;
+  const file = path.join(shots, `${String(shotCount).padStart(2, "0")}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+/** Logs `user` in through the login form. */
+export async function login(page, user, password) {
+  await page.goto("/login");
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForURL((url) => !url.pathname.startsWith("/login"));
+}
