@@ -256,7 +256,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
+            .map(|c| c.0.ip().to_canonical().to_string())
             .unwrap_or_default();
         Ok(Peer(peer))
     }
