@@ -91,7 +91,11 @@ impl ApiError {
         }
     }
 
-    fn invalid(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(
+        code: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError::Input(InputError {
             code,
             field,
@@ -160,7 +164,7 @@ impl Caller {
     }
 
     /// The user whose clusters a call acts on: the caller, or (administrators only) `user`.
-    fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
+    pub(crate) fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
         match user {
             Some(user) if user != self.name() => {
                 self.require_admin().map_err(|_| {
@@ -172,7 +176,7 @@ impl Caller {
         }
     }
 
-    fn require_normal(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_normal(&self) -> Result<(), ApiError> {
         match self.account.status {
             AccountStatus::Normal => Ok(()),
             AccountStatus::Applying => Err(ApiError::Forbidden(
@@ -357,7 +361,7 @@ pub(crate) fn random_id(len: usize) -> String {
 }
 
 impl Master {
-    async fn api_store(&self) -> Result<EtcdStore, ApiError> {
+    pub(crate) async fn api_store(&self) -> Result<EtcdStore, ApiError> {
         self.store()
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))
@@ -580,7 +584,11 @@ impl Master {
         })
     }
 
-    async fn group_of(&self, store: &EtcdStore, account: &Account) -> Result<Group, ApiError> {
+    pub(crate) async fn group_of(
+        &self,
+        store: &EtcdStore,
+        account: &Account,
+    ) -> Result<Group, ApiError> {
         store.group(&account.group).await?.ok_or_else(|| {
             ApiError::Conflict(format!(
                 "your group {} no longer exists: ask an administrator",
@@ -821,7 +829,7 @@ impl Master {
         self.cluster_view(&store, cluster, &hosts_up).await
     }
 
-    async fn find_cluster(
+    pub(crate) async fn find_cluster(
         &self,
         store: &EtcdStore,
         owner: &str,
