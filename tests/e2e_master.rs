@@ -1011,6 +1011,13 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             Some(json!({"argv": ["hostname"]})),
         ),
         ("POST", "/clusters/{cluster}/nodes/0/recover", None),
+        (
+            "POST",
+            "/clusters/{cluster}/nodes/0/ports",
+            Some(json!({"port": 22})),
+        ),
+        ("GET", "/ports", None),
+        ("DELETE", "/ports/30999", None),
         ("GET", "/operations/{op}", None),
         ("GET", "/events", None),
         ("GET", "/users", None),
@@ -1092,7 +1099,8 @@ fn every_endpoint_is_authorized() {
                 .replace("/nodes/0/", "/nodes/{index}/")
                 .replace("/groups/foundation", "/groups/{name}")
                 .replace("/groups/primary", "/groups/{name}")
-                .replace("/hosts/tb3/", "/hosts/{name}/");
+                .replace("/hosts/tb3/", "/hosts/{name}/")
+                .replace("/ports/30999", "/ports/{public_port}");
             (m.to_string(), p)
         })
         .collect();

@@ -155,7 +155,7 @@ impl Caller {
         }
     }
 
-    fn require_admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
         if self.admin {
             Ok(())
         } else {

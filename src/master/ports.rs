@@ -62,9 +62,31 @@ impl Master {
     ) -> Result<Vec<PortView>, ApiError> {
         let owner = caller.owner(user)?;
         let store = self.api_store().await?;
+        let mappings = store.port_mappings_of(&owner).await?;
+        self.port_views(&store, mappings, request_host).await
+    }
+
+    /// Every user's mappings (administrators), by public port.
+    pub async fn all_ports(
+        &self,
+        caller: &Caller,
+        request_host: Option<&str>,
+    ) -> Result<Vec<PortView>, ApiError> {
+        caller.require_admin()?;
+        let store = self.api_store().await?;
+        self.port_views(&store, store.port_mappings().await?, request_host)
+            .await
+    }
+
+    async fn port_views(
+        &self,
+        store: &crate::store::EtcdStore,
+        mappings: std::collections::BTreeMap<u16, PortMapping>,
+        request_host: Option<&str>,
+    ) -> Result<Vec<PortView>, ApiError> {
         let host = self.public_host(request_host);
         let mut views = Vec::new();
-        for mapping in store.port_mappings_of(&owner).await?.into_values() {
+        for mapping in mappings.into_values() {
             let phase = store
                 .vnode_status(&mapping.vnode_id())
                 .await?
