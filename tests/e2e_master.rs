@@ -1186,6 +1186,11 @@ fn every_endpoint_is_authorized() {
             Some(json!({"argv": ["hostname"]})),
         ),
         ("POST", "/clusters/c6/nodes/0/recover", None),
+        (
+            "POST",
+            "/clusters/c6/nodes/0/ports",
+            Some(json!({"port": 22})),
+        ),
     ];
     for (method, path, body) in &on_a {
         let r = api(method, path, Some(&token_b), body.as_ref());
