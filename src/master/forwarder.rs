@@ -72,15 +72,13 @@ impl Drop for Listener {
 
 /// The public ports this master listens on.
 pub struct Forwarder {
-    range: PortRange,
     dial: Arc<dyn Dial>,
     open: HashMap<u16, Listener>,
 }
 
 impl Forwarder {
-    pub fn new(range: PortRange, dial: Arc<dyn Dial>) -> Forwarder {
+    pub fn new(dial: Arc<dyn Dial>) -> Forwarder {
         Forwarder {
-            range,
             dial,
             open: HashMap::new(),
         }
@@ -93,12 +91,15 @@ impl Forwarder {
         ports
     }
 
-    /// Listens on exactly the ports of `state`'s mappings whose vnode runs: closes the
+    /// What to listen on: the mappings of `state` whose vnode runs, in this master's range.
+    pub fn wanted(range: &PortRange, state: &PortsState) -> BTreeMap<u16, PortMapping> {
+        ports::listening(&state.mappings, &state.phases, range)
+    }
+
+    /// Listens on exactly the ports of `wanted` (see [`Forwarder::wanted`]): closes the
     /// others (and ports whose mapping changed), opens the missing ones. A port that cannot
     /// be bound is left for the next call.
-    pub async fn apply(&mut self, state: &PortsState) {
-        let wanted: BTreeMap<u16, PortMapping> =
-            ports::listening(&state.mappings, &state.phases, &self.range);
+    pub async fn apply(&mut self, wanted: &BTreeMap<u16, PortMapping>) {
         let stale: Vec<u16> = self
             .open
             .iter()
@@ -111,10 +112,11 @@ impl Forwarder {
                 listener.close().await;
             }
         }
-        for (port, mapping) in wanted {
+        for (&port, mapping) in wanted {
             if self.open.contains_key(&port) {
                 continue;
             }
+            let mapping = mapping.clone();
             match bind(port) {
                 Ok(listener) => {
                     info!(public_port = port, vnode = %mapping.vnode_id(), port = mapping.port, "public port open");
@@ -193,7 +195,8 @@ pub async fn run(master: Arc<Master>) {
 }
 
 async fn run_with(master: Arc<Master>, dial: Arc<dyn Dial>) {
-    let (publish, mut state) = watch::channel::<Option<PortsState>>(None);
+    let range = master.config.port_range;
+    let (publish, mut state) = watch::channel::<Option<BTreeMap<u16, PortMapping>>>(None);
     let follow = {
         let master = master.clone();
         tokio::spawn(async move {
@@ -201,14 +204,15 @@ async fn run_with(master: Arc<Master>, dial: Arc<dyn Dial>) {
                 let Some(store) = master.connected_store(Duration::from_secs(3600)).await else {
                     continue;
                 };
-                let error = store.follow_ports(&publish).await;
+                let select = |state: &PortsState| Forwarder::wanted(&range, state);
+                let error = store.follow_ports(select, &publish).await;
                 debug!("port mappings: {error}; reloading");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
     let _follow = AbortOnDrop(follow);
-    let mut forwarder = Forwarder::new(master.config.port_range, dial);
+    let mut forwarder = Forwarder::new(dial);
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -284,7 +288,7 @@ mod tests {
             .port()
     }
 
-    fn state(public_port: u16, phase: Phase) -> PortsState {
+    fn state(public_port: u16, phase: Phase) -> BTreeMap<u16, PortMapping> {
         let mapping = PortMapping {
             user: "alice".into(),
             cluster: "c1".into(),
@@ -293,10 +297,15 @@ mod tests {
             public_port,
             created_at: 0,
         };
-        PortsState {
+        let state = PortsState {
             phases: HashMap::from([(mapping.vnode_id(), phase)]),
             mappings: BTreeMap::from([(public_port, mapping)]),
-        }
+        };
+        let range = PortRange {
+            first: public_port,
+            last: public_port,
+        };
+        Forwarder::wanted(&range, &state)
     }
 
     async fn banner(port: u16) -> std::io::Result<String> {
@@ -314,11 +323,7 @@ mod tests {
     async fn ports_open_while_the_vnode_runs_and_close_when_it_stops_or_goes() {
         let server = banner_server().await;
         let port = free_port();
-        let range = PortRange {
-            first: port,
-            last: port,
-        };
-        let mut forwarder = Forwarder::new(range, Arc::new(LocalDial(server)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)));
 
         forwarder.apply(&state(port, Phase::Creating)).await;
         assert!(forwarder.open_ports().is_empty());
@@ -347,7 +352,7 @@ mod tests {
 
         forwarder.apply(&state(port, Phase::Running)).await;
         assert_eq!(banner(port).await.unwrap(), "SSH-2.0-Test\r\n");
-        forwarder.apply(&PortsState::default()).await;
+        forwarder.apply(&BTreeMap::new()).await;
         assert!(
             banner(port).await.is_err(),
             "refused once the mapping is gone"
@@ -359,11 +364,7 @@ mod tests {
         let server = banner_server().await;
         let squatter = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = squatter.local_addr().unwrap().port();
-        let range = PortRange {
-            first: port,
-            last: port,
-        };
-        let mut forwarder = Forwarder::new(range, Arc::new(LocalDial(server)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)));
         forwarder.apply(&state(port, Phase::Running)).await;
         assert!(forwarder.open_ports().is_empty());
         drop(squatter);
@@ -377,11 +378,7 @@ mod tests {
         // The dial goes to a port where nothing listens.
         let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let port = free_port();
-        let range = PortRange {
-            first: port,
-            last: port,
-        };
-        let mut forwarder = Forwarder::new(range, Arc::new(LocalDial(nowhere)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(nowhere)));
         forwarder.apply(&state(port, Phase::Running)).await;
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut rest = Vec::new();

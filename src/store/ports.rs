@@ -220,9 +220,14 @@ impl EtcdStore {
         Ok((keys, held))
     }
 
-    /// Loads every mapping and vnode phase at one revision, publishes them, and keeps them
-    /// current from etcd watches until a watch fails; returns why.
-    pub async fn follow_ports(&self, publish: &watch::Sender<Option<PortsState>>) -> StoreError {
+    /// Loads every mapping and vnode phase at one revision and keeps them current from etcd
+    /// watches until a watch fails; returns why. What `select` makes of them is published
+    /// whenever it changes: only that is compared and cloned, not every vnode's phase.
+    pub async fn follow_ports<T: PartialEq>(
+        &self,
+        select: impl Fn(&PortsState) -> T,
+        publish: &watch::Sender<Option<T>>,
+    ) -> StoreError {
         let (ports_prefix, status_prefix) = (self.keys.ports(), self.keys.vnode_statuses());
         let prefixed = || Some(GetOptions::new().with_prefix());
         let txn = Txn::new().and_then([
@@ -258,7 +263,7 @@ impl EtcdStore {
                 Err(e) => return classify(e),
             }
         }
-        publish.send_replace(Some(state.clone()));
+        publish.send_replace(Some(select(&state)));
         let [mut mapped, mut statuses]: [_; 2] = match watches.try_into() {
             Ok(pair) => pair,
             Err(_) => return StoreError::Failed("two watches expected".into()),
@@ -281,10 +286,11 @@ impl EtcdStore {
                 let value = (event.event_type() == EventType::Put).then(|| kv.value());
                 state.apply(&ports_prefix, &status_prefix, kv.key(), value);
             }
+            let selected = select(&state);
             publish.send_if_modified(|current| {
-                let changed = current.as_ref() != Some(&state);
+                let changed = current.as_ref() != Some(&selected);
                 if changed {
-                    *current = Some(state.clone());
+                    *current = Some(selected);
                 }
                 changed
             });
