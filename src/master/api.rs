@@ -18,11 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Master, session};
 use super::actions::{
     ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
 };
+use super::{Master, session};
 use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
 use crate::model::vcluster::CreateClusterRequest;
@@ -192,8 +192,7 @@ impl FromRequestParts<Arc<Master>> for Auth {
         };
         if !session::browser_request_allowed(&parts.method, &parts.headers, &token) {
             return Err(ApiError::Forbidden(
-                "a browser request from another site: send it from the portal's own pages"
-                    .into(),
+                "a browser request from another site: send it from the portal's own pages".into(),
             ));
         }
         master.authenticate(&token).await.map(Auth)

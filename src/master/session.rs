@@ -51,11 +51,9 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    origin
-        .split_once("://")
-        .is_some_and(|(scheme, authority)| {
-            matches!(scheme, "http" | "https") && authority.eq_ignore_ascii_case(host)
-        })
+    origin.split_once("://").is_some_and(|(scheme, authority)| {
+        matches!(scheme, "http" | "https") && authority.eq_ignore_ascii_case(host)
+    })
 }
 
 /// Whether a browser could have sent this request without a page of ours asking for it:
@@ -100,7 +98,10 @@ mod tests {
         assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_x"));
         let h = headers(&[("cookie", "a=1"), ("cookie", "docklet_session=dkt_y")]);
         assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_y"));
-        assert_eq!(session_from_cookies(&headers(&[("cookie", "docklet_session=")])), None);
+        assert_eq!(
+            session_from_cookies(&headers(&[("cookie", "docklet_session=")])),
+            None
+        );
         assert_eq!(session_from_cookies(&HeaderMap::new()), None);
     }
 
@@ -116,7 +117,10 @@ mod tests {
     fn changes_need_this_origin_or_the_csrf_token() {
         let session = "dkt_session";
         let post = Method::POST;
-        let same = headers(&[("host", "10.0.0.1:8000"), ("origin", "http://10.0.0.1:8000")]);
+        let same = headers(&[
+            ("host", "10.0.0.1:8000"),
+            ("origin", "http://10.0.0.1:8000"),
+        ]);
         assert!(browser_request_allowed(&post, &same, session));
         let other = headers(&[("host", "10.0.0.1:8000"), ("origin", "http://evil.example")]);
         assert!(!browser_request_allowed(&post, &other, session));
