@@ -374,7 +374,9 @@ pub fn api_bus_error(e: ApiError) -> BusError {
         ApiError::BadRequest(_) | ApiError::Input(_) => BusError::InvalidArgument(message),
         ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => BusError::Exhausted(message),
         ApiError::Unavailable(_) => BusError::EtcdUnavailable(message),
-        ApiError::Throttled { .. } | ApiError::Internal(_) => BusError::Failed(message),
+        ApiError::Throttled { .. } | ApiError::BadGateway(_) | ApiError::Internal(_) => {
+            BusError::Failed(message)
+        }
     }
 }
 

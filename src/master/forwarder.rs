@@ -38,10 +38,18 @@ pub trait Dial: Send + Sync + 'static {
 struct AgentDial(Arc<Master>);
 
 impl Dial for AgentDial {
-    fn dial(&self, _mapping: PortMapping) -> BoxFuture<'static, Result<Box<dyn Conn>, String>> {
-        // Until the agent's TCP tunnel (branch plumbing) is merged.
-        let _ = &self.0;
-        Box::pin(async { Err("the agent's TCP tunnel is not in this build yet".to_owned()) })
+    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<Box<dyn Conn>, String>> {
+        let master = self.0.clone();
+        Box::pin(async move {
+            let endpoint = master
+                .node_endpoint(&mapping.user, &mapping.cluster, mapping.node)
+                .await
+                .map_err(|e| e.to_string())?;
+            let io = super::agent_client::connect_tcp(&endpoint, mapping.port)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(io) as Box<dyn Conn>)
+        })
     }
 }
 
