@@ -813,7 +813,7 @@ fn a_cluster_lives_through_its_lifecycle() {
     let usage = &me(&token)["usage"];
     assert_eq!(
         usage,
-        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
     );
 }
 
@@ -876,7 +876,7 @@ fn quotas_hold_under_concurrent_creates() {
     let usage = me(&token)["usage"].clone();
     assert_eq!(
         usage,
-        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3})
+        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3, "port_mappings": 0})
     );
     let mut names: Vec<String> = get("/clusters", &token)
         .json
@@ -1567,7 +1567,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(get("/clusters", &token).json, json!([]));
     assert_eq!(
         me(&token)["usage"],
-        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
     );
 
     // A JSON array is not the object the API documents, even with the fields in order.
