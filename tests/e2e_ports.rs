@@ -431,6 +431,23 @@ fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
     let admin_view = get(&format!("/ports?user={a}"), root());
     assert_eq!(admin_view.json, listed.json, "{admin_view}");
     assert!(is_ssh(&probe(public_port)), "still forwarding");
+    // Local administrators list them over D-Bus.
+    let local: Value = serde_json::from_str(&ok(
+        "tb1",
+        &format!("docklet-admin ports --user {a} --json"),
+    ))
+    .expect("docklet-admin ports --json");
+    assert_eq!(local[0]["public_port"], public_port, "{local}");
+    assert_eq!(local[0]["forwarding"], true, "{local}");
+    let table = ok("tb1", "docklet-admin ports");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&public_port.to_string())
+                && l.contains(a)
+                && l.ends_with("yes")),
+        "{table}"
+    );
 
     // Stopping the cluster closes the port; starting it opens it again.
     succeeds(&token_a, &post("/clusters/web/stop", &token_a, &json!({})));
