@@ -85,6 +85,8 @@ pub struct Config {
     /// Port of each worker's agent endpoint (exec, terminals, workspaces), which only
     /// masters use, with the cluster's agent token.
     pub agent_port: u16,
+    /// Public ports that port mappings may use on every master's address.
+    pub port_range: crate::model::ports::PortRange,
     /// First VXLAN network identifier: user `n` (by uid range) gets `vni_base + n`. Change it
     /// when another VXLAN on the hosts uses the same identifiers.
     pub vni_base: u32,
@@ -107,6 +109,7 @@ impl Default for Config {
             cluster_net: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16).expect("valid prefix"),
             proxy_port: 8000,
             agent_port: 8001,
+            port_range: crate::model::ports::PortRange::default(),
             vni_base: 1_000_000,
             portal_url: None,
             default_image: "base".into(),
@@ -204,6 +207,26 @@ impl Config {
                 &self.agent_port,
                 "must be 1 to 65535 and differ from proxy_port",
             );
+        }
+        let range = self.port_range;
+        if range.first < 1024 {
+            return invalid(
+                "port_range",
+                &range,
+                "must start at 1024 or above: lower ports are the system's (and need privileges)",
+            );
+        }
+        for (key, port) in [
+            ("proxy_port", self.proxy_port),
+            ("agent_port", self.agent_port),
+        ] {
+            if range.contains(port) {
+                return invalid(
+                    "port_range",
+                    &range,
+                    &format!("must not contain {key} ({port})"),
+                );
+            }
         }
         let max_vni_base = crate::model::network::MAX_VNI - crate::model::vnode::UID_SLOTS;
         if self.vni_base == 0 || self.vni_base > max_vni_base {
@@ -334,6 +357,7 @@ mod tests {
             PathBuf::from("/var/lib/docklet/global/secrets/etcd.toml")
         );
         assert_eq!(config.portal_url_or("tb1"), "http://tb1:8000/");
+        assert_eq!(config.port_range.to_string(), "30000-30999");
     }
 
     #[test]
@@ -355,6 +379,7 @@ mod tests {
             proxy_port = 8080
             portal_url = "https://docklet.example"
             storage = "disk"
+            port_range = "40000-40099"
             [etcd]
             endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
             ca_file = "/etc/docklet/etcd-ca.pem"
@@ -367,6 +392,7 @@ mod tests {
         assert_eq!(config.global_dir(), PathBuf::from("/srv/docklet/global"));
         assert_eq!(config.etcd.endpoints.len(), 2);
         assert_eq!(config.portal_url_or("x"), "https://docklet.example");
+        assert_eq!(config.port_range.len(), 100);
     }
 
     #[test]
@@ -410,6 +436,19 @@ mod tests {
                 "HOST:PORT",
             ),
             ("storage = \"tape\"", "storage", "tape"),
+            ("port_range = \"100-2000\"", "port_range", "1024"),
+            (
+                "port_range = \"7000-9000\"",
+                "port_range",
+                "proxy_port (8000)",
+            ),
+            (
+                "agent_port = 30001\nport_range = \"30000-30010\"",
+                "port_range",
+                "agent_port (30001)",
+            ),
+            ("port_range = \"30999-30000\"", "port_range", "empty"),
+            ("port_range = \"30000\"", "port_range", "FIRST-LAST"),
         ];
         for (text, key, reason) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -149,6 +149,8 @@ pub trait Master1 {
     fn host_loads(&self) -> Result<String, BusError>;
     fn drain(&self, host: &str, drain: bool) -> Result<(), BusError>;
     fn clusters(&self, user: &str) -> Result<String, BusError>;
+    /// Port mappings: `user`'s, or everyone's when `user` is empty.
+    fn ports(&self, user: &str) -> Result<String, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -813,7 +813,7 @@ fn a_cluster_lives_through_its_lifecycle() {
     let usage = &me(&token)["usage"];
     assert_eq!(
         usage,
-        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
     );
 }
 
@@ -876,7 +876,7 @@ fn quotas_hold_under_concurrent_creates() {
     let usage = me(&token)["usage"].clone();
     assert_eq!(
         usage,
-        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3})
+        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3, "port_mappings": 0})
     );
     let mut names: Vec<String> = get("/clusters", &token)
         .json
@@ -1011,6 +1011,13 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             Some(json!({"argv": ["hostname"]})),
         ),
         ("POST", "/clusters/{cluster}/nodes/0/recover", None),
+        (
+            "POST",
+            "/clusters/{cluster}/nodes/0/ports",
+            Some(json!({"port": 22})),
+        ),
+        ("GET", "/ports", None),
+        ("DELETE", "/ports/30999", None),
         ("GET", "/operations/{op}", None),
         ("GET", "/events", None),
         ("GET", "/users", None),
@@ -1092,7 +1099,8 @@ fn every_endpoint_is_authorized() {
                 .replace("/nodes/0/", "/nodes/{index}/")
                 .replace("/groups/foundation", "/groups/{name}")
                 .replace("/groups/primary", "/groups/{name}")
-                .replace("/hosts/tb3/", "/hosts/{name}/");
+                .replace("/hosts/tb3/", "/hosts/{name}/")
+                .replace("/ports/30999", "/ports/{public_port}");
             (m.to_string(), p)
         })
         .collect();
@@ -1178,6 +1186,11 @@ fn every_endpoint_is_authorized() {
             Some(json!({"argv": ["hostname"]})),
         ),
         ("POST", "/clusters/c6/nodes/0/recover", None),
+        (
+            "POST",
+            "/clusters/c6/nodes/0/ports",
+            Some(json!({"port": 22})),
+        ),
     ];
     for (method, path, body) in &on_a {
         let r = api(method, path, Some(&token_b), body.as_ref());
@@ -1554,7 +1567,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(get("/clusters", &token).json, json!([]));
     assert_eq!(
         me(&token)["usage"],
-        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0})
+        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
     );
 
     // A JSON array is not the object the API documents, even with the fields in order.

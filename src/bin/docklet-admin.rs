@@ -94,6 +94,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List port mappings (every user's, or one user's) and whether they forward now.
+    Ports {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List accounts with their group, status and usage against the group's quota.
     Users {
         #[arg(long)]
@@ -737,6 +744,34 @@ async fn group(action: GroupAction) -> Result<(), Failure> {
     Ok(())
 }
 
+fn ports_table(ports: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            let text = |key: &str| match &p[key] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                text("public_port"),
+                text("user"),
+                text("cluster"),
+                text("node"),
+                text("port"),
+                if p["forwarding"] == true {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    render_table(
+        &["PUBLIC", "USER", "CLUSTER", "NODE", "PORT", "FORWARDING"],
+        &rows,
+    )
+}
+
 fn users_table(users: &[serde_json::Value]) -> String {
     let rows: Vec<Vec<String>> = users
         .iter()
@@ -934,6 +969,21 @@ fn main() -> ExitCode {
                     println!("{group:#}");
                 } else {
                     print!("{}", groups_table(&[group], ""));
+                }
+                Ok(())
+            }
+            Command::Ports { user, json } => {
+                let conn = connect().await?;
+                let text = master_proxy(&conn)
+                    .await?
+                    .ports(user.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(|e| failure(e, "master"))?;
+                let ports: Vec<serde_json::Value> = parse_reply(text)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&ports).expect("JSON"));
+                } else {
+                    print!("{}", ports_table(&ports));
                 }
                 Ok(())
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use super::agent_client::{AgentError, NodeEndpoint};
 use super::{Master, now_secs};
 use crate::model::account::{
     self, Account, AccountStatus, AuthMethod, SESSION_SECS, TOKEN_PREFIX, TokenKind, TokenRecord,
@@ -49,6 +50,9 @@ pub enum ApiError {
     Throttled { retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A service inside a vnode did not answer (nothing listens on its port).
+    #[error("{0}")]
+    BadGateway(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Input(_) | ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => 422,
             ApiError::Throttled { .. } => 429,
             ApiError::Unavailable(_) => 503,
+            ApiError::BadGateway(_) => 502,
             ApiError::Internal(_) => 500,
         }
     }
@@ -80,6 +85,7 @@ impl ApiError {
             ApiError::NoCapacity(_) => "no_capacity",
             ApiError::Throttled { .. } => "throttled",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -91,7 +97,11 @@ impl ApiError {
         }
     }
 
-    fn invalid(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(
+        code: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError::Input(InputError {
             code,
             field,
@@ -111,6 +121,21 @@ impl From<StoreError> for ApiError {
             StoreError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
             StoreError::Exhausted(m) | StoreError::NoCapacity(m) => ApiError::NoCapacity(m),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        match e.status() {
+            _ if matches!(e, AgentError::Unreachable { .. }) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            // The node went away or stopped between the lookup and the agent's answer.
+            Some(404 | 409) => ApiError::Conflict(e.to_string()),
+            Some(400 | 422) => ApiError::BadRequest(e.to_string()),
+            Some(502) => ApiError::BadGateway(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -151,7 +176,7 @@ impl Caller {
         }
     }
 
-    fn require_admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
         if self.admin {
             Ok(())
         } else {
@@ -160,7 +185,7 @@ impl Caller {
     }
 
     /// The user whose clusters a call acts on: the caller, or (administrators only) `user`.
-    fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
+    pub(crate) fn owner(&self, user: Option<&str>) -> Result<String, ApiError> {
         match user {
             Some(user) if user != self.name() => {
                 self.require_admin().map_err(|_| {
@@ -172,7 +197,7 @@ impl Caller {
         }
     }
 
-    fn require_normal(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_normal(&self) -> Result<(), ApiError> {
         match self.account.status {
             AccountStatus::Normal => Ok(()),
             AccountStatus::Applying => Err(ApiError::Forbidden(
@@ -357,7 +382,7 @@ pub(crate) fn random_id(len: usize) -> String {
 }
 
 impl Master {
-    async fn api_store(&self) -> Result<EtcdStore, ApiError> {
+    pub(crate) async fn api_store(&self) -> Result<EtcdStore, ApiError> {
         self.store()
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))
@@ -580,7 +605,11 @@ impl Master {
         })
     }
 
-    async fn group_of(&self, store: &EtcdStore, account: &Account) -> Result<Group, ApiError> {
+    pub(crate) async fn group_of(
+        &self,
+        store: &EtcdStore,
+        account: &Account,
+    ) -> Result<Group, ApiError> {
         store.group(&account.group).await?.ok_or_else(|| {
             ApiError::Conflict(format!(
                 "your group {} no longer exists: ask an administrator",
@@ -821,7 +850,7 @@ impl Master {
         self.cluster_view(&store, cluster, &hosts_up).await
     }
 
-    async fn find_cluster(
+    pub(crate) async fn find_cluster(
         &self,
         store: &EtcdStore,
         owner: &str,
@@ -1252,43 +1281,18 @@ impl Master {
                 "argv lists the command and its arguments: at least the command",
             ));
         }
-        let store = self.api_store().await?;
-        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
-        if !cluster.nodes.contains(&index) {
-            return Err(ApiError::NotFound(format!(
-                "cluster {name} has no node {index}"
-            )));
-        }
-        let id = vcluster::node_id(&owner, name, index);
-        let (host, _, _) = store
-            .vnode_spec(&id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("cluster {name} has no node {index}")))?;
-        let record = store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.name == host)
-            .ok_or_else(|| ApiError::Conflict(format!("node {index}'s host {host} is down")))?;
-        let address = record
-            .addresses
-            .first()
-            .and_then(|a| a.split('/').next())
-            .ok_or_else(|| ApiError::Internal(format!("host {host} has no address")))?
-            .to_owned();
-        let token = crate::daemon::read_credentials(&self.config)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .agent_token;
+        let endpoint = self.node_endpoint(&owner, name, index).await?;
         let body = serde_json::json!({
             "argv": request.argv,
             "stdin": request.stdin,
             "user": request.user.clone().unwrap_or_else(|| "root".into()),
         });
         let url = format!(
-            "http://{address}:{}/agent/v1/vnodes/{id}/exec",
-            self.config.agent_port
+            "http://{}/agent/v1/vnodes/{}/exec",
+            endpoint.agent, endpoint.vnode_id
         );
-        let (status, text) = super::agent_client::post_json(&url, &token, &body)
+        let host = &endpoint.host;
+        let (status, text) = super::agent_client::post_json(&url, &endpoint.token, &body)
             .await
             .map_err(|e| ApiError::Unavailable(format!("cannot reach the agent on {host}: {e}")))?;
         match status {
@@ -1301,6 +1305,50 @@ impl Master {
                 text.trim()
             ))),
         }
+    }
+
+    /// Where node `index` of `owner`'s cluster is reached: its host's agent and token. 404
+    /// for a cluster or node that does not exist, 409 when its host is down. It authorizes
+    /// nothing: the caller decided that `owner`'s node may be reached.
+    pub async fn node_endpoint(
+        &self,
+        owner: &str,
+        cluster: &str,
+        index: u32,
+    ) -> Result<NodeEndpoint, ApiError> {
+        let store = self.api_store().await?;
+        let (record, _) = self.find_cluster(&store, owner, cluster).await?;
+        let missing = || ApiError::NotFound(format!("cluster {cluster} has no node {index}"));
+        if !record.nodes.contains(&index) {
+            return Err(missing());
+        }
+        let id = vcluster::node_id(owner, cluster, index);
+        let (host, _, _) = store.vnode_spec(&id).await?.ok_or_else(missing)?;
+        let host_record = store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| ApiError::Conflict(format!("node {index}'s host {host} is down")))?;
+        let address = host_record
+            .addresses
+            .first()
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| ApiError::Internal(format!("host {host} has no address")))?
+            .to_owned();
+        let token = crate::daemon::read_credentials(&self.config)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .agent_token;
+        let port = self.config.agent_port;
+        Ok(NodeEndpoint {
+            agent: match address.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) => format!("{address}:{port}"),
+            },
+            host,
+            token,
+            vnode_id: id,
+        })
     }
 
     // ---- administration ----

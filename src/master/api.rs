@@ -22,6 +22,7 @@ use super::actions::{
     ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
 };
+use super::ports::{MapPortRequest, PortView};
 use super::{Master, session};
 use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
@@ -51,6 +52,15 @@ pub fn router(master: Arc<Master>) -> Router {
         .route(
             "/api/v1/clusters/{name}/nodes/{index}/recover",
             post(recover_node),
+        )
+        .route(
+            "/api/v1/clusters/{name}/nodes/{index}/ports",
+            post(map_port),
+        )
+        .route("/api/v1/ports", get(list_ports))
+        .route(
+            "/api/v1/ports/{public_port}",
+            axum::routing::delete(unmap_port),
         )
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events))
@@ -278,7 +288,7 @@ struct ErrorDetail {
     paths(
         login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
-        scale_in, exec, recover_node, operation, events, list_users, create_user, show_user, update_user,
+        scale_in, exec, recover_node, map_port, list_ports, unmap_port, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
         set_default_group, hosts, drain, undrain, health
     ),
@@ -507,6 +517,68 @@ async fn recover_node(
     Ok(accepted(view))
 }
 
+/// The host part of the request's `Host` header, which users reach public ports at (unless
+/// `portal_url` names one).
+fn request_host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/nodes/{index}/ports", tag = "docklet", summary = "Maps a TCP port of a node to a public port of the masters' address, within the quota", params(("name" = String, Path), ("index" = u32, Path), OwnerQuery), request_body = MapPortRequest, responses((status = 201, body = PortView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn map_port(
+    State(master): Shared,
+    Auth(caller): Auth,
+    headers: HeaderMap,
+    Path((name, index)): Path<(String, String)>,
+    Params(q): Params<OwnerQuery>,
+    Body(request): Body<MapPortRequest>,
+) -> ApiResult<Response> {
+    let index: u32 = index
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("cluster {name} has no node {index:?}")))?;
+    let view = master
+        .map_port(
+            &caller,
+            q.user.as_deref(),
+            &name,
+            index,
+            &request,
+            request_host(&headers),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/ports", tag = "docklet", summary = "The caller's port mappings (administrators: `?user=`)", params(OwnerQuery), responses((status = 200, body = Vec<PortView>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn list_ports(
+    State(master): Shared,
+    Auth(caller): Auth,
+    headers: HeaderMap,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<Response> {
+    let views = master
+        .list_ports(&caller, q.user.as_deref(), request_host(&headers))
+        .await?;
+    Ok(Json(views).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/ports/{public_port}", tag = "docklet", summary = "Deletes a port mapping; the masters close its public port", params(("public_port" = u16, Path), OwnerQuery), responses((status = 204, description = "Deleted"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn unmap_port(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(public_port): Path<String>,
+    Params(q): Params<OwnerQuery>,
+) -> ApiResult<StatusCode> {
+    let public_port: u16 = public_port.parse().map_err(|_| {
+        ApiError::NotFound(format!(
+            "you have no port mapping on public port {public_port:?}"
+        ))
+    })?;
+    master
+        .unmap_port(&caller, q.user.as_deref(), public_port)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "docklet", summary = "An operation's progress, optionally waiting for its end", params(("id" = String, Path), WaitQuery), responses((status = 200, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn operation(
     State(master): Shared,
@@ -714,10 +786,13 @@ mod tests {
             "/api/v1/groups/{name}",
             "/api/v1/settings/default-group",
             "/api/v1/hosts/{name}/drain",
+            "/api/v1/clusters/{name}/nodes/{index}/ports",
+            "/api/v1/ports",
+            "/api/v1/ports/{public_port}",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 24, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

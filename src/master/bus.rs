@@ -327,6 +327,23 @@ impl MasterInterface {
         )
     }
 
+    /// Port mappings as JSON, the records of `GET /api/v1/ports`: `user`'s, or everyone's
+    /// when `user` is empty.
+    async fn ports(
+        &self,
+        user: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let caller = Caller::local_admin();
+        if user.is_empty() {
+            json(self.master.all_ports(&caller, None).await)
+        } else {
+            json(self.master.list_ports(&caller, Some(user), None).await)
+        }
+    }
+
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         crate::VERSION.to_owned()
@@ -357,7 +374,9 @@ pub fn api_bus_error(e: ApiError) -> BusError {
         ApiError::BadRequest(_) | ApiError::Input(_) => BusError::InvalidArgument(message),
         ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => BusError::Exhausted(message),
         ApiError::Unavailable(_) => BusError::EtcdUnavailable(message),
-        ApiError::Throttled { .. } | ApiError::Internal(_) => BusError::Failed(message),
+        ApiError::Throttled { .. } | ApiError::BadGateway(_) | ApiError::Internal(_) => {
+            BusError::Failed(message)
+        }
     }
 }
 

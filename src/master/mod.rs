@@ -8,8 +8,10 @@ pub mod api;
 pub mod bus;
 pub mod controllers;
 pub mod events;
+pub mod forwarder;
 pub mod init;
 pub mod portal;
+pub mod ports;
 pub mod session;
 
 use std::sync::Arc;
@@ -534,6 +536,8 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     notifier.ready(&master.status());
     let leadership = tokio::spawn(controllers::lead(master.clone()));
     let placement = tokio::spawn(master.clone().follow_placement());
+    // Every master forwards every mapped port, so any master's address works.
+    let forwarding = tokio::spawn(forwarder::run(master.clone()));
 
     let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
@@ -547,6 +551,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     notifier.stopping();
     leadership.abort();
     placement.abort();
+    forwarding.abort();
     master.resign().await;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {

@@ -7,6 +7,7 @@ pub mod drain;
 pub mod host;
 pub mod network;
 pub mod placement;
+pub mod ports;
 pub mod quota;
 pub mod vcluster;
 pub mod vnode;

@@ -16,6 +16,11 @@ pub struct Usage {
     pub memory_bytes: u64,
     pub disk_bytes: u64,
     pub vnodes: u32,
+    /// The user's port mappings (always 0 in a host's allocation). Counted here, in the key
+    /// every vnode create and removal already changes, so that the transaction that forgets
+    /// a vnode also forgets its mappings and releases them.
+    #[serde(default)]
+    pub port_mappings: u32,
 }
 
 impl Usage {
@@ -26,6 +31,7 @@ impl Usage {
             memory_bytes: size.memory_bytes,
             disk_bytes: size.disk_bytes,
             vnodes: 1,
+            port_mappings: 0,
         }
     }
 
@@ -35,6 +41,7 @@ impl Usage {
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
             disk_bytes: self.disk_bytes.saturating_add(other.disk_bytes),
             vnodes: self.vnodes.saturating_add(other.vnodes),
+            port_mappings: self.port_mappings.saturating_add(other.port_mappings),
         }
     }
 
@@ -46,6 +53,7 @@ impl Usage {
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
             disk_bytes: self.disk_bytes.saturating_sub(other.disk_bytes),
             vnodes: self.vnodes.saturating_sub(other.vnodes),
+            port_mappings: self.port_mappings.saturating_sub(other.port_mappings),
         }
     }
 }
@@ -144,7 +152,7 @@ pub enum QuotaError {
 }
 
 impl QuotaError {
-    /// Which resource ran out: `vnodes`, `cpu`, `memory` or `disk`.
+    /// Which resource ran out: `vnodes`, `cpu`, `memory`, `disk` or `port mappings`.
     pub fn resource(&self) -> &'static str {
         match self {
             QuotaError::Exceeded { resource, .. } => resource,
@@ -153,12 +161,12 @@ impl QuotaError {
 }
 
 /// The usage after adding `add`, or the first resource (in the order vnodes, cpu, memory,
-/// disk) it would exceed. A resource `add` does not grow is not checked, so a member left above
+/// disk, port mappings) it would exceed. A resource `add` does not grow is not checked, so a member left above
 /// a lowered quota is only stopped from taking more of what is already over.
 pub fn admit(quota: &Quota, usage: &Usage, add: &Usage) -> Result<Usage, QuotaError> {
     /// Resource name, in use, requested, limit, and how to show an amount of it.
     type Check = (&'static str, u64, u64, u64, fn(u64) -> String);
-    let checks: [Check; 4] = [
+    let checks: [Check; 5] = [
         (
             "vnodes",
             u64::from(usage.vnodes),
@@ -186,6 +194,13 @@ pub fn admit(quota: &Quota, usage: &Usage, add: &Usage) -> Result<Usage, QuotaEr
             add.disk_bytes,
             quota.disk_bytes,
             human_bytes,
+        ),
+        (
+            "port mappings",
+            u64::from(usage.port_mappings),
+            u64::from(add.port_mappings),
+            u64::from(quota.port_mappings),
+            |n| n.to_string(),
         ),
     ];
     for (resource, used, requested, limit, show) in checks {
@@ -299,7 +314,33 @@ mod tests {
             memory_bytes,
             disk_bytes,
             vnodes,
+            port_mappings: 0,
         }
+    }
+
+    fn mappings(n: u32) -> Usage {
+        Usage {
+            port_mappings: n,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn port_mappings_count_against_their_own_quota() {
+        let quota = foundation().quota;
+        assert_eq!(quota.port_mappings, 8);
+        // A user over every vnode resource may still map ports, up to the limit.
+        let busy = usage(4000, 8 * GIB, 40 * GIB, 8).plus(&mappings(7));
+        assert_eq!(admit(&quota, &busy, &mappings(1)).unwrap().port_mappings, 8);
+        let e = admit(&quota, &busy.plus(&mappings(1)), &mappings(1)).unwrap_err();
+        assert_eq!(e.resource(), "port mappings");
+        assert_eq!(
+            e.to_string(),
+            "port mappings quota exceeded: 8 in use, 1 requested, limit 8"
+        );
+        // Nodes are admitted whatever the mappings hold.
+        assert!(admit(&quota, &mappings(8), &usage(1000, GIB, GIB, 1)).is_ok());
+        assert_eq!(mappings(3).minus(&mappings(5)), Usage::default());
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn spec_usage(spec: &VNodeSpec) -> Usage {
         memory_bytes: spec.memory_bytes,
         disk_bytes: spec.disk_bytes,
         vnodes: 1,
+        port_mappings: 0,
     }
 }
 

@@ -22,6 +22,9 @@
 //!   and a host's vnodes hold, changed in the transactions that create and forget vnodes),
 //!   `operations/<id>` and `idempotency/<user>/<key>` (leased), `drain/<host>` (the drain's
 //!   progress note): see [`clusters`];
+//! - `ports/<public_port>` ([`PortMapping`](crate::model::ports::PortMapping)): a vnode port
+//!   published on the masters' public address, counted in the owner's `usage/<user>`: see
+//!   [`ports`];
 //! - `leader`: the name of the master that runs the controllers, bound to its lease: see
 //!   [`leader`].
 
@@ -39,6 +42,7 @@ pub mod leader;
 pub mod memory;
 pub mod network;
 pub mod placement_view;
+pub mod ports;
 pub mod vnodes;
 
 pub use etcd::EtcdStore;
@@ -192,6 +196,12 @@ impl Keys {
     }
     pub fn drain(&self, host: &str) -> String {
         format!("{}drain/{host}", self.prefix)
+    }
+    pub fn ports(&self) -> String {
+        format!("{}ports/", self.prefix)
+    }
+    pub fn port(&self, public_port: u16) -> String {
+        format!("{}ports/{public_port}", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)

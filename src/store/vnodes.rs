@@ -263,9 +263,9 @@ impl EtcdStore {
         self.list_json(&self.keys.vnode_statuses()).await
     }
 
-    /// Forgets a deleted vnode: spec, status, id index and its address claim (if it still
-    /// holds it) go in one transaction, which also releases what it held of its user's usage
-    /// and its host's allocation. Only the transaction that sees the spec still there
+    /// Forgets a deleted vnode: spec, status, id index, its address claim (if it still
+    /// holds it) and its port mappings go in one transaction, which also releases what it
+    /// held of its user's usage (mappings included) and its host's allocation. Only the transaction that sees the spec still there
     /// releases anything, so a repeated call releases nothing twice.
     pub async fn remove_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
         let id = spec.id.as_str();
@@ -282,13 +282,25 @@ impl EtcdStore {
                 .get_json_rev::<Usage>(&alloc_key)
                 .await?
                 .unwrap_or_default();
+            // Read after the usage: a mapping made since changed the usage, and the
+            // transaction below then fails and reads again.
+            let (mapping_keys, mapped) = self.mappings_of_vnode(&spec.user, id).await?;
             let mut ops = vec![
                 TxnOp::delete(spec_key.clone(), None::<DeleteOptions>),
                 TxnOp::delete(self.keys.vnode_status(id), None::<DeleteOptions>),
                 TxnOp::delete(self.keys.vnode_host(id), None::<DeleteOptions>),
-                TxnOp::put(usage_key.clone(), encode(&usage.minus(&held)), None),
+                TxnOp::put(
+                    usage_key.clone(),
+                    encode(&usage.minus(&held).minus(&mapped)),
+                    None,
+                ),
                 TxnOp::put(alloc_key.clone(), encode(&allocated.minus(&held)), None),
             ];
+            ops.extend(
+                mapping_keys
+                    .into_iter()
+                    .map(|key| TxnOp::delete(key, None::<DeleteOptions>)),
+            );
             if let Some(address) = spec.address {
                 let claim = self.address_key(&spec.user, address);
                 ops.push(TxnOp::txn(

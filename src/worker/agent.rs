@@ -1,7 +1,9 @@
 //! The worker's agent endpoint: what masters use to reach inside this host's vnodes — a
-//! command with its output (`POST /agent/v1/vnodes/{id}/exec`) and an interactive terminal
-//! over WebSocket (`GET /agent/v1/vnodes/{id}/pty`). Every request carries the cluster's agent
-//! token (`Authorization: Bearer`, from the internal credentials file); nothing else gets in.
+//! command with its output (`POST /agent/v1/vnodes/{id}/exec`), an interactive terminal
+//! over WebSocket (`GET /agent/v1/vnodes/{id}/pty`) and a TCP tunnel to a port inside the
+//! vnode (`GET /agent/v1/vnodes/{id}/tcp/{port}`, upgraded to `docklet-tcp`). Every request
+//! carries the cluster's agent token (`Authorization: Bearer`, from the internal credentials
+//! file); nothing else gets in.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +22,13 @@ use tracing::{info, warn};
 
 use super::Worker;
 use super::exec::{self, ExecRequest};
+use super::tunnel;
 use super::vnodes::{Runtime, VNodeError};
+
+/// The `Upgrade` protocol of a tunnel (shared with the master's client).
+const TCP_UPGRADE: &str = crate::master::agent_client::TCP_UPGRADE;
+/// Each direction's copy buffer in a tunnel.
+const TUNNEL_BUFFER: usize = 64 << 10;
 
 /// Output beyond this many bytes per stream is cut (and says so).
 const OUTPUT_LIMIT: usize = 16 << 20;
@@ -107,6 +115,7 @@ pub fn router(worker: Shared) -> Router {
         .route("/agent/v1/health", get(|| async { "ok" }))
         .route("/agent/v1/vnodes/{id}/exec", post(exec_handler))
         .route("/agent/v1/vnodes/{id}/pty", get(pty_handler))
+        .route("/agent/v1/vnodes/{id}/tcp/{port}", get(tcp_handler))
         .layer(axum::middleware::from_fn_with_state(
             worker.clone(),
             require_token,
@@ -259,6 +268,75 @@ async fn pty_handler(
             warn!("terminal session: {e}");
         }
     }))
+}
+
+/// Answers `101 Switching Protocols` and then carries the bytes of a TCP connection made
+/// inside the vnode to `127.0.0.1:<port>` (or the vnode's address, when loopback refuses).
+/// The connection is made before the answer, so failures have a status: 404 no such vnode
+/// here, 409 not running, 502 nothing listens on that port inside.
+async fn tcp_handler(
+    State(worker): State<Shared>,
+    Path((id, port)): Path<(String, u16)>,
+    mut request: Request,
+) -> Result<Response, AgentError> {
+    let upgrade_asked = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(TCP_UPGRADE));
+    if !upgrade_asked {
+        return Err(AgentError(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("a tunnel needs `Connection: upgrade` and `Upgrade: {TCP_UPGRADE}`"),
+        ));
+    }
+    let runtime = runtime(&worker)?;
+    let spec = runtime
+        .spec(&id)
+        .ok_or_else(|| AgentError(StatusCode::NOT_FOUND, format!("no vnode {id} on this host")))?;
+    let leader = runtime
+        .leader(&id)
+        .await
+        .ok_or_else(|| AgentError(StatusCode::CONFLICT, format!("vnode {id} is not running")))?;
+    let mut stream = tunnel::connect(leader, port, spec.address)
+        .await
+        .map_err(|e| {
+            let status = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => StatusCode::BAD_GATEWAY,
+                std::io::ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                // The vnode stopped meanwhile (its PID 1 and namespace are gone).
+                std::io::ErrorKind::NotFound => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            AgentError(
+                status,
+                format!("cannot connect to port {port} inside vnode {id}: {e}"),
+            )
+        })?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+                // 64 KiB buffers: bulk transfers (downloads from a workspace) go at
+                // the links' speed instead of in 8 KiB steps.
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut upgraded,
+                    &mut stream,
+                    TUNNEL_BUFFER,
+                    TUNNEL_BUFFER,
+                )
+                .await;
+            }
+            Err(e) => warn!(vnode = %id, port, "tunnel upgrade failed: {e}"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TCP_UPGRADE)
+        .body(axum::body::Body::empty())
+        .expect("a static response"))
 }
 
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);

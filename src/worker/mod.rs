@@ -8,6 +8,7 @@ pub mod bus;
 pub mod exec;
 pub mod network;
 pub mod ssh;
+pub mod tunnel;
 pub mod vnodes;
 
 use std::sync::{Arc, Mutex};

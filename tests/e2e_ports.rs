@@ -1,0 +1,491 @@
+//! End-to-end: port mappings on the testbed, as a user sees them from outside. A user maps
+//! port 22 of a node and reads sshd's banner at the master's public address from this
+//! machine; the group's quota, bad input and other users are refused; the port closes when
+//! the cluster stops and opens when it starts; it comes back after the master restarts; and
+//! deleting the cluster removes the mapping and closes the port.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// The master's address on the testbed network, where public ports are.
+const MASTER: &str = "10.213.0.11";
+
+// ---- HTTP, as users do it ----
+
+struct Resp {
+    status: u16,
+    text: String,
+    json: Value,
+}
+
+impl Resp {
+    #[track_caller]
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (
+                self.status,
+                self.json["error"]["code"].as_str().unwrap_or("")
+            ),
+            (status, code),
+            "wanted {status} {code}, got HTTP {} {}",
+            self.status,
+            self.text
+        );
+        assert!(
+            self.json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "an error says what went wrong: {}",
+            self.text
+        );
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.text)
+    }
+}
+
+fn api(method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+    let mut cmd = Command::new("curl");
+    let limit = if path.contains("wait=") { "150" } else { "30" };
+    cmd.args([
+        "-s",
+        "-S",
+        "-m",
+        limit,
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ])
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if body.is_some() {
+        cmd.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    let mut child = cmd
+        .arg(format!("{PORTAL}/api/v1{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    if let Some(body) = body {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.to_string().as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Resp {
+        status: status.trim().parse().unwrap_or(0),
+        text: body.to_owned(),
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+fn get(path: &str, token: &str) -> Resp {
+    api("GET", path, token, None)
+}
+
+fn post(path: &str, token: &str, body: &Value) -> Resp {
+    api("POST", path, token, Some(body))
+}
+
+fn login(user: &str, password: &str) -> String {
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "30",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(json!({"user": user, "password": password}).to_string())
+        .arg(format!("{PORTAL}/api/v1/auth/login"))
+        .output()
+        .expect("curl");
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    answer["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login of {user}: {answer}"))
+        .to_owned()
+}
+
+fn root() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+        login("root", password.trim())
+    })
+}
+
+/// A PAM user on tb1 of whom Docklet knows nothing yet; returns a session token.
+fn fresh_user(name: &str) -> String {
+    let password = format!("Pw-{name}-7d1x");
+    ok(
+        "tb1",
+        &format!(
+            "id {name} >/dev/null 2>&1 || useradd -m {name}; echo {name}:{password} | chpasswd"
+        ),
+    );
+    forget_user(name);
+    login(name, &password)
+}
+
+/// An operation, once it has ended.
+fn wait_operation(token: &str, r: &Resp) -> Value {
+    assert_eq!(r.status, 202, "{r}");
+    let id = r.json["id"].as_str().expect("operation id");
+    for _ in 0..3 {
+        let op = get(&format!("/operations/{id}?wait=60"), token);
+        assert_eq!(op.status, 200, "{op}");
+        if op.json["state"] != "running" {
+            return op.json;
+        }
+    }
+    panic!("operation {id} still running after 3 minutes");
+}
+
+#[track_caller]
+fn succeeds(token: &str, r: &Resp) {
+    let op = wait_operation(token, r);
+    assert_eq!(op["state"], "succeeded", "{op}");
+}
+
+/// Deletes a user's clusters (waiting for them to go) and account.
+fn forget_user(user: &str) {
+    let list = get(&format!("/clusters?user={user}"), root());
+    for cluster in list.json.as_array().cloned().unwrap_or_default() {
+        let name = cluster["name"].as_str().unwrap_or_default();
+        let r = api(
+            "DELETE",
+            &format!("/clusters/{name}?user={user}&force=true"),
+            root(),
+            None,
+        );
+        if r.status == 202 {
+            let _ = wait_operation(root(), &r);
+        }
+    }
+    let _ = api("DELETE", &format!("/users/{user}"), root(), None);
+}
+
+/// Users and the group a run made, removed however it ends.
+struct Cleanup(&'static [&'static str], &'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for user in self.0 {
+            forget_user(user);
+        }
+        let _ = api("DELETE", &format!("/groups/{}", self.1), root(), None);
+    }
+}
+
+// ---- raw TCP, from outside the testbed ----
+
+/// What a connection to a public port gives.
+#[derive(Debug, PartialEq)]
+enum Probe {
+    /// The first line the server sent.
+    Line(String),
+    /// Nothing listens there.
+    Refused,
+    /// Accepted, then closed or silent without a line.
+    NoLine(String),
+}
+
+fn probe(public_port: u16) -> Probe {
+    let address: SocketAddr = format!("{MASTER}:{public_port}").parse().unwrap();
+    let mut stream = match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Probe::Refused,
+        Err(e) => return Probe::NoLine(format!("connect: {e}")),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => return Probe::NoLine(format!("closed after {line:?}")),
+            Err(e) => return Probe::NoLine(format!("read: {e} after {line:?}")),
+        }
+    }
+    Probe::Line(String::from_utf8_lossy(&line).trim_end().to_owned())
+}
+
+/// Probes until `wanted` says yes (or `limit` passes, failing with the last probe).
+#[track_caller]
+fn probe_until(public_port: u16, what: &str, limit: Duration, wanted: impl Fn(&Probe) -> bool) {
+    let start = Instant::now();
+    loop {
+        let seen = probe(public_port);
+        if wanted(&seen) {
+            eprintln!("{what}: after {:?}", start.elapsed());
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("{what}: not within {limit:?}; port {public_port} last gave {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn is_ssh(probe: &Probe) -> bool {
+    matches!(probe, Probe::Line(line) if line.starts_with("SSH-2.0-OpenSSH"))
+}
+
+// ---- the test ----
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
+    let started = Instant::now();
+    let (a, b, group) = ("pmapa", "pmapb", "pmapg");
+    let _cleanup = Cleanup(&["pmapa", "pmapb"], "pmapg");
+    let token_a = fresh_user(a);
+    let token_b = fresh_user(b);
+
+    // A's group allows one mapping.
+    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
+    let r = post(
+        "/groups",
+        root(),
+        &json!({"name": group, "admin": false,
+            "quota": {"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
+                "vnodes": 4, "images": 1, "port_mappings": 1, "idle_secs": 0},
+            "defaults": {"cpu_millis": 200, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let r = api(
+        "PATCH",
+        &format!("/users/{a}"),
+        root(),
+        Some(&json!({ "group": group })),
+    );
+    assert_eq!(r.status, 200, "{r}");
+
+    let r = post("/clusters", &token_a, &json!({"name": "web", "size": 1}));
+    succeeds(&token_a, &r);
+
+    // Port 22 of node 0, on a public port of the range.
+    let r = post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": 22}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let public_port = r.json["public_port"].as_u64().expect("public_port") as u16;
+    assert!((30000..=30999).contains(&public_port), "{r}");
+    assert_eq!(
+        (
+            &r.json["user"],
+            &r.json["cluster"],
+            &r.json["node"],
+            &r.json["port"]
+        ),
+        (&json!(a), &json!("web"), &json!(0), &json!(22)),
+        "{r}"
+    );
+    assert_eq!(r.json["vnode"], format!("{a}-web-0"), "{r}");
+    assert_eq!(r.json["address"], format!("{MASTER}:{public_port}"), "{r}");
+    assert_eq!(r.json["forwarding"], true, "{r}");
+    probe_until(
+        public_port,
+        "sshd's banner",
+        Duration::from_secs(20),
+        is_ssh,
+    );
+    assert_eq!(get("/me", &token_a).json["usage"]["port_mappings"], 1);
+
+    // A second mapping is over the group's quota; bad requests say what is wrong.
+    post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": 80}),
+    )
+    .assert_error(422, "quota_exceeded");
+    for (body, field) in [
+        (json!({"port": 0}), "port"),
+        (json!({"port": 70000}), "port"),
+        (json!({"port": 80, "public_port": 22}), "public_port"),
+        (json!({"port": 80, "public_port": 31000}), "public_port"),
+    ] {
+        let r = post("/clusters/web/nodes/0/ports", &token_a, &body);
+        r.assert_error(422, "invalid_port");
+        assert_eq!(r.json["error"]["field"], field, "{r}");
+    }
+    post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": "ssh"}),
+    )
+    .assert_error(422, "invalid_body");
+    post(
+        "/clusters/web/nodes/7/ports",
+        &token_a,
+        &json!({"port": 80}),
+    )
+    .assert_error(404, "not_found");
+    post(
+        "/clusters/nope/nodes/0/ports",
+        &token_a,
+        &json!({"port": 80}),
+    )
+    .assert_error(404, "not_found");
+
+    // With room for two: a taken public port and a port mapped twice are conflicts; a
+    // mapping of its own is made and deleted, and its port closes.
+    let r = api(
+        "PATCH",
+        &format!("/groups/{group}"),
+        root(),
+        Some(&json!({"quota": {"port_mappings": 2}})),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": 80, "public_port": public_port}),
+    )
+    .assert_error(409, "conflict");
+    post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": 22}),
+    )
+    .assert_error(409, "conflict");
+    let r = post(
+        "/clusters/web/nodes/0/ports",
+        &token_a,
+        &json!({"port": 80}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let second = r.json["public_port"].as_u64().unwrap() as u16;
+    assert_ne!(second, public_port);
+    let r = api("DELETE", &format!("/ports/{second}"), &token_a, None);
+    assert_eq!(r.status, 204, "{r}");
+    api("DELETE", &format!("/ports/{second}"), &token_a, None).assert_error(404, "not_found");
+    probe_until(
+        second,
+        "the deleted mapping's port closed",
+        Duration::from_secs(10),
+        |p| *p == Probe::Refused,
+    );
+
+    // Another user neither sees nor deletes it; the administrator sees it.
+    let r = get("/ports", &token_b);
+    assert_eq!((r.status, &r.json), (200, &json!([])), "{r}");
+    get(&format!("/ports?user={a}"), &token_b).assert_error(403, "forbidden");
+    api("DELETE", &format!("/ports/{public_port}"), &token_b, None).assert_error(404, "not_found");
+    api(
+        "DELETE",
+        &format!("/ports/{public_port}?user={a}"),
+        &token_b,
+        None,
+    )
+    .assert_error(403, "forbidden");
+    post(
+        "/clusters/web/nodes/0/ports",
+        &token_b,
+        &json!({"port": 22}),
+    )
+    .assert_error(404, "not_found");
+    let listed = get("/ports", &token_a);
+    assert_eq!(listed.status, 200, "{listed}");
+    let ports: Vec<u64> = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["public_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [u64::from(public_port)], "{listed}");
+    let admin_view = get(&format!("/ports?user={a}"), root());
+    assert_eq!(admin_view.json, listed.json, "{admin_view}");
+    assert!(is_ssh(&probe(public_port)), "still forwarding");
+    // Local administrators list them over D-Bus.
+    let local: Value = serde_json::from_str(&ok(
+        "tb1",
+        &format!("docklet-admin ports --user {a} --json"),
+    ))
+    .expect("docklet-admin ports --json");
+    assert_eq!(local[0]["public_port"], public_port, "{local}");
+    assert_eq!(local[0]["forwarding"], true, "{local}");
+    let table = ok("tb1", "docklet-admin ports");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&public_port.to_string())
+                && l.contains(a)
+                && l.ends_with("yes")),
+        "{table}"
+    );
+
+    // Stopping the cluster closes the port; starting it opens it again.
+    succeeds(&token_a, &post("/clusters/web/stop", &token_a, &json!({})));
+    probe_until(
+        public_port,
+        "the port closed on stop",
+        Duration::from_secs(10),
+        |p| *p == Probe::Refused,
+    );
+    assert_eq!(get("/ports", &token_a).json[0]["forwarding"], false);
+    succeeds(&token_a, &post("/clusters/web/start", &token_a, &json!({})));
+    probe_until(
+        public_port,
+        "sshd again after start",
+        Duration::from_secs(30),
+        is_ssh,
+    );
+
+    // A restarted master listens again by itself.
+    ok("tb1", "systemctl restart docklet-master.service");
+    probe_until(
+        public_port,
+        "sshd after the master restarted",
+        Duration::from_secs(60),
+        is_ssh,
+    );
+
+    // Deleting the cluster removes the mapping, releases it and closes the port.
+    let r = api("DELETE", "/clusters/web?force=true", &token_a, None);
+    succeeds(&token_a, &r);
+    let r = get("/ports", &token_a);
+    assert_eq!((r.status, &r.json), (200, &json!([])), "{r}");
+    assert_eq!(get("/me", &token_a).json["usage"]["port_mappings"], 0);
+    probe_until(
+        public_port,
+        "the port closed on delete",
+        Duration::from_secs(10),
+        |p| *p == Probe::Refused,
+    );
+    eprintln!("e2e_ports: {:?}", started.elapsed());
+}
