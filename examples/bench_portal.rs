@@ -76,7 +76,10 @@ async fn get_page(client: &HttpClient, url: &str, session: &str) -> anyhow::Resu
         bail!(
             "{url} answered {status} ({}): {}",
             if html { "html" } else { "not html" },
-            String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(300)
+                .collect::<String>()
         );
     }
     Ok((elapsed, body.len()))

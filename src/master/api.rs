@@ -333,7 +333,11 @@ async fn login(
     Body(body): Body<LoginBody>,
 ) -> ApiResult<Response> {
     let result = master
-        .login(&body.user, &body.password, &peer.ip().to_canonical().to_string())
+        .login(
+            &body.user,
+            &body.password,
+            &peer.ip().to_canonical().to_string(),
+        )
         .await?;
     Ok(Json(result).into_response())
 }

@@ -136,6 +136,22 @@ test.describe.serial("the portal", () => {
     await shot(page, "workspace-notebook");
   });
 
+  test("a port mapped in the portal reaches the node's ssh from outside", async ({ page }) => {
+    await login(page, owner.name, owner.password);
+    await page.goto("/clusters/c1");
+    await page.getByLabel("Port in the node").fill("22");
+    await page.getByRole("button", { name: "Map port" }).click();
+    await expect(page.getByRole("status").first()).toContainText("port is mapped");
+    const row = page.locator("table.port-table tbody tr").first();
+    await expect(row).toContainText("forwarding");
+    const address = (await row.locator(".public-address").textContent()).trim();
+    await shot(page, "cluster-port-mapped");
+    const [host, port] = address.split(":");
+    // The test runs outside the testbed's hosts: this is a connection from outside.
+    await expect.poll(() => firstLine(host, Number(port)).catch((e) => e.message), { timeout: 30_000 })
+      .toMatch(/^SSH-2\.0-OpenSSH/);
+  });
+
   test("another user is refused the first one's terminal and workspace", async ({ page }) => {
     await login(page, other.name, other.password);
     const workspace = await page.request.get(`/go/${owner.name}/c1/0/tree`);

@@ -51,6 +51,11 @@ pub fn router() -> Router<Arc<Master>> {
             "/clusters/{name}/nodes/{index}/terminal",
             get(pages::terminal),
         )
+        .route("/clusters/{name}/ports", post(pages::map_port))
+        .route(
+            "/clusters/{name}/ports/{public_port}/unmap",
+            post(pages::unmap_port),
+        )
         .route("/account", get(pages::account))
         .route("/account/password", post(pages::change_password))
         .route("/account/tokens", post(pages::create_token))
@@ -177,6 +182,8 @@ pub struct Session {
     pub caller: Caller,
     pub csrf: String,
     pub token: String,
+    /// The `Host` the browser addressed, for the public addresses of port mappings.
+    pub host: Option<String>,
 }
 
 impl Session {
@@ -222,6 +229,11 @@ impl FromRequestParts<Arc<Master>> for Session {
                 caller,
                 csrf: session::csrf_token(&token),
                 token,
+                host: parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
             }),
             Err(ApiError::Unauthenticated(_)) => {
                 let mut response = to_login(parts);
@@ -382,6 +394,8 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "scaled-out" => "A node is being added.",
         "scaled-in" => "The node is being removed.",
         "deleted" => "The cluster is being deleted.",
+        "mapped" => "The port is mapped: it answers while its node runs.",
+        "unmapped" => "The port mapping is removed.",
         "password" => "Your password has been changed.",
         "revoked" => "The token has been revoked.",
         "user-created" => "The user has been created.",

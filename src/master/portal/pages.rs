@@ -15,6 +15,7 @@ use super::{
 };
 use crate::master::Master;
 use crate::master::actions::{ApiError, ClusterView, UserPatch};
+use crate::master::ports::MapPortRequest;
 use crate::master::session;
 use crate::model::account::{AuthMethod, SESSION_SECS};
 use crate::model::vcluster::{CreateClusterRequest, NodeState};
@@ -322,6 +323,16 @@ async fn cluster_page(
         Ok(c) => c,
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
+    let ports = match master
+        .list_ports(&session.caller, None, session.host.as_deref())
+        .await
+    {
+        Ok(ports) => ports
+            .into_iter()
+            .filter(|p| p.mapping.cluster == name)
+            .collect::<Vec<_>>(),
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
     let row = cluster_row(&cluster);
     render(
         master,
@@ -330,7 +341,7 @@ async fn cluster_page(
         status,
         notice(done),
         error,
-        minijinja::context! { cluster => row },
+        minijinja::context! { cluster => row, ports => ports },
     )
 }
 
@@ -425,6 +436,70 @@ pub async fn scale_in(
 ) -> Response {
     let action = master.scale_in(&session.caller, None, &name, form.node);
     cluster_action(&master, &session, &name, &form.csrf, "scaled-in", action).await
+}
+
+#[derive(Deserialize)]
+pub struct MapPortForm {
+    #[serde(default)]
+    csrf: String,
+    node: u32,
+    #[serde(default)]
+    port: String,
+    public_port: Option<String>,
+}
+
+pub async fn map_port(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<MapPortForm>,
+) -> Response {
+    let number = |text: &str, label: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{label}: {text:?} is not a port number (1 to 65535)"))
+    };
+    let request = number(&form.port, "Port in the node").and_then(|port| {
+        Ok(MapPortRequest {
+            port,
+            public_port: given(&form.public_port)
+                .map(|p| number(p, "Public port"))
+                .transpose()?,
+        })
+    });
+    let request = match request {
+        Ok(r) => r,
+        Err(message) => {
+            return cluster_page(
+                &master,
+                &session,
+                &name,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                Some(&message),
+            )
+            .await;
+        }
+    };
+    let action = master.map_port(
+        &session.caller,
+        None,
+        &name,
+        form.node,
+        &request,
+        session.host.as_deref(),
+    );
+    cluster_action(&master, &session, &name, &form.csrf, "mapped", action).await
+}
+
+pub async fn unmap_port(
+    State(master): Shared,
+    session: Session,
+    Path((name, public_port)): Path<(String, u16)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let action = master.unmap_port(&session.caller, None, public_port);
+    cluster_action(&master, &session, &name, &form.csrf, "unmapped", action).await
 }
 
 pub async fn confirm_delete(
