@@ -163,6 +163,14 @@ test.describe.serial("the portal", () => {
     expect(terminal.status()).toBe(403);
     await page.goto(`/go/${owner.name}/c1/0/tree`);
     await shot(page, "workspace-refused");
+    // Admin pages are refused by the actions behind them, not only left out of the menu.
+    const admin = await page.goto("/admin/users");
+    expect(admin.status()).toBe(403);
+    await expect(page.getByRole("alert")).toContainText("administrators only");
+    await shot(page, "admin-refused");
+    // Someone else's cluster page does not exist for this user.
+    const foreign = await page.goto("/clusters/c1");
+    expect(foreign.status()).toBe(404);
   });
 
   test("an administrator changes a quota and the user sees it", async ({ page, browser }) => {
