@@ -70,7 +70,7 @@ pub async fn create_user(
     session: Session,
     Form(form): Form<NewUserForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let auth = if form.auth == "pam" {
@@ -104,7 +104,7 @@ pub async fn update_user(
     Path(name): Path<String>,
     Form(form): Form<UserForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let status = match given(&form.status) {
@@ -141,7 +141,7 @@ pub async fn delete_user(
     Path(name): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     match master.delete_user(&session.caller, &name).await {
@@ -194,7 +194,7 @@ fn number(field: &Option<String>, label: &str) -> Result<Option<f64>, String> {
     match given(field) {
         None => Ok(None),
         Some(text) => match text.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 && v < 1e15 => Ok(Some(v)),
+            Ok(v) if (0.0..1e15).contains(&v) => Ok(Some(v)),
             _ => Err(format!("{label}: {text:?} is not a number of zero or more")),
         },
     }
@@ -248,7 +248,7 @@ pub async fn create_group(
     session: Session,
     Form(form): Form<GroupForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let fail = |status, message: String| {
@@ -295,7 +295,7 @@ pub async fn update_group(
     Path(name): Path<String>,
     Form(form): Form<GroupForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let patch = match group_patch(&form) {
@@ -327,7 +327,7 @@ pub async fn delete_group(
     Path(name): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     match master.delete_group(&session.caller, &name).await {
@@ -349,7 +349,7 @@ pub async fn set_default_group(
     session: Session,
     Form(form): Form<DefaultGroupForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     match master.set_default_group(&session.caller, &form.group).await {
@@ -385,7 +385,7 @@ async fn set_drain(
     csrf: String,
     drain: bool,
 ) -> Response {
-    if let Err(r) = session.check(&csrf) {
+    if let Some(r) = session.refuse_forged(&csrf) {
         return r;
     }
     match master.drain(&session.caller, &name, drain).await {

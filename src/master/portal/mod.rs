@@ -187,12 +187,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// A form's CSRF field must be this session's token.
-    fn check(&self, presented: &str) -> Result<(), Response> {
+    /// The refusal of a form whose CSRF field is not this session's token, if it is not.
+    fn refuse_forged(&self, presented: &str) -> Option<Response> {
         if crate::model::account::same_secret(presented, &self.csrf) {
-            Ok(())
+            None
         } else {
-            Err(render_error(
+            Some(render_error(
                 Some(self),
                 StatusCode::FORBIDDEN,
                 "This form has expired or did not come from the portal. Reload the page and try again.",

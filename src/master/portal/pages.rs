@@ -133,7 +133,7 @@ pub async fn logout(
     session: Session,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     if let Err(e) = master.logout(&session.caller).await {
@@ -283,7 +283,7 @@ pub async fn create_cluster(
     session: Session,
     Form(form): Form<CreateForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let fallback = match master.list_clusters(&session.caller, None).await {
@@ -372,7 +372,7 @@ async fn cluster_action<T>(
     done: &str,
     action: impl Future<Output = Result<T, ApiError>>,
 ) -> Response {
-    if let Err(r) = session.check(csrf) {
+    if let Some(r) = session.refuse_forged(csrf) {
         return r;
     }
     match action.await {
@@ -536,7 +536,7 @@ pub async fn delete_cluster(
     Path(name): Path<String>,
     Form(form): Form<DeleteForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     if form.confirm.trim() != name {
@@ -668,7 +668,7 @@ pub async fn change_password(
     Peer(peer): Peer,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     let fail = |status, message: String| {
@@ -731,7 +731,7 @@ pub async fn create_token(
     session: Session,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     match master
@@ -770,7 +770,7 @@ pub async fn revoke_token(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = session.check(&form.csrf) {
+    if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
     match master.revoke_token(&session.caller, &id).await {
