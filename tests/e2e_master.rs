@@ -1010,6 +1010,7 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/clusters/{cluster}/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("GET", "/clusters/{cluster}/nodes/0/terminal", None),
         ("POST", "/clusters/{cluster}/nodes/0/recover", None),
         ("GET", "/operations/{op}", None),
         ("GET", "/events", None),
@@ -1177,6 +1178,7 @@ fn every_endpoint_is_authorized() {
             "/clusters/c6/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("GET", "/clusters/c6/nodes/0/terminal", None),
         ("POST", "/clusters/c6/nodes/0/recover", None),
     ];
     for (method, path, body) in &on_a {

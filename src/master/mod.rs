@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod events;
 pub mod init;
 pub mod session;
+pub mod terminal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
