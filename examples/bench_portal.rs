@@ -7,17 +7,32 @@
 //!   the etcd reads of its actions, rendering) plus one network round trip. Every answer must
 //!   be 200 and HTML, or the run fails.
 //!
+//! - `keystroke`: the web terminal's round trip. A WebSocket to the master's terminal of a
+//!   node (as the browser opens it), and, as the baseline, one straight to the node's worker
+//!   agent (what the master relays to); on each, once the shell's prompt is there, `--rounds`
+//!   times: one key (`x`) sent as a binary frame, timed until its echo comes back; the line
+//!   is cleared (Ctrl-U) every 50 keys.
+//! - `sessions`: `--count` terminals opened at once through the master (spread over the
+//!   cluster's nodes), each running `echo ready` and waiting for it, then each ended with
+//!   `exit`; the master's and the workers' resident memory is read (by `tools/bench-portal`,
+//!   through the testbed) before, with all open, and after.
+//! - `download`: one GET of a file through the workspace proxy, timed to the last byte; prints
+//!   the bytes and seconds.
+//!
 //! Prints Markdown on stdout and progress on stderr. Run through `tools/bench-portal`.
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Parser)]
 #[command(about = "Measurements of tools/bench-portal (issue 6)")]
@@ -44,6 +59,226 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
+    /// Key-to-echo round trips through the master and straight to the agent.
+    Keystroke {
+        /// ws://.../api/v1/clusters/NAME/nodes/0/terminal
+        #[arg(long)]
+        master_url: String,
+        /// The user's bearer token.
+        #[arg(long)]
+        token: String,
+        /// ws://HOST:8001/agent/v1/vnodes/ID/pty
+        #[arg(long)]
+        agent_url: String,
+        /// The cluster's agent token.
+        #[arg(long)]
+        agent_token: String,
+        #[arg(long, default_value_t = 500)]
+        rounds: usize,
+    },
+    /// Opens `count` terminals at once over the given URLs, then ends them.
+    Sessions {
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// Terminal URLs, one per node; sessions are spread over them in turn.
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// A command to run (and wait for) with every session open, e.g. to read memory.
+        #[arg(long)]
+        while_open: Option<String>,
+    },
+    /// Times one GET to the last byte.
+    Download {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+    },
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_terminal(url: &str, token: &str) -> anyhow::Result<Socket> {
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(socket)
+}
+
+/// Reads frames until the terminal's output (binary frames) contains `wanted`.
+async fn read_until(socket: &mut Socket, wanted: &[u8]) -> anyhow::Result<()> {
+    let mut seen: Vec<u8> = Vec::new();
+    let limit = std::time::Duration::from_secs(30);
+    loop {
+        let frame = tokio::time::timeout(limit, socket.next())
+            .await
+            .map_err(|_| anyhow!("no {:?} within 30 s", String::from_utf8_lossy(wanted)))?
+            .ok_or_else(|| anyhow!("the terminal closed"))??;
+        match frame {
+            Message::Binary(data) => {
+                seen.extend_from_slice(&data);
+                if seen.windows(wanted.len()).any(|w| w == wanted) {
+                    return Ok(());
+                }
+                // Keep only what could still start a match.
+                if seen.len() > 4096 {
+                    seen.drain(..seen.len() - wanted.len());
+                }
+            }
+            Message::Text(text) if text.contains("\"exit\"") => bail!("the shell ended: {text}"),
+            Message::Close(_) => bail!("the terminal closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Round trips of one key on a fresh terminal at `url`, sorted, in ms.
+async fn key_round_trips(url: &str, token: &str, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    let mut socket = open_terminal(url, token).await?;
+    // A prompt of our own, so its arrival is unmistakable.
+    socket
+        .send(Message::Binary(b"PS1='rea''dy> '\n".to_vec().into()))
+        .await?;
+    read_until(&mut socket, b"ready> ").await?;
+    let mut times = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        if round % 50 == 49 {
+            socket.send(Message::Binary(vec![0x15].into())).await?; // Ctrl-U
+        }
+        let start = Instant::now();
+        socket.send(Message::Binary(b"x".to_vec().into())).await?;
+        read_until(&mut socket, b"x").await?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = socket
+        .send(Message::Binary(b"\x15exit\n".to_vec().into()))
+        .await;
+    let _ = socket.close(None).await;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+async fn keystroke(
+    master_url: &str,
+    token: &str,
+    agent_url: &str,
+    agent_token: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!("| path | keys | p50 ms | p95 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, url, token) in [
+        (
+            "browser → master → agent → pty (the web terminal)",
+            master_url,
+            token,
+        ),
+        (
+            "straight to the agent → pty (baseline)",
+            agent_url,
+            agent_token,
+        ),
+    ] {
+        eprintln!("keystroke: {label}");
+        let t = key_round_trips(url, token, rounds).await?;
+        println!(
+            "| {label} | {rounds} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            pct(&t, 50.0),
+            pct(&t, 95.0),
+            pct(&t, 99.0),
+            t.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+async fn sessions(
+    token: &str,
+    count: usize,
+    urls: &[String],
+    while_open: Option<&str>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let opened = futures_util::future::join_all((0..count).map(|i| {
+        let url = urls[i % urls.len()].clone();
+        async move {
+            let mut socket = open_terminal(&url, token).await?;
+            socket
+                .send(Message::Binary(b"echo rea''dy\n".to_vec().into()))
+                .await?;
+            read_until(&mut socket, b"ready").await?;
+            anyhow::Ok(socket)
+        }
+    }))
+    .await;
+    let mut sockets = Vec::new();
+    for result in opened {
+        sockets.push(result?);
+    }
+    let open_secs = start.elapsed().as_secs_f64();
+    eprintln!("sessions: {count} open after {open_secs:.1} s");
+    if let Some(command) = while_open {
+        let status = std::process::Command::new("sh")
+            .args(["-c", command])
+            .status()?;
+        if !status.success() {
+            bail!("{command}: {status}");
+        }
+    }
+    let start = Instant::now();
+    let ended = futures_util::future::join_all(sockets.into_iter().map(|mut socket| async move {
+        socket
+            .send(Message::Binary(b"exit\n".to_vec().into()))
+            .await?;
+        // The last frame names the exit status; then the socket closes.
+        while let Some(frame) = socket.next().await {
+            if let Message::Text(text) = frame?
+                && text.contains("\"exit\"")
+            {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    }))
+    .await;
+    for result in ended {
+        result?;
+    }
+    println!(
+        "{count} sessions opened (each until its first output) in {open_secs:.2} s, ended in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn download(url: &str, token: &str) -> anyhow::Result<()> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let start = Instant::now();
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes += data.len();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if status != 200 {
+        bail!("{url} answered {status}");
+    }
+    println!("{bytes} {secs:.3}");
+    Ok(())
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -132,5 +367,19 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             warmup,
         } => render(&portal, &session, &paths, rounds, warmup).await,
+        Command::Keystroke {
+            master_url,
+            token,
+            agent_url,
+            agent_token,
+            rounds,
+        } => keystroke(&master_url, &token, &agent_url, &agent_token, rounds).await,
+        Command::Sessions {
+            token,
+            count,
+            urls,
+            while_open,
+        } => sessions(&token, count, &urls, while_open.as_deref()).await,
+        Command::Download { url, token } => download(&url, &token).await,
     }
 }

@@ -1010,6 +1010,7 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/clusters/{cluster}/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("GET", "/clusters/{cluster}/nodes/0/terminal", None),
         ("POST", "/clusters/{cluster}/nodes/0/recover", None),
         (
             "POST",
@@ -1185,6 +1186,7 @@ fn every_endpoint_is_authorized() {
             "/clusters/c6/nodes/0/exec",
             Some(json!({"argv": ["hostname"]})),
         ),
+        ("GET", "/clusters/c6/nodes/0/terminal", None),
         ("POST", "/clusters/c6/nodes/0/recover", None),
         (
             "POST",

@@ -1307,6 +1307,26 @@ impl Master {
         }
     }
 
+    /// The endpoint of one of the caller's own nodes, for its terminals and workspace: those
+    /// are the owner's alone, so `user` (an administrator's `?user=`) naming anyone else is
+    /// refused (403) whatever the caller's role; a cluster or node of the caller's that does
+    /// not exist is 404.
+    pub async fn own_node_endpoint(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        index: u32,
+    ) -> Result<NodeEndpoint, ApiError> {
+        if user.is_some_and(|user| user != caller.name()) {
+            return Err(ApiError::Forbidden(
+                "only the owner of a cluster may open its terminals and workspaces".into(),
+            ));
+        }
+        caller.require_normal()?;
+        self.node_endpoint(caller.name(), name, index).await
+    }
+
     /// Where node `index` of `owner`'s cluster is reached: its host's agent and token. 404
     /// for a cluster or node that does not exist, 409 when its host is down. It authorizes
     /// nothing: the caller decided that `owner`'s node may be reached.

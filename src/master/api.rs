@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -23,6 +25,7 @@ use super::actions::{
     NewToken, NewUser, OperationView, UserPatch,
 };
 use super::ports::{MapPortRequest, PortView};
+use super::terminal::TerminalQuery;
 use super::{Master, session};
 use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
@@ -49,6 +52,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/clusters/{name}/scale-out", post(scale_out))
         .route("/api/v1/clusters/{name}/scale-in", post(scale_in))
         .route("/api/v1/clusters/{name}/nodes/{index}/exec", post(exec))
+        .route(
+            "/api/v1/clusters/{name}/nodes/{index}/terminal",
+            get(terminal),
+        )
         .route(
             "/api/v1/clusters/{name}/nodes/{index}/recover",
             post(recover_node),
@@ -288,7 +295,7 @@ struct ErrorDetail {
     paths(
         login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
-        scale_in, exec, recover_node, map_port, list_ports, unmap_port, operation, events, list_users, create_user, show_user, update_user,
+        scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
         set_default_group, hosts, drain, undrain, health
     ),
@@ -503,6 +510,18 @@ async fn exec(
         .exec(&caller, q.user.as_deref(), &name, index, &request)
         .await?;
     Ok(Json(result).into_response())
+}
+
+/// A WebSocket: see docs/api.md, "Terminals".
+#[utoipa::path(get, path = "/api/v1/clusters/{name}/nodes/{index}/terminal", tag = "docklet", summary = "A terminal in one of the caller's own nodes, over WebSocket (binary frames are bytes; text frames are JSON control messages)", params(("name" = String, Path), ("index" = u32, Path), TerminalQuery), responses((status = 101, description = "The terminal: first frame `{\"session\": id, \"new\": bool}`, last `{\"exit\": N}`"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn terminal(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((name, index)): Path<(String, String)>,
+    Params(q): Params<TerminalQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    super::terminal::open(master, caller, name, index, q, upgrade).await
 }
 
 #[utoipa::path(post, path = "/api/v1/clusters/{name}/nodes/{index}/recover", tag = "docklet", summary = "Recreates a lost node (its host is down) on another host, keeping its index and address", params(("name" = String, Path), ("index" = u32, Path), OwnerQuery), responses((status = 202, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
@@ -784,6 +803,7 @@ mod tests {
             "/api/v1/clusters/{name}",
             "/api/v1/clusters/{name}/scale-in",
             "/api/v1/clusters/{name}/nodes/{index}/exec",
+            "/api/v1/clusters/{name}/nodes/{index}/terminal",
             "/api/v1/operations/{id}",
             "/api/v1/events",
             "/api/v1/users/{name}",
@@ -796,7 +816,7 @@ mod tests {
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 28, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

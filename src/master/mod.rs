@@ -13,6 +13,7 @@ pub mod init;
 pub mod portal;
 pub mod ports;
 pub mod session;
+pub mod terminal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 //! file); nothing else gets in.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -17,11 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use super::Worker;
 use super::exec::{self, ExecRequest};
+use super::terminals::{self, Output, TerminalError};
 use super::tunnel;
 use super::vnodes::{Runtime, VNodeError};
 
@@ -62,7 +62,13 @@ pub struct PtyQuery {
     pub cols: u16,
     #[serde(default = "default_rows")]
     pub rows: u16,
+    /// Reattach to this session when it still runs.
+    #[serde(default)]
+    pub session: Option<String>,
 }
+
+/// The close code telling a connection that another one took its session over.
+const TAKEN_OVER: u16 = 4001;
 
 fn default_cols() -> u16 {
     80
@@ -230,6 +236,8 @@ async fn exec_handler(
     }))
 }
 
+/// A terminal: a new shell, or with `?session=<id>` the live one of that id (its missed
+/// output replayed first). The first text frame says which: `{"session": id, "new": bool}`.
 async fn pty_handler(
     State(worker): State<Shared>,
     Path(id): Path<String>,
@@ -237,37 +245,48 @@ async fn pty_handler(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, AgentError> {
     let runtime = runtime(&worker)?;
-    let request = ExecRequest {
-        id,
-        user: query.user,
-        argv: ["bash", "-l"].map(String::from).to_vec(),
-        term: "xterm-256color".into(),
-        tty: None,
-    };
-    exec::check_request(&request)?;
-    if runtime.leader(&request.id).await.is_none() {
+    crate::model::vnode::validate_user_name(&query.user)
+        .map_err(|e| AgentError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if runtime.spec(&id).is_none() {
         return Err(AgentError(
-            StatusCode::CONFLICT,
-            format!("vnode {} is not running", request.id),
+            StatusCode::NOT_FOUND,
+            format!("no vnode {id} on this host"),
         ));
     }
-    let size = nix::pty::Winsize {
-        ws_row: query.rows.max(1),
-        ws_col: query.cols.max(1),
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let (master, slave, path) = open_pty(&size)
-        .map_err(|e| AgentError(StatusCode::INTERNAL_SERVER_ERROR, format!("pty: {e}")))?;
-    let request = ExecRequest {
-        tty: Some(path),
-        ..request
-    };
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        if let Err(e) = terminal(socket, runtime, request, master, slave).await {
-            warn!("terminal session: {e}");
+    if runtime.leader(&id).await.is_none() {
+        return Err(AgentError(
+            StatusCode::CONFLICT,
+            format!("vnode {id} is not running"),
+        ));
+    }
+    let registry = worker.terminals.clone();
+    let reattached = query
+        .session
+        .as_deref()
+        .and_then(|session| registry.reattach(session, &id, &query.user));
+    let attachment = match reattached {
+        Some(attachment) => {
+            attachment.session.resize(query.cols, query.rows).await;
+            attachment
         }
-    }))
+        None => registry
+            .open(
+                runtime,
+                terminals::Spec {
+                    vnode: id,
+                    user: query.user,
+                    cols: query.cols,
+                    rows: query.rows,
+                },
+            )
+            .map_err(|e| match e {
+                TerminalError::TooMany(_) => {
+                    AgentError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+                }
+                _ => AgentError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            })?,
+    };
+    Ok(upgrade.on_upgrade(move |socket| terminal(socket, attachment)))
 }
 
 /// Answers `101 Switching Protocols` and then carries the bytes of a TCP connection made
@@ -339,158 +358,103 @@ async fn tcp_handler(
         .expect("a static response"))
 }
 
-nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);
-
-/// A pseudo-terminal pair and the slave's path. The slave is nobody's controlling terminal
-/// yet (openpty(3) would make it the worker's own, the worker being a session leader): the
-/// session unit takes it.
-fn open_pty(size: &nix::pty::Winsize) -> nix::Result<(OwnedFd, OwnedFd, String)> {
-    use nix::fcntl::OFlag;
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
-    nix::pty::grantpt(&master)?;
-    nix::pty::unlockpt(&master)?;
-    let name = nix::pty::ptsname_r(&master)?;
-    let slave = nix::fcntl::open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-    unsafe { set_window_size(slave.as_raw_fd(), size) }?;
-    // SAFETY: posix_openpt returned an open descriptor we now own.
-    let master = unsafe {
-        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
-            master,
-        ))
-    };
-    Ok((master, slave, name))
+/// Whether a client's close ends its session: an explicit close (code 1000, or none) does;
+/// a page going away (1001) or a lost connection only detaches it.
+fn close_ends_session(frame: Option<&axum::extract::ws::CloseFrame>) -> bool {
+    frame.is_none_or(|f| f.code == axum::extract::ws::close_code::NORMAL)
 }
 
-/// Pumps bytes between the WebSocket and the terminal until either side ends; the shell's
-/// exit status goes out as a last text frame `{"exit": N}`.
-async fn terminal(
-    mut socket: WebSocket,
-    runtime: Arc<Runtime>,
-    request: ExecRequest,
-    master: OwnedFd,
-    slave: OwnedFd,
-) -> std::io::Result<()> {
-    let (stdin, stdout, stderr) = (slave.try_clone()?, slave.try_clone()?, slave.try_clone()?);
-    // Held until the session ends: without an open slave the master reads EIO (hang-up)
-    // before the session has opened its terminal.
-    let slave_held = slave;
-    let mut session = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
-            exec::run(&runtime, runtime.systemd(), &request, stdin, stdout, stderr).await
-        })
-    };
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(std::io::Error::from)?;
-    // SAFETY: the file owns the fd and lives inside the AsyncFd, so it outlives the
-    // registration.
-    let master = unsafe { AsyncFd::register(std::fs::File::from(master)) }
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut buf = vec![0u8; 16384];
-    let mut finished = None;
+/// Serves one connection of a session: the session frame, the replay, then live bytes both
+/// ways until the shell exits (`{"exit": N}`) or the connection goes.
+async fn terminal(mut socket: WebSocket, mut attachment: terminals::Attachment) {
+    let session = attachment.session.clone();
+    let hello = serde_json::json!({ "session": session.id, "new": attachment.new });
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let replay = std::mem::take(&mut attachment.scrollback);
+    for chunk in replay.chunks(64 << 10) {
+        if socket
+            .send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    drop(replay);
     loop {
         tokio::select! {
-            result = &mut session => {
-                finished = Some(result);
-                break;
-            }
-            readable = master.readable() => {
-                let mut guard = readable?;
-                match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
-                    Ok(Ok(0)) | Ok(Err(_)) => break, // EIO: the shell's side closed
-                    Ok(Ok(n)) => {
-                        if socket.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
-                            break;
-                        }
+            output = attachment.output.recv() => match output {
+                Some(Output::Data(data)) => {
+                    if socket.send(Message::Binary(data)).await.is_err() {
+                        return;
                     }
-                    Err(_would_block) => continue,
                 }
-            }
+                Some(Output::Exit(code)) => {
+                    let exit = serde_json::json!({ "exit": code }).to_string();
+                    let _ = socket.send(Message::Text(exit.into())).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                Some(Output::Failed(message)) => {
+                    let error = serde_json::json!({ "error": message }).to_string();
+                    let _ = socket.send(Message::Text(error.into())).await;
+                    let exit = serde_json::json!({ "exit": -1 }).to_string();
+                    let _ = socket.send(Message::Text(exit.into())).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                None => {
+                    // Another connection took the session over (or this one stalled).
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: TAKEN_OVER,
+                            reason: "another connection took this terminal over".into(),
+                        })))
+                        .await;
+                    return;
+                }
+            },
             message = socket.recv() => match message {
-                Some(Ok(Message::Binary(data))) => write_all(&master, &data).await?,
-                Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<Control>(&text) {
-                        Ok(Control::Resize { cols, rows }) => {
-                            let size = nix::pty::Winsize { ws_row: rows.max(1), ws_col: cols.max(1), ws_xpixel: 0, ws_ypixel: 0 };
-                            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-                            let _ = unsafe { set_window_size(master.get_ref().as_raw_fd(), &size) };
-                        }
-                        Err(_) => write_all(&master, text.as_bytes()).await?,
+                Some(Ok(Message::Binary(data))) => session.input(data).await,
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
+                    Ok(Control::Resize { cols, rows }) => session.resize(cols, rows).await,
+                    Err(_) => session.input(hyper::body::Bytes::copy_from_slice(text.as_bytes())).await,
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    if close_ends_session(frame.as_ref()) {
+                        session.end().await;
                     }
+                    return;
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
             }
         }
     }
-    let result = match finished {
-        Some(result) => {
-            // What the shell wrote last is still in the terminal.
-            while let Ok(n) = master.get_ref().read(&mut buf) {
-                if n == 0
-                    || socket
-                        .send(Message::Binary(buf[..n].to_vec().into()))
-                        .await
-                        .is_err()
-                {
-                    break;
-                }
-            }
-            result
-        }
-        None => {
-            // Closing the terminal hangs the shell up.
-            drop(master);
-            drop(slave_held);
-            session.await
-        }
-    };
-    let status = match result {
-        Ok(Ok(code)) => code,
-        Ok(Err(e)) => {
-            let _ = socket
-                .send(Message::Text(
-                    serde_json::json!({ "error": e.to_string() })
-                        .to_string()
-                        .into(),
-                ))
-                .await;
-            -1
-        }
-        Err(_) => -1,
-    };
-    let _ = socket
-        .send(Message::Text(
-            serde_json::json!({ "exit": status }).to_string().into(),
-        ))
-        .await;
-    let _ = socket.send(Message::Close(None)).await;
-    Ok(())
-}
-
-async fn write_all(master: &AsyncFd<std::fs::File>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let mut guard = master.writable().await?;
-        match guard.try_io(|inner| inner.get_ref().write(data)) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_explicit_close_ends_a_terminal_session() {
+        use axum::extract::ws::CloseFrame;
+        let frame = |code| CloseFrame {
+            code,
+            reason: "".into(),
+        };
+        assert!(close_ends_session(None));
+        assert!(close_ends_session(Some(&frame(1000))));
+        assert!(!close_ends_session(Some(&frame(1001))));
+        assert!(!close_ends_session(Some(&frame(1006))));
+    }
 
     #[test]
     fn terminal_control_messages_parse() {

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod exec;
 pub mod network;
 pub mod ssh;
+pub mod terminals;
 pub mod tunnel;
 pub mod vnodes;
 
@@ -55,6 +56,8 @@ pub struct Worker {
     probe: Arc<dyn HostProbe>,
     /// Set once systemd answered; the vnode runtime lives as long as the worker.
     pub runtime: std::sync::OnceLock<Arc<vnodes::Runtime>>,
+    /// The terminal sessions of this host's vnodes.
+    pub terminals: Arc<terminals::Registry>,
 }
 
 impl Worker {
@@ -70,6 +73,7 @@ impl Worker {
             status: StatusLine::new(notifier),
             probe,
             runtime: std::sync::OnceLock::new(),
+            terminals: Default::default(),
         }
     }
 

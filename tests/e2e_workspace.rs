@@ -1,0 +1,501 @@
+//! End-to-end: what a user reaches in a browser through the master, on the testbed — the web
+//! terminal (`/api/v1/clusters/{name}/nodes/{index}/terminal`: a real shell in a real vnode,
+//! UTF-8, resize, Ctrl-C, reattaching after a dropped connection) and the workspace proxy
+//! (`/go/<user>/<cluster>/<node>/`: the node's real Jupyter, its REST API, kernels over
+//! WebSocket, files up and down), with bearer tokens and with the portal's session cookie,
+//! and for nobody but the cluster's owner.
+//!
+//! Each test has PAM users of its own (made on tb1), removes what an interrupted earlier run
+//! left, and deletes its clusters and accounts however it ends.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+
+const HOST: &str = "10.213.0.11:8000";
+const MIB: u64 = 1 << 20;
+
+// ---- HTTP through curl ----
+
+struct Resp {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.text();
+        let cut: String = text.chars().take(600).collect();
+        write!(f, "HTTP {} {}", self.status, cut)
+    }
+}
+
+/// Credentials of a request: none, a bearer token, or a browser's session cookie (with the
+/// `Origin` the browser would send, if any).
+#[derive(Clone, Copy)]
+enum Cred<'a> {
+    None,
+    Bearer(&'a str),
+    Cookie(&'a str, Option<&'a str>),
+}
+
+/// One request to the portal port (`path` from the root), with curl.
+fn http(
+    method: &str,
+    path: &str,
+    cred: Cred,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let url = format!("http://{HOST}{path}");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-S", "-m", "60", "-X", method, "-D", "/dev/stderr"])
+        .args(["-o", "-"]);
+    match cred {
+        Cred::None => {}
+        Cred::Bearer(token) => {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        Cred::Cookie(token, origin) => {
+            cmd.args(["-H", &format!("Cookie: docklet_session={token}")]);
+            if let Some(origin) = origin {
+                cmd.args(["-H", &format!("Origin: {origin}")]);
+            }
+        }
+    }
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
+    }
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]);
+    }
+    cmd.arg(&url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run curl");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(body) = body {
+            stdin.write_all(body).unwrap();
+        }
+    }
+    let output = child.wait_with_output().expect("curl");
+    let headers = String::from_utf8_lossy(&output.stderr).into_owned();
+    // The last header block (after any 1xx).
+    let block = headers
+        .rsplit("\r\n\r\n")
+        .find(|b| b.starts_with("HTTP/"))
+        .unwrap_or_default()
+        .to_owned();
+    let status = block
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {url}: no answer: {headers}"));
+    Resp {
+        status,
+        headers: block,
+        body: output.stdout,
+    }
+}
+
+fn api(method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+    let body = body.map(|b| b.to_string().into_bytes());
+    http(
+        method,
+        &format!("/api/v1{path}"),
+        Cred::Bearer(token),
+        body.as_deref(),
+        &[("Content-Type", "application/json")],
+    )
+}
+
+fn login(user: &str, password: &str) -> String {
+    let body = json!({"user": user, "password": password}).to_string();
+    let r = http(
+        "POST",
+        "/api/v1/auth/login",
+        Cred::None,
+        Some(body.as_bytes()),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "login of {user}: {r}");
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+fn root() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+        login("root", password.trim())
+    })
+}
+
+// ---- users and clusters ----
+
+/// A PAM user on tb1 of whom Docklet knows nothing yet; returns a session token.
+fn fresh_user(name: &str) -> String {
+    let password = format!("Pw-{name}-7d1x");
+    ok(
+        "tb1",
+        &format!(
+            "id {name} >/dev/null 2>&1 || useradd -m {name}; echo {name}:{password} | chpasswd"
+        ),
+    );
+    forget_user(name);
+    login(name, &password)
+}
+
+/// Deletes `user`'s clusters (waiting for them to go) and account.
+fn forget_user(user: &str) {
+    let list = api("GET", &format!("/clusters?user={user}"), root(), None);
+    let mut operations = Vec::new();
+    for cluster in list.json().as_array().cloned().unwrap_or_default() {
+        let name = cluster["name"].as_str().unwrap_or_default();
+        let r = api(
+            "DELETE",
+            &format!("/clusters/{name}?user={user}&force=true"),
+            root(),
+            None,
+        );
+        if r.status == 202 {
+            operations.push(r.json()["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for id in operations {
+        for _ in 0..3 {
+            let r = api("GET", &format!("/operations/{id}?wait=60"), root(), None);
+            if r.json()["state"] != "running" {
+                break;
+            }
+        }
+    }
+    let r = api("DELETE", &format!("/users/{user}"), root(), None);
+    assert!(matches!(r.status, 204 | 404), "delete user {user}: {r}");
+}
+
+/// Removes the users' clusters and accounts when the test ends, however it ends.
+struct Cleanup(Vec<&'static str>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for user in &self.0 {
+            forget_user(user);
+        }
+    }
+}
+
+/// Creates a one-node cluster and waits until it runs.
+fn cluster(token: &str, name: &str) -> Value {
+    let body = json!({"name": name, "size": 1, "cpu_millis": 500,
+        "memory_bytes": 512 * MIB, "disk_bytes": 1024 * MIB});
+    let r = api("POST", "/clusters", token, Some(&body));
+    assert_eq!(r.status, 202, "create {name}: {r}");
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let op = api("GET", &format!("/operations/{id}?wait=120"), token, None);
+    assert_eq!(op.json()["state"], "succeeded", "create {name}: {op}");
+    let shown = api("GET", &format!("/clusters/{name}"), token, None);
+    assert_eq!(shown.status, 200, "{shown}");
+    shown.json()
+}
+
+// ---- WebSockets ----
+
+type Socket = tungstenite::WebSocket<TcpStream>;
+
+/// Opens a WebSocket on the portal port; `Err` carries the HTTP status of a refusal.
+fn websocket(path: &str, cred: Cred) -> Result<Socket, u16> {
+    let mut request = format!("ws://{HOST}{path}").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    match cred {
+        Cred::None => {}
+        Cred::Bearer(token) => {
+            headers.insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Cred::Cookie(token, origin) => {
+            headers.insert(
+                "Cookie",
+                format!("docklet_session={token}").parse().unwrap(),
+            );
+            if let Some(origin) = origin {
+                headers.insert("Origin", origin.parse().unwrap());
+            }
+        }
+    }
+    let stream = TcpStream::connect(HOST).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("WebSocket {path}: {e}"),
+    }
+}
+
+/// A terminal as a test drives it: what it printed so far, as bytes.
+struct Terminal {
+    socket: Socket,
+    screen: Vec<u8>,
+    /// The first frame: `{"session", "new"}`.
+    hello: Value,
+}
+
+impl Terminal {
+    fn open(path: &str, cred: Cred) -> Result<Terminal, u16> {
+        let mut socket = websocket(path, cred)?;
+        let hello = match socket.read() {
+            Ok(Message::Text(text)) => serde_json::from_str(&text).unwrap(),
+            other => panic!("the first frame of a terminal: {other:?}"),
+        };
+        Ok(Terminal {
+            socket,
+            screen: Vec::new(),
+            hello,
+        })
+    }
+
+    fn session(&self) -> String {
+        self.hello["session"].as_str().unwrap().to_owned()
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.socket
+            .send(Message::Binary(keys.as_bytes().to_vec().into()))
+            .unwrap();
+    }
+
+    fn control(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .unwrap();
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen).into_owned()
+    }
+
+    /// Reads until the screen shows `needle`, within `limit`.
+    #[track_caller]
+    fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.screen().contains(needle) {
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} within {limit:?} in {:?}",
+                self.screen()
+            );
+            match self.socket.read() {
+                Ok(Message::Binary(data)) => self.screen.extend_from_slice(&data),
+                Ok(Message::Text(text)) => self.screen.extend_from_slice(text.as_bytes()),
+                Ok(_) => {}
+                Err(e) => panic!("terminal read: {e}; screen so far {:?}", self.screen()),
+            }
+        }
+    }
+
+    /// Runs `echo <tag>-$$-end` and returns the shell's PID.
+    fn shell_pid(&mut self, tag: &str) -> u32 {
+        self.type_keys(&format!("echo {tag}-$$-end\r"));
+        let start = self.screen.len();
+        let pattern = format!("{tag}-");
+        let limit = Duration::from_secs(15);
+        let begin = Instant::now();
+        loop {
+            let text = String::from_utf8_lossy(&self.screen[start..]).into_owned();
+            for piece in text.split(&pattern).skip(1) {
+                if let Some(pid) = piece.strip_suffix_end() {
+                    return pid;
+                }
+            }
+            assert!(begin.elapsed() < limit, "no PID in {text:?}");
+            match self.socket.read() {
+                Ok(Message::Binary(data)) => self.screen.extend_from_slice(&data),
+                Ok(_) => {}
+                Err(e) => panic!("terminal read: {e}"),
+            }
+        }
+    }
+}
+
+trait PidPiece {
+    fn strip_suffix_end(&self) -> Option<u32>;
+}
+
+impl PidPiece for str {
+    /// `1234-end...` → 1234 (the typed `$$-end` echo does not parse).
+    fn strip_suffix_end(&self) -> Option<u32> {
+        let (digits, rest) = self.split_once('-')?;
+        rest.starts_with("end").then(|| digits.parse().ok())?
+    }
+}
+
+fn terminal_path(cluster: &str, query: &str) -> String {
+    format!("/api/v1/clusters/{cluster}/nodes/0/terminal?{query}")
+}
+
+// ---- the tests ----
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn the_web_terminal_is_a_real_shell_that_survives_a_dropped_connection() {
+    let (a, b) = ("wsterma", "wstermb");
+    let _cleanup = Cleanup(vec![a, b]);
+    let token_a = fresh_user(a);
+    let token_b = fresh_user(b);
+    cluster(&token_a, "t1");
+    let started = Instant::now();
+
+    let mut term = Terminal::open(
+        &terminal_path("t1", "cols=80&rows=24"),
+        Cred::Bearer(&token_a),
+    )
+    .expect("a terminal for the owner");
+    assert_eq!(term.hello["new"], true, "{}", term.hello);
+    let session = term.session();
+
+    // A real shell in node 0.
+    term.type_keys("hostname\r");
+    term.wait_for("host-0\r\n", Duration::from_secs(20));
+    // Resize.
+    term.control(json!({"resize": {"cols": 101, "rows": 31}}));
+    term.type_keys("stty size\r");
+    term.wait_for("31 101", Duration::from_secs(10));
+    // UTF-8 both ways: what printf prints is not what was typed (the echo of the line).
+    term.type_keys("printf '%s-%s\\n' 'héllo' '✓'\r");
+    term.wait_for("héllo-✓", Duration::from_secs(10));
+    // Ctrl-C interrupts a long command and the prompt comes back.
+    term.type_keys("sleep 100\r");
+    std::thread::sleep(Duration::from_millis(500));
+    let interrupted = Instant::now();
+    term.type_keys("\x03");
+    term.type_keys("echo after-$((40+2))\r");
+    term.wait_for("after-42", Duration::from_secs(10));
+    assert!(interrupted.elapsed() < Duration::from_secs(10));
+    let pid = term.shell_pid("first");
+    term.type_keys("echo marker-$((3*5))\r");
+    term.wait_for("marker-15", Duration::from_secs(10));
+
+    // The connection drops (no close frame): the same shell is there for a new one, with what
+    // it printed replayed first.
+    drop(term);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut again = Terminal::open(
+        &terminal_path("t1", &format!("cols=90&rows=20&session={session}")),
+        Cred::Bearer(&token_a),
+    )
+    .expect("reattach");
+    assert_eq!(
+        again.hello,
+        json!({"session": session, "new": false}),
+        "reattached"
+    );
+    again.wait_for("marker-15", Duration::from_secs(5));
+    assert_eq!(again.shell_pid("second"), pid, "the same shell");
+    // The new connection's size applies.
+    again.type_keys("stty size\r");
+    again.wait_for("20 90", Duration::from_secs(10));
+
+    // An explicit close (code 1000) ends the session; its id then starts a new one.
+    again
+        .socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+    let _ = again.socket.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut fresh = Terminal::open(
+        &terminal_path("t1", &format!("session={session}")),
+        Cred::Bearer(&token_a),
+    )
+    .unwrap();
+    assert_eq!(fresh.hello["new"], true, "{}", fresh.hello);
+    assert_ne!(fresh.session(), session);
+    assert_ne!(fresh.shell_pid("third"), pid, "a new shell");
+    // The shell's exit ends it: the last frame says how.
+    fresh.type_keys("exit 3\r");
+    fresh.wait_for(r#"{"exit":3}"#, Duration::from_secs(10));
+
+    // A browser: the session cookie, with the portal's own Origin — and never another's.
+    let origin = format!("http://{HOST}");
+    let mut browser = Terminal::open(
+        &terminal_path("t1", ""),
+        Cred::Cookie(&token_a, Some(&origin)),
+    )
+    .expect("a terminal for the owner's browser");
+    browser.type_keys("hostname\r");
+    browser.wait_for("host-0\r\n", Duration::from_secs(20));
+    drop(browser);
+    for foreign in [Some("http://evil.example"), None] {
+        let refused = Terminal::open(&terminal_path("t1", ""), Cred::Cookie(&token_a, foreign));
+        assert_eq!(refused.err(), Some(403), "a cross-site WebSocket");
+    }
+
+    // Nobody else: another user gets nothing of A's (not even whether it exists), an
+    // administrator neither; no credentials, no terminal.
+    let forbidden = Terminal::open(
+        &terminal_path("t1", &format!("user={a}")),
+        Cred::Bearer(&token_b),
+    );
+    assert_eq!(forbidden.err(), Some(403));
+    let own_namespace = Terminal::open(&terminal_path("t1", ""), Cred::Bearer(&token_b));
+    assert_eq!(own_namespace.err(), Some(404));
+    let admin = Terminal::open(
+        &terminal_path("t1", &format!("user={a}")),
+        Cred::Bearer(root()),
+    );
+    assert_eq!(admin.err(), Some(403));
+    assert_eq!(
+        Terminal::open(&terminal_path("t1", ""), Cred::None).err(),
+        Some(401)
+    );
+    // Not a WebSocket: said plainly.
+    let r = http(
+        "GET",
+        &terminal_path("t1", ""),
+        Cred::Bearer(&token_a),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 400, "{r}");
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json"),
+        "{r}"
+    );
+    eprintln!("terminal checks took {:?}", started.elapsed());
+}
