@@ -89,7 +89,9 @@ test.describe.serial("the portal", () => {
     await page.locator("#terminal").click();
     await page.keyboard.type("hostname\n");
     await expect.poll(() => terminalText(page)).toMatch(/^host-0\s*$/m);
-    await page.keyboard.type("echo \"žluťoučký ✓\"\n");
+    // UTF-8 both ways, pasted as a user pastes (xterm's paste: bracketed, so Enter runs it).
+    await page.evaluate(() => window.dockletTerminal.paste('echo "žluťoučký ✓"'));
+    await page.keyboard.press("Enter");
     await expect.poll(() => terminalText(page)).toMatch(/^žluťoučký ✓\s*$/m);
     // Ctrl-C interrupts a command and the prompt comes back.
     await page.keyboard.type("sleep 300\n");
