@@ -47,6 +47,20 @@ function firstLine(host, port) {
 }
 
 test.describe.serial("the portal", () => {
+  // Nothing a page does may be blocked by its own Content-Security-Policy, and no script may
+  // fail: either would leave a part of the page silently broken.
+  let problems = [];
+  test.beforeEach(({ page }) => {
+    problems = [];
+    page.on("console", (m) => {
+      if (m.type() === "error" && m.text().includes("Content Security Policy")) problems.push(m.text());
+    });
+    page.on("pageerror", (e) => problems.push(String(e)));
+  });
+  test.afterEach(() => {
+    expect(problems).toEqual([]);
+  });
+
   test.beforeAll(async () => {
     pamUser(owner.name, owner.password);
     pamUser(other.name, other.password);
@@ -89,6 +103,8 @@ test.describe.serial("the portal", () => {
     await page.locator("#terminal").click();
     await page.keyboard.type("hostname\n");
     await expect.poll(() => terminalText(page)).toMatch(/^host-0\s*$/m);
+    // Readable: xterm's colours apply (they come from a style element it makes itself).
+    expect(await page.locator(".xterm-rows").evaluate((e) => getComputedStyle(e).color)).toBe("rgb(255, 255, 255)");
     // UTF-8 both ways, pasted as a user pastes (xterm's paste: bracketed, so Enter runs it).
     await page.evaluate(() => window.dockletTerminal.paste('echo "žluťoučký ✓"'));
     await page.keyboard.press("Enter");

@@ -584,7 +584,7 @@ pub async fn terminal(
             &format!("Cluster {name} has no node {index}."),
         );
     };
-    render(
+    let mut response = render(
         &master,
         Some(&session),
         "terminal.html",
@@ -596,7 +596,12 @@ pub async fn terminal(
             node => node,
             socket => format!("/api/v1/clusters/{name}/nodes/{index}/terminal"),
         },
-    )
+    );
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(super::TERMINAL_CSP),
+    );
+    response
 }
 
 async fn account_page(
