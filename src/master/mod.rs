@@ -11,6 +11,7 @@ pub mod events;
 pub mod init;
 pub mod session;
 pub mod terminal;
+pub mod workspace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,8 @@ pub struct Master {
     leader_lease: std::sync::Mutex<Option<(EtcdStore, i64)>>,
     /// Hosts and allocations for placement, kept current by a watch.
     placement: crate::store::placement_view::PlacementView,
+    /// The workspace proxy's tunnels and the nodes' endpoints.
+    pub workspace: workspace::Proxy,
 }
 
 pub fn now_secs() -> u64 {
@@ -83,6 +86,7 @@ impl Master {
             leading: AtomicBool::new(false),
             leader_lease: Default::default(),
             placement: Default::default(),
+            workspace: Default::default(),
         }
     }
 
