@@ -499,3 +499,295 @@ fn the_web_terminal_is_a_real_shell_that_survives_a_dropped_connection() {
     );
     eprintln!("terminal checks took {:?}", started.elapsed());
 }
+
+/// The cluster's agent token, as the hosts read it.
+fn agent_token() -> String {
+    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
+    creds
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_token = "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("agent_token in the credentials")
+}
+
+/// Runs `code` in a kernel over its WebSocket and returns what it printed on stdout.
+fn run_cell(socket: &mut Socket, code: &str) -> String {
+    let msg_id = format!("e2e-{}", std::process::id());
+    let request = json!({
+        "header": {"msg_id": msg_id, "username": "e2e", "session": "e2e-session",
+                   "msg_type": "execute_request", "version": "5.3", "date": ""},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": false, "store_history": false,
+                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+    });
+    socket
+        .send(Message::Text(request.to_string().into()))
+        .unwrap();
+    let start = Instant::now();
+    let mut stdout = String::new();
+    let mut seen = Vec::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        let message = match socket.read() {
+            Ok(Message::Text(text)) => serde_json::from_str::<Value>(&text).unwrap(),
+            Ok(_) => continue,
+            Err(e) => panic!("kernel channel: {e}; seen {seen:?}"),
+        };
+        if message["parent_header"]["msg_id"] != msg_id {
+            continue;
+        }
+        let kind = message["msg_type"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "stream" if message["content"]["name"] == "stdout" => {
+                stdout.push_str(message["content"]["text"].as_str().unwrap_or_default());
+            }
+            "status" if message["content"]["execution_state"] == "idle" => return stdout,
+            "error" => panic!("the cell failed: {message}"),
+            _ => {}
+        }
+        seen.push(kind);
+    }
+    panic!("the cell did not finish in 60 s; seen {seen:?}, stdout {stdout:?}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
+    let (a, b) = ("wsjupa", "wsjupb");
+    let _cleanup = Cleanup(vec![a, b]);
+    let token_a = fresh_user(a);
+    let token_b = fresh_user(b);
+    cluster(&token_a, "w1");
+    let started = Instant::now();
+    let base = format!("/go/{a}/w1/0");
+    let origin = format!("http://{HOST}");
+    let browser = Cred::Cookie(&token_a, Some(&origin));
+
+    // Jupyter's REST API (its first request starts it in the node).
+    let r = http(
+        "GET",
+        &format!("{base}/api/status"),
+        Cred::Bearer(&token_a),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.json()["started"].is_string(), "{r}");
+    // Its pages, to the owner's browser.
+    let r = http(
+        "GET",
+        &format!("{base}/tree"),
+        browser,
+        None,
+        &[("Accept", "text/html")],
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{}",
+        r.headers
+    );
+    assert!(
+        r.text()
+            .contains("<title>Home Page - Select or create a notebook</title>"),
+        "{r}"
+    );
+    let r = http("GET", &base, browser, None, &[]);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (308, Some(format!("{base}/"))),
+        "{r}"
+    );
+
+    // A kernel, driven over its WebSocket through the proxy: with a token, and from the
+    // owner's browser (the session cookie and the portal's Origin).
+    let r = http(
+        "POST",
+        &format!("{base}/api/kernels"),
+        Cred::Bearer(&token_a),
+        Some(b"{}"),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let kernel = r.json()["id"].as_str().unwrap().to_owned();
+    let channels = format!("{base}/api/kernels/{kernel}/channels");
+    let mut socket = websocket(&channels, Cred::Bearer(&token_a)).expect("kernel channels");
+    assert_eq!(run_cell(&mut socket, "print(6*7)"), "42\n");
+    drop(socket);
+    let mut socket = websocket(&channels, browser).expect("kernel channels from a browser");
+    assert_eq!(run_cell(&mut socket, "print('✓', 2**10)"), "✓ 1024\n");
+    drop(socket);
+
+    // A file up and down: the contents API, then the raw file (2 MiB, streamed).
+    let content: String = (0..2 * MIB as usize / 64)
+        .map(|i| format!("{i:063}\n"))
+        .collect();
+    let body = json!({"type": "file", "format": "text", "content": content}).to_string();
+    let r = http(
+        "PUT",
+        &format!("{base}/api/contents/x.txt"),
+        Cred::Bearer(&token_a),
+        Some(body.as_bytes()),
+        &[("Content-Type", "application/json")],
+    );
+    assert!(matches!(r.status, 200 | 201), "{r}");
+    let r = http("GET", &format!("{base}/files/x.txt"), browser, None, &[]);
+    assert_eq!(r.status, 200, "{}", r.status);
+    assert!(r.body == content.as_bytes(), "the file came back different");
+
+    // Nobody else: another user, the administrator, a foreign site, or no credentials.
+    for cred in [
+        Cred::Bearer(&token_b),
+        Cred::Cookie(&token_b, None),
+        Cred::Bearer(root()),
+    ] {
+        let r = http("GET", &format!("{base}/api/status"), cred, None, &[]);
+        assert_eq!(r.status, 403, "{r}");
+        assert!(!r.text().contains("started"), "{r}");
+    }
+    assert_eq!(
+        websocket(&channels, Cred::Bearer(&token_b)).err(),
+        Some(403)
+    );
+    let r = http(
+        "GET",
+        &format!("/go/{a}/nosuch/0/api/status"),
+        Cred::Bearer(&token_b),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 403, "{r}");
+    let r = http(
+        "POST",
+        &format!("{base}/api/kernels"),
+        Cred::Cookie(&token_a, Some("http://evil.example")),
+        Some(b"{}"),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 403, "a cross-site POST: {r}");
+    assert_eq!(
+        websocket(
+            &channels,
+            Cred::Cookie(&token_a, Some("http://evil.example"))
+        )
+        .err(),
+        Some(403)
+    );
+    let r = http(
+        "GET",
+        &format!("{base}/tree?x=1"),
+        Cred::None,
+        None,
+        &[("Accept", "text/html,*/*")],
+    );
+    assert_eq!(r.status, 303, "{r}");
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some(format!("/login?next={base}/tree%3Fx%3D1").as_str())
+    );
+    let r = http("GET", &format!("{base}/api/status"), Cred::None, None, &[]);
+    assert_eq!(r.status, 401, "{r}");
+    let r = http(
+        "GET",
+        &format!("/go/{a}/w1/7/api/status"),
+        Cred::Bearer(&token_a),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 404, "{r}");
+
+    // What the node receives: its own token, never Docklet's. Jupyter's token is the one
+    // derived from the agent token, and a listener of ours in Jupyter's place shows the
+    // headers that arrive.
+    let expected = docklet::model::vnode::workspace_token(&agent_token(), &format!("{a}-w1-0"));
+    let exec = |argv: Value| {
+        let r = api(
+            "POST",
+            "/clusters/w1/nodes/0/exec",
+            &token_a,
+            Some(&json!({"argv": argv})),
+        );
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.json()["exit_code"], 0, "{r}");
+        r.json()["stdout"].as_str().unwrap().to_owned()
+    };
+    let config: Value = serde_json::from_str(&exec(json!([
+        "cat",
+        "/etc/docklet/jupyter_notebook_config.json"
+    ])))
+    .unwrap();
+    assert_eq!(config["NotebookApp"]["token"], expected.as_str());
+    exec(json!([
+        "systemctl",
+        "stop",
+        "docklet-jupyter.socket",
+        "docklet-jupyter-proxy.service",
+        "docklet-jupyter.service"
+    ]));
+    let echo = "import http.server, json\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   def do_GET(self):\n\
+        \x20       body = json.dumps(list(self.headers.items())).encode()\n\
+        \x20       self.send_response(200)\n\
+        \x20       self.send_header('Content-Length', str(len(body)))\n\
+        \x20       self.end_headers()\n\
+        \x20       self.wfile.write(body)\n\
+        \x20   do_POST = do_GET\n\
+        http.server.HTTPServer(('127.0.0.1', 8888), H).serve_forever()\n";
+    exec(json!([
+        "systemd-run",
+        "--unit=e2e-echo",
+        "python3",
+        "-c",
+        echo
+    ]));
+    let mut seen = Value::Null;
+    wait_for("the echo listener", Duration::from_secs(20), || {
+        let r = http(
+            "GET",
+            &format!("{base}/echo"),
+            Cred::Bearer(&token_a),
+            None,
+            &[
+                ("Cookie", &format!("theme=dark; docklet_session={token_a}")),
+                ("X-CSRF-Token", "abc"),
+            ],
+        );
+        seen = r.json();
+        r.status == 200 && seen.is_array()
+    });
+    let headers: Vec<(String, String)> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_ascii_lowercase(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let get = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let all = format!("{headers:?}");
+    assert!(
+        !all.contains(&token_a) && !all.contains("dkt_"),
+        "a Docklet token reached the node: {all}"
+    );
+    assert_eq!(
+        get("authorization"),
+        [format!("token {expected}").as_str()],
+        "{all}"
+    );
+    assert_eq!(get("cookie"), ["theme=dark"], "{all}");
+    assert!(get("x-csrf-token").is_empty(), "{all}");
+    assert_eq!(get("x-forwarded-host"), [HOST], "{all}");
+    assert_eq!(get("x-forwarded-proto"), ["http"], "{all}");
+    assert_eq!(get("x-forwarded-for").len(), 1, "{all}");
+    eprintln!("workspace checks took {:?}", started.elapsed());
+}

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -88,6 +88,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
+        // The workspace proxy (see `workspace`): every method, WebSockets too.
+        .route("/go/{user}/{cluster}/{index}", any(workspace_slash))
+        .route("/go/{user}/{cluster}/{index}/", any(workspace))
+        .route("/go/{user}/{cluster}/{index}/{*rest}", any(workspace))
         .merge(super::portal::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -785,6 +789,15 @@ async fn health(State(master): Shared) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// `/go/<user>/<cluster>/<index>/…`: the node's Jupyter, for its owner.
+async fn workspace(State(master): Shared, request: Request) -> Response {
+    super::workspace::serve(master, request).await
+}
+
+async fn workspace_slash(uri: axum::http::Uri) -> Response {
+    super::workspace::add_slash(uri).await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod portal;
 pub mod ports;
 pub mod session;
 pub mod terminal;
+pub mod workspace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,8 @@ pub struct Master {
     leader_lease: std::sync::Mutex<Option<(EtcdStore, i64)>>,
     /// Hosts and allocations for placement, kept current by a watch.
     placement: crate::store::placement_view::PlacementView,
+    /// The workspace proxy's tunnels and the nodes' endpoints.
+    pub workspace: workspace::Proxy,
 }
 
 pub fn now_secs() -> u64 {
@@ -86,6 +89,7 @@ impl Master {
             leading: AtomicBool::new(false),
             leader_lease: Default::default(),
             placement: Default::default(),
+            workspace: Default::default(),
         }
     }
 

@@ -370,6 +370,21 @@ pub fn user_slice(user: &str) -> String {
     format!("docklet-u-{}.slice", escape_unit_segment(user))
 }
 
+/// The token of a vnode's Jupyter server: HMAC-SHA256 of the vnode id, keyed by the
+/// cluster's agent token, as 32 hex digits. Derived, not stored, so the worker that writes
+/// Jupyter's configuration and every master's workspace proxy agree without a shared record;
+/// it reveals nothing of the agent token, and differs per vnode (and per reinstall).
+pub fn workspace_token(agent_token: &str, vnode_id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(agent_token.as_bytes())
+        .expect("HMAC takes keys of any length");
+    // A label of its own, so this MAC is never mistaken for another use of the same key.
+    mac.update(b"docklet-workspace\0");
+    mac.update(vnode_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn hostname(index: u32) -> String {
     format!("host-{index}")
 }
@@ -642,5 +657,37 @@ pub(crate) mod tests {
         assert!(json.contains("\"state\":\"running\""), "{json}");
         assert_eq!(serde_json::from_str::<VNodeSpec>(&json).unwrap(), spec());
         assert!(serde_json::from_str::<VNodeSpec>(r#"{"id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn workspace_tokens_are_derived_per_vnode_and_key() {
+        let token = workspace_token("agent-secret", "alice-c1-0");
+        assert_eq!(token.len(), 32);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        // Stable: the worker and every master compute the same.
+        assert_eq!(token, workspace_token("agent-secret", "alice-c1-0"));
+        assert_ne!(token, workspace_token("agent-secret", "alice-c1-1"));
+        assert_ne!(token, workspace_token("another-secret", "alice-c1-0"));
+        // HMAC-SHA256(key, "docklet-workspace\0" + id), by an independent computation
+        // (RFC 2104 over sha2 directly).
+        use sha2::{Digest, Sha256};
+        let key = b"agent-secret";
+        let mut block = [0u8; 64];
+        block[..key.len()].copy_from_slice(key);
+        let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(b"docklet-workspace\0alice-c1-0")
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize();
+        let expected: String = outer[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(token, expected);
     }
 }

@@ -781,7 +781,17 @@ impl Runtime {
         image_dir: &Path,
     ) -> Result<Duration, VNodeError> {
         self.mount_disk(paths)?;
-        write_jupyter_config(spec, paths, &portal_origin(&self.config, &self.host))?;
+        // The derived token is written at every start, so a vnode that ran before tokens were
+        // derived (or before the agent token changed) gets the current one at its next start.
+        let agent_token = crate::daemon::read_credentials(&self.config)
+            .map(|c| c.agent_token)
+            .map_err(|e| VNodeError::Refused(format!("no agent token for Jupyter's: {e}")))?;
+        write_jupyter_config(
+            spec,
+            paths,
+            &portal_origin(&self.config, &self.host),
+            &vnode::workspace_token(&agent_token, &spec.id),
+        )?;
         let data = user_data_dir(&self.config, &spec.user);
         if !data.exists() {
             std::fs::create_dir_all(&data)
@@ -1188,16 +1198,6 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-fn random_token() -> String {
-    use rand::RngExt;
-    use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect()
-}
-
 /// Creates a directory with exactly `mode`, whatever the daemon's umask (0027): the root of a
 /// vnode's filesystem must be 0755 for its unprivileged users.
 fn create_dir(path: &Path, mode: u32) -> Result<(), VNodeError> {
@@ -1234,18 +1234,15 @@ pub fn workspace_base_url(spec: &VNodeSpec) -> String {
 
 /// Jupyter's configuration inside the vnode (`/etc/docklet/jupyter_notebook_config.json`): it
 /// listens on loopback behind the socket-activated proxy, under the workspace URL, and only
-/// with the token the worker keeps (the proxy adds it; people never see it).
+/// with the vnode's workspace token ([`vnode::workspace_token`]: the master's proxy derives
+/// the same and adds it; people never see it).
 fn write_jupyter_config(
     spec: &VNodeSpec,
     paths: &VNodePaths,
     origin: &str,
+    token: &str,
 ) -> Result<(), VNodeError> {
     let file = paths.etc.join("jupyter_notebook_config.json");
-    let token = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["NotebookApp"]["token"].as_str().map(str::to_owned))
-        .unwrap_or_else(random_token);
     let config = serde_json::json!({
         "NotebookApp": {
             "ip": "127.0.0.1",

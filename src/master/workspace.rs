@@ -1,0 +1,582 @@
+//! The workspace proxy: `/go/<user>/<cluster>/<index>/…` on the portal port is the Jupyter
+//! server of that node (port 8888 inside it, base URL `/go/<user>/<cluster>/<index>/`), for
+//! the node's owner only. Requests (any method, bodies streamed both ways) and WebSocket
+//! upgrades (kernels, terminals) travel through a tunnel of the node's worker agent
+//! ([`agent_client::connect_tcp`]); tunnels are kept alive and reused per node. The proxy
+//! swaps Docklet's credentials for the node's Jupyter token: the vnode never sees a Docklet
+//! token or session cookie.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::Upgraded;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+
+use super::Master;
+use super::actions::ApiError;
+use super::agent_client::{self, AgentError, NodeEndpoint};
+use super::api::Auth;
+use super::session::{CSRF_HEADER, SESSION_COOKIE};
+use crate::model::vnode;
+
+/// Jupyter's port inside every vnode (socket-activated).
+pub const JUPYTER_PORT: u16 = 8888;
+/// How long a node's endpoint (host, agent) is reused before it is looked up again.
+const ENDPOINT_TTL: Duration = Duration::from_secs(10);
+/// Idle tunnels kept per node, and for how long.
+const IDLE_PER_NODE: usize = 8;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Each direction's copy buffer of an upgraded (WebSocket) connection.
+const UPGRADE_BUFFER: usize = 64 << 10;
+
+/// The proxy's shared state: the HTTP client whose pool holds the tunnels, and the nodes'
+/// endpoints it connects through.
+pub struct Proxy {
+    client: Client<TunnelConnector, Body>,
+    endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        let endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>> = Default::default();
+        let connector = TunnelConnector {
+            endpoints: endpoints.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_PER_NODE)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy { client, endpoints }
+    }
+}
+
+/// Opens tunnels for the client's pool. The pool keys connections by the URI's authority,
+/// which is `<vnode id>:<port>`: one pool per node and port.
+#[derive(Clone)]
+struct TunnelConnector {
+    endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>>,
+}
+
+impl tower_service::Service<Uri> for TunnelConnector {
+    type Response = Tunnel;
+    type Error = AgentError;
+    type Future = Pin<Box<dyn Future<Output = Result<Tunnel, AgentError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), AgentError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let id = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(JUPYTER_PORT);
+        let endpoint = self
+            .endpoints
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|(e, _)| e.clone());
+        Box::pin(async move {
+            let endpoint = endpoint.ok_or_else(|| AgentError::Unreachable {
+                host: "?".into(),
+                reason: format!("no endpoint known for vnode {id}"),
+            })?;
+            let io = agent_client::connect_tcp(&endpoint, port).await?;
+            Ok(Tunnel(io.into_inner()))
+        })
+    }
+}
+
+/// A tunnel as a connection of the client's pool.
+struct Tunnel(Upgraded);
+
+impl Connection for Tunnel {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// `/go/<user>/<cluster>/<index>` → the same with its trailing slash (Jupyter's base URL).
+pub async fn add_slash(uri: Uri) -> Response {
+    let path = format!("{}/", uri.path());
+    let location = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    redirect(StatusCode::PERMANENT_REDIRECT, &location)
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (status, [(header::LOCATION, value)]).into_response(),
+        Err(_) => ApiError::BadRequest("an unusable path".into()).into_response(),
+    }
+}
+
+/// Serves one request under `/go/`.
+pub async fn serve(master: Arc<Master>, request: Request) -> Response {
+    match proxy(master, request).await {
+        Ok(response) => response,
+        Err(response) => response,
+    }
+}
+
+/// `<user>`, `<cluster>`, `<index>` of a `/go/...` path.
+fn workspace_of(path: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = path.strip_prefix("/go/")?.splitn(4, '/');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Response> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let (user, cluster, index) = workspace_of(&path)
+        .ok_or_else(|| ApiError::NotFound("no such workspace".into()).into_response())?;
+    let caller = match Auth::from_request_parts(&mut parts, &master).await {
+        Ok(Auth(caller)) => caller,
+        Err(ApiError::Unauthenticated(message)) => {
+            return Err(if wants_login_page(&parts.method, &parts.headers) {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or(&path);
+                redirect(
+                    StatusCode::SEE_OTHER,
+                    &format!("/login?next={}", percent_encode(next)),
+                )
+            } else {
+                ApiError::Unauthenticated(message).into_response()
+            });
+        }
+        Err(e) => return Err(e.into_response()),
+    };
+    // A workspace is its owner's alone, whoever else asks (administrators included), and
+    // whether or not it exists.
+    if caller.name() != user {
+        return Err(
+            ApiError::Forbidden("this workspace belongs to another user".into()).into_response(),
+        );
+    }
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError::NotFound(format!("cluster {cluster} has no node {index:?}")).into_response()
+    })?;
+    let endpoint = master
+        .workspace
+        .endpoint(&master, &caller, cluster, index)
+        .await
+        .map_err(IntoResponse::into_response)?;
+
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_string());
+    let upgrade = is_upgrade(&parts.headers);
+    let mut headers = parts.headers.clone();
+    let proto = if master
+        .config
+        .portal_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https:"))
+    {
+        "https"
+    } else {
+        "http"
+    };
+    let token = vnode::workspace_token(&endpoint.token, &endpoint.vnode_id);
+    forwarded_request_headers(&mut headers, &token, peer.as_deref(), proto, upgrade);
+    let target: Uri = format!(
+        "http://{}:{JUPYTER_PORT}{}",
+        endpoint.vnode_id,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    )
+    .parse()
+    .map_err(|_| ApiError::BadRequest("an unusable path".into()).into_response())?;
+    let mut outgoing = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .version(hyper::Version::HTTP_11)
+        .body(if upgrade { Body::empty() } else { body })
+        .map_err(|e| ApiError::Internal(e.to_string()).into_response())?;
+    *outgoing.headers_mut() = headers;
+    // The browser's side of an upgrade, taken before the request is consumed.
+    let browser_upgrade = upgrade.then(|| {
+        let mut request = Request::from_parts(parts, Body::empty());
+        hyper::upgrade::on(&mut request)
+    });
+
+    let mut response = master
+        .workspace
+        .client
+        .request(outgoing)
+        .await
+        .map_err(|e| unreachable_response(&e, index))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(browser_upgrade) = browser_upgrade
+    {
+        let node_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(browser_upgrade, node_upgrade) {
+                Ok((browser, node)) => {
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut TokioIo::new(browser),
+                        &mut TokioIo::new(node),
+                        UPGRADE_BUFFER,
+                        UPGRADE_BUFFER,
+                    )
+                    .await;
+                }
+                Err(e) => debug!("workspace upgrade: {e}"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    filter_response_headers(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The failure of a request to the node, for people: what did not answer.
+fn unreachable_response(e: &hyper_util::client::legacy::Error, index: u32) -> Response {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = source {
+        if let Some(agent) = error.downcast_ref::<AgentError>() {
+            let api = match agent.status() {
+                Some(502) => ApiError::BadGateway(format!(
+                    "node {index}'s workspace does not answer (nothing listens on port {JUPYTER_PORT} in it)"
+                )),
+                Some(404 | 409) => ApiError::Conflict(format!("node {index} is not running")),
+                _ => ApiError::Unavailable(format!("node {index} cannot be reached: {agent}")),
+            };
+            return api.into_response();
+        }
+        source = error.source();
+    }
+    ApiError::BadGateway(format!("node {index}'s workspace: {e}")).into_response()
+}
+
+impl Proxy {
+    /// The endpoint of the caller's node, looked up at most every [`ENDPOINT_TTL`]; the
+    /// connector finds it here when the pool needs a new tunnel.
+    async fn endpoint(
+        &self,
+        master: &Master,
+        caller: &super::actions::Caller,
+        cluster: &str,
+        index: u32,
+    ) -> Result<NodeEndpoint, ApiError> {
+        let id = crate::model::vcluster::node_id(caller.name(), cluster, index);
+        let now = Instant::now();
+        if let Some((endpoint, at)) = self.endpoints.lock().unwrap().get(&id)
+            && now.duration_since(*at) < ENDPOINT_TTL
+        {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = master
+            .own_node_endpoint(caller, None, cluster, index)
+            .await?;
+        let mut endpoints = self.endpoints.lock().unwrap();
+        // Forget nodes nobody asked for in a while (deleted clusters).
+        endpoints.retain(|_, (_, at)| now.duration_since(*at) < ENDPOINT_TTL * 30);
+        endpoints.insert(id, (endpoint.clone(), now));
+        Ok(endpoint)
+    }
+}
+
+/// A browser navigating (not a script): shown the login page instead of a 401.
+fn wants_login_page(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Headers that concern one hop only (RFC 9110 7.6.1), plus those the `Connection` header
+/// names.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        if !(keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE)) {
+            headers.remove(name);
+        }
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// What the vnode receives: the request's headers without any Docklet credential (the
+/// `Authorization` header, the session cookie, the CSRF token) and with the node's Jupyter
+/// token and the `X-Forwarded-*` headers of this hop.
+pub fn forwarded_request_headers(
+    headers: &mut HeaderMap,
+    jupyter_token: &str,
+    peer: Option<&str>,
+    proto: &str,
+    upgrade: bool,
+) {
+    remove_hop_by_hop(headers, upgrade);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(CSRF_HEADER);
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(SESSION_COOKIE)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("token {jupyter_token}")) {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    // This master is the edge: what a client claims about earlier hops is not passed on.
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+    ] {
+        headers.remove(name);
+    }
+    if let Some(peer) = peer.and_then(|p| HeaderValue::from_str(p).ok()) {
+        headers.insert("x-forwarded-for", peer.clone());
+        headers.insert("x-real-ip", peer);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+    );
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// What the browser receives from the vnode: no hop-by-hop headers, and no cookie the
+/// vnode would set in Docklet's name.
+pub fn filter_response_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers, false);
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split('=').next().map(str::trim) != Some(SESSION_COOKIE)
+            })
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// `next=` of the login redirect: everything but unreserved characters and `/` escaped.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_vnode_never_sees_docklet_credentials() {
+        let mut h = headers(&[
+            ("authorization", "Bearer dkt_secret"),
+            ("cookie", "a=1; docklet_session=dkt_session ; _xsrf=x"),
+            ("cookie", "docklet_session=dkt_other"),
+            ("x-csrf-token", "0123"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("host", "portal:8000"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "hop"),
+            ("accept", "text/html"),
+        ]);
+        forwarded_request_headers(&mut h, "jt", Some("10.0.0.9"), "http", false);
+        let all = format!("{h:?}");
+        assert!(!all.contains("dkt_"), "{all}");
+        assert_eq!(h[header::AUTHORIZATION], "token jt");
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; _xsrf=x");
+        assert!(h.get(CSRF_HEADER).is_none());
+        assert!(h.get("x-private").is_none() && h.get(header::CONNECTION).is_none());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "portal:8000");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h[header::ACCEPT], "text/html");
+
+        let mut only_session = headers(&[("cookie", "docklet_session=dkt_x")]);
+        forwarded_request_headers(&mut only_session, "jt", None, "https", false);
+        assert!(only_session.get(header::COOKIE).is_none());
+        assert_eq!(only_session["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn upgrades_keep_their_handshake_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+            ("authorization", "Bearer dkt_x"),
+        ]);
+        assert!(is_upgrade(&h));
+        forwarded_request_headers(&mut h, "jt", None, "http", true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert_eq!(h[header::AUTHORIZATION], "token jt");
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn responses_cannot_set_docklets_cookie() {
+        let mut h = headers(&[
+            ("set-cookie", "docklet_session=evil; Path=/"),
+            ("set-cookie", "_xsrf=abc; Path=/go/a/c/0/"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/html"),
+        ]);
+        filter_response_headers(&mut h);
+        let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["_xsrf=abc; Path=/go/a/c/0/"]);
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(h[header::CONTENT_TYPE], "text/html");
+    }
+
+    #[test]
+    fn workspace_paths_and_login_redirects() {
+        assert_eq!(
+            workspace_of("/go/alice/c1/0/tree"),
+            Some(("alice", "c1", "0"))
+        );
+        assert_eq!(workspace_of("/go/alice/c1/0/"), Some(("alice", "c1", "0")));
+        assert_eq!(workspace_of("/go/alice/c1"), None);
+        assert_eq!(
+            percent_encode("/go/a/c/0/tree?x=1&y=é"),
+            "/go/a/c/0/tree%3Fx%3D1%26y%3D%C3%A9"
+        );
+        let html = headers(&[("accept", "text/html,application/xhtml+xml")]);
+        assert!(wants_login_page(&Method::GET, &html));
+        assert!(!wants_login_page(&Method::POST, &html));
+        assert!(!wants_login_page(
+            &Method::GET,
+            &headers(&[("accept", "application/json")])
+        ));
+    }
+}
