@@ -791,3 +791,74 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     assert_eq!(get("x-forwarded-for").len(), 1, "{all}");
     eprintln!("workspace checks took {:?}", started.elapsed());
 }
+
+/// The worker's resident memory on `host`, in KiB.
+fn worker_rss(host: &str) -> u64 {
+    let status = ok(
+        host,
+        "cat /proc/$(systemctl show -p MainPID --value docklet-worker)/status",
+    );
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn closed_terminals_leave_nothing_behind() {
+    let a = "wsleak";
+    let _cleanup = Cleanup(vec![a]);
+    let token = fresh_user(a);
+    let shown = cluster(&token, "l1");
+    let host = shown["nodes"][0]["host"].as_str().unwrap().to_owned();
+    let id = format!("{a}-l1-0");
+    let cycle = |n: usize| {
+        for i in 0..n {
+            let mut term =
+                Terminal::open(&terminal_path("l1", ""), Cred::Bearer(&token)).expect("a terminal");
+            assert_eq!(term.hello["new"], true);
+            term.type_keys(&format!("echo cycle-$((1000+{i}))\r"));
+            term.wait_for(&format!("cycle-{}", 1000 + i), Duration::from_secs(20));
+            term.socket.close(None).unwrap();
+            let _ = term.socket.flush();
+            // Read to the end, so the close is sent and answered.
+            while term.socket.read().is_ok() {}
+        }
+    };
+    let sessions = || {
+        ok(
+            &host,
+            &format!("systemctl list-units --all --no-legend 'docklet-exec-{id}-*' | wc -l"),
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    // Warm up (allocator arenas, connections), then measure around 200 more.
+    cycle(20);
+    wait_for(
+        "the warm-up's shells to end",
+        Duration::from_secs(20),
+        || sessions() == 0,
+    );
+    let before = worker_rss(&host);
+    let start = Instant::now();
+    cycle(200);
+    let took = start.elapsed();
+    // Explicitly closed, so at once: not after the grace period of a dropped connection.
+    wait_for("every shell to end", Duration::from_secs(15), || {
+        sessions() == 0
+    });
+    let after = worker_rss(&host);
+    eprintln!(
+        "200 terminals opened, used and closed in {took:?} ({:?} each); worker RSS {before} KiB -> {after} KiB",
+        took / 200
+    );
+    assert!(
+        after <= before + 4096,
+        "the worker kept {} KiB after 200 closed terminals",
+        after - before
+    );
+}

@@ -17,6 +17,9 @@ use super::Master;
 use super::actions::{ApiError, Caller};
 use super::agent_client::{AgentError, CONNECT_LIMIT, NodeEndpoint};
 
+/// How long a close waits for the agent's answer.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
@@ -172,6 +175,16 @@ async fn relay(browser: WebSocket, agent: AgentSocket) {
                         break;
                     }
                     if close {
+                        // Wait for the agent's answering close, so it reads ours before it
+                        // sees the connection go (and takes it for a drop, not an end).
+                        let answered = async {
+                            while let Some(Ok(message)) = from_agent.next().await {
+                                if matches!(message, tungstenite::Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(CLOSE_LIMIT, answered).await;
                         break;
                     }
                 }

@@ -392,6 +392,9 @@ async fn terminal(mut socket: WebSocket, mut attachment: terminals::Attachment) 
             output = attachment.output.recv() => match output {
                 Some(Output::Data(data)) => {
                     if socket.send(Message::Binary(data)).await.is_err() {
+                        // The peer may have closed on purpose just before: its close frame
+                        // can still be waiting to be read.
+                        linger(&mut socket, &session).await;
                         return;
                     }
                 }
@@ -436,6 +439,21 @@ async fn terminal(mut socket: WebSocket, mut attachment: terminals::Attachment) 
                 Some(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// Reads what a failing connection still holds, briefly, for an explicit close.
+async fn linger(socket: &mut WebSocket, session: &terminals::Session) {
+    let pending = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Close(frame) = message {
+                return close_ends_session(frame.as_ref());
+            }
+        }
+        false
+    };
+    if let Ok(true) = tokio::time::timeout(std::time::Duration::from_millis(500), pending).await {
+        session.end().await;
     }
 }
 
