@@ -135,7 +135,7 @@ test.describe.serial("the portal", () => {
         metadata: { kernelspec: { name: "python3", display_name: "Python 3", language: "python" } },
         cells: [{
           cell_type: "code", metadata: {}, outputs: [], execution_count: null,
-          source: "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n" +
+          source: "%matplotlib inline\nimport matplotlib.pyplot as plt\n" +
             "print('sum is', 6 * 7)\nplt.plot([1, 4, 9, 16])\nplt.show()",
         }],
       },
