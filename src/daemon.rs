@@ -312,6 +312,48 @@ where
     }
 }
 
+/// Read buffer of a terminal's WebSocket. Keystrokes and screen updates are small; the
+/// default (128 KiB per socket, allocated up front) made 200 open terminals cost the master
+/// 50 MiB.
+pub const TERMINAL_WS_READ_BUFFER: usize = 16 << 10;
+
+/// Counts open terminals (relays in the master, sessions in the worker). glibc keeps freed
+/// heap for reuse, so after a burst of many at once a daemon would stay at its peak; when
+/// the last one closes, the free memory goes back to the system.
+pub struct OpenTerminals(std::sync::atomic::AtomicUsize);
+
+/// One open terminal; dropping it closes it.
+pub struct OpenTerminal(&'static OpenTerminals);
+
+impl OpenTerminals {
+    pub const fn new() -> OpenTerminals {
+        OpenTerminals(std::sync::atomic::AtomicUsize::new(0))
+    }
+
+    pub fn open(&'static self) -> OpenTerminal {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenTerminal(self)
+    }
+}
+
+impl Default for OpenTerminals {
+    fn default() -> Self {
+        OpenTerminals::new()
+    }
+}
+
+impl Drop for OpenTerminal {
+    fn drop(&mut self) {
+        if self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            // SAFETY: malloc_trim only returns free memory to the system; it touches no
+            // live allocation.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

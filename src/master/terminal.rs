@@ -20,6 +20,9 @@ use super::agent_client::{AgentError, CONNECT_LIMIT, NodeEndpoint};
 /// How long a close waits for the agent's answer.
 const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Relays open now (see [`crate::daemon::OpenTerminals`]).
+static RELAYS: crate::daemon::OpenTerminals = crate::daemon::OpenTerminals::new();
+
 type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
@@ -65,7 +68,9 @@ pub async fn open(
     })?;
     let agent = connect_pty(&endpoint, &query).await;
     Ok(upgrade
+        .read_buffer_size(crate::daemon::TERMINAL_WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
+            let _open = RELAYS.open();
             match agent {
                 Ok(agent) => relay(socket, agent).await,
                 Err(e) => refuse(socket, e).await,
@@ -111,7 +116,9 @@ async fn connect_pty(
             .await
             .map_err(|e| unreachable(format!("{}: {e}", endpoint.agent)))?;
         let _ = stream.set_nodelay(true);
-        match tokio_tungstenite::client_async(request, stream).await {
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(crate::daemon::TERMINAL_WS_READ_BUFFER);
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
             Ok((socket, _)) => Ok(socket),
             Err(tungstenite::Error::Http(response)) => {
                 let text = response

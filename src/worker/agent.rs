@@ -236,6 +236,9 @@ async fn exec_handler(
     }))
 }
 
+/// Terminal WebSockets open now (see [`crate::daemon::OpenTerminals`]).
+static TERMINAL_SOCKETS: crate::daemon::OpenTerminals = crate::daemon::OpenTerminals::new();
+
 /// A terminal: a new shell, or with `?session=<id>` the live one of that id (its missed
 /// output replayed first). The first text frame says which: `{"session": id, "new": bool}`.
 async fn pty_handler(
@@ -286,7 +289,12 @@ async fn pty_handler(
                 _ => AgentError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             })?,
     };
-    Ok(upgrade.on_upgrade(move |socket| terminal(socket, attachment)))
+    Ok(upgrade
+        .read_buffer_size(crate::daemon::TERMINAL_WS_READ_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _open = TERMINAL_SOCKETS.open();
+            terminal(socket, attachment).await
+        }))
 }
 
 /// Answers `101 Switching Protocols` and then carries the bytes of a TCP connection made
