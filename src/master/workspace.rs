@@ -193,10 +193,7 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
                     .path_and_query()
                     .map(|p| p.as_str())
                     .unwrap_or(&path);
-                redirect(
-                    StatusCode::SEE_OTHER,
-                    &format!("/login?next={}", percent_encode(next)),
-                )
+                redirect(StatusCode::SEE_OTHER, &super::portal::login_url(next))
             } else {
                 ApiError::Unauthenticated(message).into_response()
             });
@@ -470,19 +467,6 @@ pub fn filter_response_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// `next=` of the login redirect: everything but unreserved characters and `/` escaped.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,8 +552,8 @@ mod tests {
         assert_eq!(workspace_of("/go/alice/c1/0/"), Some(("alice", "c1", "0")));
         assert_eq!(workspace_of("/go/alice/c1"), None);
         assert_eq!(
-            percent_encode("/go/a/c/0/tree?x=1&y=é"),
-            "/go/a/c/0/tree%3Fx%3D1%26y%3D%C3%A9"
+            crate::master::portal::login_url("/go/a/c/0/tree?x=1&y=é"),
+            "/login?next=/go/a/c/0/tree%3Fx%3D1%26y%3D%C3%A9"
         );
         let html = headers(&[("accept", "text/html,application/xhtml+xml")]);
         assert!(wants_login_page(&Method::GET, &html));

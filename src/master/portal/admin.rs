@@ -191,13 +191,12 @@ pub struct GroupForm {
 }
 
 fn number(field: &Option<String>, label: &str) -> Result<Option<f64>, String> {
-    match given(field) {
-        None => Ok(None),
-        Some(text) => match text.parse::<f64>() {
-            Ok(v) if (0.0..1e15).contains(&v) => Ok(Some(v)),
-            _ => Err(format!("{label}: {text:?} is not a number of zero or more")),
-        },
-    }
+    super::form_number(
+        field,
+        label,
+        |v| (0.0..1e15).contains(&v),
+        "a number of zero or more",
+    )
 }
 
 fn whole(field: &Option<String>, label: &str) -> Result<Option<u32>, String> {

@@ -221,7 +221,7 @@ impl FromRequestParts<Arc<Master>> for Session {
                 .map(|p| p.as_str())
                 .unwrap_or("/");
             let target = if parts.method == axum::http::Method::GET && next != "/" {
-                format!("/login?next={}", urlencode(next))
+                login_url(next)
             } else {
                 "/login".to_owned()
             };
@@ -280,16 +280,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-fn urlencode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
+/// The login page, sending the browser back to `next` (a path of this site) afterwards.
+pub(crate) fn login_url(next: &str) -> String {
+    let mut url = String::from("/login?next=");
+    for byte in next.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            url.push(byte as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            url.push_str(&format!("%{byte:02X}"));
         }
     }
-    out
+    url
 }
 
 /// Where a login may send the browser afterwards: a path of this site, nothing else.
@@ -427,6 +428,23 @@ pub struct DoneQuery {
 pub struct CsrfOnly {
     #[serde(default)]
     csrf: String,
+}
+
+/// A number typed into form field `label`: `None` if left empty, an error naming the field
+/// if it is not a number that `fits` (described by `what`).
+fn form_number(
+    field: &Option<String>,
+    label: &str,
+    fits: impl Fn(f64) -> bool,
+    what: &str,
+) -> Result<Option<f64>, String> {
+    match given(field) {
+        None => Ok(None),
+        Some(text) => match text.parse::<f64>() {
+            Ok(v) if v.is_finite() && fits(v) => Ok(Some(v)),
+            _ => Err(format!("{label}: {text:?} is not {what}")),
+        },
+    }
 }
 
 /// An empty field means "not given".

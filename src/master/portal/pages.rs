@@ -246,13 +246,7 @@ fn free_name(clusters: &[ClusterView]) -> String {
 
 /// A number a person typed, in a form field.
 fn parse_number(field: &Option<String>, label: &str) -> Result<Option<f64>, String> {
-    match given(field) {
-        None => Ok(None),
-        Some(text) => match text.parse::<f64>() {
-            Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
-            _ => Err(format!("{label}: {text:?} is not a positive number")),
-        },
-    }
+    super::form_number(field, label, |v| v > 0.0, "a positive number")
 }
 
 fn create_request(
