@@ -280,9 +280,13 @@ pub async fn create_cluster(
     if let Some(r) = session.refuse_forged(&form.csrf) {
         return r;
     }
-    let fallback = match master.list_clusters(&session.caller, None).await {
-        Ok(clusters) => free_name(&clusters),
-        Err(e) => return render_error(Some(&session), status_of(&e), &e.to_string()),
+    // Only a one-click create (no name typed) needs the user's clusters, for a free name.
+    let fallback = match given(&form.name) {
+        Some(name) => name.to_owned(),
+        None => match master.list_clusters(&session.caller, None).await {
+            Ok(clusters) => free_name(&clusters),
+            Err(e) => return render_error(Some(&session), status_of(&e), &e.to_string()),
+        },
     };
     let request = match create_request(&form, fallback) {
         Ok(r) => r,
