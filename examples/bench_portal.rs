@@ -16,8 +16,6 @@
 //!   cluster's nodes), each running `echo ready` and waiting for it, then each ended with
 //!   `exit`; the master's and the workers' resident memory is read (by `tools/bench-portal`,
 //!   through the testbed) before, with all open, and after.
-//! - `download`: one GET of a file through the workspace proxy, timed to the last byte; prints
-//!   the bytes and seconds.
 //!
 //! Prints Markdown on stdout and progress on stderr. Run through `tools/bench-portal`.
 
@@ -88,13 +86,6 @@ enum Command {
         /// A command to run (and wait for) with every session open, e.g. to read memory.
         #[arg(long)]
         while_open: Option<String>,
-    },
-    /// Times one GET to the last byte.
-    Download {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        token: String,
     },
 }
 
@@ -258,29 +249,6 @@ async fn sessions(
     Ok(())
 }
 
-async fn download(url: &str, token: &str) -> anyhow::Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let request = hyper::Request::get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))?;
-    let start = Instant::now();
-    let response = client.request(request).await?;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    let mut bytes = 0usize;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            bytes += data.len();
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    if status != 200 {
-        bail!("{url} answered {status}");
-    }
-    println!("{bytes} {secs:.3}");
-    Ok(())
-}
-
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Nearest-rank percentile of sorted values.
@@ -380,6 +348,5 @@ async fn main() -> anyhow::Result<()> {
             urls,
             while_open,
         } => sessions(&token, count, &urls, while_open.as_deref()).await,
-        Command::Download { url, token } => download(&url, &token).await,
     }
 }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::sys::splice::BufferedTcp;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
-use hyper::upgrade::Upgraded;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -97,10 +97,7 @@ pub async fn post_json(
 /// A TCP connection to `port` inside the vnode (its loopback, else its own address), through
 /// its host's agent: `GET /agent/v1/vnodes/{id}/tcp/{port}` upgraded to [`TCP_UPGRADE`].
 /// The stream ends when either side closes.
-pub async fn connect_tcp(
-    endpoint: &NodeEndpoint,
-    port: u16,
-) -> Result<TokioIo<Upgraded>, AgentError> {
+pub async fn connect_tcp(endpoint: &NodeEndpoint, port: u16) -> Result<BufferedTcp, AgentError> {
     let unreachable = |reason: String| AgentError::Unreachable {
         host: endpoint.host.clone(),
         reason,
@@ -154,7 +151,14 @@ pub async fn connect_tcp(
         let upgraded = hyper::upgrade::on(response)
             .await
             .map_err(|e| protocol(format!("upgrade: {e}")))?;
-        Ok(TokioIo::new(upgraded))
+        // The socket itself, so relays can splice it.
+        let parts = upgraded
+            .downcast::<TokioIo<tokio::net::TcpStream>>()
+            .map_err(|_| protocol("the tunnel is not a TCP connection".into()))?;
+        Ok(BufferedTcp {
+            stream: parts.io.into_inner(),
+            read: parts.read_buf,
+        })
     };
     tokio::time::timeout(CONNECT_LIMIT, exchange)
         .await

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -19,36 +18,32 @@ use tracing::{debug, info, warn};
 use super::Master;
 use crate::model::ports::{self, PortMapping, PortRange};
 use crate::store::ports::PortsState;
+use crate::sys::splice::{self, BufferedTcp};
 
 /// How long opening the way into a vnode may take before the client's connection is closed.
 const DIAL_LIMIT: Duration = Duration::from_secs(10);
 /// How often ports that could not be bound (taken by another program) are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 
-/// A byte stream into a vnode's port.
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
 /// Opens a connection to a mapping's port inside its vnode.
 pub trait Dial: Send + Sync + 'static {
-    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<Box<dyn Conn>, String>>;
+    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>>;
 }
 
 /// The master's way in: the worker agent's TCP tunnel into the vnode's network namespace.
 struct AgentDial(Arc<Master>);
 
 impl Dial for AgentDial {
-    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<Box<dyn Conn>, String>> {
+    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>> {
         let master = self.0.clone();
         Box::pin(async move {
             let endpoint = master
                 .node_endpoint(&mapping.user, &mapping.cluster, mapping.node)
                 .await
                 .map_err(|e| e.to_string())?;
-            let io = super::agent_client::connect_tcp(&endpoint, mapping.port)
+            super::agent_client::connect_tcp(&endpoint, mapping.port)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok(Box::new(io) as Box<dyn Conn>)
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -168,12 +163,7 @@ async fn accept_loop(listener: TcpListener, mapping: PortMapping, dial: Arc<dyn 
     }
 }
 
-async fn forward(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    mapping: PortMapping,
-    dial: Arc<dyn Dial>,
-) {
+async fn forward(client: TcpStream, peer: SocketAddr, mapping: PortMapping, dial: Arc<dyn Dial>) {
     let vnode = mapping.vnode_id();
     let (public_port, port) = (mapping.public_port, mapping.port);
     let inner = match tokio::time::timeout(DIAL_LIMIT, dial.dial(mapping)).await {
@@ -187,9 +177,8 @@ async fn forward(
             return;
         }
     };
-    let mut inner = inner;
     let _ = client.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut client, &mut inner).await {
+    match splice::relay(BufferedTcp::new(client), inner).await {
         Ok((up, down)) => debug!(public_port, vnode, %peer, up, down, "connection closed"),
         Err(e) => debug!(public_port, vnode, %peer, "connection ended: {e}"),
     }
@@ -257,11 +246,11 @@ mod tests {
     struct LocalDial(SocketAddr);
 
     impl Dial for LocalDial {
-        fn dial(&self, _: PortMapping) -> BoxFuture<'static, Result<Box<dyn Conn>, String>> {
+        fn dial(&self, _: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>> {
             let to = self.0;
             Box::pin(async move {
                 let stream = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-                Ok(Box::new(stream) as Box<dyn Conn>)
+                Ok(BufferedTcp::new(stream))
             })
         }
     }

@@ -18,11 +18,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use hyper::upgrade::Upgraded;
+use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tracing::debug;
+use hyper_util::server::conn::auto::upgrade::downcast;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
 
 use super::Master;
 use super::actions::ApiError;
@@ -30,6 +32,7 @@ use super::agent_client::{self, AgentError, NodeEndpoint};
 use super::api::Auth;
 use super::session::{CSRF_HEADER, SESSION_COOKIE};
 use crate::model::vnode;
+use crate::sys::splice::{self, BufferedTcp};
 
 /// Jupyter's port inside every vnode (socket-activated).
 pub const JUPYTER_PORT: u16 = 8888;
@@ -38,8 +41,6 @@ const ENDPOINT_TTL: Duration = Duration::from_secs(10);
 /// Idle tunnels kept per node, and for how long.
 const IDLE_PER_NODE: usize = 8;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Each direction's copy buffer of an upgraded (WebSocket) connection.
-const UPGRADE_BUFFER: usize = 64 << 10;
 
 /// The proxy's shared state: the HTTP client whose pool holds the tunnels, and the nodes'
 /// endpoints it connects through.
@@ -93,14 +94,37 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 host: "?".into(),
                 reason: format!("no endpoint known for vnode {id}"),
             })?;
-            let io = agent_client::connect_tcp(&endpoint, port).await?;
-            Ok(Tunnel(io.into_inner()))
+            let tunnel = agent_client::connect_tcp(&endpoint, port).await?;
+            Ok(Tunnel {
+                io: TokioIo::new(tunnel.stream),
+                read_ahead: tunnel.read,
+            })
         })
     }
 }
 
-/// A tunnel as a connection of the client's pool.
-struct Tunnel(Upgraded);
+/// A tunnel as a connection of the client's pool: the socket to the agent, and what was
+/// read from it along with the agent's answer.
+struct Tunnel {
+    io: TokioIo<TcpStream>,
+    read_ahead: Bytes,
+}
+
+impl Tunnel {
+    /// The socket again, with what is still unread of it (`then`: what the HTTP client
+    /// buffered after it), for a relay.
+    fn into_buffered(self, then: Bytes) -> BufferedTcp {
+        let read = if self.read_ahead.is_empty() {
+            then
+        } else {
+            [self.read_ahead, then].concat().into()
+        };
+        BufferedTcp {
+            stream: self.io.into_inner(),
+            read,
+        }
+    }
+}
 
 impl Connection for Tunnel {
     fn connected(&self) -> Connected {
@@ -112,9 +136,15 @@ impl hyper::rt::Read for Tunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            let first = self.read_ahead.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -124,15 +154,15 @@ impl hyper::rt::Write for Tunnel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -140,11 +170,11 @@ impl hyper::rt::Write for Tunnel {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
@@ -269,17 +299,23 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
     {
         let node_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
-            match tokio::try_join!(browser_upgrade, node_upgrade) {
-                Ok((browser, node)) => {
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut TokioIo::new(browser),
-                        &mut TokioIo::new(node),
-                        UPGRADE_BUFFER,
-                        UPGRADE_BUFFER,
-                    )
-                    .await;
+            let (browser, node) = match tokio::try_join!(browser_upgrade, node_upgrade) {
+                Ok(both) => both,
+                Err(e) => return debug!("workspace upgrade: {e}"),
+            };
+            // Both sockets themselves, so the relay can splice them.
+            let browser = downcast::<TokioIo<TcpStream>>(browser).map(|parts| BufferedTcp {
+                stream: parts.io.into_inner(),
+                read: parts.read_buf,
+            });
+            let node = node
+                .downcast::<Tunnel>()
+                .map(|parts| parts.io.into_buffered(parts.read_buf));
+            match (browser, node) {
+                (Ok(browser), Ok(node)) => {
+                    let _ = splice::relay(browser, node).await;
                 }
-                Err(e) => debug!("workspace upgrade: {e}"),
+                _ => warn!("a workspace upgrade that is not over TCP on both sides"),
             }
         });
         let (parts, _) = response.into_parts();

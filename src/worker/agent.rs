@@ -16,6 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade::downcast;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -24,11 +26,10 @@ use super::exec::{self, ExecRequest};
 use super::terminals::{self, Output, TerminalError};
 use super::tunnel;
 use super::vnodes::{Runtime, VNodeError};
+use crate::sys::splice::{self, BufferedTcp};
 
 /// The `Upgrade` protocol of a tunnel (shared with the master's client).
 const TCP_UPGRADE: &str = crate::master::agent_client::TCP_UPGRADE;
-/// Each direction's copy buffer in a tunnel.
-const TUNNEL_BUFFER: usize = 64 << 10;
 
 /// Output beyond this many bytes per stream is cut (and says so).
 const OUTPUT_LIMIT: usize = 16 << 20;
@@ -325,7 +326,7 @@ async fn tcp_handler(
         .leader(&id)
         .await
         .ok_or_else(|| AgentError(StatusCode::CONFLICT, format!("vnode {id} is not running")))?;
-    let mut stream = tunnel::connect(leader, port, spec.address)
+    let stream = tunnel::connect(leader, port, spec.address)
         .await
         .map_err(|e| {
             let status = match e.kind() {
@@ -342,20 +343,20 @@ async fn tcp_handler(
         })?;
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
-                // 64 KiB buffers: bulk transfers (downloads from a workspace) go at
-                // the links' speed instead of in 8 KiB steps.
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut upgraded,
-                    &mut stream,
-                    TUNNEL_BUFFER,
-                    TUNNEL_BUFFER,
-                )
-                .await;
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return warn!(vnode = %id, port, "tunnel upgrade failed: {e}"),
+        };
+        // The master's socket itself, so the bytes can be spliced in the kernel.
+        match downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
+            Ok(parts) => {
+                let master = BufferedTcp {
+                    stream: parts.io.into_inner(),
+                    read: parts.read_buf,
+                };
+                let _ = splice::relay(master, BufferedTcp::new(stream)).await;
             }
-            Err(e) => warn!(vnode = %id, port, "tunnel upgrade failed: {e}"),
+            Err(_) => warn!(vnode = %id, port, "a tunnel that is not a TCP connection"),
         }
     });
     Ok(Response::builder()
