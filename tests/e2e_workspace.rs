@@ -511,6 +511,27 @@ fn agent_token() -> String {
 }
 
 /// Runs `code` in a kernel over its WebSocket and returns what it printed on stdout.
+/// Reads a Jupyter terminal's `["stdout", text]` messages until `needle` shows (true) or
+/// 30 s pass (false).
+fn jupyter_terminal_prints(socket: &mut Socket, needle: &str) -> bool {
+    let start = Instant::now();
+    let mut printed = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        let Ok(Message::Text(text)) = socket.read() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        if message[0] == "stdout" {
+            printed.push_str(message[1].as_str().unwrap_or_default());
+            if printed.contains(needle) {
+                return true;
+            }
+        }
+    }
+    eprintln!("the Jupyter terminal printed: {printed:?}");
+    false
+}
+
 fn run_cell(socket: &mut Socket, code: &str) -> String {
     let msg_id = format!("e2e-{}", std::process::id());
     let request = json!({
@@ -616,6 +637,27 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     drop(socket);
     let mut socket = websocket(&channels, browser).expect("kernel channels from a browser");
     assert_eq!(run_cell(&mut socket, "print('✓', 2**10)"), "✓ 1024\n");
+    drop(socket);
+
+    // One of Jupyter's own terminals: made through its REST API, then typed into over its
+    // WebSocket from the owner's browser.
+    let r = http(
+        "POST",
+        &format!("{base}/api/terminals"),
+        Cred::Bearer(&token_a),
+        Some(b"{}"),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let name = r.json()["name"].as_str().unwrap().to_owned();
+    let mut socket = websocket(&format!("{base}/terminals/websocket/{name}"), browser)
+        .expect("a Jupyter terminal");
+    let typed = json!(["stdin", "echo jupyter-$((6*7)) in $(hostname)\r"]).to_string();
+    socket.send(Message::Text(typed.into())).unwrap();
+    assert!(
+        jupyter_terminal_prints(&mut socket, "jupyter-42 in host-0"),
+        "the Jupyter terminal did not run the command"
+    );
     drop(socket);
 
     // A file up and down: the contents API, then the raw file (2 MiB, streamed).
