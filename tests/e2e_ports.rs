@@ -1,8 +1,9 @@
 //! End-to-end: port mappings on the testbed, as a user sees them from outside. A user maps
 //! port 22 of a node and reads sshd's banner at the master's public address from this
 //! machine; the group's quota, bad input and other users are refused; the port closes when
-//! the cluster stops and opens when it starts; it comes back after the master restarts; and
-//! deleting the cluster removes the mapping and closes the port.
+//! the cluster stops and opens when it starts; it comes back after the master restarts and
+//! after the master host reboots; and deleting the cluster removes the mapping and closes
+//! the port.
 
 mod common;
 
@@ -473,6 +474,24 @@ fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
         "sshd after the master restarted",
         Duration::from_secs(60),
         is_ssh,
+    );
+
+    // So does the master host after a reboot, with no portal request to start its master:
+    // `docklet-admin init` enabled it there.
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "UnitFileState"),
+        "enabled"
+    );
+    reboot("tb1");
+    probe_until(
+        public_port,
+        "sshd after the master host rebooted",
+        Duration::from_secs(180),
+        is_ssh,
+    );
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "ActiveState"),
+        "active"
     );
 
     // Deleting the cluster removes the mapping, releases it and closes the port.

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use docklet::model::host::{HostLoadSummary, HostRecord, hosts_table, human_bytes, render_table};
 use docklet::model::quota::human_cores;
 use docklet::model::vnode::{DesiredState, VNodeSpec};
+use docklet::sys::systemd::SystemdManagerProxy;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -466,7 +467,25 @@ async fn init(force: bool) -> Result<(), Failure> {
         "Password file:   {} (readable by root only)",
         result.password_file
     );
+    // This host is the cluster's master host now: its master starts at boot, not only on
+    // the first portal request, so port mappings and the controllers come back by themselves.
+    match enable_master_at_boot(&conn).await {
+        Ok(()) => println!("Master:          starts at boot on this host ({MASTER_UNIT} enabled)"),
+        Err(e) => eprintln!(
+            "docklet-admin: cannot enable {MASTER_UNIT} ({e}); run `systemctl enable {MASTER_UNIT}`"
+        ),
+    }
     Ok(())
+}
+
+const MASTER_UNIT: &str = "docklet-master.service";
+
+async fn enable_master_at_boot(conn: &zbus::Connection) -> zbus::Result<()> {
+    let systemd = SystemdManagerProxy::new(conn).await?;
+    systemd
+        .enable_unit_files(&[MASTER_UNIT], false, false)
+        .await?;
+    systemd.reload().await
 }
 
 fn usage(message: String) -> Failure {

@@ -33,6 +33,15 @@ pub trait SystemdManager {
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    /// `systemctl enable`: returns whether the unit has install information, and the
+    /// symlinks made.
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn reload(&self) -> zbus::Result<()>;
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
