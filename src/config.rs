@@ -94,6 +94,9 @@ pub struct Config {
     pub portal_url: Option<String>,
     /// The image of a new cluster whose request names none.
     pub default_image: String,
+    /// Seconds between two samples of every vnode's and host's use (CPU, memory, disk,
+    /// network), on each worker.
+    pub metrics_interval: u64,
     /// How far the scheduler may allocate a host beyond its capacity, per resource.
     pub overcommit: crate::model::placement::Overcommit,
     pub storage: Storage,
@@ -113,6 +116,7 @@ impl Default for Config {
             vni_base: 1_000_000,
             portal_url: None,
             default_image: "base".into(),
+            metrics_interval: 10,
             overcommit: crate::model::placement::Overcommit::default(),
             storage: Storage::File,
             etcd: EtcdConfig::default(),
@@ -227,6 +231,13 @@ impl Config {
                     &format!("must not contain {key} ({port})"),
                 );
             }
+        }
+        if !(1..=3600).contains(&self.metrics_interval) {
+            return invalid(
+                "metrics_interval",
+                &self.metrics_interval,
+                "must be 1 to 3600 seconds",
+            );
         }
         let max_vni_base = crate::model::network::MAX_VNI - crate::model::vnode::UID_SLOTS;
         if self.vni_base == 0 || self.vni_base > max_vni_base {
@@ -437,6 +448,7 @@ mod tests {
             ),
             ("storage = \"tape\"", "storage", "tape"),
             ("port_range = \"100-2000\"", "port_range", "1024"),
+            ("metrics_interval = 0", "metrics_interval", "1 to 3600"),
             (
                 "port_range = \"7000-9000\"",
                 "port_range",

@@ -638,3 +638,101 @@ fn a_new_base_image_serves_new_vnodes_and_leaves_running_ones_alone() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `name{labels} value` lines of a Prometheus text whose labels include `label`.
+fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn the_worker_serves_what_its_vnodes_use_as_prometheus_text() {
+    let id = "ivan-metrics-0";
+    assert_eq!(
+        create(id, "tb2", "ivan", "--memory 256M --disk 512M").code,
+        0
+    );
+    wait_phase(id, "running");
+    // Three seconds of one busy core (started by the vnode's own systemd, so in the vnode's
+    // cgroup: `exec` runs in a unit of its own), 20 MiB written to its disk, a few
+    // datagrams out.
+    exec_ok(
+        "tb2",
+        id,
+        "systemd-run --wait --quiet timeout 3 sh -c 'while :; do :; done' || true; \
+         head -c 20971520 /dev/urandom > /root/twenty; sync; \
+         python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         [s.sendto(b'x', ('172.16.0.1', 9)) for _ in range(5)]\"",
+    );
+    let url = "http://10.213.0.12:8001/metrics";
+    let (status, _) = agent_get(url, None);
+    assert_eq!(status, 401, "metrics need the agent token");
+    let label = format!("vnode=\"{id}\"");
+    let mut text = String::new();
+    // A sample comes every metrics_interval (10 s): wait for one taken after the work.
+    wait_for("a sample after the work", Duration::from_secs(40), || {
+        let (status, body) = agent_get(url, Some(&agent_token()));
+        assert_eq!(status, 200, "{body}");
+        text = body;
+        metric(&text, "docklet_vnode_cpu_seconds_total", &label).is_some_and(|s| s >= 2.5)
+            && metric(&text, "docklet_vnode_disk_bytes", &label).is_some_and(|b| b >= 20e6)
+    });
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("docklet_vnode_memory_bytes{"))
+        .unwrap();
+    assert!(
+        line.contains("user=\"ivan\"")
+            && line.contains("cluster=\"metrics\"")
+            && line.contains("node=\"0\"")
+            && line.contains("host=\"tb2\""),
+        "{line}"
+    );
+    assert!(
+        metric(&text, "docklet_vnode_memory_bytes", &label).unwrap() > 1e6,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "docklet_vnode_processes", &label).unwrap() >= 3.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "docklet_vnode_uptime_seconds", &label).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "docklet_vnode_network_transmit_packets_total",
+            &label
+        )
+        .unwrap()
+            >= 3.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE docklet_vnode_cpu_seconds_total counter"),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "docklet_host_vnodes", "host=\"tb2\"").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "docklet_host_memory_total_bytes", "host=\"tb2\"").unwrap() > 1e8);
+    delete(id);
+}
+
+/// GETs from a worker's agent from this machine; returns (status, body).
+fn agent_get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-s", "-m", "30", "-w", "\n%{http_code}"]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = command.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}

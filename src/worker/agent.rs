@@ -120,6 +120,7 @@ fn runtime(worker: &Worker) -> Result<Arc<Runtime>, AgentError> {
 pub fn router(worker: Shared) -> Router {
     Router::new()
         .route("/agent/v1/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
         .route("/agent/v1/vnodes/{id}/exec", post(exec_handler))
         .route("/agent/v1/vnodes/{id}/pty", get(pty_handler))
         .route("/agent/v1/vnodes/{id}/tcp/{port}", get(tcp_handler))
@@ -128,6 +129,18 @@ pub fn router(worker: Shared) -> Router {
             require_token,
         ))
         .with_state(worker)
+}
+
+/// This host's and its vnodes' last samples, in the Prometheus text format.
+async fn metrics_handler(State(worker): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        worker.metrics.exposition(&worker.host),
+    )
+        .into_response()
 }
 
 /// Serves the agent on `0.0.0.0:agent_port` until the worker stops.

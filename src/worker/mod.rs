@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bus;
 pub mod exec;
+pub mod metrics;
 pub mod network;
 pub mod ssh;
 pub mod terminals;
@@ -58,6 +59,8 @@ pub struct Worker {
     pub runtime: std::sync::OnceLock<Arc<vnodes::Runtime>>,
     /// The terminal sessions of this host's vnodes.
     pub terminals: Arc<terminals::Registry>,
+    /// The last samples of what this host and its vnodes use.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Worker {
@@ -74,6 +77,7 @@ impl Worker {
             probe,
             runtime: std::sync::OnceLock::new(),
             terminals: Default::default(),
+            metrics: Default::default(),
         }
     }
 
@@ -319,6 +323,12 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
             ))
         })
         .clone();
+    tokio::spawn(
+        worker
+            .metrics
+            .clone()
+            .run(worker.config.clone(), runtime.clone()),
+    );
     let mut first_pass = true;
     loop {
         let store = worker.connect(&mut backoff).await;

@@ -964,6 +964,10 @@ impl Runtime {
                 Variant::new(paths.netns.display().to_string()),
             ),
             ("TasksMax", Variant::new(u64::from(spec.tasks))),
+            // The controllers whose files the worker's metrics read (`memory.current`, ...).
+            ("CPUAccounting", Variant::new(true)),
+            ("MemoryAccounting", Variant::new(true)),
+            ("TasksAccounting", Variant::new(true)),
             exec_property("ExecStart", &nspawn),
             exec_property("ExecStopPost", &record_exit),
         ]
