@@ -406,23 +406,29 @@ fn agent_token() -> String {
 
 /// POSTs JSON to a worker's agent from this machine; returns (status, body).
 fn agent_post(url: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    agent_call(url, token, Some(body))
+}
+
+/// GETs from a worker's agent from this machine; returns (status, body).
+fn agent_get(url: &str, token: Option<&str>) -> (u16, String) {
+    agent_call(url, token, None)
+}
+
+fn agent_call(url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
     let mut command = std::process::Command::new("curl");
-    command.args([
-        "-s",
-        "-m",
-        "30",
-        "-w",
-        "\n%{http_code}",
-        "-H",
-        "Content-Type: application/json",
-    ]);
+    command.args(["-s", "-m", "30", "-w", "\n%{http_code}"]);
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
-    let output = command
-        .args(["--data-binary", body, url])
-        .output()
-        .expect("curl");
+    if let Some(json) = json {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            json,
+        ]);
+    }
+    let output = command.arg(url).output().expect("curl");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
@@ -639,7 +645,8 @@ fn a_new_base_image_serves_new_vnodes_and_leaves_running_ones_alone() {
     }
 }
 
-/// `name{labels} value` lines of a Prometheus text whose labels include `label`.
+/// The value on the first `name{labels} value` line of a Prometheus text whose labels include
+/// `label`.
 fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
@@ -722,17 +729,4 @@ fn the_worker_serves_what_its_vnodes_use_as_prometheus_text() {
     );
     assert!(metric(&text, "docklet_host_memory_total_bytes", "host=\"tb2\"").unwrap() > 1e8);
     delete(id);
-}
-
-/// GETs from a worker's agent from this machine; returns (status, body).
-fn agent_get(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut command = std::process::Command::new("curl");
-    command.args(["-s", "-m", "30", "-w", "\n%{http_code}"]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    let output = command.arg(url).output().expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
