@@ -24,6 +24,57 @@ pub struct EtcdStore {
     pub(super) keys: Keys,
 }
 
+/// Two prefixes' watches, followed as one stream of changes (the views that mirror two kinds
+/// of keys: placement, port mappings).
+pub(crate) struct TwoWatches([etcd_client::WatchStream; 2]);
+
+impl EtcdStore {
+    /// Watches every key under both prefixes, from `revision + 1` on.
+    pub(crate) async fn watch_two(
+        &self,
+        prefixes: [&str; 2],
+        revision: i64,
+    ) -> Result<TwoWatches, StoreError> {
+        let mut streams = Vec::new();
+        for prefix in prefixes {
+            let options = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let stream = self
+                .client
+                .watch_client()
+                .watch(prefix, Some(options))
+                .await
+                .map_err(classify)?;
+            streams.push(stream);
+        }
+        let pair = streams
+            .try_into()
+            .map_err(|_| StoreError::Failed("two watches expected".into()))?;
+        Ok(TwoWatches(pair))
+    }
+}
+
+impl TwoWatches {
+    /// The next response of either watch, or why following them has to start over.
+    pub(crate) async fn next(&mut self) -> Result<etcd_client::WatchResponse, StoreError> {
+        let [first, second] = &mut self.0;
+        let message = tokio::select! {
+            m = first.message() => m,
+            m = second.message() => m,
+        };
+        let response = match message {
+            Ok(Some(response)) => response,
+            Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
+            Err(e) => return Err(classify(e)),
+        };
+        if response.canceled() || response.compact_revision() > 0 {
+            return Err(StoreError::Unavailable("the watch was cancelled".into()));
+        }
+        Ok(response)
+    }
+}
+
 pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
     match &e {
         etcd_client::Error::GRpcStatus(status) => match status.code() {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse};
 use tracing::warn;
 
 use super::clusters::PlacementSnapshot;
@@ -87,39 +87,19 @@ impl PlacementView {
                 );
             }
         }
-        let mut watches = Vec::new();
-        for prefix in [&hosts_prefix, &allocations_prefix] {
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            match store
-                .client
-                .watch_client()
-                .watch(prefix.as_str(), Some(options))
-                .await
-            {
-                Ok(stream) => watches.push(stream),
-                Err(e) => return classify(e),
-            }
-        }
-        *self.current.lock().unwrap() = Some(copy);
-        let [mut hosts, mut allocations]: [_; 2] = match watches.try_into() {
-            Ok(pair) => pair,
-            Err(_) => return StoreError::Failed("two watches expected".into()),
+        let mut watches = match store
+            .watch_two([&hosts_prefix, &allocations_prefix], revision)
+            .await
+        {
+            Ok(watches) => watches,
+            Err(e) => return e,
         };
+        *self.current.lock().unwrap() = Some(copy);
         loop {
-            let message = tokio::select! {
-                m = hosts.message() => m,
-                m = allocations.message() => m,
+            let response = match watches.next().await {
+                Ok(response) => response,
+                Err(e) => return e,
             };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return StoreError::Unavailable("the watch ended".into()),
-                Err(e) => return classify(e),
-            };
-            if response.canceled() || response.compact_revision() > 0 {
-                return StoreError::Unavailable("the watch was cancelled".into());
-            }
             let mut current = self.current.lock().unwrap();
             let Some(copy) = current.as_mut() else {
                 return StoreError::Failed("the copy went away".into());

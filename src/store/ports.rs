@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
 };
 use tokio::sync::watch;
 
@@ -248,39 +247,19 @@ impl EtcdStore {
                 state.apply(&ports_prefix, &status_prefix, kv.key(), Some(kv.value()));
             }
         }
-        let mut watches = Vec::new();
-        for prefix in [&ports_prefix, &status_prefix] {
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            match self
-                .client
-                .watch_client()
-                .watch(prefix.as_str(), Some(options))
-                .await
-            {
-                Ok(stream) => watches.push(stream),
-                Err(e) => return classify(e),
-            }
-        }
-        publish.send_replace(Some(select(&state)));
-        let [mut mapped, mut statuses]: [_; 2] = match watches.try_into() {
-            Ok(pair) => pair,
-            Err(_) => return StoreError::Failed("two watches expected".into()),
+        let mut watches = match self
+            .watch_two([&ports_prefix, &status_prefix], revision)
+            .await
+        {
+            Ok(watches) => watches,
+            Err(e) => return e,
         };
+        publish.send_replace(Some(select(&state)));
         loop {
-            let message = tokio::select! {
-                m = mapped.message() => m,
-                m = statuses.message() => m,
+            let response = match watches.next().await {
+                Ok(response) => response,
+                Err(e) => return e,
             };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return StoreError::Unavailable("the watch ended".into()),
-                Err(e) => return classify(e),
-            };
-            if response.canceled() || response.compact_revision() > 0 {
-                return StoreError::Unavailable("the watch was cancelled".into());
-            }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let value = (event.event_type() == EventType::Put).then(|| kv.value());
