@@ -506,14 +506,7 @@ pub fn filter_response_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::master::session::tests::headers;
 
     #[test]
     fn the_vnode_never_sees_docklet_credentials() {
