@@ -151,6 +151,20 @@ pub trait Master1 {
     fn clusters(&self, user: &str) -> Result<String, BusError>;
     /// Port mappings: `user`'s, or everyone's when `user` is empty.
     fn ports(&self, user: &str) -> Result<String, BusError>;
+    /// Every user's images (JSON).
+    fn images(&self) -> Result<String, BusError>;
+    #[allow(clippy::too_many_arguments)]
+    fn save_image(
+        &self,
+        user: &str,
+        cluster: &str,
+        node: u32,
+        name: &str,
+        description: &str,
+        force: bool,
+    ) -> Result<String, BusError>;
+    fn set_image_public(&self, owner: &str, name: &str, public: bool) -> Result<String, BusError>;
+    fn delete_image(&self, owner: &str, name: &str) -> Result<(), BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -84,7 +84,7 @@ fn a_vnode_rootfs_is_an_idmapped_image_under_an_overlay_on_a_sized_disk() {
         "the image view must be read-only"
     );
 
-    mounts::mount_overlay(&lower, &upper, &work, &rootfs).unwrap();
+    mounts::mount_overlay(&[&lower], &upper, &work, &rootfs).unwrap();
     mounted.0.push(&rootfs);
     assert_eq!(
         std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(),

@@ -87,6 +87,9 @@ enum Command {
         vnodes: Option<u32>,
         #[arg(long)]
         images: Option<u32>,
+        /// Total size of saved images: bytes, or with a K, M, G or T suffix.
+        #[arg(long)]
+        image_size: Option<String>,
         #[arg(long)]
         port_mappings: Option<u32>,
         /// Seconds a cluster may stay idle before it is stopped (0: never).
@@ -111,6 +114,16 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// List every user's images with their state, size and sharing.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a node as an image, share, unshare or delete an image.
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
     },
     /// List groups with their quotas; the default group for new users is marked.
     Groups {
@@ -168,6 +181,31 @@ enum UserAction {
     Delete {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Save node NODE of USER/CLUSTER as USER's image NAME, and wait until it is saved.
+    Save {
+        /// USER/CLUSTER
+        cluster: String,
+        node: u32,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Replace USER's image of that name.
+        #[arg(long)]
+        force: bool,
+        /// Return once the save is asked for.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Let every user start clusters from OWNER/NAME.
+    Share { image: String },
+    /// Make OWNER/NAME private again (clusters made from it keep it).
+    Unshare { image: String },
+    /// Delete OWNER/NAME (refused while a cluster uses it).
+    Delete { image: String },
 }
 
 #[derive(Subcommand)]
@@ -731,6 +769,109 @@ async fn user(action: UserAction) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `owner/name` → its two parts.
+fn split_pair<'a>(text: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
+    text.split_once('/')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| usage(format!("{text:?}: give {what}")))
+}
+
+async fn image(action: ImageAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    let reply = match action {
+        ImageAction::Save {
+            cluster,
+            node,
+            name,
+            description,
+            force,
+            no_wait,
+        } => {
+            let (user, cluster) = split_pair(&cluster, "USER/CLUSTER")?;
+            let reply = master
+                .save_image(user, cluster, node, &name, &description, force)
+                .await
+                .map_err(bus)?;
+            if no_wait {
+                reply
+            } else {
+                let reference = format!("{user}/{name}");
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let images: Vec<serde_json::Value> =
+                        parse_reply(master.images().await.map_err(bus)?)?;
+                    let Some(image) = images.into_iter().find(|i| i["reference"] == reference.as_str())
+                    else {
+                        return Err(Failure {
+                            code: 1,
+                            message: format!("image {reference} disappeared while saving"),
+                        });
+                    };
+                    let state = image["state"].as_str().unwrap_or("").to_owned();
+                    if state.starts_with("saving") {
+                        eprint!("\r{reference}: {state}   ");
+                        continue;
+                    }
+                    eprintln!();
+                    if state != "ready" {
+                        return Err(Failure {
+                            code: 1,
+                            message: format!("image {reference}: {state}"),
+                        });
+                    }
+                    break image.to_string();
+                }
+            }
+        }
+        ImageAction::Share { image } => {
+            let (owner, name) = split_pair(&image, "OWNER/NAME")?;
+            master
+                .set_image_public(owner, name, true)
+                .await
+                .map_err(bus)?
+        }
+        ImageAction::Unshare { image } => {
+            let (owner, name) = split_pair(&image, "OWNER/NAME")?;
+            master
+                .set_image_public(owner, name, false)
+                .await
+                .map_err(bus)?
+        }
+        ImageAction::Delete { image } => {
+            let (owner, name) = split_pair(&image, "OWNER/NAME")?;
+            master.delete_image(owner, name).await.map_err(bus)?;
+            println!("Image {image} deleted.");
+            return Ok(());
+        }
+    };
+    let image: serde_json::Value = parse_reply(reply)?;
+    print!("{}", images_table(&[image]));
+    Ok(())
+}
+
+fn images_table(images: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            let text = |key: &str| i[key].as_str().unwrap_or("").to_owned();
+            vec![
+                text("reference"),
+                text("state"),
+                human_bytes(i["bytes"].as_u64().unwrap_or(0)),
+                i["current"]["base"].as_str().unwrap_or("-").to_owned(),
+                if i["public"] == true { "public" } else { "private" }.into(),
+                text("description").lines().next().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    render_table(
+        &["IMAGE", "STATE", "SIZE", "BASE", "SHARING", "DESCRIPTION"],
+        &rows,
+    )
+}
+
 async fn group(action: GroupAction) -> Result<(), Failure> {
     let conn = connect().await?;
     let master = master_proxy(&conn).await?;
@@ -847,7 +988,7 @@ fn groups_table(groups: &[serde_json::Value], default: &str) -> String {
                 human_bytes(q("memory_bytes")),
                 human_bytes(q("disk_bytes")),
                 q("vnodes").to_string(),
-                q("images").to_string(),
+                format!("{} ({})", q("images"), human_bytes(q("image_bytes"))),
                 q("port_mappings").to_string(),
                 match q("idle_secs") {
                     0 => "never".into(),
@@ -923,6 +1064,7 @@ fn main() -> ExitCode {
                 disk,
                 vnodes,
                 images,
+                image_size,
                 port_mappings,
                 idle,
                 json,
@@ -954,6 +1096,12 @@ fn main() -> ExitCode {
                     quota.insert(
                         "disk_bytes".into(),
                         parse_size(&disk).map_err(usage)?.into(),
+                    );
+                }
+                if let Some(size) = image_size {
+                    quota.insert(
+                        "image_bytes".into(),
+                        parse_size(&size).map_err(usage)?.into(),
                     );
                 }
                 for (key, value) in [
@@ -1022,6 +1170,22 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::User { action } => user(action).await,
+            Command::Image { action } => image(action).await,
+            Command::Images { json } => {
+                let conn = connect().await?;
+                let text = master_proxy(&conn)
+                    .await?
+                    .images()
+                    .await
+                    .map_err(|e| failure(e, "master"))?;
+                let images: Vec<serde_json::Value> = parse_reply(text)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&images).expect("JSON"));
+                } else {
+                    print!("{}", images_table(&images));
+                }
+                Ok(())
+            }
             Command::Groups { json } => {
                 let conn = connect().await?;
                 let master = master_proxy(&conn).await?;

@@ -15,6 +15,7 @@ use crate::model::account::{
     self, Account, AccountStatus, AuthMethod, SESSION_SECS, TOKEN_PREFIX, TokenKind, TokenRecord,
 };
 use crate::model::host::HostRecord;
+use crate::model::image::ImageRef;
 use crate::model::placement::{self, HostLoad};
 use crate::model::quota::{self, Group, NodeSize, Quota, Usage};
 use crate::model::vcluster::{
@@ -331,6 +332,7 @@ pub struct QuotaPatch {
     pub disk_bytes: Option<u64>,
     pub vnodes: Option<u32>,
     pub images: Option<u32>,
+    pub image_bytes: Option<u64>,
     pub port_mappings: Option<u32>,
     pub idle_secs: Option<u64>,
 }
@@ -346,6 +348,7 @@ impl QuotaPatch {
             disk_bytes,
             vnodes,
             images,
+            image_bytes,
             port_mappings,
             idle_secs
         );
@@ -742,6 +745,9 @@ impl Master {
             .fold(Usage::default(), |sum, s| sum.plus(&Usage::of_node(s)));
         quota::admit(quota, &store.usage(&cluster.user).await?, &wanted)
             .map_err(|e| ApiError::QuotaExceeded(e.to_string()))?;
+        let (system_image, image_guard) = self
+            .image_to_start(store, &cluster.image, &cluster.user, revision.is_none())
+            .await?;
         let mut last_error = None;
         for _ in 0..3 {
             let PlacementSnapshot {
@@ -751,7 +757,7 @@ impl Master {
             } = self.placement.snapshot(store).await?;
             let image_hosts: Vec<&HostRecord> = hosts
                 .iter()
-                .filter(|h| h.images.contains(&cluster.image))
+                .filter(|h| h.images.contains(&system_image))
                 .collect();
             if image_hosts.is_empty() {
                 let known: HashSet<&String> = hosts.iter().flat_map(|h| &h.images).collect();
@@ -761,8 +767,7 @@ impl Master {
                     "unknown_image",
                     "image",
                     format!(
-                        "no host has image {}; images: {}",
-                        cluster.image,
+                        "no host has image {system_image}; images: {}",
                         known
                             .iter()
                             .map(|s| s.as_str())
@@ -812,6 +817,7 @@ impl Master {
                 operation: Some(operation),
                 idempotency_key,
                 check_hosts: &check,
+                image: image_guard.clone(),
             };
             match store.write_nodes(&write, &self.address_plan()).await {
                 Ok(_) => return Ok(()),
@@ -820,6 +826,38 @@ impl Master {
             }
         }
         Err(ApiError::NoCapacity(last_error.unwrap_or_default()))
+    }
+
+    /// The system image under the vnodes of a cluster that starts from `image`, and for a
+    /// user's image the revision of its record that the write must still find. A new
+    /// cluster may use the user's own images and public ones; an existing cluster keeps
+    /// growing from its image even if it was unshared since.
+    async fn image_to_start(
+        &self,
+        store: &EtcdStore,
+        image: &str,
+        user: &str,
+        new_cluster: bool,
+    ) -> Result<(String, Option<(String, i64)>), ApiError> {
+        let refuse = |message: String| ApiError::invalid("unusable_image", "image", message);
+        match ImageRef::parse(image).map_err(|e| refuse(e.to_string()))? {
+            ImageRef::System(name) => Ok((name.to_owned(), None)),
+            ImageRef::User { owner, name } => {
+                let Some((record, revision)) = store.image(owner, name).await? else {
+                    return Err(refuse(format!("there is no image {image}")));
+                };
+                let reason = record.refuse_use(user);
+                match reason {
+                    Some(reason) if new_cluster || !reason.ends_with("is private") => {
+                        Err(refuse(reason))
+                    }
+                    _ => {
+                        let base = record.current.map(|v| v.base).unwrap_or_default();
+                        Ok((base, Some((store.keys().image(owner, name), revision))))
+                    }
+                }
+            }
+        }
     }
 
     pub async fn list_clusters(
@@ -1248,9 +1286,12 @@ impl Master {
                 *existing.entry(host).or_default() += 1;
             }
         }
+        let (system_image, _) = self
+            .image_to_start(store, &spec.image, &spec.user, false)
+            .await?;
         let loads: Vec<HostLoad> = hosts
             .iter()
-            .filter(|h| h.images.contains(&spec.image))
+            .filter(|h| h.images.contains(&system_image))
             .map(|h| host_load(h, &allocations, &drained, &existing))
             .collect();
         let size = NodeSize {

@@ -24,6 +24,7 @@ use super::actions::{
     ApiError, Caller, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
 };
+use super::images::{ImagePatch, ImageView, SaveImageRequest};
 use super::ports::{MapPortRequest, PortView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
@@ -68,6 +69,11 @@ pub fn router(master: Arc<Master>) -> Router {
         .route(
             "/api/v1/ports/{public_port}",
             axum::routing::delete(unmap_port),
+        )
+        .route("/api/v1/images", get(list_images).post(save_image))
+        .route(
+            "/api/v1/images/{owner}/{name}",
+            get(show_image).patch(update_image).delete(delete_image),
         )
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events))
@@ -299,7 +305,7 @@ struct ErrorDetail {
     paths(
         login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
-        scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, operation, events, list_users, create_user, show_user, update_user,
+        scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, list_images, save_image, show_image, update_image, delete_image, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
         set_default_group, hosts, drain, undrain, health
     ),
@@ -606,6 +612,77 @@ async fn unmap_port(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ImagesQuery {
+    /// Administrators: every user's images, private ones included.
+    #[serde(default)]
+    all: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/images", tag = "docklet", summary = "The caller's images and everyone's public ones (administrators: `?all=true` for every image)", params(ImagesQuery), responses((status = 200, body = Vec<ImageView>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn list_images(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Params(q): Params<ImagesQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(master.list_images(&caller, q.all).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/images", tag = "docklet", summary = "Saves a node's own layer as an image (replacing one of the same name with `force`); follow the returned image until it is `ready`", params(OwnerQuery), request_body = SaveImageRequest, responses((status = 202, body = ImageView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn save_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Params(q): Params<OwnerQuery>,
+    Body(request): Body<SaveImageRequest>,
+) -> ApiResult<Response> {
+    let view = master
+        .save_image(&caller, q.user.as_deref(), &request)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{owner}/{name}", tag = "docklet", summary = "One image, optionally waiting (`?wait=` seconds) while it is being saved", params(("owner" = String, Path), ("name" = String, Path), WaitQuery), responses((status = 200, body = ImageView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn show_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((owner, name)): Path<(String, String)>,
+    Params(q): Params<WaitQuery>,
+) -> ApiResult<Response> {
+    if q.wait > 120 {
+        return Err(ApiError::BadRequest(format!(
+            "wait={}: at most 120 seconds",
+            q.wait
+        )));
+    }
+    let view = master
+        .show_image(&caller, &owner, &name, Duration::from_secs(q.wait))
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(patch, path = "/api/v1/images/{owner}/{name}", tag = "docklet", summary = "Shares (`public: true`) or unshares an image, or changes its description", params(("owner" = String, Path), ("name" = String, Path)), request_body = ImagePatch, responses((status = 200, body = ImageView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn update_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((owner, name)): Path<(String, String)>,
+    Body(patch): Body<ImagePatch>,
+) -> ApiResult<Response> {
+    let view = master.update_image(&caller, &owner, &name, &patch).await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{owner}/{name}", tag = "docklet", summary = "Deletes an image no cluster uses", params(("owner" = String, Path), ("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn delete_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path((owner, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    master.delete_image(&caller, &owner, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "docklet", summary = "An operation's progress, optionally waiting for its end", params(("id" = String, Path), WaitQuery), responses((status = 200, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn operation(
     State(master): Shared,
@@ -826,10 +903,12 @@ mod tests {
             "/api/v1/clusters/{name}/nodes/{index}/ports",
             "/api/v1/ports",
             "/api/v1/ports/{public_port}",
+            "/api/v1/images",
+            "/api/v1/images/{owner}/{name}",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 28, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 30, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

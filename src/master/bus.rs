@@ -6,6 +6,7 @@ use zbus::message::Header;
 
 use super::Master;
 use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
+use super::images::{ImagePatch, SaveImageRequest};
 use crate::dbus_api::{self, BusError, HostRow, InitResult};
 use crate::model::account::AuthMethod;
 use crate::model::quota::Group;
@@ -342,6 +343,83 @@ impl MasterInterface {
         } else {
             json(self.master.list_ports(&caller, Some(user), None).await)
         }
+    }
+
+    /// Every user's images as JSON, the records of `GET /api/v1/images?all=true`.
+    async fn images(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(self.master.list_images(&Caller::local_admin(), true).await)
+    }
+
+    /// Saves node `node` of `user`'s cluster as `user`'s image `name` (replacing one with
+    /// `force`); returns the image (JSON), being saved.
+    #[allow(clippy::too_many_arguments)]
+    async fn save_image(
+        &self,
+        user: &str,
+        cluster: &str,
+        node: u32,
+        name: &str,
+        description: &str,
+        force: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, user, cluster, node, name, "image save over D-Bus");
+        let request = SaveImageRequest {
+            cluster: cluster.to_owned(),
+            node,
+            name: name.to_owned(),
+            description: description.to_owned(),
+            force,
+        };
+        json(
+            self.master
+                .save_image(&Caller::local_admin(), Some(user), &request)
+                .await,
+        )
+    }
+
+    /// Shares (`public`) or unshares `owner`'s image `name`; returns it (JSON).
+    async fn set_image_public(
+        &self,
+        owner: &str,
+        name: &str,
+        public: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let patch = ImagePatch {
+            public: Some(public),
+            description: None,
+        };
+        json(
+            self.master
+                .update_image(&Caller::local_admin(), owner, name, &patch)
+                .await,
+        )
+    }
+
+    /// Deletes `owner`'s image `name` (refused while a cluster uses it).
+    async fn delete_image(
+        &self,
+        owner: &str,
+        name: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, owner, name, "image delete over D-Bus");
+        self.master
+            .delete_image(&Caller::local_admin(), owner, name)
+            .await
+            .map_err(api_bus_error)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

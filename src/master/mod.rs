@@ -9,6 +9,7 @@ pub mod bus;
 pub mod controllers;
 pub mod events;
 pub mod forwarder;
+pub mod images;
 pub mod init;
 pub mod portal;
 pub mod ports;

@@ -5,6 +5,7 @@ pub mod account;
 pub mod cluster;
 pub mod drain;
 pub mod host;
+pub mod image;
 pub mod metrics;
 pub mod network;
 pub mod placement;

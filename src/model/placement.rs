@@ -310,7 +310,7 @@ mod tests {
             memory_bytes: 12 * GIB,
             disk_bytes: 0,
             vnodes: 3,
-            port_mappings: 0,
+            ..Usage::default()
         };
         let mut spread = host("b");
         spread.cluster_nodes = 1;
@@ -449,7 +449,7 @@ mod tests {
                     memory_bytes: share * 2 * GIB,
                     disk_bytes: share * 10 * GIB,
                     vnodes: share as u32,
-                    port_mappings: 0,
+                    ..Usage::default()
                 };
                 if i % 13 == 0 {
                     h.allocated.memory_bytes = 16 * GIB;

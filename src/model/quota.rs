@@ -21,6 +21,12 @@ pub struct Usage {
     /// a vnode also forgets its mappings and releases them.
     #[serde(default)]
     pub port_mappings: u32,
+    /// The user's saved images, and the size of their layers (always 0 in a host's
+    /// allocation).
+    #[serde(default)]
+    pub images: u32,
+    #[serde(default)]
+    pub image_bytes: u64,
 }
 
 impl Usage {
@@ -31,7 +37,7 @@ impl Usage {
             memory_bytes: size.memory_bytes,
             disk_bytes: size.disk_bytes,
             vnodes: 1,
-            port_mappings: 0,
+            ..Usage::default()
         }
     }
 
@@ -42,6 +48,8 @@ impl Usage {
             disk_bytes: self.disk_bytes.saturating_add(other.disk_bytes),
             vnodes: self.vnodes.saturating_add(other.vnodes),
             port_mappings: self.port_mappings.saturating_add(other.port_mappings),
+            images: self.images.saturating_add(other.images),
+            image_bytes: self.image_bytes.saturating_add(other.image_bytes),
         }
     }
 
@@ -54,6 +62,8 @@ impl Usage {
             disk_bytes: self.disk_bytes.saturating_sub(other.disk_bytes),
             vnodes: self.vnodes.saturating_sub(other.vnodes),
             port_mappings: self.port_mappings.saturating_sub(other.port_mappings),
+            images: self.images.saturating_sub(other.images),
+            image_bytes: self.image_bytes.saturating_sub(other.image_bytes),
         }
     }
 }
@@ -75,9 +85,17 @@ pub struct Quota {
     pub disk_bytes: u64,
     pub vnodes: u32,
     pub images: u32,
+    /// The total size of a member's saved images.
+    #[serde(default = "default_image_bytes")]
+    pub image_bytes: u64,
     pub port_mappings: u32,
     /// How long a cluster may stay idle before it is stopped, in seconds (0 = never).
     pub idle_secs: u64,
+}
+
+/// What groups written before images had a size limit get.
+fn default_image_bytes() -> u64 {
+    20 * GIB
 }
 
 /// Stored at `groups/<name>`.
@@ -103,6 +121,7 @@ pub fn default_groups() -> Vec<Group> {
         disk_bytes: 40 * GIB,
         vnodes: 8,
         images: 10,
+        image_bytes: default_image_bytes(),
         port_mappings: 8,
         idle_secs: 24 * 3600,
     };
@@ -152,7 +171,8 @@ pub enum QuotaError {
 }
 
 impl QuotaError {
-    /// Which resource ran out: `vnodes`, `cpu`, `memory`, `disk` or `port mappings`.
+    /// Which resource ran out: `vnodes`, `cpu`, `memory`, `disk`, `port mappings`, `images`
+    /// or `image size`.
     pub fn resource(&self) -> &'static str {
         match self {
             QuotaError::Exceeded { resource, .. } => resource,
@@ -161,12 +181,12 @@ impl QuotaError {
 }
 
 /// The usage after adding `add`, or the first resource (in the order vnodes, cpu, memory,
-/// disk, port mappings) it would exceed. A resource `add` does not grow is not checked, so a member left above
+/// disk, port mappings, images, image size) it would exceed. A resource `add` does not grow is not checked, so a member left above
 /// a lowered quota is only stopped from taking more of what is already over.
 pub fn admit(quota: &Quota, usage: &Usage, add: &Usage) -> Result<Usage, QuotaError> {
     /// Resource name, in use, requested, limit, and how to show an amount of it.
     type Check = (&'static str, u64, u64, u64, fn(u64) -> String);
-    let checks: [Check; 5] = [
+    let checks: [Check; 7] = [
         (
             "vnodes",
             u64::from(usage.vnodes),
@@ -201,6 +221,20 @@ pub fn admit(quota: &Quota, usage: &Usage, add: &Usage) -> Result<Usage, QuotaEr
             u64::from(add.port_mappings),
             u64::from(quota.port_mappings),
             |n| n.to_string(),
+        ),
+        (
+            "images",
+            u64::from(usage.images),
+            u64::from(add.images),
+            u64::from(quota.images),
+            |n| n.to_string(),
+        ),
+        (
+            "image size",
+            usage.image_bytes,
+            add.image_bytes,
+            quota.image_bytes,
+            human_bytes,
         ),
     ];
     for (resource, used, requested, limit, show) in checks {
@@ -314,7 +348,7 @@ mod tests {
             memory_bytes,
             disk_bytes,
             vnodes,
-            port_mappings: 0,
+            ..Usage::default()
         }
     }
 

@@ -15,7 +15,7 @@ pub struct VNodeSpec {
     pub cluster: String,
     /// The node's number in its vcluster: its hostname is `host-<index>`.
     pub index: u32,
-    /// Image name under `FS_PREFIX/local/images`.
+    /// A system image under `FS_PREFIX/local/images` (`base`) or a user's image (`alice/web`).
     pub image: String,
     /// CPU in thousandths of a core (1000 = one core).
     pub cpu_millis: u32,
@@ -182,7 +182,7 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> SpecE
 
 /// Lower-case letters, digits and inner dashes; `max` characters at most. Such names are safe
 /// as etcd key segments, unit names, paths and machine names.
-fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), SpecError> {
+pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), SpecError> {
     if value.is_empty() || value.len() > max {
         return Err(invalid(
             field,
@@ -224,8 +224,9 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
     check_name("id", id, 48)
 }
 
+/// A system image (`base`) or a user's image (`alice/web`): see [`crate::model::image`].
 pub fn validate_image_name(image: &str) -> Result<(), SpecError> {
-    check_name("image", image, 64)
+    crate::model::image::ImageRef::parse(image).map(|_| ())
 }
 
 /// The smallest cpu share of a vnode: a hundredth of a core.
@@ -497,6 +498,14 @@ pub(crate) mod tests {
             let mut s = spec();
             s.id = bad.into();
             assert!(validate_spec(&s).is_err(), "id {bad:?} accepted");
+            let mut s = spec();
+            s.image = bad.into();
+            if bad != "a/b" {
+                assert!(validate_spec(&s).is_err(), "image {bad:?} accepted");
+            }
+        }
+        // A user's image is `owner/name`, each part a name; nothing else with a slash.
+        for bad in ["a/../b", "a/b/c", "/b", "a/"] {
             let mut s = spec();
             s.image = bad.into();
             assert!(validate_spec(&s).is_err(), "image {bad:?} accepted");

@@ -51,6 +51,9 @@ pub struct NodeWrite<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Checks the hosts' allocations after adding the new vnodes (capacity × overcommit).
     pub check_hosts: &'a HostCheck<'a>,
+    /// A user image the vnodes start from: `images/<owner>/<name>` must still have the
+    /// revision it was checked at (not being deleted meanwhile).
+    pub image: Option<(String, i64)>,
 }
 
 pub fn spec_usage(spec: &VNodeSpec) -> Usage {
@@ -59,7 +62,7 @@ pub fn spec_usage(spec: &VNodeSpec) -> Usage {
         memory_bytes: spec.memory_bytes,
         disk_bytes: spec.disk_bytes,
         vnodes: 1,
-        port_mappings: 0,
+        ..Usage::default()
     }
 }
 
@@ -177,6 +180,9 @@ impl EtcdStore {
                     Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
                 });
                 then.push(TxnOp::put(key, encode(cluster), None));
+            }
+            if let Some((key, revision)) = &write.image {
+                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *revision));
             }
             if let (Some(op), Some(lease)) = (write.operation, lease) {
                 let options = || Some(PutOptions::new().with_lease(lease));

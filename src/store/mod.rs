@@ -25,6 +25,8 @@
 //! - `ports/<public_port>` ([`PortMapping`](crate::model::ports::PortMapping)): a vnode port
 //!   published on the masters' public address, counted in the owner's `usage/<user>`: see
 //!   [`ports`];
+//! - `images/<owner>/<name>` ([`ImageRecord`](crate::model::image::ImageRecord)): the image
+//!   catalog, counted in the owner's `usage/<user>`: see [`images`];
 //! - `leader`: the name of the master that runs the controllers, bound to its lease: see
 //!   [`leader`].
 
@@ -38,6 +40,7 @@ use crate::model::quota::Group;
 pub mod accounts;
 pub mod clusters;
 pub mod etcd;
+pub mod images;
 pub mod leader;
 pub mod memory;
 pub mod network;
@@ -202,6 +205,12 @@ impl Keys {
     }
     pub fn port(&self, public_port: u16) -> String {
         format!("{}ports/{public_port}", self.prefix)
+    }
+    pub fn images(&self) -> String {
+        format!("{}images/", self.prefix)
+    }
+    pub fn image(&self, owner: &str, name: &str) -> String {
+        format!("{}images/{owner}/{name}", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)

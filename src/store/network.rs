@@ -164,6 +164,7 @@ impl EtcdStore {
             operation: None,
             idempotency_key: None,
             check_hosts: &|_| Ok(()),
+            image: None,
         };
         let mut created = self.write_nodes(&write, plan).await?;
         Ok(created.remove(0))

@@ -31,6 +31,13 @@ fn check(ret: libc::c_long, what: &str) -> io::Result<libc::c_long> {
 /// kernel wants a namespace, not numbers, for an idmapped mount: a short-lived child creates
 /// it, we write its maps and keep a reference.
 pub fn userns_fd(base: u32, count: u32) -> io::Result<OwnedFd> {
+    userns_fd_mapping(0, base, count)
+}
+
+/// A user namespace mapping ids `inside..inside+count` to `outside..outside+count`.
+/// `userns_fd_mapping(base, 0, n)` undoes [`userns_fd`]: through it, a vnode's files (owned
+/// by `base + k` on the host) read as owned by `k`, as in an image.
+pub fn userns_fd_mapping(inside: u32, outside: u32, count: u32) -> io::Result<OwnedFd> {
     let mut command = Command::new("/bin/sleep");
     command
         .arg("30")
@@ -52,7 +59,7 @@ pub fn userns_fd(base: u32, count: u32) -> io::Result<OwnedFd> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a user namespace: {e}")))?;
     let pid = child.id();
     let result = (|| {
-        let map = format!("0 {base} {count}\n");
+        let map = format!("{inside} {outside} {count}\n");
         std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
         std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
         Ok(OwnedFd::from(File::open(format!("/proc/{pid}/ns/user"))?))
@@ -129,10 +136,17 @@ pub fn mount_idmapped(source: &Path, target: &Path, userns: &OwnedFd) -> io::Res
 }
 
 /// Mounts an overlay of `lower` (read-only) and `upper` (the vnode's changes) at `target`.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+/// An overlay at `target`: `lowers` top first (a user image's layer, then its system image).
+pub fn mount_overlay(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers.join(":"),
         upper.display(),
         work.display()
     );

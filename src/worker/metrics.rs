@@ -247,7 +247,7 @@ impl Metrics {
 
 /// Where the cgroup v2 hierarchy is: `/sys/fs/cgroup` itself, or `unified` below it on a
 /// host in systemd's hybrid mode.
-fn unified_root() -> PathBuf {
+pub(crate) fn unified_root() -> PathBuf {
     let root = Path::new("/sys/fs/cgroup");
     match nix::sys::statfs::statfs(root) {
         Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => root.into(),

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bus;
 pub mod exec;
+pub mod images;
 pub mod metrics;
 pub mod network;
 pub mod ssh;
@@ -329,6 +330,7 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
             .clone()
             .run(worker.config.clone(), runtime.clone()),
     );
+    tokio::spawn(image_loop(worker.clone(), runtime.clone()));
     let mut first_pass = true;
     loop {
         let store = worker.connect(&mut backoff).await;
@@ -367,6 +369,20 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
                 "vnode reconciler: {e}; starting over in {}s",
                 delay.as_secs()
             );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Carries out the image saves the catalog asks of this host, for ever.
+async fn image_loop(worker: Arc<Worker>, runtime: Arc<vnodes::Runtime>) {
+    let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime);
+    let mut backoff = Backoff::default();
+    loop {
+        let store = worker.connect(&mut backoff).await;
+        if let Err(e) = images::saver_loop(saver.clone(), store).await {
+            let delay = backoff.next_delay();
+            warn!("image saves: {e}; starting over in {}s", delay.as_secs());
             tokio::time::sleep(delay).await;
         }
     }

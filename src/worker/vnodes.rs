@@ -72,6 +72,10 @@ pub struct VNodePaths {
     pub state: PathBuf,
     pub run: PathBuf,
     pub lower: PathBuf,
+    /// A user image's layer (idmapped like `lower`), above it; `layer_source` names the
+    /// unpacked layer mounted there.
+    pub layer: PathBuf,
+    pub layer_source: PathBuf,
     pub rootfs: PathBuf,
     pub exit: PathBuf,
     pub netns: PathBuf,
@@ -90,6 +94,8 @@ impl VNodePaths {
             state: dir.join("state.json"),
             dir,
             lower: run.join("lower"),
+            layer: run.join("layer"),
+            layer_source: run.join("layer-source"),
             rootfs: run.join("rootfs"),
             exit: run.join("exit"),
             netns: Path::new(RUN_DIR).join("netns").join(id),
@@ -238,6 +244,8 @@ pub struct Runtime {
     memos: Mutex<HashMap<String, Memo>>,
     /// machined is there: register vnodes so `machinectl` and `journalctl -M` know them.
     register_machines: AtomicBool,
+    /// Held by whatever changes or reads a vnode's files: its reconciler pass, an image save.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Runtime {
@@ -258,7 +266,15 @@ impl Runtime {
             network,
             memos: Mutex::new(HashMap::new()),
             register_machines: AtomicBool::new(register),
+            locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lock of one vnode's files (see [`Runtime::locks`]).
+    pub fn vnode_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap();
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(id.to_owned()).or_default().clone()
     }
 
     pub fn systemd(&self) -> &Systemd {
@@ -402,6 +418,8 @@ impl Runtime {
 
     async fn reconcile_one(&self, store: &EtcdStore, stored: StoredSpec) -> Result<(), VNodeError> {
         let id = stored.id.as_str();
+        let lock = self.vnode_lock(id);
+        let _held = lock.lock().await;
         let spec = match stored.spec {
             Ok(spec) => spec,
             Err(e) => {
@@ -684,7 +702,7 @@ impl Runtime {
                 },
             },
         )?;
-        let (image_dir, image_version) = resolve_image(&self.config, &spec.image)?;
+        let image = super::images::start_image(&self.config, store, &spec.image).await?;
         let slot = store.uid_slot(&spec.user).await?;
         let uid_base = vnode::uid_base(slot);
 
@@ -700,7 +718,7 @@ impl Runtime {
             None => self.create_local(spec, paths, uid_base)?,
         };
         let result = self
-            .mount_and_boot(store, spec, paths, &state, &image_dir)
+            .mount_and_boot(store, spec, paths, &state, &image)
             .await;
         let net = match result {
             Ok(net) => net,
@@ -718,7 +736,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        Ok((uid_base, image_version, net))
+        Ok((uid_base, image.version, net))
     }
 
     /// Creates the vnode's directory, disk and layers; `state.json` last.
@@ -762,7 +780,7 @@ impl Runtime {
         result
     }
 
-    fn mount_disk(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
+    pub(crate) fn mount_disk(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
         if mounts::is_mount_point(&paths.disk) {
             return Ok(());
         }
@@ -778,7 +796,7 @@ impl Runtime {
         spec: &VNodeSpec,
         paths: &VNodePaths,
         state: &LocalState,
-        image_dir: &Path,
+        image: &super::images::StartImage,
     ) -> Result<Duration, VNodeError> {
         self.mount_disk(paths)?;
         // The derived token is written at every start, so a vnode that ran before tokens were
@@ -801,17 +819,30 @@ impl Runtime {
             nix::unistd::chown(&data, owner, group)
                 .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
         }
-        for dir in [&paths.lower, &paths.rootfs] {
+        for dir in [&paths.lower, &paths.layer, &paths.rootfs] {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        if !mounts::is_mount_point(&paths.lower) {
-            let userns = mounts::userns_fd(state.uid_base, vnode::UID_RANGE_SIZE)
-                .map_err(io_err("user namespace for the image"))?;
-            mounts::mount_idmapped(image_dir, &paths.lower, &userns)
-                .map_err(io_err("mounting the image"))?;
+        let mut views = vec![(&image.system, &paths.lower)];
+        if let Some(layer) = &image.layer {
+            views.push((layer, &paths.layer));
+            write_file(
+                &paths.layer_source,
+                layer.display().to_string().as_bytes(),
+                0o600,
+            )?;
+        }
+        for (source, view) in &views {
+            if !mounts::is_mount_point(view) {
+                let userns = mounts::userns_fd(state.uid_base, vnode::UID_RANGE_SIZE)
+                    .map_err(io_err("user namespace for the image"))?;
+                mounts::mount_idmapped(source, view, &userns)
+                    .map_err(io_err("mounting the image"))?;
+            }
         }
         if !mounts::is_mount_point(&paths.rootfs) {
-            mounts::mount_overlay(&paths.lower, &paths.upper, &paths.work, &paths.rootfs)
+            // Top first: the user image's layer over the system image.
+            let lowers: Vec<&Path> = views.iter().rev().map(|(_, view)| view.as_path()).collect();
+            mounts::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
                 .map_err(io_err("root filesystem"))?;
         }
         if !mounts::is_mount_point(&paths.netns) {
@@ -978,6 +1009,7 @@ impl Runtime {
     fn release(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
         mounts::unmount_all(&paths.rootfs).map_err(io_err("unmounting the rootfs"))?;
         mounts::unmount_all(&paths.lower).map_err(io_err("unmounting the image"))?;
+        mounts::unmount_all(&paths.layer).map_err(io_err("unmounting the image's layer"))?;
         mounts::unmount_all(&paths.disk).map_err(io_err("unmounting the vnode's disk"))?;
         mounts::remove_netns(&paths.netns).map_err(io_err("removing the network namespace"))?;
         match std::fs::remove_dir_all(&paths.run) {

@@ -183,6 +183,7 @@ pub struct GroupForm {
     disk_gib: Option<String>,
     vnodes: Option<String>,
     images: Option<String>,
+    image_gib: Option<String>,
     port_mappings: Option<String>,
     idle_minutes: Option<String>,
     node_cpus: Option<String>,
@@ -220,6 +221,7 @@ fn group_patch(form: &GroupForm) -> Result<GroupPatch, String> {
         disk_bytes: scaled(&form.disk_gib, "Disk", 1073741824.0)?,
         vnodes: whole(&form.vnodes, "Nodes")?,
         images: whole(&form.images, "Images")?,
+        image_bytes: scaled(&form.image_gib, "Image size", 1073741824.0)?,
         port_mappings: whole(&form.port_mappings, "Port mappings")?,
         idle_secs: scaled(&form.idle_minutes, "Idle time", 60.0)?,
     };

@@ -1,0 +1,729 @@
+//! User images on a worker: saving a vnode's layer when the catalog asks this host to, and
+//! unpacking a saved layer before a vnode starts from it.
+//!
+//! Saving (`images/<owner>/<name>` pending `Saving` on this host): under the vnode's lock
+//! (no start or stop meanwhile), with a running vnode's cgroup frozen so that what is read
+//! is one moment of its disk, GNU tar reads the overlay's upper directory through an
+//! idmapped view that shifts the vnode's uid range back to 0..65536 — the layer is then
+//! owned like the system image and fits any user's range. Whiteouts (0:0 character devices),
+//! opaque directories and file capabilities are kept. A vnode that itself started from a
+//! user image gets that image's layer folded in first (in a staging copy), so an image is
+//! always one layer on a system image. The tar goes to `<version>.tar.part` on the shared
+//! filesystem, hashed and measured as it is written, renamed when complete, and only then
+//! recorded as the image's `current` version.
+//!
+//! Using: `FS_PREFIX/local/image-layers/<owner>/<name>/<version>/` holds the unpacked layer,
+//! made from the tar (checked against its SHA-256) in a `.part` directory renamed when
+//! complete.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::master::now_secs;
+use crate::model::image::{self, ImageRecord, ImageRef, ImageVersion, Pending};
+use crate::model::vnode::{self, UnitState};
+use crate::store::{EtcdStore, StoreError};
+use crate::sys::mounts;
+use crate::worker::vnodes::{LocalState, Runtime, VNodeError, VNodePaths};
+
+/// The tar file of one version of an image, on the shared filesystem.
+pub fn layer_file(config: &Config, owner: &str, name: &str, version: &str) -> PathBuf {
+    image_files_dir(config, owner, name).join(format!("{version}.tar"))
+}
+
+/// Every version of an image, on the shared filesystem.
+pub fn image_files_dir(config: &Config, owner: &str, name: &str) -> PathBuf {
+    config.global_dir().join("images").join(owner).join(name)
+}
+
+/// Where this host unpacks a version.
+pub fn layer_dir(config: &Config, owner: &str, name: &str, version: &str) -> PathBuf {
+    config
+        .local_dir()
+        .join("image-layers")
+        .join(owner)
+        .join(name)
+        .join(version)
+}
+
+/// What a vnode's rootfs is made of.
+#[derive(Debug, Clone)]
+pub struct StartImage {
+    /// The system image (`images/<name>/current` resolved).
+    pub system: PathBuf,
+    /// A user image's unpacked layer, above the system image.
+    pub layer: Option<PathBuf>,
+    /// For the vnode's status: `<system version>` or `<system version>+<owner>/<name>@<version>`.
+    pub version: String,
+}
+
+/// Resolves a vnode's image: a system image by name, or a user image through the catalog
+/// (its current version, unpacked here if it is not yet).
+pub async fn start_image(
+    config: &Config,
+    store: &EtcdStore,
+    image: &str,
+) -> Result<StartImage, VNodeError> {
+    match ImageRef::parse(image)? {
+        ImageRef::System(name) => {
+            let (system, version) = super::vnodes::resolve_image(config, name)?;
+            Ok(StartImage {
+                system,
+                layer: None,
+                version,
+            })
+        }
+        ImageRef::User { owner, name } => {
+            let current = store
+                .image(owner, name)
+                .await?
+                .and_then(|(record, _)| record.current)
+                .ok_or_else(|| {
+                    VNodeError::Refused(format!("image {image} has no saved layer (deleted?)"))
+                })?;
+            let (system, system_version) =
+                super::vnodes::resolve_image(config, &current.base)?;
+            let (config, owner_s, name_s) = (config.clone(), owner.to_owned(), name.to_owned());
+            let version = current.clone();
+            let layer = tokio::task::spawn_blocking(move || {
+                ensure_layer(&config, &owner_s, &name_s, &version)
+            })
+            .await
+            .map_err(|e| VNodeError::Refused(format!("unpacking {image}: {e}")))??;
+            Ok(StartImage {
+                system,
+                layer: Some(layer),
+                version: format!("{system_version}+{image}@{}", current.version),
+            })
+        }
+    }
+}
+
+/// The unpacked layer of `version`, unpacking it first if this host has not yet.
+pub fn ensure_layer(
+    config: &Config,
+    owner: &str,
+    name: &str,
+    version: &ImageVersion,
+) -> Result<PathBuf, VNodeError> {
+    let refused = |m: String| VNodeError::Refused(m);
+    if !image::valid_version(&version.version) {
+        return Err(refused(format!(
+            "image {owner}/{name}: invalid version {:?} in the catalog",
+            version.version
+        )));
+    }
+    let dir = layer_dir(config, owner, name, &version.version);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let file = layer_file(config, owner, name, &version.version);
+    let part = dir.with_extension("part");
+    remove_tree(&part)?;
+    std::fs::create_dir_all(&part).map_err(io_err(format!("creating {}", part.display())))?;
+    let unpacked = unpack(&file, &part, &version.sha256);
+    if let Err(e) = unpacked {
+        let _ = remove_tree(&part);
+        return Err(refused(format!("image {owner}/{name}: {e}")));
+    }
+    std::fs::rename(&part, &dir).map_err(io_err(format!("renaming {}", part.display())))?;
+    info!(image = %format!("{owner}/{name}"), version = %version.version, "layer unpacked");
+    Ok(dir)
+}
+
+/// Unpacks `file` into `dir` with owners, modes, devices (whiteouts) and extended
+/// attributes as stored, feeding tar through a hash: a file that does not match `sha256`
+/// is refused (and what was unpacked is the caller's to remove).
+fn unpack(file: &Path, dir: &Path, sha256: &str) -> Result<(), String> {
+    let mut source = std::fs::File::open(file).map_err(|e| {
+        format!(
+            "its layer {} cannot be read ({e}): the image directory is damaged",
+            file.display()
+        )
+    })?;
+    let mut tar = Command::new("tar")
+        .args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
+        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
+        .arg("--directory")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let mut stdin = tar.stdin.take().expect("piped");
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let copied: io::Result<()> = (|| {
+        loop {
+            let n = source.read(&mut buffer)?;
+            if n == 0 {
+                return Ok(());
+            }
+            hasher.update(&buffer[..n]);
+            stdin.write_all(&buffer[..n])?;
+        }
+    })();
+    drop(stdin);
+    let output = tar
+        .wait_with_output()
+        .map_err(|e| format!("waiting for tar: {e}"))?;
+    let digest = hex(&hasher.finalize());
+    if digest != sha256 {
+        return Err(format!(
+            "its layer {} does not match the catalog (SHA-256 {digest}, expected {sha256}): \
+             the image directory is damaged",
+            file.display()
+        ));
+    }
+    copied.map_err(|e| format!("reading {}: {e}", file.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "tar could not unpack {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Carries out the saves the catalog asks of this host.
+pub struct Saver {
+    config: Config,
+    host: String,
+    runtime: Arc<Runtime>,
+    /// `owner/name` of the saves under way here.
+    running: Mutex<HashSet<String>>,
+}
+
+impl Saver {
+    pub fn new(config: Config, host: String, runtime: Arc<Runtime>) -> Arc<Saver> {
+        Arc::new(Saver {
+            config,
+            host,
+            runtime,
+            running: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Starts every save pending for this host that is not already under way.
+    pub fn pass(self: &Arc<Self>, store: &EtcdStore, records: Vec<ImageRecord>) {
+        for record in records {
+            let Some(Pending::Saving { host, .. }) = &record.pending else {
+                continue;
+            };
+            if *host != self.host || !self.running.lock().unwrap().insert(record.reference()) {
+                continue;
+            }
+            let saver = self.clone();
+            let store = store.clone();
+            tokio::spawn(async move {
+                let reference = record.reference();
+                saver.save(&store, record).await;
+                saver.running.lock().unwrap().remove(&reference);
+            });
+        }
+    }
+
+    async fn save(&self, store: &EtcdStore, record: ImageRecord) {
+        let Some(Pending::Saving {
+            vnode: id,
+            max_bytes,
+            ..
+        }) = record.pending.clone()
+        else {
+            return;
+        };
+        let (owner, name) = (record.owner.as_str(), record.name.as_str());
+        let started = std::time::Instant::now();
+        info!(image = %record.reference(), vnode = %id, "saving an image");
+        let written = Arc::new(AtomicU64::new(0));
+        let progress = {
+            let (store, written) = (store.clone(), written.clone());
+            let (owner, name, id) = (owner.to_owned(), name.to_owned(), id.clone());
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = written.load(Ordering::Relaxed);
+                    if now != last {
+                        last = now;
+                        let _ = store.image_save_progress(&owner, &name, &id, now).await;
+                    }
+                }
+            })
+        };
+        let result = self.write_layer(store, &record, &id, max_bytes, &written).await;
+        progress.abort();
+        let outcome = match result {
+            Ok(version) => {
+                let file = layer_file(&self.config, owner, name, &version.version);
+                match store.finish_image_save(owner, name, &id, &version).await {
+                    Ok(replaced) => {
+                        info!(
+                            image = %record.reference(),
+                            bytes = version.bytes,
+                            ms = started.elapsed().as_millis() as u64,
+                            "image saved"
+                        );
+                        if let Some(old) = replaced {
+                            let old = layer_file(&self.config, owner, name, &old.version);
+                            let _ = std::fs::remove_file(old);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&file);
+                        Err(e.to_string())
+                    }
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = outcome {
+            warn!(image = %record.reference(), vnode = %id, "save failed: {reason}");
+            if let Err(e) = store.fail_image_save(owner, name, &id, &reason).await {
+                warn!(image = %record.reference(), "recording the failed save: {e}");
+            }
+        }
+    }
+
+    /// Writes the layer file of a new version of `record` from vnode `id`.
+    async fn write_layer(
+        &self,
+        store: &EtcdStore,
+        record: &ImageRecord,
+        id: &str,
+        max_bytes: u64,
+        written: &Arc<AtomicU64>,
+    ) -> Result<ImageVersion, VNodeError> {
+        let refused = |m: String| VNodeError::Refused(m);
+        let paths = VNodePaths::new(&self.config, id);
+        let Some(spec) = self.runtime.spec(id) else {
+            return Err(refused(format!("vnode {id} is not on host {}", self.host)));
+        };
+        // No start, stop or move of the vnode while its disk is read.
+        let lock = self.runtime.vnode_lock(id);
+        let _held = lock.lock().await;
+        let state = LocalState::load(&paths.state)
+            .ok_or_else(|| refused(format!("vnode {id} has no files on host {}", self.host)))?;
+        // The image the vnode runs on: a user image's layer is folded into the new one.
+        let (base, parent) = match ImageRef::parse(&spec.image)? {
+            ImageRef::System(name) => (name.to_owned(), None),
+            ImageRef::User { owner, name } => {
+                let current = store
+                    .image(owner, name)
+                    .await?
+                    .and_then(|(record, _)| record.current)
+                    .ok_or_else(|| {
+                        refused(format!("the vnode's own image {} is gone", spec.image))
+                    })?;
+                // The layer the running rootfs has, if it runs; else the one it would start on.
+                let running_layer = std::fs::read_to_string(&paths.layer_source)
+                    .ok()
+                    .map(|s| PathBuf::from(s.trim()))
+                    .filter(|p| p.is_dir());
+                let layer = match running_layer {
+                    Some(layer) => layer,
+                    None => {
+                        let (config, owner, name, current) = (
+                            self.config.clone(),
+                            owner.to_owned(),
+                            name.to_owned(),
+                            current.clone(),
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            ensure_layer(&config, &owner, &name, &current)
+                        })
+                        .await
+                        .map_err(|e| refused(format!("unpacking: {e}")))??
+                    }
+                };
+                (current.base, Some(layer))
+            }
+        };
+        let unit = self
+            .runtime
+            .systemd()
+            .unit_info(&vnode::unit_name(id))
+            .await?;
+        let cgroup = unit
+            .filter(|u| u.state() == UnitState::Active)
+            .map(|u| u.control_group);
+        let mount_disk_here = !mounts::is_mount_point(&paths.disk);
+        if mount_disk_here {
+            self.runtime.mount_disk(&paths)?;
+        }
+        let version = image::new_version(now_secs(), rand::random());
+        let file = layer_file(&self.config, &record.owner, &record.name, &version);
+        let job = {
+            let (config, paths, file, written) =
+                (self.config.clone(), paths.clone(), file.clone(), written.clone());
+            let (uid_base, id) = (state.uid_base, id.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let layer = Layer {
+                    paths: &paths,
+                    id: &id,
+                    uid_base,
+                    cgroup: cgroup.as_deref(),
+                    parent: parent.as_deref(),
+                };
+                pack_layer(&config, &layer, &file, max_bytes, &written)
+            })
+        };
+        let packed = job.await;
+        if mount_disk_here {
+            let _ = mounts::unmount_all(&paths.disk);
+        }
+        let (bytes, sha256) = packed
+            .map_err(|e| refused(format!("saving: {e}")))?
+            .map_err(refused)?;
+        Ok(ImageVersion {
+            version,
+            base,
+            bytes,
+            sha256,
+            saved_at: now_secs(),
+            saved_from: id.to_owned(),
+        })
+    }
+}
+
+/// A running vnode's cgroup, frozen until dropped.
+struct Freezer {
+    file: PathBuf,
+}
+
+impl Freezer {
+    fn freeze(control_group: &str) -> Result<Freezer, String> {
+        let dir = super::metrics::unified_root().join(control_group.trim_start_matches('/'));
+        let file = dir.join("cgroup.freeze");
+        std::fs::write(&file, "1").map_err(|e| {
+            format!(
+                "cannot freeze the vnode ({}) to read a consistent disk: {e}",
+                file.display()
+            )
+        })?;
+        let freezer = Freezer { file };
+        // The write only starts freezing: wait until every process stopped.
+        for _ in 0..200 {
+            let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l == "frozen 1") {
+                return Ok(freezer);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err("the vnode's processes did not freeze within 5 s; try again".into())
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.file, "0") {
+            warn!("cannot thaw {}: {e}", self.file.display());
+        }
+    }
+}
+
+/// What a save reads.
+struct Layer<'a> {
+    paths: &'a VNodePaths,
+    id: &'a str,
+    uid_base: u32,
+    /// The running vnode's cgroup, frozen while its layer is read.
+    cgroup: Option<&'a str>,
+    /// The unpacked layer of the user image the vnode started from.
+    parent: Option<&'a Path>,
+}
+
+/// Packs the vnode's layer (with its parent folded in) into `file`; returns its size and
+/// SHA-256. Nothing is left at `file` or beside it on failure.
+fn pack_layer(
+    config: &Config,
+    layer: &Layer,
+    file: &Path,
+    max_bytes: u64,
+    written: &AtomicU64,
+) -> Result<(u64, String), String> {
+    let work = config.local_dir().join("image-work").join(layer.id);
+    let view = work.join("upper");
+    let staging = work.join("staging");
+    let cleanup = || {
+        let _ = mounts::unmount_all(&view);
+        let _ = remove_tree(&work);
+    };
+    cleanup();
+    let result = (|| {
+        std::fs::create_dir_all(&view).map_err(|e| format!("creating {}: {e}", view.display()))?;
+        let userns = mounts::userns_fd_mapping(layer.uid_base, 0, vnode::UID_RANGE_SIZE)
+            .map_err(|e| format!("user namespace: {e}"))?;
+        mounts::mount_idmapped(&layer.paths.upper, &view, &userns)
+            .map_err(|e| format!("viewing the vnode's layer: {e}"))?;
+        if let Some(parent) = layer.parent {
+            copy_tree(parent, &staging)?;
+        }
+        let _frozen = layer.cgroup.map(Freezer::freeze).transpose()?;
+        let root = match layer.parent {
+            None => view.clone(),
+            Some(_) => {
+                fold(&view, &staging)?;
+                staging.clone()
+            }
+        };
+        let list = work.join("members");
+        write_member_list(&root, &list)?;
+        write_tar(&root, &list, file, max_bytes, written)
+    })();
+    cleanup();
+    result
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if !status.success() {
+        return Err(format!("copying the image's layer {}", from.display()));
+    }
+    Ok(())
+}
+
+/// Applies `upper` to `staging` (a copy of the parent layer) as overlayfs would show it:
+/// what `upper` deletes (whiteouts) or replaces (opaque directories, a file where a
+/// directory was) is removed from the copy before `upper`'s entries are unpacked over it.
+/// Whiteouts stay in the result: they still hide the system image's files.
+fn fold(upper: &Path, staging: &Path) -> Result<(), String> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = upper.join(&relative);
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let relative = relative.join(entry.file_name());
+            let meta = entry
+                .metadata()
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            let target = staging.join(&relative);
+            let existing = std::fs::symlink_metadata(&target).ok();
+            let replaces = match &existing {
+                None => false,
+                Some(old) => {
+                    is_whiteout(&meta)
+                        || old.is_dir() != meta.is_dir()
+                        || (meta.is_dir() && is_opaque(&entry.path()))
+                }
+            };
+            if replaces {
+                remove_tree(&target).map_err(|e| e.to_string())?;
+            }
+            if meta.is_dir() {
+                stack.push(relative);
+            }
+        }
+    }
+    let pack = Command::new("tar")
+        .args(["--create", "--file=-", "--numeric-owner", "--xattrs"])
+        .args(XATTRS)
+        .arg("--directory")
+        .arg(upper)
+        .arg(".")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let unpack = Command::new("tar")
+        .args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
+        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
+        .arg("--directory")
+        .arg(staging)
+        .stdin(pack.stdout.expect("piped"))
+        .status()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !unpack.success() {
+        return Err("folding the vnode's changes into its image's layer failed".into());
+    }
+    Ok(())
+}
+
+/// Extended attributes a layer keeps: overlayfs's opaque marks, file capabilities and the
+/// users' own; not overlayfs's bookkeeping of where a copied-up file came from.
+const XATTRS: [&str; 3] = [
+    "--xattrs-include=trusted.overlay.opaque",
+    "--xattrs-include=security.capability",
+    "--xattrs-include=user.*",
+];
+
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 2];
+    // SAFETY: a NUL-terminated path and a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    n == 1 && value[0] == b'y'
+}
+
+/// Every path under `root` that goes into the image (see
+/// [`image::excluded_from_image`]), NUL-separated, directories before what they hold.
+fn write_member_list(root: &Path, list: &Path) -> Result<(), String> {
+    let mut out = io::BufWriter::new(
+        std::fs::File::create(list).map_err(|e| format!("{}: {e}", list.display()))?,
+    );
+    out.write_all(b".\0").map_err(|e| e.to_string())?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let relative = relative.join(entry.file_name());
+            let text = relative.to_string_lossy();
+            if image::excluded_from_image(&text) {
+                continue;
+            }
+            out.write_all(b"./").map_err(|e| e.to_string())?;
+            out.write_all(relative.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?;
+            out.write_all(b"\0").map_err(|e| e.to_string())?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(relative);
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// Runs tar over the listed members of `root` into `file` (through `.part`), hashing and
+/// counting; stops past `max_bytes`.
+fn write_tar(
+    root: &Path,
+    list: &Path,
+    file: &Path,
+    max_bytes: u64,
+    written: &AtomicU64,
+) -> Result<(u64, String), String> {
+    let dir = file.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let part = file.with_extension("tar.part");
+    let result = (|| {
+        let mut out =
+            std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
+        let mut tar = Command::new("tar")
+            .args(["--create", "--file=-", "--numeric-owner", "--xattrs", "--sparse"])
+            .args(XATTRS)
+            .args(["--no-recursion", "--null", "--files-from"])
+            .arg(list)
+            .arg("--directory")
+            .arg(root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run tar: {e}"))?;
+        let mut stdout = tar.stdout.take().expect("piped");
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = stdout.read(&mut buffer).map_err(|e| format!("tar: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > max_bytes {
+                let _ = tar.kill();
+                let _ = tar.wait();
+                return Err(format!(
+                    "image size quota exceeded: the layer is over the {} left",
+                    crate::model::host::human_bytes(max_bytes)
+                ));
+            }
+            hasher.update(&buffer[..n]);
+            out.write_all(&buffer[..n])
+                .map_err(|e| format!("writing {}: {e}", part.display()))?;
+            written.store(total, Ordering::Relaxed);
+        }
+        let output = tar.wait_with_output().map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(format!(
+                "tar failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        out.sync_all()
+            .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        std::fs::rename(&part, file).map_err(|e| format!("renaming {}: {e}", part.display()))?;
+        Ok((total, hex(&hasher.finalize())))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn remove_tree(path: &Path) -> Result<(), VNodeError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            std::fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_err(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
+    let context = context.into();
+    move |source| VNodeError::Io { context, source }
+}
+
+/// Follows the catalog for saves asked of this host: a pass at start, after every change
+/// of an image record, and every half minute.
+pub async fn saver_loop(saver: Arc<Saver>, store: EtcdStore) -> Result<(), StoreError> {
+    let (records, revision) = store.images_and_revision().await?;
+    saver.pass(&store, records);
+    let mut watch = store.watch_images(revision).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            message = watch.message() => match message {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
+                Err(e) => return Err(crate::store::etcd::classify(e)),
+            },
+            _ = tick.tick() => {}
+        }
+        saver.pass(&store, store.all_images().await?);
+    }
+}
