@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod rest;
+
 pub const PORTAL: &str = "http://10.213.0.11:8000";
 
 pub fn repo() -> PathBuf {

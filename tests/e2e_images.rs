@@ -1,0 +1,446 @@
+//! End-to-end: user images on the testbed, through the REST API as users call it. A user
+//! changes a node, saves it as an image and starts a new cluster from it (the changes are
+//! there, deletions too, `/root/nfs`, scratch and identity are not); a node started from an
+//! image is saved again (its image's layer folded in); images are private until shared;
+//! names, quotas, a save racing a delete, a damaged image directory and deleting an image in
+//! use all get clear errors and leave nothing half-made.
+
+mod common;
+
+use common::rest::*;
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Runs `script` in node `index` of `cluster` as root; returns its output, failing on
+/// a non-zero exit.
+#[track_caller]
+fn run_in(token: &str, cluster: &str, index: u32, script: &str) -> String {
+    let r = post(
+        &format!("/clusters/{cluster}/nodes/{index}/exec"),
+        token,
+        &json!({ "argv": ["sh", "-c", script] }),
+    );
+    assert_eq!(r.status, 200, "exec {script:?}: {r}");
+    assert_eq!(r.json["exit_code"], 0, "exec {script:?}: {r}");
+    r.json["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Asks for a save; returns the answer (202 and the image, being saved, or an error).
+fn save(token: &str, cluster: &str, name: &str, force: bool) -> Resp {
+    post(
+        "/images",
+        token,
+        &json!({"cluster": cluster, "node": 0, "name": name,
+            "description": format!("{name}, saved by the end-to-end test"), "force": force}),
+    )
+}
+
+/// The image once its save ended.
+#[track_caller]
+fn saved(token: &str, owner: &str, name: &str) -> Value {
+    for _ in 0..3 {
+        let r = get(&format!("/images/{owner}/{name}?wait=60"), token);
+        assert_eq!(r.status, 200, "{r}");
+        if !r.json["state"].as_str().unwrap_or("").starts_with("saving") {
+            return r.json;
+        }
+    }
+    panic!("image {owner}/{name} still saving after 3 minutes");
+}
+
+fn cluster_from(token: &str, name: &str, image: &str) -> Resp {
+    post(
+        "/clusters",
+        token,
+        &json!({"name": name, "size": 1, "image": image}),
+    )
+}
+
+fn delete_image(token: &str, reference: &str) -> Resp {
+    api("DELETE", &format!("/images/{reference}"), token, None)
+}
+
+fn delete_cluster(token: &str, name: &str) {
+    let r = api("DELETE", &format!("/clusters/{name}?force=true"), token, None);
+    succeeds(token, &r);
+}
+
+/// Files an image's layers left on the shared filesystem (`*.tar` and `*.part`).
+fn layer_files(owner: &str, name: &str) -> Vec<String> {
+    ok(
+        "tb1",
+        &format!("ls /var/lib/docklet/global/images/{owner}/{name} 2>/dev/null || true"),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Deletes every image of the test's users (after their clusters went).
+struct ImagesCleanup(&'static [&'static str]);
+
+impl Drop for ImagesCleanup {
+    fn drop(&mut self) {
+        let all = get("/images?all=true", root());
+        for image in all.json.as_array().cloned().unwrap_or_default() {
+            let owner = image["owner"].as_str().unwrap_or_default();
+            if self.0.contains(&owner) {
+                for cluster in get(&format!("/clusters?user={owner}"), root())
+                    .json
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let name = cluster["name"].as_str().unwrap_or_default();
+                    let r = api(
+                        "DELETE",
+                        &format!("/clusters/{name}?user={owner}&force=true"),
+                        root(),
+                        None,
+                    );
+                    if r.status == 202 {
+                        let _ = wait_operation(root(), &r);
+                    }
+                }
+                let _ = delete_image(root(), image["reference"].as_str().unwrap_or_default());
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
+    let (a, b, group) = ("imga", "imgb", "imgg");
+    // Dropped in reverse order: images (and the clusters using them) go before the users.
+    let _users = Cleanup(&["imga", "imgb"], "imgg");
+    let _images = ImagesCleanup(&["imga", "imgb"]);
+    let token_a = fresh_user(a);
+    let token_b = fresh_user(b);
+    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
+    let r = post(
+        "/groups",
+        root(),
+        &json!({"name": group, "admin": false,
+            "quota": {"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
+                "vnodes": 6, "images": 2, "image_bytes": GIB, "port_mappings": 1,
+                "idle_secs": 0},
+            "defaults": {"cpu_millis": 200, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    for user in [a, b] {
+        let r = api(
+            "PATCH",
+            &format!("/users/{user}"),
+            root(),
+            Some(&json!({ "group": group })),
+        );
+        assert_eq!(r.status, 200, "{r}");
+    }
+
+    // A configures a node: a new file, a directory, a base file deleted; plus what an image
+    // must not carry: the shared data, scratch space.
+    succeeds(
+        &token_a,
+        &post("/clusters", &token_a, &json!({"name": "src", "size": 1})),
+    );
+    run_in(
+        &token_a,
+        "src",
+        0,
+        "echo hello from an image > /opt/hello.txt && mkdir -p /srv/data && \
+         echo one > /srv/data/one && echo two > /srv/data/two && rm /etc/issue.net && \
+         echo shared > /root/nfs/shared.txt && echo scratch > /var/tmp/scratch",
+    );
+
+    // Bad requests say what is wrong and record nothing.
+    for (body, status, code) in [
+        (json!({"cluster": "src", "node": 0, "name": "../etc"}), 422, "invalid_image"),
+        (json!({"cluster": "src", "node": 0, "name": "x;reboot"}), 422, "invalid_image"),
+        (json!({"cluster": "src", "node": 0, "name": "Hello"}), 422, "invalid_image"),
+        (json!({"cluster": "src", "node": 7, "name": "x"}), 404, "not_found"),
+        (json!({"cluster": "nope", "node": 0, "name": "x"}), 404, "not_found"),
+        (json!({"cluster": "src", "node": 0, "name": "x", "bogus": 1}), 422, "invalid_body"),
+    ] {
+        post("/images", &token_a, &body).assert_error(status, code);
+    }
+    post(
+        "/images",
+        &token_a,
+        &json!({"cluster": "src", "node": 0, "name": "x", "description": "x".repeat(501)}),
+    )
+    .assert_error(422, "invalid_image");
+    assert_eq!(get("/images", &token_a).json, json!([]));
+
+    // The save: accepted, then ready with its size; the node runs on.
+    let r = save(&token_a, "src", "hello", false);
+    assert_eq!(r.status, 202, "{r}");
+    assert_eq!(r.json["reference"], "imga/hello", "{r}");
+    assert!(r.json["state"].as_str().unwrap().starts_with("saving"), "{r}");
+    let hello = saved(&token_a, a, "hello");
+    assert_eq!(hello["state"], "ready", "{hello}");
+    assert_eq!(hello["current"]["base"], "base", "{hello}");
+    assert_eq!(hello["public"], false, "{hello}");
+    let bytes = hello["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < 64 * MIB, "{hello}");
+    assert_eq!(run_in(&token_a, "src", 0, "cat /opt/hello.txt"), "hello from an image\n");
+    let me = get("/me", &token_a).json;
+    assert_eq!(me["usage"]["images"], 1, "{me}");
+    assert_eq!(me["usage"]["image_bytes"], bytes, "{me}");
+    // The layer holds the vnode's changes only, owned as in an image (root is 0).
+    let version = hello["current"]["version"].as_str().unwrap();
+    let listing = ok(
+        "tb1",
+        &format!("tar -tvf /var/lib/docklet/global/images/imga/hello/{version}.tar --numeric-owner"),
+    );
+    assert!(listing.contains("./opt/hello.txt"), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.starts_with("c") && l.contains("./etc/issue.net")),
+        "the deletion is a whiteout: {listing}"
+    );
+    for absent in ["root/nfs", "var/tmp/scratch", "etc/machine-id", "ssh_host_"] {
+        assert!(!listing.contains(absent), "{absent} saved: {listing}");
+    }
+    assert!(
+        listing
+            .lines()
+            .filter(|l| l.contains("./opt/hello.txt"))
+            .all(|l| l.contains(" 0/0 ")),
+        "{listing}"
+    );
+
+    // The same name again needs force.
+    let r = save(&token_a, "src", "hello", false);
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains("already have an image named hello"), "{r}");
+
+    // Private: B neither sees nor uses it.
+    assert_eq!(get("/images", &token_b).json, json!([]));
+    get("/images/imga/hello", &token_b).assert_error(404, "not_found");
+    let r = cluster_from(&token_b, "stolen", "imga/hello");
+    r.assert_error(422, "unusable_image");
+    assert!(r.text.contains("private"), "{r}");
+    api(
+        "PATCH",
+        "/images/imga/hello",
+        &token_b,
+        Some(&json!({"public": true})),
+    )
+    .assert_error(403, "forbidden");
+    delete_image(&token_b, "imga/hello").assert_error(403, "forbidden");
+
+    // A new cluster from it has the changes and none of the excluded files.
+    succeeds(&token_a, &cluster_from(&token_a, "copy", "imga/hello"));
+    let seen = run_in(
+        &token_a,
+        "copy",
+        0,
+        "cat /opt/hello.txt /srv/data/one; test -e /etc/issue.net && echo issue.net; \
+         test -e /var/tmp/scratch && echo scratch; stat -c '%u %U' /opt/hello.txt; \
+         cat /root/nfs/shared.txt; hostname",
+    );
+    assert_eq!(
+        seen,
+        "hello from an image\none\n0 root\nshared\nhost-0\n",
+        "issue.net and scratch absent, the file root's, /root/nfs the user's share"
+    );
+    // Its own identity: not the saved node's machine id.
+    let id_src = run_in(&token_a, "src", 0, "cat /etc/machine-id");
+    let id_copy = run_in(&token_a, "copy", 0, "cat /etc/machine-id");
+    assert_ne!(id_src, id_copy);
+
+    // Shared: B sees it and starts from it; its files are B's root's in B's range.
+    let r = api(
+        "PATCH",
+        "/images/imga/hello",
+        &token_a,
+        Some(&json!({"public": true})),
+    );
+    assert_eq!((r.status, &r.json["public"]), (200, &json!(true)), "{r}");
+    let listed = get("/images", &token_b).json;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["reference"], "imga/hello", "{listed}");
+    succeeds(&token_b, &cluster_from(&token_b, "shared", "imga/hello"));
+    assert_eq!(
+        run_in(&token_b, "shared", 0, "cat /opt/hello.txt; stat -c %U /opt/hello.txt"),
+        "hello from an image\nroot\n"
+    );
+
+    // In use: deleting is refused and says by whom; the image stays usable.
+    let r = delete_image(&token_a, "imga/hello");
+    r.assert_error(409, "conflict");
+    assert!(
+        r.text.contains("imga/copy") && r.text.contains("imgb/shared"),
+        "{r}"
+    );
+    assert_eq!(saved(&token_a, a, "hello")["state"], "ready");
+
+    // A node started from an image, saved: the image's layer is folded in, its own changes
+    // (a new file, a deleted file of the layer) on top.
+    run_in(
+        &token_a,
+        "copy",
+        0,
+        "echo second > /opt/second.txt && rm /srv/data/one",
+    );
+    assert_eq!(save(&token_a, "copy", "hello2", false).status, 202);
+    let hello2 = saved(&token_a, a, "hello2");
+    assert_eq!(hello2["state"], "ready", "{hello2}");
+    assert_eq!(hello2["current"]["base"], "base", "{hello2}");
+    succeeds(&token_a, &cluster_from(&token_a, "copy2", "imga/hello2"));
+    assert_eq!(
+        run_in(
+            &token_a,
+            "copy2",
+            0,
+            "cat /opt/hello.txt /opt/second.txt /srv/data/two; ls /srv/data; \
+             test -e /etc/issue.net || echo no-issue",
+        ),
+        "hello from an image\nsecond\ntwo\ntwo\nno-issue\n"
+    );
+
+    // The group allows two images.
+    let r = save(&token_a, "src", "hello3", false);
+    r.assert_error(422, "quota_exceeded");
+    assert!(r.text.contains("images quota exceeded"), "{r}");
+
+    // Replacing with force: a new version; the old file goes; clusters using it run on.
+    run_in(&token_a, "src", 0, "echo v2 > /opt/v2.txt");
+    assert_eq!(save(&token_a, "src", "hello", true).status, 202);
+    let replaced = saved(&token_a, a, "hello");
+    assert_eq!(replaced["state"], "ready", "{replaced}");
+    let new_version = replaced["current"]["version"].as_str().unwrap();
+    assert_ne!(new_version, version);
+    assert_eq!(layer_files(a, "hello"), [format!("{new_version}.tar")]);
+    assert_eq!(run_in(&token_a, "copy", 0, "cat /opt/hello.txt"), "hello from an image\n");
+
+    // A save racing a delete: the delete is refused while the save runs.
+    run_in(&token_a, "src", 0, "head -c 100M /dev/urandom > /opt/big");
+    assert_eq!(save(&token_a, "src", "hello", true).status, 202);
+    let r = delete_image(&token_a, "imga/hello");
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains("being saved"), "{r}");
+    assert_eq!(saved(&token_a, a, "hello")["state"], "ready");
+
+    // Over the image size quota: the save fails, says why, and leaves no file; the image
+    // keeps its last layer.
+    let r = api(
+        "PATCH",
+        &format!("/groups/{group}"),
+        root(),
+        Some(&json!({"quota": {"image_bytes": 60 * MIB}})),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    run_in(&token_a, "src", 0, "head -c 30M /dev/urandom > /opt/big2");
+    let before = saved(&token_a, a, "hello");
+    assert_eq!(save(&token_a, "src", "hello", true).status, 202);
+    let after = saved(&token_a, a, "hello");
+    assert!(
+        after["state"]
+            .as_str()
+            .unwrap()
+            .contains("image size quota exceeded"),
+        "{after}"
+    );
+    assert_eq!(after["current"], before["current"], "{after}");
+    assert_eq!(
+        layer_files(a, "hello"),
+        [format!("{}.tar", before["current"]["version"].as_str().unwrap())]
+    );
+    assert_eq!(
+        get("/me", &token_a).json["usage"]["image_bytes"],
+        before["bytes"].as_u64().unwrap() + hello2["bytes"].as_u64().unwrap()
+    );
+
+    // A damaged image directory: a host that must unpack it refuses the vnode and says so,
+    // leaving nothing half-unpacked.
+    let file = format!(
+        "/var/lib/docklet/global/images/imga/hello2/{}.tar",
+        hello2["current"]["version"].as_str().unwrap()
+    );
+    ok("tb1", &format!("truncate -s 10240 {file}"));
+    for host in ["tb1", "tb2", "tb3"] {
+        ok(host, "rm -rf /var/lib/docklet/local/image-layers/imga/hello2");
+    }
+    let r = cluster_from(&token_a, "broken", "imga/hello2");
+    let op = wait_operation(&token_a, &r);
+    assert_eq!(op["state"], "failed", "{op}");
+    let message = op["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("does not match the catalog") && message.contains("damaged"),
+        "the node says why: {op}"
+    );
+    for host in ["tb1", "tb2", "tb3"] {
+        let left = ok(
+            host,
+            "ls /var/lib/docklet/local/image-layers/imga/hello2 2>/dev/null || true",
+        );
+        assert_eq!(left.trim(), "", "{host}: {left}");
+    }
+    delete_cluster(&token_a, "broken");
+
+    // Once no cluster uses them, images delete: files, record and quota.
+    for cluster in ["copy", "copy2"] {
+        delete_cluster(&token_a, cluster);
+    }
+    delete_cluster(&token_b, "shared");
+    for name in ["hello", "hello2"] {
+        let r = delete_image(&token_a, &format!("imga/{name}"));
+        assert_eq!(r.status, 204, "{r}");
+        get(&format!("/images/imga/{name}"), &token_a).assert_error(404, "not_found");
+        assert!(layer_files(a, name).is_empty());
+    }
+    let usage = &get("/me", &token_a).json["usage"];
+    assert_eq!((&usage["images"], &usage["image_bytes"]), (&json!(0), &json!(0)));
+    // Gone means gone: no new cluster from it.
+    cluster_from(&token_a, "late", "imga/hello").assert_error(422, "unusable_image");
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn administrators_list_share_and_delete_images_with_docklet_admin() {
+    let a = "imgadm";
+    let _users = Cleanup(&["imgadm"], "");
+    let _images = ImagesCleanup(&["imgadm"]);
+    let token = fresh_user(a);
+    succeeds(
+        &token,
+        &post("/clusters", &token, &json!({"name": "src", "size": 1})),
+    );
+    run_in(&token, "src", 0, "echo admin > /opt/admin.txt");
+
+    // Saved over D-Bus, waiting with progress.
+    let out = ok(
+        "tb1",
+        "docklet-admin image save imgadm/src 0 tools --description 'made by an admin'",
+    );
+    assert!(out.contains("imgadm/tools") && out.contains("ready"), "{out}");
+    let list = ok("tb1", "docklet-admin images");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("imgadm/tools") && l.contains("private")),
+        "{list}"
+    );
+    let out = ok("tb1", "docklet-admin image share imgadm/tools");
+    assert!(out.contains("public"), "{out}");
+    let json: Value = serde_json::from_str(&ok("tb1", "docklet-admin images --json")).unwrap();
+    let tools = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["reference"] == "imgadm/tools")
+        .cloned()
+        .unwrap();
+    assert_eq!(tools["public"], true, "{tools}");
+    // Bad input is refused before reaching the master.
+    let bad = sh("tb1", "docklet-admin image share tools");
+    assert_eq!(bad.code, 2, "{bad}");
+    // In use by nothing: deleted.
+    let out = ok("tb1", "docklet-admin image delete imgadm/tools");
+    assert!(out.contains("deleted"), "{out}");
+    assert!(!ok("tb1", "docklet-admin images").contains("imgadm/tools"));
+    get("/images/imgadm/tools", &token).assert_error(404, "not_found");
+}
