@@ -387,6 +387,7 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
             // room for the measured creates (1 + 4 each) on top of the fill
             vnodes: per_user + 8,
             images: 10,
+            image_bytes: 64 * GIB,
             port_mappings: 8,
             idle_secs: 0,
         },

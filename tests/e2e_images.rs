@@ -64,7 +64,12 @@ fn delete_image(token: &str, reference: &str) -> Resp {
 }
 
 fn delete_cluster(token: &str, name: &str) {
-    let r = api("DELETE", &format!("/clusters/{name}?force=true"), token, None);
+    let r = api(
+        "DELETE",
+        &format!("/clusters/{name}?force=true"),
+        token,
+        None,
+    );
     succeeds(token, &r);
 }
 
@@ -79,35 +84,48 @@ fn layer_files(owner: &str, name: &str) -> Vec<String> {
     .collect()
 }
 
-/// Deletes every image of the test's users (after their clusters went).
+/// Deletes every image of the test's users, after every cluster of theirs (which may use
+/// each other's images); at the start (what a failed run left) and however a run ends.
 struct ImagesCleanup(&'static [&'static str]);
 
-impl Drop for ImagesCleanup {
-    fn drop(&mut self) {
+impl ImagesCleanup {
+    fn new(users: &'static [&'static str]) -> ImagesCleanup {
+        let cleanup = ImagesCleanup(users);
+        cleanup.run();
+        cleanup
+    }
+
+    fn run(&self) {
+        for user in self.0 {
+            let clusters = get(&format!("/clusters?user={user}"), root());
+            for cluster in clusters.json.as_array().cloned().unwrap_or_default() {
+                let name = cluster["name"].as_str().unwrap_or_default();
+                let r = api(
+                    "DELETE",
+                    &format!("/clusters/{name}?user={user}&force=true"),
+                    root(),
+                    None,
+                );
+                if r.status == 202 {
+                    let _ = wait_operation(root(), &r);
+                }
+            }
+        }
         let all = get("/images?all=true", root());
         for image in all.json.as_array().cloned().unwrap_or_default() {
-            let owner = image["owner"].as_str().unwrap_or_default();
-            if self.0.contains(&owner) {
-                for cluster in get(&format!("/clusters?user={owner}"), root())
-                    .json
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    let name = cluster["name"].as_str().unwrap_or_default();
-                    let r = api(
-                        "DELETE",
-                        &format!("/clusters/{name}?user={owner}&force=true"),
-                        root(),
-                        None,
-                    );
-                    if r.status == 202 {
-                        let _ = wait_operation(root(), &r);
-                    }
-                }
+            if self
+                .0
+                .contains(&image["owner"].as_str().unwrap_or_default())
+            {
                 let _ = delete_image(root(), image["reference"].as_str().unwrap_or_default());
             }
         }
+    }
+}
+
+impl Drop for ImagesCleanup {
+    fn drop(&mut self) {
+        self.run();
     }
 }
 
@@ -117,7 +135,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let (a, b, group) = ("imga", "imgb", "imgg");
     // Dropped in reverse order: images (and the clusters using them) go before the users.
     let _users = Cleanup(&["imga", "imgb"], "imgg");
-    let _images = ImagesCleanup(&["imga", "imgb"]);
+    let _images = ImagesCleanup::new(&["imga", "imgb"]);
     let token_a = fresh_user(a);
     let token_b = fresh_user(b);
     let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
@@ -158,12 +176,36 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
 
     // Bad requests say what is wrong and record nothing.
     for (body, status, code) in [
-        (json!({"cluster": "src", "node": 0, "name": "../etc"}), 422, "invalid_image"),
-        (json!({"cluster": "src", "node": 0, "name": "x;reboot"}), 422, "invalid_image"),
-        (json!({"cluster": "src", "node": 0, "name": "Hello"}), 422, "invalid_image"),
-        (json!({"cluster": "src", "node": 7, "name": "x"}), 404, "not_found"),
-        (json!({"cluster": "nope", "node": 0, "name": "x"}), 404, "not_found"),
-        (json!({"cluster": "src", "node": 0, "name": "x", "bogus": 1}), 422, "invalid_body"),
+        (
+            json!({"cluster": "src", "node": 0, "name": "../etc"}),
+            422,
+            "invalid_image",
+        ),
+        (
+            json!({"cluster": "src", "node": 0, "name": "x;reboot"}),
+            422,
+            "invalid_image",
+        ),
+        (
+            json!({"cluster": "src", "node": 0, "name": "Hello"}),
+            422,
+            "invalid_image",
+        ),
+        (
+            json!({"cluster": "src", "node": 7, "name": "x"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"cluster": "nope", "node": 0, "name": "x"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"cluster": "src", "node": 0, "name": "x", "bogus": 1}),
+            422,
+            "invalid_body",
+        ),
     ] {
         post("/images", &token_a, &body).assert_error(status, code);
     }
@@ -179,14 +221,20 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let r = save(&token_a, "src", "hello", false);
     assert_eq!(r.status, 202, "{r}");
     assert_eq!(r.json["reference"], "imga/hello", "{r}");
-    assert!(r.json["state"].as_str().unwrap().starts_with("saving"), "{r}");
+    assert!(
+        r.json["state"].as_str().unwrap().starts_with("saving"),
+        "{r}"
+    );
     let hello = saved(&token_a, a, "hello");
     assert_eq!(hello["state"], "ready", "{hello}");
     assert_eq!(hello["current"]["base"], "base", "{hello}");
     assert_eq!(hello["public"], false, "{hello}");
     let bytes = hello["bytes"].as_u64().unwrap();
     assert!(bytes > 0 && bytes < 64 * MIB, "{hello}");
-    assert_eq!(run_in(&token_a, "src", 0, "cat /opt/hello.txt"), "hello from an image\n");
+    assert_eq!(
+        run_in(&token_a, "src", 0, "cat /opt/hello.txt"),
+        "hello from an image\n"
+    );
     let me = get("/me", &token_a).json;
     assert_eq!(me["usage"]["images"], 1, "{me}");
     assert_eq!(me["usage"]["image_bytes"], bytes, "{me}");
@@ -194,11 +242,15 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let version = hello["current"]["version"].as_str().unwrap();
     let listing = ok(
         "tb1",
-        &format!("tar -tvf /var/lib/docklet/global/images/imga/hello/{version}.tar --numeric-owner"),
+        &format!(
+            "tar -tvf /var/lib/docklet/global/images/imga/hello/{version}.tar --numeric-owner"
+        ),
     );
     assert!(listing.contains("./opt/hello.txt"), "{listing}");
     assert!(
-        listing.lines().any(|l| l.starts_with("c") && l.contains("./etc/issue.net")),
+        listing
+            .lines()
+            .any(|l| l.starts_with("c") && l.contains("./etc/issue.net")),
         "the deletion is a whiteout: {listing}"
     );
     for absent in ["root/nfs", "var/tmp/scratch", "etc/machine-id", "ssh_host_"] {
@@ -243,8 +295,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
          cat /root/nfs/shared.txt; hostname",
     );
     assert_eq!(
-        seen,
-        "hello from an image\none\n0 root\nshared\nhost-0\n",
+        seen, "hello from an image\none\n0 root\nshared\nhost-0\n",
         "issue.net and scratch absent, the file root's, /root/nfs the user's share"
     );
     // Its own identity: not the saved node's machine id.
@@ -265,7 +316,12 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     assert_eq!(listed[0]["reference"], "imga/hello", "{listed}");
     succeeds(&token_b, &cluster_from(&token_b, "shared", "imga/hello"));
     assert_eq!(
-        run_in(&token_b, "shared", 0, "cat /opt/hello.txt; stat -c %U /opt/hello.txt"),
+        run_in(
+            &token_b,
+            "shared",
+            0,
+            "cat /opt/hello.txt; stat -c %U /opt/hello.txt"
+        ),
         "hello from an image\nroot\n"
     );
 
@@ -315,7 +371,10 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let new_version = replaced["current"]["version"].as_str().unwrap();
     assert_ne!(new_version, version);
     assert_eq!(layer_files(a, "hello"), [format!("{new_version}.tar")]);
-    assert_eq!(run_in(&token_a, "copy", 0, "cat /opt/hello.txt"), "hello from an image\n");
+    assert_eq!(
+        run_in(&token_a, "copy", 0, "cat /opt/hello.txt"),
+        "hello from an image\n"
+    );
 
     // A save racing a delete: the delete is refused while the save runs.
     run_in(&token_a, "src", 0, "head -c 100M /dev/urandom > /opt/big");
@@ -348,7 +407,10 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     assert_eq!(after["current"], before["current"], "{after}");
     assert_eq!(
         layer_files(a, "hello"),
-        [format!("{}.tar", before["current"]["version"].as_str().unwrap())]
+        [format!(
+            "{}.tar",
+            before["current"]["version"].as_str().unwrap()
+        )]
     );
     assert_eq!(
         get("/me", &token_a).json["usage"]["image_bytes"],
@@ -363,7 +425,10 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     );
     ok("tb1", &format!("truncate -s 10240 {file}"));
     for host in ["tb1", "tb2", "tb3"] {
-        ok(host, "rm -rf /var/lib/docklet/local/image-layers/imga/hello2");
+        ok(
+            host,
+            "rm -rf /var/lib/docklet/local/image-layers/imga/hello2",
+        );
     }
     let r = cluster_from(&token_a, "broken", "imga/hello2");
     let op = wait_operation(&token_a, &r);
@@ -394,7 +459,10 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         assert!(layer_files(a, name).is_empty());
     }
     let usage = &get("/me", &token_a).json["usage"];
-    assert_eq!((&usage["images"], &usage["image_bytes"]), (&json!(0), &json!(0)));
+    assert_eq!(
+        (&usage["images"], &usage["image_bytes"]),
+        (&json!(0), &json!(0))
+    );
     // Gone means gone: no new cluster from it.
     cluster_from(&token_a, "late", "imga/hello").assert_error(422, "unusable_image");
 }
@@ -404,7 +472,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
 fn administrators_list_share_and_delete_images_with_docklet_admin() {
     let a = "imgadm";
     let _users = Cleanup(&["imgadm"], "");
-    let _images = ImagesCleanup(&["imgadm"]);
+    let _images = ImagesCleanup::new(&["imgadm"]);
     let token = fresh_user(a);
     succeeds(
         &token,
@@ -417,7 +485,10 @@ fn administrators_list_share_and_delete_images_with_docklet_admin() {
         "tb1",
         "docklet-admin image save imgadm/src 0 tools --description 'made by an admin'",
     );
-    assert!(out.contains("imgadm/tools") && out.contains("ready"), "{out}");
+    assert!(
+        out.contains("imgadm/tools") && out.contains("ready"),
+        "{out}"
+    );
     let list = ok("tb1", "docklet-admin images");
     assert!(
         list.lines()

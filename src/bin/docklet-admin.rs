@@ -802,7 +802,9 @@ async fn image(action: ImageAction) -> Result<(), Failure> {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     let images: Vec<serde_json::Value> =
                         parse_reply(master.images().await.map_err(bus)?)?;
-                    let Some(image) = images.into_iter().find(|i| i["reference"] == reference.as_str())
+                    let Some(image) = images
+                        .into_iter()
+                        .find(|i| i["reference"] == reference.as_str())
                     else {
                         return Err(Failure {
                             code: 1,
@@ -861,7 +863,12 @@ fn images_table(images: &[serde_json::Value]) -> String {
                 text("state"),
                 human_bytes(i["bytes"].as_u64().unwrap_or(0)),
                 i["current"]["base"].as_str().unwrap_or("-").to_owned(),
-                if i["public"] == true { "public" } else { "private" }.into(),
+                if i["public"] == true {
+                    "public"
+                } else {
+                    "private"
+                }
+                .into(),
                 text("description").lines().next().unwrap_or("").to_owned(),
             ]
         })

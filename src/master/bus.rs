@@ -370,7 +370,14 @@ impl MasterInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
-        tracing::info!(caller_uid = uid, user, cluster, node, name, "image save over D-Bus");
+        tracing::info!(
+            caller_uid = uid,
+            user,
+            cluster,
+            node,
+            name,
+            "image save over D-Bus"
+        );
         let request = SaveImageRequest {
             cluster: cluster.to_owned(),
             node,

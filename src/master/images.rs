@@ -63,6 +63,9 @@ impl From<ImageRecord> for ImageView {
     }
 }
 
+/// How long a delete waits for a worker to remove the image's files.
+const DELETE_WAIT: Duration = Duration::from_secs(60);
+
 fn invalid(field: &'static str, e: impl ToString) -> ApiError {
     ApiError::invalid("invalid_image", field, e.to_string())
 }
@@ -78,8 +81,7 @@ impl Master {
         let owner = caller.owner(user)?;
         caller.require_normal()?;
         image::validate_image_name(&request.name).map_err(|e| invalid("name", e))?;
-        image::validate_description(&request.description)
-            .map_err(|e| invalid("description", e))?;
+        image::validate_description(&request.description).map_err(|e| invalid("description", e))?;
         let store = self.api_store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, &request.cluster).await?;
         let missing = || {
@@ -121,7 +123,11 @@ impl Master {
     }
 
     /// The caller's images and everyone's public ones; administrators with `all`: every one.
-    pub async fn list_images(&self, caller: &Caller, all: bool) -> Result<Vec<ImageView>, ApiError> {
+    pub async fn list_images(
+        &self,
+        caller: &Caller,
+        all: bool,
+    ) -> Result<Vec<ImageView>, ApiError> {
         if all {
             caller.require_admin()?;
         }
@@ -188,7 +194,7 @@ impl Master {
 
     /// Deletes one of the caller's images (administrators: anyone's), refused while a
     /// cluster uses it. Its files go before its record, so an interrupted delete is finished
-    /// by trying again.
+    /// by trying again (or by the workers, once confirmed).
     pub async fn delete_image(
         &self,
         caller: &Caller,
@@ -233,16 +239,20 @@ impl Master {
                 users.join(", ")
             )));
         }
-        let dir = crate::worker::images::image_files_dir(&self.config, owner, name);
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ApiError::Internal(
-                format!("removing {}: {e}", dir.display()),
-            )),
-            _ => Ok(()),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-        store.finish_image_delete(owner, name).await?;
+        // The files are root's, on the shared filesystem: a worker removes them, then the
+        // record ([`crate::worker::images`]).
+        store.confirm_image_delete(owner, name).await?;
+        let deadline = Instant::now() + DELETE_WAIT;
+        while store.image(owner, name).await?.is_some() {
+            if Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "no worker removed image {reference}'s files within {} s (are the workers \
+                     up?); the delete goes on when one is",
+                    DELETE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         info!(image = %reference, "image deleted");
         Ok(())
     }

@@ -108,8 +108,13 @@ pub enum Pending {
         /// The description the new version brings.
         description: String,
     },
-    /// The image is being deleted: no new cluster may use it meanwhile.
-    Deleting { since: u64 },
+    /// The image is being deleted: no new cluster may use it meanwhile. Once the master
+    /// found no cluster using it (`confirmed`), a worker removes its files and the record.
+    Deleting {
+        since: u64,
+        #[serde(default)]
+        confirmed: bool,
+    },
 }
 
 /// Stored at `images/<owner>/<name>`.
@@ -166,7 +171,8 @@ impl ImageRecord {
         None
     }
 
-    /// For people: `ready`, `saving (12.0 MiB written)`, `deleting`, `failed: …`.
+    /// For people: `ready`, `saving (12.0M written)`, `deleting`, `failed: …`, or `ready;
+    /// the last save failed: …` (a replacement failed; the earlier layer stays).
     pub fn state(&self) -> String {
         match (&self.pending, &self.current, &self.last_error) {
             (Some(Pending::Saving { written_bytes, .. }), _, _) => format!(
@@ -176,7 +182,8 @@ impl ImageRecord {
             (Some(Pending::Deleting { .. }), _, _) => "deleting".into(),
             (None, None, Some(e)) => format!("failed: {e}"),
             (None, None, None) => "empty".into(),
-            (None, Some(_), _) => "ready".into(),
+            (None, Some(_), Some(e)) => format!("ready; the last save failed: {e}"),
+            (None, Some(_), None) => "ready".into(),
         }
     }
 }
@@ -283,7 +290,10 @@ mod tests {
         image.public = true;
         assert!(image.visible_to("bob", false));
         assert!(image.refuse_use("bob").is_none());
-        image.pending = Some(Pending::Deleting { since: 9 });
+        image.pending = Some(Pending::Deleting {
+            since: 9,
+            confirmed: false,
+        });
         assert!(image.refuse_use("alice").unwrap().contains("being deleted"));
         assert_eq!(image.state(), "deleting");
     }
@@ -306,8 +316,19 @@ mod tests {
         assert_eq!(image.state(), "saving (3.0M written)");
         image.pending = None;
         image.last_error = Some("image size quota exceeded".into());
-        assert!(image.refuse_use("alice").unwrap().contains("quota exceeded"));
+        assert!(
+            image
+                .refuse_use("alice")
+                .unwrap()
+                .contains("quota exceeded")
+        );
         assert!(image.state().starts_with("failed: "));
+        image.current = record().current;
+        assert!(
+            image
+                .state()
+                .starts_with("ready; the last save failed: image size")
+        );
     }
 
     #[test]
@@ -315,7 +336,14 @@ mod tests {
         let v = new_version(1_700_000_000, 0xdead_beef);
         assert_eq!(v, "1700000000-deadbeef");
         assert!(valid_version(&v));
-        for bad in ["", "1-", "-deadbeef", "1-../../x", "1/2-deadbeef", "x-deadbeef"] {
+        for bad in [
+            "",
+            "1-",
+            "-deadbeef",
+            "1-../../x",
+            "1/2-deadbeef",
+            "x-deadbeef",
+        ] {
             assert!(!valid_version(bad), "{bad:?}");
         }
     }

@@ -182,7 +182,11 @@ impl EtcdStore {
                 then.push(TxnOp::put(key, encode(cluster), None));
             }
             if let Some((key, revision)) = &write.image {
-                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *revision));
+                when.push(Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *revision,
+                ));
             }
             if let (Some(op), Some(lease)) = (write.operation, lease) {
                 let options = || Some(PutOptions::new().with_lease(lease));

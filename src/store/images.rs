@@ -106,7 +106,10 @@ impl EtcdStore {
                     Compare::mod_revision(key.clone(), CompareOp::Equal, record_revision),
                     Compare::mod_revision(usage_key.clone(), CompareOp::Equal, usage_revision),
                 ])
-                .and_then([write, TxnOp::put(usage_key.clone(), encode(&outcome.usage), None)]);
+                .and_then([
+                    write,
+                    TxnOp::put(usage_key.clone(), encode(&outcome.usage), None),
+                ]);
             if self.txn_ok(txn).await? {
                 return Ok(outcome.answer);
             }
@@ -119,7 +122,10 @@ impl EtcdStore {
     /// Records a save for the worker of `host` to carry out: a new record (one more image in
     /// the quota), or with `force` the existing one marked as being replaced. The layer's
     /// size is only known at the end; the record carries what the quota has left.
-    pub async fn begin_image_save(&self, save: &SaveRequest<'_>) -> Result<ImageRecord, StoreError> {
+    pub async fn begin_image_save(
+        &self,
+        save: &SaveRequest<'_>,
+    ) -> Result<ImageRecord, StoreError> {
         let reference = format!("{}/{}", save.owner, save.name);
         self.change_image(save.owner, save.name, |existing, usage| {
             let (mut record, usage) = match existing {
@@ -219,7 +225,11 @@ impl EtcdStore {
         {
             *written_bytes = written;
             let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
                 .and_then([TxnOp::put(key, encode(&record), None)]);
             self.txn_ok(txn).await?;
         }
@@ -354,7 +364,12 @@ impl EtcdStore {
                     )));
                 }
                 Some(Pending::Deleting { .. }) => {}
-                _ => record.pending = Some(Pending::Deleting { since: now }),
+                _ => {
+                    record.pending = Some(Pending::Deleting {
+                        since: now,
+                        confirmed: false,
+                    })
+                }
             }
             Ok(Outcome {
                 record: Some(record.clone()),
@@ -365,11 +380,18 @@ impl EtcdStore {
         .await
     }
 
-    /// Takes back a delete the image's users stopped.
+    /// Takes back a delete the image's users stopped (unless it was confirmed: files may be
+    /// gone already).
     pub async fn cancel_image_delete(&self, owner: &str, name: &str) -> Result<(), StoreError> {
         self.change_image(owner, name, |record, usage| {
             let mut record = record.ok_or_else(|| no_image(name))?;
-            if matches!(record.pending, Some(Pending::Deleting { .. })) {
+            if matches!(
+                record.pending,
+                Some(Pending::Deleting {
+                    confirmed: false,
+                    ..
+                })
+            ) {
                 record.pending = None;
             }
             Ok(Outcome {
@@ -381,7 +403,24 @@ impl EtcdStore {
         .await
     }
 
-    /// Last step of a delete (its files are gone): forgets the record and releases it.
+    /// Second step of a delete: no cluster uses the image; the workers may remove it.
+    pub async fn confirm_image_delete(&self, owner: &str, name: &str) -> Result<(), StoreError> {
+        self.change_image(owner, name, |record, usage| {
+            let mut record = record.ok_or_else(|| no_image(name))?;
+            if let Some(Pending::Deleting { confirmed, .. }) = record.pending.as_mut() {
+                *confirmed = true;
+            }
+            Ok(Outcome {
+                record: Some(record),
+                usage,
+                answer: (),
+            })
+        })
+        .await
+    }
+
+    /// Last step of a delete, by a worker once the files are gone: forgets the record and
+    /// releases it.
     pub async fn finish_image_delete(&self, owner: &str, name: &str) -> Result<(), StoreError> {
         self.change_image(owner, name, |record, usage| {
             let record = record.ok_or_else(|| no_image(name))?;

@@ -137,12 +137,7 @@ pub fn mount_idmapped(source: &Path, target: &Path, userns: &OwnedFd) -> io::Res
 
 /// Mounts an overlay of `lower` (read-only) and `upper` (the vnode's changes) at `target`.
 /// An overlay at `target`: `lowers` top first (a user image's layer, then its system image).
-pub fn mount_overlay(
-    lowers: &[&Path],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> io::Result<()> {
+pub fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
     let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",

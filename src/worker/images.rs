@@ -90,8 +90,7 @@ pub async fn start_image(
                 .ok_or_else(|| {
                     VNodeError::Refused(format!("image {image} has no saved layer (deleted?)"))
                 })?;
-            let (system, system_version) =
-                super::vnodes::resolve_image(config, &current.base)?;
+            let (system, system_version) = super::vnodes::resolve_image(config, &current.base)?;
             let (config, owner_s, name_s) = (config.clone(), owner.to_owned(), name.to_owned());
             let version = current.clone();
             let layer = tokio::task::spawn_blocking(move || {
@@ -190,7 +189,7 @@ fn unpack(file: &Path, dir: &Path, sha256: &str) -> Result<(), String> {
         return Err(format!(
             "tar could not unpack {}: {}",
             file.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
+            first_lines(&output.stderr)
         ));
     }
     Ok(())
@@ -215,22 +214,87 @@ impl Saver {
         })
     }
 
-    /// Starts every save pending for this host that is not already under way.
+    /// Starts every save pending for this host and every confirmed delete that is not
+    /// already under way, and forgets the unpacked layers of images that are gone.
     pub fn pass(self: &Arc<Self>, store: &EtcdStore, records: Vec<ImageRecord>) {
+        self.prune_layers(&records);
         for record in records {
-            let Some(Pending::Saving { host, .. }) = &record.pending else {
-                continue;
+            let ours = match &record.pending {
+                Some(Pending::Saving { host, .. }) => *host == self.host,
+                Some(Pending::Deleting {
+                    confirmed: true, ..
+                }) => true,
+                _ => false,
             };
-            if *host != self.host || !self.running.lock().unwrap().insert(record.reference()) {
+            if !ours || !self.running.lock().unwrap().insert(record.reference()) {
                 continue;
             }
             let saver = self.clone();
             let store = store.clone();
             tokio::spawn(async move {
                 let reference = record.reference();
-                saver.save(&store, record).await;
+                if matches!(record.pending, Some(Pending::Saving { .. })) {
+                    saver.save(&store, record).await;
+                } else {
+                    saver.remove(&store, &record).await;
+                }
                 saver.running.lock().unwrap().remove(&reference);
             });
+        }
+    }
+
+    /// Removes a deleted image's files (every worker races for it; all of them are
+    /// idempotent), then its record.
+    async fn remove(&self, store: &EtcdStore, record: &ImageRecord) {
+        let (owner, name) = (record.owner.as_str(), record.name.as_str());
+        let dirs = [
+            image_files_dir(&self.config, owner, name),
+            layer_dir(&self.config, owner, name, "x")
+                .parent()
+                .expect("a version's parent")
+                .to_owned(),
+        ];
+        let removed =
+            tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| remove_tree(dir)))
+                .await;
+        match removed {
+            Ok(Ok(())) => match store.finish_image_delete(owner, name).await {
+                Ok(()) => info!(image = %record.reference(), "image removed"),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => warn!(image = %record.reference(), "forgetting the image: {e}"),
+            },
+            Ok(Err(e)) => warn!(image = %record.reference(), "removing the image: {e}"),
+            Err(e) => warn!(image = %record.reference(), "removing the image: {e}"),
+        }
+    }
+
+    /// Unpacked layers of images no longer in the catalog: no vnode can use them (a delete
+    /// waits until no cluster does).
+    fn prune_layers(&self, records: &[ImageRecord]) {
+        let root = self.config.local_dir().join("image-layers");
+        let known: HashSet<(String, String)> = records
+            .iter()
+            .map(|r| (r.owner.clone(), r.name.clone()))
+            .collect();
+        for owner in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for image in std::fs::read_dir(owner.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let key = (
+                    owner.file_name().to_string_lossy().into_owned(),
+                    image.file_name().to_string_lossy().into_owned(),
+                );
+                if !known.contains(&key) {
+                    match remove_tree(&image.path()) {
+                        Ok(()) => {
+                            info!(image = %format!("{}/{}", key.0, key.1), "unpacked layers removed")
+                        }
+                        Err(e) => warn!("{e}"),
+                    }
+                }
+            }
         }
     }
 
@@ -262,7 +326,9 @@ impl Saver {
                 }
             })
         };
-        let result = self.write_layer(store, &record, &id, max_bytes, &written).await;
+        let result = self
+            .write_layer(store, &record, &id, max_bytes, &written)
+            .await;
         progress.abort();
         let outcome = match result {
             Ok(version) => {
@@ -348,7 +414,8 @@ impl Saver {
                         .map_err(|e| refused(format!("unpacking: {e}")))??
                     }
                 };
-                (current.base, Some(layer))
+                let (system, _) = super::vnodes::resolve_image(&self.config, &current.base)?;
+                (current.base, Some((layer, system)))
             }
         };
         let unit = self
@@ -366,8 +433,12 @@ impl Saver {
         let version = image::new_version(now_secs(), rand::random());
         let file = layer_file(&self.config, &record.owner, &record.name, &version);
         let job = {
-            let (config, paths, file, written) =
-                (self.config.clone(), paths.clone(), file.clone(), written.clone());
+            let (config, paths, file, written) = (
+                self.config.clone(),
+                paths.clone(),
+                file.clone(),
+                written.clone(),
+            );
             let (uid_base, id) = (state.uid_base, id.to_owned());
             tokio::task::spawn_blocking(move || {
                 let layer = Layer {
@@ -375,7 +446,9 @@ impl Saver {
                     id: &id,
                     uid_base,
                     cgroup: cgroup.as_deref(),
-                    parent: parent.as_deref(),
+                    parent: parent
+                        .as_ref()
+                        .map(|(layer, system)| (layer.as_path(), system.as_path())),
                 };
                 pack_layer(&config, &layer, &file, max_bytes, &written)
             })
@@ -441,8 +514,8 @@ struct Layer<'a> {
     uid_base: u32,
     /// The running vnode's cgroup, frozen while its layer is read.
     cgroup: Option<&'a str>,
-    /// The unpacked layer of the user image the vnode started from.
-    parent: Option<&'a Path>,
+    /// The unpacked layer of the user image the vnode started from, and its system image.
+    parent: Option<(&'a Path, &'a Path)>,
 }
 
 /// Packs the vnode's layer (with its parent folded in) into `file`; returns its size and
@@ -468,14 +541,14 @@ fn pack_layer(
             .map_err(|e| format!("user namespace: {e}"))?;
         mounts::mount_idmapped(&layer.paths.upper, &view, &userns)
             .map_err(|e| format!("viewing the vnode's layer: {e}"))?;
-        if let Some(parent) = layer.parent {
+        if let Some((parent, _)) = layer.parent {
             copy_tree(parent, &staging)?;
         }
         let _frozen = layer.cgroup.map(Freezer::freeze).transpose()?;
         let root = match layer.parent {
             None => view.clone(),
-            Some(_) => {
-                fold(&view, &staging)?;
+            Some((_, system)) => {
+                fold(&view, &staging, system)?;
                 staging.clone()
             }
         };
@@ -503,8 +576,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 /// Applies `upper` to `staging` (a copy of the parent layer) as overlayfs would show it:
 /// what `upper` deletes (whiteouts) or replaces (opaque directories, a file where a
 /// directory was) is removed from the copy before `upper`'s entries are unpacked over it.
-/// Whiteouts stay in the result: they still hide the system image's files.
-fn fold(upper: &Path, staging: &Path) -> Result<(), String> {
+/// Whiteouts of the system image's files stay: they still hide them. Whiteouts of what only
+/// the parent layer had go: overlayfs shows a whiteout as a file in a directory that no
+/// lower layer shares.
+fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
         let dir = upper.join(&relative);
@@ -552,6 +627,25 @@ fn fold(upper: &Path, staging: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot run tar: {e}"))?;
     if !unpack.success() {
         return Err("folding the vnode's changes into its image's layer failed".into());
+    }
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = staging.join(&relative);
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let relative = relative.join(entry.file_name());
+            let meta = entry
+                .metadata()
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            if meta.is_dir() {
+                stack.push(relative);
+            } else if is_whiteout(&meta)
+                && std::fs::symlink_metadata(system.join(&relative)).is_err()
+            {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            }
+        }
     }
     Ok(())
 }
@@ -635,12 +729,18 @@ fn write_tar(
         let mut out =
             std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
         let mut tar = Command::new("tar")
-            .args(["--create", "--file=-", "--numeric-owner", "--xattrs", "--sparse"])
+            .args([
+                "--create",
+                "--file=-",
+                "--numeric-owner",
+                "--xattrs",
+                "--sparse",
+            ])
             .args(XATTRS)
-            .args(["--no-recursion", "--null", "--files-from"])
-            .arg(list)
             .arg("--directory")
             .arg(root)
+            .args(["--no-recursion", "--null", "--files-from"])
+            .arg(list)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -670,10 +770,7 @@ fn write_tar(
         }
         let output = tar.wait_with_output().map_err(|e| e.to_string())?;
         if !output.status.success() {
-            return Err(format!(
-                "tar failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            return Err(format!("tar failed: {}", first_lines(&output.stderr)));
         }
         out.sync_all()
             .map_err(|e| format!("writing {}: {e}", part.display()))?;
@@ -684,6 +781,13 @@ fn write_tar(
         let _ = std::fs::remove_file(&part);
     }
     result
+}
+
+/// The first lines of a tool's complaints: enough to say what went wrong.
+fn first_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().take(3).collect();
+    lines.join("; ")
 }
 
 fn hex(bytes: &[u8]) -> String {

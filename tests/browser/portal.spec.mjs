@@ -2,7 +2,8 @@
 // creates a cluster in one click, watches it come up, uses its terminal and its Jupyter
 // workspace, maps a port and reaches it from outside, and deletes the cluster; another user
 // is refused the first one's terminal and workspace; an administrator changes a quota and the
-// user sees the new limit. Every page is saved as a screenshot (testbed.mjs: shots).
+// user sees the new limit; a user saves a node as an image, shares it, starts a cluster
+// from it and deletes it. Every page is saved as a screenshot (testbed.mjs: shots).
 import { test, expect } from "@playwright/test";
 import net from "node:net";
 import { api, apiLogin, login, pamUser, rootPassword, shot, portal } from "./testbed.mjs";
@@ -20,6 +21,30 @@ async function removeClusters(token) {
     const [, op] = await api("DELETE", `/api/v1/clusters/${c.name}?force=true`, token);
     if (op && op.id) await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
   }
+}
+
+/** Deletes every image `token`'s user owns. */
+async function removeImages(token, user) {
+  const [, images] = await api("GET", "/api/v1/images", token);
+  for (const i of Array.isArray(images) ? images : []) {
+    if (i.owner === user) await api("DELETE", `/api/v1/images/${i.owner}/${i.name}`, token);
+  }
+}
+
+/** Fails the running test if a page's script failed or its Content-Security-Policy blocked
+ * something: either would leave a part of the page silently broken. */
+function watchPages() {
+  let problems = [];
+  test.beforeEach(({ page }) => {
+    problems = [];
+    page.on("console", (m) => {
+      if (m.type() === "error" && m.text().includes("Content Security Policy")) problems.push(m.text());
+    });
+    page.on("pageerror", (e) => problems.push(String(e)));
+  });
+  test.afterEach(() => {
+    expect(problems).toEqual([]);
+  });
 }
 
 /** The text on the terminal's screen and in its scrollback. */
@@ -47,19 +72,7 @@ function firstLine(host, port) {
 }
 
 test.describe.serial("the portal", () => {
-  // Nothing a page does may be blocked by its own Content-Security-Policy, and no script may
-  // fail: either would leave a part of the page silently broken.
-  let problems = [];
-  test.beforeEach(({ page }) => {
-    problems = [];
-    page.on("console", (m) => {
-      if (m.type() === "error" && m.text().includes("Content Security Policy")) problems.push(m.text());
-    });
-    page.on("pageerror", (e) => problems.push(String(e)));
-  });
-  test.afterEach(() => {
-    expect(problems).toEqual([]);
-  });
+  watchPages();
 
   test.beforeAll(async () => {
     pamUser(owner.name, owner.password);
@@ -255,5 +268,101 @@ test.describe.serial("the portal", () => {
     expect(forged.status()).toBe(403);
     const [, clusters] = await api("GET", "/api/v1/clusters", ownerToken);
     expect(clusters.map((c) => c.name)).not.toContain("c2");
+  });
+});
+
+test.describe.serial("user images in the portal", () => {
+  watchPages();
+  const user = { name: "brimg", password: "Brimg-pw-2026" };
+  const reference = `${user.name}/webimg`;
+  let token;
+
+  test.beforeAll(async () => {
+    pamUser(user.name, user.password);
+    token = await apiLogin(user.name, user.password);
+    await removeClusters(token);
+    await removeImages(token, user.name);
+  });
+
+  test.afterAll(async () => {
+    await removeClusters(token);
+    await removeImages(token, user.name);
+  });
+
+  test("a user saves a node as an image, shares it, starts a cluster from it and deletes it", async ({ page }) => {
+    await login(page, user.name, user.password);
+    await page.getByText("Name, image and sizes").click();
+    await page.locator("form.create input[name='name']").fill("imgsrc");
+    await page.getByRole("button", { name: /^Create cluster/ }).click();
+    await expect(page).toHaveURL(/\/clusters\/imgsrc/);
+    await expect(page.locator("#progress")).toContainText("1 of 1 node(s) running", { timeout: 90_000 });
+    const [status, ran] = await api("POST", "/api/v1/clusters/imgsrc/nodes/0/exec", token,
+      { argv: ["sh", "-c", "echo saved-by-the-browser-test > /opt/webimg.txt"] });
+    expect(status, JSON.stringify(ran)).toBe(200);
+    expect(ran.exit_code).toBe(0);
+
+    // Save node 0 from the cluster page: on to the images page, which follows the save.
+    const saveForm = page.locator("details[data-save-node='0']");
+    await saveForm.getByText("Save host-0 as an image").click();
+    await saveForm.getByLabel("Image name").fill("webimg");
+    await saveForm.getByLabel("Description").fill("made in the browser test");
+    await shot(page, "cluster-save-image");
+    await saveForm.getByRole("button", { name: "Save as image" }).click();
+    await expect(page).toHaveURL(/\/images\?done=image-saving/);
+    const row = page.locator(`#own-images tr[data-image='${reference}']`);
+    await expect(row.locator(".state")).toHaveText(/saving|ready/);
+    await shot(page, "images-saving");
+    // No reload: the page polls itself while the save runs.
+    await expect(row.locator(".state")).toHaveText("ready", { timeout: 180_000 });
+    await expect(row.locator(".image-size")).not.toHaveText(/^(—|0 B)$/);
+    await expect(row.locator(".description")).toHaveText("made in the browser test");
+    await expect(row.locator(".sharing")).toHaveText("private");
+
+    await row.getByRole("button", { name: "Share", exact: true }).click();
+    await expect(page.getByRole("status")).toContainText("image is shared");
+    await expect(row.locator(".sharing")).toHaveText("shared");
+    await expect(row.getByRole("button", { name: "Unshare", exact: true })).toBeVisible();
+    await shot(page, "images-shared");
+
+    // A name that is no name: refused, with the reason, on the cluster page.
+    await page.goto("/clusters/imgsrc");
+    await saveForm.getByText("Save host-0 as an image").click();
+    await saveForm.getByLabel("Image name").fill("../x");
+    await saveForm.getByRole("button", { name: "Save as image" }).click();
+    await expect(page.getByRole("alert")).toContainText("may only contain");
+    await expect(page.getByRole("heading", { name: /Cluster imgsrc/ })).toBeVisible();
+    await shot(page, "cluster-save-image-refused");
+
+    // A new cluster from the image, chosen in the create form.
+    await page.goto("/images");
+    await row.getByRole("link", { name: "New cluster from this image" }).click();
+    await expect(page.locator("#create-image")).toHaveValue(reference);
+    await page.locator("form.create input[name='name']").fill("fromimg");
+    await shot(page, "dashboard-create-from-image");
+    await page.getByRole("button", { name: /^Create cluster/ }).click();
+    await expect(page).toHaveURL(/\/clusters\/fromimg/);
+    await expect(page.locator("#progress")).toContainText("1 of 1 node(s) running", { timeout: 180_000 });
+    await expect(page.locator("dl.facts")).toContainText(reference);
+    const [, seen] = await api("POST", "/api/v1/clusters/fromimg/nodes/0/exec", token,
+      { argv: ["cat", "/opt/webimg.txt"] });
+    expect(seen.stdout).toBe("saved-by-the-browser-test\n");
+
+    // In use: the delete is refused and says by whom.
+    await page.goto("/images");
+    await row.getByText("Delete…").click();
+    await row.getByRole("button", { name: `Delete the image ${reference}` }).click();
+    await expect(page.getByRole("alert")).toContainText("is used by cluster(s)");
+    await expect(page.getByRole("alert")).toContainText(`${user.name}/fromimg`);
+    await expect(row).toHaveCount(1);
+    await shot(page, "images-delete-refused");
+
+    // Without its clusters the image goes.
+    await removeClusters(token);
+    await page.goto("/images");
+    await row.getByText("Delete…").click();
+    await row.getByRole("button", { name: `Delete the image ${reference}` }).click();
+    await expect(page.getByRole("status")).toContainText("image has been deleted");
+    await expect(row).toHaveCount(0);
+    await shot(page, "images-deleted");
   });
 });

@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::{PORTAL, ok};
 
-
 pub struct Resp {
     pub status: u16,
     pub text: String,

@@ -7,6 +7,7 @@
 
 mod admin;
 mod assets;
+mod images;
 mod pages;
 
 use std::net::SocketAddr;
@@ -62,6 +63,17 @@ pub fn router() -> Router<Arc<Master>> {
             "/clusters/{name}/ports/{public_port}/unmap",
             post(pages::unmap_port),
         )
+        .route(
+            "/clusters/{name}/nodes/{index}/save-image",
+            post(images::save_image),
+        )
+        .route("/images", get(images::images))
+        .route("/images/{owner}/{name}/share", post(images::share_image))
+        .route(
+            "/images/{owner}/{name}/unshare",
+            post(images::unshare_image),
+        )
+        .route("/images/{owner}/{name}/delete", post(images::delete_image))
         .route("/account", get(pages::account))
         .route("/account/password", post(pages::change_password))
         .route("/account/tokens", post(pages::create_token))
@@ -124,6 +136,7 @@ fn templates() -> &'static Environment<'static> {
             "cluster.html",
             "confirm_delete.html",
             "terminal.html",
+            "images.html",
             "account.html",
             "admin_users.html",
             "admin_groups.html",
@@ -403,6 +416,10 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "deleted" => "The cluster is being deleted.",
         "mapped" => "The port is mapped: it answers while its node runs.",
         "unmapped" => "The port mapping is removed.",
+        "image-saving" => "The image is being saved; this page shows its progress.",
+        "image-shared" => "The image is shared: every user may start clusters from it.",
+        "image-unshared" => "The image is private again.",
+        "image-deleted" => "The image has been deleted.",
         "password" => "Your password has been changed.",
         "revoked" => "The token has been revoked.",
         "user-created" => "The user has been created.",
@@ -464,6 +481,7 @@ mod tests {
             "dashboard.html",
             "cluster.html",
             "terminal.html",
+            "images.html",
             "account.html",
             "admin_users.html",
             "admin_groups.html",

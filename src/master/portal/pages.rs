@@ -1,5 +1,6 @@
 //! The pages every user has: login, the dashboard with its one-click create, a cluster's
-//! page with its actions, a node's terminal, and the account (password, API tokens).
+//! page with its actions, a node's terminal, and the account (password, API tokens). The
+//! images page and the cluster page's save form are in [`super::images`].
 
 use std::sync::Arc;
 
@@ -187,15 +188,26 @@ pub struct CreateForm {
     cpus: Option<String>,
     memory_mib: Option<String>,
     disk_gib: Option<String>,
+    /// `base` or `owner/name`; empty means the default image.
+    image: Option<String>,
 }
 
-/// The dashboard: usage against quota, the one-click create, and the clusters.
+#[derive(Deserialize, Default)]
+pub struct DashboardQuery {
+    done: Option<String>,
+    /// The image the create form preselects (the images page's "New cluster from this image").
+    image: Option<String>,
+}
+
+/// The dashboard: usage against quota, the one-click create (from `image` if one is
+/// chosen), and the clusters.
 async fn dashboard_page(
     master: &Master,
     session: &Session,
     status: StatusCode,
     done: Option<&str>,
     error: Option<&str>,
+    image: Option<&str>,
 ) -> Response {
     let me = match master.me(&session.caller).await {
         Ok(me) => me,
@@ -203,6 +215,10 @@ async fn dashboard_page(
     };
     let clusters = match master.list_clusters(&session.caller, None).await {
         Ok(c) => c,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    let images = match super::images::usable_images(master, &session.caller).await {
+        Ok(i) => i,
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
     let rows: Vec<ClusterRow> = clusters.iter().map(cluster_row).collect();
@@ -217,6 +233,9 @@ async fn dashboard_page(
             me => me,
             clusters => rows,
             suggested_name => free_name(&clusters),
+            default_image => master.config.default_image,
+            images => images,
+            image => image,
         },
     )
 }
@@ -224,7 +243,7 @@ async fn dashboard_page(
 pub async fn dashboard(
     State(master): Shared,
     session: Session,
-    Query(query): Query<DoneQuery>,
+    Query(query): Query<DashboardQuery>,
 ) -> Response {
     dashboard_page(
         &master,
@@ -232,6 +251,7 @@ pub async fn dashboard(
         StatusCode::OK,
         query.done.as_deref(),
         None,
+        given(&query.image),
     )
     .await
 }
@@ -265,7 +285,7 @@ fn create_request(
             .map(str::to_owned)
             .unwrap_or(fallback_name),
         size: size.map(|s| s as u32),
-        image: None,
+        image: given(&form.image).map(str::to_owned),
         cpu_millis: cpus.map(|c| (c * 1000.0).round().min(u32::MAX as f64) as u32),
         memory_bytes: memory.map(|m| (m * 1048576.0).round().min(u64::MAX as f64) as u64),
         disk_bytes: disk.map(|d| (d * 1073741824.0).round().min(u64::MAX as f64) as u64),
@@ -297,6 +317,7 @@ pub async fn create_cluster(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 None,
                 Some(&message),
+                given(&form.image),
             )
             .await;
         }
@@ -304,7 +325,15 @@ pub async fn create_cluster(
     match master.create_cluster(&session.caller, &request, None).await {
         Ok(_) => see_other(&format!("/clusters/{}", request.name), "created"),
         Err(e) => {
-            dashboard_page(&master, &session, status_of(&e), None, Some(&e.to_string())).await
+            dashboard_page(
+                &master,
+                &session,
+                status_of(&e),
+                None,
+                Some(&e.to_string()),
+                given(&form.image),
+            )
+            .await
         }
     }
 }
@@ -370,11 +399,26 @@ async fn cluster_action<T>(
     done: &str,
     action: impl Future<Output = Result<T, ApiError>>,
 ) -> Response {
+    let target = format!("/clusters/{name}");
+    cluster_action_to(master, session, name, csrf, &target, done, action).await
+}
+
+/// Runs an action from cluster `name`'s page: on to `target` with `done`, or the cluster's
+/// page again with the error.
+pub(super) async fn cluster_action_to<T>(
+    master: &Master,
+    session: &Session,
+    name: &str,
+    csrf: &str,
+    target: &str,
+    done: &str,
+    action: impl Future<Output = Result<T, ApiError>>,
+) -> Response {
     if let Some(r) = session.refuse_forged(csrf) {
         return r;
     }
     match action.await {
-        Ok(_) => see_other(&format!("/clusters/{name}"), done),
+        Ok(_) => see_other(target, done),
         Err(e) => {
             cluster_page(
                 master,
@@ -811,6 +855,14 @@ mod tests {
         assert_eq!(request.cpu_millis, Some(500));
         assert_eq!(request.memory_bytes, Some(512 << 20));
         assert_eq!(request.disk_bytes, None);
+        // The default image unless one is chosen.
+        assert_eq!(request.image, None);
+        let from_image = CreateForm {
+            image: Some("alice/web".into()),
+            ..Default::default()
+        };
+        let request = create_request(&from_image, "c1".into()).unwrap();
+        assert_eq!(request.image.as_deref(), Some("alice/web"));
         let bad = CreateForm {
             size: Some("2.5".into()),
             ..Default::default()

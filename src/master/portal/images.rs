@@ -1,0 +1,293 @@
+//! The pages for user images: the images page (the user's own images with share, unshare,
+//! delete and "new cluster from this image", and the images others share), and the cluster
+//! page's form that saves a node as an image. A save runs in the background: the images page
+//! polls itself while one is in progress, so the user sees it become ready.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::{CsrfOnly, DoneQuery, Session, notice, render, render_error, see_other, status_of};
+use crate::master::Master;
+use crate::master::actions::{ApiError, Caller};
+use crate::master::images::{ImagePatch, ImageView, SaveImageRequest};
+use crate::model::image::Pending;
+
+type Shared = State<Arc<Master>>;
+
+/// An image as the images page shows it.
+#[derive(Serialize)]
+struct ImageRow<'a> {
+    #[serde(flatten)]
+    image: &'a ImageView,
+    /// The state's first word (`ready`, `saving`, `failed`, ...), which picks its colour:
+    /// the state itself carries progress and reasons.
+    phase: &'a str,
+    /// New clusters may start from it now.
+    usable: bool,
+}
+
+fn image_row<'a>(image: &'a ImageView, user: &str) -> ImageRow<'a> {
+    ImageRow {
+        phase: image.state.split([' ', ':']).next().unwrap_or_default(),
+        usable: image.record.refuse_use(user).is_none(),
+        image,
+    }
+}
+
+/// The images page's values: `user`'s own images, the ones others share, and whether one
+/// of the user's is being saved (the page then follows it).
+fn images_context(images: &[ImageView], user: &str) -> minijinja::Value {
+    let (own, shared): (Vec<ImageRow>, Vec<ImageRow>) = images
+        .iter()
+        .map(|image| image_row(image, user))
+        .partition(|row| row.image.record.owner == user);
+    let saving = own
+        .iter()
+        .any(|row| matches!(row.image.record.pending, Some(Pending::Saving { .. })));
+    minijinja::context! { own => own, shared => shared, saving => saving }
+}
+
+/// The images new clusters of the caller may start from (`owner/name`), for the create
+/// form's choice.
+pub(super) async fn usable_images(
+    master: &Master,
+    caller: &Caller,
+) -> Result<Vec<String>, ApiError> {
+    Ok(master
+        .list_images(caller, false)
+        .await?
+        .into_iter()
+        .filter(|image| image.record.refuse_use(caller.name()).is_none())
+        .map(|image| image.reference)
+        .collect())
+}
+
+async fn images_page(
+    master: &Master,
+    session: &Session,
+    status: StatusCode,
+    done: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let images = match master.list_images(&session.caller, false).await {
+        Ok(images) => images,
+        Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
+    };
+    render(
+        master,
+        Some(session),
+        "images.html",
+        status,
+        notice(done),
+        error,
+        images_context(&images, session.caller.name()),
+    )
+}
+
+pub async fn images(
+    State(master): Shared,
+    session: Session,
+    Query(query): Query<DoneQuery>,
+) -> Response {
+    images_page(
+        &master,
+        &session,
+        StatusCode::OK,
+        query.done.as_deref(),
+        None,
+    )
+    .await
+}
+
+/// Runs an image action from the images page: back to it with `done`, or the page again
+/// with the error.
+async fn image_action<T>(
+    master: &Master,
+    session: &Session,
+    csrf: &str,
+    done: &str,
+    action: impl Future<Output = Result<T, ApiError>>,
+) -> Response {
+    if let Some(r) = session.refuse_forged(csrf) {
+        return r;
+    }
+    match action.await {
+        Ok(_) => see_other("/images", done),
+        Err(e) => images_page(master, session, status_of(&e), None, Some(&e.to_string())).await,
+    }
+}
+
+async fn set_public(
+    master: &Master,
+    session: &Session,
+    (owner, name): (String, String),
+    csrf: &str,
+    public: bool,
+) -> Response {
+    let patch = ImagePatch {
+        public: Some(public),
+        description: None,
+    };
+    let action = master.update_image(&session.caller, &owner, &name, &patch);
+    let done = if public {
+        "image-shared"
+    } else {
+        "image-unshared"
+    };
+    image_action(master, session, csrf, done, action).await
+}
+
+pub async fn share_image(
+    State(master): Shared,
+    session: Session,
+    Path(image): Path<(String, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    set_public(&master, &session, image, &form.csrf, true).await
+}
+
+pub async fn unshare_image(
+    State(master): Shared,
+    session: Session,
+    Path(image): Path<(String, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    set_public(&master, &session, image, &form.csrf, false).await
+}
+
+pub async fn delete_image(
+    State(master): Shared,
+    session: Session,
+    Path((owner, name)): Path<(String, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let action = master.delete_image(&session.caller, &owner, &name);
+    image_action(&master, &session, &form.csrf, "image-deleted", action).await
+}
+
+#[derive(Deserialize)]
+pub struct SaveImageForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// The checkbox "replace an existing image of that name": present when ticked.
+    force: Option<String>,
+}
+
+/// The cluster page's "Save as image" of one node: on to the images page, which follows the
+/// save, or the cluster page again with the error.
+pub async fn save_image(
+    State(master): Shared,
+    session: Session,
+    Path((cluster, node)): Path<(String, u32)>,
+    Form(form): Form<SaveImageForm>,
+) -> Response {
+    let request = SaveImageRequest {
+        cluster: cluster.clone(),
+        node,
+        name: form.name.trim().to_owned(),
+        description: form.description.trim().to_owned(),
+        force: form.force.is_some(),
+    };
+    let action = master.save_image(&session.caller, None, &request);
+    super::pages::cluster_action_to(
+        &master,
+        &session,
+        &cluster,
+        &form.csrf,
+        "/images",
+        "image-saving",
+        action,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Frame, templates};
+    use super::*;
+    use crate::model::image::{ImageRecord, ImageVersion};
+
+    fn record(owner: &str, name: &str, public: bool, saved: bool) -> ImageRecord {
+        ImageRecord {
+            owner: owner.into(),
+            name: name.into(),
+            description: format!("{name} <by> {owner}"),
+            public,
+            created_at: 1_795_000_000,
+            current: saved.then(|| ImageVersion {
+                version: "1795000000-0000abcd".into(),
+                base: "base".into(),
+                bytes: 3 << 20,
+                sha256: "0".repeat(64),
+                saved_at: 1_795_000_000,
+                saved_from: format!("{owner}-c1-0"),
+            }),
+            pending: None,
+            last_error: None,
+        }
+    }
+
+    fn render_images(images: &[ImageView]) -> String {
+        templates()
+            .get_template("images.html")
+            .unwrap()
+            .render(minijinja::context! {
+                frame => Frame { user: Some("alice"), admin: false, csrf: Some("t"), cluster_name: "c", version: "v", notice: None, error: None },
+                page => images_context(images, "alice"),
+            })
+            .unwrap()
+            // Slashes in attributes are escaped; the browser reads them as slashes.
+            .replace("&#x2f;", "/")
+    }
+
+    #[test]
+    fn the_images_page_follows_a_save_and_offers_shared_images() {
+        let mut saving = record("alice", "web", false, false);
+        saving.pending = Some(Pending::Saving {
+            vnode: "alice-c1-0".into(),
+            host: "h1".into(),
+            requested_at: 1_795_000_000,
+            max_bytes: 1 << 30,
+            written_bytes: 12 << 20,
+            description: String::new(),
+        });
+        let images: Vec<ImageView> = vec![
+            saving.into(),
+            record("alice", "tools", true, true).into(),
+            record("bob", "shared", true, true).into(),
+        ];
+        let html = render_images(&images);
+        // Alice's own, one being saved: the page polls itself, and shows the progress.
+        assert!(html.contains(r#"hx-trigger="every 2s""#), "{html}");
+        assert!(html.contains("saving (12"), "{html}");
+        assert!(html.contains("state-saving"), "{html}");
+        // A ready, shared one of hers: size, unshare, a new cluster from it.
+        assert!(html.contains("3 MiB"), "{html}");
+        assert!(html.contains("/images/alice/tools/unshare"), "{html}");
+        assert!(html.contains("/images/alice/web/share"), "{html}");
+        assert!(html.contains("/images/alice/web/delete"), "{html}");
+        assert!(html.contains("/?image=alice/tools"), "{html}");
+        // The one being saved cannot start a cluster yet.
+        assert!(!html.contains("/?image=alice/web"), "{html}");
+        // Bob's shared image: in the second table, usable, not changeable by Alice.
+        assert!(html.contains("/?image=bob/shared"), "{html}");
+        assert!(!html.contains("/images/bob/shared/"), "{html}");
+        // Descriptions are the owners' text: escaped.
+        assert!(html.contains("shared &lt;by&gt; bob"), "{html}");
+
+        // Once ready, the page stops polling.
+        let ready: Vec<ImageView> = vec![record("alice", "web", false, true).into()];
+        let html = render_images(&ready);
+        assert!(!html.contains("hx-trigger"), "{html}");
+        assert!(html.contains("state-ready"), "{html}");
+    }
+}
