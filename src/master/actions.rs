@@ -262,6 +262,9 @@ pub struct ClusterView {
     pub node_size: NodeSize,
     pub created_at: u64,
     pub nodes: Vec<NodeView>,
+    /// Set when the cluster was stopped for being idle too long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop: Option<vcluster::IdleStop>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -662,6 +665,7 @@ impl Master {
             nodes: (0..create.size).collect(),
             next_index: create.size,
             created_at: now,
+            idle_stop: None,
         };
         let operation = Operation {
             id: random_id(16),
@@ -946,6 +950,7 @@ impl Master {
             node_size: cluster.node_size,
             created_at: cluster.created_at,
             nodes,
+            idle_stop: cluster.idle_stop,
         })
     }
 
@@ -971,10 +976,12 @@ impl Master {
         let ids: Vec<String> = node_ids(&cluster);
         store
             .change_cluster(&owner, name, |c| {
-                Ok((
-                    Some(c.clone()),
-                    node_ids(c).into_iter().map(|id| (id, state)).collect(),
-                ))
+                let mut c = c.clone();
+                if running {
+                    c.idle_stop = None;
+                }
+                let states = node_ids(&c).into_iter().map(|id| (id, state)).collect();
+                Ok((Some(c), states))
             })
             .await?;
         let kind = if running {
@@ -985,7 +992,7 @@ impl Master {
         self.record_operation(&store, kind, &owner, name, ids).await
     }
 
-    async fn record_operation(
+    pub(crate) async fn record_operation(
         &self,
         store: &EtcdStore,
         kind: OperationKind,

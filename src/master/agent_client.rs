@@ -72,12 +72,28 @@ pub async fn post_json(
     token: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, String), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::post(url)
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
+    exchange(request, EXEC_LIMIT).await
+}
+
+/// GETs `url`; returns the status and the response text, within `limit`.
+pub async fn get(url: &str, token: &str, limit: Duration) -> Result<(u16, String), String> {
+    let request = hyper::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    exchange(request, limit).await
+}
+
+async fn exchange(
+    request: hyper::Request<Full<Bytes>>,
+    limit: Duration,
+) -> Result<(u16, String), String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let exchange = async {
         let response = client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
@@ -89,9 +105,9 @@ pub async fn post_json(
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     };
-    tokio::time::timeout(EXEC_LIMIT, exchange)
+    tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| format!("no answer within {} s", EXEC_LIMIT.as_secs()))?
+        .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
 }
 
 /// A TCP connection to `port` inside the vnode (its loopback, else its own address), through

@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod events;
 pub mod forwarder;
 pub mod images;
+pub mod metrics;
 pub mod init;
 pub mod portal;
 pub mod ports;
@@ -65,6 +66,8 @@ pub struct Master {
     placement: crate::store::placement_view::PlacementView,
     /// The workspace proxy's tunnels and the nodes' endpoints.
     pub workspace: workspace::Proxy,
+    /// Samples collected from the workers, their history and the usage ledger.
+    pub metrics: metrics::Collected,
 }
 
 pub fn now_secs() -> u64 {
@@ -91,6 +94,7 @@ impl Master {
             leader_lease: Default::default(),
             placement: Default::default(),
             workspace: Default::default(),
+            metrics: metrics::Collected::load(),
         }
     }
 
@@ -544,6 +548,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     let placement = tokio::spawn(master.clone().follow_placement());
     // Every master forwards every mapped port, so any master's address works.
     let forwarding = tokio::spawn(forwarder::run(master.clone()));
+    let collecting = tokio::spawn(master.clone().collect_metrics());
 
     let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
@@ -558,6 +563,8 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     leadership.abort();
     placement.abort();
     forwarding.abort();
+    collecting.abort();
+    master.metrics.save();
     master.resign().await;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {

@@ -23,6 +23,19 @@ pub struct VCluster {
     /// a node being deleted never collides with a new one.
     pub next_index: u32,
     pub created_at: u64,
+    /// Set when the cluster was stopped for being idle longer than its group allows;
+    /// cleared when it starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop: Option<IdleStop>,
+}
+
+/// Why and when an idle cluster was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IdleStop {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// How long it had been idle.
+    pub idle_secs: u64,
 }
 
 /// The vnode id of a cluster's node. User names have no dash (see

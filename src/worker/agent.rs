@@ -121,6 +121,7 @@ pub fn router(worker: Shared) -> Router {
     Router::new()
         .route("/agent/v1/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
+        .route("/agent/v1/samples", get(samples_handler))
         .route("/agent/v1/vnodes/{id}/exec", post(exec_handler))
         .route("/agent/v1/vnodes/{id}/pty", get(pty_handler))
         .route("/agent/v1/vnodes/{id}/tcp/{port}", get(tcp_handler))
@@ -138,9 +139,21 @@ async fn metrics_handler(State(worker): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        worker.metrics.exposition(&worker.host),
+        crate::model::metrics::exposition(&[worker
+            .metrics
+            .samples(&worker.host, worker.config.metrics_interval)]),
     )
         .into_response()
+}
+
+/// This host's and its vnodes' last samples as JSON, for the masters' history.
+async fn samples_handler(State(worker): State<Shared>) -> Response {
+    axum::Json(
+        worker
+            .metrics
+            .samples(&worker.host, worker.config.metrics_interval),
+    )
+    .into_response()
 }
 
 /// Serves the agent on `0.0.0.0:agent_port` until the worker stops.

@@ -18,25 +18,12 @@ use tracing::debug;
 
 use super::vnodes::{Runtime, VNodePaths};
 use crate::config::{Config, Storage};
-use crate::model::metrics::{Exposition, Kind, NetCounters, VnodeReading, VnodeSample};
+use crate::model::metrics::{
+    HostSample, NetCounters, NodeSample, VnodeReading, VnodeSample, WorkerSamples,
+};
 use crate::model::network::veth_name;
 use crate::model::vnode::{self, Phase, VNodeSpec};
 use crate::sys::mounts;
-
-/// The host's own figures at one sampling.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HostSample {
-    pub at: u64,
-    /// Over the last interval, 100 per busy core; `None` at the first sampling.
-    pub cpu_percent: Option<f64>,
-    pub cpus: u32,
-    pub memory_total_bytes: u64,
-    pub memory_available_bytes: u64,
-    pub disk_total_bytes: u64,
-    pub disk_used_bytes: u64,
-    pub load: [f64; 3],
-    pub vnodes: u32,
-}
 
 /// The last samples, and the readings the next ones are compared with.
 #[derive(Default)]
@@ -123,125 +110,25 @@ impl Metrics {
         state.host = Some(host);
     }
 
-    /// The last samples in the Prometheus text format; `host` names this host.
-    pub fn exposition(&self, host: &str) -> String {
+    /// The last sampling, as the agent serves it (`host` names this host).
+    pub fn samples(&self, host: &str, interval_secs: u64) -> WorkerSamples {
         let state = self.state.lock().unwrap();
-        let mut out = Exposition::default();
-        if let Some(h) = &state.host {
-            let labels = [("host", host)];
-            let gauges: [(&str, &str, Option<f64>); 8] = [
-                (
-                    "docklet_host_cpu_percent",
-                    "CPU use over the last interval, 100 per busy core.",
-                    h.cpu_percent,
-                ),
-                ("docklet_host_cpus", "CPUs.", Some(h.cpus as f64)),
-                (
-                    "docklet_host_memory_total_bytes",
-                    "Memory.",
-                    Some(h.memory_total_bytes as f64),
-                ),
-                (
-                    "docklet_host_memory_available_bytes",
-                    "Memory available (MemAvailable).",
-                    Some(h.memory_available_bytes as f64),
-                ),
-                (
-                    "docklet_host_disk_total_bytes",
-                    "Size of the filesystem under fs_prefix.",
-                    Some(h.disk_total_bytes as f64),
-                ),
-                (
-                    "docklet_host_disk_used_bytes",
-                    "Bytes used on the filesystem under fs_prefix.",
-                    Some(h.disk_used_bytes as f64),
-                ),
-                (
-                    "docklet_host_load1",
-                    "Load average over one minute.",
-                    Some(h.load[0]),
-                ),
-                (
-                    "docklet_host_vnodes",
-                    "Vnodes running on the host.",
-                    Some(h.vnodes as f64),
-                ),
-            ];
-            for (name, help, value) in gauges {
-                if let Some(value) = value {
-                    out.family(name, Kind::Gauge, help)
-                        .sample(name, &labels, value);
-                }
-            }
+        WorkerSamples {
+            host: host.to_owned(),
+            interval_secs,
+            host_sample: state.host.clone(),
+            vnodes: state
+                .vnodes
+                .iter()
+                .map(|(spec, sample)| NodeSample {
+                    id: spec.id.clone(),
+                    user: spec.user.clone(),
+                    cluster: spec.cluster.clone(),
+                    index: spec.index,
+                    sample: *sample,
+                })
+                .collect(),
         }
-        for (spec, s) in &state.vnodes {
-            let index = spec.index.to_string();
-            let labels = [
-                ("user", spec.user.as_str()),
-                ("cluster", spec.cluster.as_str()),
-                ("node", index.as_str()),
-                ("vnode", spec.id.as_str()),
-                ("host", host),
-            ];
-            let mut metric = |name: &str, kind: Kind, help: &str, value: f64| {
-                out.family(name, kind, help).sample(name, &labels, value);
-            };
-            if let Some(percent) = s.cpu_percent {
-                metric(
-                    "docklet_vnode_cpu_percent",
-                    Kind::Gauge,
-                    "CPU use over the last interval, 100 per busy core.",
-                    percent,
-                );
-            }
-            let gauges = [
-                (
-                    "docklet_vnode_memory_bytes",
-                    "Memory in use.",
-                    s.memory_bytes,
-                ),
-                (
-                    "docklet_vnode_disk_bytes",
-                    "Bytes its own layer takes.",
-                    s.disk_bytes,
-                ),
-                ("docklet_vnode_processes", "Tasks.", u64::from(s.processes)),
-                (
-                    "docklet_vnode_uptime_seconds",
-                    "Since it booted.",
-                    s.uptime_secs,
-                ),
-            ];
-            for (name, help, value) in gauges {
-                metric(name, Kind::Gauge, help, value as f64);
-            }
-            metric(
-                "docklet_vnode_cpu_seconds_total",
-                Kind::Counter,
-                "CPU time used since it booted.",
-                s.cpu_seconds,
-            );
-            let n = &s.net;
-            let counters = [
-                ("docklet_vnode_network_receive_bytes_total", n.rx_bytes),
-                ("docklet_vnode_network_transmit_bytes_total", n.tx_bytes),
-                ("docklet_vnode_network_receive_packets_total", n.rx_packets),
-                ("docklet_vnode_network_transmit_packets_total", n.tx_packets),
-                ("docklet_vnode_network_receive_errors_total", n.rx_errors),
-                ("docklet_vnode_network_transmit_errors_total", n.tx_errors),
-                ("docklet_vnode_network_receive_drops_total", n.rx_dropped),
-                ("docklet_vnode_network_transmit_drops_total", n.tx_dropped),
-            ];
-            for (name, value) in counters {
-                metric(
-                    name,
-                    Kind::Counter,
-                    "On its eth0, since its network was made.",
-                    value as f64,
-                );
-            }
-        }
-        out.finish()
     }
 }
 
