@@ -255,13 +255,20 @@ impl History {
     }
 
     /// The points from `from` (seconds since the epoch) on, at the finest step that still
-    /// reaches back that far (else the coarsest), and that step.
+    /// reaches back that far (else the one reaching back furthest, the finer on a tie: a
+    /// young history is whole in every tier), and that step.
     pub fn since(&self, from: u64) -> (u64, Vec<Point>) {
         let tier = self
             .tiers
             .iter()
             .find(|t| t.oldest().is_some_and(|oldest| oldest <= from))
-            .or(self.tiers.last());
+            .or_else(|| {
+                self.tiers
+                    .iter()
+                    .filter(|t| t.oldest().is_some())
+                    .min_by_key(|t| t.oldest())
+            })
+            .or(self.tiers.first());
         match tier {
             Some(tier) => (tier.resolution.step_secs, tier.since(from)),
             None => (0, Vec::new()),
