@@ -15,8 +15,14 @@ const ASSETS: &[(&str, &str)] = &[
         "addon-fit.js",
     ),
     ("node_modules/htmx.org/dist/htmx.min.js", "htmx.min.js"),
+    (
+        "node_modules/uplot/dist/uPlot.iife.min.js",
+        "uPlot.iife.min.js",
+    ),
+    ("node_modules/uplot/dist/uPlot.min.css", "uPlot.min.css"),
     ("src/portal.js", "portal.js"),
     ("src/terminal.js", "terminal.js"),
+    ("src/charts.js", "charts.js"),
     ("src/portal.css", "portal.css"),
 ];
 

@@ -199,6 +199,7 @@ fn figures_history_usage_and_idle_stops_as_users_and_administrators_see_them() {
         .unwrap()
         .read_to_string(&mut stream)
         .unwrap();
+    let _ = events.wait();
     assert!(
         stream
             .lines()

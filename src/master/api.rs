@@ -685,7 +685,10 @@ async fn usage(
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"docklet-usage-{}-{}.csv\"", q.from, q.to),
+                format!(
+                    "attachment; filename=\"docklet-usage-{}-{}.csv\"",
+                    q.from, q.to
+                ),
             ),
         ],
         csv,

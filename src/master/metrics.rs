@@ -117,13 +117,19 @@ impl Collected {
                     saved
                 }
                 Err(e) => {
-                    warn!("{} is unreadable ({e}); starting a new history", file.display());
+                    warn!(
+                        "{} is unreadable ({e}); starting a new history",
+                        file.display()
+                    );
                     Saved::default()
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => {
-                warn!("cannot read {} ({e}); starting a new history", file.display());
+                warn!(
+                    "cannot read {} ({e}); starting a new history",
+                    file.display()
+                );
                 Saved::default()
             }
         };
@@ -198,7 +204,9 @@ impl Collected {
             .flat_map(|s| s.vnodes.iter().map(|n| n.id.clone()))
             .collect();
         previous.retain(|id, _| running.contains(id));
-        saved.ledger.forget_before((now / DAY_SECS).saturating_sub(LEDGER_DAYS));
+        saved
+            .ledger
+            .forget_before((now / DAY_SECS).saturating_sub(LEDGER_DAYS));
         for sampling in samplings {
             latest.insert(sampling.host.clone(), sampling);
         }
@@ -240,7 +248,9 @@ fn host_point(h: &HostSample) -> Point {
     Point {
         t: h.at,
         cpu_percent: h.cpu_percent.unwrap_or(0.0) as f32,
-        memory_bytes: h.memory_total_bytes.saturating_sub(h.memory_available_bytes),
+        memory_bytes: h
+            .memory_total_bytes
+            .saturating_sub(h.memory_available_bytes),
         disk_bytes: h.disk_used_bytes,
         rx_bytes: 0,
         tx_bytes: 0,
@@ -356,7 +366,13 @@ impl Master {
                     let _ = self
                         .record_operation(store, OperationKind::Stop, user, cluster, ids)
                         .await;
-                    self.metrics.state.lock().unwrap().saved.idle_since.remove(key);
+                    self.metrics
+                        .state
+                        .lock()
+                        .unwrap()
+                        .saved
+                        .idle_since
+                        .remove(key);
                 }
                 Err(e) => warn!(user, cluster, "cannot stop the idle cluster: {e}"),
             }
@@ -450,7 +466,11 @@ impl Master {
         caller.require_admin()?;
         let day = |field: &'static str, text: &str| {
             metrics::day_of_date(text).ok_or_else(|| {
-                ApiError::invalid("invalid_date", field, format!("{text:?} is not a YYYY-MM-DD date"))
+                ApiError::invalid(
+                    "invalid_date",
+                    field,
+                    format!("{text:?} is not a YYYY-MM-DD date"),
+                )
             })
         };
         let (from, to) = (day("from", from)?, day("to", to)?);
@@ -461,6 +481,13 @@ impl Master {
                 "the last day comes before the first",
             ));
         }
-        Ok(self.metrics.state.lock().unwrap().saved.ledger.csv(from, to))
+        Ok(self
+            .metrics
+            .state
+            .lock()
+            .unwrap()
+            .saved
+            .ledger
+            .csv(from, to))
     }
 }

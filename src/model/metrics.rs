@@ -255,20 +255,17 @@ impl History {
     }
 
     /// The points from `from` (seconds since the epoch) on, at the finest step that still
-    /// reaches back that far (else the one reaching back furthest, the finer on a tie: a
-    /// young history is whole in every tier), and that step.
+    /// holds everything since then (it reaches back that far, or has dropped nothing yet:
+    /// a young history is whole in every tier), else the coarsest; and that step.
     pub fn since(&self, from: u64) -> (u64, Vec<Point>) {
         let tier = self
             .tiers
             .iter()
-            .find(|t| t.oldest().is_some_and(|oldest| oldest <= from))
-            .or_else(|| {
-                self.tiers
-                    .iter()
-                    .filter(|t| t.oldest().is_some())
-                    .min_by_key(|t| t.oldest())
+            .find(|t| {
+                t.points.len() < t.resolution.points
+                    || t.oldest().is_some_and(|oldest| oldest <= from)
             })
-            .or(self.tiers.first());
+            .or(self.tiers.last());
         match tier {
             Some(tier) => (tier.resolution.step_secs, tier.since(from)),
             None => (0, Vec::new()),
@@ -802,6 +799,26 @@ mod tests {
     }
 
     #[test]
+    fn a_young_history_is_served_at_its_finest_step() {
+        let mut history = History::default();
+        // Halfway through a 15-minute step (1_800_000_000 is a multiple of 900).
+        let start = 1_800_000_000 + 450;
+        for i in 0..30 {
+            history.record(&Point {
+                t: start + i * 10,
+                cpu_percent: 1.0,
+                memory_bytes: 0,
+                disk_bytes: 0,
+                rx_bytes: 0,
+                tx_bytes: 0,
+            });
+        }
+        // An hour back is before the first point, but nothing was dropped yet.
+        let (step, points) = history.since(start + 300 - 3600);
+        assert_eq!((step, points.len()), (10, 30));
+    }
+
+    #[test]
     fn the_ledger_adds_hours_per_user_and_day_and_exports_csv() {
         let mut ledger = UsageLedger::default();
         let day = day_of_date("2026-11-28").unwrap();
@@ -828,7 +845,7 @@ mod tests {
              bob,2026-11-29,1.0000,0.0000,0.0000\n"
         );
         ledger.forget_before(day + 1);
-        assert!(ledger.totals(0, u64::MAX).get("alice").is_none());
+        assert!(!ledger.totals(0, u64::MAX).contains_key("alice"));
     }
 
     #[test]

@@ -371,6 +371,26 @@ pub fn user_slice(user: &str) -> String {
     format!("docklet-u-{}.slice", escape_unit_segment(user))
 }
 
+/// A vnode's own slice, inside its user's: the vnode's unit and every command run in it
+/// (exec, web terminals) sit here, so its limits and its figures cover them all.
+pub fn vnode_slice(user: &str, id: &str) -> String {
+    format!(
+        "docklet-u-{}-{}.slice",
+        escape_unit_segment(user),
+        escape_unit_segment(id)
+    )
+}
+
+/// The cgroup that holds everything of a vnode, from its unit's: the vnode's slice (the
+/// unit's parent), or the unit's own for a vnode started before vnodes had slices.
+pub fn vnode_cgroup<'a>(unit_cgroup: &'a str, user: &str, id: &str) -> &'a str {
+    let slice = vnode_slice(user, id);
+    match unit_cgroup.rsplit_once('/') {
+        Some((parent, _)) if parent.ends_with(&format!("/{slice}")) => parent,
+        _ => unit_cgroup,
+    }
+}
+
 /// The token of a vnode's Jupyter server: HMAC-SHA256 of the vnode id, keyed by the
 /// cluster's agent token, as 32 hex digits. Derived, not stored, so the worker that writes
 /// Jupyter's configuration and every master's workspace proxy agree without a shared record;
@@ -566,6 +586,18 @@ pub(crate) mod tests {
         assert_eq!(id_from_unit("docklet-worker.service"), None);
         assert_eq!(user_slice("alice"), "docklet-u-alice.slice");
         assert_eq!(user_slice("bob-x"), "docklet-u-bob\\x2dx.slice");
+        let slice = vnode_slice("alice", "alice-c1-0");
+        assert_eq!(slice, "docklet-u-alice-alice\\x2dc1\\x2d0.slice");
+        let unit = format!(
+            "/docklet.slice/docklet-u.slice/docklet-u-alice.slice/{slice}/docklet-vnode-alice-c1-0.service"
+        );
+        assert_eq!(
+            vnode_cgroup(&unit, "alice", "alice-c1-0"),
+            format!("/docklet.slice/docklet-u.slice/docklet-u-alice.slice/{slice}")
+        );
+        let old =
+            "/docklet.slice/docklet-u.slice/docklet-u-alice.slice/docklet-vnode-alice-c1-0.service";
+        assert_eq!(vnode_cgroup(old, "alice", "alice-c1-0"), old);
         assert_eq!(hostname(3), "host-3");
     }
 

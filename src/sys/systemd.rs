@@ -29,6 +29,12 @@ pub trait SystemdManager {
         aux: &[(&str, &[(&str, Variant<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Variant<'_>)],
+    ) -> zbus::Result<()>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
@@ -264,6 +270,30 @@ impl Systemd {
             .await?;
         drop(permit);
         self.wait_job(job, name, timeout).await
+    }
+
+    /// A transient slice with `properties` (its resource limits): made, or, if it is
+    /// there already (an earlier run of the same vnode), given them for this boot.
+    pub async fn ensure_slice(
+        &self,
+        name: &str,
+        properties: Vec<Property>,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        let props: Vec<(&str, Variant<'_>)> = properties
+            .iter()
+            .filter(|(k, _)| *k != "Description")
+            .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
+            .collect::<Result<_, _>>()?;
+        match self.start_transient(name, properties, timeout).await {
+            Err(SystemdError::Bus(zbus::Error::MethodError(error, _, _)))
+                if error.as_str() == "org.freedesktop.systemd1.UnitExists" =>
+            {
+                let _permit = self.calls.acquire().await.expect("never closed");
+                Ok(self.manager.set_unit_properties(name, true, &props).await?)
+            }
+            other => other,
+        }
     }
 
     /// Sends SIGKILL to every process of a unit (no unit: nothing to do).

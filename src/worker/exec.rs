@@ -95,7 +95,10 @@ pub async fn run(
                 request.id, request.user
             )),
         ),
-        ("Slice", Variant::new(vnode::user_slice(&owner))),
+        (
+            "Slice",
+            Variant::new(vnode::vnode_slice(&owner, &request.id)),
+        ),
         ("Type", Variant::new("exec")),
         ("CollectMode", Variant::new("inactive-or-failed")),
         // Keeps the unit loaded after it ends until we have read its exit status.

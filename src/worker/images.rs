@@ -423,9 +423,10 @@ impl Saver {
             .systemd()
             .unit_info(&vnode::unit_name(id))
             .await?;
+        // The vnode's slice: commands run in it (a terminal) are frozen too.
         let cgroup = unit
             .filter(|u| u.state() == UnitState::Active)
-            .map(|u| u.control_group);
+            .map(|u| vnode::vnode_cgroup(&u.control_group, &spec.user, id).to_owned());
         let mount_disk_here = !mounts::is_mount_point(&paths.disk);
         if mount_disk_here {
             self.runtime.mount_disk(&paths)?;

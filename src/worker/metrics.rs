@@ -71,8 +71,9 @@ impl Metrics {
                 }
             };
             let paths = VNodePaths::new(config, &spec.id);
-            let usage =
-                cgroup_usage(&unified_root().join(info.control_group.trim_start_matches('/')));
+            // The vnode's slice: the commands run in it count too.
+            let cgroup = vnode::vnode_cgroup(&info.control_group, &spec.user, &spec.id);
+            let usage = cgroup_usage(&unified_root().join(cgroup.trim_start_matches('/')));
             let reading = VnodeReading {
                 at_ms: now_ms,
                 cpu_usec: usage.cpu_usec,

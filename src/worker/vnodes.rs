@@ -482,7 +482,7 @@ impl Runtime {
             Action::Start => self.start(store, &spec, &paths).await,
             Action::Stop => {
                 self.report(store, id, Phase::Stopping, None).await?;
-                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.stop_units(&spec).await?;
                 self.release(&paths)?;
                 self.report(store, id, Phase::Stopped, None).await
             }
@@ -499,7 +499,7 @@ impl Runtime {
                 if let Err(e) = self.systemd.kill(&unit).await {
                     warn!(vnode = %id, "killing the unit of a deleted vnode: {e}");
                 }
-                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.stop_units(&spec).await?;
                 self.remove_local(&paths)?;
                 if let Some(handoff) = &spec.handoff {
                     let dir = handoff_dir(&self.config, &handoff.token);
@@ -522,7 +522,7 @@ impl Runtime {
                     Some("moving to another host".into()),
                 )
                 .await?;
-                self.systemd.stop(&unit, STOP_TIMEOUT).await?;
+                self.stop_units(&spec).await?;
                 self.release(&paths)?;
                 let target = handoff_dir(&self.config, &handoff.token);
                 let started = Instant::now();
@@ -864,6 +864,13 @@ impl Runtime {
         let _ = std::fs::remove_file(&paths.exit);
         let properties = self.unit_properties(spec, paths, state, &data);
         let unit = vnode::unit_name(&spec.id);
+        self.systemd
+            .ensure_slice(
+                &vnode::vnode_slice(&spec.user, &spec.id),
+                Self::slice_properties(spec),
+                START_TIMEOUT,
+            )
+            .await?;
         // A failed unit of an earlier run would block the name.
         let _ = self.systemd.manager().reset_failed_unit(&unit).await;
         let wake = self
@@ -969,7 +976,10 @@ impl Runtime {
                     vnode::hostname(spec.index)
                 )),
             ),
-            ("Slice", Variant::new(vnode::user_slice(&spec.user))),
+            (
+                "Slice",
+                Variant::new(vnode::vnode_slice(&spec.user, &spec.id)),
+            ),
             ("Type", Variant::new("notify")),
             ("Delegate", Variant::new(true)),
             ("CollectMode", Variant::new("inactive-or-failed")),
@@ -982,11 +992,6 @@ impl Runtime {
                 "TimeoutStopUSec",
                 Variant::new(STOP_TIMEOUT.as_micros() as u64),
             ),
-            (
-                "CPUQuotaPerSecUSec",
-                Variant::new(u64::from(spec.cpu_millis) * 1000),
-            ),
-            ("MemoryMax", Variant::new(spec.memory_bytes)),
             // systemd puts nspawn itself into the vnode's netns, and the container inherits it.
             // (nspawn 252's own --network-namespace-path cannot join a netns its user namespace
             // does not own: systemd issue #36363, fixed upstream only in 2026.)
@@ -994,14 +999,42 @@ impl Runtime {
                 "NetworkNamespacePath",
                 Variant::new(paths.netns.display().to_string()),
             ),
+            exec_property("ExecStart", &nspawn),
+            exec_property("ExecStopPost", &record_exit),
+        ]
+    }
+
+    /// The vnode's slice: its limits, over the vnode and every command run in it.
+    fn slice_properties(spec: &VNodeSpec) -> Vec<Property> {
+        use zbus::Variant;
+        vec![
+            (
+                "Description",
+                Variant::new(format!("Docklet vnode {} and its commands", spec.id)),
+            ),
+            (
+                "CPUQuotaPerSecUSec",
+                Variant::new(u64::from(spec.cpu_millis) * 1000),
+            ),
+            ("MemoryMax", Variant::new(spec.memory_bytes)),
             ("TasksMax", Variant::new(u64::from(spec.tasks))),
             // The controllers whose files the worker's metrics read (`memory.current`, ...).
             ("CPUAccounting", Variant::new(true)),
             ("MemoryAccounting", Variant::new(true)),
             ("TasksAccounting", Variant::new(true)),
-            exec_property("ExecStart", &nspawn),
-            exec_property("ExecStopPost", &record_exit),
         ]
+    }
+
+    /// Stops the vnode's unit (its systemd shuts down), then its slice: commands still
+    /// running in it (terminals, exec) end with it.
+    async fn stop_units(&self, spec: &VNodeSpec) -> Result<(), VNodeError> {
+        self.systemd
+            .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
+            .await?;
+        self.systemd
+            .stop(&vnode::vnode_slice(&spec.user, &spec.id), STOP_TIMEOUT)
+            .await?;
+        Ok(())
     }
 
     /// Unmounts the rootfs and the image view and removes the network namespace; keeps the

@@ -3,8 +3,10 @@
 // workspace, maps a port and reaches it from outside, and deletes the cluster; another user
 // is refused the first one's terminal and workspace; an administrator changes a quota and the
 // user sees the new limit; a user saves a node as an image, shares it, starts a cluster
-// from it and deletes it. Every page is saved as a screenshot (testbed.mjs: shots).
+// from it and deletes it; a user watches a node's usage charts, and the administrator the
+// hosts' and the usage export. Every page is saved as a screenshot (testbed.mjs: shots).
 import { test, expect } from "@playwright/test";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import { api, apiLogin, login, pamUser, rootPassword, shot, portal } from "./testbed.mjs";
 
@@ -364,5 +366,88 @@ test.describe.serial("user images in the portal", () => {
     await expect(page.getByRole("status")).toContainText("image has been deleted");
     await expect(row).toHaveCount(0);
     await shot(page, "images-deleted");
+  });
+});
+
+test.describe.serial("usage charts and the usage export", () => {
+  watchPages();
+  const user = { name: "brchart", password: "Brchart-pw-2026" };
+  const header = "user,date,vnode_hours,cpu_hours,memory_gib_hours";
+  let token;
+
+  test.beforeAll(async () => {
+    pamUser(user.name, user.password);
+    token = await apiLogin(user.name, user.password);
+    await removeClusters(token);
+  });
+
+  test.afterAll(async () => {
+    await removeClusters(token);
+  });
+
+  test("a user sees a node's figures and charts on the cluster page", async ({ page }) => {
+    await login(page, user.name, user.password);
+    await page.getByText("Name, image and sizes").click();
+    await page.locator("form.create input[name='name']").fill("charts");
+    await page.locator("form.create input[name='size']").fill("1");
+    await page.getByRole("button", { name: /^Create cluster/ }).click();
+    await expect(page).toHaveURL(/\/clusters\/charts/);
+    await expect(page.locator("#progress")).toContainText("1 of 1 node(s) running", { timeout: 90_000 });
+    const usage = page.locator("#usage");
+    await expect(usage.getByRole("heading", { name: "Usage" })).toBeVisible();
+    const node = usage.locator("[data-node-index='0']");
+    // Workers sample every 10 s and the master collects as often: the first CPU figure needs
+    // two samples. The page asks every few seconds until it has it.
+    await expect(node.locator(".uplot canvas").first()).toBeVisible({ timeout: 40_000 });
+    await expect(node.locator("[data-figure='cpu']")).toHaveText(/^\d+(\.\d)? %$/, { timeout: 40_000 });
+    await expect(node.locator("[data-figure='memory']")).toHaveText(/\d/);
+    await expect(node.locator("[data-figure='processes']")).toHaveText(/^\d+$/);
+    await expect(node.locator(".uplot")).toHaveCount(3);
+    await shot(page, "cluster-usage");
+    // Another window: the same charts, drawn again.
+    await usage.getByLabel("Show the last").selectOption("86400");
+    await expect(usage.locator("[data-metrics-status]")).toContainText("updated");
+    await expect(node.locator(".uplot")).toHaveCount(3);
+    // The export is the administrators'.
+    const refused = await page.request.get("/api/v1/usage?from=2026-01-01&to=2026-01-02");
+    expect(refused.status()).toBe(403);
+  });
+
+  test("the administrator sees each host's charts and exports the usage", async ({ page }) => {
+    await login(page, "root", rootPassword());
+    await page.goto("/admin/hosts");
+    const hosts = await page.locator("tr[data-host]").count();
+    expect(hosts).toBeGreaterThan(0);
+    const cards = page.locator("#host-usage .metrics-card");
+    await expect(cards).toHaveCount(hosts);
+    for (let i = 0; i < hosts; i++) {
+      await expect(cards.nth(i).locator(".uplot canvas").first()).toBeVisible({ timeout: 40_000 });
+    }
+    await expect(cards.first().locator("[data-figure='cpu']")).toHaveText(/ %/, { timeout: 40_000 });
+    await expect(cards.first().locator("[data-figure='memory']")).toContainText(" of ");
+    await shot(page, "admin-hosts-usage");
+
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Usage" }).click();
+    await expect(page).toHaveURL(/\/admin\/usage/);
+    const from = await page.getByLabel("From").inputValue();
+    const to = await page.getByLabel("to", { exact: true }).inputValue();
+    expect(from).toMatch(/^\d{4}-\d{2}-01$/);
+    expect(to).toMatch(/^\d{4}-\d{2}-\d{2}$/);
+    // The user's node of the test before ran this month, so it was counted.
+    await expect(page.locator(`tr[data-usage-user='${user.name}']`)).toBeVisible();
+    await shot(page, "admin-usage");
+
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Download CSV" }).click(),
+    ]);
+    expect(download.suggestedFilename()).toBe(`docklet-usage-${from}-${to}.csv`);
+    const lines = readFileSync(await download.path(), "utf8").split("\n");
+    expect(lines[0]).toBe(header);
+    expect(lines.some((l) => l.startsWith(`${user.name},`))).toBe(true);
+    const csv = await page.request.get(`/api/v1/usage?from=${from}&to=${to}`);
+    expect(csv.status()).toBe(200);
+    expect(csv.headers()["content-type"]).toContain("text/csv");
+    expect((await csv.text()).split("\n")[0]).toBe(header);
   });
 });

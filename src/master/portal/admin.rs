@@ -1,14 +1,16 @@
-//! The administrators' pages: users, groups with their quotas and default sizes, and hosts
-//! with their capacity and drains. The actions refuse non-administrators themselves; the
-//! pages only show what the actions return.
+//! The administrators' pages: users, groups with their quotas and default sizes, hosts with
+//! their capacity, drains and usage charts, and the usage accounting (totals per user, the
+//! CSV export). The actions refuse non-administrators themselves; the pages only show what
+//! the actions return.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     CsrfOnly, DoneQuery, Session, given, notice, render, render_error, see_other, status_of,
@@ -16,6 +18,7 @@ use super::{
 use crate::master::Master;
 use crate::master::actions::{GroupPatch, NewUser, QuotaPatch, UserPatch};
 use crate::model::account::{AccountStatus, AuthMethod};
+use crate::model::metrics::{DAY_SECS, date_of_day, day_of_date};
 use crate::model::quota::{Group, NodeSize};
 
 type Shared = State<Arc<Master>>;
@@ -413,8 +416,101 @@ pub async fn undrain(
     set_drain(master, session, name, form.csrf, false).await
 }
 
+#[derive(Deserialize, Default)]
+pub struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// One user's (or everyone's) hours over the chosen days.
+#[derive(Serialize, Default, Debug, PartialEq)]
+struct UsageTotal {
+    user: String,
+    /// Days with a line in the ledger.
+    days: u32,
+    vnode_hours: f64,
+    cpu_hours: f64,
+    memory_gib_hours: f64,
+}
+
+/// The usage page's values: each user's sums over the ledger's CSV (`user,date,vnode_hours,
+/// cpu_hours,memory_gib_hours`, a header line first), everyone's, and the days chosen.
+fn usage_context(csv: &str, from: &str, to: &str) -> minijinja::Value {
+    let mut users: BTreeMap<&str, UsageTotal> = BTreeMap::new();
+    let mut sum = UsageTotal::default();
+    for line in csv.lines().skip(1) {
+        let [user, _date, vnode, cpu, memory] = line.split(',').collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        let hours = |text: &str| text.parse::<f64>().unwrap_or(0.0);
+        for total in [users.entry(user).or_default(), &mut sum] {
+            total.days += 1;
+            total.vnode_hours += hours(vnode);
+            total.cpu_hours += hours(cpu);
+            total.memory_gib_hours += hours(memory);
+        }
+    }
+    let totals: Vec<UsageTotal> = users
+        .into_iter()
+        .map(|(user, total)| UsageTotal {
+            user: user.to_owned(),
+            ..total
+        })
+        .collect();
+    minijinja::context! { from => from, to => to, totals => totals, sum => sum }
+}
+
+/// Usage from `from` to `to` (`YYYY-MM-DD`, checked): totals per user and the CSV download.
+fn usage_page(
+    master: &Master,
+    session: &Session,
+    status: StatusCode,
+    (from, to): (&str, &str),
+    error: Option<&str>,
+) -> Response {
+    match master.usage_csv(&session.caller, from, to) {
+        Ok(csv) => render(
+            master,
+            Some(session),
+            "admin_usage.html",
+            status,
+            None,
+            error,
+            usage_context(&csv, from, to),
+        ),
+        Err(e) => render_error(Some(session), status_of(&e), &e.to_string()),
+    }
+}
+
+/// The usage page, by default for this month so far (UTC).
+pub async fn usage(
+    State(master): Shared,
+    session: Session,
+    Query(q): Query<UsageQuery>,
+) -> Response {
+    let today = date_of_day(crate::master::now_secs() / DAY_SECS);
+    let first = format!("{}-01", &today[..7]);
+    let from = given(&q.from).unwrap_or(&first);
+    let to = given(&q.to).unwrap_or(&today);
+    // The dates come from the URL: checked here, so that a link cannot make the page repeat
+    // text of someone's choosing in its error.
+    match (day_of_date(from), day_of_date(to)) {
+        (Some(f), Some(t)) if f <= t => {
+            usage_page(&master, &session, StatusCode::OK, (from, to), None)
+        }
+        _ => usage_page(
+            &master,
+            &session,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            (&first, &today),
+            Some("Choose two dates (YYYY-MM-DD), the first not after the last."),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::tests::render_page;
     use super::*;
 
     #[test]
@@ -443,5 +539,47 @@ mod tests {
             ..Default::default()
         };
         assert!(group_patch(&bad).unwrap_err().contains("whole"));
+    }
+
+    #[test]
+    fn the_usage_page_adds_up_each_user_and_offers_the_csv() {
+        let render = |csv| {
+            let page = usage_context(csv, "2026-11-01", "2026-11-30");
+            render_page("admin_usage.html", true, page)
+        };
+        let html = render(
+            "user,date,vnode_hours,cpu_hours,memory_gib_hours\n\
+             alice,2026-11-01,2.0000,1.0000,4.0000\n\
+             alice,2026-11-02,1.5000,0.2500,3.0000\n\
+             <bob>,2026-11-02,24.0000,0.0000,12.0000\n",
+        );
+        // The form downloads the CSV from the API, for the dates shown.
+        assert!(html.contains(r#"formaction="/api/v1/usage""#), "{html}");
+        assert!(html.contains(r#"name="from" type="date" required value="2026-11-01""#));
+        assert!(html.contains(r#"name="to" type="date" required value="2026-11-30""#));
+        assert!(
+            html.contains(r#"<a href="/admin/usage">Usage</a>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<tr data-usage-user="alice">"#), "{html}");
+        assert!(
+            html.contains("<td>alice</td><td>2</td><td>3.5</td><td>1.25</td><td>7.0</td>"),
+            "{html}"
+        );
+        // User names are escaped like everything else.
+        assert!(
+            html.contains("<td>&lt;bob&gt;</td><td>1</td><td>24.0</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>27.5</td><td>1.25</td><td>19.0</td>"),
+            "{html}"
+        );
+        let empty = render("user,date,vnode_hours,cpu_hours,memory_gib_hours\n");
+        assert!(!empty.contains("usage-totals"), "{empty}");
+        assert!(
+            empty.contains("No node ran from 2026-11-01 to 2026-11-30"),
+            "{empty}"
+        );
     }
 }

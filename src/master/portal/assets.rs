@@ -43,8 +43,11 @@ mod tests {
             "xterm.css",
             "addon-fit.js",
             "htmx.min.js",
+            "uPlot.iife.min.js",
+            "uPlot.min.css",
             "portal.js",
             "terminal.js",
+            "charts.js",
             "portal.css",
         ] {
             let file = Assets::get(name).unwrap_or_else(|| panic!("{name} is not embedded"));

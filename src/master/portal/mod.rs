@@ -91,6 +91,7 @@ pub fn router() -> Router<Arc<Master>> {
         .route("/admin/hosts", get(admin::hosts))
         .route("/admin/hosts/{name}/drain", post(admin::drain))
         .route("/admin/hosts/{name}/undrain", post(admin::undrain))
+        .route("/admin/usage", get(admin::usage))
         .layer(axum::middleware::from_fn(security_headers))
         .route("/static/{*path}", get(assets::serve))
 }
@@ -141,11 +142,13 @@ fn templates() -> &'static Environment<'static> {
             "admin_users.html",
             "admin_groups.html",
             "admin_hosts.html",
+            "admin_usage.html",
             "error.html"
         );
         env.add_filter("bytes", format_bytes);
         env.add_filter("cpus", format_cpus);
         env.add_filter("when", format_time);
+        env.add_filter("duration", format_duration);
         env
     })
 }
@@ -194,6 +197,19 @@ pub fn format_time(secs: u64) -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+/// A span of seconds in its two largest units: `45 s`, `12 min`, `1 h 30 min`, `2 d 3 h`.
+pub fn format_duration(secs: u64) -> String {
+    let (days, hours, minutes) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{secs} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, 0) => format!("{h} h"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, 0, _) => format!("{d} d"),
+        (d, h, _) => format!("{d} d {h} h"),
+    }
 }
 
 /// A logged-in browser: the caller, and the session token its CSRF token derives from.
@@ -473,6 +489,26 @@ fn given(field: &Option<String>) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// `template` rendered for a signed-in user (an administrator if `admin`) with the
+    /// page's values; slashes in attributes read as slashes, as the browser reads them.
+    pub(super) fn render_page(template: &str, admin: bool, page: impl Serialize) -> String {
+        let frame = Frame {
+            user: Some("alice"),
+            admin,
+            csrf: Some("t"),
+            cluster_name: "c",
+            version: "v",
+            notice: None,
+            error: None,
+        };
+        templates()
+            .get_template(template)
+            .unwrap()
+            .render(minijinja::context! { frame => frame, page => page })
+            .unwrap()
+            .replace("&#x2f;", "/")
+    }
+
     #[test]
     fn every_template_parses() {
         let env = templates();
@@ -486,6 +522,7 @@ mod tests {
             "admin_users.html",
             "admin_groups.html",
             "admin_hosts.html",
+            "admin_usage.html",
             "error.html",
         ] {
             env.get_template(name).unwrap();
@@ -503,6 +540,11 @@ mod tests {
         assert_eq!(format_cpus(2250), "2.25");
         assert_eq!(format_time(0), "never");
         assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06 UTC");
+        assert_eq!(format_duration(45), "45 s");
+        assert_eq!(format_duration(720), "12 min");
+        assert_eq!(format_duration(3600), "1 h");
+        assert_eq!(format_duration(5400 + 59), "1 h 30 min");
+        assert_eq!(format_duration(2 * 86_400 + 3 * 3600 + 60), "2 d 3 h");
     }
 
     #[test]

@@ -838,7 +838,93 @@ pub async fn revoke_token(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::render_page;
     use super::*;
+    use crate::master::actions::NodeView;
+    use crate::model::quota::NodeSize;
+    use crate::model::vcluster::{ClusterState, IdleStop};
+
+    fn stopped_cluster(nodes: u32, idle_stop: Option<IdleStop>) -> ClusterView {
+        let size = NodeSize {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            disk_bytes: 10 << 30,
+        };
+        ClusterView {
+            name: "c1".into(),
+            user: "alice".into(),
+            image: "base".into(),
+            state: ClusterState::Stopped,
+            node_size: size,
+            created_at: 1_795_000_000,
+            nodes: (0..nodes)
+                .map(|index| NodeView {
+                    index,
+                    id: crate::model::vcluster::node_id("alice", "c1", index),
+                    hostname: crate::model::vnode::hostname(index),
+                    state: NodeState::Stopped,
+                    address: None,
+                    host: "h1".into(),
+                    image: "base".into(),
+                    cpu_millis: size.cpu_millis,
+                    memory_bytes: size.memory_bytes,
+                    disk_bytes: size.disk_bytes,
+                    reason: None,
+                })
+                .collect(),
+            idle_stop,
+        }
+    }
+
+    fn render_cluster(cluster: &ClusterView) -> String {
+        let page =
+            minijinja::context! { cluster => cluster_row(cluster), ports => Vec::<()>::new() };
+        render_page("cluster.html", false, page)
+    }
+
+    #[test]
+    fn a_cluster_stopped_for_idleness_says_so_until_it_starts() {
+        let stop = IdleStop {
+            at: 1_795_000_000,
+            idle_secs: 5400,
+        };
+        let html = render_cluster(&stopped_cluster(1, Some(stop)));
+        assert!(
+            html.contains(
+                "Stopped on 2026-11-18 11:06 UTC after 1 h 30 min of inactivity (your group's \
+                 idle limit). Start it again when you need it."
+            ),
+            "{html}"
+        );
+        // In the live region, which a start re-renders without it.
+        let live = html.find(r#"id="live""#).unwrap();
+        assert!(html.find(r#"id="idle-stop""#).unwrap() > live, "{html}");
+        let html = render_cluster(&stopped_cluster(1, None));
+        assert!(!html.contains("idle-stop"), "{html}");
+    }
+
+    #[test]
+    fn the_cluster_page_has_a_usage_section_with_a_card_per_node() {
+        let html = render_cluster(&stopped_cluster(2, None));
+        assert!(
+            html.contains(r#"data-metrics="cluster" data-source="/api/v1/clusters/c1/metrics""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-node-index="1""#), "{html}");
+        assert!(html.contains("data-total"), "{html}");
+        assert!(
+            html.contains(r#"<script src="/static/charts.js">"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"href="/static/uPlot.min.css""#), "{html}");
+        // The charts stay out of the live region, whose refreshes would replace them.
+        let live = html.find(r#"id="live""#).unwrap();
+        let live_end = live + html[live..].find("</section>").unwrap();
+        assert!(html.find(r#"id="usage""#).unwrap() > live_end, "{html}");
+        // One node: its own charts are the cluster's.
+        let html = render_cluster(&stopped_cluster(1, None));
+        assert!(!html.contains("data-total"), "{html}");
+    }
 
     #[test]
     fn create_forms_read_people_units() {
