@@ -452,6 +452,10 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         delete_cluster(&token_a, cluster);
     }
     delete_cluster(&token_b, "shared");
+    // A user with images stays until they are deleted.
+    let r = api("DELETE", "/users/imga", root(), None);
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains("still has images"), "{r}");
     for name in ["hello", "hello2"] {
         let r = delete_image(&token_a, &format!("imga/{name}"));
         assert_eq!(r.status, 204, "{r}");

@@ -84,6 +84,15 @@ impl EtcdStore {
                 clusters.join(", ")
             )));
         }
+        let images = self
+            .keys_under(&format!("{}{name}/", self.keys.images()))
+            .await?;
+        if !images.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "user {name} still has images ({}): delete them first",
+                images.join(", ")
+            )));
+        }
         let key = self.keys.user(name);
         let mut ops = vec![TxnOp::delete(key.clone(), None::<DeleteOptions>)];
         for (digest, _) in self.tokens_of(name).await? {
