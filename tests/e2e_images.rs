@@ -97,19 +97,7 @@ impl ImagesCleanup {
 
     fn run(&self) {
         for user in self.0 {
-            let clusters = get(&format!("/clusters?user={user}"), root());
-            for cluster in clusters.json.as_array().cloned().unwrap_or_default() {
-                let name = cluster["name"].as_str().unwrap_or_default();
-                let r = api(
-                    "DELETE",
-                    &format!("/clusters/{name}?user={user}&force=true"),
-                    root(),
-                    None,
-                );
-                if r.status == 202 {
-                    let _ = wait_operation(root(), &r);
-                }
-            }
+            remove_clusters(user);
         }
         let all = get("/images?all=true", root());
         for image in all.json.as_array().cloned().unwrap_or_default() {
@@ -138,26 +126,12 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let _images = ImagesCleanup::new(&["imga", "imgb"]);
     let token_a = fresh_user(a);
     let token_b = fresh_user(b);
-    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
-    let r = post(
-        "/groups",
-        root(),
-        &json!({"name": group, "admin": false,
-            "quota": {"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
-                "vnodes": 6, "images": 2, "image_bytes": GIB, "port_mappings": 1,
-                "idle_secs": 0},
-            "defaults": {"cpu_millis": 200, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}}),
+    group_for(
+        group,
+        json!({"vnodes": 6, "images": 2, "image_bytes": GIB}),
+        json!({}),
+        &[a, b],
     );
-    assert_eq!(r.status, 201, "{r}");
-    for user in [a, b] {
-        let r = api(
-            "PATCH",
-            &format!("/users/{user}"),
-            root(),
-            Some(&json!({ "group": group })),
-        );
-        assert_eq!(r.status, 200, "{r}");
-    }
 
     // A configures a node: a new file, a directory, a base file deleted; plus what an image
     // must not carry: the shared data, scratch space.

@@ -75,24 +75,13 @@ fn figures_history_usage_and_idle_stops_as_users_and_administrators_see_them() {
     let (user, group) = ("mtra", "mtrg");
     let _cleanup = Cleanup(&["mtra"], "mtrg");
     let token = fresh_user(user);
-    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
-    // Idle after 40 s: the workers sample every 10 s.
-    let r = post(
-        "/groups",
-        root(),
-        &json!({"name": group, "admin": false,
-            "quota": {"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
-                "vnodes": 4, "images": 1, "port_mappings": 1, "idle_secs": 40},
-            "defaults": {"cpu_millis": 1000, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}}),
+    // Idle after 40 s: the workers sample every 10 s. Whole cores for the busy node.
+    group_for(
+        group,
+        json!({"idle_secs": 40}),
+        json!({"cpu_millis": 1000}),
+        &[user],
     );
-    assert_eq!(r.status, 201, "{r}");
-    let r = api(
-        "PATCH",
-        &format!("/users/{user}"),
-        root(),
-        Some(&json!({ "group": group })),
-    );
-    assert_eq!(r.status, 200, "{r}");
     for name in ["busy", "lazy"] {
         succeeds(
             &token,

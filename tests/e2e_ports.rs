@@ -15,8 +15,6 @@ use common::rest::*;
 use common::*;
 use serde_json::{Value, json};
 
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 /// The master's address on the testbed network, where public ports are.
 const MASTER: &str = "10.213.0.11";
 
@@ -89,23 +87,7 @@ fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
     let token_b = fresh_user(b);
 
     // A's group allows one mapping.
-    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
-    let r = post(
-        "/groups",
-        root(),
-        &json!({"name": group, "admin": false,
-            "quota": {"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
-                "vnodes": 4, "images": 1, "port_mappings": 1, "idle_secs": 0},
-            "defaults": {"cpu_millis": 200, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}}),
-    );
-    assert_eq!(r.status, 201, "{r}");
-    let r = api(
-        "PATCH",
-        &format!("/users/{a}"),
-        root(),
-        Some(&json!({ "group": group })),
-    );
-    assert_eq!(r.status, 200, "{r}");
+    group_for(group, json!({"port_mappings": 1}), json!({}), &[a]);
 
     let r = post("/clusters", &token_a, &json!({"name": "web", "size": 1}));
     succeeds(&token_a, &r);

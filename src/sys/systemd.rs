@@ -259,10 +259,7 @@ impl Systemd {
         properties: Vec<Property>,
         timeout: Duration,
     ) -> Result<(), SystemdError> {
-        let props: Vec<(&str, Variant<'_>)> = properties
-            .iter()
-            .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
-            .collect::<Result<_, _>>()?;
+        let props = borrowed(&properties)?;
         let permit = self.calls.acquire().await.expect("never closed");
         let job = self
             .manager
@@ -280,11 +277,13 @@ impl Systemd {
         properties: Vec<Property>,
         timeout: Duration,
     ) -> Result<(), SystemdError> {
-        let props: Vec<(&str, Variant<'_>)> = properties
+        // Not every property can change at run time; the limits can.
+        let limits: Vec<Property> = properties
             .iter()
             .filter(|(k, _)| *k != "Description")
             .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
             .collect::<Result<_, _>>()?;
+        let props = borrowed(&limits)?;
         match self.start_transient(name, properties, timeout).await {
             Err(SystemdError::Bus(zbus::Error::MethodError(error, _, _)))
                 if error.as_str() == "org.freedesktop.systemd1.UnitExists" =>
@@ -409,6 +408,14 @@ where
     map.get(key)
         .and_then(|v| T::try_from(v.clone()).ok())
         .unwrap_or_default()
+}
+
+/// Properties as the D-Bus calls take them.
+fn borrowed(properties: &[Property]) -> Result<Vec<(&str, Variant<'_>)>, SystemdError> {
+    Ok(properties
+        .iter()
+        .map(|(k, v)| v.try_clone().map(|v| (*k, v)))
+        .collect::<Result<_, _>>()?)
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {

@@ -149,11 +149,7 @@ fn unpack(file: &Path, dir: &Path, sha256: &str) -> Result<(), String> {
             file.display()
         )
     })?;
-    let mut tar = Command::new("tar")
-        .args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
-        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
-        .arg("--directory")
-        .arg(dir)
+    let mut tar = tar_extract(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -618,11 +614,7 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run tar: {e}"))?;
-    let unpack = Command::new("tar")
-        .args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
-        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
-        .arg("--directory")
-        .arg(staging)
+    let unpack = tar_extract(staging)
         .stdin(pack.stdout.expect("piped"))
         .status()
         .map_err(|e| format!("cannot run tar: {e}"))?;
@@ -649,6 +641,17 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// GNU tar unpacking its standard input into `dir` as root: owners, modes, devices
+/// (whiteouts) and extended attributes as stored.
+fn tar_extract(dir: &Path) -> Command {
+    let mut tar = Command::new("tar");
+    tar.args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
+        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
+        .arg("--directory")
+        .arg(dir);
+    tar
 }
 
 /// Extended attributes a layer keeps: overlayfs's opaque marks, file capabilities and the

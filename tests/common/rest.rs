@@ -162,8 +162,8 @@ pub fn succeeds(token: &str, r: &Resp) {
     assert_eq!(op["state"], "succeeded", "{op}");
 }
 
-/// Deletes a user's clusters (waiting for them to go) and account.
-pub fn forget_user(user: &str) {
+/// Deletes a user's clusters, waiting for them to go.
+pub fn remove_clusters(user: &str) {
     let list = get(&format!("/clusters?user={user}"), root());
     for cluster in list.json.as_array().cloned().unwrap_or_default() {
         let name = cluster["name"].as_str().unwrap_or_default();
@@ -177,7 +177,51 @@ pub fn forget_user(user: &str) {
             let _ = wait_operation(root(), &r);
         }
     }
+}
+
+/// Deletes a user's clusters (waiting for them to go) and account.
+pub fn forget_user(user: &str) {
+    remove_clusters(user);
     let _ = api("DELETE", &format!("/users/{user}"), root(), None);
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Makes group `group` afresh (4 cores, 8 GiB, 40 GiB; nodes of 0.2 cores, 256 MiB, 512 MiB)
+/// with the fields of `quota` and `defaults` over those, and moves `users` into it.
+pub fn group_for(group: &str, quota: Value, defaults: Value, users: &[&str]) {
+    let _ = api("DELETE", &format!("/groups/{group}"), root(), None);
+    let over = |mut base: Value, fields: Value| {
+        for (key, value) in fields.as_object().expect("fields") {
+            base[key] = value.clone();
+        }
+        base
+    };
+    let quota = over(
+        json!({"cpu_millis": 4000, "memory_bytes": 8 * GIB, "disk_bytes": 40 * GIB,
+            "vnodes": 4, "images": 1, "port_mappings": 1, "idle_secs": 0}),
+        quota,
+    );
+    let defaults = over(
+        json!({"cpu_millis": 200, "memory_bytes": 256 * MIB, "disk_bytes": 512 * MIB}),
+        defaults,
+    );
+    let r = post(
+        "/groups",
+        root(),
+        &json!({"name": group, "admin": false, "quota": quota, "defaults": defaults}),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    for user in users {
+        let r = api(
+            "PATCH",
+            &format!("/users/{user}"),
+            root(),
+            Some(&json!({ "group": group })),
+        );
+        assert_eq!(r.status, 200, "{r}");
+    }
 }
 
 /// Users and the group a run made, removed however it ends.
