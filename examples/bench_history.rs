@@ -51,7 +51,9 @@ fn main() {
     }
     println!("size_of::<Point>() = {point_size} bytes; a point every {STEP} s");
     println!();
-    println!("| days fed | points fed | points kept | in memory (points × {point_size} B) | JSON (serde_json, as saved) | JSON bytes per point |");
+    println!(
+        "| days fed | points fed | points kept | in memory (points × {point_size} B) | JSON (serde_json, as saved) | JSON bytes per point |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for &(d, fed, kept, mem, json) in &rows {
         println!(

@@ -6,11 +6,12 @@
 //! for longer than their group allows, marking the cluster record so that the portal and
 //! the event stream say why. All of it is saved to the master's state directory every five
 //! minutes and at a clean stop, and loaded at start: a restart loses at most those minutes.
+//! A deleted vnode's history goes with it.
 //!
 //! Pulling from the agents (rather than workers writing samples into etcd) keeps the
 //! samples' volume out of etcd; several masters each keep their own copy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -213,13 +214,26 @@ impl Collected {
         saved.idle_since.clone()
     }
 
-    /// Forgets what hosts no longer registered reported.
-    fn keep_hosts(&self, hosts: &[String]) {
-        self.state
-            .lock()
-            .unwrap()
-            .latest
-            .retain(|host, _| hosts.contains(host));
+    /// Forgets what hosts no longer registered reported, the histories of vnodes that no
+    /// longer exist (`vnodes`: every vnode id in etcd), and those of hosts silent for the
+    /// history's whole span: what is kept is bounded by what exists.
+    fn forget(&self, hosts: &[String], vnodes: &HashSet<String>, now: u64) {
+        let mut state = self.state.lock().unwrap();
+        state.latest.retain(|host, _| hosts.contains(host));
+        let span = metrics::DEFAULT_RESOLUTIONS
+            .iter()
+            .map(|r| r.step_secs * r.points as u64)
+            .max()
+            .unwrap_or(0);
+        state
+            .saved
+            .histories
+            .retain(|key, history| match key.split_once(':') {
+                Some(("vnode", id)) => vnodes.contains(id),
+                _ => history
+                    .latest()
+                    .is_some_and(|t| now.saturating_sub(t) < span),
+            });
     }
 
     fn latest_of(&self, id: &str) -> Option<VnodeSample> {
@@ -311,8 +325,14 @@ impl Master {
             .collect();
         let now = now_secs();
         let idle = self.metrics.record(samplings, now);
-        self.metrics
-            .keep_hosts(&hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>());
+        let vnodes: HashSet<String> = store
+            .all_vnode_specs()
+            .await?
+            .into_iter()
+            .map(|(_, spec)| spec.id)
+            .collect();
+        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        self.metrics.forget(&names, &vnodes, now);
         if self.leading.load(Ordering::SeqCst) {
             self.stop_idle_clusters(&store, &idle, now).await;
         }

@@ -272,6 +272,15 @@ impl History {
         }
     }
 
+    /// When the last point was recorded (the start of its finest step).
+    pub fn latest(&self) -> Option<u64> {
+        self.tiers.first().and_then(|t| {
+            t.open
+                .map(|b| b.last.t)
+                .or_else(|| t.points.back().map(|p| p.t))
+        })
+    }
+
     /// Points kept, closed ones only, over all tiers.
     pub fn len(&self) -> usize {
         self.tiers.iter().map(|t| t.points.len()).sum()
