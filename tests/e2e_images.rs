@@ -443,6 +443,26 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     );
     // Gone means gone: no new cluster from it.
     cluster_from(&token_a, "late", "imga/hello").assert_error(422, "unusable_image");
+
+    // A stopped node saves too (its disk is mounted for the save and released after), and
+    // starts again as it was.
+    let r = post("/clusters/src/stop", &token_a, &json!({}));
+    succeeds(&token_a, &r);
+    assert_eq!(save(&token_a, "src", "cold", false).status, 202);
+    let cold = saved(&token_a, a, "cold");
+    assert_eq!(cold["state"], "ready", "{cold}");
+    let listing = ok(
+        "tb1",
+        &format!(
+            "tar -tf /var/lib/docklet/global/images/imga/cold/{}.tar",
+            cold["current"]["version"].as_str().unwrap()
+        ),
+    );
+    assert!(listing.contains("./opt/v2.txt"), "{listing}");
+    let r = post("/clusters/src/start", &token_a, &json!({}));
+    succeeds(&token_a, &r);
+    assert_eq!(run_in(&token_a, "src", 0, "cat /opt/v2.txt"), "v2\n");
+    assert_eq!(delete_image(&token_a, "imga/cold").status, 204);
 }
 
 #[test]
