@@ -258,6 +258,19 @@ struct WaitQuery {
     wait: u64,
 }
 
+impl WaitQuery {
+    /// The wait asked for, checked.
+    fn duration(&self) -> Result<Duration, ApiError> {
+        if self.wait > 120 {
+            return Err(ApiError::BadRequest(format!(
+                "wait={}: at most 120 seconds",
+                self.wait
+            )));
+        }
+        Ok(Duration::from_secs(self.wait))
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
@@ -747,14 +760,8 @@ async fn show_image(
     Path((owner, name)): Path<(String, String)>,
     Params(q): Params<WaitQuery>,
 ) -> ApiResult<Response> {
-    if q.wait > 120 {
-        return Err(ApiError::BadRequest(format!(
-            "wait={}: at most 120 seconds",
-            q.wait
-        )));
-    }
     let view = master
-        .show_image(&caller, &owner, &name, Duration::from_secs(q.wait))
+        .show_image(&caller, &owner, &name, q.duration()?)
         .await?;
     Ok(Json(view).into_response())
 }
@@ -787,13 +794,7 @@ async fn operation(
     Path(id): Path<String>,
     Params(q): Params<WaitQuery>,
 ) -> ApiResult<Response> {
-    if q.wait > 120 {
-        return Err(ApiError::BadRequest(format!(
-            "wait={}: at most 120 seconds",
-            q.wait
-        )));
-    }
-    let wait = Duration::from_secs(q.wait);
+    let wait = q.duration()?;
     Ok(Json(master.operation(&caller, &id, wait).await?).into_response())
 }
 

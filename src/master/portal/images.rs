@@ -33,7 +33,11 @@ struct ImageRow<'a> {
 
 fn image_row<'a>(image: &'a ImageView, user: &str) -> ImageRow<'a> {
     ImageRow {
-        phase: image.state.split([' ', ':', ';']).next().unwrap_or_default(),
+        phase: image
+            .state
+            .split([' ', ':', ';'])
+            .next()
+            .unwrap_or_default(),
         usable: image.record.refuse_use(user).is_none(),
         image,
     }
