@@ -426,10 +426,6 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         delete_cluster(&token_a, cluster);
     }
     delete_cluster(&token_b, "shared");
-    // A user with images stays until they are deleted.
-    let r = api("DELETE", "/users/imga", root(), None);
-    r.assert_error(409, "conflict");
-    assert!(r.text.contains("still has images"), "{r}");
     for name in ["hello", "hello2"] {
         let r = delete_image(&token_a, &format!("imga/{name}"));
         assert_eq!(r.status, 204, "{r}");
@@ -462,6 +458,12 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     let r = post("/clusters/src/start", &token_a, &json!({}));
     succeeds(&token_a, &r);
     assert_eq!(run_in(&token_a, "src", 0, "cat /opt/v2.txt"), "v2\n");
+
+    // A user with images stays until they are deleted.
+    delete_cluster(&token_a, "src");
+    let r = api("DELETE", "/users/imga", root(), None);
+    r.assert_error(409, "conflict");
+    assert!(r.text.contains("still has images (cold)"), "{r}");
     assert_eq!(delete_image(&token_a, "imga/cold").status, 204);
 }
 

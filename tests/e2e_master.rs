@@ -813,7 +813,7 @@ fn a_cluster_lives_through_its_lifecycle() {
     let usage = &me(&token)["usage"];
     assert_eq!(
         usage,
-        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
+        &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0, "images": 0, "image_bytes": 0})
     );
 }
 
@@ -876,7 +876,7 @@ fn quotas_hold_under_concurrent_creates() {
     let usage = me(&token)["usage"].clone();
     assert_eq!(
         usage,
-        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3, "port_mappings": 0})
+        json!({"cpu_millis": 3 * CPU, "memory_bytes": 3 * MEMORY, "disk_bytes": 3 * DISK, "vnodes": 3, "port_mappings": 0, "images": 0, "image_bytes": 0})
     );
     let mut names: Vec<String> = get("/clusters", &token)
         .json
@@ -1047,6 +1047,18 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/hosts", None),
         ("POST", "/hosts/tb3/drain", None),
         ("POST", "/hosts/tb3/undrain", None),
+        ("GET", "/clusters/{cluster}/metrics", None),
+        ("GET", "/hosts/tb3/metrics", None),
+        ("GET", "/usage?from=2026-01-01&to=2026-01-02", None),
+        ("GET", "/images", None),
+        (
+            "POST",
+            "/images",
+            Some(json!({"cluster": "c6", "node": 0, "name": "anon"})),
+        ),
+        ("GET", "/images/{image}", None),
+        ("PATCH", "/images/{image}", Some(json!({"public": true}))),
+        ("DELETE", "/images/{image}", None),
     ]
 }
 
@@ -1101,7 +1113,8 @@ fn every_endpoint_is_authorized() {
                 .replace("/groups/foundation", "/groups/{name}")
                 .replace("/groups/primary", "/groups/{name}")
                 .replace("/hosts/tb3/", "/hosts/{name}/")
-                .replace("/ports/30999", "/ports/{public_port}");
+                .replace("/ports/30999", "/ports/{public_port}")
+                .replace("{image}", "{owner}/{name}");
             (m.to_string(), p)
         })
         .collect();
@@ -1143,6 +1156,7 @@ fn every_endpoint_is_authorized() {
             .replace("{op}", &op_a)
             .replace("{token}", &token_id_a)
             .replace("{other}", a)
+            .replace("{image}", &format!("{a}/none"))
     };
 
     // (a) Nothing without a valid token.
@@ -1193,6 +1207,7 @@ fn every_endpoint_is_authorized() {
             "/clusters/c6/nodes/0/ports",
             Some(json!({"port": 22})),
         ),
+        ("GET", "/clusters/c6/metrics", None),
     ];
     for (method, path, body) in &on_a {
         let r = api(method, path, Some(&token_b), body.as_ref());
@@ -1273,6 +1288,9 @@ fn every_endpoint_is_authorized() {
         ("GET", "/hosts".into(), None),
         ("POST", "/hosts/tb3/drain".into(), None),
         ("POST", "/hosts/tb3/undrain".into(), None),
+        ("GET", "/hosts/tb3/metrics".into(), None),
+        ("GET", "/usage?from=2026-01-01&to=2026-01-02".into(), None),
+        ("GET", "/images?all=true".into(), None),
     ];
     let mut wrong = Vec::new();
     for (method, path, body) in &admin_only {
@@ -1569,7 +1587,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(get("/clusters", &token).json, json!([]));
     assert_eq!(
         me(&token)["usage"],
-        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0})
+        json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0, "images": 0, "image_bytes": 0})
     );
 
     // A JSON array is not the object the API documents, even with the fields in order.
