@@ -691,8 +691,15 @@ fn the_worker_serves_what_its_vnodes_use_as_prometheus_text() {
         let (status, body) = agent_get(url, Some(&agent_token()));
         assert_eq!(status, 200, "{body}");
         text = body;
+        // All of the work: a sample may be taken while the exec is still running.
         metric(&text, "docklet_vnode_cpu_seconds_total", &label).is_some_and(|s| s >= 2.5)
             && metric(&text, "docklet_vnode_disk_bytes", &label).is_some_and(|b| b >= 20e6)
+            && metric(
+                &text,
+                "docklet_vnode_network_transmit_packets_total",
+                &label,
+            )
+            .is_some_and(|p| p >= 3.0)
     });
     let line = text
         .lines()
