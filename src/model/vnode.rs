@@ -365,14 +365,10 @@ pub fn id_from_unit(unit: &str) -> Option<&str> {
         .strip_suffix(".service")
 }
 
-/// Every vnode of a user on a host sits in this slice, a child of `docklet-u.slice` (itself in
-/// `docklet.slice`), so a user's total can be capped per host.
-pub fn user_slice(user: &str) -> String {
-    format!("docklet-u-{}.slice", escape_unit_segment(user))
-}
-
-/// A vnode's own slice, inside its user's: the vnode's unit and every command run in it
-/// (exec, web terminals) sit here, so its limits and its figures cover them all.
+/// A vnode's own slice: the vnode's unit and every command run in it (exec, web terminals)
+/// sit here, so its limits and its figures cover them all. Its name puts it in its user's
+/// slice `docklet-u-<user>.slice` (in `docklet-u.slice`, in `docklet.slice`), so a user's
+/// total can be capped per host.
 pub fn vnode_slice(user: &str, id: &str) -> String {
     format!(
         "docklet-u-{}-{}.slice",
@@ -584,8 +580,7 @@ pub(crate) mod tests {
             Some("alice-c1-0")
         );
         assert_eq!(id_from_unit("docklet-worker.service"), None);
-        assert_eq!(user_slice("alice"), "docklet-u-alice.slice");
-        assert_eq!(user_slice("bob-x"), "docklet-u-bob\\x2dx.slice");
+        assert_eq!(vnode_slice("bob-x", "b"), "docklet-u-bob\\x2dx-b.slice");
         let slice = vnode_slice("alice", "alice-c1-0");
         assert_eq!(slice, "docklet-u-alice-alice\\x2dc1\\x2d0.slice");
         let unit = format!(
