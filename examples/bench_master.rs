@@ -295,6 +295,7 @@ fn sim_host(i: u32, now: u64) -> HostRecord {
         },
         version: docklet::VERSION.to_owned(),
         images: vec!["base".into()],
+        image_versions: Default::default(),
         registered_at: now,
     }
 }

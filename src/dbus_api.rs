@@ -84,6 +84,7 @@ impl From<HostRow> for HostRecord {
             registered_at: r.registered_at,
             // Not carried over D-Bus: `docklet-admin hosts` does not show them.
             images: Vec::new(),
+            image_versions: Default::default(),
         }
     }
 }
@@ -165,6 +166,11 @@ pub trait Master1 {
     ) -> Result<String, BusError>;
     fn set_image_public(&self, owner: &str, name: &str, public: bool) -> Result<String, BusError>;
     fn delete_image(&self, owner: &str, name: &str) -> Result<(), BusError>;
+    /// Every system image with each host's version and the latest update (JSON).
+    fn system_images(&self) -> Result<String, BusError>;
+    /// Makes the next version of system image `name` on every host from image `from`
+    /// (`owner/name`); returns the system image (JSON), being updated.
+    fn update_system_image(&self, name: &str, from: &str) -> Result<String, BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -273,6 +279,7 @@ mod tests {
             version: "0.1.0".into(),
             registered_at: 42,
             images: vec![],
+            image_versions: Default::default(),
         };
         let row = HostRow::from(record.clone());
         assert_eq!(HostRecord::from(row), record);

@@ -517,3 +517,218 @@ fn administrators_list_share_and_delete_images_with_docklet_admin() {
     assert!(!ok("tb1", "docklet-admin images").contains("imgadm/tools"));
     get("/images/imgadm/tools", &token).assert_error(404, "not_found");
 }
+
+/// The version `images/base/current` points at on `host`.
+fn base_version(host: &str) -> String {
+    ok(host, "readlink /var/lib/docklet/local/images/base/current")
+        .trim()
+        .to_owned()
+}
+
+/// The system image `base` once no update of it is under way.
+#[track_caller]
+fn settled_base() -> Value {
+    for _ in 0..5 {
+        let r = get("/system-images/base?wait=60", root());
+        assert_eq!(r.status, 200, "{r}");
+        if r.json["settled"] == true {
+            return r.json;
+        }
+    }
+    panic!("system image base still updating after 5 minutes");
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn an_administrator_updates_the_base_image_from_a_saved_node() {
+    let u = "imgsys";
+    let hosts = ["tb1", "tb2", "tb3"];
+    let _users = Cleanup(&["imgsys"], "imgsysg");
+    let _images = ImagesCleanup::new(&["imgsys"]);
+    let token = fresh_user(u);
+    group_for(
+        "imgsysg",
+        json!({"vnodes": 8, "images": 2, "image_bytes": GIB}),
+        json!({}),
+        &[u],
+    );
+    let before = settled_base();
+    let old_version = base_version("tb1");
+    for host in hosts {
+        assert_eq!(base_version(host), old_version, "{host}");
+    }
+    assert!(
+        before["state"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("3 hosts on {old_version}")),
+        "{before}"
+    );
+
+    // A cluster that runs through the update, and the node the update is made from: a new
+    // file (this run's own: the testbed keeps the updated base), a new directory, a file of
+    // the base deleted (on a fresh testbed: an earlier run deleted it for good).
+    let release = format!("next-{}", std::process::id());
+    succeeds(
+        &token,
+        &post("/clusters", &token, &json!({"name": "running", "size": 3})),
+    );
+    succeeds(
+        &token,
+        &post("/clusters", &token, &json!({"name": "src", "size": 1})),
+    );
+    run_in(
+        &token,
+        "src",
+        0,
+        &format!(
+            "echo {release} > /etc/e2e-release && mkdir -p /opt/site && echo ok > /opt/site/x \
+             && rm -f /etc/issue.net"
+        ),
+    );
+    assert_eq!(save(&token, "src", "next", false).status, 202);
+    assert_eq!(saved(&token, u, "next")["state"], "ready");
+    let has_release = format!("test \"$(cat /etc/e2e-release 2>/dev/null)\" = {release}");
+
+    // Only administrators; only saved images of this system image; clear errors.
+    let from_next = json!({"from": "imgsys/next"});
+    post("/system-images/base", &token, &from_next).assert_error(403, "forbidden");
+    post(
+        "/system-images/base",
+        root(),
+        &json!({"from": "imgsys/none"}),
+    )
+    .assert_error(404, "not_found");
+    post("/system-images/base", root(), &json!({"from": "base"}))
+        .assert_error(422, "invalid_image");
+    post(
+        "/system-images/base",
+        root(),
+        &json!({"from": "imgsys/next", "x": 1}),
+    )
+    .assert_error(422, "invalid_body");
+    post("/system-images/Bad..", root(), &from_next).assert_error(422, "invalid_image");
+    post("/system-images/nosuch", root(), &from_next).assert_error(404, "not_found");
+    get("/system-images/nosuch", &token).assert_error(404, "not_found");
+
+    // The update: every host builds the version; a second request meanwhile is refused.
+    let r = post("/system-images/base", root(), &from_next);
+    assert_eq!(r.status, 202, "{r}");
+    let version = r.json["update"]["version"].as_str().unwrap().to_owned();
+    assert!(version > old_version, "{version} after {old_version}");
+    let again = post("/system-images/base", root(), &from_next);
+    again.assert_error(409, "conflict");
+    assert!(again.text.contains("under way"), "{again}");
+    let after = settled_base();
+    assert_eq!(after["state"], format!("3 hosts on {version}"), "{after}");
+    for host in hosts {
+        let entry = after["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .unwrap_or_else(|| panic!("{host} missing: {after}"));
+        assert_eq!(entry["current"], version.as_str(), "{after}");
+        assert_eq!(entry["build"]["state"], "ready", "{after}");
+        assert_eq!(base_version(host), version, "{host}");
+        let dir = format!("/var/lib/docklet/local/images/base/{version}");
+        assert_eq!(
+            ok(host, &format!("cat {dir}/etc/e2e-release")),
+            format!("{release}\n")
+        );
+        assert_eq!(ok(host, &format!("cat {dir}/opt/site/x")), "ok\n");
+        let gone = sh(host, &format!("test -e {dir}/etc/issue.net"));
+        assert_ne!(gone.code, 0, "{host}: the deleted file came back");
+        // Nothing half-made, no mount left behind.
+        let leftovers = ok(
+            host,
+            "ls -d /var/lib/docklet/local/images/base/*.part 2>/dev/null; \
+             findmnt -rn -o TARGET | grep image-work || true",
+        );
+        assert_eq!(leftovers, "", "{host}");
+    }
+    let listed = get("/system-images", &token);
+    assert_eq!(listed.status, 200, "{listed}");
+    assert!(
+        listed
+            .json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "base"),
+        "{listed}"
+    );
+
+    // Running nodes keep their version until they restart; new ones get the new one.
+    for node in 0..3 {
+        let r = post(
+            &format!("/clusters/running/nodes/{node}/exec"),
+            &token,
+            &json!({"argv": ["sh", "-c", has_release]}),
+        );
+        assert_eq!(r.json["exit_code"], 1, "node {node}: {r}");
+    }
+    succeeds(
+        &token,
+        &post("/clusters", &token, &json!({"name": "fresh", "size": 1})),
+    );
+    run_in(&token, "fresh", 0, &has_release);
+
+    // Over D-Bus: the next version again, waited for with progress; the listing; an update
+    // refused with the master's reason.
+    let out = ok(
+        "tb1",
+        "docklet-admin system-image update base --from imgsys/next",
+    );
+    let second = base_version("tb1");
+    assert!(second > version, "{second} after {version}");
+    assert!(out.contains(&format!("3 hosts on {second}")), "{out}");
+    for host in hosts {
+        assert_eq!(base_version(host), second, "{host}");
+    }
+    let table = ok("tb1", "docklet-admin system-images");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("base") && l.contains("imgsys/next")),
+        "{table}"
+    );
+    let json: Value =
+        serde_json::from_str(&ok("tb1", "docklet-admin system-images --json")).unwrap();
+    assert_eq!(json[0]["update"]["version"], second.as_str(), "{json}");
+    let bad = sh(
+        "tb1",
+        "docklet-admin system-image update base --from imgsys/none",
+    );
+    assert_ne!(bad.code, 0, "{bad}");
+    assert!(
+        bad.stderr.contains("there is no image imgsys/none"),
+        "{bad}"
+    );
+
+    // Restarted, the running cluster gets the newest version.
+    succeeds(&token, &post("/clusters/running/stop", &token, &json!({})));
+    succeeds(&token, &post("/clusters/running/start", &token, &json!({})));
+    for node in 0..3 {
+        run_in(
+            &token,
+            "running",
+            node,
+            &format!("{has_release} && test ! -e /etc/issue.net"),
+        );
+    }
+    // With nothing on them any more, the older versions go from every host.
+    delete_cluster(&token, "src");
+    delete_cluster(&token, "fresh");
+    wait_for(
+        "the older base versions to be removed",
+        std::time::Duration::from_secs(90),
+        || {
+            hosts.iter().all(|host| {
+                ok(host, "ls /var/lib/docklet/local/images/base")
+                    .lines()
+                    .eq([second.as_str(), "current"])
+            })
+        },
+    );
+}

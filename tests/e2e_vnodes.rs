@@ -594,7 +594,8 @@ fn jupyter_starts_on_first_use_with_the_workers_configuration() {
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_new_base_image_serves_new_vnodes_and_leaves_running_ones_alone() {
-    let images = std::path::Path::new("/var/cache/docklet-testbed/images/base");
+    // tb2's own copy of the base image (tools/testbed gives each host one).
+    let images = std::path::Path::new("/var/lib/docklet-testbed/hosts/tb2/data/local/images/base");
     let current = std::fs::read_link(images.join("current")).expect("images/base/current");
     let (old, new) = ("kim-img-0", "kim-img-1");
     assert_eq!(

@@ -125,6 +125,16 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// List the system images with every host's version and the latest update.
+    SystemImages {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update a system image on every host.
+    SystemImage {
+        #[command(subcommand)]
+        action: SystemImageAction,
+    },
     /// List groups with their quotas; the default group for new users is marked.
     Groups {
         #[arg(long)]
@@ -206,6 +216,22 @@ enum ImageAction {
     Unshare { image: String },
     /// Delete OWNER/NAME (refused while a cluster uses it).
     Delete { image: String },
+}
+
+#[derive(Subcommand)]
+enum SystemImageAction {
+    /// Make the next version of system image NAME on every host: its current version with
+    /// saved image OWNER/IMAGE's changes; wait until every host has it. Running nodes keep
+    /// their version until they restart.
+    Update {
+        name: String,
+        /// OWNER/IMAGE, saved on system image NAME.
+        #[arg(long)]
+        from: String,
+        /// Return once the update is asked for.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -853,6 +879,78 @@ async fn image(action: ImageAction) -> Result<(), Failure> {
     Ok(())
 }
 
+async fn system_image(action: SystemImageAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    let SystemImageAction::Update {
+        name,
+        from,
+        no_wait,
+    } = action;
+    let mut image: serde_json::Value = parse_reply(
+        master
+            .update_system_image(&name, &from)
+            .await
+            .map_err(bus)?,
+    )?;
+    while !no_wait && image["settled"] != true {
+        eprint!("\r{name}: {}   ", image["state"].as_str().unwrap_or(""));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let images: Vec<serde_json::Value> =
+            parse_reply(master.system_images().await.map_err(bus)?)?;
+        image = images
+            .into_iter()
+            .find(|i| i["name"] == name.as_str())
+            .ok_or_else(|| Failure {
+                code: 1,
+                message: format!("system image {name} disappeared (are its hosts down?)"),
+            })?;
+        if image["settled"] == true {
+            eprintln!();
+        }
+    }
+    print!("{}", system_images_table(std::slice::from_ref(&image)));
+    let state = image["state"].as_str().unwrap_or("");
+    if state.contains("failed") {
+        return Err(Failure {
+            code: 1,
+            message: format!("system image {name}: {state}"),
+        });
+    }
+    Ok(())
+}
+
+fn system_images_table(images: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            let hosts: Vec<String> = i["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| {
+                    format!(
+                        "{}={}",
+                        h["host"].as_str().unwrap_or(""),
+                        h["current"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            vec![
+                i["name"].as_str().unwrap_or("").to_owned(),
+                i["state"].as_str().unwrap_or("").to_owned(),
+                i["update"]["from"].as_str().unwrap_or("-").to_owned(),
+                hosts.join(" "),
+            ]
+        })
+        .collect();
+    render_table(
+        &["SYSTEM IMAGE", "STATE", "LAST UPDATE FROM", "HOSTS"],
+        &rows,
+    )
+}
+
 fn images_table(images: &[serde_json::Value]) -> String {
     let rows: Vec<Vec<String>> = images
         .iter()
@@ -1178,6 +1276,22 @@ fn main() -> ExitCode {
             }
             Command::User { action } => user(action).await,
             Command::Image { action } => image(action).await,
+            Command::SystemImage { action } => system_image(action).await,
+            Command::SystemImages { json } => {
+                let conn = connect().await?;
+                let text = master_proxy(&conn)
+                    .await?
+                    .system_images()
+                    .await
+                    .map_err(|e| failure(e, "master"))?;
+                let images: Vec<serde_json::Value> = parse_reply(text)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&images).expect("JSON"));
+                } else {
+                    print!("{}", system_images_table(&images));
+                }
+                Ok(())
+            }
             Command::Images { json } => {
                 let conn = connect().await?;
                 let text = master_proxy(&conn)

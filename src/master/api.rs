@@ -27,6 +27,7 @@ use super::actions::{
 use super::images::{ImagePatch, ImageView, SaveImageRequest};
 use super::metrics::{ClusterMetrics, HostMetrics};
 use super::ports::{MapPortRequest, PortView};
+use super::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
 use crate::model::account::TokenRecord;
@@ -79,6 +80,11 @@ pub fn router(master: Arc<Master>) -> Router {
         .route(
             "/api/v1/images/{owner}/{name}",
             get(show_image).patch(update_image).delete(delete_image),
+        )
+        .route("/api/v1/system-images", get(list_system_images))
+        .route(
+            "/api/v1/system-images/{name}",
+            get(show_system_image).post(update_system_image),
         )
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events))
@@ -323,7 +329,7 @@ struct ErrorDetail {
     paths(
         login, logout, me, list_tokens, create_token, revoke_token, list_clusters,
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
-        scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, list_images, save_image, show_image, update_image, delete_image, cluster_metrics, host_metrics, usage, prometheus, operation, events, list_users, create_user, show_user, update_user,
+        scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, list_images, save_image, show_image, update_image, delete_image, list_system_images, show_system_image, update_system_image, cluster_metrics, host_metrics, usage, prometheus, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
         set_default_group, hosts, drain, undrain, health
     ),
@@ -787,6 +793,35 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/system-images", tag = "docklet", summary = "The system images the hosts have, each with every host's version and the latest update", responses((status = 200, body = Vec<SystemImageView>), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn list_system_images(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
+    Ok(Json(master.list_system_images(&caller).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/system-images/{name}", tag = "docklet", summary = "One system image, optionally waiting (`?wait=` seconds) while an update of it is under way", params(("name" = String, Path), WaitQuery), responses((status = 200, body = SystemImageView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn show_system_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Params(q): Params<WaitQuery>,
+) -> ApiResult<Response> {
+    let view = master
+        .show_system_image(&caller, &name, q.duration()?)
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/system-images/{name}", tag = "docklet", summary = "Administrators: makes the next version of a system image on every host from a saved image (running nodes keep theirs until restarted); follow the returned system image until it is settled", params(("name" = String, Path)), request_body = SystemImageUpdateRequest, responses((status = 202, body = SystemImageView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+async fn update_system_image(
+    State(master): Shared,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+    Body(request): Body<SystemImageUpdateRequest>,
+) -> ApiResult<Response> {
+    let view = master.update_system_image(&caller, &name, &request).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "docklet", summary = "An operation's progress, optionally waiting for its end", params(("id" = String, Path), WaitQuery), responses((status = 200, body = OperationView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn operation(
     State(master): Shared,
@@ -1003,6 +1038,8 @@ mod tests {
             "/api/v1/ports/{public_port}",
             "/api/v1/images",
             "/api/v1/images/{owner}/{name}",
+            "/api/v1/system-images",
+            "/api/v1/system-images/{name}",
             "/api/v1/clusters/{name}/metrics",
             "/api/v1/hosts/{name}/metrics",
             "/api/v1/usage",
@@ -1010,7 +1047,7 @@ mod tests {
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 34, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 36, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

@@ -7,6 +7,7 @@ use zbus::message::Header;
 use super::Master;
 use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
 use super::images::{ImagePatch, SaveImageRequest};
+use super::system_images::SystemImageUpdateRequest;
 use crate::dbus_api::{self, BusError, HostRow, InitResult};
 use crate::model::account::AuthMethod;
 use crate::model::quota::Group;
@@ -427,6 +428,42 @@ impl MasterInterface {
             .delete_image(&Caller::local_admin(), owner, name)
             .await
             .map_err(api_bus_error)
+    }
+
+    /// Every system image as JSON, the records of `GET /api/v1/system-images`.
+    async fn system_images(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        json(self.master.list_system_images(&Caller::local_admin()).await)
+    }
+
+    /// Makes the next version of system image `name` on every host from image `from`;
+    /// returns the system image (JSON), being updated.
+    async fn update_system_image(
+        &self,
+        name: &str,
+        from: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(
+            caller_uid = uid,
+            name,
+            from,
+            "system image update over D-Bus"
+        );
+        let request = SystemImageUpdateRequest {
+            from: from.to_owned(),
+        };
+        json(
+            self.master
+                .update_system_image(&Caller::local_admin(), name, &request)
+                .await,
+        )
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -169,6 +169,7 @@ mod tests {
             version: "0.1.0".into(),
             registered_at: 1,
             images: vec![],
+            image_versions: Default::default(),
         });
         init_cluster(&store, "docklet", "0.1.0", true, &file, 2)
             .await

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod portal;
 pub mod ports;
 pub mod session;
+pub mod system_images;
 pub mod terminal;
 pub mod workspace;
 

@@ -25,6 +25,9 @@ pub struct HostRecord {
     /// version), so the master places vnodes only where their image is.
     #[serde(default)]
     pub images: Vec<String>,
+    /// The version each of those images' `current` points at.
+    #[serde(default)]
+    pub image_versions: std::collections::BTreeMap<String, String>,
     /// Unix seconds when this worker registered.
     pub registered_at: u64,
 }
@@ -180,6 +183,7 @@ mod tests {
             version: "0.1.0".into(),
             registered_at: 1_000,
             images: vec![],
+            image_versions: Default::default(),
         }
     }
 

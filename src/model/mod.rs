@@ -11,5 +11,6 @@ pub mod network;
 pub mod placement;
 pub mod ports;
 pub mod quota;
+pub mod system_image;
 pub mod vcluster;
 pub mod vnode;

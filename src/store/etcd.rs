@@ -6,6 +6,7 @@ use std::time::Duration;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
     LeaseKeepAliveStream, LeaseKeeper, Permission, PutOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 
 use tonic::Code;
@@ -37,16 +38,7 @@ impl EtcdStore {
     ) -> Result<TwoWatches, StoreError> {
         let mut streams = Vec::new();
         for prefix in prefixes {
-            let options = etcd_client::WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            let stream = self
-                .client
-                .watch_client()
-                .watch(prefix, Some(options))
-                .await
-                .map_err(classify)?;
-            streams.push(stream);
+            streams.push(self.watch_prefix_after(prefix.to_owned(), revision).await?);
         }
         let pair = streams
             .try_into()
@@ -72,6 +64,32 @@ impl TwoWatches {
             return Err(StoreError::Unavailable("the watch was cancelled".into()));
         }
         Ok(response)
+    }
+}
+
+/// A watch that also fires every `period`, for followers that read everything again on any
+/// change and now and then (repairing what a failed pass left).
+pub(crate) struct Changes {
+    watch: WatchStream,
+    tick: tokio::time::Interval,
+}
+
+impl Changes {
+    pub(crate) fn new(watch: WatchStream, period: std::time::Duration) -> Changes {
+        let tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        Changes { watch, tick }
+    }
+
+    /// Returns at the next change or tick, or with why following has to start over.
+    pub(crate) async fn next(&mut self) -> Result<(), StoreError> {
+        tokio::select! {
+            message = self.watch.message() => match message {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(StoreError::Unavailable("the watch ended".into())),
+                Err(e) => Err(classify(e)),
+            },
+            _ = self.tick.tick() => Ok(()),
+        }
     }
 }
 
@@ -227,12 +245,43 @@ impl EtcdStore {
         &self,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.get_prefix(prefix)
-            .await?
+        Ok(self.list_json_rev(prefix).await?.0)
+    }
+
+    /// Every JSON record under `prefix`, in key order, and the revision they were read at
+    /// (to watch from).
+    pub(super) async fn list_json_rev<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<T>, i64), StoreError> {
+        let response = self.get_prefix(prefix).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let records = response
             .kvs()
             .iter()
             .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((records, revision))
+    }
+
+    /// Watches every key under `prefix` from `after_revision + 1`.
+    pub(super) async fn watch_prefix_after(
+        &self,
+        prefix: String,
+        after_revision: i64,
+    ) -> Result<WatchStream, StoreError> {
+        self.client
+            .watch_client()
+            .watch(
+                prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(after_revision + 1),
+                ),
+            )
+            .await
+            .map_err(classify)
     }
 
     pub fn keys(&self) -> &Keys {

@@ -5,7 +5,7 @@
 //! cluster's create or scale-out compares the record's revision too
 //! ([`NodeWrite::image`](super::clusters::NodeWrite)).
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, WatchStream};
 
 use super::{EtcdStore, StoreError, encode};
 use crate::model::image::{ImageRecord, ImageVersion, Pending};
@@ -51,30 +51,13 @@ impl EtcdStore {
 
     /// Every record and the revision they were read at, to watch from.
     pub async fn images_and_revision(&self) -> Result<(Vec<ImageRecord>, i64), StoreError> {
-        let response = self.get_prefix(&self.keys.images()).await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let records = response
-            .kvs()
-            .iter()
-            .map(|kv| super::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect::<Result<_, _>>()?;
-        Ok((records, revision))
+        self.list_json_rev(&self.keys.images()).await
     }
 
     /// Watches `images/` from `after_revision + 1`: every event means "read again".
     pub async fn watch_images(&self, after_revision: i64) -> Result<WatchStream, StoreError> {
-        self.client
-            .watch_client()
-            .watch(
-                self.keys.images(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(after_revision + 1),
-                ),
-            )
+        self.watch_prefix_after(self.keys.images(), after_revision)
             .await
-            .map_err(super::etcd::classify)
     }
 
     /// Reads the record and its owner's usage, lets `change` decide, and writes what it

@@ -46,6 +46,7 @@ pub mod memory;
 pub mod network;
 pub mod placement_view;
 pub mod ports;
+pub mod system_images;
 pub mod vnodes;
 
 pub use etcd::EtcdStore;
@@ -211,6 +212,18 @@ impl Keys {
     }
     pub fn image(&self, owner: &str, name: &str) -> String {
         format!("{}images/{owner}/{name}", self.prefix)
+    }
+    pub fn system_images(&self) -> String {
+        format!("{}system-images/", self.prefix)
+    }
+    pub fn system_image(&self, name: &str) -> String {
+        format!("{}system-images/{name}", self.prefix)
+    }
+    pub fn system_image_builds(&self, name: &str) -> String {
+        format!("{}system-image-builds/{name}/", self.prefix)
+    }
+    pub fn system_image_build(&self, name: &str, host: &str) -> String {
+        format!("{}system-image-builds/{name}/{host}", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)

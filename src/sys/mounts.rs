@@ -155,6 +155,21 @@ pub fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path)
     .map_err(|e| io::Error::other(format!("mounting the overlay at {}: {e}", target.display())))
 }
 
+/// A read-only overlay of `lowers` (top first) at `target`: the layers as one tree, with
+/// whiteouts and opaque directories applied.
+pub fn mount_layers_readonly(lowers: &[&Path], target: &Path) -> io::Result<()> {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let options = format!("lowerdir={}", lowers.join(":"));
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY,
+        Some(options.as_str()),
+    )
+    .map_err(|e| io::Error::other(format!("mounting the layers at {}: {e}", target.display())))
+}
+
 /// Is something mounted exactly at `path`? One `statx` (the kernel's mount-root attribute),
 /// so that checking every vnode's mounts costs the same however many mounts the host has;
 /// `/proc/self/mountinfo` only where the kernel does not report the attribute.

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::master::now_secs;
 use crate::model::image::{self, ImageRecord, ImageRef, ImageVersion, Pending};
 use crate::model::vnode::{self, UnitState};
+use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
 use crate::worker::vnodes::{LocalState, Runtime, VNodeError, VNodePaths};
@@ -557,7 +558,9 @@ fn pack_layer(
     result
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+/// `cp -a` (sharing blocks where the filesystem can): owners, modes, links, devices and
+/// extended attributes as they are.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let status = Command::new("cp")
         .args(["-a", "--reflink=auto"])
         .arg(from)
@@ -798,7 +801,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn remove_tree(path: &Path) -> Result<(), VNodeError> {
+pub(crate) fn remove_tree(path: &Path) -> Result<(), VNodeError> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
             std::fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))
@@ -820,18 +823,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
 pub async fn saver_loop(saver: Arc<Saver>, store: EtcdStore) -> Result<(), StoreError> {
     let (records, revision) = store.images_and_revision().await?;
     saver.pass(&store, records);
-    let mut watch = store.watch_images(revision).await?;
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    tick.tick().await;
+    let mut changes = Changes::new(store.watch_images(revision).await?, Duration::from_secs(30));
     loop {
-        tokio::select! {
-            message = watch.message() => match message {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
-                Err(e) => return Err(crate::store::etcd::classify(e)),
-            },
-            _ = tick.tick() => {}
-        }
+        changes.next().await?;
         saver.pass(&store, store.all_images().await?);
     }
 }

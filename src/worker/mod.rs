@@ -10,6 +10,7 @@ pub mod images;
 pub mod metrics;
 pub mod network;
 pub mod ssh;
+pub mod system_images;
 pub mod terminals;
 pub mod tunnel;
 pub mod vnodes;
@@ -107,13 +108,15 @@ impl Worker {
                 );
                 Vec::new()
             });
+        let image_versions = vnodes::installed_images(&self.config);
         HostRecord {
             name: self.host.clone(),
             addresses,
             capacity,
             version: crate::VERSION.to_owned(),
             registered_at,
-            images: vnodes::installed_images(&self.config),
+            images: image_versions.keys().cloned().collect(),
+            image_versions,
         }
     }
 
@@ -374,15 +377,21 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
     }
 }
 
-/// Carries out the image saves the catalog asks of this host, for ever.
+/// Carries out the image saves the catalog asks of this host and the system image updates,
+/// for ever.
 async fn image_loop(worker: Arc<Worker>, runtime: Arc<vnodes::Runtime>) {
-    let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime);
+    let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime.clone());
+    let builder = system_images::Builder::new(worker.config.clone(), worker.host.clone(), runtime);
     let mut backoff = Backoff::default();
     loop {
         let store = worker.connect(&mut backoff).await;
-        if let Err(e) = images::saver_loop(saver.clone(), store).await {
+        let result = tokio::select! {
+            r = images::saver_loop(saver.clone(), store.clone()) => r,
+            r = system_images::builder_loop(builder.clone(), store) => r,
+        };
+        if let Err(e) = result {
             let delay = backoff.next_delay();
-            warn!("image saves: {e}; starting over in {}s", delay.as_secs());
+            warn!("images: {e}; starting over in {}s", delay.as_secs());
             tokio::time::sleep(delay).await;
         }
     }

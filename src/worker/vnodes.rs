@@ -114,17 +114,21 @@ pub fn images_dir(config: &Config) -> PathBuf {
     config.local_dir().join("images")
 }
 
-/// Names of the images that have a `current` version here, sorted.
-pub fn installed_images(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(images_dir(config))
+/// The images that have a `current` version here, by name, with that version.
+pub fn installed_images(config: &Config) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(images_dir(config))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| entry.path().join("current").exists())
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names
+        .filter_map(|entry| {
+            let version = std::fs::read_link(entry.path().join("current")).ok()?;
+            entry.path().join("current").exists().then_some(())?;
+            Some((
+                entry.file_name().into_string().ok()?,
+                version.file_name()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect()
 }
 
 /// Where a moving vnode's disk waits between its two hosts, on the shared filesystem
@@ -268,6 +272,20 @@ impl Runtime {
             register_machines: AtomicBool::new(register),
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The system image versions of the vnodes this worker runs (or may still have mounted):
+    /// the versions a system image update must keep.
+    pub fn system_versions_in_use(&self) -> std::collections::HashSet<String> {
+        self.memos
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|memo| memo.status.as_ref())
+            .filter(|status| !matches!(status.phase, Phase::Stopped | Phase::Exported))
+            .filter_map(|status| status.image_version.as_deref())
+            .map(|version| version.split('+').next().unwrap_or(version).to_owned())
+            .collect()
     }
 
     /// The lock of one vnode's files (see [`Runtime::locks`]).
@@ -1176,6 +1194,16 @@ pub fn resolve_image(config: &Config, image: &str) -> Result<(PathBuf, String), 
     let dir = std::fs::canonicalize(&link).map_err(|e| {
         VNodeError::Refused(format!("unknown image {image:?}: {} ({e})", link.display()))
     })?;
+    check_image_dir(image, &dir)?;
+    let version = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((dir, version))
+}
+
+/// Refuses a version directory of `image` that holds no systemd to boot.
+pub fn check_image_dir(image: &str, dir: &Path) -> Result<(), VNodeError> {
     let init = dir.join("usr/lib/systemd/systemd");
     if !init.exists() {
         return Err(VNodeError::Refused(format!(
@@ -1184,11 +1212,7 @@ pub fn resolve_image(config: &Config, image: &str) -> Result<(PathBuf, String), 
             init.display()
         )));
     }
-    let version = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok((dir, version))
+    Ok(())
 }
 
 /// `SERVICE_RESULT EXIT_CODE EXIT_STATUS` as systemd gave them to ExecStopPost, for people.

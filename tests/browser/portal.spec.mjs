@@ -3,7 +3,7 @@
 // workspace, maps a port and reaches it from outside, and deletes the cluster; another user
 // is refused the first one's terminal and workspace; an administrator changes a quota and the
 // user sees the new limit; a user saves a node as an image, shares it, starts a cluster
-// from it and deletes it; a user watches a node's usage charts, and the administrator the
+// from it and deletes it, and the administrator updates the base image from it; a user watches a node's usage charts, and the administrator the
 // hosts' and the usage export. Every page is saved as a screenshot (testbed.mjs: shots).
 import { test, expect } from "@playwright/test";
 import { readFileSync } from "node:fs";
@@ -291,7 +291,7 @@ test.describe.serial("user images in the portal", () => {
     await removeImages(token, user.name);
   });
 
-  test("a user saves a node as an image, shares it, starts a cluster from it and deletes it", async ({ page }) => {
+  test("a user saves a node as an image, shares it, starts a cluster from it and deletes it", async ({ page, browser }) => {
     await login(page, user.name, user.password);
     await page.getByText("Name, image and sizes").click();
     await page.locator("form.create input[name='name']").fill("imgsrc");
@@ -325,6 +325,33 @@ test.describe.serial("user images in the portal", () => {
     await expect(row.locator(".sharing")).toHaveText("shared");
     await expect(row.getByRole("button", { name: "Unshare", exact: true })).toBeVisible();
     await shot(page, "images-shared");
+
+    // The administrator makes the next version of the base image from the shared image,
+    // on the images page, which follows the hosts until every one has it.
+    const admin = await browser.newContext();
+    const adminPage = await admin.newPage();
+    await login(adminPage, "root", rootPassword());
+    await adminPage.goto("/images");
+    const base = adminPage.locator("#system-images tr[data-system-image='base']");
+    await expect(base.locator(".system-state")).toHaveText(/^3 hosts on \d{8}T\d{6}Z$/);
+    const before = await base.locator(".system-state").textContent();
+    await base.locator("select[name='from']").selectOption(reference);
+    await shot(adminPage, "images-system-update");
+    await base.getByRole("button", { name: "Update base" }).click();
+    await expect(adminPage).toHaveURL(/\/images\?done=system-image-updating/);
+    await expect(adminPage.getByRole("status")).toContainText("new version of the system image");
+    await expect(base.locator(".system-state")).toHaveText(/^(updating to|3 hosts on)/);
+    await shot(adminPage, "images-system-updating");
+    // No reload: the page polls itself while the hosts work.
+    await expect(base.locator(".system-state")).toHaveText(/^3 hosts on \d{8}T\d{6}Z$/, { timeout: 300_000 });
+    await expect(base.locator(".system-state")).not.toHaveText(before);
+    await expect(base).toContainText(`from ${reference} by root`);
+    await shot(adminPage, "images-system-updated");
+    await admin.close();
+    // Users see the system images, and no update form.
+    await page.goto("/images");
+    await expect(page.locator("#system-images tr[data-system-image='base']")).toBeVisible();
+    await expect(page.locator("#system-images form")).toHaveCount(0);
 
     // A name that is no name: refused, with the reason, on the cluster page.
     await page.goto("/clusters/imgsrc");

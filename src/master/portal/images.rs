@@ -1,7 +1,9 @@
 //! The pages for user images: the images page (the user's own images with share, unshare,
 //! delete and "new cluster from this image", and the images others share), and the cluster
 //! page's form that saves a node as an image. A save runs in the background: the images page
-//! polls itself while one is in progress, so the user sees it become ready.
+//! polls itself while one is in progress, so the user sees it become ready. The page also
+//! lists the system images with every host's version; administrators update one there from
+//! a saved image (the page follows the update the same way).
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use super::{CsrfOnly, DoneQuery, Session, notice, render, render_error, see_othe
 use crate::master::Master;
 use crate::master::actions::{ApiError, Caller};
 use crate::master::images::{ImagePatch, ImageView, SaveImageRequest};
+use crate::master::system_images::{SystemImageUpdateRequest, SystemImageView};
 use crate::model::image::Pending;
 
 type Shared = State<Arc<Master>>;
@@ -43,9 +46,23 @@ fn image_row<'a>(image: &'a ImageView, user: &str) -> ImageRow<'a> {
     }
 }
 
-/// The images page's values: `user`'s own images, the ones others share, and whether one
-/// of the user's is being saved (the page then follows it).
-fn images_context(images: &[ImageView], user: &str) -> minijinja::Value {
+/// A system image as the images page shows it.
+#[derive(Serialize)]
+struct SystemImageRow<'a> {
+    #[serde(flatten)]
+    image: &'a SystemImageView,
+    /// The saved images an update could come from (ready, saved on this system image).
+    candidates: Vec<&'a str>,
+}
+
+/// The images page's values: `user`'s own images, the ones others share, the system images,
+/// and whether one of the user's is being saved or a system image updated (the page then
+/// follows it).
+fn images_context(
+    images: &[ImageView],
+    system: &[SystemImageView],
+    user: &str,
+) -> minijinja::Value {
     let (own, shared): (Vec<ImageRow>, Vec<ImageRow>) = images
         .iter()
         .map(|image| image_row(image, user))
@@ -53,7 +70,25 @@ fn images_context(images: &[ImageView], user: &str) -> minijinja::Value {
     let saving = own
         .iter()
         .any(|row| matches!(row.image.record.pending, Some(Pending::Saving { .. })));
-    minijinja::context! { own => own, shared => shared, saving => saving }
+    let follow = saving || system.iter().any(|s| !s.settled);
+    let system: Vec<SystemImageRow> = system
+        .iter()
+        .map(|image| SystemImageRow {
+            candidates: images
+                .iter()
+                .filter(|i| {
+                    i.record.pending.is_none()
+                        && i.record
+                            .current
+                            .as_ref()
+                            .is_some_and(|c| c.base == image.name)
+                })
+                .map(|i| i.reference.as_str())
+                .collect(),
+            image,
+        })
+        .collect();
+    minijinja::context! { own => own, shared => shared, saving => saving, follow => follow, system => system }
 }
 
 /// The images new clusters of the caller may start from (`owner/name`), for the create
@@ -78,8 +113,14 @@ async fn images_page(
     done: Option<&str>,
     error: Option<&str>,
 ) -> Response {
-    let images = match master.list_images(&session.caller, false).await {
-        Ok(images) => images,
+    let listed = async {
+        Ok::<_, ApiError>((
+            master.list_images(&session.caller, false).await?,
+            master.list_system_images(&session.caller).await?,
+        ))
+    };
+    let (images, system) = match listed.await {
+        Ok(listed) => listed,
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
     render(
@@ -89,7 +130,7 @@ async fn images_page(
         status,
         notice(done),
         error,
-        images_context(&images, session.caller.name()),
+        images_context(&images, &system, session.caller.name()),
     )
 }
 
@@ -175,6 +216,36 @@ pub async fn delete_image(
 }
 
 #[derive(Deserialize)]
+pub struct SystemImageForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    from: String,
+}
+
+/// An administrator's "Update" of a system image: back to the images page, which follows
+/// the update, or the page again with the error.
+pub async fn update_system_image(
+    State(master): Shared,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<SystemImageForm>,
+) -> Response {
+    let request = SystemImageUpdateRequest {
+        from: form.from.trim().to_owned(),
+    };
+    let action = master.update_system_image(&session.caller, &name, &request);
+    image_action(
+        &master,
+        &session,
+        &form.csrf,
+        "system-image-updating",
+        action,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
 pub struct SaveImageForm {
     #[serde(default)]
     csrf: String,
@@ -246,7 +317,7 @@ mod tests {
             .unwrap()
             .render(minijinja::context! {
                 frame => Frame { user: Some("alice"), admin: false, csrf: Some("t"), cluster_name: "c", version: "v", notice: None, error: None },
-                page => images_context(images, "alice"),
+                page => images_context(images, &[], "alice"),
             })
             .unwrap()
             // Slashes in attributes are escaped; the browser reads them as slashes.

@@ -74,6 +74,10 @@ pub fn router() -> Router<Arc<Master>> {
             post(images::unshare_image),
         )
         .route("/images/{owner}/{name}/delete", post(images::delete_image))
+        .route(
+            "/system-images/{name}/update",
+            post(images::update_system_image),
+        )
         .route("/account", get(pages::account))
         .route("/account/password", post(pages::change_password))
         .route("/account/tokens", post(pages::create_token))
@@ -436,6 +440,10 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "image-shared" => "The image is shared: every user may start clusters from it.",
         "image-unshared" => "The image is private again.",
         "image-deleted" => "The image has been deleted.",
+        "system-image-updating" => {
+            "The hosts are making the new version of the system image; this page shows their \
+             progress. Running nodes keep their version until they restart."
+        }
         "password" => "Your password has been changed.",
         "revoked" => "The token has been revoked.",
         "user-created" => "The user has been created.",

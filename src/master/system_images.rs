@@ -1,0 +1,222 @@
+//! System image updates as typed actions (see [`crate::model::system_image`]): anyone signed
+//! in lists the system images and where each host is; administrators turn a saved user
+//! image into the next version of a system image on every host. The building is the
+//! workers' ([`crate::worker::system_images`]); the master checks the request and records it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::actions::{ApiError, Caller};
+use super::{Master, now_secs};
+use crate::model::image::{ImageRef, Pending};
+use crate::model::system_image::{self, BuildState, HostVersion, SystemImageUpdate};
+use crate::store::EtcdStore;
+use crate::store::Store;
+
+/// `POST /system-images/{name}`: make the next version from a saved image.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemImageUpdateRequest {
+    /// The user image (`owner/name`) whose layer goes on top of the current version; it
+    /// must have been saved on this system image.
+    pub from: String,
+}
+
+/// A system image as administrators see it.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct SystemImageView {
+    pub name: String,
+    /// `3 hosts on V`, `updating to V from alice/web: 1 of 3 hosts done (tb2: copying)`,
+    /// `update to V failed on tb2: …`.
+    pub state: String,
+    /// The latest update asked for.
+    pub update: Option<SystemImageUpdate>,
+    /// The hosts that have it (whose workers are up).
+    pub hosts: Vec<HostVersion>,
+    /// Every host is done with the latest update (or one failed it).
+    pub settled: bool,
+}
+
+fn invalid(field: &'static str, message: impl ToString) -> ApiError {
+    ApiError::invalid("invalid_image", field, message.to_string())
+}
+
+impl Master {
+    /// Every system image some host has.
+    pub async fn list_system_images(
+        &self,
+        _signed_in: &Caller,
+    ) -> Result<Vec<SystemImageView>, ApiError> {
+        let store = self.api_store().await?;
+        let mut names: Vec<String> = store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .flat_map(|h| h.images)
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut views = Vec::new();
+        for name in names {
+            views.push(system_image_view(&store, &name).await?);
+        }
+        Ok(views)
+    }
+
+    /// One system image, waiting up to `wait` while an update of it is under way.
+    pub async fn show_system_image(
+        &self,
+        _signed_in: &Caller,
+        name: &str,
+        wait: Duration,
+    ) -> Result<SystemImageView, ApiError> {
+        let store = self.api_store().await?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let view = system_image_view(&store, name).await?;
+            if view.hosts.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "no host has a system image {name:?}"
+                )));
+            }
+            if view.settled || Instant::now() >= deadline {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Administrators: asks every host with system image `name` to make its next version
+    /// from `request.from`. Running vnodes keep theirs until they restart.
+    pub async fn update_system_image(
+        &self,
+        caller: &Caller,
+        name: &str,
+        request: &SystemImageUpdateRequest,
+    ) -> Result<SystemImageView, ApiError> {
+        caller.require_admin()?;
+        if !matches!(ImageRef::parse(name), Ok(ImageRef::System(_))) {
+            return Err(invalid(
+                "name",
+                format!("{name:?} is not a system image name"),
+            ));
+        }
+        let Ok(ImageRef::User { owner, name: image }) = ImageRef::parse(&request.from) else {
+            return Err(invalid(
+                "from",
+                format!("{:?}: name a saved image as owner/name", request.from),
+            ));
+        };
+        let store = self.api_store().await?;
+        let view = system_image_view(&store, name).await?;
+        if view.hosts.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no host has a system image {name:?}"
+            )));
+        }
+        let record = store
+            .image(owner, image)
+            .await?
+            .map(|(record, _)| record)
+            .ok_or_else(|| ApiError::NotFound(format!("there is no image {}", request.from)))?;
+        if matches!(record.pending, Some(Pending::Deleting { .. })) {
+            return Err(ApiError::Conflict(format!(
+                "image {} is being deleted",
+                request.from
+            )));
+        }
+        let layer = record.current.clone().ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "image {} has no saved layer yet ({})",
+                request.from,
+                record.state()
+            ))
+        })?;
+        if layer.base != name {
+            return Err(invalid(
+                "from",
+                format!(
+                    "image {} was saved on system image {:?}, not {name:?}",
+                    request.from, layer.base
+                ),
+            ));
+        }
+        let (_, revision) = store.system_image_update(name).await?;
+        if let Some(update) = view.update.as_ref().filter(|_| !view.settled) {
+            return Err(ApiError::Conflict(format!(
+                "an update of {name} to {} is under way ({}): wait for it to end",
+                update.version, view.state
+            )));
+        }
+        let update = SystemImageUpdate {
+            name: name.to_owned(),
+            version: system_image::version_at(now_secs()),
+            from: request.from.clone(),
+            layer,
+            requested_by: caller.name().to_owned(),
+            requested_at: now_secs(),
+        };
+        if let Some(newer) = view
+            .hosts
+            .iter()
+            .find(|h| !system_image::needs_build(&h.current, &update))
+        {
+            return Err(ApiError::Conflict(format!(
+                "host {} already has version {} of {name}, not older than {}: try again in a \
+                 second",
+                newer.host, newer.current, update.version
+            )));
+        }
+        if !store.request_system_image_update(&update, revision).await? {
+            return Err(ApiError::Conflict(format!(
+                "another update of {name} was asked for meanwhile"
+            )));
+        }
+        info!(image = name, version = %update.version, from = %update.from, by = %update.requested_by, "system image update requested");
+        system_image_view(&store, name).await
+    }
+}
+
+/// Where every host with system image `name` is.
+async fn system_image_view(store: &EtcdStore, name: &str) -> Result<SystemImageView, ApiError> {
+    let (update, _) = store.system_image_update(name).await?;
+    let mut builds: HashMap<String, _> = store
+        .system_image_builds(name)
+        .await?
+        .into_iter()
+        .map(|b| (b.host.clone(), b))
+        .collect();
+    let hosts: Vec<HostVersion> = store
+        .list_hosts()
+        .await?
+        .into_iter()
+        .filter_map(|host| {
+            let mut current = host.image_versions.get(name)?.clone();
+            let build = builds.remove(&host.name);
+            // The host record is refreshed every half minute; a build says it sooner.
+            if let Some(b) = &build
+                && b.state == BuildState::Ready
+                && b.version > current
+            {
+                current = b.version.clone();
+            }
+            Some(HostVersion {
+                host: host.name,
+                current,
+                build,
+            })
+        })
+        .collect();
+    Ok(SystemImageView {
+        name: name.to_owned(),
+        state: system_image::summary(update.as_ref(), &hosts),
+        settled: update
+            .as_ref()
+            .is_none_or(|u| system_image::settled(u, &hosts)),
+        update,
+        hosts,
+    })
+}
