@@ -1059,6 +1059,13 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/images/{image}", None),
         ("PATCH", "/images/{image}", Some(json!({"public": true}))),
         ("DELETE", "/images/{image}", None),
+        ("GET", "/system-images", None),
+        ("GET", "/system-images/base", None),
+        (
+            "POST",
+            "/system-images/base",
+            Some(json!({"from": "anon/none"})),
+        ),
     ]
 }
 
@@ -1114,7 +1121,8 @@ fn every_endpoint_is_authorized() {
                 .replace("/groups/primary", "/groups/{name}")
                 .replace("/hosts/tb3/", "/hosts/{name}/")
                 .replace("/ports/30999", "/ports/{public_port}")
-                .replace("{image}", "{owner}/{name}");
+                .replace("{image}", "{owner}/{name}")
+                .replace("/system-images/base", "/system-images/{name}");
             (m.to_string(), p)
         })
         .collect();
@@ -1291,6 +1299,11 @@ fn every_endpoint_is_authorized() {
         ("GET", "/hosts/tb3/metrics".into(), None),
         ("GET", "/usage?from=2026-01-01&to=2026-01-02".into(), None),
         ("GET", "/images?all=true".into(), None),
+        (
+            "POST",
+            "/system-images/base".into(),
+            Some(json!({"from": format!("{b}/none")})),
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, path, body) in &admin_only {

@@ -312,12 +312,16 @@ mod tests {
     }
 
     fn render_images(images: &[ImageView]) -> String {
+        render_page(images, &[], false)
+    }
+
+    fn render_page(images: &[ImageView], system: &[SystemImageView], admin: bool) -> String {
         templates()
             .get_template("images.html")
             .unwrap()
             .render(minijinja::context! {
-                frame => Frame { user: Some("alice"), admin: false, csrf: Some("t"), cluster_name: "c", version: "v", notice: None, error: None },
-                page => images_context(images, &[], "alice"),
+                frame => Frame { user: Some("alice"), admin, csrf: Some("t"), cluster_name: "c", version: "v", notice: None, error: None },
+                page => images_context(images, system, "alice"),
             })
             .unwrap()
             // Slashes in attributes are escaped; the browser reads them as slashes.
@@ -364,5 +368,54 @@ mod tests {
         let html = render_images(&ready);
         assert!(!html.contains("hx-trigger"), "{html}");
         assert!(html.contains("state-ready"), "{html}");
+    }
+
+    fn base(settled: bool) -> SystemImageView {
+        SystemImageView {
+            name: "base".into(),
+            state: if settled {
+                "3 hosts on 20261129T130101Z".into()
+            } else {
+                "updating to 20261129T130101Z from alice/tools: 1 of 3 hosts done".into()
+            },
+            update: None,
+            hosts: vec![crate::model::system_image::HostVersion {
+                host: "h1".into(),
+                current: "20261129T130101Z".into(),
+                build: None,
+            }],
+            settled,
+        }
+    }
+
+    #[test]
+    fn administrators_update_a_system_image_from_images_saved_on_it() {
+        let mut other_base = record("alice", "other", false, true);
+        other_base.current.as_mut().unwrap().base = "other".into();
+        let images: Vec<ImageView> = vec![
+            record("alice", "tools", false, true).into(),
+            record("alice", "unsaved", false, false).into(),
+            other_base.into(),
+        ];
+        let html = render_page(&images, &[base(true)], true);
+        assert!(html.contains(r#"data-system-image="base""#), "{html}");
+        assert!(html.contains("3 hosts on 20261129T130101Z"), "{html}");
+        assert!(html.contains("/system-images/base/update"), "{html}");
+        // Only ready images saved on base are offered.
+        assert!(html.contains("<option>alice/tools</option>"), "{html}");
+        assert!(!html.contains("<option>alice/unsaved</option>"), "{html}");
+        assert!(!html.contains("<option>alice/other</option>"), "{html}");
+        assert!(!html.contains("hx-trigger"), "{html}");
+
+        // While an update runs: the page follows it, and offers no second one.
+        let html = render_page(&images, &[base(false)], true);
+        assert!(html.contains(r#"hx-trigger="every 2s""#), "{html}");
+        assert!(!html.contains("/system-images/base/update"), "{html}");
+        assert!(html.contains("1 of 3 hosts done"), "{html}");
+
+        // Users see the system images, not the form.
+        let html = render_page(&images, &[base(true)], false);
+        assert!(html.contains("3 hosts on 20261129T130101Z"), "{html}");
+        assert!(!html.contains("/system-images/base/update"), "{html}");
     }
 }
