@@ -815,6 +815,33 @@ fn a_cluster_lives_through_its_lifecycle() {
         usage,
         &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0, "images": 0, "image_bytes": 0})
     );
+
+    // Deleting the user frees their network's address blocks; their uid range stays theirs
+    // (their /root/nfs data stays, owned by it).
+    let dump = etcd_dump();
+    assert!(
+        dump.contains(&format!("/docklet/network/users/{user}\n")),
+        "{dump}"
+    );
+    let r = api("DELETE", &format!("/users/{user}"), Some(root()), None);
+    assert_eq!(r.status, 204, "{r}");
+    let dump = etcd_dump();
+    assert!(
+        !dump.contains(&format!("/docklet/network/users/{user}\n")),
+        "{dump}"
+    );
+    let lines: Vec<&str> = dump.lines().collect();
+    let blocks_of_user = lines
+        .chunks(2)
+        .filter(|pair| {
+            pair[0].starts_with("/docklet/network/blocks/") && pair.get(1) == Some(&user)
+        })
+        .count();
+    assert_eq!(blocks_of_user, 0, "{dump}");
+    assert!(
+        dump.contains(&format!("/docklet/uid-ranges/{user}\n")),
+        "{dump}"
+    );
 }
 
 #[test]

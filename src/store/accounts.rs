@@ -93,6 +93,13 @@ impl EtcdStore {
                 images.join(", ")
             )));
         }
+        let addresses = self.keys_under(&self.keys.network_addrs(name)).await?;
+        if !addresses.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "user {name} still has nodes being deleted ({}): try again when they are gone",
+                addresses.join(", ")
+            )));
+        }
         let key = self.keys.user(name);
         let mut ops = vec![TxnOp::delete(key.clone(), None::<DeleteOptions>)];
         for (digest, _) in self.tokens_of(name).await? {
@@ -101,11 +108,33 @@ impl EtcdStore {
                 None::<DeleteOptions>,
             ));
         }
+        // The user's network goes (its address blocks are free for others; a user of that
+        // name gets a network again with their first node). The uid range stays theirs:
+        // their `/root/nfs` data stays on the shared filesystem, owned by it.
+        let net_key = self.keys.network_user(name);
+        let (net, net_revision) = self
+            .get_json_rev::<crate::model::network::UserNet>(&net_key)
+            .await?
+            .map_or((None, 0), |(net, revision)| (Some(net), revision));
+        for block in net.iter().flat_map(|n| &n.blocks) {
+            ops.push(TxnOp::delete(
+                format!("{}{block}", self.keys.network_blocks()),
+                None::<DeleteOptions>,
+            ));
+        }
+        ops.push(TxnOp::delete(net_key.clone(), None::<DeleteOptions>));
         let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Greater, 0)])
+            .when([
+                Compare::create_revision(key, CompareOp::Greater, 0),
+                Compare::mod_revision(net_key, CompareOp::Equal, net_revision),
+            ])
             .and_then(ops);
         if self.txn_ok(txn).await? {
             Ok(())
+        } else if self.account(name).await?.is_some() {
+            Err(StoreError::Conflict(format!(
+                "user {name}'s network changed meanwhile (a new cluster?): try again"
+            )))
         } else {
             Err(StoreError::NotFound(format!("no user {name}")))
         }
