@@ -951,6 +951,21 @@ fn system_images_table(images: &[serde_json::Value]) -> String {
     )
 }
 
+/// Prints the master's records (a JSON list) as JSON or as a table.
+fn print_listing(
+    reply: Result<String, BusError>,
+    json: bool,
+    table: fn(&[serde_json::Value]) -> String,
+) -> Result<(), Failure> {
+    let records: Vec<serde_json::Value> = parse_reply(reply.map_err(|e| failure(e, "master"))?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records).expect("JSON"));
+    } else {
+        print!("{}", table(&records));
+    }
+    Ok(())
+}
+
 fn images_table(images: &[serde_json::Value]) -> String {
     let rows: Vec<Vec<String>> = images
         .iter()
@@ -1246,66 +1261,26 @@ fn main() -> ExitCode {
             }
             Command::Ports { user, json } => {
                 let conn = connect().await?;
-                let text = master_proxy(&conn)
-                    .await?
-                    .ports(user.as_deref().unwrap_or(""))
-                    .await
-                    .map_err(|e| failure(e, "master"))?;
-                let ports: Vec<serde_json::Value> = parse_reply(text)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&ports).expect("JSON"));
-                } else {
-                    print!("{}", ports_table(&ports));
-                }
-                Ok(())
+                let master = master_proxy(&conn).await?;
+                print_listing(master.ports(user.as_deref().unwrap_or("")).await, json, ports_table)
             }
             Command::Users { json } => {
                 let conn = connect().await?;
-                let text = master_proxy(&conn)
-                    .await?
-                    .users()
-                    .await
-                    .map_err(|e| failure(e, "master"))?;
-                let users: Vec<serde_json::Value> = parse_reply(text)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&users).expect("JSON"));
-                } else {
-                    print!("{}", users_table(&users));
-                }
-                Ok(())
+                let master = master_proxy(&conn).await?;
+                print_listing(master.users().await, json, users_table)
             }
             Command::User { action } => user(action).await,
             Command::Image { action } => image(action).await,
             Command::SystemImage { action } => system_image(action).await,
             Command::SystemImages { json } => {
                 let conn = connect().await?;
-                let text = master_proxy(&conn)
-                    .await?
-                    .system_images()
-                    .await
-                    .map_err(|e| failure(e, "master"))?;
-                let images: Vec<serde_json::Value> = parse_reply(text)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&images).expect("JSON"));
-                } else {
-                    print!("{}", system_images_table(&images));
-                }
-                Ok(())
+                let master = master_proxy(&conn).await?;
+                print_listing(master.system_images().await, json, system_images_table)
             }
             Command::Images { json } => {
                 let conn = connect().await?;
-                let text = master_proxy(&conn)
-                    .await?
-                    .images()
-                    .await
-                    .map_err(|e| failure(e, "master"))?;
-                let images: Vec<serde_json::Value> = parse_reply(text)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&images).expect("JSON"));
-                } else {
-                    print!("{}", images_table(&images));
-                }
-                Ok(())
+                let master = master_proxy(&conn).await?;
+                print_listing(master.images().await, json, images_table)
             }
             Command::Groups { json } => {
                 let conn = connect().await?;

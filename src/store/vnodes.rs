@@ -2,9 +2,7 @@
 //! uid ranges. Every write that must not race (unique ids, uid ranges, state changes) is a
 //! compare-and-swap transaction.
 
-use etcd_client::{
-    Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
-};
+use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp, WatchStream};
 
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
@@ -228,18 +226,8 @@ impl EtcdStore {
         host: &str,
         after_revision: i64,
     ) -> Result<WatchStream, StoreError> {
-        self.client
-            .watch_client()
-            .watch(
-                self.keys.host_vnodes(host),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(after_revision + 1),
-                ),
-            )
+        self.watch_prefix_after(self.keys.host_vnodes(host), after_revision)
             .await
-            .map_err(classify)
     }
 
     pub async fn put_vnode_status(&self, status: &VNodeStatus) -> Result<(), StoreError> {
