@@ -706,6 +706,31 @@ fn an_administrator_updates_the_base_image_from_a_saved_node() {
         "{bad}"
     );
 
+    // A worker that restarts meanwhile keeps the versions its running nodes are on, before
+    // it has even read their statuses (the kernel's mounts say so).
+    for host in hosts {
+        ok(host, "systemctl restart docklet-worker");
+    }
+    // Long enough for the workers' first pass over the system images (at their start).
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    for node in 0..3 {
+        run_in(
+            &token,
+            "running",
+            node,
+            "cat /usr/lib/os-release >/dev/null",
+        );
+    }
+    assert!(
+        hosts.iter().any(|host| sh(
+            host,
+            &format!("test -d /var/lib/docklet/local/images/base/{old_version}")
+        )
+        .code
+            == 0),
+        "the version the running cluster is on was removed"
+    );
+
     // Restarted, the running cluster gets the newest version.
     succeeds(&token, &post("/clusters/running/stop", &token, &json!({})));
     succeeds(&token, &post("/clusters/running/start", &token, &json!({})));

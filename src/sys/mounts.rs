@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -207,6 +207,18 @@ fn is_listed_mount_point(path: &Path) -> bool {
             .nth(4)
             .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
     })
+}
+
+/// The directories mounted somewhere in this mount namespace (each mount's root within its
+/// filesystem, the fourth field of `/proc/self/mountinfo`): what a bind or idmapped mount of a
+/// directory keeps in use.
+pub fn mounted_roots() -> io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(3))
+        .map(|root| PathBuf::from(unescape_mountinfo(root)))
+        .collect())
 }
 
 fn unescape_mountinfo(s: &str) -> String {

@@ -70,15 +70,27 @@ impl Builder {
                 builder.running.lock().unwrap().remove(&update.name);
             });
         }
-        let in_use = self.runtime.system_versions_in_use();
-        let idle: Vec<PathBuf> = installed
-            .keys()
-            .filter(|name| !self.running.lock().unwrap().contains(*name))
-            .map(|name| vnodes::images_dir(&self.config).join(name))
+        let versions = self.runtime.system_versions_in_use();
+        let idle: Vec<String> = installed
+            .into_keys()
+            .filter(|name| !self.running.lock().unwrap().contains(name))
             .collect();
+        let images = vnodes::images_dir(&self.config);
         tokio::task::spawn_blocking(move || {
-            for dir in idle {
-                prune_versions(&dir, &in_use);
+            // What the kernel says is mounted, besides what the vnodes reported: a worker that
+            // just started has not read its vnodes' statuses yet.
+            let roots = match mounts::mounted_roots() {
+                Ok(roots) => roots,
+                Err(e) => return warn!("cannot read the mounts, nothing pruned: {e}"),
+            };
+            for name in idle {
+                let in_use = |version: &str| {
+                    versions.contains(version)
+                        || roots
+                            .iter()
+                            .any(|root| root.ends_with(Path::new(&name).join(version)))
+                };
+                prune_versions(&images.join(&name), in_use);
             }
         });
     }
@@ -194,7 +206,7 @@ fn sync_filesystem(path: &Path) -> Result<(), String> {
 
 /// Removes the versions of one system image (named as [`system_image::version_at`] names
 /// them) that are neither `current` nor in use, and `.part` leftovers.
-fn prune_versions(dir: &Path, in_use: &HashSet<String>) {
+fn prune_versions(dir: &Path, in_use: impl Fn(&str) -> bool) {
     let current = std::fs::read_link(dir.join("current"))
         .ok()
         .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned()));
@@ -202,7 +214,7 @@ fn prune_versions(dir: &Path, in_use: &HashSet<String>) {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let version = file_name.strip_suffix(".part").unwrap_or(&file_name);
         let unused = file_name.ends_with(".part")
-            || (Some(version) != current.as_deref() && !in_use.contains(version));
+            || (Some(version) != current.as_deref() && !in_use(version));
         if system_image::valid_version(version) && unused {
             match remove_tree(&entry.path()) {
                 Ok(()) => {
