@@ -32,7 +32,7 @@ pub struct Builder {
     config: Config,
     host: String,
     runtime: Arc<Runtime>,
-    /// Names of the system images being built here.
+    /// Names of the system images a task works on (builds, removes versions of) now.
     running: Mutex<HashSet<String>>,
     /// `(name, version)` of the builds that failed here, not retried.
     failed: Mutex<HashSet<(String, String)>>,
@@ -49,50 +49,43 @@ impl Builder {
         })
     }
 
-    /// Starts the builds this host owes and removes the versions nothing uses.
+    /// For each system image here, one task at a time: the build this host owes, if any, then
+    /// the removal of the versions nothing uses (never during a build of the same image).
     fn pass(self: &Arc<Self>, store: &EtcdStore, updates: Vec<SystemImageUpdate>) {
-        let installed = vnodes::installed_images(&self.config);
-        for update in updates {
-            let Some(current) = installed.get(&update.name) else {
-                continue;
-            };
-            let key = (update.name.clone(), update.version.clone());
-            if !system_image::needs_build(current, &update)
-                || self.failed.lock().unwrap().contains(&key)
-                || !self.running.lock().unwrap().insert(update.name.clone())
-            {
+        let versions = Arc::new(self.runtime.system_versions_in_use());
+        for (name, current) in vnodes::installed_images(&self.config) {
+            if !self.running.lock().unwrap().insert(name.clone()) {
                 continue;
             }
-            let builder = self.clone();
-            let store = store.clone();
+            let update = updates
+                .iter()
+                .find(|u| {
+                    u.name == name
+                        && system_image::needs_build(&current, u)
+                        && !self
+                            .failed
+                            .lock()
+                            .unwrap()
+                            .contains(&(u.name.clone(), u.version.clone()))
+                })
+                .cloned();
+            let (builder, store, versions) = (self.clone(), store.clone(), versions.clone());
             tokio::spawn(async move {
-                builder.build(&store, &update).await;
-                builder.running.lock().unwrap().remove(&update.name);
+                if let Some(update) = &update {
+                    builder.build(&store, update).await;
+                }
+                let dir = vnodes::images_dir(&builder.config).join(&name);
+                let prune_name = name.clone();
+                let pruned = tokio::task::spawn_blocking(move || {
+                    prune_versions(&dir, &prune_name, &versions)
+                })
+                .await;
+                if let Err(e) = pruned {
+                    warn!(image = %name, "removing unused versions: {e}");
+                }
+                builder.running.lock().unwrap().remove(&name);
             });
         }
-        let versions = self.runtime.system_versions_in_use();
-        let idle: Vec<String> = installed
-            .into_keys()
-            .filter(|name| !self.running.lock().unwrap().contains(name))
-            .collect();
-        let images = vnodes::images_dir(&self.config);
-        tokio::task::spawn_blocking(move || {
-            // What the kernel says is mounted, besides what the vnodes reported: a worker that
-            // just started has not read its vnodes' statuses yet.
-            let roots = match mounts::mounted_roots() {
-                Ok(roots) => roots,
-                Err(e) => return warn!("cannot read the mounts, nothing pruned: {e}"),
-            };
-            for name in idle {
-                let in_use = |version: &str| {
-                    versions.contains(version)
-                        || roots
-                            .iter()
-                            .any(|root| root.ends_with(Path::new(&name).join(version)))
-                };
-                prune_versions(&images.join(&name), in_use);
-            }
-        });
     }
 
     async fn build(&self, store: &EtcdStore, update: &SystemImageUpdate) {
@@ -204,9 +197,21 @@ fn sync_filesystem(path: &Path) -> Result<(), String> {
     nix::unistd::syncfs(&dir).map_err(|e| format!("syncing {}: {e}", path.display()))
 }
 
-/// Removes the versions of one system image (named as [`system_image::version_at`] names
-/// them) that are neither `current` nor in use, and `.part` leftovers.
-fn prune_versions(dir: &Path, in_use: impl Fn(&str) -> bool) {
+/// Removes the versions of system image `name` (named as [`system_image::version_at`] names
+/// them) that are neither `current` nor in use, and `.part` leftovers. In use: a vnode here
+/// reported running on it (`versions`), or the kernel shows it mounted (a worker that just
+/// started has not read its vnodes' statuses yet).
+fn prune_versions(dir: &Path, name: &str, versions: &HashSet<String>) {
+    let roots = match mounts::mounted_roots() {
+        Ok(roots) => roots,
+        Err(e) => return warn!("cannot read the mounts, no version removed: {e}"),
+    };
+    let in_use = |version: &str| {
+        versions.contains(version)
+            || roots
+                .iter()
+                .any(|root| root.ends_with(Path::new(name).join(version)))
+    };
     let current = std::fs::read_link(dir.join("current"))
         .ok()
         .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned()));
