@@ -90,6 +90,7 @@ impl Builder {
 
     async fn build(&self, store: &EtcdStore, update: &SystemImageUpdate) {
         let since = now_secs();
+        let started = std::time::Instant::now();
         let report = |state: BuildState| {
             let build = SystemImageBuild {
                 host: self.host.clone(),
@@ -123,7 +124,7 @@ impl Builder {
         };
         match made {
             Ok(()) => {
-                info!(image = %update.name, version = %update.version, seconds = now_secs() - since, "system image version ready");
+                info!(image = %update.name, version = %update.version, ms = started.elapsed().as_millis() as u64, "system image version ready");
                 report(BuildState::Ready).await;
             }
             Err(error) => {
