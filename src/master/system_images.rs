@@ -111,6 +111,8 @@ impl Master {
             ));
         };
         let store = self.api_store().await?;
+        // Read before the view: an update recorded after this read fails the write below.
+        let (_, revision) = store.system_image_update(name).await?;
         let view = system_image_view(&store, name).await?;
         if view.hosts.is_empty() {
             return Err(ApiError::NotFound(format!(
@@ -144,7 +146,6 @@ impl Master {
                 ),
             ));
         }
-        let (_, revision) = store.system_image_update(name).await?;
         if let Some(update) = view.update.as_ref().filter(|_| !view.settled) {
             return Err(ApiError::Conflict(format!(
                 "an update of {name} to {} is under way ({}): wait for it to end",
