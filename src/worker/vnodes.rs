@@ -114,19 +114,21 @@ pub fn images_dir(config: &Config) -> PathBuf {
     config.local_dir().join("images")
 }
 
-/// The images that have a `current` version here, by name, with that version.
+/// The images that have a `current` version here, by name, with that version (the name of
+/// the directory `current` points at; `current` itself where it is a directory of its own).
 pub fn installed_images(config: &Config) -> std::collections::BTreeMap<String, String> {
     std::fs::read_dir(images_dir(config))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|entry| {
-            let version = std::fs::read_link(entry.path().join("current")).ok()?;
-            entry.path().join("current").exists().then_some(())?;
-            Some((
-                entry.file_name().into_string().ok()?,
-                version.file_name()?.to_string_lossy().into_owned(),
-            ))
+            let current = entry.path().join("current");
+            current.exists().then_some(())?;
+            let version = std::fs::read_link(&current)
+                .ok()
+                .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "current".into());
+            Some((entry.file_name().into_string().ok()?, version))
         })
         .collect()
 }
