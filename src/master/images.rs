@@ -66,7 +66,7 @@ impl From<ImageRecord> for ImageView {
 /// How long a delete waits for a worker to remove the image's files.
 const DELETE_WAIT: Duration = Duration::from_secs(60);
 
-fn invalid(field: &'static str, e: impl ToString) -> ApiError {
+pub(super) fn invalid(field: &'static str, e: impl ToString) -> ApiError {
     ApiError::invalid("invalid_image", field, e.to_string())
 }
 

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::actions::{ApiError, Caller};
+use super::images::invalid;
 use super::{Master, now_secs};
+use crate::model::host::HostRecord;
 use crate::model::image::{ImageRef, Pending};
 use crate::model::system_image::{self, BuildState, HostVersion, SystemImageUpdate};
 use crate::store::EtcdStore;
@@ -40,10 +42,6 @@ pub struct SystemImageView {
     pub settled: bool,
 }
 
-fn invalid(field: &'static str, message: impl ToString) -> ApiError {
-    ApiError::invalid("invalid_image", field, message.to_string())
-}
-
 impl Master {
     /// Every system image some host has.
     pub async fn list_system_images(
@@ -51,17 +49,16 @@ impl Master {
         _signed_in: &Caller,
     ) -> Result<Vec<SystemImageView>, ApiError> {
         let store = self.api_store().await?;
-        let mut names: Vec<String> = store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .flat_map(|h| h.images)
+        let hosts = store.list_hosts().await?;
+        let mut names: Vec<&str> = hosts
+            .iter()
+            .flat_map(|h| h.images.iter().map(String::as_str))
             .collect();
         names.sort();
         names.dedup();
         let mut views = Vec::new();
         for name in names {
-            views.push(system_image_view(&store, &name).await?);
+            views.push(view_with_hosts(&store, name, &hosts).await?);
         }
         Ok(views)
     }
@@ -183,6 +180,15 @@ impl Master {
 
 /// Where every host with system image `name` is.
 async fn system_image_view(store: &EtcdStore, name: &str) -> Result<SystemImageView, ApiError> {
+    view_with_hosts(store, name, &store.list_hosts().await?).await
+}
+
+/// [`system_image_view`] with the registered hosts already read.
+async fn view_with_hosts(
+    store: &EtcdStore,
+    name: &str,
+    hosts: &[HostRecord],
+) -> Result<SystemImageView, ApiError> {
     let (update, _) = store.system_image_update(name).await?;
     let mut builds: HashMap<String, _> = store
         .system_image_builds(name)
@@ -190,10 +196,8 @@ async fn system_image_view(store: &EtcdStore, name: &str) -> Result<SystemImageV
         .into_iter()
         .map(|b| (b.host.clone(), b))
         .collect();
-    let hosts: Vec<HostVersion> = store
-        .list_hosts()
-        .await?
-        .into_iter()
+    let hosts: Vec<HostVersion> = hosts
+        .iter()
         .filter_map(|host| {
             let mut current = host.image_versions.get(name)?.clone();
             let build = builds.remove(&host.name);
@@ -205,7 +209,7 @@ async fn system_image_view(store: &EtcdStore, name: &str) -> Result<SystemImageV
                 current = b.version.clone();
             }
             Some(HostVersion {
-                host: host.name,
+                host: host.name.clone(),
                 current,
                 build,
             })

@@ -138,36 +138,35 @@ pub fn mount_idmapped(source: &Path, target: &Path, userns: &OwnedFd) -> io::Res
 /// Mounts an overlay of `lower` (read-only) and `upper` (the vnode's changes) at `target`.
 /// An overlay at `target`: `lowers` top first (a user image's layer, then its system image).
 pub fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
-    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
+        "{},upperdir={},workdir={}",
+        lowerdir(lowers),
         upper.display(),
         work.display()
     );
-    nix::mount::mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|e| io::Error::other(format!("mounting the overlay at {}: {e}", target.display())))
+    overlay(&options, MsFlags::empty(), target)
 }
 
 /// A read-only overlay of `lowers` (top first) at `target`: the layers as one tree, with
 /// whiteouts and opaque directories applied.
 pub fn mount_layers_readonly(lowers: &[&Path], target: &Path) -> io::Result<()> {
+    overlay(&lowerdir(lowers), MsFlags::MS_RDONLY, target)
+}
+
+fn lowerdir(lowers: &[&Path]) -> String {
     let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-    let options = format!("lowerdir={}", lowers.join(":"));
+    format!("lowerdir={}", lowers.join(":"))
+}
+
+fn overlay(options: &str, flags: MsFlags, target: &Path) -> io::Result<()> {
     nix::mount::mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::MS_RDONLY,
-        Some(options.as_str()),
+        flags,
+        Some(options),
     )
-    .map_err(|e| io::Error::other(format!("mounting the layers at {}: {e}", target.display())))
+    .map_err(|e| io::Error::other(format!("mounting the overlay at {}: {e}", target.display())))
 }
 
 /// Is something mounted exactly at `path`? One `statx` (the kernel's mount-root attribute),
@@ -198,26 +197,27 @@ pub fn is_mount_point(path: &Path) -> bool {
 
 /// [`is_mount_point`] by reading `/proc/self/mountinfo`.
 fn is_listed_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
     let wanted = path.to_string_lossy();
-    info.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
-    })
+    mountinfo_column(4).is_ok_and(|points| points.iter().any(|mp| *mp == wanted))
 }
 
 /// The directories mounted somewhere in this mount namespace (each mount's root within its
-/// filesystem, the fourth field of `/proc/self/mountinfo`): what a bind or idmapped mount of a
-/// directory keeps in use.
+/// filesystem): what a bind or idmapped mount of a directory keeps in use.
 pub fn mounted_roots() -> io::Result<Vec<PathBuf>> {
+    Ok(mountinfo_column(3)?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Field `index` of every line of `/proc/self/mountinfo`, unescaped (3: the mount's root
+/// within its filesystem, 4: the mount point).
+fn mountinfo_column(index: usize) -> io::Result<Vec<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(info
         .lines()
-        .filter_map(|line| line.split(' ').nth(3))
-        .map(|root| PathBuf::from(unescape_mountinfo(root)))
+        .filter_map(|line| line.split(' ').nth(index))
+        .map(unescape_mountinfo)
         .collect())
 }
 

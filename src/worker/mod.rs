@@ -380,8 +380,8 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
 /// Carries out the image saves the catalog asks of this host and the system image updates,
 /// for ever.
 async fn image_loop(worker: Arc<Worker>, runtime: Arc<vnodes::Runtime>) {
-    let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime.clone());
-    let builder = system_images::Builder::new(worker.config.clone(), worker.host.clone(), runtime);
+    let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime);
+    let builder = system_images::Builder::new(worker.config.clone(), worker.host.clone());
     let mut backoff = Backoff::default();
     loop {
         let store = worker.connect(&mut backoff).await;

@@ -25,13 +25,12 @@ use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
 use crate::worker::images::{copy_tree, ensure_layer, remove_tree};
-use crate::worker::vnodes::{self, Runtime};
+use crate::worker::vnodes;
 
 /// Carries out the system image updates on this host.
 pub struct Builder {
     config: Config,
     host: String,
-    runtime: Arc<Runtime>,
     /// Names of the system images a task works on (builds, removes versions of) now.
     running: Mutex<HashSet<String>>,
     /// `(name, version)` of the builds that failed here, not retried.
@@ -39,11 +38,10 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(config: Config, host: String, runtime: Arc<Runtime>) -> Arc<Builder> {
+    pub fn new(config: Config, host: String) -> Arc<Builder> {
         Arc::new(Builder {
             config,
             host,
-            runtime,
             running: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashSet::new()),
         })
@@ -52,7 +50,6 @@ impl Builder {
     /// For each system image here, one task at a time: the build this host owes, if any, then
     /// the removal of the versions nothing uses (never during a build of the same image).
     fn pass(self: &Arc<Self>, store: &EtcdStore, updates: Vec<SystemImageUpdate>) {
-        let versions = Arc::new(self.runtime.system_versions_in_use());
         for (name, current) in vnodes::installed_images(&self.config) {
             if !self.running.lock().unwrap().insert(name.clone()) {
                 continue;
@@ -69,17 +66,15 @@ impl Builder {
                             .contains(&(u.name.clone(), u.version.clone()))
                 })
                 .cloned();
-            let (builder, store, versions) = (self.clone(), store.clone(), versions.clone());
+            let (builder, store) = (self.clone(), store.clone());
             tokio::spawn(async move {
                 if let Some(update) = &update {
                     builder.build(&store, update).await;
                 }
                 let dir = vnodes::images_dir(&builder.config).join(&name);
                 let prune_name = name.clone();
-                let pruned = tokio::task::spawn_blocking(move || {
-                    prune_versions(&dir, &prune_name, &versions)
-                })
-                .await;
+                let pruned =
+                    tokio::task::spawn_blocking(move || prune_versions(&dir, &prune_name)).await;
                 if let Err(e) = pruned {
                     warn!(image = %name, "removing unused versions: {e}");
                 }
@@ -199,19 +194,18 @@ fn sync_filesystem(path: &Path) -> Result<(), String> {
 }
 
 /// Removes the versions of system image `name` (named as [`system_image::version_at`] names
-/// them) that are neither `current` nor in use, and `.part` leftovers. In use: a vnode here
-/// reported running on it (`versions`), or the kernel shows it mounted (a worker that just
-/// started has not read its vnodes' statuses yet).
-fn prune_versions(dir: &Path, name: &str, versions: &HashSet<String>) {
+/// them) that are neither `current` nor in use, and `.part` leftovers. In use: the kernel
+/// shows the version mounted (a vnode's idmapped lower layer is a mount of it), which holds
+/// from the worker's first moment, before it has read its vnodes' statuses.
+fn prune_versions(dir: &Path, name: &str) {
     let roots = match mounts::mounted_roots() {
         Ok(roots) => roots,
         Err(e) => return warn!("cannot read the mounts, no version removed: {e}"),
     };
     let in_use = |version: &str| {
-        versions.contains(version)
-            || roots
-                .iter()
-                .any(|root| root.ends_with(Path::new(name).join(version)))
+        roots
+            .iter()
+            .any(|root| root.ends_with(Path::new(name).join(version)))
     };
     let current = std::fs::read_link(dir.join("current"))
         .ok()

@@ -276,20 +276,6 @@ impl Runtime {
         }
     }
 
-    /// The system image versions of the vnodes this worker runs (or may still have mounted):
-    /// the versions a system image update must keep.
-    pub fn system_versions_in_use(&self) -> std::collections::HashSet<String> {
-        self.memos
-            .lock()
-            .unwrap()
-            .values()
-            .filter_map(|memo| memo.status.as_ref())
-            .filter(|status| !matches!(status.phase, Phase::Stopped | Phase::Exported))
-            .filter_map(|status| status.image_version.as_deref())
-            .map(|version| version.split('+').next().unwrap_or(version).to_owned())
-            .collect()
-    }
-
     /// The lock of one vnode's files (see [`Runtime::locks`]).
     pub fn vnode_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap();
