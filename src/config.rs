@@ -5,7 +5,7 @@
 //! the reason; daemons refuse to start on such a file and `--check-config` reports it.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -90,13 +90,32 @@ pub struct Config {
     /// First VXLAN network identifier: user `n` (by uid range) gets `vni_base + n`. Change it
     /// when another VXLAN on the hosts uses the same identifiers.
     pub vni_base: u32,
-    /// Address users type in the browser; default `http://<this host>:<proxy_port>/`.
+    /// Address users type in the browser: always `https://` and a DNS name (HSTS, which
+    /// keeps browsers off mapped ports under the portal's name, does not apply to IP
+    /// addresses); default `https://<this host>:<proxy_port>/`.
     pub portal_url: Option<String>,
+    /// The portal's certificate chain and key (PEM); default the site certificate that
+    /// `docklet-admin init` makes in `/etc/docklet/tls/` when neither is set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// More DNS names for the site certificate `init` makes, besides `portal_url`'s host
+    /// (another name of the portal, the names of further masters).
+    pub tls_names: Vec<String>,
+    /// The host name (or address) port mappings are announced under: never the portal's
+    /// name, since browsers send the portal's cookies to every port of its host. Default:
+    /// the address the request reached the master at.
+    pub ports_host: Option<String>,
+    /// Where a site has a second address: mapped ports listen only there (default: every
+    /// address of the master).
+    pub ports_address: Option<IpAddr>,
     /// The image of a new cluster whose request names none.
     pub default_image: String,
     /// Seconds between two samples of every vnode's and host's use (CPU, memory, disk,
     /// network), on each worker.
     pub metrics_interval: u64,
+    /// Seconds a portal login lasts at most, and how long it lasts unused.
+    pub session_lifetime: u64,
+    pub session_idle: u64,
     /// How far the scheduler may allocate a host beyond its capacity, per resource.
     pub overcommit: crate::model::placement::Overcommit,
     pub storage: Storage,
@@ -115,8 +134,15 @@ impl Default for Config {
             port_range: crate::model::ports::PortRange::default(),
             vni_base: 1_000_000,
             portal_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
+            ports_host: None,
+            ports_address: None,
             default_image: "base".into(),
             metrics_interval: 10,
+            session_lifetime: 7 * 24 * 3600,
+            session_idle: 12 * 3600,
             overcommit: crate::model::placement::Overcommit::default(),
             storage: Storage::File,
             etcd: EtcdConfig::default(),
@@ -232,6 +258,20 @@ impl Config {
                 );
             }
         }
+        if !(300..=366 * 24 * 3600).contains(&self.session_lifetime) {
+            return invalid(
+                "session_lifetime",
+                &self.session_lifetime,
+                "must be 300 to 31622400 seconds (5 minutes to a year)",
+            );
+        }
+        if !(60..=self.session_lifetime).contains(&self.session_idle) {
+            return invalid(
+                "session_idle",
+                &self.session_idle,
+                "must be at least 60 seconds and at most session_lifetime",
+            );
+        }
         if !(1..=3600).contains(&self.metrics_interval) {
             return invalid(
                 "metrics_interval",
@@ -267,11 +307,56 @@ impl Config {
                 );
             }
         }
-        if let Some(url) = &self.portal_url
-            && (!(url.starts_with("http://") || url.starts_with("https://"))
-                || url.len() <= "https://".len())
-        {
-            return invalid("portal_url", url, "must start with http:// or https://");
+        if let Some(url) = &self.portal_url {
+            let Some(host) = url.strip_prefix("https://").and_then(url_host) else {
+                return invalid(
+                    "portal_url",
+                    url,
+                    "must be https://NAME[:PORT]/ (the master serves only HTTPS)",
+                );
+            };
+            if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+                return invalid(
+                    "portal_url",
+                    url,
+                    "must name the portal by a DNS name, not an IP address (browsers apply HSTS only to names)",
+                );
+            }
+        }
+        for name in &self.tls_names {
+            if !dns_name_ok(name.strip_prefix("*.").unwrap_or(name)) {
+                return invalid(
+                    "tls_names",
+                    name,
+                    "each must be a DNS name (a-z, 0-9, '-' and '.'), optionally starting with *.",
+                );
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                "tls_cert",
+                &format!("{:?}", self.tls_cert),
+                "tls_cert and tls_key go together",
+            );
+        }
+        if let Some(ports) = &self.ports_host {
+            let plain = ports.parse::<IpAddr>().is_ok() || dns_name_ok(ports);
+            if !plain {
+                return invalid("ports_host", ports, "must be a DNS name or an IP address");
+            }
+            if self
+                .portal_url
+                .as_deref()
+                .and_then(|u| u.strip_prefix("https://"))
+                .and_then(url_host)
+                .is_some_and(|portal| portal.eq_ignore_ascii_case(ports))
+            {
+                return invalid(
+                    "ports_host",
+                    ports,
+                    "must differ from the portal's host name: browsers send the portal's cookies to every port of its name",
+                );
+            }
         }
         if self.etcd.endpoints.is_empty() {
             return invalid("etcd.endpoints", &"[]", "list at least one etcd client URL");
@@ -335,9 +420,65 @@ impl Config {
     pub fn portal_url_or(&self, host: &str) -> String {
         match &self.portal_url {
             Some(url) => url.clone(),
-            None => format!("http://{host}:{}/", self.proxy_port),
+            None => format!("https://{host}:{}/", self.proxy_port),
         }
     }
+
+    /// The portal's host name (of `portal_url`, or this host's).
+    pub fn portal_host_or(&self, host: &str) -> String {
+        let url = self.portal_url_or(host);
+        url.strip_prefix("https://")
+            .and_then(url_host)
+            .unwrap_or(host)
+            .to_ascii_lowercase()
+    }
+
+    /// The portal's certificate chain: `tls_cert`, else the site certificate of `init`.
+    pub fn tls_cert_file(&self) -> PathBuf {
+        self.tls_cert
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(TLS_DIR).join("portal.pem"))
+    }
+
+    pub fn tls_key_file(&self) -> PathBuf {
+        self.tls_key
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(TLS_DIR).join("portal.key"))
+    }
+
+    /// Whether the site certificate is `init`'s own (no `tls_cert` configured).
+    pub fn generated_certificate(&self) -> bool {
+        self.tls_cert.is_none()
+    }
+}
+
+/// Where `docklet-admin init` keeps the site CA and the portal's certificate it makes.
+pub const TLS_DIR: &str = "/etc/docklet/tls";
+
+/// The host of `host[:port][/path]`, `None` when it is empty.
+fn url_host(rest: &str) -> Option<&str> {
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// A DNS name: labels of a-z, 0-9 and '-', joined by dots.
+pub fn dns_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Shows a value as it would appear in the file: numbers bare, everything else quoted.
@@ -367,7 +508,12 @@ mod tests {
             config.credentials_file(),
             PathBuf::from("/var/lib/docklet/global/secrets/etcd.toml")
         );
-        assert_eq!(config.portal_url_or("tb1"), "http://tb1:8000/");
+        assert_eq!(config.portal_url_or("tb1"), "https://tb1:8000/");
+        assert_eq!(config.portal_host_or("tb1"), "tb1");
+        assert_eq!(
+            config.tls_cert_file(),
+            PathBuf::from("/etc/docklet/tls/portal.pem")
+        );
         assert_eq!(config.port_range.to_string(), "30000-30999");
     }
 
@@ -389,6 +535,11 @@ mod tests {
             cluster_net = "10.10.0.0/16"
             proxy_port = 8080
             portal_url = "https://docklet.example"
+            tls_cert = "/etc/ssl/docklet.pem"
+            tls_key = "/etc/ssl/private/docklet.key"
+            tls_names = ["*.docklet.example", "portal2.example"]
+            ports_host = "ports.docklet.example"
+            ports_address = "192.0.2.7"
             storage = "disk"
             port_range = "40000-40099"
             [etcd]
@@ -403,6 +554,12 @@ mod tests {
         assert_eq!(config.global_dir(), PathBuf::from("/srv/docklet/global"));
         assert_eq!(config.etcd.endpoints.len(), 2);
         assert_eq!(config.portal_url_or("x"), "https://docklet.example");
+        assert_eq!(config.portal_host_or("x"), "docklet.example");
+        assert_eq!(
+            config.tls_key_file(),
+            PathBuf::from("/etc/ssl/private/docklet.key")
+        );
+        assert!(!config.generated_certificate());
         assert_eq!(config.port_range.len(), 100);
     }
 
@@ -434,7 +591,24 @@ mod tests {
             ),
             ("cluster_net = \"10.0.0.0/28\"", "cluster_net", "/24"),
             ("cluster_name = \"Bad Name\"", "cluster_name", "a-z"),
-            ("portal_url = \"ftp://x\"", "portal_url", "http://"),
+            ("portal_url = \"ftp://x\"", "portal_url", "https://"),
+            (
+                "portal_url = \"http://x.example/\"",
+                "portal_url",
+                "https://",
+            ),
+            (
+                "portal_url = \"https://10.0.0.1:8000/\"",
+                "portal_url",
+                "DNS name",
+            ),
+            ("tls_names = [\"a b\"]", "tls_names", "DNS name"),
+            ("tls_cert = \"/x.pem\"", "tls_cert", "go together"),
+            (
+                "portal_url = \"https://Docklet.example/\"\nports_host = \"docklet.example\"",
+                "ports_host",
+                "differ from the portal",
+            ),
             (
                 "network_device = \"a/b\"",
                 "network_device",
@@ -449,6 +623,12 @@ mod tests {
             ("storage = \"tape\"", "storage", "tape"),
             ("port_range = \"100-2000\"", "port_range", "1024"),
             ("metrics_interval = 0", "metrics_interval", "1 to 3600"),
+            ("session_lifetime = 10", "session_lifetime", "5 minutes"),
+            (
+                "session_lifetime = 3600\nsession_idle = 7200",
+                "session_idle",
+                "at most session_lifetime",
+            ),
             (
                 "port_range = \"7000-9000\"",
                 "port_range",

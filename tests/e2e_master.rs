@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,20 +95,20 @@ fn try_request(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<Resp, String> {
-    try_request_at(PORTAL, method, path, token, body, headers)
+    try_request_at(MASTER_ADDRESS, method, path, token, body, headers)
 }
 
-/// A request to the master at `base` (every host can run one).
+/// A request to the master at `address` (every host can run one), under the portal's name.
 fn try_request_at(
-    base: &str,
+    address: &str,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<Resp, String> {
-    let url = format!("{base}/api/v1{path}");
-    let mut cmd = Command::new("curl");
+    let url = format!("{PORTAL}/api/v1{path}");
+    let mut cmd = curl_via(address);
     // Operations are waited for up to a minute; nothing else may take long (an event stream
     // that should have been refused would otherwise hang the test).
     let limit = if path.contains("wait=") { "150" } else { "30" };
@@ -2097,7 +2097,10 @@ fn a_drained_host_moves_its_vnodes_with_their_addresses_and_data() {
 
 /// `GET /api/v1/health` of the master on `host`.
 fn health_of(host: &str) -> Value {
-    let (status, body) = http_get(&format!("http://{}:8000/api/v1/health", address_of(host)));
+    let (status, body) = http_get_with(
+        curl_via(address_of(host)),
+        &format!("{PORTAL}/api/v1/health"),
+    );
     assert!(status == 200 || status == 503, "{host}: {status} {body}");
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
@@ -2156,7 +2159,7 @@ fn two_masters_serve_the_api_and_a_killed_leader_hands_over() {
         panic!("one leader at a time: {:?}", leaders());
     };
     let standby = if leader == "tb1" { "tb2" } else { "tb1" };
-    let at = |host: &str| format!("http://{}:8000", address_of(host));
+    let at = |host: &str| address_of(host).to_owned();
     let r = try_request_at(&at(standby), "GET", "/clusters/h1", Some(&token), None, &[]).unwrap();
     assert_eq!(r.status, 200, "the standby serves the API: {r}");
 
@@ -2217,14 +2220,14 @@ fn two_masters_serve_the_api_and_a_killed_leader_hands_over() {
     );
 }
 
-fn api_at(base: &str, method: &str, path: &str, token: Option<&str>) -> Resp {
-    try_request_at(base, method, path, token, None, &[])
+fn api_at(address: &str, method: &str, path: &str, token: Option<&str>) -> Resp {
+    try_request_at(address, method, path, token, None, &[])
         .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"))
 }
 
 /// The event stream of `token` for `seconds`, as `(event, data)` pairs.
 fn events_for(token: &str, seconds: u32) -> std::process::Child {
-    Command::new("curl")
+    curl()
         .args(["-s", "-N", "-m", &seconds.to_string()])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("{PORTAL}/api/v1/events"))

@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::rest::*;
@@ -46,7 +46,7 @@ fn poll(path: &str, token: &str, limit: Duration, wanted: impl Fn(&Value) -> boo
 
 /// GET with the body as text (CSV, Prometheus text).
 fn get_text(path: &str, token: &str) -> (u16, String, String) {
-    let output = Command::new("curl")
+    let output = curl()
         .args([
             "-s",
             "-m",
@@ -97,7 +97,7 @@ fn figures_history_usage_and_idle_stops_as_users_and_administrators_see_them() {
     );
 
     // The event stream, from now on.
-    let mut events = Command::new("curl")
+    let mut events = curl()
         .args(["-s", "-N", "-m", "240"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("{PORTAL}/api/v1/events"))

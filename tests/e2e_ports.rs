@@ -112,7 +112,13 @@ fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
         "{r}"
     );
     assert_eq!(r.json["vnode"], format!("{a}-web-0"), "{r}");
-    assert_eq!(r.json["address"], format!("{MASTER}:{public_port}"), "{r}");
+    // Announced under the ports' own name, never the portal's (whose cookies a browser
+    // would send to any port of it).
+    assert_eq!(
+        r.json["address"],
+        format!("{PORTS_NAME}:{public_port}"),
+        "{r}"
+    );
     assert_eq!(r.json["forwarding"], true, "{r}");
     probe_until(
         public_port,

@@ -11,8 +11,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,8 @@ use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
-const HOST: &str = "10.213.0.11:8000";
+/// Where the portal port is reached (tb1), for WebSockets over TLS.
+const ADDRESS: &str = "10.213.0.11:8000";
 const MIB: u64 = 1 << 20;
 
 // ---- HTTP through curl ----
@@ -76,8 +76,8 @@ fn http(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Resp {
-    let url = format!("http://{HOST}{path}");
-    let mut cmd = Command::new("curl");
+    let url = format!("{PORTAL}{path}");
+    let mut cmd = curl();
     cmd.args(["-s", "-S", "-m", "60", "-X", method, "-D", "/dev/stderr"])
         .args(["-o", "-"]);
     match cred {
@@ -86,7 +86,7 @@ fn http(
             cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
         Cred::Cookie(token, origin) => {
-            cmd.args(["-H", &format!("Cookie: docklet_session={token}")]);
+            cmd.args(["-H", &format!("Cookie: {SESSION_COOKIE}={token}")]);
             if let Some(origin) = origin {
                 cmd.args(["-H", &format!("Origin: {origin}")]);
             }
@@ -231,11 +231,13 @@ fn cluster(token: &str, name: &str) -> Value {
 
 // ---- WebSockets ----
 
-type Socket = tungstenite::WebSocket<TcpStream>;
+type Socket = tungstenite::WebSocket<TlsStream>;
 
 /// Opens a WebSocket on the portal port; `Err` carries the HTTP status of a refusal.
 fn websocket(path: &str, cred: Cred) -> Result<Socket, u16> {
-    let mut request = format!("ws://{HOST}{path}").into_client_request().unwrap();
+    let mut request = format!("wss://{PORTAL_NAME}:8000{path}")
+        .into_client_request()
+        .unwrap();
     let headers = request.headers_mut();
     match cred {
         Cred::None => {}
@@ -245,17 +247,14 @@ fn websocket(path: &str, cred: Cred) -> Result<Socket, u16> {
         Cred::Cookie(token, origin) => {
             headers.insert(
                 "Cookie",
-                format!("docklet_session={token}").parse().unwrap(),
+                format!("{SESSION_COOKIE}={token}").parse().unwrap(),
             );
             if let Some(origin) = origin {
                 headers.insert("Origin", origin.parse().unwrap());
             }
         }
     }
-    let stream = TcpStream::connect(HOST).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let stream = tls_connect(ADDRESS, Duration::from_secs(20));
     match tungstenite::client(request, stream) {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
@@ -451,7 +450,7 @@ fn the_web_terminal_is_a_real_shell_that_survives_a_dropped_connection() {
     fresh.wait_for(r#"{"exit":3}"#, Duration::from_secs(10));
 
     // A browser: the session cookie, with the portal's own Origin — and never another's.
-    let origin = format!("http://{HOST}");
+    let origin = PORTAL.to_owned();
     let mut browser = Terminal::open(
         &terminal_path("t1", ""),
         Cred::Cookie(&token_a, Some(&origin)),
@@ -580,7 +579,7 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     cluster(&token_a, "w1");
     let started = Instant::now();
     let base = format!("/go/{a}/w1/0");
-    let origin = format!("http://{HOST}");
+    let origin = PORTAL.to_owned();
     let browser = Cred::Cookie(&token_a, Some(&origin));
 
     // Jupyter's REST API (its first request starts it in the node).
@@ -791,7 +790,7 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
             Cred::Bearer(&token_a),
             None,
             &[
-                ("Cookie", &format!("theme=dark; docklet_session={token_a}")),
+                ("Cookie", &format!("theme=dark; {SESSION_COOKIE}={token_a}")),
                 ("X-CSRF-Token", "abc"),
             ],
         );
@@ -828,8 +827,12 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     );
     assert_eq!(get("cookie"), ["theme=dark"], "{all}");
     assert!(get("x-csrf-token").is_empty(), "{all}");
-    assert_eq!(get("x-forwarded-host"), [HOST], "{all}");
-    assert_eq!(get("x-forwarded-proto"), ["http"], "{all}");
+    assert_eq!(
+        get("x-forwarded-host"),
+        [format!("{PORTAL_NAME}:8000").as_str()],
+        "{all}"
+    );
+    assert_eq!(get("x-forwarded-proto"), ["https"], "{all}");
     assert_eq!(get("x-forwarded-for").len(), 1, "{all}");
     eprintln!("workspace checks took {:?}", started.elapsed());
 }

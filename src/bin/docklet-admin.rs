@@ -518,7 +518,42 @@ async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Result<(), Failu
     }
 }
 
+/// The portal's certificate: the configured one, or the site CA and certificate `init`
+/// makes in /etc/docklet/tls when none is configured. Returns what to tell the administrator.
+fn site_certificate() -> Result<String, Failure> {
+    use docklet::master::tls::{self, Outcome};
+    let path = std::env::var_os("DOCKLET_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| docklet::config::DEFAULT_PATH.into());
+    let config = if path.exists() {
+        docklet::config::Config::load(&path).map_err(|e| usage(e.to_string()))?
+    } else {
+        docklet::config::Config::default()
+    };
+    let host = docklet::daemon::host_name();
+    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    match tls::ensure_site_certificate(&config, &host, group) {
+        Ok(Outcome::Present { cert }) => Ok(format!("{} (kept)", cert.display())),
+        Ok(Outcome::Made { ca, cert }) => Ok(format!(
+            "{} for {}, signed by a new site CA: give browsers {} (or configure a real certificate: tls_cert, tls_key)",
+            cert.display(),
+            tls::site_names(&config, &host).join(", "),
+            ca.display()
+        )),
+        Err(e) => Err(Failure {
+            code: 1,
+            message: format!("the portal's certificate: {e}"),
+        }),
+    }
+}
+
 async fn init(force: bool) -> Result<(), Failure> {
+    // The certificate first: a master started without one serves HTTPS from the moment
+    // its files appear.
+    let certificate = site_certificate()?;
     let conn = connect().await?;
     let master = Master1Proxy::new(&conn)
         .await
@@ -526,6 +561,7 @@ async fn init(force: bool) -> Result<(), Failure> {
     let result = master.init(force).await.map_err(|e| failure(e, "master"))?;
     println!("Cluster initialized.");
     println!("Portal:          {}", result.portal_url);
+    println!("Certificate:     {certificate}");
     println!("Administrator:   {}", result.admin_user);
     println!(
         "Password file:   {} (readable by root only)",

@@ -12,7 +12,7 @@ use tracing::info;
 use super::agent_client::{AgentError, NodeEndpoint};
 use super::{Master, now_secs};
 use crate::model::account::{
-    self, Account, AccountStatus, AuthMethod, SESSION_SECS, TOKEN_PREFIX, TokenKind, TokenRecord,
+    self, Account, AccountStatus, AuthMethod, TOKEN_PREFIX, TokenKind, TokenRecord,
 };
 use crate::model::host::HostRecord;
 use crate::model::image::ImageRef;
@@ -154,6 +154,8 @@ pub struct Caller {
     pub admin: bool,
     /// The digest of the token the call came with (`None` for local D-Bus administrators).
     pub token_digest: Option<String>,
+    /// When that token expires (a login session), if it does.
+    pub expires_at: Option<u64>,
 }
 
 impl Caller {
@@ -174,6 +176,7 @@ impl Caller {
             },
             admin: true,
             token_digest: None,
+            expires_at: None,
         }
     }
 
@@ -313,6 +316,9 @@ pub struct UserPatch {
     pub status: Option<AccountStatus>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Required with `password` when users change their own: the one they have now.
+    #[serde(default)]
+    pub current_password: Option<String>,
 }
 
 /// Changes to a group; absent fields stay as they are.
@@ -417,7 +423,8 @@ impl Master {
             return Err(ApiError::Throttled { retry_after: wait });
         }
         let refused = || ApiError::Unauthenticated("wrong user name or password".into());
-        if password.len() > account::MAX_PASSWORD || user.len() > 256 {
+        // No account opens with an empty password, whatever PAM's nullok says.
+        if password.is_empty() || password.len() > account::MAX_PASSWORD || user.len() > 256 {
             return Err(refused());
         }
         let store = self.api_store().await?;
@@ -466,21 +473,16 @@ impl Master {
         }
         self.throttle.lock().unwrap().succeeded(user);
         let admin = self.is_admin(&store, &account).await?;
+        let expires_at = now + self.config.session_lifetime;
         let (token, record) = self
-            .issue_token(
-                &store,
-                user,
-                TokenKind::Session,
-                source,
-                Some(now + SESSION_SECS),
-            )
+            .issue_token(&store, user, TokenKind::Session, source, Some(expires_at))
             .await?;
         info!(user, source, token = %record.id, "login");
         Ok(LoginResult {
             token,
             user: user.to_owned(),
             admin,
-            expires_at: now + SESSION_SECS,
+            expires_at,
         })
     }
 
@@ -523,7 +525,7 @@ impl Master {
         let Some(mut record) = store.token(&digest).await? else {
             return Err(refused("unknown or revoked token: log in again"));
         };
-        if record.expired(now) {
+        if record.expired(now) || record.idle_too_long(now, self.config.session_idle) {
             let _ = store.delete_token(&digest).await;
             return Err(refused("the session expired: log in again"));
         }
@@ -542,6 +544,7 @@ impl Master {
             account,
             admin,
             token_digest: Some(digest),
+            expires_at: record.expires_at,
         })
     }
 
@@ -1485,25 +1488,60 @@ impl Master {
         self.account_view(&store, &account).await
     }
 
+    /// Changes an account. A new password, a lock or a demotion ends every other session
+    /// and API token of the account (and their open connections, see [`super::live`]); users
+    /// changing their own password keep the session they changed it from, and must give the
+    /// current one (checked under the login throttle, from `source`).
     pub async fn update_user(
         &self,
         caller: &Caller,
         name: &str,
         patch: &UserPatch,
+        source: &str,
     ) -> Result<Me, ApiError> {
         // Users may change their own local password; everything else is for administrators.
-        let own_password_only = name == caller.name()
-            && patch.group.is_none()
-            && patch.status.is_none()
-            && patch.password.is_some();
+        let own = name == caller.name();
+        let own_password_only =
+            own && patch.group.is_none() && patch.status.is_none() && patch.password.is_some();
         if !own_password_only {
             caller.require_admin()?;
         }
+        if patch.current_password.is_some() && patch.password.is_none() {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "current_password",
+                "current_password goes with a new password",
+            ));
+        }
+        let store = self.api_store().await?;
+        let before = store
+            .account(name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
         let hash = match &patch.password {
             Some(password) => {
+                if before.auth == AuthMethod::Pam {
+                    return Err(ApiError::invalid(
+                        "invalid_password",
+                        "password",
+                        "a PAM account's password is changed on the system, not here",
+                    ));
+                }
                 account::validate_password(password).map_err(|e| {
                     ApiError::invalid("invalid_password", "password", e.to_string())
                 })?;
+                // A session alone (stolen, or a browser left open) cannot take the account.
+                if own && caller.token_digest.is_some() {
+                    let current = patch.current_password.as_deref().ok_or_else(|| {
+                        ApiError::invalid(
+                            "missing_current_password",
+                            "current_password",
+                            "give your current password to change it",
+                        )
+                    })?;
+                    self.check_current_password(&before, current, source)
+                        .await?;
+                }
                 let pw = password.clone();
                 Some(
                     tokio::task::spawn_blocking(move || account::hash_password(&pw))
@@ -1514,19 +1552,7 @@ impl Master {
             }
             None => None,
         };
-        let store = self.api_store().await?;
-        if hash.is_some()
-            && store
-                .account(name)
-                .await?
-                .is_some_and(|a| a.auth == AuthMethod::Pam)
-        {
-            return Err(ApiError::invalid(
-                "invalid_password",
-                "password",
-                "a PAM account's password is changed on the system, not here",
-            ));
-        }
+        let was_admin = self.is_admin(&store, &before).await?;
         let account = store
             .update_account(name, |a| {
                 if let Some(group) = &patch.group {
@@ -1541,7 +1567,63 @@ impl Master {
             })
             .await?;
         info!(user = name, by = caller.name(), "user changed");
+        let locked = account.status == AccountStatus::Locked;
+        let demoted = was_admin && !self.is_admin(&store, &account).await?;
+        let why = if locked {
+            Some("locked")
+        } else if demoted {
+            Some("no longer an administrator")
+        } else if hash.is_some() {
+            Some("new password")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // The session that set its own new password stays; a lock or demotion ends all.
+            let keep = (own && !locked && !demoted)
+                .then_some(caller.token_digest.as_deref())
+                .flatten();
+            let revoked = store.revoke_tokens_of(name, keep).await?;
+            info!(user = name, revoked, "sessions and API tokens ended: {why}");
+        }
         self.account_view(&store, &account).await
+    }
+
+    /// Checks a user's current local password before a change, under the login throttle.
+    async fn check_current_password(
+        &self,
+        account: &Account,
+        password: &str,
+        source: &str,
+    ) -> Result<(), ApiError> {
+        let now = now_secs();
+        let wait = self
+            .throttle
+            .lock()
+            .unwrap()
+            .wait(&account.name, source, now);
+        if wait > 0 {
+            return Err(ApiError::Throttled { retry_after: wait });
+        }
+        let (a, pw) = (account.clone(), password.to_owned());
+        let right = !password.is_empty()
+            && password.len() <= account::MAX_PASSWORD
+            && tokio::task::spawn_blocking(move || a.verify_password(&pw))
+                .await
+                .unwrap_or(false);
+        if !right {
+            self.throttle
+                .lock()
+                .unwrap()
+                .failed(&account.name, source, now);
+            info!(user = %account.name, source, "password change refused: wrong current password");
+            return Err(ApiError::invalid(
+                "wrong_password",
+                "current_password",
+                "your current password is not right",
+            ));
+        }
+        Ok(())
     }
 
     pub async fn delete_user(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
@@ -1580,6 +1662,7 @@ impl Master {
             .group(name)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no group {name}")))?;
+        let demoted = group.admin && patch.admin == Some(false);
         if let Some(admin) = patch.admin {
             group.admin = admin;
         }
@@ -1593,6 +1676,15 @@ impl Master {
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
         store.put_group(&group, true).await?;
         info!(group = name, by = caller.name(), "group changed");
+        if demoted {
+            // Its members are no longer administrators: their sessions and tokens end.
+            for member in store.list_accounts().await? {
+                if member.group == name {
+                    let revoked = store.revoke_tokens_of(&member.name, None).await?;
+                    info!(user = %member.name, revoked, "sessions and API tokens ended: no longer an administrator");
+                }
+            }
+        }
         Ok(group)
     }
 

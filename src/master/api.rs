@@ -26,7 +26,9 @@ use super::actions::{
 };
 use super::images::{ImagePatch, ImageView, SaveImageRequest};
 use super::metrics::{ClusterMetrics, HostMetrics};
+use super::portal::Peer;
 use super::ports::{MapPortRequest, PortView};
+use super::serve::Reached;
 use super::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
@@ -574,17 +576,11 @@ async fn recover_node(
     Ok(accepted(view))
 }
 
-/// The host part of the request's `Host` header, which users reach public ports at (unless
-/// `portal_url` names one).
-fn request_host(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::HOST).and_then(|v| v.to_str().ok())
-}
-
 #[utoipa::path(post, path = "/api/v1/clusters/{name}/nodes/{index}/ports", tag = "docklet", summary = "Maps a TCP port of a node to a public port of the masters' address, within the quota", params(("name" = String, Path), ("index" = u32, Path), OwnerQuery), request_body = MapPortRequest, responses((status = 201, body = PortView), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn map_port(
     State(master): Shared,
     Auth(caller): Auth,
-    headers: HeaderMap,
+    Reached(reached): Reached,
     Path((name, index)): Path<(String, String)>,
     Params(q): Params<OwnerQuery>,
     Body(request): Body<MapPortRequest>,
@@ -593,14 +589,7 @@ async fn map_port(
         .parse()
         .map_err(|_| ApiError::NotFound(format!("cluster {name} has no node {index:?}")))?;
     let view = master
-        .map_port(
-            &caller,
-            q.user.as_deref(),
-            &name,
-            index,
-            &request,
-            request_host(&headers),
-        )
+        .map_port(&caller, q.user.as_deref(), &name, index, &request, reached)
         .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -609,11 +598,11 @@ async fn map_port(
 async fn list_ports(
     State(master): Shared,
     Auth(caller): Auth,
-    headers: HeaderMap,
+    Reached(reached): Reached,
     Params(q): Params<OwnerQuery>,
 ) -> ApiResult<Response> {
     let views = master
-        .list_ports(&caller, q.user.as_deref(), request_host(&headers))
+        .list_ports(&caller, q.user.as_deref(), reached)
         .await?;
     Ok(Json(views).into_response())
 }
@@ -837,7 +826,10 @@ async fn operation(
 #[utoipa::path(get, path = "/api/v1/events", tag = "docklet", summary = "The lifecycle event stream", responses((status = 200, description = "Server-sent events: cluster, node, operation and host changes", content_type = "text/event-stream"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 async fn events(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    // The stream ends with the caller's token (a revocation, the session's end).
+    let mut live = master.live.open(&caller);
     let rx = master.events(caller).await?;
+    let ended = Box::pin(async move { live.ended().await });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         let sse = Event::default()
@@ -847,6 +839,7 @@ async fn events(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response
             .unwrap_or_else(|_| Event::default().comment("unencodable event"));
         Some((Ok::<_, std::convert::Infallible>(sse), rx))
     });
+    let stream = futures_util::StreamExt::take_until(stream, ended);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -880,10 +873,11 @@ async fn show_user(
 async fn update_user(
     State(master): Shared,
     Auth(caller): Auth,
+    Peer(peer): Peer,
     Path(name): Path<String>,
     Body(body): Body<UserPatch>,
 ) -> ApiResult<Response> {
-    Ok(Json(master.update_user(&caller, &name, &body).await?).into_response())
+    Ok(Json(master.update_user(&caller, &name, &body, &peer).await?).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "docklet", summary = "Deletes an account without clusters (administrators)", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]

@@ -185,7 +185,7 @@ impl MasterInterface {
         tracing::info!(caller_uid = uid, user = name, "user changed over D-Bus");
         json(
             self.master
-                .update_user(&Caller::local_admin(), name, &patch)
+                .update_user(&Caller::local_admin(), name, &patch, "D-Bus")
                 .await,
         )
     }

@@ -5,7 +5,7 @@
 //! everything comes back by itself after any restart.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,13 +77,16 @@ impl Drop for Listener {
 pub struct Forwarder {
     dial: Arc<dyn Dial>,
     open: HashMap<u16, Listener>,
+    /// The one address to listen on (`ports_address`), else all of them.
+    address: Option<IpAddr>,
 }
 
 impl Forwarder {
-    pub fn new(dial: Arc<dyn Dial>) -> Forwarder {
+    pub fn new(dial: Arc<dyn Dial>, address: Option<IpAddr>) -> Forwarder {
         Forwarder {
             dial,
             open: HashMap::new(),
+            address,
         }
     }
 
@@ -120,7 +123,7 @@ impl Forwarder {
                 continue;
             }
             let mapping = mapping.clone();
-            match bind(port) {
+            match bind(self.address, port) {
                 Ok(listener) => {
                     info!(public_port = port, vnode = %mapping.vnode_id(), port = mapping.port, "public port open");
                     let task =
@@ -136,10 +139,14 @@ impl Forwarder {
     }
 }
 
-/// All addresses, IPv6 and IPv4 where the host has IPv6, else IPv4 only (as the portal).
-fn bind(port: u16) -> std::io::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-        .or_else(|_| std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))))?;
+/// `address` alone, else all addresses: IPv6 and IPv4 where the host has IPv6, else IPv4
+/// only (as the portal).
+fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<TcpListener> {
+    let listener = match address {
+        Some(address) => std::net::TcpListener::bind(SocketAddr::from((address, port)))?,
+        None => std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+            .or_else(|_| std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))))?,
+    };
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
 }
@@ -209,7 +216,7 @@ async fn run_with(master: Arc<Master>, dial: Arc<dyn Dial>) {
         })
     };
     let _follow = AbortOnDrop(follow);
-    let mut forwarder = Forwarder::new(dial);
+    let mut forwarder = Forwarder::new(dial, master.config.ports_address);
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -320,7 +327,7 @@ mod tests {
     async fn ports_open_while_the_vnode_runs_and_close_when_it_stops_or_goes() {
         let server = banner_server().await;
         let port = free_port();
-        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)), None);
 
         forwarder.apply(&state(port, Phase::Creating)).await;
         assert!(forwarder.open_ports().is_empty());
@@ -361,7 +368,7 @@ mod tests {
         let server = banner_server().await;
         let squatter = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = squatter.local_addr().unwrap().port();
-        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(server)), None);
         forwarder.apply(&state(port, Phase::Running)).await;
         assert!(forwarder.open_ports().is_empty());
         drop(squatter);
@@ -375,7 +382,7 @@ mod tests {
         // The dial goes to a port where nothing listens.
         let nowhere = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let port = free_port();
-        let mut forwarder = Forwarder::new(Arc::new(LocalDial(nowhere)));
+        let mut forwarder = Forwarder::new(Arc::new(LocalDial(nowhere)), None);
         forwarder.apply(&state(port, Phase::Running)).await;
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut rest = Vec::new();

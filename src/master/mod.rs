@@ -11,12 +11,15 @@ pub mod events;
 pub mod forwarder;
 pub mod images;
 pub mod init;
+pub mod live;
 pub mod metrics;
 pub mod portal;
 pub mod ports;
+pub mod serve;
 pub mod session;
 pub mod system_images;
 pub mod terminal;
+pub mod tls;
 pub mod workspace;
 
 use std::sync::Arc;
@@ -69,6 +72,10 @@ pub struct Master {
     pub workspace: workspace::Proxy,
     /// Samples collected from the workers, their history and the usage ledger.
     pub metrics: metrics::Collected,
+    /// The portal's TLS certificate, as its files hold it now.
+    pub certificate: Arc<tls::PortalCertificate>,
+    /// Open event streams, terminals and workspace connections, ended with their token.
+    pub live: Arc<live::LiveConnections>,
 }
 
 pub fn now_secs() -> u64 {
@@ -81,7 +88,6 @@ pub fn now_secs() -> u64 {
 impl Master {
     pub fn new(config: Config, host: String, notifier: Notifier) -> Master {
         Master {
-            config,
             host,
             status: StatusLine::new(notifier),
             store: watch::Sender::new(None),
@@ -96,6 +102,9 @@ impl Master {
             placement: Default::default(),
             workspace: Default::default(),
             metrics: metrics::Collected::load(),
+            certificate: Arc::new(tls::PortalCertificate::new(&config)),
+            live: Default::default(),
+            config,
         }
     }
 
@@ -512,17 +521,14 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
 
     let listener = tokio::net::TcpListener::from_std(listener).map_err(MasterError::Serve)?;
     let app = api::router(master.clone());
+    let certificate = master.certificate.clone();
+    if let Some(problem) = certificate.problem() {
+        warn!("the portal cannot serve HTTPS yet: {problem} (run `docklet-admin init`)");
+    }
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = http_stopped.await;
-        })
-        .await
-    });
+    let server = tokio::spawn(serve::serve(listener, app, certificate, async {
+        let _ = http_stopped.await;
+    }));
 
     // D-Bus first, so `docklet-admin status` can tell what the master is waiting for.
     let _bus = match bus::serve(master.clone()).await {
@@ -550,6 +556,7 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     // Every master forwards every mapped port, so any master's address works.
     let forwarding = tokio::spawn(forwarder::run(master.clone()));
     let collecting = tokio::spawn(master.clone().collect_metrics());
+    let revocations = tokio::spawn(master.clone().follow_revocations());
 
     let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
@@ -565,13 +572,12 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     placement.abort();
     forwarding.abort();
     collecting.abort();
+    revocations.abort();
     master.metrics.save();
     master.resign().await;
     let _ = stop_http.send(());
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Err(e))) => error!("HTTP server: {e}"),
-        Err(_) => warn!("HTTP connections still open after 10 s; exiting anyway"),
-        _ => {}
+    if let Err(e) = server.await {
+        error!("portal server: {e}");
     }
     Ok(())
 }

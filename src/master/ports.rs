@@ -3,6 +3,8 @@
 //! here: users see and touch only their own mappings, administrators anyone's through
 //! `?user=`. The forwarding itself is [`super::forwarder`]'s.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::actions::{ApiError, Caller};
@@ -49,8 +51,9 @@ impl Master {
     }
 
     /// The host users reach public ports at (see [`ports::public_host`]).
-    fn public_host(&self, request_host: Option<&str>) -> String {
-        ports::public_host(self.config.portal_url.as_deref(), request_host, &self.host)
+    fn public_host(&self, reached: Option<IpAddr>) -> String {
+        let reached = self.config.ports_address.or(reached);
+        ports::public_host(self.config.ports_host.as_deref(), reached, &self.host)
     }
 
     /// The caller's mappings (administrators: `user`'s), by public port.
@@ -58,23 +61,23 @@ impl Master {
         &self,
         caller: &Caller,
         user: Option<&str>,
-        request_host: Option<&str>,
+        reached: Option<IpAddr>,
     ) -> Result<Vec<PortView>, ApiError> {
         let owner = caller.owner(user)?;
         let store = self.api_store().await?;
         let mappings = store.port_mappings_of(&owner).await?;
-        self.port_views(&store, mappings, request_host).await
+        self.port_views(&store, mappings, reached).await
     }
 
     /// Every user's mappings (administrators), by public port.
     pub async fn all_ports(
         &self,
         caller: &Caller,
-        request_host: Option<&str>,
+        reached: Option<IpAddr>,
     ) -> Result<Vec<PortView>, ApiError> {
         caller.require_admin()?;
         let store = self.api_store().await?;
-        self.port_views(&store, store.port_mappings().await?, request_host)
+        self.port_views(&store, store.port_mappings().await?, reached)
             .await
     }
 
@@ -82,9 +85,9 @@ impl Master {
         &self,
         store: &crate::store::EtcdStore,
         mappings: std::collections::BTreeMap<u16, PortMapping>,
-        request_host: Option<&str>,
+        reached: Option<IpAddr>,
     ) -> Result<Vec<PortView>, ApiError> {
-        let host = self.public_host(request_host);
+        let host = self.public_host(reached);
         let mut views = Vec::new();
         for mapping in mappings.into_values() {
             let phase = store
@@ -105,7 +108,7 @@ impl Master {
         name: &str,
         index: u32,
         request: &MapPortRequest,
-        request_host: Option<&str>,
+        reached: Option<IpAddr>,
     ) -> Result<PortView, ApiError> {
         let owner = caller.owner(user)?;
         caller.require_normal()?;
@@ -143,7 +146,7 @@ impl Master {
             .vnode_status(&mapping.vnode_id())
             .await?
             .map(|s| s.phase);
-        Ok(self.port_view(mapping, phase, &self.public_host(request_host)))
+        Ok(self.port_view(mapping, phase, &self.public_host(reached)))
     }
 
     /// Deletes the caller's (administrators: `user`'s) mapping on `public_port`; every

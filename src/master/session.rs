@@ -7,8 +7,19 @@
 use axum::http::{HeaderMap, Method, header};
 use sha2::{Digest, Sha256};
 
-/// The cookie holding the session token (HttpOnly, SameSite=Strict, Secure under https).
-pub const SESSION_COOKIE: &str = "docklet_session";
+/// The cookie holding the session token: `__Host-`, so browsers take it only over HTTPS,
+/// only from this host and never with a `Domain` (a cookie tossed onto a parent domain by a
+/// neighbouring host cannot pose as it), `Secure`, `HttpOnly` and `SameSite=Strict`.
+pub const SESSION_COOKIE: &str = "__Host-docklet_session";
+/// Whether a cookie of this name is (or could pose as) one of Docklet's own: nothing a node
+/// serves may set one, and none is passed on to a node.
+pub fn is_docklet_cookie(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    name.starts_with("__host-docklet")
+        || name.starts_with("__secure-docklet")
+        || name.starts_with("docklet")
+}
+
 /// The header scripts send the CSRF token in; forms send it as the field `csrf`.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -33,14 +44,14 @@ pub fn session_from_cookies(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `Set-Cookie` for a new session (`max_age` seconds), or to end one (`None`).
-pub fn session_cookie(token: Option<&str>, max_age: u64, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    match token {
-        Some(token) => format!(
-            "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-        ),
-        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
-    }
+pub fn session_cookie(token: Option<&str>, max_age: u64) -> String {
+    let (value, max_age) = match token {
+        Some(token) => (token, max_age),
+        None => ("", 0),
+    };
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    )
 }
 
 /// Whether the request's `Origin` is this host itself (as the browser addressed it).
@@ -95,23 +106,41 @@ pub(crate) mod tests {
 
     #[test]
     fn the_session_cookie_is_found_among_others() {
-        let h = headers(&[("cookie", "a=1; docklet_session=dkt_x ; b=2")]);
+        let h = headers(&[("cookie", "a=1; __Host-docklet_session=dkt_x ; b=2")]);
         assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_x"));
-        let h = headers(&[("cookie", "a=1"), ("cookie", "docklet_session=dkt_y")]);
+        let h = headers(&[
+            ("cookie", "a=1"),
+            ("cookie", "__Host-docklet_session=dkt_y"),
+        ]);
         assert_eq!(session_from_cookies(&h).as_deref(), Some("dkt_y"));
         assert_eq!(
-            session_from_cookies(&headers(&[("cookie", "docklet_session=")])),
+            session_from_cookies(&headers(&[("cookie", "__Host-docklet_session=")])),
             None
         );
+        // Only the __Host- cookie counts: one without the prefix may have come from a
+        // neighbouring host through a parent domain.
+        let h = headers(&[("cookie", "docklet_session=dkt_z")]);
+        assert_eq!(session_from_cookies(&h), None);
         assert_eq!(session_from_cookies(&HeaderMap::new()), None);
     }
 
     #[test]
-    fn cookies_are_http_only_strict_and_secure_under_https() {
-        let c = session_cookie(Some("dkt_x"), 60, false);
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && !c.contains("Secure"));
-        assert!(session_cookie(Some("dkt_x"), 60, true).ends_with("; Secure"));
-        assert!(session_cookie(None, 0, false).contains("Max-Age=0"));
+    fn cookies_are_host_only_secure_http_only_and_strict() {
+        let c = session_cookie(Some("dkt_x"), 60);
+        assert!(
+            c.starts_with("__Host-docklet_session=dkt_x; Path=/;"),
+            "{c}"
+        );
+        for attribute in [
+            "; Secure",
+            "; HttpOnly",
+            "; SameSite=Strict",
+            "; Max-Age=60",
+        ] {
+            assert!(c.contains(attribute), "{c}");
+        }
+        assert!(!c.contains("Domain"), "{c}");
+        assert!(session_cookie(None, 60).contains("Max-Age=0"));
     }
 
     #[test]

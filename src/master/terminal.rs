@@ -67,12 +67,17 @@ pub async fn open(
         )
     })?;
     let agent = connect_pty(&endpoint, &query).await;
+    let mut live = master.live.open(&caller);
     Ok(upgrade
         .read_buffer_size(crate::daemon::TERMINAL_WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let _open = RELAYS.open();
             match agent {
-                Ok(agent) => relay(socket, agent).await,
+                // The terminal ends with the caller's token (a revocation, the session's end).
+                Ok(agent) => tokio::select! {
+                    _ = relay(socket, agent) => {}
+                    _ = live.ended() => tracing::debug!("terminal ended: its token was revoked or expired"),
+                },
                 Err(e) => refuse(socket, e).await,
             }
         })

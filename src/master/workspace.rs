@@ -22,7 +22,6 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -30,9 +29,9 @@ use super::Master;
 use super::actions::ApiError;
 use super::agent_client::{self, AgentError, NodeEndpoint};
 use super::api::Auth;
-use super::session::{CSRF_HEADER, SESSION_COOKIE};
+use super::session::{CSRF_HEADER, is_docklet_cookie};
 use crate::model::vnode;
-use crate::sys::splice::{self, BufferedTcp};
+use crate::sys::splice::BufferedTcp;
 
 /// Jupyter's port inside every vnode (socket-activated).
 pub const JUPYTER_PORT: u16 = 8888;
@@ -252,16 +251,8 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
         .map(|ConnectInfo(peer)| peer.ip().to_string());
     let upgrade = is_upgrade(&parts.headers);
     let mut headers = parts.headers.clone();
-    let proto = if master
-        .config
-        .portal_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https:"))
-    {
-        "https"
-    } else {
-        "http"
-    };
+    // The portal port speaks nothing but HTTPS.
+    let proto = "https";
     let token = vnode::workspace_token(&endpoint.token, &endpoint.vnode_id);
     forwarded_request_headers(&mut headers, &token, peer.as_deref(), proto, upgrade);
     let target: Uri = format!(
@@ -298,24 +289,30 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
         && let Some(browser_upgrade) = browser_upgrade
     {
         let node_upgrade = hyper::upgrade::on(&mut response);
+        // The WebSocket ends with the caller's token (a revocation, the session's end).
+        let mut live = master.live.open(&caller);
         tokio::spawn(async move {
             let (browser, node) = match tokio::try_join!(browser_upgrade, node_upgrade) {
                 Ok(both) => both,
                 Err(e) => return debug!("workspace upgrade: {e}"),
             };
-            // Both sockets themselves, so the relay can splice them.
-            let browser = downcast::<TokioIo<TcpStream>>(browser).map(|parts| BufferedTcp {
-                stream: parts.io.into_inner(),
-                read: parts.read_buf,
-            });
+            // The browser's side is TLS, so the bytes are copied (the node's side alone is
+            // a socket the kernel could splice).
             let node = node
                 .downcast::<Tunnel>()
                 .map(|parts| parts.io.into_buffered(parts.read_buf));
-            match (browser, node) {
-                (Ok(browser), Ok(node)) => {
-                    let _ = splice::relay(browser, node).await;
-                }
-                _ => warn!("a workspace upgrade that is not over TCP on both sides"),
+            let Ok(mut node) = node else {
+                return warn!("a workspace upgrade that is not over TCP on the node's side");
+            };
+            let mut browser = TokioIo::new(browser);
+            if !node.read.is_empty()
+                && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut browser, &node.read).await
+            {
+                return debug!("workspace WebSocket: {e}");
+            }
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut browser, &mut node.stream) => {}
+                _ = live.ended() => debug!("workspace WebSocket ended: its token was revoked or expired"),
             }
         });
         let (parts, _) = response.into_parts();
@@ -446,9 +443,7 @@ pub fn forwarded_request_headers(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| {
-            !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(SESSION_COOKIE)
-        })
+        .filter(|pair| !pair.is_empty() && !is_docklet_cookie(pair.split('=').next().unwrap_or("")))
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
@@ -492,7 +487,7 @@ pub fn filter_response_headers(headers: &mut HeaderMap) {
         .iter()
         .filter(|v| {
             v.to_str().map_or(true, |v| {
-                v.split('=').next().map(str::trim) != Some(SESSION_COOKIE)
+                !is_docklet_cookie(v.split('=').next().unwrap_or(""))
             })
         })
         .cloned()
@@ -512,7 +507,10 @@ mod tests {
     fn the_vnode_never_sees_docklet_credentials() {
         let mut h = headers(&[
             ("authorization", "Bearer dkt_secret"),
-            ("cookie", "a=1; docklet_session=dkt_session ; _xsrf=x"),
+            (
+                "cookie",
+                "a=1; __Host-docklet_session=dkt_session ; _xsrf=x",
+            ),
             ("cookie", "docklet_session=dkt_other"),
             ("x-csrf-token", "0123"),
             ("x-forwarded-for", "6.6.6.6"),
@@ -534,7 +532,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h[header::ACCEPT], "text/html");
 
-        let mut only_session = headers(&[("cookie", "docklet_session=dkt_x")]);
+        let mut only_session = headers(&[("cookie", "__Host-docklet_session=dkt_x")]);
         forwarded_request_headers(&mut only_session, "jt", None, "https", false);
         assert!(only_session.get(header::COOKIE).is_none());
         assert_eq!(only_session["x-forwarded-proto"], "https");
@@ -561,6 +559,8 @@ mod tests {
     fn responses_cannot_set_docklets_cookie() {
         let mut h = headers(&[
             ("set-cookie", "docklet_session=evil; Path=/"),
+            ("set-cookie", "__Host-docklet_session=evil; Path=/; Secure"),
+            ("set-cookie", "__HOST-Docklet_session=evil; Path=/; Secure"),
             ("set-cookie", "_xsrf=abc; Path=/go/a/c/0/"),
             ("transfer-encoding", "chunked"),
             ("content-type", "text/html"),

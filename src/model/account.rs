@@ -195,14 +195,12 @@ pub fn validate_password(password: &str) -> Result<(), AccountError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
-    /// Made by a login; ends at logout or after [`SESSION_SECS`].
+    /// Made by a login; ends at logout, after `session_lifetime`, or unused for `session_idle`.
     Session,
     /// Made by the user for scripts; lives until revoked.
     Api,
 }
 
-/// How long a login session lasts.
-pub const SESSION_SECS: u64 = 7 * 24 * 3600;
 /// `last_used_at` is written at most this often per token, not on every request.
 pub const LAST_USE_PRECISION_SECS: u64 = 60;
 /// Every token starts with this, so secret scanners and people recognise one.
@@ -228,6 +226,13 @@ pub struct TokenRecord {
 impl TokenRecord {
     pub fn expired(&self, now: u64) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Whether a login session has gone unused for `idle_secs` (its last use is recorded
+    /// to within [`LAST_USE_PRECISION_SECS`]); API tokens do not idle out.
+    pub fn idle_too_long(&self, now: u64, idle_secs: u64) -> bool {
+        self.kind == TokenKind::Session
+            && now >= self.last_used_at.unwrap_or(self.created_at) + idle_secs
     }
 
     /// Whether a request at `now` should record its use.
@@ -457,6 +462,26 @@ mod tests {
         t.last_used_at = Some(150);
         assert!(!t.use_is_news(150 + LAST_USE_PRECISION_SECS - 1));
         assert!(t.use_is_news(150 + LAST_USE_PRECISION_SECS));
+    }
+
+    #[test]
+    fn sessions_idle_out_and_api_tokens_do_not() {
+        let mut t = TokenRecord {
+            id: "x".into(),
+            user: "alice".into(),
+            kind: TokenKind::Session,
+            name: "".into(),
+            created_at: 100,
+            last_used_at: None,
+            expires_at: None,
+        };
+        assert!(!t.idle_too_long(159, 60));
+        assert!(t.idle_too_long(160, 60));
+        t.last_used_at = Some(1000);
+        assert!(!t.idle_too_long(1059, 60));
+        assert!(t.idle_too_long(1060, 60));
+        t.kind = TokenKind::Api;
+        assert!(!t.idle_too_long(1_000_000, 60));
     }
 
     #[test]

@@ -169,31 +169,24 @@ pub fn listening(
         .collect()
 }
 
-/// The host users reach a public port at: the configured portal URL's host, else the host
-/// their request named (`Host`), else this master's name.
-pub fn public_host(portal_url: Option<&str>, request_host: Option<&str>, master: &str) -> String {
-    let from_url = portal_url.and_then(|url| {
-        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-        host_part(authority)
-    });
-    from_url
-        .or_else(|| request_host.and_then(host_part))
-        .unwrap_or_else(|| master.to_owned())
-}
-
-/// `host` of `host[:port]` or `[v6]:port`; `None` when empty or not a plain host name.
-fn host_part(authority: &str) -> Option<String> {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        format!("[{}]", rest.split(']').next()?)
-    } else {
-        authority.split(':').next()?.to_owned()
-    };
-    let plain = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    (!host.is_empty() && plain).then_some(host)
+/// The host users reach a public port at: the configured `ports_host`, else the address the
+/// request reached the master at, else the master's name. Never the portal's own name
+/// (unless a site sets it so, which the configuration refuses): browsers send the portal's
+/// cookies to every port of its host name, so a link to a mapped port under that name
+/// would hand them to whatever the node serves.
+pub fn public_host(
+    ports_host: Option<&str>,
+    reached: Option<std::net::IpAddr>,
+    master: &str,
+) -> String {
+    if let Some(host) = ports_host {
+        return host.to_owned();
+    }
+    match reached.map(|ip| ip.to_canonical()) {
+        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        None => master.to_owned(),
+    }
 }
 
 /// `host:port`, with the brackets an IPv6 literal already carries.
@@ -288,28 +281,17 @@ mod tests {
     }
 
     #[test]
-    fn the_public_host_comes_from_the_portal_url_then_the_request() {
+    fn the_public_host_is_the_ports_host_then_the_address_reached() {
+        let v4 = Some("10.213.0.11".parse().unwrap());
         assert_eq!(
-            public_host(
-                Some("https://docklet.example:8443/portal"),
-                Some("x:1"),
-                "tb1"
-            ),
-            "docklet.example"
+            public_host(Some("ports.example"), v4, "tb1"),
+            "ports.example"
         );
-        assert_eq!(
-            public_host(Some("http://u:p@10.0.0.5"), None, "tb1"),
-            "10.0.0.5"
-        );
-        assert_eq!(
-            public_host(None, Some("10.213.0.11:8000"), "tb1"),
-            "10.213.0.11"
-        );
-        assert_eq!(
-            public_host(None, Some("[fd00::1]:8000"), "tb1"),
-            "[fd00::1]"
-        );
-        assert_eq!(public_host(None, Some("evil host<script>"), "tb1"), "tb1");
+        assert_eq!(public_host(None, v4, "tb1"), "10.213.0.11");
+        let mapped = Some("::ffff:10.0.0.5".parse().unwrap());
+        assert_eq!(public_host(None, mapped, "tb1"), "10.0.0.5");
+        let v6 = Some("fd00::1".parse().unwrap());
+        assert_eq!(public_host(None, v6, "tb1"), "[fd00::1]");
         assert_eq!(public_host(None, None, "tb1"), "tb1");
         assert_eq!(public_address("[fd00::1]", 30022), "[fd00::1]:30022");
     }

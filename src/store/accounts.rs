@@ -1,7 +1,7 @@
 //! Accounts, groups and tokens on etcd. Writes that must not race (a new name, a changed
 //! record, a group in use) are compare-and-swap transactions.
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, EventType, Txn, TxnOp, WatchOptions};
 
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
@@ -271,6 +271,34 @@ impl EtcdStore {
         Ok(response.deleted() > 0)
     }
 
+    /// Deletes every token (sessions and API tokens) of `user` but `keep` (a digest); returns
+    /// how many went. Every master then ends their open connections ([`TokenWatch`]).
+    pub async fn revoke_tokens_of(
+        &self,
+        user: &str,
+        keep: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mut revoked = 0;
+        for (digest, _) in self.tokens_of(user).await? {
+            if Some(digest.as_str()) != keep && self.delete_token(&digest).await? {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Watches the token records from now on, for the digests of those that go.
+    pub async fn watch_tokens(&self) -> Result<TokenWatch, StoreError> {
+        let prefix = self.keys.tokens();
+        let watch = self
+            .client
+            .watch_client()
+            .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        Ok(TokenWatch { watch, prefix })
+    }
+
     /// A user's tokens with their digests, oldest first.
     pub async fn tokens_of(&self, user: &str) -> Result<Vec<(String, TokenRecord)>, StoreError> {
         let prefix = self.keys.tokens();
@@ -303,5 +331,36 @@ impl EtcdStore {
             .await
             .map_err(classify)?
             .succeeded())
+    }
+}
+
+/// The token records' watch (see [`EtcdStore::watch_tokens`]).
+pub struct TokenWatch {
+    watch: etcd_client::WatchStream,
+    prefix: String,
+}
+
+impl TokenWatch {
+    /// The digests of the tokens deleted in the next change, or why the watch has to start
+    /// over.
+    pub async fn next_deleted(&mut self) -> Result<Vec<String>, StoreError> {
+        let response = match self.watch.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
+            Err(e) => return Err(classify(e)),
+        };
+        if response.canceled() {
+            return Err(StoreError::Unavailable("the watch was cancelled".into()));
+        }
+        Ok(response
+            .events()
+            .iter()
+            .filter(|e| e.event_type() == EventType::Delete)
+            .filter_map(|e| e.kv())
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                key.strip_prefix(&self.prefix).map(str::to_owned)
+            })
+            .collect())
     }
 }

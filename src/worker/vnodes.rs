@@ -1380,11 +1380,14 @@ mod tests {
     #[test]
     fn the_portal_origin_drops_the_path() {
         let config = Config {
-            portal_url: Some("http://10.213.0.11:8000/".into()),
+            portal_url: Some("https://portal.docklet.test:8000/".into()),
             ..Config::default()
         };
-        assert_eq!(portal_origin(&config, "tb1"), "http://10.213.0.11:8000");
-        assert_eq!(portal_origin(&Config::default(), "tb2"), "http://tb2:8000");
+        assert_eq!(
+            portal_origin(&config, "tb1"),
+            "https://portal.docklet.test:8000"
+        );
+        assert_eq!(portal_origin(&Config::default(), "tb2"), "https://tb2:8000");
     }
 
     #[test]

@@ -12,12 +12,14 @@ export default defineConfig({
   reporter: [["list"]],
   outputDir: process.env.DOCKLET_RESULTS || "../../target/browser-results",
   use: {
-    baseURL: process.env.DOCKLET_PORTAL || "http://10.213.0.11:8000",
+    baseURL: process.env.DOCKLET_PORTAL || "https://portal.docklet.test:8000",
     headless: true,
     viewport: { width: 1280, height: 860 },
     screenshot: "only-on-failure",
     launchOptions: {
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+      // Chromium finds the site CA, as a site's users would have it, in $HOME/.pki/nssdb.
+      env: { ...process.env, HOME: process.env.DOCKLET_BROWSER_HOME || process.env.HOME },
       // No connection anywhere but the testbed: no background services, updates or sync.
       args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"],

@@ -261,9 +261,11 @@ test.describe.serial("the portal", () => {
     expect(headers["content-security-policy"]).toContain("frame-ancestors 'none'");
     expect(headers["x-frame-options"]).toBe("DENY");
     const cookies = await page.context().cookies();
-    const session = cookies.find((c) => c.name === "docklet_session");
+    const session = cookies.find((c) => c.name === "__Host-docklet_session");
     expect(session.httpOnly).toBe(true);
+    expect(session.secure).toBe(true);
     expect(session.sameSite).toBe("Strict");
+    expect(headers["strict-transport-security"]).toContain("max-age=");
     await shot(page, "account");
     // A form posted without the session's CSRF token changes nothing.
     const forged = await page.request.post("/clusters", { form: { csrf: "0".repeat(32) } });

@@ -6,7 +6,11 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-export const portal = process.env.DOCKLET_PORTAL || "http://10.213.0.11:8000";
+// The portal's name and the ports' name resolve to tb1 through this machine's /etc/hosts
+// (tools/testbed up); Node trusts the site CA through NODE_EXTRA_CA_CERTS and Chromium
+// through the NSS database that tools/test makes (DOCKLET_BROWSER_HOME).
+export const portal = process.env.DOCKLET_PORTAL || "https://portal.docklet.test:8000";
+export const portsHost = "ports.docklet.test";
 export const shots = process.env.DOCKLET_SHOTS || path.join(repo, "target/browser-screenshots");
 mkdirSync(shots, { recursive: true });
 

@@ -9,7 +9,58 @@ use serde_json::Value;
 
 pub mod rest;
 
-pub const PORTAL: &str = "http://10.213.0.11:8000";
+/// The portal as users reach it: HTTPS on a DNS name (the testbed resolves it to tb1 on this
+/// machine and in its hosts), verified against the site CA `docklet-admin init` made.
+pub const PORTAL_NAME: &str = "portal.docklet.test";
+pub const PORTAL: &str = "https://portal.docklet.test:8000";
+/// The host name port mappings are announced under.
+pub const PORTS_NAME: &str = "ports.docklet.test";
+/// tb1, where the testbed's names lead.
+pub const MASTER_ADDRESS: &str = "10.213.0.11";
+/// The site CA, as `tools/testbed up` copied it from tb1.
+pub const SITE_CA: &str = "/var/lib/docklet-testbed/site-ca.pem";
+/// The session cookie of the portal.
+pub const SESSION_COOKIE: &str = "__Host-docklet_session";
+
+/// curl as the tests use it against the portal: certificates verified against the site CA.
+pub fn curl() -> Command {
+    let mut command = Command::new("curl");
+    command.args(["--cacert", SITE_CA]);
+    command
+}
+
+/// curl reaching the portal's name at `address` (the master of another host), still
+/// verifying the certificate for the portal's name.
+pub fn curl_via(address: &str) -> Command {
+    let mut command = curl();
+    command.args(["--resolve", &format!("{PORTAL_NAME}:8000:{address}")]);
+    command
+}
+
+/// A TLS connection to the portal port at `address`, verified against the site CA for the
+/// portal's name (for WebSockets).
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+pub fn tls_connect(address: &str, timeout: Duration) -> TlsStream {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(SITE_CA).expect("the site CA") {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(PORTAL_NAME).unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let stream = std::net::TcpStream::connect(address).expect("connect to the portal port");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    rustls::StreamOwned::new(connection, stream)
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -113,7 +164,12 @@ pub fn registered_hosts(host: &str) -> Vec<String> {
 
 /// An HTTP GET from this machine (outside the testbed), returning (status, body).
 pub fn http_get(url: &str) -> (u16, String) {
-    let output = Command::new("curl")
+    http_get_with(curl(), url)
+}
+
+/// The same GET with a curl of the caller's (e.g. [`curl_via`]).
+pub fn http_get_with(mut curl: Command, url: &str) -> (u16, String) {
+    let output = curl
         .args(["-s", "-m", "20", "-w", "\n%{http_code}", url])
         .output()
         .expect("curl");

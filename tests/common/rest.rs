@@ -2,12 +2,12 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use super::{PORTAL, ok};
+use super::{PORTAL, curl, ok};
 
 pub struct Resp {
     pub status: u16,
@@ -45,7 +45,7 @@ impl std::fmt::Display for Resp {
 }
 
 pub fn api(method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
-    let mut cmd = Command::new("curl");
+    let mut cmd = curl();
     let limit = if path.contains("wait=") { "150" } else { "30" };
     cmd.args([
         "-s",
@@ -101,7 +101,7 @@ pub fn post(path: &str, token: &str, body: &Value) -> Resp {
 }
 
 pub fn login(user: &str, password: &str) -> String {
-    let output = Command::new("curl")
+    let output = curl()
         .args([
             "-s",
             "-m",

@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CsrfOnly, DoneQuery, Session, given, notice, render, render_error, see_other, status_of,
+    CsrfOnly, DoneQuery, Peer, Session, given, notice, render, render_error, see_other, status_of,
 };
 use crate::master::Master;
 use crate::master::actions::{GroupPatch, NewUser, QuotaPatch, UserPatch};
@@ -104,6 +104,7 @@ pub struct UserForm {
 pub async fn update_user(
     State(master): Shared,
     session: Session,
+    Peer(peer): Peer,
     Path(name): Path<String>,
     Form(form): Form<UserForm>,
 ) -> Response {
@@ -130,9 +131,12 @@ pub async fn update_user(
     let patch = UserPatch {
         group: given(&form.group).map(str::to_owned),
         status,
-        password: None,
+        ..Default::default()
     };
-    match master.update_user(&session.caller, &name, &patch).await {
+    match master
+        .update_user(&session.caller, &name, &patch, &peer)
+        .await
+    {
         Ok(_) => see_other("/admin/users", "user-saved"),
         Err(e) => users_page(&master, &session, status_of(&e), None, Some(&e.to_string())).await,
     }

@@ -221,8 +221,9 @@ pub struct Session {
     pub caller: Caller,
     pub csrf: String,
     pub token: String,
-    /// The `Host` the browser addressed, for the public addresses of port mappings.
-    pub host: Option<String>,
+    /// The address the browser reached the master at, for the public addresses of port
+    /// mappings (when no `ports_host` is configured).
+    pub reached: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -268,17 +269,14 @@ impl FromRequestParts<Arc<Master>> for Session {
                 caller,
                 csrf: session::csrf_token(&token),
                 token,
-                host: parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
+                reached: parts
+                    .extensions
+                    .get::<crate::master::serve::LocalAddr>()
+                    .map(|a| a.0.ip()),
             }),
             Err(ApiError::Unauthenticated(_)) => {
                 let mut response = to_login(parts);
-                if let Ok(value) =
-                    HeaderValue::from_str(&session::session_cookie(None, 0, secure(master)))
-                {
+                if let Ok(value) = HeaderValue::from_str(&session::session_cookie(None, 0)) {
                     response.headers_mut().insert(header::SET_COOKIE, value);
                 }
                 Err(response)
@@ -286,15 +284,6 @@ impl FromRequestParts<Arc<Master>> for Session {
             Err(e) => Err(render_error(None, status_of(&e), &e.to_string())),
         }
     }
-}
-
-/// Whether cookies must be Secure: the portal is served over https.
-fn secure(master: &Master) -> bool {
-    master
-        .config
-        .portal_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"))
 }
 
 /// The client's address, for the login throttle.

@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CsrfOnly, DoneQuery, Peer, Session, given, notice, render, render_error, safe_next, secure,
-    see_other, status_of,
+    CsrfOnly, DoneQuery, Peer, Session, given, notice, render, render_error, safe_next, see_other,
+    status_of,
 };
 use crate::master::Master;
 use crate::master::actions::{ApiError, ClusterView, UserPatch};
 use crate::master::ports::MapPortRequest;
 use crate::master::session;
-use crate::model::account::{AuthMethod, SESSION_SECS};
+use crate::model::account::AuthMethod;
 use crate::model::vcluster::{CreateClusterRequest, NodeState};
 
 type Shared = State<Arc<Master>>;
@@ -112,7 +112,7 @@ pub async fn login(
         Ok(result) => {
             let mut response = Redirect::to(&next).into_response();
             let cookie =
-                session::session_cookie(Some(&result.token), SESSION_SECS, secure(&master));
+                session::session_cookie(Some(&result.token), master.config.session_lifetime);
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
             }
@@ -141,7 +141,7 @@ pub async fn logout(
         tracing::warn!("logout: {e}");
     }
     let mut response = Redirect::to("/login").into_response();
-    if let Ok(value) = HeaderValue::from_str(&session::session_cookie(None, 0, secure(&master))) {
+    if let Ok(value) = HeaderValue::from_str(&session::session_cookie(None, 0)) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
@@ -351,7 +351,7 @@ async fn cluster_page(
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
     let ports = match master
-        .list_ports(&session.caller, None, session.host.as_deref())
+        .list_ports(&session.caller, None, session.reached)
         .await
     {
         Ok(ports) => ports
@@ -529,7 +529,7 @@ pub async fn map_port(
         &name,
         form.node,
         &request,
-        session.host.as_deref(),
+        session.reached,
     );
     cluster_action(&master, &session, &name, &form.csrf, "mapped", action).await
 }
@@ -730,37 +730,33 @@ pub async fn change_password(
         )
         .await;
     }
-    // The current password is asked again, so an unattended browser cannot change it; the
-    // check goes through the login throttle like any login.
+    // The current password is asked again, so an unattended browser cannot change it (the
+    // action checks it under the login throttle); every other session of the account ends.
     let user = session.caller.name().to_owned();
-    match master.login(&user, &form.current, &peer).await {
-        Ok(result) => {
-            // Only a proof: this extra session is not needed.
-            if let Ok(caller) = master.authenticate(&result.token).await {
-                let _ = master.logout(&caller).await;
-            }
-        }
+    let patch = UserPatch {
+        password: Some(form.password.clone()),
+        current_password: Some(form.current.clone()),
+        ..Default::default()
+    };
+    match master
+        .update_user(&session.caller, &user, &patch, &peer)
+        .await
+    {
+        Ok(_) => see_other("/account", "password"),
         Err(ApiError::Throttled { retry_after }) => {
-            return fail(
+            fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Too many failed attempts. Wait {retry_after} seconds."),
             )
-            .await;
+            .await
         }
-        Err(_) => {
-            return fail(
+        Err(ApiError::Input(e)) if e.code == "wrong_password" => {
+            fail(
                 StatusCode::FORBIDDEN,
                 "Your current password is not right.".into(),
             )
-            .await;
+            .await
         }
-    }
-    let patch = UserPatch {
-        password: Some(form.password.clone()),
-        ..Default::default()
-    };
-    match master.update_user(&session.caller, &user, &patch).await {
-        Ok(_) => see_other("/account", "password"),
         Err(e) => fail(status_of(&e), e.to_string()).await,
     }
 }
