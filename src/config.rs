@@ -113,6 +113,9 @@ pub struct Config {
     /// Seconds between two samples of every vnode's and host's use (CPU, memory, disk,
     /// network), on each worker.
     pub metrics_interval: u64,
+    /// Reverse proxies in front of the portal whose `X-Forwarded-For` names the client (for
+    /// the login throttle); nobody else's header is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a portal login lasts at most, and how long it lasts unused.
     pub session_lifetime: u64,
     pub session_idle: u64,
@@ -141,6 +144,7 @@ impl Default for Config {
             ports_address: None,
             default_image: "base".into(),
             metrics_interval: 10,
+            trusted_proxies: Vec::new(),
             session_lifetime: 7 * 24 * 3600,
             session_idle: 12 * 3600,
             overcommit: crate::model::placement::Overcommit::default(),
@@ -540,6 +544,7 @@ mod tests {
             tls_names = ["*.docklet.example", "portal2.example"]
             ports_host = "ports.docklet.example"
             ports_address = "192.0.2.7"
+            trusted_proxies = ["192.0.2.0/28", "2001:db8::1/128"]
             storage = "disk"
             port_range = "40000-40099"
             [etcd]

@@ -639,15 +639,26 @@ fn pam_and_local_users_log_in_and_tokens_are_revocable() {
 
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
-fn logins_are_throttled_per_account() {
-    // The throttle also counts failures per source address, for ever: this machine is one
-    // source for every test, so a fresh master keeps reruns from adding up to its limit.
-    ok("tb1", "systemctl restart docklet-master.service");
-    wait_for(
-        "the master to answer again",
-        Duration::from_secs(30),
-        || http_get(&format!("{PORTAL}/api/v1/health")).0 == 200,
-    );
+fn logins_are_throttled_per_account_and_address() {
+    // The throttle also counts failures per source address: this machine is one source for
+    // every test, so a fresh master keeps reruns from adding up to its limit, and one at the
+    // end lets the other tests log in from here again.
+    let fresh_master = || {
+        ok("tb1", "systemctl restart docklet-master.service");
+        wait_for(
+            "the master to answer again",
+            Duration::from_secs(30),
+            || http_get(&format!("{PORTAL}/api/v1/health")).0 == 200,
+        );
+    };
+    fresh_master();
+    struct FreshMasterAtEnd<F: Fn()>(F);
+    impl<F: Fn()> Drop for FreshMasterAtEnd<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _fresh_at_end = FreshMasterAtEnd(fresh_master);
     let (user, other) = ("mau2", "mau2b");
     let _cleanup = Cleanup::users(&[user, other]);
     let password = fresh_pam_user(user);
@@ -672,6 +683,77 @@ fn logins_are_throttled_per_account() {
     // Another account, from the same address, is not blocked.
     let token = session(other, &other_password);
     assert_eq!(me(&token)["user"], other);
+
+    // A burst: 500 concurrent wrong logins for root from this machine. Each attempt is
+    // counted before its password is checked, so all but the free ones are refused at once;
+    // the master keeps answering, within its memory, and is not restarted.
+    let master_pid = unit_property("tb1", "docklet-master.service", "MainPID");
+    let rss = || -> u64 {
+        let status = ok("tb1", &format!("cat /proc/{master_pid}/status"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    };
+    let rss_before = rss();
+    let mut burst = curl();
+    burst
+        .args(["-s", "-Z", "--parallel-max", "500", "--parallel-immediate"])
+        .args(["-m", "60", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"user":"root","password":"not-roots-password"}"#]);
+    for _ in 0..500 {
+        burst.arg(format!("{PORTAL}/api/v1/auth/login"));
+    }
+    let output = burst.output().expect("curl");
+    let codes: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(codes.len(), 500, "an answer to every attempt");
+    let count = |code: &str| codes.iter().filter(|c| *c == code).count();
+    eprintln!(
+        "500 concurrent wrong logins for root: {} refused as wrong, {} throttled",
+        count("401"),
+        count("429")
+    );
+    assert_eq!(
+        count("401") + count("429"),
+        500,
+        "only 401 and 429: {codes:?}"
+    );
+    assert!(
+        count("401") <= 6,
+        "the free attempts only: {}",
+        count("401")
+    );
+    let rss_after = rss();
+    eprintln!("the master's resident memory: {rss_before} KiB before, {rss_after} KiB after");
+    assert!(
+        rss_after < 1 << 20,
+        "under MemoryMax (1 GiB): {rss_after} KiB"
+    );
+    assert_eq!(
+        unit_property("tb1", "docklet-master.service", "MainPID"),
+        master_pid,
+        "the master was not restarted"
+    );
+    assert_eq!(http_get(&format!("{PORTAL}/api/v1/health")).0, 200);
+    // root is blocked from this address, and not from another one (tb2).
+    let root_password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+    let root_password = root_password.trim();
+    login("root", root_password).assert_error(429, "throttled");
+    let body = json!({"user": "root", "password": root_password}).to_string();
+    let from_tb2 = ok(
+        "tb2",
+        &format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' \
+             -d {} {PORTAL}/api/v1/auth/login",
+            shell_quote(&body)
+        ),
+    );
+    assert_eq!(from_tb2, "200", "root logs in from another address");
 }
 
 #[test]

@@ -907,3 +907,264 @@ fn closed_terminals_leave_nothing_behind() {
         after - before
     );
 }
+
+/// Whether a terminal's connection has ended (closed, or dropped by the master), reading
+/// for at most `limit`.
+fn terminal_ended(term: &mut Terminal, limit: Duration) -> bool {
+    term.socket
+        .get_ref()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match term.socket.read() {
+            Ok(Message::Close(_)) => return true,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn a_password_change_ends_every_other_session_and_its_open_connections() {
+    let user = "wsrev";
+    let _cleanup = Cleanup(vec![user]);
+    forget_user(user);
+    // A local account: its password is Docklet's to change.
+    let (first, second) = ("First-pass-2026", "Second-pass-2026");
+    let r = api(
+        "POST",
+        "/users",
+        root(),
+        Some(&json!({"name": user, "password": first})),
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let laptop = login(user, first);
+    // Another session (a browser left open elsewhere, or a stolen one) and its API token.
+    let other = login(user, first);
+    let r = api("POST", "/tokens", &other, Some(&json!({"name": "script"})));
+    assert_eq!(r.status, 201, "{r}");
+    let script = r.json()["token"].as_str().unwrap().to_owned();
+    cluster(&other, "rev");
+
+    // The other session's open terminal and event stream.
+    let mut term = Terminal::open(&terminal_path("rev", ""), Cred::Bearer(&other))
+        .expect("a terminal for the owner");
+    term.type_keys("echo open-$((6*7))\r");
+    term.wait_for("open-42", Duration::from_secs(20));
+    let mut events = curl()
+        .args(["-s", "-N", "-m", "120"])
+        .args(["-H", &format!("Authorization: Bearer {other}")])
+        .arg(format!("{PORTAL}/api/v1/events"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run curl");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(events.try_wait().unwrap().is_none(), "the stream is open");
+
+    // Bad changes change nothing: a session alone cannot set a new password.
+    let patch = |body: Value| api("PATCH", &format!("/users/{user}"), &laptop, Some(&body));
+    let r = patch(json!({"password": second}));
+    assert_eq!(r.status, 422, "{r}");
+    assert_eq!(r.json()["error"]["code"], "missing_current_password", "{r}");
+    let r = patch(json!({"password": second, "current_password": "not-the-one-1"}));
+    assert_eq!(r.status, 422, "{r}");
+    assert_eq!(r.json()["error"]["code"], "wrong_password", "{r}");
+    let r = patch(json!({"password": "", "current_password": first}));
+    assert_eq!(r.json()["error"]["code"], "invalid_password", "{r}");
+    assert!(!terminal_ended(&mut term, Duration::from_millis(500)));
+    assert_eq!(api("GET", "/me", &script, None).status, 200);
+
+    // The change: every other session and token ends, with its connections, at once.
+    let r = patch(json!({"password": second, "current_password": first}));
+    assert_eq!(r.status, 200, "{r}");
+    let changed = Instant::now();
+    assert!(
+        terminal_ended(&mut term, Duration::from_secs(2)),
+        "the other session's terminal is still open 2 s after the change"
+    );
+    let terminal_took = changed.elapsed();
+    while events.try_wait().unwrap().is_none() {
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "the other session's event stream is still open 2 s after the change"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "after the change: the terminal ended in {terminal_took:?}, the event stream in {:?}",
+        changed.elapsed()
+    );
+    for (what, token) in [("the other session", &other), ("its API token", &script)] {
+        let r = api("GET", "/me", token, None);
+        assert_eq!(r.status, 401, "{what} still works: {r}");
+    }
+    assert!(
+        Terminal::open(&terminal_path("rev", ""), Cred::Bearer(&other)).is_err(),
+        "a revoked session opens no terminal"
+    );
+    // The session that made the change goes on; the old password is gone.
+    assert_eq!(api("GET", "/me", &laptop, None).status, 200);
+    let r = http(
+        "POST",
+        "/api/v1/auth/login",
+        Cred::None,
+        Some(
+            json!({"user": user, "password": first})
+                .to_string()
+                .as_bytes(),
+        ),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 401, "{r}");
+    let fresh = login(user, second);
+
+    // A lock ends them all, the one that changed the password too.
+    let r = api(
+        "PATCH",
+        &format!("/users/{user}"),
+        root(),
+        Some(&json!({"status": "locked"})),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    for token in [&laptop, &fresh] {
+        assert_eq!(api("GET", "/me", token, None).status, 401);
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn every_form_and_cookie_call_refuses_a_request_from_another_site() {
+    // The administrator's browser session: every route below would change something for it.
+    let admin = root();
+    let before = api("GET", "/tokens", admin, None);
+    assert_eq!(before.status, 200, "{before}");
+    let forms = [
+        "/logout",
+        "/clusters",
+        "/clusters/c/start",
+        "/clusters/c/stop",
+        "/clusters/c/scale-out",
+        "/clusters/c/scale-in",
+        "/clusters/c/delete",
+        "/clusters/c/ports",
+        "/clusters/c/ports/30000/unmap",
+        "/clusters/c/nodes/0/save-image",
+        "/images/root/i/share",
+        "/images/root/i/unshare",
+        "/images/root/i/delete",
+        "/system-images/base/update",
+        "/account/password",
+        "/account/tokens",
+        "/account/tokens/x/revoke",
+        "/admin/users",
+        "/admin/users/nobody",
+        "/admin/users/nobody/delete",
+        "/admin/groups",
+        "/admin/groups/primary",
+        "/admin/groups/primary/delete",
+        "/admin/default-group",
+        "/admin/hosts/tb3/drain",
+        "/admin/hosts/tb3/undrain",
+    ];
+    let calls = [
+        ("POST", "/api/v1/auth/logout"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/x"),
+        ("POST", "/api/v1/clusters"),
+        ("DELETE", "/api/v1/clusters/c"),
+        ("POST", "/api/v1/clusters/c/start"),
+        ("POST", "/api/v1/clusters/c/stop"),
+        ("POST", "/api/v1/clusters/c/scale-out"),
+        ("POST", "/api/v1/clusters/c/scale-in"),
+        ("POST", "/api/v1/clusters/c/nodes/0/exec"),
+        ("POST", "/api/v1/clusters/c/nodes/0/recover"),
+        ("POST", "/api/v1/clusters/c/nodes/0/ports"),
+        ("DELETE", "/api/v1/ports/30000"),
+        ("POST", "/api/v1/images"),
+        ("PATCH", "/api/v1/images/root/i"),
+        ("DELETE", "/api/v1/images/root/i"),
+        ("POST", "/api/v1/system-images/base"),
+        ("POST", "/api/v1/users"),
+        ("PATCH", "/api/v1/users/root"),
+        ("DELETE", "/api/v1/users/nobody"),
+        ("POST", "/api/v1/groups"),
+        ("PATCH", "/api/v1/groups/primary"),
+        ("DELETE", "/api/v1/groups/primary"),
+        ("PUT", "/api/v1/settings/default-group"),
+        ("POST", "/api/v1/hosts/tb3/drain"),
+        ("POST", "/api/v1/hosts/tb3/undrain"),
+    ];
+    let requests = forms
+        .iter()
+        .map(|path| ("POST", *path, "application/x-www-form-urlencoded", "csrf=x"))
+        .chain(
+            calls
+                .iter()
+                .map(|(method, path)| (*method, *path, "application/json", "{}")),
+        );
+    let mut wrong = Vec::new();
+    let mut count = 0;
+    for (method, path, content_type, body) in requests {
+        // Another site, and a neighbour under the same domain (a workspace host): both are
+        // what a browser says of a request it sends with the portal's cookie on its own.
+        for (origin, fetch_site) in [
+            ("https://evil.example", "cross-site"),
+            ("https://alice.ws.docklet.test:8000", "same-site"),
+        ] {
+            count += 1;
+            let r = http(
+                method,
+                path,
+                Cred::Cookie(admin, Some(origin)),
+                Some(body.as_bytes()),
+                &[
+                    ("Content-Type", content_type),
+                    ("Sec-Fetch-Site", fetch_site),
+                ],
+            );
+            let refused = r.status == 403
+                && r.json()["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("another site"));
+            if !refused {
+                wrong.push(format!("{method} {path} from {origin}: {r}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not refused as cross-site ({} of {count}):\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // Nothing happened: the session lives, its tokens are as they were.
+    let after = api("GET", "/tokens", admin, None);
+    assert_eq!(after.status, 200, "the session still works: {after}");
+    assert_eq!(after.json(), before.json());
+    // From the portal's own origin the same cookie works (so the refusal above was the rule).
+    let r = http(
+        "POST",
+        "/api/v1/tokens",
+        Cred::Cookie(admin, Some(PORTAL)),
+        Some(br#"{"name":"same-origin-check"}"#),
+        &[
+            ("Content-Type", "application/json"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+    );
+    assert_eq!(r.status, 201, "{r}");
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api("DELETE", &format!("/tokens/{id}"), admin, None).status,
+        204
+    );
+}

@@ -418,37 +418,29 @@ impl Master {
         source: &str,
     ) -> Result<LoginResult, ApiError> {
         let now = now_secs();
-        let wait = self.throttle.lock().unwrap().wait(user, source, now);
-        if wait > 0 {
-            return Err(ApiError::Throttled { retry_after: wait });
-        }
         let refused = || ApiError::Unauthenticated("wrong user name or password".into());
         // No account opens with an empty password, whatever PAM's nullok says.
         if password.is_empty() || password.len() > account::MAX_PASSWORD || user.len() > 256 {
             return Err(refused());
         }
-        let store = self.api_store().await?;
-        let existing = store.account(user).await?;
-        let verified = match &existing {
-            Some(a) if a.auth == AuthMethod::Local => {
-                let (a, pw) = (a.clone(), password.to_owned());
-                tokio::task::spawn_blocking(move || a.verify_password(&pw))
-                    .await
-                    .unwrap_or(false)
+        // Reserved before the check: a burst is refused before it costs a hash.
+        if let Err(wait) = self.throttle.lock().unwrap().reserve(user, source, now) {
+            return Err(ApiError::Throttled { retry_after: wait });
+        }
+        let checked = self.check_login(user, password).await;
+        let existing = match checked {
+            Ok((true, existing)) => existing,
+            Ok((false, _)) => {
+                info!(user, source, "login refused");
+                return Err(refused());
             }
-            _ => {
-                let (pam, u, pw) = (self.pam.clone(), user.to_owned(), password.to_owned());
-                tokio::task::spawn_blocking(move || pam.check(&u, &pw))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            Err(e) => {
+                self.throttle.lock().unwrap().release(user, source);
+                return Err(e);
             }
         };
-        if !verified {
-            self.throttle.lock().unwrap().failed(user, source, now);
-            info!(user, source, "login refused");
-            return Err(refused());
-        }
+        self.throttle.lock().unwrap().succeeded(user, source);
+        let store = self.api_store().await?;
         let account = match existing {
             Some(a) => a,
             None => {
@@ -471,7 +463,6 @@ impl Master {
         if account.status == AccountStatus::Locked {
             return Err(ApiError::Forbidden("your account is locked".into()));
         }
-        self.throttle.lock().unwrap().succeeded(user);
         let admin = self.is_admin(&store, &account).await?;
         let expires_at = now + self.config.session_lifetime;
         let (token, record) = self
@@ -484,6 +475,33 @@ impl Master {
             admin,
             expires_at,
         })
+    }
+
+    /// Whether `password` is `user`'s (the local hash, else PAM), with the account if Docklet
+    /// has one. The check runs on the bounded pool of [`PasswordChecks`].
+    async fn check_login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(bool, Option<Account>), ApiError> {
+        let store = self.api_store().await?;
+        let existing = store.account(user).await?;
+        let verified = match &existing {
+            Some(a) if a.auth == AuthMethod::Local => {
+                let (a, pw) = (a.clone(), password.to_owned());
+                self.password_checks
+                    .run(move || a.verify_password(&pw))
+                    .await?
+            }
+            _ => {
+                let (pam, u, pw) = (self.pam.clone(), user.to_owned(), password.to_owned());
+                self.password_checks
+                    .run(move || pam.check(&u, &pw))
+                    .await?
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            }
+        };
+        Ok((verified, existing))
     }
 
     async fn is_admin(&self, store: &EtcdStore, account: &Account) -> Result<bool, ApiError> {
@@ -1462,9 +1480,9 @@ impl Master {
                     ApiError::invalid("invalid_password", "password", e.to_string())
                 })?;
                 let (name, group, pw) = (new.name.clone(), group.clone(), password.clone());
-                tokio::task::spawn_blocking(move || Account::local(&name, &group, &pw, now))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                self.password_checks
+                    .run(move || Account::local(&name, &group, &pw, now))
+                    .await?
                     .map_err(|e| ApiError::Internal(e.to_string()))?
             }
             (AuthMethod::Local, None) => {
@@ -1544,9 +1562,9 @@ impl Master {
                 }
                 let pw = password.clone();
                 Some(
-                    tokio::task::spawn_blocking(move || account::hash_password(&pw))
-                        .await
-                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                    self.password_checks
+                        .run(move || account::hash_password(&pw))
+                        .await?
                         .map_err(|e| ApiError::Internal(e.to_string()))?,
                 )
             }
@@ -1596,34 +1614,44 @@ impl Master {
         password: &str,
         source: &str,
     ) -> Result<(), ApiError> {
-        let now = now_secs();
-        let wait = self
+        let name = account.name.as_str();
+        if let Err(wait) = self
             .throttle
             .lock()
             .unwrap()
-            .wait(&account.name, source, now);
-        if wait > 0 {
+            .reserve(name, source, now_secs())
+        {
             return Err(ApiError::Throttled { retry_after: wait });
         }
         let (a, pw) = (account.clone(), password.to_owned());
-        let right = !password.is_empty()
-            && password.len() <= account::MAX_PASSWORD
-            && tokio::task::spawn_blocking(move || a.verify_password(&pw))
+        let right = if password.is_empty() || password.len() > account::MAX_PASSWORD {
+            Ok(false)
+        } else {
+            self.password_checks
+                .run(move || a.verify_password(&pw))
                 .await
-                .unwrap_or(false);
-        if !right {
-            self.throttle
-                .lock()
-                .unwrap()
-                .failed(&account.name, source, now);
-            info!(user = %account.name, source, "password change refused: wrong current password");
-            return Err(ApiError::invalid(
-                "wrong_password",
-                "current_password",
-                "your current password is not right",
-            ));
+        };
+        match right {
+            Ok(true) => {
+                self.throttle.lock().unwrap().succeeded(name, source);
+                Ok(())
+            }
+            Ok(false) => {
+                info!(
+                    user = name,
+                    source, "password change refused: wrong current password"
+                );
+                Err(ApiError::invalid(
+                    "wrong_password",
+                    "current_password",
+                    "your current password is not right",
+                ))
+            }
+            Err(e) => {
+                self.throttle.lock().unwrap().release(name, source);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     pub async fn delete_user(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
@@ -1795,4 +1823,42 @@ pub fn host_load(
 
 async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
     Ok(store.host_names().await?.into_iter().collect())
+}
+
+/// Password checks and hashes (Argon2: 19 MiB and tens of milliseconds each; PAM) run on a
+/// bounded pool: as many at once as the machine has cores, and at most [`QUEUED_CHECKS`]
+/// more waiting; beyond that a request is answered "busy" at once. So a burst of logins
+/// cannot exhaust the master's memory or its blocking threads.
+pub struct PasswordChecks {
+    running: tokio::sync::Semaphore,
+    admitted: tokio::sync::Semaphore,
+}
+
+/// How many password checks may wait for the pool.
+pub const QUEUED_CHECKS: usize = 64;
+
+impl Default for PasswordChecks {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PasswordChecks {
+            running: tokio::sync::Semaphore::new(cores),
+            admitted: tokio::sync::Semaphore::new(cores + QUEUED_CHECKS),
+        }
+    }
+}
+
+impl PasswordChecks {
+    /// Runs `check` on the pool, or refuses at once when too many wait.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy =
+            || ApiError::Unavailable("too many logins at once: try again in a moment".into());
+        let _admitted = self.admitted.try_acquire().map_err(|_| busy())?;
+        let _running = self.running.acquire().await.map_err(|_| busy())?;
+        tokio::task::spawn_blocking(check)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
 }

@@ -4,14 +4,13 @@
 //! happen there. Errors are `{"error": {"code", "message", "field"?}}` with the status of
 //! [`ApiError::status`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -114,6 +113,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .merge(super::portal::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(session::refuse_cross_site))
         .with_state(master)
 }
 
@@ -372,16 +372,10 @@ fn accepted(view: OperationView) -> Response {
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "docklet", summary = "Logs in with a PAM or local password and returns a session token", request_body = LoginBody, responses((status = 200, body = LoginResult), (status = "default", description = "An error: see the code and message", body = ErrorBody)), security(()))]
 async fn login(
     State(master): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Peer(peer): Peer,
     Body(body): Body<LoginBody>,
 ) -> ApiResult<Response> {
-    let result = master
-        .login(
-            &body.user,
-            &body.password,
-            &peer.ip().to_canonical().to_string(),
-        )
-        .await?;
+    let result = master.login(&body.user, &body.password, &peer).await?;
     Ok(Json(result).into_response())
 }
 

@@ -61,6 +61,8 @@ pub struct Master {
     /// restart forgets them, and with several masters each counts its own.
     throttle: std::sync::Mutex<crate::model::account::Throttle>,
     pam: Arc<dyn crate::sys::pam::PasswordCheck>,
+    /// The bounded pool password checks and hashes run on.
+    password_checks: actions::PasswordChecks,
     /// This master holds the leadership and runs the controllers ([`controllers`]).
     leading: AtomicBool,
     /// The lease of this master's candidacy, revoked on a clean stop so another master
@@ -97,6 +99,7 @@ impl Master {
             pam: Arc::new(crate::sys::pam::Pam {
                 service: "docklet".into(),
             }),
+            password_checks: Default::default(),
             leading: AtomicBool::new(false),
             leader_lease: Default::default(),
             placement: Default::default(),

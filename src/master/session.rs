@@ -77,6 +77,44 @@ pub fn needs_proof(method: &Method, headers: &HeaderMap) -> bool {
     websocket || !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// Whether the browser says the request comes from another site or another origin of this
+/// site: `Sec-Fetch-Site` (`cross-site`, `same-site`: a workspace or another host under the
+/// same domain), or an `Origin` that is not this host.
+pub fn from_elsewhere(headers: &HeaderMap) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if matches!(fetch_site, "cross-site" | "same-site") {
+        return true;
+    }
+    headers.contains_key(header::ORIGIN) && !same_origin(headers)
+}
+
+/// Refuses, for every route of the portal port, a request that could change something (or
+/// opens a WebSocket) carrying the session cookie but coming from elsewhere: one rule in
+/// front of every form and JSON call, so no handler can forget it. Requests with a bearer
+/// token carry no ambient credential and pass; the handlers still check the CSRF token of
+/// cookie requests that name no origin.
+pub async fn refuse_cross_site(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    if needs_proof(request.method(), headers)
+        && !headers.contains_key(header::AUTHORIZATION)
+        && session_from_cookies(headers).is_some()
+        && from_elsewhere(headers)
+    {
+        return crate::master::actions::ApiError::Forbidden(
+            "a browser request from another site: send it from the portal's own pages".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The same-origin rule for a cookie-authenticated request: reads pass; changes and
 /// WebSockets need this host's `Origin` or the session's CSRF token in [`CSRF_HEADER`].
 pub fn browser_request_allowed(method: &Method, headers: &HeaderMap, session: &str) -> bool {
@@ -88,6 +126,41 @@ pub fn browser_request_allowed(method: &Method, headers: &HeaderMap, session: &s
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| crate::model::account::same_secret(v, &csrf_token(session)));
     token_ok || same_origin(headers)
+}
+
+/// The client's address: the connection's peer, unless that peer is one of the
+/// `trusted_proxies`; then the rightmost `X-Forwarded-For` entry that is not a trusted proxy
+/// (entries to its left were written by the client and prove nothing).
+pub fn client_address(
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> String {
+    let Some(peer) = peer.map(|p| p.to_canonical()) else {
+        return String::new();
+    };
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer.to_string();
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client.to_string()
 }
 
 #[cfg(test)]
@@ -162,6 +235,73 @@ pub(crate) mod tests {
         assert!(browser_request_allowed(&post, &with_token, session));
         with_token.insert(CSRF_HEADER, csrf_token("dkt_other").parse().unwrap());
         assert!(!browser_request_allowed(&post, &with_token, session));
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let peer = |ip: &str| Some(ip.parse().unwrap());
+        let xff = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.3")]);
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_address(peer("198.51.100.1"), &xff, &trusted),
+            "198.51.100.1"
+        );
+        // Behind trusted proxies: the rightmost hop that is not one of them.
+        assert_eq!(
+            client_address(peer("10.0.0.2"), &xff, &trusted),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            client_address(peer("::ffff:10.0.0.2"), &xff, &trusted),
+            "203.0.113.9"
+        );
+        // No header, or garbage: the proxy itself.
+        assert_eq!(
+            client_address(peer("10.0.0.2"), &HeaderMap::new(), &trusted),
+            "10.0.0.2"
+        );
+        let junk = headers(&[("x-forwarded-for", "nonsense")]);
+        assert_eq!(
+            client_address(peer("10.0.0.2"), &junk, &trusted),
+            "10.0.0.2"
+        );
+        // Nothing trusted: the header never counts.
+        assert_eq!(client_address(peer("10.0.0.2"), &xff, &[]), "10.0.0.2");
+        assert_eq!(client_address(None, &xff, &trusted), "");
+    }
+
+    #[test]
+    fn requests_from_elsewhere_are_told_apart() {
+        let host = ("host", "portal.example:8000");
+        assert!(!from_elsewhere(&headers(&[
+            host,
+            ("origin", "https://portal.example:8000")
+        ])));
+        assert!(!from_elsewhere(&headers(&[
+            host,
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(!from_elsewhere(&headers(&[
+            host,
+            ("sec-fetch-site", "none")
+        ])));
+        assert!(!from_elsewhere(&headers(&[host])), "curl names no origin");
+        assert!(from_elsewhere(&headers(&[
+            host,
+            ("origin", "https://evil.example")
+        ])));
+        assert!(from_elsewhere(&headers(&[host, ("origin", "null")])));
+        // A workspace under the same domain is same-site, and still elsewhere.
+        assert!(from_elsewhere(&headers(&[
+            host,
+            ("origin", "https://portal.example:8000"),
+            ("sec-fetch-site", "same-site")
+        ])));
+        assert!(from_elsewhere(&headers(&[
+            host,
+            ("sec-fetch-site", "cross-site")
+        ])));
     }
 
     #[test]

@@ -278,22 +278,54 @@ struct Failures {
     last_failure: u64,
 }
 
-/// Login throttling: after `free` failures in a row for the same account (or `free_per_source`
-/// from the same address), each further failure blocks that key for twice as long as the
-/// last, from [`Throttle::FIRST_BLOCK_SECS`] up to an hour. A success clears the account; a
-/// key without failures for [`Throttle::RESET_SECS`] starts afresh (so typos on a shared
-/// address do not add up for ever, while a success cannot reset an address's count).
+/// Login throttling, counted per (account, client address) and per client address, so that
+/// failures from one address never lock an account out for its owner at another. After
+/// `free` failures in a row for a pair (or `free_per_source` from one address), each further
+/// failure blocks that key for twice as long as the last, from [`Throttle::FIRST_BLOCK_SECS`]
+/// up to an hour. An attempt is *reserved* (counted as a failure) before its password is
+/// checked, so a burst of concurrent guesses is refused before any of them costs a hash; a
+/// success gives its reservation back and clears the pair. A key without failures for
+/// [`Throttle::RESET_SECS`] starts afresh (so typos on a shared address do not add up for
+/// ever, while a success cannot reset an address's count).
 #[derive(Debug)]
 pub struct Throttle {
     free: u32,
     free_per_source: u32,
-    accounts: HashMap<String, Failures>,
+    pairs: HashMap<(String, String), Failures>,
     sources: HashMap<String, Failures>,
 }
 
 impl Default for Throttle {
     fn default() -> Self {
         Throttle::new(5, 20)
+    }
+}
+
+impl Failures {
+    fn left(&self, now: u64) -> u64 {
+        self.blocked_until.saturating_sub(now)
+    }
+
+    fn bump(&mut self, free: u32, now: u64) {
+        if now >= self.last_failure + Throttle::RESET_SECS && now >= self.blocked_until {
+            self.count = 0;
+        }
+        self.last_failure = now;
+        self.count += 1;
+        if self.count > free {
+            let doublings = (self.count - free - 1).min(16);
+            let block = (Throttle::FIRST_BLOCK_SECS << doublings).min(Throttle::MAX_BLOCK_SECS);
+            self.blocked_until = now + block;
+        }
+    }
+
+    /// Takes back one reserved failure (the attempt succeeded): a count back within `free`
+    /// warrants no block.
+    fn give_back(&mut self, free: u32) {
+        self.count = self.count.saturating_sub(1);
+        if self.count <= free {
+            self.blocked_until = 0;
+        }
     }
 }
 
@@ -304,51 +336,81 @@ impl Throttle {
     pub const RESET_SECS: u64 = 15 * 60;
     /// Entries are forgotten this long after their last block ended.
     const FORGET_SECS: u64 = 24 * 3600;
+    /// Above this many entries, old ones are forgotten (an attacker with many names and
+    /// addresses cannot make the master hold more).
+    const MAX_ENTRIES: usize = 100_000;
 
     pub fn new(free: u32, free_per_source: u32) -> Throttle {
         Throttle {
             free,
             free_per_source,
-            accounts: HashMap::new(),
+            pairs: HashMap::new(),
             sources: HashMap::new(),
         }
     }
 
-    /// Seconds the caller must still wait before trying `user` from `source` again; 0: go.
-    pub fn wait(&self, user: &str, source: &str, now: u64) -> u64 {
-        let left = |f: Option<&Failures>| f.map_or(0, |f| f.blocked_until.saturating_sub(now));
-        left(self.accounts.get(user)).max(left(self.sources.get(source)))
+    fn pair(user: &str, source: &str) -> (String, String) {
+        (user.to_owned(), source.to_owned())
     }
 
-    pub fn failed(&mut self, user: &str, source: &str, now: u64) {
-        fn bump(map: &mut HashMap<String, Failures>, key: &str, free: u32, now: u64) {
-            let entry = map.entry(key.to_owned()).or_default();
-            if now >= entry.last_failure + Throttle::RESET_SECS && now >= entry.blocked_until {
-                entry.count = 0;
+    /// Seconds the caller must still wait before trying `user` from `source` again; 0: go.
+    pub fn wait(&self, user: &str, source: &str, now: u64) -> u64 {
+        let pair = self.pairs.get(&Self::pair(user, source));
+        let source = self.sources.get(source);
+        pair.map_or(0, |f| f.left(now))
+            .max(source.map_or(0, |f| f.left(now)))
+    }
+
+    /// Reserves an attempt at `user` from `source`: `Err(seconds to wait)` while blocked,
+    /// else the attempt counts as a failure until [`Throttle::succeeded`] gives it back.
+    pub fn reserve(&mut self, user: &str, source: &str, now: u64) -> Result<(), u64> {
+        match self.wait(user, source, now) {
+            0 => {
+                self.failed(user, source, now);
+                Ok(())
             }
-            entry.last_failure = now;
-            entry.count += 1;
-            if entry.count > free {
-                let doublings = (entry.count - free - 1).min(16);
-                let block = (Throttle::FIRST_BLOCK_SECS << doublings).min(Throttle::MAX_BLOCK_SECS);
-                entry.blocked_until = now + block;
-            }
+            wait => Err(wait),
         }
-        bump(&mut self.accounts, user, self.free, now);
-        bump(&mut self.sources, source, self.free_per_source, now);
-        // Bound the memory an attacker with many names can make us use.
-        if self.accounts.len() + self.sources.len() > 100_000 {
+    }
+
+    /// Counts a failure (the reserved attempts already did).
+    pub fn failed(&mut self, user: &str, source: &str, now: u64) {
+        self.pairs
+            .entry(Self::pair(user, source))
+            .or_default()
+            .bump(self.free, now);
+        self.sources
+            .entry(source.to_owned())
+            .or_default()
+            .bump(self.free_per_source, now);
+        if self.pairs.len() + self.sources.len() > Self::MAX_ENTRIES {
             self.forget_old(now);
         }
     }
 
-    pub fn succeeded(&mut self, user: &str) {
-        self.accounts.remove(user);
+    /// A reserved attempt was not decided (the check could not run): its reservation goes
+    /// back.
+    pub fn release(&mut self, user: &str, source: &str) {
+        if let Some(f) = self.pairs.get_mut(&Self::pair(user, source)) {
+            f.give_back(self.free);
+        }
+        if let Some(f) = self.sources.get_mut(source) {
+            f.give_back(self.free_per_source);
+        }
+    }
+
+    /// A reserved attempt succeeded: the pair starts afresh, the address gets its
+    /// reservation back (its other failures still count).
+    pub fn succeeded(&mut self, user: &str, source: &str) {
+        self.pairs.remove(&Self::pair(user, source));
+        if let Some(f) = self.sources.get_mut(source) {
+            f.give_back(self.free_per_source);
+        }
     }
 
     fn forget_old(&mut self, now: u64) {
         let keep = |f: &Failures| f.blocked_until + Self::FORGET_SECS > now && f.count > 0;
-        self.accounts.retain(|_, f| keep(f));
+        self.pairs.retain(|_, f| keep(f));
         self.sources.retain(|_, f| keep(f));
     }
 }
@@ -485,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn throttle_blocks_an_account_after_free_failures_and_doubles() {
+    fn throttle_blocks_a_pair_after_free_failures_and_doubles() {
         let mut t = Throttle::new(3, 100);
         for _ in 0..3 {
             assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0);
@@ -494,9 +556,11 @@ mod tests {
         assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0, "three are free");
         t.failed("alice", "10.0.0.1", 1000);
         assert_eq!(
-            t.wait("alice", "10.0.0.2", 1000),
+            t.wait("alice", "10.0.0.1", 1000),
             Throttle::FIRST_BLOCK_SECS
         );
+        // Failures from one address do not lock the account out at another.
+        assert_eq!(t.wait("alice", "10.0.0.2", 1000), 0);
         assert_eq!(t.wait("bob", "10.0.0.1", 1000), 0, "others are not blocked");
         t.failed("alice", "10.0.0.1", 1000);
         assert_eq!(
@@ -506,9 +570,34 @@ mod tests {
         for _ in 0..20 {
             t.failed("alice", "10.0.0.1", 1000);
         }
-        assert_eq!(t.wait("alice", "x", 1000), Throttle::MAX_BLOCK_SECS);
-        t.succeeded("alice");
-        assert_eq!(t.wait("alice", "x", 1000), 0);
+        assert_eq!(t.wait("alice", "10.0.0.1", 1000), Throttle::MAX_BLOCK_SECS);
+        t.succeeded("alice", "10.0.0.1");
+        assert_eq!(t.wait("alice", "10.0.0.1", 1000), 0);
+    }
+
+    #[test]
+    fn attempts_are_reserved_before_the_check() {
+        let mut t = Throttle::new(5, 20);
+        // A burst: only the free attempts get through to a password check.
+        let admitted = (0..500)
+            .filter(|_| t.reserve("root", "10.0.0.1", 1000).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
+        assert!(t.reserve("root", "10.0.0.1", 1000).is_err());
+        assert!(
+            t.reserve("root", "10.0.0.7", 1000).is_ok(),
+            "another address"
+        );
+        // A success gives its reservation back and clears its pair, not the address.
+        let mut t = Throttle::new(5, 3);
+        for user in ["a", "b", "c"] {
+            t.reserve(user, "10.0.0.1", 1000).unwrap();
+        }
+        t.reserve("d", "10.0.0.1", 1000).unwrap();
+        t.succeeded("d", "10.0.0.1");
+        assert_eq!(t.wait("e", "10.0.0.1", 1000), 0, "three failures are free");
+        t.reserve("e", "10.0.0.1", 1000).unwrap();
+        assert_eq!(t.wait("f", "10.0.0.1", 1000), Throttle::FIRST_BLOCK_SECS);
     }
 
     #[test]

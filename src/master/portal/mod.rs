@@ -286,19 +286,26 @@ impl FromRequestParts<Arc<Master>> for Session {
     }
 }
 
-/// The client's address, for the login throttle.
+/// The client's address, for the login throttle and the logs: the connection's peer, or
+/// what `trusted_proxies` say it is ([`session::client_address`]).
 pub struct Peer(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
+impl FromRequestParts<Arc<Master>> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        master: &Arc<Master>,
+    ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_canonical().to_string())
-            .unwrap_or_default();
-        Ok(Peer(peer))
+            .map(|c| c.0.ip());
+        Ok(Peer(session::client_address(
+            peer,
+            &parts.headers,
+            &master.config.trusted_proxies,
+        )))
     }
 }
 
