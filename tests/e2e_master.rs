@@ -700,11 +700,12 @@ fn logins_are_throttled_per_account_and_address() {
     let mut burst = curl();
     burst
         .args(["-s", "-Z", "--parallel-max", "500", "--parallel-immediate"])
-        .args(["-m", "60", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(["-m", "60", "-w", "%{http_code}\n"])
         .args(["-H", "Content-Type: application/json"])
         .args(["-d", r#"{"user":"root","password":"not-roots-password"}"#]);
     for _ in 0..500 {
-        burst.arg(format!("{PORTAL}/api/v1/auth/login"));
+        // -o is per URL.
+        burst.args(["-o", "/dev/null", &format!("{PORTAL}/api/v1/auth/login")]);
     }
     let output = burst.output().expect("curl");
     let codes: Vec<String> = String::from_utf8_lossy(&output.stdout)
