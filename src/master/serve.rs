@@ -26,7 +26,8 @@ use super::tls::PortalCertificate;
 /// to speak for (a site may put the ports host there).
 pub const HSTS: &str = "max-age=31536000";
 
-/// A client that has not said its first byte by then is dropped.
+/// A client that has not said its first byte, or finished its TLS handshake, by then is
+/// dropped.
 const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(30);
 /// How long open connections (terminals, event streams) may finish after a stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -128,9 +129,10 @@ impl Connection {
             }
             return;
         }
-        let tls = match self.acceptor.accept(stream).await {
-            Ok(tls) => tls,
-            Err(e) => return debug!("TLS handshake with {}: {e}", self.peer),
+        let tls = match tokio::time::timeout(FIRST_BYTE_LIMIT, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return debug!("TLS handshake with {}: {e}", self.peer),
+            Err(_) => return debug!("TLS handshake with {}: not done in time", self.peer),
         };
         let (app, peer, local) = (self.app, self.peer, self.local);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {

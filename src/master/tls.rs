@@ -140,14 +140,45 @@ pub fn ensure_site_certificate(
         }
         return Ok(Outcome::Present { cert });
     }
-    if cert.exists() && key.exists() {
-        return Ok(Outcome::Present { cert });
+    make_site_certificate(
+        Path::new(TLS_DIR),
+        &site_names(config, host),
+        &config.cluster_name,
+        key_group,
+    )
+}
+
+/// Makes the site CA and the portal's certificate in `dir` (`ca.pem`, `ca.key`, `portal.pem`,
+/// `portal.key`) unless the portal's two files are there.
+fn make_site_certificate(
+    dir: &Path,
+    names: &[String],
+    cluster_name: &str,
+    key_group: Option<nix::unistd::Gid>,
+) -> Result<Outcome, TlsError> {
+    let (cert, key) = (dir.join("portal.pem"), dir.join("portal.key"));
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(Outcome::Present { cert }),
+        (false, false) => {}
+        // Half a certificate is an accident to repair, not a reason to replace the site CA.
+        (has_cert, _) => {
+            let (missing, present) = if has_cert {
+                (&key, &cert)
+            } else {
+                (&cert, &key)
+            };
+            return Err(TlsError::Invalid {
+                path: missing.clone(),
+                message: format!(
+                    "is missing while {} exists: restore it, or remove both to make a new site certificate",
+                    present.display()
+                ),
+            });
+        }
     }
-    let names = site_names(config, host);
-    let site = generate(&config.cluster_name, &names)?;
-    let dir = PathBuf::from(TLS_DIR);
-    std::fs::create_dir_all(&dir).map_err(|source| TlsError::File {
-        path: dir.clone(),
+    let site = generate(cluster_name, names)?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::File {
+        path: dir.to_owned(),
         source,
     })?;
     let ca = dir.join("ca.pem");
@@ -409,6 +440,58 @@ mod tests {
         portal.state.lock().unwrap().checked = None;
         assert!(!Arc::ptr_eq(&portal.current().unwrap(), &served));
         assert!(portal.problem().is_none());
+    }
+
+    #[test]
+    fn init_makes_the_site_certificate_once_with_private_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["portal.example".to_owned()];
+        let made = make_site_certificate(dir.path(), &names, "lab", None).unwrap();
+        assert!(matches!(made, Outcome::Made { .. }));
+        let mode = |f: &str| {
+            std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            [
+                mode("ca.key"),
+                mode("ca.pem"),
+                mode("portal.key"),
+                mode("portal.pem")
+            ],
+            [0o600, 0o644, 0o640, 0o644]
+        );
+        let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        let chain = std::fs::read_to_string(dir.path().join("portal.pem")).unwrap();
+        verify(&ca, &chain, "portal.example").unwrap();
+        load_certified_key(
+            &dir.path().join("portal.pem"),
+            &dir.path().join("portal.key"),
+        )
+        .unwrap();
+        // A second init keeps it.
+        let again = make_site_certificate(dir.path(), &names, "lab", None).unwrap();
+        assert!(matches!(again, Outcome::Present { .. }));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            ca
+        );
+        // Half of it missing is an error, and the CA stays.
+        std::fs::remove_file(dir.path().join("portal.key")).unwrap();
+        let err = make_site_certificate(dir.path(), &names, "lab", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("portal.key") && err.contains("is missing"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            ca
+        );
     }
 
     #[test]

@@ -507,17 +507,22 @@ mod tests {
         assert!(!plausible_token(&format!("dkt_{}", "a/".repeat(16))));
     }
 
-    #[test]
-    fn tokens_expire_and_record_use_sparingly() {
-        let mut t = TokenRecord {
+    /// A login session of alice made at 100.
+    fn session_made_at_100(expires_at: Option<u64>) -> TokenRecord {
+        TokenRecord {
             id: "x".into(),
             user: "alice".into(),
             kind: TokenKind::Session,
             name: "".into(),
             created_at: 100,
             last_used_at: None,
-            expires_at: Some(200),
-        };
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn tokens_expire_and_record_use_sparingly() {
+        let mut t = session_made_at_100(Some(200));
         assert!(!t.expired(199));
         assert!(t.expired(200));
         assert!(t.use_is_news(150));
@@ -528,15 +533,7 @@ mod tests {
 
     #[test]
     fn sessions_idle_out_and_api_tokens_do_not() {
-        let mut t = TokenRecord {
-            id: "x".into(),
-            user: "alice".into(),
-            kind: TokenKind::Session,
-            name: "".into(),
-            created_at: 100,
-            last_used_at: None,
-            expires_at: None,
-        };
+        let mut t = session_made_at_100(None);
         assert!(!t.idle_too_long(159, 60));
         assert!(t.idle_too_long(160, 60));
         t.last_used_at = Some(1000);

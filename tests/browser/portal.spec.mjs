@@ -8,22 +8,11 @@
 import { test, expect } from "@playwright/test";
 import { readFileSync } from "node:fs";
 import net from "node:net";
-import { api, apiLogin, login, pamUser, rootPassword, shot, portal } from "./testbed.mjs";
+import { api, apiLogin, login, pamUser, removeClusters, rootPassword, shot, portal } from "./testbed.mjs";
 
 const owner = { name: "webalice", password: "Alice-pw-2026" };
 const other = { name: "webbob", password: "Bob-pw-2026" };
 let ownerToken;
-
-/** Deletes every cluster and port mapping `token`'s user has and waits until they are gone. */
-async function removeClusters(token) {
-  const [, ports] = await api("GET", "/api/v1/ports", token);
-  for (const p of ports) await api("DELETE", `/api/v1/ports/${p.public_port}`, token);
-  const [, clusters] = await api("GET", "/api/v1/clusters", token);
-  for (const c of clusters) {
-    const [, op] = await api("DELETE", `/api/v1/clusters/${c.name}?force=true`, token);
-    if (op && op.id) await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
-  }
-}
 
 /** Deletes every image `token`'s user owns. */
 async function removeImages(token, user) {

@@ -4,7 +4,7 @@
 // sends the administrator links to them: under the portal's own name (cookies ignore ports)
 // and under the ports' name. The administrator, logged in to the portal, opens them all.
 import { test, expect } from "@playwright/test";
-import { api, apiLogin, login, pamUser, rootPassword, sh, shot, portsHost } from "./testbed.mjs";
+import { api, apiLogin, login, pamUser, removeClusters, rootPassword, sh, shot, portsHost } from "./testbed.mjs";
 
 const tenant = { name: "webmallory", password: "Mallory-pw-2026" };
 const portalHost = new URL(process.env.DOCKLET_PORTAL || "https://portal.docklet.test:8000").hostname;
@@ -17,16 +17,6 @@ async function inNode(argv) {
     throw new Error(`exec ${argv.join(" ")}: ${status} ${JSON.stringify(body)}`);
   }
   return body.stdout;
-}
-
-async function removeClusters() {
-  const [, ports] = await api("GET", "/api/v1/ports", token);
-  for (const p of ports) await api("DELETE", `/api/v1/ports/${p.public_port}`, token);
-  const [, clusters] = await api("GET", "/api/v1/clusters", token);
-  for (const c of clusters) {
-    const [, op] = await api("DELETE", `/api/v1/clusters/${c.name}?force=true`, token);
-    if (op && op.id) await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
-  }
 }
 
 // The tenant's server: every request's Host and Cookie go to /root/seen.log, one JSON line each.
@@ -59,7 +49,7 @@ test.describe.serial("a tenant's mapped ports never receive the portal's cookies
   test.beforeAll(async () => {
     pamUser(tenant.name, tenant.password);
     token = await apiLogin(tenant.name, tenant.password);
-    await removeClusters();
+    await removeClusters(token);
     const [status, op] = await api("POST", "/api/v1/clusters", token, { name: "spy", size: 1 });
     expect(status).toBe(202);
     const [, done] = await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
@@ -82,7 +72,7 @@ test.describe.serial("a tenant's mapped ports never receive the portal's cookies
   });
 
   test.afterAll(async () => {
-    await removeClusters();
+    await removeClusters(token);
   });
 
   test("the administrator opens every link and no Docklet cookie reaches the node", async ({ page }) => {

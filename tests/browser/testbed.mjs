@@ -49,6 +49,17 @@ export async function api(method, urlPath, token, body) {
   return [response.status, parsed];
 }
 
+/** Deletes every cluster and port mapping `token`'s user has and waits until they are gone. */
+export async function removeClusters(token) {
+  const [, ports] = await api("GET", "/api/v1/ports", token);
+  for (const p of ports) await api("DELETE", `/api/v1/ports/${p.public_port}`, token);
+  const [, clusters] = await api("GET", "/api/v1/clusters", token);
+  for (const c of clusters) {
+    const [, op] = await api("DELETE", `/api/v1/clusters/${c.name}?force=true`, token);
+    if (op && op.id) await api("GET", `/api/v1/operations/${op.id}?wait=120`, token);
+  }
+}
+
 export async function apiLogin(user, password) {
   const [status, body] = await api("POST", "/api/v1/auth/login", null, { user, password });
   if (status !== 200) throw new Error(`login of ${user}: ${status} ${JSON.stringify(body)}`);
