@@ -25,12 +25,12 @@ use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use docklet::config::Config;
 use docklet::master::actions::host_load;
 use docklet::master::init;
+use docklet::master::tls::{self, HttpsConnector};
 use docklet::model::account::{self, Account, TokenKind, TokenRecord};
 use docklet::model::host::{Capacity, HostRecord};
 use docklet::model::placement::{self, HostLoad};
@@ -50,7 +50,8 @@ struct Args {
 enum Command {
     /// GET one URL at a fixed rate; prints one Markdown table row.
     Load {
-        /// Full URL, http:// only.
+        /// Full URL: https:// (verified against $DOCKLET_CA, default the testbed's site CA)
+        /// or http://.
         url: String,
         /// Bearer token for the Authorization header.
         #[arg(long)]
@@ -73,7 +74,7 @@ enum Command {
         /// The configuration the master runs with (its etcd and cluster name).
         #[arg(long)]
         config: PathBuf,
-        /// The master's API, e.g. http://127.0.0.1:18090/api/v1
+        /// The master's API, e.g. https://localhost:18090/api/v1
         #[arg(long)]
         api: String,
         /// The master's pid, for VmRSS and VmHWM.
@@ -103,10 +104,17 @@ enum Command {
     },
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector, Full<Bytes>>;
 
+/// A client for `https://` URLs verified against the CA of `$DOCKLET_CA` (default the
+/// testbed's site CA), and plain `http://` ones (etcd's).
 fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    let ca = std::env::var_os("DOCKLET_CA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/docklet-testbed/site-ca.pem"));
+    let config = tls::client_config(&ca)
+        .unwrap_or_else(|e| panic!("the CA to verify the portal with ($DOCKLET_CA): {e}"));
+    Client::builder(TokioExecutor::new()).build(HttpsConnector::new(config))
 }
 
 /// One request: status and body.

@@ -27,10 +27,11 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use docklet::master::tls::{self, HttpsConnector};
 
 #[derive(Parser)]
 #[command(about = "Measurements of tools/bench-portal (issue 6)")]
@@ -43,10 +44,10 @@ struct Args {
 enum Command {
     /// Times each page; prints one Markdown table.
     Render {
-        /// The portal, e.g. http://10.213.0.11:8000
+        /// The portal, e.g. https://portal.docklet.test:8000
         #[arg(long)]
         portal: String,
-        /// A session token (the value of the docklet_session cookie).
+        /// A session token (the value of the __Host-docklet_session cookie).
         #[arg(long)]
         session: String,
         /// Paths to time, e.g. / /clusters/bench /account
@@ -59,7 +60,7 @@ enum Command {
     },
     /// Key-to-echo round trips through the master and straight to the agent.
     Keystroke {
-        /// ws://.../api/v1/clusters/NAME/nodes/0/terminal
+        /// wss://.../api/v1/clusters/NAME/nodes/0/terminal
         #[arg(long)]
         master_url: String,
         /// The user's bearer token.
@@ -89,15 +90,40 @@ enum Command {
     },
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A connection for a WebSocket: TLS to the portal (`wss://`), plain TCP to an agent (`ws://`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// The portal's connector, verifying its certificate against `$DOCKLET_CA` (default the
+/// testbed's site CA).
+fn connector() -> anyhow::Result<HttpsConnector> {
+    let ca = std::env::var_os("DOCKLET_CA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/docklet-testbed/site-ca.pem".into());
+    let config =
+        tls::client_config(&ca).context("the CA to verify the portal with ($DOCKLET_CA)")?;
+    Ok(HttpsConnector::new(config))
+}
 
 async fn open_terminal(url: &str, token: &str) -> anyhow::Result<Socket> {
     let mut request = url.into_client_request()?;
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    let uri = request.uri().clone();
+    let host = uri.host().unwrap_or_default().to_owned();
+    let stream: Box<dyn Io> = if uri.scheme_str() == Some("wss") {
+        let port = uri.port_u16().unwrap_or(443);
+        Box::new(connector()?.connect(&host, port).await?)
+    } else {
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        Box::new(tcp)
+    };
+    let (socket, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     Ok(socket)
@@ -249,7 +275,7 @@ async fn sessions(
     Ok(())
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector, Full<Bytes>>;
 
 /// Nearest-rank percentile of sorted values.
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -262,7 +288,7 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 
 async fn get_page(client: &HttpClient, url: &str, session: &str) -> anyhow::Result<(f64, usize)> {
     let request = hyper::Request::get(url)
-        .header("cookie", format!("docklet_session={session}"))
+        .header("cookie", format!("__Host-docklet_session={session}"))
         .header("accept", "text/html")
         .body(Full::new(Bytes::new()))?;
     let start = Instant::now();
@@ -295,7 +321,7 @@ async fn render(
     rounds: usize,
     warmup: usize,
 ) -> anyhow::Result<()> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector()?);
     println!("| page | p50 ms | p95 ms | p99 ms | max ms | bytes |");
     println!("|---|---:|---:|---:|---:|---:|");
     for path in paths {

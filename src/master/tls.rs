@@ -354,6 +354,148 @@ pub fn server_config(certificate: Arc<PortalCertificate>) -> Arc<rustls::ServerC
     Arc::new(config)
 }
 
+/// A TLS client configuration that trusts the CA certificates of `ca_file` alone (the site
+/// CA), for tools and benchmarks that talk to the portal.
+pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let invalid = |message: String| TlsError::Invalid {
+        path: ca_file.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(ca_file).map_err(|source| TlsError::File {
+        path: ca_file.to_owned(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("not a CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A connector of hyper's client for tools and benchmarks: `https://` URLs over TLS, the
+/// server's certificate verified with the given configuration ([`client_config`]); plain
+/// `http://` URLs (etcd's, an agent's) over TCP.
+#[derive(Clone)]
+pub struct HttpsConnector(tokio_rustls::TlsConnector);
+
+/// One TLS connection of [`HttpsConnector`].
+pub type TlsClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl HttpsConnector {
+    pub fn new(config: Arc<rustls::ClientConfig>) -> HttpsConnector {
+        HttpsConnector(tokio_rustls::TlsConnector::from(config))
+    }
+
+    /// A TLS connection to `host:port`, its certificate verified for `host`.
+    pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TlsClientStream> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        self.0.connect(name, tcp).await
+    }
+}
+
+impl tower_service::Service<axum::http::Uri> for HttpsConnector {
+    type Response = HttpsConnection;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<HttpsConnection>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: axum::http::Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().to_owned();
+            if uri.scheme_str() == Some("http") {
+                let tcp =
+                    tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(80))).await?;
+                tcp.set_nodelay(true)?;
+                return Ok(HttpsConnection::Plain(hyper_util::rt::TokioIo::new(tcp)));
+            }
+            let stream = connector
+                .connect(&host, uri.port_u16().unwrap_or(443))
+                .await?;
+            Ok(HttpsConnection::Tls(hyper_util::rt::TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A connection of hyper's client pool.
+pub enum HttpsConnection {
+    Plain(hyper_util::rt::TokioIo<tokio::net::TcpStream>),
+    Tls(hyper_util::rt::TokioIo<TlsClientStream>),
+}
+
+impl hyper_util::client::legacy::connect::Connection for HttpsConnection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for HttpsConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for HttpsConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The default place of the site CA's certificate, which clients of the portal verify it with.
 pub fn site_ca_file() -> PathBuf {
     PathBuf::from(TLS_DIR).join("ca.pem")
