@@ -433,7 +433,9 @@ impl tower_service::Service<axum::http::Uri> for HttpsConnector {
             let stream = connector
                 .connect(&host, uri.port_u16().unwrap_or(443))
                 .await?;
-            Ok(HttpsConnection::Tls(hyper_util::rt::TokioIo::new(stream)))
+            Ok(HttpsConnection::Tls(Box::new(
+                hyper_util::rt::TokioIo::new(stream),
+            )))
         })
     }
 }
@@ -441,7 +443,7 @@ impl tower_service::Service<axum::http::Uri> for HttpsConnector {
 /// A connection of hyper's client pool.
 pub enum HttpsConnection {
     Plain(hyper_util::rt::TokioIo<tokio::net::TcpStream>),
-    Tls(hyper_util::rt::TokioIo<TlsClientStream>),
+    Tls(Box<hyper_util::rt::TokioIo<TlsClientStream>>),
 }
 
 impl hyper_util::client::legacy::connect::Connection for HttpsConnection {
@@ -458,7 +460,7 @@ impl hyper::rt::Read for HttpsConnection {
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -471,7 +473,7 @@ impl hyper::rt::Write for HttpsConnection {
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
             HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -481,7 +483,7 @@ impl hyper::rt::Write for HttpsConnection {
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
-            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
@@ -491,7 +493,7 @@ impl hyper::rt::Write for HttpsConnection {
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             HttpsConnection::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-            HttpsConnection::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            HttpsConnection::Tls(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }
