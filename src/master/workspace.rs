@@ -482,6 +482,14 @@ pub fn forwarded_request_headers(
 /// vnode would set in Docklet's name.
 pub fn filter_response_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers, false);
+    // A node's script may not register a service worker beyond its workspace's path, and
+    // its pages may be framed by nothing but their own origin (a policy of the node's own,
+    // if any, is enforced as well).
+    headers.remove("service-worker-allowed");
+    headers.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'self'"),
+    );
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
@@ -565,7 +573,10 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-type", "text/html"),
         ]);
+        h.insert("service-worker-allowed", HeaderValue::from_static("/"));
         filter_response_headers(&mut h);
+        assert!(h.get("service-worker-allowed").is_none());
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "frame-ancestors 'self'");
         let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(cookies, ["_xsrf=abc; Path=/go/a/c/0/"]);
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
