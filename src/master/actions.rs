@@ -423,23 +423,16 @@ impl Master {
         if password.is_empty() || password.len() > account::MAX_PASSWORD || user.len() > 256 {
             return Err(refused());
         }
-        // Reserved before the check: a burst is refused before it costs a hash.
-        if let Err(wait) = self.throttle.lock().unwrap().reserve(user, source, now) {
-            return Err(ApiError::Throttled { retry_after: wait });
-        }
-        let checked = self.check_login(user, password).await;
-        let existing = match checked {
-            Ok((true, existing)) => existing,
-            Ok((false, _)) => {
+        let existing = match self
+            .throttled_check(user, source, self.check_login(user, password))
+            .await?
+        {
+            (true, existing) => existing,
+            (false, _) => {
                 info!(user, source, "login refused");
                 return Err(refused());
             }
-            Err(e) => {
-                self.throttle.lock().unwrap().release(user, source);
-                return Err(e);
-            }
         };
-        self.throttle.lock().unwrap().succeeded(user, source);
         let store = self.api_store().await?;
         let account = match existing {
             Some(a) => a,
@@ -478,7 +471,8 @@ impl Master {
     }
 
     /// Whether `password` is `user`'s (the local hash, else PAM), with the account if Docklet
-    /// has one. The check runs on the bounded pool of [`PasswordChecks`].
+    /// has one. The check runs on the bounded pool of
+    /// [`super::logins::PasswordChecks`].
     async fn check_login(
         &self,
         user: &str,
@@ -1615,43 +1609,29 @@ impl Master {
         source: &str,
     ) -> Result<(), ApiError> {
         let name = account.name.as_str();
-        if let Err(wait) = self
-            .throttle
-            .lock()
-            .unwrap()
-            .reserve(name, source, now_secs())
-        {
-            return Err(ApiError::Throttled { retry_after: wait });
-        }
-        let (a, pw) = (account.clone(), password.to_owned());
-        let right = if password.is_empty() || password.len() > account::MAX_PASSWORD {
-            Ok(false)
-        } else {
-            self.password_checks
+        let check = async {
+            if password.is_empty() || password.len() > account::MAX_PASSWORD {
+                return Ok((false, ()));
+            }
+            let (a, pw) = (account.clone(), password.to_owned());
+            let right = self
+                .password_checks
                 .run(move || a.verify_password(&pw))
-                .await
+                .await?;
+            Ok((right, ()))
         };
-        match right {
-            Ok(true) => {
-                self.throttle.lock().unwrap().succeeded(name, source);
-                Ok(())
-            }
-            Ok(false) => {
-                info!(
-                    user = name,
-                    source, "password change refused: wrong current password"
-                );
-                Err(ApiError::invalid(
-                    "wrong_password",
-                    "current_password",
-                    "your current password is not right",
-                ))
-            }
-            Err(e) => {
-                self.throttle.lock().unwrap().release(name, source);
-                Err(e)
-            }
+        if self.throttled_check(name, source, check).await?.0 {
+            return Ok(());
         }
+        info!(
+            user = name,
+            source, "password change refused: wrong current password"
+        );
+        Err(ApiError::invalid(
+            "wrong_password",
+            "current_password",
+            "your current password is not right",
+        ))
     }
 
     pub async fn delete_user(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
@@ -1823,42 +1803,4 @@ pub fn host_load(
 
 async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
     Ok(store.host_names().await?.into_iter().collect())
-}
-
-/// Password checks and hashes (Argon2: 19 MiB and tens of milliseconds each; PAM) run on a
-/// bounded pool: as many at once as the machine has cores, and at most [`QUEUED_CHECKS`]
-/// more waiting; beyond that a request is answered "busy" at once. So a burst of logins
-/// cannot exhaust the master's memory or its blocking threads.
-pub struct PasswordChecks {
-    running: tokio::sync::Semaphore,
-    admitted: tokio::sync::Semaphore,
-}
-
-/// How many password checks may wait for the pool.
-pub const QUEUED_CHECKS: usize = 64;
-
-impl Default for PasswordChecks {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        PasswordChecks {
-            running: tokio::sync::Semaphore::new(cores),
-            admitted: tokio::sync::Semaphore::new(cores + QUEUED_CHECKS),
-        }
-    }
-}
-
-impl PasswordChecks {
-    /// Runs `check` on the pool, or refuses at once when too many wait.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        check: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let busy =
-            || ApiError::Unavailable("too many logins at once: try again in a moment".into());
-        let _admitted = self.admitted.try_acquire().map_err(|_| busy())?;
-        let _running = self.running.acquire().await.map_err(|_| busy())?;
-        tokio::task::spawn_blocking(check)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    }
 }

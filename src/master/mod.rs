@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod images;
 pub mod init;
 pub mod live;
+pub mod logins;
 pub mod metrics;
 pub mod portal;
 pub mod ports;
@@ -62,7 +63,7 @@ pub struct Master {
     throttle: std::sync::Mutex<crate::model::account::Throttle>,
     pam: Arc<dyn crate::sys::pam::PasswordCheck>,
     /// The bounded pool password checks and hashes run on.
-    password_checks: actions::PasswordChecks,
+    password_checks: logins::PasswordChecks,
     /// This master holds the leadership and runs the controllers ([`controllers`]).
     leading: AtomicBool,
     /// The lease of this master's candidacy, revoked on a clean stop so another master

@@ -498,11 +498,6 @@ impl hyper::rt::Write for HttpsConnection {
     }
 }
 
-/// The default place of the site CA's certificate, which clients of the portal verify it with.
-pub fn site_ca_file() -> PathBuf {
-    PathBuf::from(TLS_DIR).join("ca.pem")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
