@@ -421,6 +421,7 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
             created_at: now,
             last_used_at: Some(now),
             expires_at: None,
+            parent: None,
         };
         (secret, digest, record)
     };

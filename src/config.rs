@@ -105,6 +105,10 @@ pub struct Config {
     /// name, since browsers send the portal's cookies to every port of its host. Default:
     /// the address the request reached the master at.
     pub ports_host: Option<String>,
+    /// The DNS domain under which every user's workspaces get a host name of their own
+    /// (`<user>.<workspace_domain>`, all resolving to the masters): workspaces are never
+    /// served from the portal's name. Without it, workspaces are refused.
+    pub workspace_domain: Option<String>,
     /// Where a site has a second address: mapped ports listen only there (default: every
     /// address of the master).
     pub ports_address: Option<IpAddr>,
@@ -141,6 +145,7 @@ impl Default for Config {
             tls_key: None,
             tls_names: Vec::new(),
             ports_host: None,
+            workspace_domain: None,
             ports_address: None,
             default_image: "base".into(),
             metrics_interval: 10,
@@ -362,6 +367,37 @@ impl Config {
                 );
             }
         }
+        if let Some(domain) = &self.workspace_domain {
+            if !dns_name_ok(domain) || domain.bytes().any(|b| b.is_ascii_uppercase()) {
+                return invalid(
+                    "workspace_domain",
+                    domain,
+                    "must be a DNS name in lower case (a-z, 0-9, '-' and '.'), e.g. ws.example.org",
+                );
+            }
+            let portal = self
+                .portal_url
+                .as_deref()
+                .and_then(|u| u.strip_prefix("https://"))
+                .and_then(url_host);
+            for (key, name) in [
+                ("portal_url", portal),
+                ("ports_host", self.ports_host.as_deref()),
+            ] {
+                if let Some(name) = name
+                    && (name.eq_ignore_ascii_case(domain)
+                        || name.to_ascii_lowercase().ends_with(&format!(".{domain}")))
+                {
+                    return invalid(
+                        "workspace_domain",
+                        domain,
+                        &format!(
+                            "must not contain {key}'s host {name}: names under it belong to users' workspaces"
+                        ),
+                    );
+                }
+            }
+        }
         if self.etcd.endpoints.is_empty() {
             return invalid("etcd.endpoints", &"[]", "list at least one etcd client URL");
         }
@@ -435,6 +471,26 @@ impl Config {
             .and_then(url_host)
             .unwrap_or(host)
             .to_ascii_lowercase()
+    }
+
+    /// `https://<user's host>[:port]`: the origin of `user`'s workspaces, on the portal's
+    /// port; `None` without a `workspace_domain`.
+    pub fn workspace_origin(&self, user: &str, host: &str) -> Option<String> {
+        let domain = self.workspace_domain.as_deref()?;
+        let url = self.portal_url_or(host);
+        let authority = url
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .unwrap_or_default();
+        // portal_url names a DNS name (validated), so a ':' is the port's.
+        let port = authority
+            .rsplit_once(':')
+            .map(|(_, port)| format!(":{port}"))
+            .unwrap_or_default();
+        Some(format!(
+            "https://{}{port}",
+            crate::model::workspace::host_name(user, domain)
+        ))
     }
 
     /// The portal's certificate chain: `tls_cert`, else the site certificate of `init`.
@@ -519,6 +575,54 @@ mod tests {
             PathBuf::from("/etc/docklet/tls/portal.pem")
         );
         assert_eq!(config.port_range.to_string(), "30000-30999");
+    }
+
+    #[test]
+    fn workspaces_get_names_of_their_own_on_the_portals_port() {
+        let config = parse(
+            "portal_url = \"https://portal.example:8443/\"\nworkspace_domain = \"ws.example\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.workspace_origin("alice", "tb1").as_deref(),
+            Some("https://alice.ws.example:8443")
+        );
+        let config =
+            parse("portal_url = \"https://portal.example/\"\nworkspace_domain = \"ws.example\"")
+                .unwrap();
+        assert_eq!(
+            config.workspace_origin("a_b", "tb1").as_deref(),
+            Some(
+                format!(
+                    "https://{}.ws.example",
+                    crate::model::workspace::host_label("a_b")
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(Config::default().workspace_origin("alice", "tb1"), None);
+        for (text, why) in [
+            ("workspace_domain = \"WS.example\"", "lower case"),
+            ("workspace_domain = \"ws..example\"", "DNS name"),
+            (
+                "portal_url = \"https://portal.ws.example/\"\nworkspace_domain = \"ws.example\"",
+                "portal_url's host",
+            ),
+            (
+                "portal_url = \"https://ws.example/\"\nworkspace_domain = \"ws.example\"",
+                "portal_url's host",
+            ),
+            (
+                "ports_host = \"p.ws.example\"\nworkspace_domain = \"ws.example\"",
+                "ports_host's host",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("workspace_domain") && err.contains(why),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -59,16 +59,35 @@ impl std::fmt::Display for Resp {
     }
 }
 
-/// Credentials of a request: none, a bearer token, or a browser's session cookie (with the
-/// `Origin` the browser would send, if any).
+/// Credentials of a request: none, a bearer token, or a browser's cookie (the portal's
+/// session cookie, or a workspace host's cookie) with the `Origin` the browser would send,
+/// if any.
 #[derive(Clone, Copy)]
 enum Cred<'a> {
     None,
     Bearer(&'a str),
     Cookie(&'a str, Option<&'a str>),
+    Workspace(&'a str, Option<&'a str>),
 }
 
-/// One request to the portal port (`path` from the root), with curl.
+impl Cred<'_> {
+    /// The `Cookie` and `Origin` headers of a browser's request.
+    fn cookie_headers(&self) -> Vec<(&'static str, String)> {
+        let (name, token, origin) = match *self {
+            Cred::Cookie(token, origin) => (SESSION_COOKIE, token, origin),
+            Cred::Workspace(token, origin) => (WORKSPACE_COOKIE, token, origin),
+            Cred::None | Cred::Bearer(_) => return Vec::new(),
+        };
+        let mut headers = vec![("Cookie", format!("{name}={token}"))];
+        if let Some(origin) = origin {
+            headers.push(("Origin", origin.to_owned()));
+        }
+        headers
+    }
+}
+
+/// One request to the portal port, with curl: `path` on the portal, or a whole URL (a
+/// workspace host's).
 fn http(
     method: &str,
     path: &str,
@@ -76,21 +95,19 @@ fn http(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Resp {
-    let url = format!("{PORTAL}{path}");
-    let mut cmd = curl();
+    let url = if path.starts_with("https://") {
+        path.to_owned()
+    } else {
+        format!("{PORTAL}{path}")
+    };
+    let mut cmd = curl_for(&url);
     cmd.args(["-s", "-S", "-m", "60", "-X", method, "-D", "/dev/stderr"])
         .args(["-o", "-"]);
-    match cred {
-        Cred::None => {}
-        Cred::Bearer(token) => {
-            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
-        }
-        Cred::Cookie(token, origin) => {
-            cmd.args(["-H", &format!("Cookie: {SESSION_COOKIE}={token}")]);
-            if let Some(origin) = origin {
-                cmd.args(["-H", &format!("Origin: {origin}")]);
-            }
-        }
+    if let Cred::Bearer(token) = cred {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    for (name, value) in cred.cookie_headers() {
+        cmd.args(["-H", &format!("{name}: {value}")]);
     }
     for (name, value) in headers {
         cmd.args(["-H", &format!("{name}: {value}")]);
@@ -233,28 +250,27 @@ fn cluster(token: &str, name: &str) -> Value {
 
 type Socket = tungstenite::WebSocket<TlsStream>;
 
-/// Opens a WebSocket on the portal port; `Err` carries the HTTP status of a refusal.
+/// Opens a WebSocket on the portal port (`path` on the portal, or a whole `https://` URL of
+/// a workspace host); `Err` carries the HTTP status of a refusal.
 fn websocket(path: &str, cred: Cred) -> Result<Socket, u16> {
-    let mut request = format!("wss://{PORTAL_NAME}:8000{path}")
-        .into_client_request()
-        .unwrap();
+    let url = match path.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => format!("wss://{PORTAL_NAME}:8000{path}"),
+    };
+    let name = url["wss://".len()..]
+        .split([':', '/'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut request = url.into_client_request().unwrap();
     let headers = request.headers_mut();
-    match cred {
-        Cred::None => {}
-        Cred::Bearer(token) => {
-            headers.insert("Authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        Cred::Cookie(token, origin) => {
-            headers.insert(
-                "Cookie",
-                format!("{SESSION_COOKIE}={token}").parse().unwrap(),
-            );
-            if let Some(origin) = origin {
-                headers.insert("Origin", origin.parse().unwrap());
-            }
-        }
+    if let Cred::Bearer(token) = cred {
+        headers.insert("Authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let stream = tls_connect(ADDRESS, Duration::from_secs(20));
+    for (name, value) in cred.cookie_headers() {
+        headers.insert(name, value.parse().unwrap());
+    }
+    let stream = tls_connect_to(&name, ADDRESS, Duration::from_secs(20));
     match tungstenite::client(request, stream) {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
@@ -569,6 +585,43 @@ fn run_cell(socket: &mut Socket, code: &str) -> String {
     panic!("the cell did not finish in 60 s; seen {seen:?}, stdout {stdout:?}");
 }
 
+/// Enters `user`'s workspace host as a browser does from the portal: the portal's `path`
+/// (a `/go/…` path) with the session cookie answers with a one-time grant for the user's
+/// workspace host, which exchanges it for its cookie and sends the browser on to `path`.
+/// Returns the grant's URL and the cookie.
+fn enter_workspace(user: &str, session: &str, path: &str) -> (String, String) {
+    let navigate = [
+        ("Accept", "text/html"),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Sec-Fetch-Mode", "navigate"),
+    ];
+    let r = http("GET", path, Cred::Cookie(session, None), None, &navigate);
+    assert_eq!(r.status, 303, "{r}");
+    let grant = r.header("location").unwrap();
+    assert!(
+        grant.starts_with(&format!(
+            "{}/_docklet/enter?grant=dkt_",
+            workspace_origin(user)
+        )),
+        "{grant}"
+    );
+    assert_eq!(r.header("referrer-policy").as_deref(), Some("no-referrer"));
+    let r = http("GET", &grant, Cred::None, None, &navigate);
+    assert_eq!(r.status, 303, "{r}");
+    assert_eq!(r.header("location").as_deref(), Some(path), "{r}");
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    for attribute in ["; Path=/", "; Secure", "; HttpOnly", "; SameSite=Lax"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    let value = cookie
+        .strip_prefix(&format!("{WORKSPACE_COOKIE}="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no workspace cookie: {cookie}"))
+        .to_owned();
+    (grant, value)
+}
+
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
@@ -578,9 +631,78 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     let token_b = fresh_user(b);
     cluster(&token_a, "w1");
     let started = Instant::now();
-    let base = format!("/go/{a}/w1/0");
-    let origin = PORTAL.to_owned();
-    let browser = Cred::Cookie(&token_a, Some(&origin));
+    let origin = workspace_origin(a);
+    let base = format!("{origin}/go/{a}/w1/0");
+
+    // Into the workspace host from the portal: a one-time grant for the signed-in owner,
+    // exchanged for a cookie of that host alone.
+    let (grant, cookie_a) = enter_workspace(a, &token_a, &format!("/go/{a}/w1/0/tree"));
+    let browser = Cred::Workspace(&cookie_a, Some(&origin));
+    let r = http("GET", &grant, Cred::None, None, &[]);
+    assert_eq!(r.status, 401, "a grant is good once: {r}");
+    assert!(r.header("set-cookie").is_none(), "{r}");
+    // b's grant, taken to a's host, opens nothing (and is spent).
+    let r = http(
+        "GET",
+        &format!("/go/{b}/w1/0/"),
+        Cred::Cookie(&token_b, None),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 303, "{r}");
+    let grant_b = r.header("location").unwrap();
+    let stolen = grant_b.replace(&workspace_origin(b), &origin);
+    assert_ne!(stolen, grant_b);
+    let r = http("GET", &stolen, Cred::None, None, &[]);
+    assert_eq!(r.status, 401, "b's grant on a's host: {r}");
+    assert_eq!(http("GET", &grant_b, Cred::None, None, &[]).status, 401);
+
+    // The workspace cookie opens neither the portal nor the API...
+    for cred in [
+        Cred::Cookie(&cookie_a, Some(PORTAL)),
+        Cred::Bearer(&cookie_a),
+    ] {
+        let r = http("GET", "/api/v1/me", cred, None, &[]);
+        assert_eq!(r.status, 401, "{r}");
+    }
+    // ... the portal's session cookie opens no workspace (browsers never send it there) ...
+    let r = http(
+        "GET",
+        &format!("{base}/api/status"),
+        Cred::Cookie(&token_a, Some(&origin)),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 401, "{r}");
+    // ... and the portal's host proxies nothing: its /go/ hands out grants, and a change
+    // sent there is told where workspaces are.
+    let r = http(
+        "GET",
+        &format!("/go/{a}/w1/0/api/status"),
+        Cred::Bearer(&token_a),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 303, "{r}");
+    assert!(!r.text().contains("started"), "{r}");
+    let r = http(
+        "POST",
+        &format!("/go/{a}/w1/0/api/kernels"),
+        Cred::Bearer(&token_a),
+        Some(b"{}"),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 404, "{r}");
+    assert!(r.text().contains(&origin), "{r}");
+    // Nothing of the portal is served on a workspace host.
+    let r = http(
+        "GET",
+        &format!("{origin}/api/v1/me"),
+        Cred::Bearer(&token_a),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 404, "{r}");
 
     // Jupyter's REST API (its first request starts it in the node).
     let r = http(
@@ -612,10 +734,16 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
             .contains("<title>Home Page - Select or create a notebook</title>"),
         "{r}"
     );
+    assert!(
+        r.header("content-security-policy")
+            .is_some_and(|p| p.contains("frame-ancestors 'self'")),
+        "{}",
+        r.headers
+    );
     let r = http("GET", &base, browser, None, &[]);
     assert_eq!(
         (r.status, r.header("location")),
-        (308, Some(format!("{base}/"))),
+        (308, Some(format!("/go/{a}/w1/0/"))),
         "{r}"
     );
 
@@ -676,10 +804,12 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     assert_eq!(r.status, 200, "{}", r.status);
     assert!(r.body == content.as_bytes(), "the file came back different");
 
-    // Nobody else: another user, the administrator, a foreign site, or no credentials.
+    // Nobody else: another user (with a token, or the cookie of their own workspace host),
+    // the administrator, another site or a neighbouring workspace host, or no credentials.
+    let (_, cookie_b) = enter_workspace(b, &token_b, &format!("/go/{b}/w1/0/"));
     for cred in [
         Cred::Bearer(&token_b),
-        Cred::Cookie(&token_b, None),
+        Cred::Workspace(&cookie_b, None),
         Cred::Bearer(root()),
     ] {
         let r = http("GET", &format!("{base}/api/status"), cred, None, &[]);
@@ -690,30 +820,58 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
         websocket(&channels, Cred::Bearer(&token_b)).err(),
         Some(403)
     );
+    assert_eq!(
+        websocket(&channels, Cred::Workspace(&cookie_b, Some(&origin))).err(),
+        Some(403)
+    );
     let r = http(
         "GET",
-        &format!("/go/{a}/nosuch/0/api/status"),
+        &format!("{origin}/go/{a}/nosuch/0/api/status"),
         Cred::Bearer(&token_b),
         None,
         &[],
     );
     assert_eq!(r.status, 403, "{r}");
     let r = http(
-        "POST",
-        &format!("{base}/api/kernels"),
-        Cred::Cookie(&token_a, Some("http://evil.example")),
-        Some(b"{}"),
-        &[("Content-Type", "application/json")],
+        "GET",
+        &format!("{origin}/go/{b}/w1/0/api/status"),
+        Cred::Bearer(&token_b),
+        None,
+        &[],
     );
-    assert_eq!(r.status, 403, "a cross-site POST: {r}");
-    assert_eq!(
-        websocket(
-            &channels,
-            Cred::Cookie(&token_a, Some("http://evil.example"))
-        )
-        .err(),
-        Some(403)
-    );
+    assert_eq!(r.status, 404, "b's workspace is not on a's host: {r}");
+    let neighbour = workspace_origin(b);
+    for (from, site) in [
+        ("https://evil.example", "cross-site"),
+        (neighbour.as_str(), "same-site"),
+    ] {
+        let r = http(
+            "POST",
+            &format!("{base}/api/kernels"),
+            Cred::Workspace(&cookie_a, Some(from)),
+            Some(b"{}"),
+            &[
+                ("Content-Type", "application/json"),
+                ("Sec-Fetch-Site", site),
+            ],
+        );
+        assert_eq!(r.status, 403, "a POST from {from}: {r}");
+        let r = http(
+            "GET",
+            &format!("{base}/api/contents"),
+            Cred::Workspace(&cookie_a, Some(from)),
+            None,
+            &[("Sec-Fetch-Site", site), ("Sec-Fetch-Mode", "cors")],
+        );
+        assert_eq!(r.status, 403, "a read by a script of {from}: {r}");
+        assert_eq!(
+            websocket(&channels, Cred::Workspace(&cookie_a, Some(from))).err(),
+            Some(403),
+            "a WebSocket from {from}"
+        );
+    }
+    // Without credentials a browser goes back through the portal (which grants again or asks
+    // for a login); a script is told to authenticate.
     let r = http(
         "GET",
         &format!("{base}/tree?x=1"),
@@ -723,19 +881,59 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     );
     assert_eq!(r.status, 303, "{r}");
     assert_eq!(
+        r.header("location"),
+        Some(format!("{PORTAL}/go/{a}/w1/0/tree?x=1"))
+    );
+    let r = http(
+        "GET",
+        &format!("/go/{a}/w1/0/tree?x=1"),
+        Cred::None,
+        None,
+        &[("Accept", "text/html,*/*")],
+    );
+    assert_eq!(r.status, 303, "{r}");
+    assert_eq!(
         r.header("location").as_deref(),
-        Some(format!("/login?next={base}/tree%3Fx%3D1").as_str())
+        Some(format!("/login?next=/go/{a}/w1/0/tree%3Fx%3D1").as_str())
     );
     let r = http("GET", &format!("{base}/api/status"), Cred::None, None, &[]);
     assert_eq!(r.status, 401, "{r}");
     let r = http(
         "GET",
-        &format!("/go/{a}/w1/7/api/status"),
+        &format!("{origin}/go/{a}/w1/7/api/status"),
         Cred::Bearer(&token_a),
         None,
         &[],
     );
     assert_eq!(r.status, 404, "{r}");
+    // Logging out of the portal ends the workspace cookie made from that login.
+    let again = login(a, &format!("Pw-{a}-7d1x"));
+    let (_, cookie_again) = enter_workspace(a, &again, &format!("/go/{a}/w1/0/"));
+    let status = |cookie: &str| {
+        http(
+            "GET",
+            &format!("{base}/api/status"),
+            Cred::Workspace(cookie, None),
+            None,
+            &[],
+        )
+        .status
+    };
+    assert_eq!(status(&cookie_again), 200);
+    let r = http(
+        "POST",
+        "/api/v1/auth/logout",
+        Cred::Bearer(&again),
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 204, "{r}");
+    assert_eq!(
+        status(&cookie_again),
+        401,
+        "the logout ended its workspace cookie"
+    );
+    assert_eq!(status(&cookie_a), 200, "another login's cookie goes on");
 
     // What the node receives: its own token, never Docklet's. Jupyter's token is the one
     // derived from the agent token, and a listener of ours in Jupyter's place shows the
@@ -790,7 +988,12 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
             Cred::Bearer(&token_a),
             None,
             &[
-                ("Cookie", &format!("theme=dark; {SESSION_COOKIE}={token_a}")),
+                (
+                    "Cookie",
+                    &format!(
+                        "theme=dark; {SESSION_COOKIE}={token_a}; {WORKSPACE_COOKIE}={cookie_a}"
+                    ),
+                ),
                 ("X-CSRF-Token", "abc"),
             ],
         );
@@ -817,7 +1020,7 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     };
     let all = format!("{headers:?}");
     assert!(
-        !all.contains(&token_a) && !all.contains("dkt_"),
+        !all.contains(&token_a) && !all.contains(&cookie_a) && !all.contains("dkt_"),
         "a Docklet token reached the node: {all}"
     );
     assert_eq!(
@@ -829,7 +1032,7 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     assert!(get("x-csrf-token").is_empty(), "{all}");
     assert_eq!(
         get("x-forwarded-host"),
-        [format!("{PORTAL_NAME}:8000").as_str()],
+        [format!("{}:8000", workspace_host(a)).as_str()],
         "{all}"
     );
     assert_eq!(get("x-forwarded-proto"), ["https"], "{all}");

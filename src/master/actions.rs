@@ -23,6 +23,7 @@ use crate::model::vcluster::{
     OperationKind, Progress, VCluster,
 };
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
+use crate::model::workspace::{self, WorkspaceGrant};
 use crate::store::clusters::{NodeWrite, PlacementSnapshot};
 use crate::store::network::AddressPlan;
 use crate::store::vnodes::VNodeSeen;
@@ -156,6 +157,8 @@ pub struct Caller {
     pub token_digest: Option<String>,
     /// When that token expires (a login session), if it does.
     pub expires_at: Option<u64>,
+    /// What kind of token it was.
+    pub token_kind: Option<TokenKind>,
 }
 
 impl Caller {
@@ -177,6 +180,7 @@ impl Caller {
             admin: true,
             token_digest: None,
             expires_at: None,
+            token_kind: None,
         }
     }
 
@@ -459,7 +463,14 @@ impl Master {
         let admin = self.is_admin(&store, &account).await?;
         let expires_at = now + self.config.session_lifetime;
         let (token, record) = self
-            .issue_token(&store, user, TokenKind::Session, source, Some(expires_at))
+            .issue_token(
+                &store,
+                user,
+                TokenKind::Session,
+                source,
+                Some(expires_at),
+                None,
+            )
             .await?;
         info!(user, source, token = %record.id, "login");
         Ok(LoginResult {
@@ -509,6 +520,7 @@ impl Master {
         kind: TokenKind,
         name: &str,
         expires_at: Option<u64>,
+        parent: Option<String>,
     ) -> Result<(String, TokenRecord), ApiError> {
         let secret = format!("{TOKEN_PREFIX}{}", super::init::random_secret(32));
         let digest = account::token_digest(&secret);
@@ -520,6 +532,7 @@ impl Master {
             created_at: now_secs(),
             last_used_at: None,
             expires_at,
+            parent,
         };
         store.put_token(&digest, &record).await?;
         Ok((secret, record))
@@ -557,14 +570,121 @@ impl Master {
             admin,
             token_digest: Some(digest),
             expires_at: record.expires_at,
+            token_kind: Some(record.kind),
         })
     }
 
+    /// Ends the caller's login, and the workspace cookies made from it.
     pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
         if let Some(digest) = &caller.token_digest {
-            self.api_store().await?.delete_token(digest).await?;
+            let store = self.api_store().await?;
+            store.delete_token(digest).await?;
+            self.revoke_with(&store, caller.name(), &account::token_id(digest))
+                .await?;
         }
         Ok(())
+    }
+
+    /// Deletes the tokens of `user` that revoking the token `id` ends; how many went.
+    async fn revoke_with(
+        &self,
+        store: &EtcdStore,
+        user: &str,
+        id: &str,
+    ) -> Result<usize, ApiError> {
+        let mut revoked = 0;
+        for (digest, token) in store.tokens_of(user).await? {
+            if token.ends_with(id) && store.delete_token(&digest).await? {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// A one-time grant for the caller's workspace host (see [`WorkspaceGrant`]): the
+    /// secret, valid for [`workspace::GRANT_SECS`].
+    pub async fn issue_workspace_grant(&self, caller: &Caller) -> Result<String, ApiError> {
+        let Some(digest) = &caller.token_digest else {
+            return Err(ApiError::Forbidden(
+                "workspaces are for portal users".into(),
+            ));
+        };
+        if caller.token_kind == Some(TokenKind::Workspace) {
+            return Err(ApiError::Forbidden(
+                "a workspace cookie cannot make grants: open the workspace from the portal".into(),
+            ));
+        }
+        let secret = format!("{TOKEN_PREFIX}{}", super::init::random_secret(32));
+        let grant = WorkspaceGrant {
+            user: caller.name().to_owned(),
+            parent: account::token_id(digest),
+            parent_expires_at: caller.expires_at,
+            expires_at: now_secs() + workspace::GRANT_SECS,
+        };
+        self.api_store()
+            .await?
+            .put_workspace_grant(
+                &account::token_digest(&secret),
+                &grant,
+                workspace::GRANT_SECS,
+            )
+            .await?;
+        Ok(secret)
+    }
+
+    /// Exchanges a grant (once) on the workspace host of `label` for a workspace cookie:
+    /// the cookie's secret and its record. A grant that is unknown, used, expired or for
+    /// another user's host opens nothing.
+    pub async fn enter_workspace(
+        &self,
+        grant: &str,
+        label: &str,
+        source: &str,
+    ) -> Result<(String, TokenRecord), ApiError> {
+        let refused = || {
+            ApiError::Unauthenticated(
+                "this link into the workspace was used already or has expired: open the workspace from the portal again"
+                    .into(),
+            )
+        };
+        if !account::plausible_token(grant) {
+            return Err(refused());
+        }
+        let store = self.api_store().await?;
+        let Some(grant) = store
+            .take_workspace_grant(&account::token_digest(grant))
+            .await?
+        else {
+            return Err(refused());
+        };
+        let now = now_secs();
+        if now >= grant.expires_at
+            || !workspace::host_label(&grant.user).eq_ignore_ascii_case(label)
+        {
+            return Err(refused());
+        }
+        // The login must still be there: a grant outliving a logout opens nothing.
+        if !store
+            .tokens_of(&grant.user)
+            .await?
+            .iter()
+            .any(|(_, t)| t.id == grant.parent && !t.expired(now))
+        {
+            return Err(refused());
+        }
+        let expires_at = grant
+            .parent_expires_at
+            .unwrap_or(now + self.config.session_lifetime)
+            .min(now + self.config.session_lifetime);
+        self.issue_token(
+            &store,
+            &grant.user,
+            TokenKind::Workspace,
+            source,
+            Some(expires_at),
+            Some(grant.parent.clone()),
+        )
+        .await
     }
 
     pub async fn create_api_token(
@@ -581,7 +701,7 @@ impl Master {
         }
         let store = self.api_store().await?;
         let (token, record) = self
-            .issue_token(&store, caller.name(), TokenKind::Api, name, None)
+            .issue_token(&store, caller.name(), TokenKind::Api, name, None, None)
             .await?;
         Ok(NewToken { token, record })
     }
@@ -598,13 +718,10 @@ impl Master {
 
     pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
         let store = self.api_store().await?;
-        for (digest, token) in store.tokens_of(caller.name()).await? {
-            if token.id == id {
-                store.delete_token(&digest).await?;
-                return Ok(());
-            }
+        match self.revoke_with(&store, caller.name(), id).await? {
+            0 => Err(ApiError::NotFound(format!("you have no token {id}"))),
+            _ => Ok(()),
         }
-        Err(ApiError::NotFound(format!("you have no token {id}")))
     }
 
     pub async fn me(&self, caller: &Caller) -> Result<Me, ApiError> {

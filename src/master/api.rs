@@ -13,6 +13,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
@@ -31,7 +32,7 @@ use super::serve::Reached;
 use super::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
-use crate::model::account::TokenRecord;
+use crate::model::account::{TokenKind, TokenRecord};
 use crate::model::quota::Group;
 use crate::model::vcluster::CreateClusterRequest;
 
@@ -106,15 +107,45 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
-        // The workspace proxy (see `workspace`): every method, WebSockets too.
-        .route("/go/{user}/{cluster}/{index}", any(workspace_slash))
-        .route("/go/{user}/{cluster}/{index}/", any(workspace))
-        .route("/go/{user}/{cluster}/{index}/{*rest}", any(workspace))
+        // The way into a workspace (see `workspace`): a grant for its own host name.
+        .route("/go/{user}/{cluster}/{index}", any(enter_workspace))
+        .route("/go/{user}/{cluster}/{index}/", any(enter_workspace))
+        .route("/go/{user}/{cluster}/{index}/{*rest}", any(enter_workspace))
         .merge(super::portal::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(session::refuse_cross_site))
+        .layer(axum::middleware::from_fn_with_state(
+            master.clone(),
+            workspace_hosts,
+        ))
         .with_state(master)
+}
+
+/// Requests for a name under `workspace_domain` go to that user's workspace host
+/// ([`super::workspace::serve_host`]) and never reach the portal's routes; the rest are
+/// the portal's.
+async fn workspace_hosts(State(master): Shared, request: Request, next: Next) -> Response {
+    use crate::model::workspace::{HostKind, host_kind};
+    let Some(domain) = master.config.workspace_domain.clone() else {
+        return next.run(request).await;
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match host_kind(&host, &domain) {
+        HostKind::Portal => next.run(request).await,
+        HostKind::Workspace(label) => {
+            let label = label.to_owned();
+            super::workspace::serve_host(master, &label, request).await
+        }
+        HostKind::Nobody => {
+            ApiError::NotFound(format!("no workspace is served at {host}")).into_response()
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -221,8 +252,18 @@ impl FromRequestParts<Arc<Master>> for Auth {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        // A workspace cookie opens its user's workspaces, never the portal or the API.
+        let not_a_workspace_cookie = |caller: Caller| {
+            if caller.token_kind == Some(TokenKind::Workspace) {
+                Err(ApiError::Unauthenticated(
+                    "a workspace cookie opens workspaces only: log in to the portal".into(),
+                ))
+            } else {
+                Ok(Auth(caller))
+            }
+        };
         if let Some(token) = bearer {
-            return master.authenticate(token.trim()).await.map(Auth);
+            return not_a_workspace_cookie(master.authenticate(token.trim()).await?);
         }
         let Some(token) = session::session_from_cookies(&parts.headers) else {
             return Err(ApiError::Unauthenticated(
@@ -235,7 +276,7 @@ impl FromRequestParts<Arc<Master>> for Auth {
                 "a browser request from another site: send it from the portal's own pages".into(),
             ));
         }
-        master.authenticate(&token).await.map(Auth)
+        not_a_workspace_cookie(master.authenticate(&token).await?)
     }
 }
 
@@ -989,13 +1030,10 @@ async fn health(State(master): Shared) -> impl IntoResponse {
     (code, Json(body))
 }
 
-/// `/go/<user>/<cluster>/<index>/…`: the node's Jupyter, for its owner.
-async fn workspace(State(master): Shared, request: Request) -> Response {
-    super::workspace::serve(master, request).await
-}
-
-async fn workspace_slash(uri: axum::http::Uri) -> Response {
-    super::workspace::add_slash(uri).await
+/// `/go/<user>/<cluster>/<index>/…` on the portal: a one-time grant for the owner's
+/// workspace host.
+async fn enter_workspace(State(master): Shared, request: Request) -> Response {
+    super::workspace::enter_from_portal(master, request).await
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ mod tests {
             admin: false,
             token_digest: digest.map(str::to_owned),
             expires_at,
+            token_kind: None,
         }
     }
 

@@ -11,6 +11,10 @@ use sha2::{Digest, Sha256};
 /// only from this host and never with a `Domain` (a cookie tossed onto a parent domain by a
 /// neighbouring host cannot pose as it), `Secure`, `HttpOnly` and `SameSite=Strict`.
 pub const SESSION_COOKIE: &str = "__Host-docklet_session";
+/// The cookie a workspace host sets from a one-time grant: `__Host-` too, so it stays on
+/// that user's workspace host, and `SameSite=Lax`, so it survives the redirect from the
+/// portal when the workspace domain is another site. It is never taken as a login.
+pub const WORKSPACE_COOKIE: &str = "__Host-docklet_workspace";
 /// Whether a cookie of this name is (or could pose as) one of Docklet's own: nothing a node
 /// serves may set one, and none is passed on to a node.
 pub fn is_docklet_cookie(name: &str) -> bool {
@@ -32,15 +36,26 @@ pub fn csrf_token(session_token: &str) -> String {
 
 /// The session token in the request's cookies, if any.
 pub fn session_from_cookies(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of the cookie `name` (exactly: a cookie without the `__Host-` prefix may have
+/// come from a neighbouring host through a parent domain), if any.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|value| !value.is_empty())
+}
+
+/// `Set-Cookie` for a workspace host's cookie (`max_age` seconds).
+pub fn workspace_cookie(token: &str, max_age: u64) -> String {
+    format!("{WORKSPACE_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
 }
 
 /// `Set-Cookie` for a new session (`max_age` seconds), or to end one (`None`).
@@ -91,21 +106,35 @@ pub fn from_elsewhere(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ORIGIN) && !same_origin(headers)
 }
 
-/// Refuses, for every route of the portal port, a request that could change something (or
-/// opens a WebSocket) carrying the session cookie but coming from elsewhere: one rule in
-/// front of every form and JSON call, so no handler can forget it. Requests with a bearer
-/// token carry no ambient credential and pass; the handlers still check the CSRF token of
-/// cookie requests that name no origin.
+/// Whether a request carrying one of our cookies must be refused because another origin's
+/// page made it: anything but a plain read, every WebSocket, and every read that is not the
+/// browser navigating to a page (a script's fetch, an image, a frame's subresource), so a
+/// page elsewhere (a workspace under the same domain included) can neither change nor
+/// probe anything with the cookie. Navigations pass: links into the portal keep working.
+pub fn refused_from_elsewhere(method: &Method, headers: &HeaderMap) -> bool {
+    if !from_elsewhere(headers) {
+        return false;
+    }
+    let navigation = headers
+        .get("sec-fetch-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|mode| mode == "navigate");
+    needs_proof(method, headers) || !navigation
+}
+
+/// Refuses, for every route of the portal port, a request carrying the session cookie that
+/// [`refused_from_elsewhere`]: one rule in front of every form and JSON call, so no handler
+/// can forget it. Requests with a bearer token carry no ambient credential and pass; the
+/// handlers still check the CSRF token of cookie requests that name no origin.
 pub async fn refuse_cross_site(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let headers = request.headers();
-    if needs_proof(request.method(), headers)
-        && !headers.contains_key(header::AUTHORIZATION)
+    if !headers.contains_key(header::AUTHORIZATION)
         && session_from_cookies(headers).is_some()
-        && from_elsewhere(headers)
+        && refused_from_elsewhere(request.method(), headers)
     {
         return crate::master::actions::ApiError::Forbidden(
             "a browser request from another site: send it from the portal's own pages".into(),
@@ -302,6 +331,50 @@ pub(crate) mod tests {
             host,
             ("sec-fetch-site", "cross-site")
         ])));
+    }
+
+    #[test]
+    fn pages_elsewhere_may_link_here_but_not_fetch_with_the_cookie() {
+        let host = ("host", "portal.example:8000");
+        let get = Method::GET;
+        let navigate = headers(&[
+            host,
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "navigate"),
+        ]);
+        assert!(!refused_from_elsewhere(&get, &navigate));
+        assert!(refused_from_elsewhere(&Method::POST, &navigate));
+        let fetch = headers(&[
+            host,
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "cors"),
+        ]);
+        assert!(refused_from_elsewhere(&get, &fetch));
+        let no_cors = headers(&[
+            host,
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ]);
+        assert!(refused_from_elsewhere(&get, &no_cors));
+        let own = headers(&[
+            host,
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+        ]);
+        assert!(!refused_from_elsewhere(&get, &own));
+        assert!(!refused_from_elsewhere(&Method::POST, &headers(&[host])));
+        let c = workspace_cookie("dkt_w", 60);
+        assert!(
+            c.starts_with("__Host-docklet_workspace=dkt_w; Path=/; Secure; HttpOnly; SameSite=Lax"),
+            "{c}"
+        );
+        assert!(!c.contains("Domain"));
+        let h = headers(&[(
+            "cookie",
+            "docklet_workspace=x; __Host-docklet_workspace=dkt_w",
+        )]);
+        assert_eq!(cookie(&h, WORKSPACE_COOKIE).as_deref(), Some("dkt_w"));
+        assert_eq!(session_from_cookies(&h), None);
     }
 
     #[test]

@@ -46,10 +46,12 @@ pub struct SiteCertificate {
     pub key: String,
 }
 
-/// The names the portal's certificate covers: `portal_url`'s host first, then `tls_names`.
+/// The names the portal's certificate covers: `portal_url`'s host first, then `tls_names`,
+/// then every workspace host (`*.<workspace_domain>`).
 pub fn site_names(config: &Config, host: &str) -> Vec<String> {
     let mut names = vec![config.portal_host_or(host)];
-    for name in &config.tls_names {
+    let workspaces = config.workspace_domain.iter().map(|d| format!("*.{d}"));
+    for name in config.tls_names.iter().cloned().chain(workspaces) {
         let name = name.to_ascii_lowercase();
         if !names.contains(&name) {
             names.push(name);
@@ -645,5 +647,14 @@ mod tests {
             ["portal.example", "*.ws.example"]
         );
         assert_eq!(site_names(&Config::default(), "tb1"), ["tb1"]);
+        let with_workspaces = Config {
+            tls_names: vec!["portal2.example".into()],
+            workspace_domain: Some("ws.example".into()),
+            ..config
+        };
+        assert_eq!(
+            site_names(&with_workspaces, "tb1"),
+            ["portal.example", "portal2.example", "*.ws.example"]
+        );
     }
 }

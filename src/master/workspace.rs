@@ -1,6 +1,10 @@
-//! The workspace proxy: `/go/<user>/<cluster>/<index>/…` on the portal port is the Jupyter
-//! server of that node (port 8888 inside it, base URL `/go/<user>/<cluster>/<index>/`), for
-//! the node's owner only. Requests (any method, bodies streamed both ways) and WebSocket
+//! The workspace proxy: `/go/<user>/<cluster>/<index>/…` on the user's own workspace host
+//! (`<user>.<workspace_domain>`, on the portal's port) is the Jupyter server of that node
+//! (port 8888 inside it, base URL `/go/<user>/<cluster>/<index>/`), for the node's owner
+//! only. The portal's host serves no workspace: its `/go/…` gives the signed-in owner a
+//! one-time grant and sends it to the workspace host, which exchanges it for a cookie of
+//! its own, so what a node serves never runs on the portal's origin or another user's.
+//! Requests (any method, bodies streamed both ways) and WebSocket
 //! upgrades (kernels, terminals) travel through a tunnel of the node's worker agent
 //! ([`agent_client::connect_tcp`]); tunnels are kept alive and reused per node. The proxy
 //! swaps Docklet's credentials for the node's Jupyter token: the vnode never sees a Docklet
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Bytes;
@@ -29,8 +34,9 @@ use super::Master;
 use super::actions::ApiError;
 use super::agent_client::{self, AgentError, NodeEndpoint};
 use super::api::Auth;
-use super::session::{CSRF_HEADER, is_docklet_cookie};
-use crate::model::vnode;
+use super::session::{self, CSRF_HEADER, is_docklet_cookie};
+use crate::model::account::TokenKind;
+use crate::model::{vnode, workspace};
 use crate::sys::splice::BufferedTcp;
 
 /// Jupyter's port inside every vnode (socket-activated).
@@ -178,7 +184,7 @@ impl hyper::rt::Write for Tunnel {
 }
 
 /// `/go/<user>/<cluster>/<index>` → the same with its trailing slash (Jupyter's base URL).
-pub async fn add_slash(uri: Uri) -> Response {
+fn add_slash(uri: &Uri) -> Response {
     let path = format!("{}/", uri.path());
     let location = match uri.query() {
         Some(query) => format!("{path}?{query}"),
@@ -189,34 +195,48 @@ pub async fn add_slash(uri: Uri) -> Response {
 
 fn redirect(status: StatusCode, location: &str) -> Response {
     match HeaderValue::from_str(location) {
-        Ok(value) => (status, [(header::LOCATION, value)]).into_response(),
+        Ok(value) => (
+            status,
+            [
+                (header::LOCATION, value),
+                // A grant in a URL leaks to nobody through a Referer.
+                (
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
         Err(_) => ApiError::BadRequest("an unusable path".into()).into_response(),
     }
 }
 
-/// Serves one request under `/go/`.
-pub async fn serve(master: Arc<Master>, request: Request) -> Response {
-    match proxy(master, request).await {
-        Ok(response) => response,
-        Err(response) => response,
-    }
+/// What the portal answers for workspaces while the site has no `workspace_domain`.
+pub fn no_workspace_domain() -> ApiError {
+    ApiError::Unavailable(
+        "workspaces are off: they are served only from host names of their own, never from the portal's. \
+         An administrator sets workspace_domain in /etc/docklet/docklet.toml to a DNS domain whose names \
+         (*.<workspace_domain>) lead to the masters, gives the portal's certificate that wildcard name \
+         (docklet-admin init adds it to the certificate it makes), and restarts docklet-master"
+            .into(),
+    )
 }
 
-/// `<user>`, `<cluster>`, `<index>` of a `/go/...` path.
-fn workspace_of(path: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = path.strip_prefix("/go/")?.splitn(4, '/');
-    Some((parts.next()?, parts.next()?, parts.next()?))
-}
-
-async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Response> {
-    let (mut parts, body) = request.into_parts();
+/// `/go/<user>/<cluster>/<index>/…` on the portal's host: the way into a workspace. The
+/// signed-in owner gets a one-time grant and is sent with it to their workspace host, which
+/// exchanges it for a cookie of its own ([`serve_host`]). Nothing is proxied here: a node's
+/// pages never run on the portal's origin.
+pub async fn enter_from_portal(master: Arc<Master>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let (user, cluster, index) = workspace_of(&path)
-        .ok_or_else(|| ApiError::NotFound("no such workspace".into()).into_response())?;
+    let Some((user, _, _)) = workspace::path_parts(&path) else {
+        return ApiError::NotFound("no such workspace".into()).into_response();
+    };
     let caller = match Auth::from_request_parts(&mut parts, &master).await {
         Ok(Auth(caller)) => caller,
         Err(ApiError::Unauthenticated(message)) => {
-            return Err(if wants_login_page(&parts.method, &parts.headers) {
+            return if wants_login_page(&parts.method, &parts.headers) {
                 let next = parts
                     .uri
                     .path_and_query()
@@ -225,12 +245,197 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
                 redirect(StatusCode::SEE_OTHER, &super::portal::login_url(next))
             } else {
                 ApiError::Unauthenticated(message).into_response()
+            };
+        }
+        Err(e) => return e.into_response(),
+    };
+    // A workspace is its owner's alone, whoever else asks (administrators included), and
+    // whether or not it exists.
+    if caller.name() != user {
+        return ApiError::Forbidden("this workspace belongs to another user".into())
+            .into_response();
+    }
+    let Some(origin) = master.config.workspace_origin(user, &master.host) else {
+        return no_workspace_domain().into_response();
+    };
+    let next = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(&path);
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return ApiError::NotFound(format!(
+            "workspaces are served from their own host name: {origin}{next}"
+        ))
+        .into_response();
+    }
+    match master.issue_workspace_grant(&caller).await {
+        Ok(grant) => redirect(
+            StatusCode::SEE_OTHER,
+            &format!(
+                "{origin}{ENTER_PATH}?grant={grant}&next={}",
+                super::portal::percent_encode(next)
+            ),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Where a workspace host takes grants.
+pub const ENTER_PATH: &str = "/_docklet/enter";
+
+#[derive(serde::Deserialize)]
+struct EnterQuery {
+    grant: String,
+    next: Option<String>,
+}
+
+/// Everything on the workspace host of `label` (a user's, see [`workspace::host_label`]):
+/// the exchange of grants at [`ENTER_PATH`] and that user's workspaces under `/go/<user>/`.
+/// Nothing of the portal is served here.
+pub async fn serve_host(master: Arc<Master>, label: &str, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if path == ENTER_PATH {
+        return enter(master, label, request).await;
+    }
+    let portal = master.config.portal_url_or(&master.host);
+    let Some((user, _, _)) = workspace::path_parts(&path) else {
+        return if path == "/" {
+            redirect(StatusCode::SEE_OTHER, &portal)
+        } else {
+            ApiError::NotFound(
+                "a workspace host serves its user's workspaces (/go/<user>/<cluster>/<node>/) only"
+                    .into(),
+            )
+            .into_response()
+        };
+    };
+    if !workspace::host_label(user).eq_ignore_ascii_case(label) {
+        return ApiError::NotFound(
+            "no such workspace on this host: every user's workspaces have a host name of their own"
+                .into(),
+        )
+        .into_response();
+    }
+    if path.matches('/').count() == 4 && !path.ends_with('/') {
+        return add_slash(request.uri());
+    }
+    match proxy(master, request, &portal).await {
+        Ok(response) => response,
+        Err(response) => response,
+    }
+}
+
+/// `/_docklet/enter?grant=…&next=…`: a grant the portal issued, exchanged for this host's
+/// workspace cookie, then on to `next` (one of this user's workspaces).
+async fn enter(master: Arc<Master>, label: &str, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return ApiError::BadRequest(format!("{ENTER_PATH} takes GET only")).into_response();
+    }
+    let query =
+        match axum::extract::Query::<EnterQuery>::from_request_parts(&mut parts, &master).await {
+            Ok(axum::extract::Query(query)) => query,
+            Err(_) => {
+                return ApiError::BadRequest(format!(
+                    "{ENTER_PATH} needs ?grant=: open the workspace from the portal"
+                ))
+                .into_response();
+            }
+        };
+    let Ok(super::portal::Peer(source)) =
+        super::portal::Peer::from_request_parts(&mut parts, &master).await;
+    let (token, record) = match master.enter_workspace(&query.grant, label, &source).await {
+        Ok(entered) => entered,
+        Err(e) => return e.into_response(),
+    };
+    tracing::info!(
+        DOCKLET_USER = record.user.as_str(),
+        "workspace host entered from {source}"
+    );
+    let portal = master.config.portal_url_or(&master.host);
+    let landing = workspace::landing_path(query.next.as_deref(), &record.user)
+        .map(str::to_owned)
+        .unwrap_or(portal);
+    let max_age = record
+        .expires_at
+        .map_or(master.config.session_lifetime, |at| {
+            at.saturating_sub(super::now_secs())
+        });
+    let mut response = redirect(StatusCode::SEE_OTHER, &landing);
+    if let Ok(cookie) = HeaderValue::from_str(&session::workspace_cookie(&token, max_age)) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The caller of a request on a workspace host: a bearer token (scripts), or this host's
+/// workspace cookie (browsers), which is refused for a request another origin's page made.
+async fn workspace_caller(
+    master: &Arc<Master>,
+    parts: &Parts,
+) -> Result<super::actions::Caller, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = bearer {
+        let caller = master.authenticate(token.trim()).await?;
+        if caller.token_kind == Some(TokenKind::Workspace) {
+            return Err(ApiError::Unauthenticated(
+                "a workspace cookie is not a bearer token: use a login or an API token".into(),
+            ));
+        }
+        return Ok(caller);
+    }
+    let Some(token) = session::cookie(&parts.headers, session::WORKSPACE_COOKIE) else {
+        return Err(ApiError::Unauthenticated(
+            "open the workspace from the portal, or send Authorization: Bearer <token>".into(),
+        ));
+    };
+    let changes = session::needs_proof(&parts.method, &parts.headers);
+    if session::refused_from_elsewhere(&parts.method, &parts.headers)
+        || (changes && !session::same_origin(&parts.headers))
+    {
+        return Err(ApiError::Forbidden(
+            "a browser request from another site: send it from the workspace's own pages".into(),
+        ));
+    }
+    let caller = master.authenticate(&token).await?;
+    if caller.token_kind != Some(TokenKind::Workspace) {
+        return Err(ApiError::Unauthenticated(
+            "not a workspace cookie: open the workspace from the portal".into(),
+        ));
+    }
+    Ok(caller)
+}
+
+async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Response, Response> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let (user, cluster, index) = workspace::path_parts(&path)
+        .ok_or_else(|| ApiError::NotFound("no such workspace".into()).into_response())?;
+    let caller = match workspace_caller(&master, &parts).await {
+        Ok(caller) => caller,
+        Err(ApiError::Unauthenticated(message)) => {
+            // Back through the portal's way in, which grants again (or asks to log in).
+            return Err(if wants_login_page(&parts.method, &parts.headers) {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or(&path);
+                redirect(
+                    StatusCode::SEE_OTHER,
+                    &format!("{}{next}", portal.trim_end_matches('/')),
+                )
+            } else {
+                ApiError::Unauthenticated(message).into_response()
             });
         }
         Err(e) => return Err(e.into_response()),
     };
-    // A workspace is its owner's alone, whoever else asks (administrators included), and
-    // whether or not it exists.
     if caller.name() != user {
         return Err(
             ApiError::Forbidden("this workspace belongs to another user".into()).into_response(),
@@ -251,7 +456,7 @@ async fn proxy(master: Arc<Master>, request: Request) -> Result<Response, Respon
         .map(|ConnectInfo(peer)| peer.ip().to_string());
     let upgrade = is_upgrade(&parts.headers);
     let mut headers = parts.headers.clone();
-    // The portal port speaks nothing but HTTPS.
+    // The portal's port speaks nothing but HTTPS.
     let proto = "https";
     let token = vnode::workspace_token(&endpoint.token, &endpoint.vnode_id);
     forwarded_request_headers(&mut headers, &token, peer.as_deref(), proto, upgrade);
@@ -486,6 +691,8 @@ pub fn filter_response_headers(headers: &mut HeaderMap) {
     // its pages may be framed by nothing but their own origin (a policy of the node's own,
     // if any, is enforced as well).
     headers.remove("service-worker-allowed");
+    // Nothing but the workspace's own pages reads its answers with the owner's cookie.
+    headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
     headers.append(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("frame-ancestors 'self'"),
@@ -586,11 +793,9 @@ mod tests {
     #[test]
     fn workspace_paths_and_login_redirects() {
         assert_eq!(
-            workspace_of("/go/alice/c1/0/tree"),
+            workspace::path_parts("/go/alice/c1/0/"),
             Some(("alice", "c1", "0"))
         );
-        assert_eq!(workspace_of("/go/alice/c1/0/"), Some(("alice", "c1", "0")));
-        assert_eq!(workspace_of("/go/alice/c1"), None);
         assert_eq!(
             crate::master::portal::login_url("/go/a/c/0/tree?x=1&y=é"),
             "/login?next=/go/a/c/0/tree%3Fx%3D1%26y%3D%C3%A9"

@@ -199,6 +199,9 @@ pub enum TokenKind {
     Session,
     /// Made by the user for scripts; lives until revoked.
     Api,
+    /// A workspace cookie: made on a user's workspace host from a one-time grant of a
+    /// login; opens that user's workspaces and nothing else, and ends with the login.
+    Workspace,
 }
 
 /// `last_used_at` is written at most this often per token, not on every request.
@@ -221,6 +224,9 @@ pub struct TokenRecord {
     pub last_used_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The id of the login (or API token) a workspace cookie was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl TokenRecord {
@@ -231,8 +237,14 @@ impl TokenRecord {
     /// Whether a login session has gone unused for `idle_secs` (its last use is recorded
     /// to within [`LAST_USE_PRECISION_SECS`]); API tokens do not idle out.
     pub fn idle_too_long(&self, now: u64, idle_secs: u64) -> bool {
-        self.kind == TokenKind::Session
+        matches!(self.kind, TokenKind::Session | TokenKind::Workspace)
             && now >= self.last_used_at.unwrap_or(self.created_at) + idle_secs
+    }
+
+    /// Whether revoking the token `id` ends this one: it is that token, or a workspace
+    /// cookie made from it.
+    pub fn ends_with(&self, id: &str) -> bool {
+        self.id == id || self.parent.as_deref() == Some(id)
     }
 
     /// Whether a request at `now` should record its use.
@@ -517,7 +529,23 @@ mod tests {
             created_at: 100,
             last_used_at: None,
             expires_at,
+            parent: None,
         }
+    }
+
+    #[test]
+    fn revoking_a_login_ends_the_workspace_cookies_made_from_it() {
+        let login = session_made_at_100(None);
+        let mut cookie = session_made_at_100(None);
+        cookie.id = "w".into();
+        cookie.kind = TokenKind::Workspace;
+        cookie.parent = Some("x".into());
+        assert!(login.ends_with("x") && cookie.ends_with("x"));
+        assert!(cookie.ends_with("w") && !login.ends_with("w"));
+        assert!(
+            cookie.idle_too_long(160, 60),
+            "workspace cookies idle out too"
+        );
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod quota;
 pub mod system_image;
 pub mod vcluster;
 pub mod vnode;
+pub mod workspace;

@@ -1,12 +1,15 @@
 //! Accounts, groups and tokens on etcd. Writes that must not race (a new name, a changed
 //! record, a group in use) are compare-and-swap transactions.
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, EventType, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions,
+};
 
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
 use crate::model::account::{Account, TokenRecord};
 use crate::model::quota::{DEFAULT_GROUP, Group, Usage};
+use crate::model::workspace::WorkspaceGrant;
 
 impl EtcdStore {
     pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
@@ -250,6 +253,53 @@ impl EtcdStore {
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    /// Stores a workspace grant under the digest of its secret, gone after `ttl_secs`
+    /// (an etcd lease) if nobody takes it.
+    pub async fn put_workspace_grant(
+        &self,
+        digest: &str,
+        grant: &WorkspaceGrant,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let lease = self
+            .client
+            .lease_client()
+            .grant(ttl_secs as i64, None)
+            .await
+            .map_err(classify)?
+            .id();
+        self.client
+            .kv_client()
+            .put(
+                self.keys.workspace_grant(digest),
+                encode(grant),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Takes a workspace grant: deleted in the same request that reads it, so of two
+    /// exchanges of one grant (on any masters) one alone gets it.
+    pub async fn take_workspace_grant(
+        &self,
+        digest: &str,
+    ) -> Result<Option<WorkspaceGrant>, StoreError> {
+        let key = self.keys.workspace_grant(digest);
+        let response = self
+            .client
+            .kv_client()
+            .delete(key.clone(), Some(DeleteOptions::new().with_prev_key()))
+            .await
+            .map_err(classify)?;
+        response
+            .prev_kvs()
+            .first()
+            .map(|kv| decode(&key, kv.value()))
+            .transpose()
     }
 
     /// Records a use of a token that still exists (a revoked one stays revoked).

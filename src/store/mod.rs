@@ -170,6 +170,9 @@ impl Keys {
     pub fn token(&self, digest: &str) -> String {
         format!("{}tokens/{digest}", self.prefix)
     }
+    pub fn workspace_grant(&self, digest: &str) -> String {
+        format!("{}workspace_grants/{digest}", self.prefix)
+    }
     pub fn usage(&self, user: &str) -> String {
         format!("{}usage/{user}", self.prefix)
     }

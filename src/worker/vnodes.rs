@@ -813,7 +813,7 @@ impl Runtime {
         write_jupyter_config(
             spec,
             paths,
-            &portal_origin(&self.config, &self.host),
+            &jupyter_origin(&self.config, &self.host, &spec.user),
             &vnode::workspace_token(&agent_token, &spec.id),
         )?;
         let data = user_data_dir(&self.config, &spec.user);
@@ -1308,9 +1308,9 @@ pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     written
 }
 
-/// The workspace URL prefix of a vnode, as the portal's proxy forwards it.
+/// The workspace URL prefix of a vnode, as the workspace proxy forwards it.
 pub fn workspace_base_url(spec: &VNodeSpec) -> String {
-    format!("/go/{}/{}/{}/", spec.user, spec.cluster, spec.index)
+    crate::model::workspace::base_path(&spec.user, &spec.cluster, spec.index)
 }
 
 /// Jupyter's configuration inside the vnode (`/etc/docklet/jupyter_notebook_config.json`): it
@@ -1350,7 +1350,15 @@ fn write_jupyter_config(
     )
 }
 
-/// `scheme://host:port` of the portal, the only origin Jupyter accepts WebSockets from.
+/// The origin Jupyter names in its CORS answers: the user's workspace host (or, on a site
+/// without `workspace_domain`, where workspaces are refused, the portal's).
+fn jupyter_origin(config: &Config, host: &str, user: &str) -> String {
+    config
+        .workspace_origin(user, host)
+        .unwrap_or_else(|| portal_origin(config, host))
+}
+
+/// `scheme://host:port` of the portal.
 fn portal_origin(config: &Config, host: &str) -> String {
     let url = config.portal_url_or(host);
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -1388,6 +1396,14 @@ mod tests {
             "https://portal.docklet.test:8000"
         );
         assert_eq!(portal_origin(&Config::default(), "tb2"), "https://tb2:8000");
+        let with_workspaces = Config {
+            workspace_domain: Some("ws.docklet.test".into()),
+            ..config
+        };
+        assert_eq!(
+            jupyter_origin(&with_workspaces, "tb1", "alice"),
+            "https://alice.ws.docklet.test:8000"
+        );
     }
 
     #[test]

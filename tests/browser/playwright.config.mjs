@@ -22,7 +22,10 @@ export default defineConfig({
       env: { ...process.env, HOME: process.env.DOCKLET_BROWSER_HOME || process.env.HOME },
       // No connection anywhere but the testbed: no background services, updates or sync.
       args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        // Every user's workspace host (<user>.ws.docklet.test) leads to tb1, as a site's
+        // wildcard DNS record would: /etc/hosts, which gives the portal's name, has no wildcards.
+        `--host-resolver-rules=MAP *.ws.docklet.test ${process.env.DOCKLET_WORKSPACE_ADDRESS || "10.213.0.11"}`],
     },
   },
 });

@@ -8,7 +8,7 @@
 import { test, expect } from "@playwright/test";
 import { readFileSync } from "node:fs";
 import net from "node:net";
-import { api, apiLogin, login, pamUser, removeClusters, rootPassword, shot, portal } from "./testbed.mjs";
+import { api, apiLogin, login, pamUser, removeClusters, rootPassword, shot, portal, workspaceApi, workspaceOrigin } from "./testbed.mjs";
 
 const owner = { name: "webalice", password: "Alice-pw-2026" };
 const other = { name: "webbob", password: "Bob-pw-2026" };
@@ -144,11 +144,14 @@ test.describe.serial("the portal", () => {
         }],
       },
     };
-    const base = `/go/${owner.name}/c1/0`;
-    const [status] = await api("PUT", `${base}/api/contents/plot.ipynb`, ownerToken, notebook);
+    const path = `/go/${owner.name}/c1/0`;
+    const [status] = workspaceApi(owner.name, "PUT", `${path}/api/contents/plot.ipynb`, ownerToken, notebook);
     expect(status).toBeLessThan(300);
     await login(page, owner.name, owner.password);
-    await page.goto(`${base}/tree`);
+    // The portal's link leads to the owner's own workspace host, never to the portal's origin.
+    await page.goto(`${path}/tree`);
+    const base = `${workspaceOrigin(owner.name)}${path}`;
+    await expect(page).toHaveURL(`${base}/tree`);
     await expect(page.getByText("plot.ipynb")).toBeVisible({ timeout: 60_000 });
     await shot(page, "workspace-tree");
     await page.goto(`${base}/notebooks/plot.ipynb`);
@@ -187,6 +190,11 @@ test.describe.serial("the portal", () => {
     expect(terminal.status()).toBe(403);
     await page.goto(`/go/${owner.name}/c1/0/tree`);
     await shot(page, "workspace-refused");
+    // Straight to the owner's workspace host: without its cookie the browser is sent back
+    // through the portal, which refuses.
+    const direct = await page.goto(`${workspaceOrigin(owner.name)}/go/${owner.name}/c1/0/tree`);
+    expect(direct.status()).toBe(403);
+    expect(new URL(page.url()).origin).toBe(portal);
     // Admin pages are refused by the actions behind them, not only left out of the menu.
     const admin = await page.goto("/admin/users");
     expect(admin.status()).toBe(403);

@@ -11,6 +11,27 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 // through the NSS database that tools/test makes (DOCKLET_BROWSER_HOME).
 export const portal = process.env.DOCKLET_PORTAL || "https://portal.docklet.test:8000";
 export const portsHost = "ports.docklet.test";
+/** The origin of `user`'s workspaces (plain user names are their own host label). */
+export function workspaceOrigin(user) {
+  return `https://${user}.ws.docklet.test:8000`;
+}
+
+/** An API call on `user`'s workspace host as `token`, with curl (Node's resolver knows no
+ * workspace names; curl is told where they lead, as Chromium is); returns [status, body]. */
+export function workspaceApi(user, method, urlPath, token, body) {
+  const origin = workspaceOrigin(user);
+  const host = new URL(origin).hostname;
+  const out = execFileSync("curl", ["-s", "-m", "60", "--cacert", process.env.NODE_EXTRA_CA_CERTS || "/var/lib/docklet-testbed/site-ca.pem",
+    "--resolve", `${host}:8000:${process.env.DOCKLET_WORKSPACE_ADDRESS || "10.213.0.11"}`,
+    "-X", method, "-H", `Authorization: Bearer ${token}`, "-H", "Content-Type: application/json",
+    "--data-binary", "@-", "-w", "\n%{http_code}", origin + urlPath],
+  { input: body ? JSON.stringify(body) : "", encoding: "utf8" });
+  const cut = out.lastIndexOf("\n");
+  const text = out.slice(0, cut);
+  let parsed = text;
+  try { parsed = JSON.parse(text); } catch (e) { /* not JSON */ }
+  return [Number(out.slice(cut + 1)), parsed];
+}
 export const shots = process.env.DOCKLET_SHOTS || path.join(repo, "target/browser-screenshots");
 mkdirSync(shots, { recursive: true });
 

@@ -17,6 +17,11 @@ pub const PORTAL: &str = "https://portal.docklet.test:8000";
 pub const PORTS_NAME: &str = "ports.docklet.test";
 /// tb1, where the testbed's names lead.
 pub const MASTER_ADDRESS: &str = "10.213.0.11";
+/// Every user's workspaces are served at `<user>.<WORKSPACE_DOMAIN>` (on tb1 for the
+/// tests, which resolve those names themselves: /etc/hosts has no wildcards).
+pub const WORKSPACE_DOMAIN: &str = "ws.docklet.test";
+/// The cookie a workspace host sets.
+pub const WORKSPACE_COOKIE: &str = "__Host-docklet_workspace";
 /// The site CA, as `tools/testbed up` copied it from tb1.
 pub const SITE_CA: &str = "/var/lib/docklet-testbed/site-ca.pem";
 /// The session cookie of the portal.
@@ -26,6 +31,29 @@ pub const SESSION_COOKIE: &str = "__Host-docklet_session";
 pub fn curl() -> Command {
     let mut command = Command::new("curl");
     command.args(["--cacert", SITE_CA]);
+    command
+}
+
+/// The host name of `user`'s workspaces.
+pub fn workspace_host(user: &str) -> String {
+    docklet::model::workspace::host_name(user, WORKSPACE_DOMAIN)
+}
+
+/// The origin of `user`'s workspaces: `https://<their host>:8000`.
+pub fn workspace_origin(user: &str) -> String {
+    format!("https://{}:8000", workspace_host(user))
+}
+
+/// curl for `url`: a workspace host's name is resolved to tb1 (as the site's DNS would).
+pub fn curl_for(url: &str) -> Command {
+    let mut command = curl();
+    let host = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap_or_default();
+    if host.ends_with(&format!(".{WORKSPACE_DOMAIN}")) {
+        command.args(["--resolve", &format!("{host}:8000:{MASTER_ADDRESS}")]);
+    }
     command
 }
 
@@ -42,6 +70,11 @@ pub fn curl_via(address: &str) -> Command {
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
 pub fn tls_connect(address: &str, timeout: Duration) -> TlsStream {
+    tls_connect_to(PORTAL_NAME, address, timeout)
+}
+
+/// A TLS connection to `address`, verified against the site CA for `name`.
+pub fn tls_connect_to(name: &str, address: &str, timeout: Duration) -> TlsStream {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(SITE_CA).expect("the site CA") {
@@ -55,7 +88,7 @@ pub fn tls_connect(address: &str, timeout: Duration) -> TlsStream {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(PORTAL_NAME).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
     let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let stream = std::net::TcpStream::connect(address).expect("connect to the portal port");
     stream.set_read_timeout(Some(timeout)).unwrap();

@@ -311,8 +311,13 @@ impl FromRequestParts<Arc<Master>> for Peer {
 
 /// The login page, sending the browser back to `next` (a path of this site) afterwards.
 pub(crate) fn login_url(next: &str) -> String {
-    let mut url = String::from("/login?next=");
-    for byte in next.bytes() {
+    format!("/login?next={}", percent_encode(next))
+}
+
+/// `text` as a query value: everything but unreserved characters and `/` escaped.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut url = String::new();
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
             url.push(byte as char);
         } else {
