@@ -1335,6 +1335,7 @@ fn every_form_and_cookie_call_refuses_a_request_from_another_site() {
                 ],
             );
             let refused = r.status == 403
+                && r.header("x-frame-options").as_deref() == Some("DENY")
                 && r.json()["error"]["message"]
                     .as_str()
                     .is_some_and(|m| m.contains("another site"));

@@ -115,11 +115,29 @@ pub fn router(master: Arc<Master>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(session::refuse_cross_site))
+        .layer(axum::middleware::from_fn(baseline_headers))
         .layer(axum::middleware::from_fn_with_state(
             master.clone(),
             workspace_hosts,
         ))
         .with_state(master)
+}
+
+/// What every answer of the portal's host carries, the API's and refusals included (pages
+/// add their policies, see `portal`): never framed, never sniffed, no referrer elsewhere.
+async fn baseline_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Requests for a name under `workspace_domain` go to that user's workspace host
