@@ -14,6 +14,10 @@ const ASSETS: &[(&str, &str)] = &[
         "node_modules/@xterm/addon-fit/lib/addon-fit.js",
         "addon-fit.js",
     ),
+    (
+        "node_modules/@xterm/addon-canvas/lib/addon-canvas.js",
+        "addon-canvas.js",
+    ),
     ("node_modules/htmx.org/dist/htmx.min.js", "htmx.min.js"),
     (
         "node_modules/uplot/dist/uPlot.iife.min.js",

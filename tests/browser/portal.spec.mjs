@@ -107,8 +107,16 @@ test.describe.serial("the portal", () => {
     await page.locator("#terminal").click();
     await page.keyboard.type("hostname\n");
     await expect.poll(() => terminalText(page)).toMatch(/^host-0\s*$/m);
-    // Readable: xterm's colours apply (they come from a style element it makes itself).
-    expect(await page.locator(".xterm-rows").evaluate((e) => getComputedStyle(e).color)).toBe("rgb(255, 255, 255)");
+    // Readable: xterm draws the text on its canvas (under the page's policy, which allows
+    // no inline style or script, like every page's): more than one colour on it.
+    const policy = (await page.request.get(page.url())).headers()["content-security-policy"];
+    expect(policy).toContain("style-src 'self';");
+    expect(policy).not.toContain("unsafe-inline");
+    await expect.poll(() => page.locator(".xterm-screen canvas").evaluateAll((canvases) =>
+      canvases.some((c) => {
+        const pixels = new Uint32Array(c.getContext("2d").getImageData(0, 0, c.width, c.height).data.buffer);
+        return pixels.some((p) => p !== pixels[0]);
+      }))).toBe(true);
     // UTF-8 both ways, pasted as a user pastes (xterm's paste: bracketed, so Enter runs it).
     await page.evaluate(() => window.dockletTerminal.paste('echo "žluťoučký ✓"'));
     await page.keyboard.press("Enter");

@@ -11,6 +11,10 @@
   const term = new Terminal({ cursorBlink: true, scrollback: 5000, fontSize: 14 });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
+  // Drawn on a canvas, set up before the terminal opens: xterm's default DOM renderer
+  // colours the text with style elements it makes, which the page's policy (no inline
+  // styles) refuses.
+  term.loadAddon(new CanvasAddon.CanvasAddon());
   term.open(element);
   fit.fit();
   term.focus();

@@ -33,12 +33,6 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
-/// The terminal page's policy: the same, but xterm.js colours the terminal with a style
-/// element it makes itself, so inline styles are allowed there (scripts still are not).
-const TERMINAL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                            img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; \
-                            base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
 pub fn router() -> Router<Arc<Master>> {
     Router::new()
         .route("/", get(pages::dashboard))
@@ -103,7 +97,7 @@ pub fn router() -> Router<Arc<Master>> {
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    // A page may have set a policy of its own (the terminal's).
+    // A page may set a policy of its own.
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static(CSP));

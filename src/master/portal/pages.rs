@@ -626,7 +626,7 @@ pub async fn terminal(
             &format!("Cluster {name} has no node {index}."),
         );
     };
-    let mut response = render(
+    render(
         &master,
         Some(&session),
         "terminal.html",
@@ -638,12 +638,7 @@ pub async fn terminal(
             node => node,
             socket => format!("/api/v1/clusters/{name}/nodes/{index}/terminal"),
         },
-    );
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(super::TERMINAL_CSP),
-    );
-    response
+    )
 }
 
 async fn account_page(
