@@ -1157,6 +1157,19 @@ fn a_password_change_ends_every_other_session_and_its_open_connections() {
     assert_eq!(r.status, 201, "{r}");
     let script = r.json()["token"].as_str().unwrap().to_owned();
     cluster(&other, "rev");
+    // The other session's workspace cookie (entered from it, on the user's workspace host).
+    let (_, workspace) = enter_workspace(user, &other, &format!("/go/{user}/rev/0/"));
+    let workspace_status = || {
+        http(
+            "GET",
+            &format!("{}/go/{user}/rev/0/api/status", workspace_origin(user)),
+            Cred::Workspace(&workspace, None),
+            None,
+            &[],
+        )
+        .status
+    };
+    assert_eq!(workspace_status(), 200);
 
     // The other session's open terminal and event stream.
     let mut term = Terminal::open(&terminal_path("rev", ""), Cred::Bearer(&other))
@@ -1210,6 +1223,7 @@ fn a_password_change_ends_every_other_session_and_its_open_connections() {
         let r = api("GET", "/me", token, None);
         assert_eq!(r.status, 401, "{what} still works: {r}");
     }
+    assert_eq!(workspace_status(), 401, "its workspace cookie still works");
     assert!(
         Terminal::open(&terminal_path("rev", ""), Cred::Bearer(&other)).is_err(),
         "a revoked session opens no terminal"
