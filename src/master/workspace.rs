@@ -791,6 +791,20 @@ mod tests {
     }
 
     #[test]
+    fn without_a_workspace_domain_workspaces_are_refused_saying_what_to_configure() {
+        let refusal = no_workspace_domain();
+        assert_eq!(refusal.status(), 503);
+        let message = refusal.to_string();
+        for needed in [
+            "workspace_domain",
+            "/etc/docklet/docklet.toml",
+            "*.<workspace_domain>",
+        ] {
+            assert!(message.contains(needed), "{message}");
+        }
+    }
+
+    #[test]
     fn workspace_paths_and_login_redirects() {
         assert_eq!(
             workspace::path_parts("/go/alice/c1/0/"),
