@@ -574,6 +574,18 @@ impl Master {
         })
     }
 
+    /// The caller a login or API token stands for, for the portal and the API: a workspace
+    /// cookie opens its user's workspaces and nothing else.
+    pub async fn authenticate_login(&self, token: &str) -> Result<Caller, ApiError> {
+        let caller = self.authenticate(token).await?;
+        if caller.token_kind == Some(TokenKind::Workspace) {
+            return Err(ApiError::Unauthenticated(
+                "a workspace cookie opens its workspace host in a browser and nothing else: log in, or use an API token".into(),
+            ));
+        }
+        Ok(caller)
+    }
+
     /// Ends the caller's login, and the workspace cookies made from it.
     pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
         if let Some(digest) = &caller.token_digest {

@@ -32,7 +32,7 @@ use super::serve::Reached;
 use super::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
-use crate::model::account::{TokenKind, TokenRecord};
+use crate::model::account::TokenRecord;
 use crate::model::quota::Group;
 use crate::model::vcluster::CreateClusterRequest;
 
@@ -270,18 +270,8 @@ impl FromRequestParts<Arc<Master>> for Auth {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        // A workspace cookie opens its user's workspaces, never the portal or the API.
-        let not_a_workspace_cookie = |caller: Caller| {
-            if caller.token_kind == Some(TokenKind::Workspace) {
-                Err(ApiError::Unauthenticated(
-                    "a workspace cookie opens workspaces only: log in to the portal".into(),
-                ))
-            } else {
-                Ok(Auth(caller))
-            }
-        };
         if let Some(token) = bearer {
-            return not_a_workspace_cookie(master.authenticate(token.trim()).await?);
+            return master.authenticate_login(token.trim()).await.map(Auth);
         }
         let Some(token) = session::session_from_cookies(&parts.headers) else {
             return Err(ApiError::Unauthenticated(
@@ -294,7 +284,7 @@ impl FromRequestParts<Arc<Master>> for Auth {
                 "a browser request from another site: send it from the portal's own pages".into(),
             ));
         }
-        not_a_workspace_cookie(master.authenticate(&token).await?)
+        master.authenticate_login(&token).await.map(Auth)
     }
 }
 

@@ -381,13 +381,7 @@ async fn workspace_caller(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(token) = bearer {
-        let caller = master.authenticate(token.trim()).await?;
-        if caller.token_kind == Some(TokenKind::Workspace) {
-            return Err(ApiError::Unauthenticated(
-                "a workspace cookie is not a bearer token: use a login or an API token".into(),
-            ));
-        }
-        return Ok(caller);
+        return master.authenticate_login(token.trim()).await;
     }
     let Some(token) = session::cookie(&parts.headers, session::WORKSPACE_COOKIE) else {
         return Err(ApiError::Unauthenticated(

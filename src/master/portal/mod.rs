@@ -258,7 +258,7 @@ impl FromRequestParts<Arc<Master>> for Session {
         let Some(token) = session::session_from_cookies(&parts.headers) else {
             return Err(to_login(parts));
         };
-        match master.authenticate(&token).await {
+        match master.authenticate_login(&token).await {
             Ok(caller) => Ok(Session {
                 caller,
                 csrf: session::csrf_token(&token),
