@@ -665,6 +665,18 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
         let r = http("GET", "/api/v1/me", cred, None, &[]);
         assert_eq!(r.status, 401, "{r}");
     }
+    let r = http(
+        "GET",
+        "/account",
+        Cred::Cookie(&cookie_a, None),
+        None,
+        &[("Accept", "text/html")],
+    );
+    assert_eq!(
+        (r.status, r.header("location").as_deref()),
+        (303, Some("/login?next=/account")),
+        "a portal page for a workspace cookie: {r}"
+    );
     // ... the portal's session cookie opens no workspace (browsers never send it there) ...
     let r = http(
         "GET",
