@@ -43,8 +43,6 @@ use crate::sys::splice::BufferedTcp;
 pub const JUPYTER_PORT: u16 = 8888;
 /// How long a node's endpoint (host, agent) is reused before it is looked up again.
 const ENDPOINT_TTL: Duration = Duration::from_secs(10);
-/// The size of each read from a node's tunnel.
-const READ_BUFFER: usize = 256 << 10;
 /// Idle tunnels kept per node, and for how long.
 const IDLE_PER_NODE: usize = 8;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,9 +61,6 @@ impl Default for Proxy {
             endpoints: endpoints.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
-            // Reads of the node's answers in large pieces: a download is then relayed (and
-            // encrypted) in fewer, larger frames.
-            .http1_read_buf_exact_size(READ_BUFFER)
             .pool_max_idle_per_host(IDLE_PER_NODE)
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
