@@ -17,9 +17,7 @@ pub const EXEC_LIMIT: Duration = Duration::from_secs(600);
 /// first, which a socket-activated service answers at once).
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(15);
 
-/// The `Upgrade` protocol of a tunnel: after `101`, the connection carries the raw bytes of
-/// a TCP connection made inside the vnode.
-pub const TCP_UPGRADE: &str = "docklet-tcp";
+pub use crate::daemon::TCP_UPGRADE;
 
 /// Where a vnode is reached: its host's agent, and the credentials it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]

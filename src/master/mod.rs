@@ -23,9 +23,12 @@ pub mod terminal;
 pub mod tls;
 pub mod workspace;
 
+/// Seconds since the epoch (shared with the worker, see [`crate::daemon`]).
+pub use crate::daemon::now_secs;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -79,13 +82,6 @@ pub struct Master {
     pub certificate: Arc<tls::PortalCertificate>,
     /// Open event streams, terminals and workspace connections, ended with their token.
     pub live: Arc<live::LiveConnections>,
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Master {

@@ -29,7 +29,7 @@ use super::vnodes::{Runtime, VNodeError};
 use crate::sys::splice::{self, BufferedTcp};
 
 /// The `Upgrade` protocol of a tunnel (shared with the master's client).
-const TCP_UPGRADE: &str = crate::master::agent_client::TCP_UPGRADE;
+use crate::daemon::TCP_UPGRADE;
 
 /// Output beyond this many bytes per stream is cut (and says so).
 const OUTPUT_LIMIT: usize = 16 << 20;

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::master::now_secs;
+use crate::daemon::now_secs;
 use crate::model::image::{self, ImageRecord, ImageRef, ImageVersion, Pending};
 use crate::model::vnode::{self, UnitState};
 use crate::store::etcd::Changes;

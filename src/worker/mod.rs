@@ -21,8 +21,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::daemon::now_secs;
 use crate::daemon::{self, Backoff, Notifier, StatusLine};
-use crate::master::now_secs;
 use crate::model::host::{HostRecord, validate_host_name};
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::host::HostProbe;

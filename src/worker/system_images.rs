@@ -18,7 +18,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::master::now_secs;
+use crate::daemon::now_secs;
 use crate::model::image::ImageRef;
 use crate::model::system_image::{self, BuildState, SystemImageBuild, SystemImageUpdate};
 use crate::store::etcd::Changes;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::master::now_secs;
+use crate::daemon::now_secs;
 use crate::model::vnode::{
     self, Action, DesiredState, HostLimits, Phase, UnitState, VNodeSpec, VNodeStatus,
 };
