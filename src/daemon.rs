@@ -354,6 +354,18 @@ impl Drop for OpenTerminal {
     }
 }
 
+/// Seconds since the epoch, as records in etcd keep time.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `Upgrade` protocol of a worker agent's TCP tunnel (`GET /agent/v1/vnodes/{id}/tcp/{port}`):
+/// the master asks for it, the agent grants it.
+pub const TCP_UPGRADE: &str = "docklet-tcp";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,15 +397,3 @@ mod tests {
         assert!(err.contains("cannot read cluster credentials"), "{err}");
     }
 }
-
-/// Seconds since the epoch, as records in etcd keep time.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The `Upgrade` protocol of a worker agent's TCP tunnel (`GET /agent/v1/vnodes/{id}/tcp/{port}`):
-/// the master asks for it, the agent grants it.
-pub const TCP_UPGRADE: &str = "docklet-tcp";

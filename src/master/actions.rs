@@ -629,8 +629,7 @@ impl Master {
         let secret = format!("{TOKEN_PREFIX}{}", super::init::random_secret(32));
         let grant = WorkspaceGrant {
             user: caller.name().to_owned(),
-            parent: account::token_id(digest),
-            parent_expires_at: caller.expires_at,
+            parent_digest: digest.clone(),
             expires_at: now_secs() + workspace::GRANT_SECS,
         };
         self.api_store()
@@ -676,25 +675,22 @@ impl Master {
             return Err(refused());
         }
         // The login must still be there: a grant outliving a logout opens nothing.
-        if !store
-            .tokens_of(&grant.user)
+        let Some(parent) = store
+            .token(&grant.parent_digest)
             .await?
-            .iter()
-            .any(|(_, t)| t.id == grant.parent && !t.expired(now))
-        {
+            .filter(|t| t.user == grant.user && !t.expired(now))
+        else {
             return Err(refused());
-        }
-        let expires_at = grant
-            .parent_expires_at
-            .unwrap_or(now + self.config.session_lifetime)
-            .min(now + self.config.session_lifetime);
+        };
+        let longest = now + self.config.session_lifetime;
+        let expires_at = parent.expires_at.map_or(longest, |at| at.min(longest));
         self.issue_token(
             &store,
             &grant.user,
             TokenKind::Workspace,
             source,
             Some(expires_at),
-            Some(grant.parent.clone()),
+            Some(parent.id),
         )
         .await
     }

@@ -265,13 +265,8 @@ impl FromRequestParts<Arc<Master>> for Auth {
         parts: &mut Parts,
         master: &Arc<Master>,
     ) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let Some(token) = bearer {
-            return master.authenticate_login(token.trim()).await.map(Auth);
+        if let Some(token) = session::bearer(&parts.headers) {
+            return master.authenticate_login(token).await.map(Auth);
         }
         let Some(token) = session::session_from_cookies(&parts.headers) else {
             return Err(ApiError::Unauthenticated(

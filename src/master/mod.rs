@@ -16,6 +16,7 @@ pub mod logins;
 pub mod metrics;
 pub mod portal;
 pub mod ports;
+pub mod proxy_headers;
 pub mod serve;
 pub mod session;
 pub mod system_images;

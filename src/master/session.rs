@@ -34,6 +34,15 @@ pub fn csrf_token(session_token: &str) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// The session token in the request's cookies, if any.
 pub fn session_from_cookies(headers: &HeaderMap) -> Option<String> {
     cookie(headers, SESSION_COOKIE)

@@ -105,11 +105,9 @@ pub const GRANT_SECS: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceGrant {
     pub user: String,
-    /// The token id of the login (or API token) it came from: revoking that ends the
-    /// workspace cookies made from it.
-    pub parent: String,
-    /// When that login ends, if it does.
-    pub parent_expires_at: Option<u64>,
+    /// The etcd key (the digest) of the login or API token it came from: the workspace
+    /// cookie is made only while that still exists, and ends with it.
+    pub parent_digest: String,
     pub expires_at: u64,
 }
 

@@ -26,10 +26,8 @@ use super::exec::{self, ExecRequest};
 use super::terminals::{self, Output, TerminalError};
 use super::tunnel;
 use super::vnodes::{Runtime, VNodeError};
-use crate::sys::splice::{self, BufferedTcp};
-
-/// The `Upgrade` protocol of a tunnel (shared with the master's client).
 use crate::daemon::TCP_UPGRADE;
+use crate::sys::splice::{self, BufferedTcp};
 
 /// Output beyond this many bytes per stream is cut (and says so).
 const OUTPUT_LIMIT: usize = 16 << 20;
