@@ -80,6 +80,11 @@ pub struct Config {
     pub network_device: String,
     /// Address range handed out to vclusters; all of it belongs to Docklet.
     pub cluster_net: Ipv4Net,
+    /// Destinations of the site every vnode may reach although the egress policy keeps
+    /// vnodes off the site's ranges (see [`crate::model::egress`]), and destinations none
+    /// may reach although they are on the internet.
+    pub egress_allow: Vec<crate::model::egress::EgressRule>,
+    pub egress_deny: Vec<crate::model::egress::EgressRule>,
     /// Public port of the portal, the API and the workspace proxy.
     pub proxy_port: u16,
     /// Port of each worker's agent endpoint (exec, terminals, workspaces), which only
@@ -140,6 +145,8 @@ impl Default for Config {
             agent_port: 8001,
             port_range: crate::model::ports::PortRange::default(),
             vni_base: 1_000_000,
+            egress_allow: Vec::new(),
+            egress_deny: Vec::new(),
             portal_url: None,
             tls_cert: None,
             tls_key: None,

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 
 use docklet::config::Config;
+use docklet::model::egress::EgressPolicy;
 use docklet::model::network::{self, FirewallContext, NetView, UserNet};
 use docklet::model::vnode::{DesiredState, VNodeSpec};
 use docklet::sys::firewall::{Firewall, Nft};
@@ -225,6 +226,17 @@ fn the_firewall_replaces_its_own_tables_and_nobody_elses() {
             device: "up0".into(),
             protected: [Ipv4Addr::new(10, 77, 0, 2)].into(),
             peers: [Ipv4Addr::new(10, 77, 0, 3)].into(),
+            // Every kind of rule, so the kernel is shown each one's syntax.
+            egress: EgressPolicy {
+                deny: vec!["198.51.100.0/24".parse().unwrap()],
+                allow: vec![
+                    "10.77.0.50:2049".parse().unwrap(),
+                    "10.77.1.0/24:8000-8100".parse().unwrap(),
+                ],
+                host_networks: ["10.77.0.0/24".parse().unwrap()].into(),
+                resolvers: [Ipv4Addr::new(10, 77, 0, 53)].into(),
+            },
+            user_allow: [("alice".to_owned(), vec!["10.77.0.60".parse().unwrap()])].into(),
         };
         let plan = network::plan(&view, "h1");
         for _ in 0..2 {

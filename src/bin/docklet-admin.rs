@@ -252,6 +252,13 @@ enum GroupAction {
     Default {
         name: String,
     },
+    /// Sets the destinations of the site the group's members' vnodes may reach besides what
+    /// the site allows everyone: `CIDR` or `ADDRESS`, optionally `:PORT` or `:FIRST-LAST`
+    /// (TCP and UDP). None: only the site's policy.
+    Egress {
+        name: String,
+        allow: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1056,6 +1063,18 @@ async fn group(action: GroupAction) -> Result<(), Failure> {
             master.set_default_group(&name).await.map_err(bus)?;
             println!("New users join group {name}.");
         }
+        GroupAction::Egress { name, allow } => {
+            let rules = docklet::model::egress::parse_rules(&allow).map_err(|e| Failure {
+                code: 2,
+                message: e.to_string(),
+            })?;
+            let patch = json!({ "egress_allow": rules });
+            let reply = master
+                .set_group(&name, &patch.to_string())
+                .await
+                .map_err(bus)?;
+            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+        }
     }
     Ok(())
 }
@@ -1150,12 +1169,21 @@ fn groups_table(groups: &[serde_json::Value], default: &str) -> String {
                     0 => "never".into(),
                     s => format!("{}h", s / 3600),
                 },
+                match g["egress_allow"].as_array() {
+                    Some(rules) if !rules.is_empty() => rules
+                        .iter()
+                        .filter_map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    _ => "-".into(),
+                },
             ]
         })
         .collect();
     render_table(
         &[
             "GROUP", "ADMIN", "CPU", "MEMORY", "DISK", "VNODES", "IMAGES", "PORTS", "IDLE",
+            "EGRESS",
         ],
         &rows,
     )

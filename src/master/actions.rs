@@ -335,6 +335,10 @@ pub struct GroupPatch {
     pub quota: Option<QuotaPatch>,
     #[serde(default)]
     pub defaults: Option<NodeSize>,
+    /// Replaces the group's egress allowances (an empty list removes them).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub egress_allow: Option<Vec<crate::model::egress::EgressRule>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
@@ -1805,10 +1809,14 @@ impl Master {
         if let Some(defaults) = patch.defaults {
             group.defaults = defaults;
         }
+        if let Some(allow) = &patch.egress_allow {
+            group.egress_allow = allow.clone();
+        }
         quota::validate_group(&group)
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
         store.put_group(&group, true).await?;
-        info!(group = name, by = caller.name(), "group changed");
+        let egress: Vec<String> = group.egress_allow.iter().map(|r| r.to_string()).collect();
+        info!(group = name, by = caller.name(), egress_allow = ?egress, "group changed");
         if demoted {
             // Its members are no longer administrators: their sessions and tokens end.
             for member in store.list_accounts().await? {

@@ -230,8 +230,8 @@ impl MasterInterface {
         )
     }
 
-    /// Changes a group: `patch` is JSON with any of `admin`, `quota` (any of its fields) and
-    /// `defaults`.
+    /// Changes a group: `patch` is JSON with any of `admin`, `quota` (any of its fields),
+    /// `defaults` and `egress_allow` (the whole list).
     async fn set_group(
         &self,
         name: &str,

@@ -444,6 +444,12 @@ async fn ensure_default_groups(store: &EtcdStore) {
         Ok(n) => info!("created {n} missing default groups"),
         Err(e) => warn!("cannot check the default groups: {e}"),
     }
+    // Accounts made before workers applied groups' egress allowances.
+    match store.ensure_members().await {
+        Ok(0) => {}
+        Ok(n) => info!("recorded the group of {n} accounts for the workers"),
+        Err(e) => warn!("cannot record accounts' groups for the workers: {e}"),
+    }
 }
 
 pub fn bus_error(e: StoreError) -> BusError {

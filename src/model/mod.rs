@@ -4,6 +4,7 @@
 pub mod account;
 pub mod cluster;
 pub mod drain;
+pub mod egress;
 pub mod host;
 pub mod image;
 pub mod metrics;

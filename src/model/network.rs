@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::egress::{EgressPolicy, EgressRule};
 use super::vnode::{DesiredState, VNodeSpec, hostname};
 
 /// Bytes a VXLAN over IPv4 adds to every frame (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8).
@@ -263,6 +264,24 @@ pub struct NetView {
     pub vteps: BTreeMap<String, Ipv4Addr>,
     /// Every IPv4 address registered hosts report on their network device.
     pub host_addresses: BTreeSet<Ipv4Addr>,
+    /// The networks of those addresses: the site's, closed to vnodes.
+    pub host_networks: BTreeSet<Ipv4Net>,
+    /// Each account's group (`network/members/`) and each group's egress allowances.
+    pub members: BTreeMap<String, String>,
+    pub group_egress: BTreeMap<String, Vec<EgressRule>>,
+}
+
+impl NetView {
+    /// The extra destinations of each user who has vnodes here, by their group.
+    pub fn user_allow(&self, plan: &HostPlan) -> BTreeMap<String, Vec<EgressRule>> {
+        plan.users
+            .keys()
+            .filter_map(|user| {
+                let rules = self.group_egress.get(self.members.get(user)?)?;
+                (!rules.is_empty()).then(|| (user.clone(), rules.clone()))
+            })
+            .collect()
+    }
 }
 
 /// A vnode takes part in the network while it is meant to run.
@@ -378,6 +397,10 @@ pub struct FirewallContext {
     pub protected: BTreeSet<Ipv4Addr>,
     /// Hosts allowed to send VXLAN to this one.
     pub peers: BTreeSet<Ipv4Addr>,
+    /// The site's egress policy (see [`crate::model::egress`]).
+    pub egress: EgressPolicy,
+    /// Extra destinations a user's vnodes may reach (their group's allowances), by user.
+    pub user_allow: BTreeMap<String, Vec<EgressRule>>,
 }
 
 /// Name of Docklet's nftables tables (one per family); nothing else is ever touched.
@@ -401,8 +424,10 @@ fn set_elements<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> Str
 /// - `inet docklet`: vnodes reach neither this host (but for ping of their gateway), nor
 ///   another user's network, nor a protected address; nothing enters a vnode from outside
 ///   but replies; VXLAN is accepted only from peers. Traffic within users' networks is not
-///   connection-tracked (with br_netfilter, bridged frames would be).
-/// - `ip docklet`: outbound masquerade on the configured device.
+///   connection-tracked (with br_netfilter, bridged frames would be). What leaves a user's
+///   network meets the egress policy (chain `egress`, see [`crate::model::egress`]).
+/// - `ip docklet`: outbound masquerade on the configured device; privileged source ports
+///   become unprivileged ones, so nothing on the way out trusts a vnode as a host's root.
 pub fn ruleset(plan: &HostPlan, ctx: &FirewallContext) -> String {
     let vnodes: Vec<&VNodeNet> = plan.users.values().flat_map(|u| &u.vnodes).collect();
     let ports = set_elements(
@@ -424,6 +449,7 @@ pub fn ruleset(plan: &HostPlan, ctx: &FirewallContext) -> String {
     let net = ctx.cluster_net;
     let device = &ctx.device;
     let port = VXLAN_PORT;
+    let egress = egress_chain(plan, ctx);
     format!(
         r#"table bridge {TABLE}
 delete table bridge {TABLE}
@@ -477,19 +503,57 @@ table inet {TABLE} {{
 		iifname "dkb*" ip daddr {net} drop
 		iifname "dkb*" ip daddr @protected drop
 		iifname "dkb*" meta nfproto ipv6 drop
+		iifname "dkb*" jump egress
 		oifname "dkb*" ct state established,related accept
 		oifname "dkb*" drop
 	}}
-}}
+{egress}}}
 table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
 	chain postrouting {{
 		type nat hook postrouting priority srcnat + 10; policy accept;
+		ip saddr {net} ip daddr != {net} oifname "{device}" meta l4proto {{ tcp, udp }} masquerade to :1024-65535
 		ip saddr {net} ip daddr != {net} oifname "{device}" masquerade
 	}}
 }}
 "#
+    )
+}
+
+/// The chain a packet leaving a user's network for elsewhere meets (first match wins).
+fn egress_chain(plan: &HostPlan, ctx: &FirewallContext) -> String {
+    let policy = &ctx.egress;
+    let mut rules = Vec::new();
+    for rule in &policy.deny {
+        rules.push(format!("{} drop", rule.nft_match()));
+    }
+    for (user, allowed) in &ctx.user_allow {
+        let Some(plan) = plan.users.get(user) else {
+            continue;
+        };
+        for rule in allowed {
+            rules.push(format!(
+                "iifname \"{}\" {} accept",
+                plan.bridge(),
+                rule.nft_match()
+            ));
+        }
+    }
+    for rule in &policy.allow {
+        rules.push(format!("{} accept", rule.nft_match()));
+    }
+    if !policy.resolvers.is_empty() {
+        rules.push("ip daddr @resolvers meta l4proto { tcp, udp } th dport 53 accept".into());
+    }
+    rules.push("ip daddr @site drop".into());
+    let resolvers = set_elements(&policy.resolvers);
+    let site = set_elements(policy.site_ranges());
+    let body: String = rules.iter().map(|r| format!("\t\t{r}\n")).collect();
+    format!(
+        "\tset resolvers {{ type ipv4_addr; {resolvers} }}\n\
+         \tset site {{ type ipv4_addr; flags interval; {site} }}\n\
+         \tchain egress {{\n{body}\t}}\n"
     )
 }
 
@@ -732,8 +796,43 @@ mod tests {
             device: "host0".into(),
             protected: BTreeSet::from([ip("10.0.0.11"), ip("10.0.0.12")]),
             peers: BTreeSet::from([ip("10.0.0.12")]),
+            egress: EgressPolicy {
+                deny: vec!["203.0.113.0/24".parse().unwrap()],
+                allow: vec!["10.0.0.50:2049".parse().unwrap()],
+                host_networks: BTreeSet::from([net("10.0.0.0/24")]),
+                resolvers: BTreeSet::from([ip("10.0.0.53")]),
+            },
+            user_allow: BTreeMap::from([
+                ("alice".to_owned(), vec!["10.0.0.60:80".parse().unwrap()]),
+                ("nobody-here".to_owned(), vec!["10.0.0.61".parse().unwrap()]),
+            ]),
         };
         let rules = ruleset(&plan(&v, "tb1"), &ctx);
+        // Egress: denials, then the group's and the site's allowances, DNS, the site.
+        let egress: Vec<&str> = rules
+            .split("chain egress {\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.trim() != "}")
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            egress,
+            [
+                "ip daddr 203.0.113.0/24 drop",
+                "iifname \"dkb100\" ip daddr 10.0.0.60/32 meta l4proto { tcp, udp } th dport 80 accept",
+                "ip daddr 10.0.0.50/32 meta l4proto { tcp, udp } th dport 2049 accept",
+                "ip daddr @resolvers meta l4proto { tcp, udp } th dport 53 accept",
+                "ip daddr @site drop",
+            ]
+        );
+        assert!(rules.contains("set resolvers { type ipv4_addr; elements = { 10.0.0.53 } }"));
+        assert!(
+            rules.contains("elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10,"),
+            "{rules}"
+        );
+        assert!(rules.contains("masquerade to :1024-65535"), "{rules}");
         let a0 = veth_name("a0");
         assert!(
             rules.contains(&format!("\"{a0}\" . 02:dc:ac:10:00:02 . 172.16.0.2")),

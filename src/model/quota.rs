@@ -107,6 +107,11 @@ pub struct Group {
     pub quota: Quota,
     /// Sizes a new node gets when the request names none.
     pub defaults: NodeSize,
+    /// Destinations of the site its members' vnodes may reach besides what the site's egress
+    /// policy allows everyone (`CIDR` or `ADDRESS`, optionally `:PORT` or `:FIRST-LAST`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub egress_allow: Vec<crate::model::egress::EgressRule>,
 }
 
 /// The group new users join.
@@ -142,6 +147,7 @@ pub fn default_groups() -> Vec<Group> {
         admin,
         quota: quota.clone(),
         defaults,
+        egress_allow: Vec::new(),
     })
     .collect()
 }

@@ -29,7 +29,10 @@ impl EtcdStore {
                 Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 Compare::create_revision(group, CompareOp::Greater, 0),
             ])
-            .and_then([TxnOp::put(key, encode(account), None)]);
+            .and_then([
+                TxnOp::put(key, encode(account), None),
+                self.member_put(account),
+            ]);
         if self.txn_ok(txn).await? {
             return Ok(());
         }
@@ -68,7 +71,10 @@ impl EtcdStore {
                         0,
                     ),
                 ])
-                .and_then([TxnOp::put(key.clone(), encode(&account), None)]);
+                .and_then([
+                    TxnOp::put(key.clone(), encode(&account), None),
+                    self.member_put(&account),
+                ]);
             if self.txn_ok(txn).await? {
                 return Ok(account);
             }
@@ -104,7 +110,10 @@ impl EtcdStore {
             )));
         }
         let key = self.keys.user(name);
-        let mut ops = vec![TxnOp::delete(key.clone(), None::<DeleteOptions>)];
+        let mut ops = vec![
+            TxnOp::delete(key.clone(), None::<DeleteOptions>),
+            TxnOp::delete(self.keys.network_member(name), None::<DeleteOptions>),
+        ];
         for (digest, _) in self.tokens_of(name).await? {
             ops.push(TxnOp::delete(
                 self.keys.token(&digest),
@@ -141,6 +150,37 @@ impl EtcdStore {
         } else {
             Err(StoreError::NotFound(format!("no user {name}")))
         }
+    }
+
+    /// `network/members/<user>`: the account's group, for the workers, which apply its egress
+    /// allowances and read no accounts. Written with every account change.
+    fn member_put(&self, account: &Account) -> TxnOp {
+        TxnOp::put(
+            self.keys.network_member(&account.name),
+            account.group.as_bytes(),
+            None,
+        )
+    }
+
+    /// Writes the membership keys accounts made by an older version lack; returns how many.
+    pub async fn ensure_members(&self) -> Result<usize, StoreError> {
+        let members = self.get_text_map(&self.keys.network_members()).await?;
+        let mut written = 0;
+        for account in self.list_accounts().await? {
+            if members.get(&account.name) == Some(&account.group) {
+                continue;
+            }
+            // Written only if the account did not change meanwhile (its change writes it).
+            let key = self.keys.user(&account.name);
+            let Some((account, revision)) = self.get_json_rev::<Account>(&key).await? else {
+                continue;
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+                .and_then([self.member_put(&account)]);
+            written += usize::from(self.txn_ok(txn).await?);
+        }
+        Ok(written)
     }
 
     pub async fn group(&self, name: &str) -> Result<Option<Group>, StoreError> {

@@ -13,7 +13,8 @@
 //!   written in one transaction so no two users share a range;
 //! - `network/users/<user>` ([`UserNet`](crate::model::network::UserNet)), `network/blocks/<cidr>`
 //!   (owner), `network/addrs/<user>/<address>` (vnode id), `network/vteps/<host>` (the host's
-//!   VXLAN endpoint) and `quotas/<user>` (a user's own vnode quota, over the group's): see
+//!   VXLAN endpoint), `network/members/<user>` (the account's group, for the egress
+//!   allowances workers apply) and `quotas/<user>` (a user's own vnode quota, over the group's): see
 //!   [`network`];
 //! - `groups/<name>` ([`Group`](crate::model::quota::Group)), `settings/default-group`,
 //!   `tokens/<sha256>` ([`TokenRecord`](crate::model::account::TokenRecord)): see [`accounts`];
@@ -145,6 +146,12 @@ impl Keys {
     /// Address claims of one user (with the trailing slash).
     pub fn network_addrs(&self, user: &str) -> String {
         format!("{}network/addrs/{user}/", self.prefix)
+    }
+    pub fn network_member(&self, user: &str) -> String {
+        format!("{}network/members/{user}", self.prefix)
+    }
+    pub fn network_members(&self) -> String {
+        format!("{}network/members/", self.prefix)
     }
     pub fn network_vteps(&self) -> String {
         format!("{}network/vteps/", self.prefix)

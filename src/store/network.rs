@@ -212,12 +212,22 @@ impl EtcdStore {
         for kv in self.get_prefix(&self.keys.hosts()).await?.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             if let Ok(host) = decode::<crate::model::host::HostRecord>(&key, kv.value()) {
-                view.host_addresses.extend(
-                    host.addresses
-                        .iter()
-                        .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok()),
-                );
+                for address in &host.addresses {
+                    if let Ok(net) = address.parse::<Ipv4Net>() {
+                        view.host_addresses.insert(net.addr());
+                        view.host_networks.insert(net.trunc());
+                    } else if let Ok(address) = address.parse::<Ipv4Addr>() {
+                        view.host_addresses.insert(address);
+                    }
+                }
             }
+        }
+        view.members = self.get_text_map(&self.keys.network_members()).await?;
+        for group in self
+            .list_json::<crate::model::quota::Group>(&self.keys.groups())
+            .await?
+        {
+            view.group_egress.insert(group.name, group.egress_allow);
         }
         let prefix = self.keys.network_vteps();
         for kv in self.get_prefix(&prefix).await?.kvs() {
@@ -248,6 +258,8 @@ impl EtcdStore {
         rest.starts_with("vnodes/")
             || rest.starts_with("network/users/")
             || rest.starts_with("network/vteps/")
+            || rest.starts_with("network/members/")
+            || rest.starts_with("groups/")
     }
 
     /// The last path segment of every key under `prefix`.

@@ -20,6 +20,7 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::model::egress::{self, EgressPolicy};
 use crate::model::network::{
     self, FirewallContext, HostPlan, NetView, UserPlan, VXLAN_OVERHEAD, VXLAN_PORT,
 };
@@ -69,8 +70,10 @@ pub struct Network {
     mtu: u32,
     netlink: Netlink,
     firewall: Arc<dyn Firewall>,
-    /// etcd's addresses (when given as IP literals in the configuration).
-    etcd_addresses: BTreeSet<Ipv4Addr>,
+    /// Addresses of etcd and the portal, by whatever name the configuration gives them.
+    control_addresses: BTreeSet<Ipv4Addr>,
+    /// This host's DNS resolvers, which vnodes may ask.
+    resolvers: BTreeSet<Ipv4Addr>,
     state: tokio::sync::Mutex<NetState>,
 }
 
@@ -158,15 +161,11 @@ impl Network {
             )));
         }
         set_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
-        let etcd_addresses = config
-            .etcd
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                let rest = e.split_once("://")?.1;
-                rest.rsplit_once(':')?.0.parse::<Ipv4Addr>().ok()
-            })
-            .collect();
+        let control_addresses = control_addresses(config).await;
+        let resolvers = host_resolvers();
+        if !resolvers.is_empty() {
+            info!(resolvers = ?resolvers, "vnodes may ask this host's DNS resolvers");
+        }
         info!(
             device,
             %vtep,
@@ -182,7 +181,8 @@ impl Network {
             mtu: link.mtu - VXLAN_OVERHEAD,
             netlink,
             firewall,
-            etcd_addresses,
+            control_addresses,
+            resolvers,
             state: tokio::sync::Mutex::new(NetState {
                 view: NetView::default(),
                 ruleset: None,
@@ -520,7 +520,7 @@ impl Network {
     }
 
     fn ruleset_for(&self, state: &NetState, plan: &HostPlan) -> String {
-        let mut protected = self.etcd_addresses.clone();
+        let mut protected = self.control_addresses.clone();
         protected.extend(state.view.vteps.values());
         protected.extend(&state.view.host_addresses);
         protected.insert(self.vtep);
@@ -536,6 +536,13 @@ impl Network {
             device: self.device.clone(),
             protected,
             peers,
+            egress: EgressPolicy {
+                deny: self.config.egress_deny.clone(),
+                allow: self.config.egress_allow.clone(),
+                host_networks: state.view.host_networks.clone(),
+                resolvers: self.resolvers.clone(),
+            },
+            user_allow: state.view.user_allow(plan),
         };
         network::ruleset(plan, &ctx)
     }
@@ -575,4 +582,46 @@ impl Network {
             }
         }
     }
+}
+
+/// The addresses of etcd's endpoints and of the portal, resolved once at start: vnodes reach
+/// none of them, whether the configuration names them by address or by DNS name.
+async fn control_addresses(config: &Config) -> BTreeSet<Ipv4Addr> {
+    let mut names: Vec<String> = config
+        .etcd
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let rest = e.split_once("://").map_or(e.as_str(), |(_, rest)| rest);
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .collect();
+    if config.portal_url.is_some() {
+        names.push(format!("{}:0", config.portal_host_or("")));
+    }
+    let mut addresses = BTreeSet::new();
+    for name in names {
+        let lookup = name.clone();
+        match tokio::net::lookup_host(lookup).await {
+            Ok(found) => addresses.extend(found.filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })),
+            Err(e) => warn!("cannot resolve {name} to fence it off vnodes: {e}"),
+        }
+    }
+    addresses
+}
+
+/// The host's upstream resolvers: resolv.conf's, or systemd-resolved's when resolv.conf names
+/// only its local stub.
+fn host_resolvers() -> BTreeSet<Ipv4Addr> {
+    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| egress::nameservers(&text))
+        .find(|found| !found.is_empty())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }

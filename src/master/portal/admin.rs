@@ -248,6 +248,7 @@ fn group_patch(form: &GroupForm) -> Result<GroupPatch, String> {
         admin: form.admin.as_ref().map(|a| a == "on" || a == "true"),
         quota: Some(quota),
         defaults,
+        egress_allow: None,
     })
 }
 
@@ -280,6 +281,7 @@ pub async fn create_group(
         Some(g) => Group {
             name: name.clone(),
             admin: false,
+            egress_allow: Vec::new(),
             ..g
         },
         None => return fail(StatusCode::CONFLICT, "the default group is missing".into()).await,
