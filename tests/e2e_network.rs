@@ -1,6 +1,6 @@
 //! End-to-end: users' networks on the testbed (the networks issue, points 1–7). Vnodes are
 //! created with `docklet-admin` on tb1; what is checked is what a user inside a vnode sees
-//! (names, ping, ssh, HTTP to the internet stand-in at 10.213.0.254) and what reaches nothing.
+//! (names, ping, ssh, HTTP to the internet stand-in at 203.0.113.254) and what reaches nothing.
 //! Every test has users of its own and deletes what it made.
 
 mod common;
@@ -12,7 +12,11 @@ use common::*;
 use serde_json::Value;
 
 /// The testbed's stand-in for the internet (tools/testbed: a netns on the testbed bridge).
-const INTERNET: &str = "10.213.0.254";
+const INTERNET: &str = "203.0.113.254";
+/// The same netns as a machine of the site's LAN that is not a Docklet host (an NFS server,
+/// a metadata service): the hosts reach it, vnodes must not.
+const LAN: &str = "10.213.0.254";
+const LINK_LOCAL: &str = "169.254.213.254";
 const SMALL: &str = "--memory 256M --disk 512M";
 
 fn address(id: &str) -> String {
@@ -398,6 +402,141 @@ fn users_reach_neither_each_other_nor_the_control_plane_and_cannot_spoof() {
     }
     ok("tb1", "nft delete table inet bystander");
     down(&[a0, a1, b0, b1]);
+}
+
+/// What the internet stand-in saw of a connection vnode `id` opens from source port `port`:
+/// `(client address, client port)`.
+fn seen_by_the_internet_from_port(id: &str, port: u16) -> (String, u16) {
+    let body = vok(
+        id,
+        &format!(
+            "python3 -c 'import socket,sys; s=socket.socket(); \
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"\", {port})); \
+             s.settimeout(5); s.connect((sys.argv[1], 80)); \
+             s.sendall(b\"GET /from-{port} HTTP/1.0\\r\\n\\r\\n\"); \
+             print(s.makefile().read())' {INTERNET}"
+        ),
+    );
+    let field = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .to_owned()
+    };
+    (field("client"), field("port").parse().unwrap())
+}
+
+/// Whether `host` itself opens `ip:port` (the positive control of a vnode that must not).
+fn host_opens(host: &str, ip: &str, port: u16) -> bool {
+    sh(
+        host,
+        &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"),
+    )
+    .code
+        == 0
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn vnodes_reach_the_internet_from_unprivileged_ports_and_nothing_of_the_site_unless_their_group_may()
+ {
+    let (plain, lab) = ("egra-c1-0", "egrb-c1-0");
+    let _ = sh(
+        "tb1",
+        "docklet-admin user delete egrb; docklet-admin group delete egresslab",
+    );
+    // egrb's group may reach the LAN machine's web server, and nothing else of it.
+    ok("tb1", "docklet-admin group add egresslab");
+    ok(
+        "tb1",
+        "echo 'egress-lab-password' | docklet-admin user add egrb --group egresslab",
+    );
+    let shown = ok(
+        "tb1",
+        "docklet-admin group egress egresslab 10.213.0.254:80",
+    );
+    assert!(shown.contains("10.213.0.254/32:80"), "{shown}");
+    let bad = sh(
+        "tb1",
+        "docklet-admin group egress egresslab nfs.example:2049",
+    );
+    assert_eq!(bad.code, 2, "{bad}");
+    assert!(
+        bad.stderr
+            .contains("\"nfs.example:2049\" is not a destination"),
+        "{bad}"
+    );
+    up(&[(plain, "tb1", "egra"), (lab, "tb2", "egrb")]);
+
+    // The positive controls: the hosts reach every address of the LAN machine and the
+    // internet; the vnodes reach the internet.
+    for host in ["tb1", "tb2"] {
+        for (ip, port) in [(LAN, 80), (LAN, 5201), (LINK_LOCAL, 80), (INTERNET, 80)] {
+            assert!(host_opens(host, ip, port), "{host} cannot open {ip}:{port}");
+        }
+    }
+    for id in [plain, lab] {
+        assert!(
+            tcp_opens(id, INTERNET, 80),
+            "{id} cannot reach the internet"
+        );
+    }
+
+    // Nothing of the site: the LAN machine, its link-local address, the hosts, etcd, agents.
+    let site = [
+        (LAN, 80),
+        (LAN, 5201),
+        (LINK_LOCAL, 80),
+        ("10.213.0.11", 2379),
+        ("10.213.0.11", 8001),
+        ("10.213.0.12", 8001),
+        ("10.213.0.13", 22),
+    ];
+    for (ip, port) in site {
+        assert!(!tcp_opens(plain, ip, port), "{plain} reached {ip}:{port}");
+        assert!(!pings(plain, ip), "{plain} pinged {ip}");
+    }
+    // The attack of issue 17: a connection from a privileged source port arrives from the
+    // host's address, and from an unprivileged port.
+    for (id, host_addr) in [(plain, "10.213.0.11"), (lab, "10.213.0.12")] {
+        let (client, port) = seen_by_the_internet_from_port(id, 700);
+        assert_eq!(client, host_addr, "{id}");
+        assert!(
+            port >= 1024,
+            "{id}'s connection from port 700 arrived from port {port}"
+        );
+    }
+
+    // The group's allowance: the LAN machine's port 80 and nothing else of the site.
+    assert!(tcp_opens(lab, LAN, 80), "egresslab may reach {LAN}:80");
+    for (ip, port) in [(LAN, 5201), (LINK_LOCAL, 80), ("10.213.0.11", 8001)] {
+        assert!(!tcp_opens(lab, ip, port), "{lab} reached {ip}:{port}");
+    }
+    // Out of the group, out of the allowance (the workers follow within seconds).
+    ok("tb1", "docklet-admin user set egrb --group foundation");
+    wait_for(
+        "egrb to lose the allowance",
+        Duration::from_secs(20),
+        || !tcp_opens(lab, LAN, 80),
+    );
+
+    // A worker restart keeps the rules (they are rebuilt from etcd, the same on every host).
+    ok("tb1", "systemctl restart docklet-worker");
+    wait_phase(plain, "running");
+    wait_for(
+        "the internet after a worker restart",
+        Duration::from_secs(20),
+        || tcp_opens(plain, INTERNET, 80),
+    );
+    assert!(!tcp_opens(plain, LAN, 80), "the LAN after a worker restart");
+    let egress = ok("tb1", "nft list chain inet docklet egress");
+    assert!(egress.contains("ip daddr @site drop"), "{egress}");
+
+    down(&[plain, lab]);
+    ok(
+        "tb1",
+        "docklet-admin user delete egrb && docklet-admin group delete egresslab",
+    );
 }
 
 #[test]
