@@ -310,6 +310,54 @@ fn exec_runs_as_root_or_a_user_with_streams_and_exit_status() {
         &format!("docklet-admin exec {id} -- sh -c 'echo oops >&2'"),
     );
     assert_eq!(stderr.stderr.trim(), "oops");
+    // None of the caller's descriptors enters the vnode (issue 17): with its output in a file,
+    // the command's streams are the worker's pipes, not that file; from a terminal, a pty of
+    // the worker's, not the caller's, and still a terminal (job control, Ctrl-C).
+    let streams = ok(
+        "tb2",
+        &format!(
+            "docklet-admin exec {id} -- sh -c 'readlink /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2; \
+             ls /proc/self/fd | wc -l' >/tmp/exec-out 2>&1 </dev/null; cat /tmp/exec-out"
+        ),
+    );
+    let lines: Vec<&str> = streams.lines().collect();
+    assert_eq!(lines.len(), 4, "{streams}");
+    for line in &lines[..3] {
+        assert!(
+            line.starts_with("pipe:["),
+            "a caller's descriptor in the vnode: {streams}"
+        );
+    }
+    // 0, 1, 2 and the one ls reads /proc/self/fd with: nothing else was handed in.
+    assert_eq!(lines[3], "4", "{streams}");
+    let tty = ok(
+        "tb2",
+        &format!(
+            "script -qec \"stat -L -c caller=%t:%T /proc/self/fd/0; \
+             docklet-admin exec {id} -- sh -c 'stat -L -c vnode=%t:%T /proc/self/fd/0 /proc/self/fd/1; \
+             test -t 0 && echo terminal; stty size'\" /dev/null </dev/null"
+        ),
+    );
+    let field = |name: &str| -> Vec<String> {
+        tty.lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{name}="))
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let (caller, vnode) = (field("caller"), field("vnode"));
+    assert_eq!(caller.len(), 1, "{tty}");
+    assert_eq!(vnode.len(), 2, "{tty}");
+    for device in &vnode {
+        assert_ne!(
+            device, &caller[0],
+            "the caller's terminal entered the vnode: {tty}"
+        );
+    }
+    assert!(tty.contains("terminal"), "{tty}");
+
     // Not running, unknown: clear errors.
     let missing = sh("tb2", "docklet-admin exec nobody-here-0 -- true");
     assert_eq!(missing.code, 1, "{missing}");

@@ -747,6 +747,9 @@ async fn exec(user: String, id: String, command: Vec<String>) -> Result<u8, Fail
     let worker = worker_proxy(&conn).await?;
     let term = std::env::var("TERM").unwrap_or_default();
     let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    // The worker relays our terminal to a pty of its own, where the session's line
+    // discipline runs: ours passes every key through untouched until the command ends.
+    let _raw = RawTerminal::enter();
     let status = worker
         .exec(
             &id,
@@ -760,6 +763,37 @@ async fn exec(user: String, id: String, command: Vec<String>) -> Result<u8, Fail
         .await
         .map_err(|e| failure(e, "worker"))?;
     Ok(u8::try_from(status).unwrap_or(255))
+}
+
+/// Standard input in raw mode while it lives, when it is a terminal; restored on drop.
+struct RawTerminal(Option<nix::sys::termios::Termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            return RawTerminal(None);
+        };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        match tcsetattr(&stdin, SetArg::TCSANOW, &raw) {
+            Ok(()) => RawTerminal(Some(saved)),
+            Err(_) => RawTerminal(None),
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSADRAIN,
+                saved,
+            );
+        }
+    }
 }
 
 fn parse_reply<T: serde::de::DeserializeOwned>(text: String) -> Result<T, Failure> {

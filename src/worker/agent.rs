@@ -346,11 +346,14 @@ async fn tcp_handler(
     let spec = runtime
         .spec(&id)
         .ok_or_else(|| AgentError(StatusCode::NOT_FOUND, format!("no vnode {id} on this host")))?;
-    let leader = runtime
+    let not_running = || AgentError(StatusCode::CONFLICT, format!("vnode {id} is not running"));
+    let netns = runtime
         .leader(&id)
         .await
-        .ok_or_else(|| AgentError(StatusCode::CONFLICT, format!("vnode {id} is not running")))?;
-    let stream = tunnel::connect(leader, port, spec.address)
+        .ok_or_else(not_running)?
+        .namespace("net")
+        .map_err(|_| not_running())?;
+    let stream = tunnel::connect(netns, port, spec.address)
         .await
         .map_err(|e| {
             let status = match e.kind() {

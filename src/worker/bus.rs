@@ -1,5 +1,5 @@
 //! `org.docklet.Worker1` at `/org/docklet/Worker1` on the system bus: this host's vnodes, and
-//! commands inside them with the caller's own standard streams (`docklet-admin exec`).
+//! commands inside them, relayed to the caller (`docklet-admin exec`).
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use zbus::message::Header;
 
 use super::Worker;
 use super::exec::{self, ExecRequest};
+use super::relay;
 use super::vnodes::{Runtime, VNodeError};
 use crate::dbus_api::{self, BusError, VNodeRow};
 
@@ -76,7 +77,9 @@ impl WorkerInterface {
         Ok(serde_json::json!({ "spec": spec, "status": status }).to_string())
     }
 
-    /// Runs a command in a vnode with the caller's file descriptors as its standard streams.
+    /// Runs a command in a vnode and relays the caller's standard streams to it (on a pty of
+    /// the worker's when the caller's input is a terminal): no descriptor of the caller
+    /// enters the vnode.
     #[allow(clippy::too_many_arguments)]
     async fn exec(
         &self,
@@ -98,27 +101,41 @@ impl WorkerInterface {
             user,
             "exec over D-Bus: {argv:?}"
         );
+        let caller = relay::CallerStreams {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        let (streams, relay) = relay::start(caller)
+            .map_err(|e| BusError::Failed(format!("cannot relay the caller's streams: {e}")))?;
         let request = ExecRequest {
             id: id.to_owned(),
             user: user.to_owned(),
             argv,
-            tty: None,
+            tty: streams.tty,
             term: if term.is_empty() {
                 "dumb".into()
             } else {
                 term.to_owned()
             },
         };
-        exec::run(
+        let session = exec::run(
             &runtime,
             runtime.systemd(),
             &request,
-            stdin.into(),
-            stdout.into(),
-            stderr.into(),
-        )
-        .await
-        .map_err(bus_error)
+            streams.stdin,
+            streams.stdout,
+            streams.stderr,
+        );
+        tokio::pin!(session);
+        let status = loop {
+            tokio::select! {
+                status = &mut session => break status,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => relay.follow_size(),
+            }
+        };
+        relay.finish().await;
+        status.map_err(bus_error)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -1,15 +1,21 @@
 //! Commands inside a vnode. Each runs as a transient unit of its own (not as a child of the
 //! worker), so it has none of the worker's sandbox, survives a worker restart and sits in the
 //! user's slice. Its main process is `nsenter` into every namespace of the vnode's PID 1, then
-//! `setpriv` to the requested user with that user's environment, then the command; its
-//! standard streams are the file descriptors the caller handed over.
+//! `setpriv` to the requested user with that user's environment, then the command.
+//!
+//! The namespaces are the ones the worker opened from the vnode's [`Leader`] and checked by
+//! its pidfd, handed to nsenter as `/proc/<worker>/fd/<n>` and held open for the session:
+//! nothing is looked up by the vnode's PID after that check. Standard streams are the
+//! worker's own (a pty of its own or pipes, see [`relay`]): a caller's descriptor never
+//! enters a vnode, where its root could keep it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use zbus::Variant;
 
-use super::vnodes::{Runtime, VNodeError};
+use super::vnodes::{Leader, Runtime, VNodeError};
 use crate::model::vnode;
 use crate::sys::systemd::{Property, Systemd, exec_property};
 
@@ -26,12 +32,44 @@ pub struct ExecRequest {
     pub tty: Option<String>,
 }
 
-/// The argv of the session's unit.
-pub fn session_argv(leader: u32, request: &ExecRequest) -> Vec<String> {
-    let mut argv: Vec<String> = vec![
-        "/usr/bin/nsenter".into(),
-        format!("--target={leader}"),
-        "--all".into(),
+/// The namespaces nsenter enters, by `/proc/<pid>/ns/` name and nsenter option, in nsenter's
+/// own order.
+const NAMESPACES: [(&str, &str); 7] = [
+    ("user", "--user"),
+    ("cgroup", "--cgroup"),
+    ("ipc", "--ipc"),
+    ("uts", "--uts"),
+    ("net", "--net"),
+    ("pid", "--pid"),
+    ("mnt", "--mount"),
+];
+
+/// The leader's namespaces as open files with their nsenter option, the ones the host's init
+/// shares left out (as `nsenter --all` does): opened by number, then checked by the pidfd.
+fn open_namespaces(leader: &Leader) -> std::io::Result<Vec<(&'static str, std::fs::File)>> {
+    let mut open = Vec::new();
+    for (kind, option) in NAMESPACES {
+        let file = leader.namespace(kind)?;
+        let theirs = file.metadata()?;
+        let host = std::fs::metadata(format!("/proc/1/ns/{kind}"))?;
+        if (theirs.dev(), theirs.ino()) != (host.dev(), host.ino()) {
+            open.push((option, file));
+        }
+    }
+    if !leader.alive() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the vnode stopped",
+        ));
+    }
+    Ok(open)
+}
+
+/// The argv of the session's unit; `namespaces` are nsenter's `--user=PATH`... options.
+pub fn session_argv(namespaces: &[String], request: &ExecRequest) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["/usr/bin/nsenter".into()];
+    argv.extend(namespaces.iter().cloned());
+    argv.extend([
         "--".into(),
         "setpriv".into(),
         format!("--reuid={}", request.user),
@@ -44,7 +82,7 @@ pub fn session_argv(leader: u32, request: &ExecRequest) -> Vec<String> {
         // Start in the user's home, like a login would.
         "cd \"$HOME\" 2>/dev/null; exec \"$@\"".into(),
         "sh".into(),
-    ];
+    ]);
     argv.extend(request.argv.iter().cloned());
     argv
 }
@@ -78,10 +116,15 @@ pub async fn run(
         .spec(&request.id)
         .ok_or_else(|| VNodeError::Refused(format!("no vnode {} on this host", request.id)))?
         .user;
-    let leader = runtime
-        .leader(&request.id)
-        .await
-        .ok_or_else(|| VNodeError::Refused(format!("vnode {} is not running", request.id)))?;
+    let not_running = || VNodeError::Refused(format!("vnode {} is not running", request.id));
+    let leader = runtime.leader(&request.id).await.ok_or_else(not_running)?;
+    // Held until the session ends: nsenter opens them through the worker's /proc entry.
+    let namespaces = open_namespaces(&leader).map_err(|_| not_running())?;
+    let worker = std::process::id();
+    let options: Vec<String> = namespaces
+        .iter()
+        .map(|(option, file)| format!("{option}=/proc/{worker}/fd/{}", file.as_raw_fd()))
+        .collect();
     let unit = format!(
         "docklet-exec-{}-{}.service",
         request.id,
@@ -110,7 +153,7 @@ pub async fn run(
                 "LANG=C.UTF-8".to_owned(),
             ]),
         ),
-        exec_property("ExecStart", &session_argv(leader, request)),
+        exec_property("ExecStart", &session_argv(&options, request)),
     ];
     match &request.tty {
         // systemd opens the terminal and makes it the controlling terminal of the session
@@ -142,6 +185,7 @@ pub async fn run(
         }
     };
     systemd.unref(&unit).await;
+    drop(namespaces);
     Ok(status)
 }
 
@@ -161,8 +205,11 @@ mod tests {
 
     #[test]
     fn the_command_is_passed_as_arguments_never_through_a_shell_string() {
-        let argv = session_argv(42, &request(&["echo", "$(id)", "; rm -rf /"]));
-        assert_eq!(argv[1], "--target=42");
+        let argv = session_argv(
+            &["--user=/proc/7/fd/9".into()],
+            &request(&["echo", "$(id)", "; rm -rf /"]),
+        );
+        assert_eq!(argv[1..3], ["--user=/proc/7/fd/9", "--"]);
         assert_eq!(&argv[argv.len() - 3..], ["echo", "$(id)", "; rm -rf /"]);
         assert!(argv.contains(&"--reuid=root".to_owned()));
     }

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod images;
 pub mod metrics;
 pub mod network;
+pub mod relay;
 pub mod ssh;
 pub mod system_images;
 pub mod terminals;

@@ -264,7 +264,7 @@ nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);
 /// A pseudo-terminal pair and the slave's path. The slave is nobody's controlling terminal
 /// yet (openpty(3) would make it the worker's own, the worker being a session leader): the
 /// session unit takes it.
-fn open_pty(size: &nix::pty::Winsize) -> nix::Result<(OwnedFd, OwnedFd, String)> {
+pub(super) fn open_pty(size: &nix::pty::Winsize) -> nix::Result<(OwnedFd, OwnedFd, String)> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     nix::pty::grantpt(&master)?;

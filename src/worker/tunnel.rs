@@ -9,21 +9,19 @@ use std::time::Duration;
 /// Longest a connection inside the vnode may take to be accepted.
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
-/// Connects to `port` on the loopback of the network namespace of process `leader` (a
-/// vnode's PID 1), or, when loopback refuses, on `fallback` (the vnode's own address: a
-/// service may listen only there).
+/// Connects to `port` on the loopback of the network namespace `netns` (a vnode's, from its
+/// [`Leader`](super::vnodes::Leader)), or, when loopback refuses, on `fallback` (the vnode's
+/// own address: a service may listen only there).
 ///
 /// `setns` changes the namespace of the calling thread only, and for good: it happens on a
 /// short-lived thread of its own, never on a tokio worker or blocking-pool thread, whose
 /// later tasks would run in the vnode's namespace. The socket keeps the namespace it was
 /// made in, so the connected stream works from any thread afterwards.
 pub async fn connect(
-    leader: u32,
+    netns: std::fs::File,
     port: u16,
     fallback: Option<Ipv4Addr>,
 ) -> io::Result<tokio::net::TcpStream> {
-    // Opened here, so a vanished vnode fails before any thread is made.
-    let netns = std::fs::File::open(format!("/proc/{leader}/ns/net"))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("netns-connect-{port}"))

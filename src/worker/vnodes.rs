@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -315,8 +316,9 @@ impl Runtime {
             .and_then(|m| m.status.clone())
     }
 
-    /// The vnode's container PID 1 on this host, if it runs.
-    pub async fn leader(&self, id: &str) -> Option<u32> {
+    /// The vnode's container PID 1 on this host, if it runs: the child systemd-nspawn (the
+    /// unit's main process) started, held by a pidfd.
+    pub async fn leader(&self, id: &str) -> Option<Leader> {
         let info = self
             .systemd
             .unit_info(&vnode::unit_name(id))
@@ -324,7 +326,7 @@ impl Runtime {
             .ok()
             .flatten()?;
         (info.state() == UnitState::Active)
-            .then(|| find_leader(&info.control_group))
+            .then(|| Leader::of_nspawn(info.main_pid))
             .flatten()
     }
 
@@ -1101,7 +1103,7 @@ impl Runtime {
         info: &crate::sys::systemd::UnitInfo,
         boot_ms: Option<u64>,
     ) -> Result<(), VNodeError> {
-        let leader = find_leader(&info.control_group);
+        let leader = Leader::of_nspawn(info.main_pid).map(|l| l.pid);
         let state = LocalState::load(&VNodePaths::new(&self.config, &spec.id).state);
         let changed = {
             let mut memos = self.memos.lock().unwrap();
@@ -1219,35 +1221,77 @@ pub fn describe_exit(line: &str) -> String {
     }
 }
 
-/// The vnode's PID 1 as the host sees it: the process in the unit's cgroup tree whose pid in
-/// its own namespace is 1.
-pub fn find_leader(control_group: &str) -> Option<u32> {
-    if control_group.is_empty() {
-        return None;
-    }
-    let root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/systemd")
-    };
-    let mut stack = vec![root.join(control_group.trim_start_matches('/'))];
-    while let Some(dir) = stack.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                if is_namespace_init(pid) {
-                    return Some(pid);
-                }
-            }
+/// A vnode's PID 1, found where the vnode cannot put a process of its own: among the children
+/// of systemd-nspawn, the unit's main process, it is the one that is its namespace's init. It
+/// is held by a pidfd, so what is read about it by number (its namespaces under /proc) is
+/// checked to still be its own afterwards: a PID the vnode's death let someone else take is
+/// never entered.
+pub struct Leader {
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Leader {
+    pub fn of_nspawn(nspawn: u32) -> Option<Leader> {
+        if nspawn == 0 {
+            return None;
         }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(entry.path());
-                }
-            }
+        let children =
+            std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).ok()?;
+        children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .find_map(|pid| {
+                let leader = Leader {
+                    pid,
+                    pidfd: pidfd_open(pid).ok()?,
+                };
+                (is_namespace_init(pid) && parent_of(pid) == Some(nspawn) && leader.alive())
+                    .then_some(leader)
+            })
+    }
+
+    /// Whether the process is still the one the pidfd was opened on (a pidfd turns readable
+    /// when its process exits).
+    pub fn alive(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// One of its namespaces (`net`, `mnt`, ...), certainly its own: opened by number, then
+    /// the pidfd checked.
+    pub fn namespace(&self, kind: &str) -> std::io::Result<std::fs::File> {
+        let file = std::fs::File::open(format!("/proc/{}/ns/{kind}", self.pid))?;
+        if self.alive() {
+            Ok(file)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the vnode stopped",
+            ))
         }
     }
-    None
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn is_namespace_init(pid: u32) -> bool {
