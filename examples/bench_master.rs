@@ -405,6 +405,7 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
             memory_bytes: GIB,
             disk_bytes: 4 * GIB,
         },
+        egress_allow: Vec::new(),
     };
     store.put_group(&group, false).await?;
     let clusters_per_user = per_user / s.fill_size;

@@ -906,11 +906,20 @@ fn a_cluster_lives_through_its_lifecycle() {
         dump.contains(&format!("/docklet/network/users/{user}\n")),
         "{dump}"
     );
+    assert!(
+        dump.contains(&format!("/docklet/network/members/{user}\n")),
+        "{dump}"
+    );
     let r = api("DELETE", &format!("/users/{user}"), Some(root()), None);
     assert_eq!(r.status, 204, "{r}");
     let dump = etcd_dump();
     assert!(
         !dump.contains(&format!("/docklet/network/users/{user}\n")),
+        "{dump}"
+    );
+    // The account's group, recorded for the workers' egress allowances, goes with it.
+    assert!(
+        !dump.contains(&format!("/docklet/network/members/{user}\n")),
         "{dump}"
     );
     let lines: Vec<&str> = dump.lines().collect();
