@@ -381,7 +381,7 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
         &config.cluster_name,
         docklet::VERSION,
         false,
-        &config.generated_password_file(),
+        &config.local_dir().join("generated_password.txt"),
         now,
     )
     .await?;

@@ -458,9 +458,11 @@ impl Config {
             .unwrap_or_else(|| self.global_dir().join("secrets/etcd.toml"))
     }
 
-    /// File holding the portal administrator's first password, readable by root only.
+    /// File holding the portal administrator's first password, readable by root only. In the
+    /// master's own state directory: `local/` is root's, and nothing the master writes may
+    /// steer the root worker that reads it.
     pub fn generated_password_file(&self) -> PathBuf {
-        self.local_dir().join("generated_password.txt")
+        master_state_dir().join("generated_password.txt")
     }
 
     /// The portal URL users are given, filling in this host's name when not configured.
@@ -555,6 +557,14 @@ fn quote_unless_number(value: &str) -> String {
     } else {
         format!("{value:?}")
     }
+}
+
+/// The master's own state: its unit's `StateDirectory=` (given in `STATE_DIRECTORY`), else
+/// `/var/lib/docklet-master`.
+pub fn master_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/docklet-master"))
 }
 
 #[cfg(test)]

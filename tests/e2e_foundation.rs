@@ -273,11 +273,11 @@ fn bad_configuration_is_refused_with_key_value_and_reason() {
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn second_init_is_refused_and_keeps_the_password() {
-    let before = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+    let before = ok("tb1", "cat /var/lib/docklet-master/generated_password.txt");
     assert_eq!(before.trim().len(), 20);
     let mode = ok(
         "tb1",
-        "stat -c %a /var/lib/docklet/local/generated_password.txt",
+        "stat -c %a /var/lib/docklet-master/generated_password.txt",
     );
     assert_eq!(mode.trim(), "600");
     let creds_mode = ok(
@@ -285,11 +285,20 @@ fn second_init_is_refused_and_keeps_the_password() {
         "stat -c %a /var/lib/docklet/global/secrets/etcd.toml",
     );
     assert_eq!(creds_mode.trim(), "600");
+    // local/ is root's alone: the root worker follows what is there, so the master's user
+    // (and its group) cannot write it (issue 17).
+    let local = ok("tb1", "stat -c '%U:%G %a' /var/lib/docklet/local");
+    assert_eq!(local.trim(), "root:root 755");
+    let planted = sh(
+        "tb1",
+        "runuser -u docklet -- touch /var/lib/docklet/local/planted",
+    );
+    assert_ne!(planted.code, 0, "the master's user wrote local/: {planted}");
 
     let again = sh("tb1", "docklet-admin init");
     assert_eq!(again.code, 5, "{again}");
     assert!(again.stderr.contains("--force"), "{again}");
-    let after = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+    let after = ok("tb1", "cat /var/lib/docklet-master/generated_password.txt");
     assert_eq!(before, after);
 }
 

@@ -194,7 +194,7 @@ fn session(user: &str, password: &str) -> String {
 fn root() -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
-        let password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+        let password = ok("tb1", "cat /var/lib/docklet-master/generated_password.txt");
         session("root", password.trim())
     })
 }
@@ -742,7 +742,7 @@ fn logins_are_throttled_per_account_and_address() {
     );
     assert_eq!(http_get(&format!("{PORTAL}/api/v1/health")).0, 200);
     // root is blocked from this address, and not from another one (tb2).
-    let root_password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+    let root_password = ok("tb1", "cat /var/lib/docklet-master/generated_password.txt");
     let root_password = root_password.trim();
     login("root", root_password).assert_error(429, "throttled");
     let body = json!({"user": "root", "password": root_password}).to_string();

@@ -97,7 +97,8 @@ fn deb_installs_upgrades_removes_and_purges() {
     ok("tb3", "getent group docklet-admin && getent passwd docklet");
     assert_eq!(
         ok("tb3", "stat -c '%U:%G %a' /var/lib/docklet/local").trim(),
-        "root:docklet 770"
+        "root:root 755",
+        "local/ is root's alone: the root worker follows what is there"
     );
     assert_eq!(
         unit_property("tb3", "docklet-master.socket", "ActiveState"),

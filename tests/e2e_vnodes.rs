@@ -394,9 +394,23 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
     let nohost = create("hank-bad-0", "tb9", "hank", "");
     assert_eq!(nohost.code, 7, "{nohost}");
 
+    // Links planted where the root worker looks for images (issue 17): `current` pointing at
+    // `/`, or at a version that is itself a link to `/`. Refused, never followed.
+    ok(
+        "tb2",
+        "cd /var/lib/docklet/local/images && rm -rf plantroot plantlink && \
+         mkdir plantroot plantlink && ln -s / plantroot/current && \
+         ln -s / plantlink/v1 && ln -s v1 plantlink/current",
+    );
     // Accepted, then failed by the worker with a reason, and nothing left on the host.
     for (id, extra, expected) in [
         ("hank-img-0", "--image nosuchimage", "unknown image"),
+        (
+            "hank-pla-0",
+            "--image plantroot",
+            "not at a version beside it",
+        ),
+        ("hank-plb-0", "--image plantlink", "is not a directory"),
         ("hank-big-0", "--memory 100T", "memory_bytes"),
         ("hank-cpu-0", "--cpu 64", "cpu"),
         ("hank-disk-0", "--disk 900T", "disk_bytes"),
@@ -410,6 +424,11 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
         delete(id);
         assert_eq!(leftovers("tb2", id), "");
     }
+
+    ok(
+        "tb2",
+        "rm -rf /var/lib/docklet/local/images/plantroot /var/lib/docklet/local/images/plantlink",
+    );
 
     // A duplicate id is refused, whatever the host.
     assert_eq!(create("hank-dup-0", "tb2", "hank", "--stopped").code, 0);
@@ -613,6 +632,26 @@ fn jupyter_starts_on_first_use_with_the_workers_configuration() {
     let token = app["token"].as_str().unwrap().to_owned();
     assert!(token.len() >= 32);
     assert!(exec_ok("tb2", id, "cat /etc/docklet/jupyter_notebook_config.json").contains(&token));
+    // Only Jupyter's user (root inside) reads it: another account of the node never sees the
+    // token (issue 17).
+    assert_eq!(
+        exec_ok(
+            "tb2",
+            id,
+            "stat -c '%a %u' /etc/docklet/jupyter_notebook_config.json"
+        )
+        .trim(),
+        "600 0"
+    );
+    exec_ok("tb2", id, "useradd -m jill");
+    let run = sh(
+        "tb2",
+        &format!(
+            "docklet-admin exec --user jill {id} -- cat /etc/docklet/jupyter_notebook_config.json"
+        ),
+    );
+    assert_ne!(run.code, 0, "another account read Jupyter's token: {run}");
+    assert!(run.stderr.contains("Permission denied"), "{run}");
     // The first connection to the socket starts it; the token is required.
     let status = |with_token: bool| {
         let query = if with_token {

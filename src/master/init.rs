@@ -1,5 +1,6 @@
 //! `docklet-admin init`: creates the cluster record and the portal administrator `root`,
-//! whose random password goes to `fs_prefix/local/generated_password.txt` (mode 0600).
+//! whose random password goes to the master's state directory,
+//! `/var/lib/docklet-master/generated_password.txt` (mode 0600).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

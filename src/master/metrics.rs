@@ -96,11 +96,7 @@ pub struct HostMetrics {
 }
 
 fn state_file() -> PathBuf {
-    // systemd's StateDirectory= (the unit's), else beside the other state.
-    let dir = std::env::var_os("STATE_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/docklet-master"));
-    dir.join("metrics.json")
+    crate::config::master_state_dir().join("metrics.json")
 }
 
 impl Collected {

@@ -476,12 +476,14 @@ pub struct VNodeEntry {
 /// The unprivileged user the packaged master runs as.
 pub const MASTER_USER: &str = "docklet";
 
-/// `docklet-master --prepare-dirs`, run as root before the sandboxed master starts: `local/`
-/// where the master puts the administrator's first password, and `global/secrets/` where it
-/// keeps the internal credentials, both writable by the master's user. Outside the package
-/// (no such user) it only creates the directories.
+/// `docklet-master --prepare-dirs`, run as root before the sandboxed master starts:
+/// `global/secrets/`, where the master keeps the internal credentials, writable by the
+/// master's user, and `local/` root's alone (0755): the root worker follows what is there,
+/// so the master must not be able to write it. A first password an older version left in
+/// `local/` moves to the master's state directory. Outside the package (no such user) it only
+/// creates the directories.
 pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
-    use nix::unistd::{Group, User, chown};
+    use nix::unistd::{Gid, Group, Uid, User, chown};
     use std::os::unix::fs::PermissionsExt;
     let user = User::from_name(MASTER_USER).ok().flatten();
     let group = Group::from_name(MASTER_USER).ok().flatten();
@@ -491,14 +493,25 @@ pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
     for dir in [&local, &secrets_dir] {
         std::fs::create_dir_all(dir)?;
     }
+    let password = config.generated_password_file();
+    let old_password = local.join("generated_password.txt");
+    if old_password.exists() && !password.exists() {
+        if let Some(dir) = password.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&old_password, &password)?;
+        std::fs::remove_file(&old_password)?;
+        info!(from = %old_password.display(), to = %password.display(), "moved the first password");
+    }
     if let (Some(user), Some(group)) = (user, group) {
-        chown(&local, None, Some(group.gid))?;
-        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o770))?;
+        chown(&local, Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))?;
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755))?;
         chown(&secrets_dir, Some(user.uid), Some(group.gid))?;
         std::fs::set_permissions(&secrets_dir, std::fs::Permissions::from_mode(0o700))?;
-        for file in [secrets.clone(), config.generated_password_file()] {
+        for file in [secrets.clone(), password] {
             if file.exists() {
                 chown(&file, Some(user.uid), Some(group.gid))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             }
         }
     }

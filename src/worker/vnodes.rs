@@ -815,6 +815,7 @@ impl Runtime {
         write_jupyter_config(
             spec,
             paths,
+            state.uid_base,
             &jupyter_origin(&self.config, &self.host, &spec.user),
             &vnode::workspace_token(&agent_token, &spec.id),
         )?;
@@ -1178,29 +1179,72 @@ impl Runtime {
     }
 }
 
-/// `images/<name>/current` → the version directory it points to, checked to hold a systemd.
+/// The directory of `image`'s current version and the version's name. `current` must be a
+/// link to a version beside it, read without following it: a link planted elsewhere (`/`, a
+/// user's tree) is refused, never booted.
 pub fn resolve_image(config: &Config, image: &str) -> Result<(PathBuf, String), VNodeError> {
-    let link = images_dir(config).join(image).join("current");
-    let dir = std::fs::canonicalize(&link).map_err(|e| {
+    vnode::validate_image_name(image)?;
+    let image_dir = images_dir(config).join(image);
+    let link = image_dir.join("current");
+    let target = std::fs::read_link(&link).map_err(|e| {
         VNodeError::Refused(format!("unknown image {image:?}: {} ({e})", link.display()))
     })?;
+    let version = target
+        .to_str()
+        .filter(|v| !v.is_empty() && !v.contains('/') && *v != "." && *v != "..")
+        .ok_or_else(|| {
+            VNodeError::Refused(format!(
+                "image {image:?}: {} points at {}, not at a version beside it",
+                link.display(),
+                target.display()
+            ))
+        })?
+        .to_owned();
+    let dir = image_dir.join(&version);
     check_image_dir(image, &dir)?;
-    let version = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     Ok((dir, version))
 }
 
-/// Refuses a version directory of `image` that holds no systemd to boot.
+/// Refuses a version directory of `image` that is not what an image is: the images
+/// directory, the image's and the version's directories and the way down to systemd are real
+/// directories (no links) that only root may change, and systemd is a regular file.
 pub fn check_image_dir(image: &str, dir: &Path) -> Result<(), VNodeError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse =
+        |why: String| VNodeError::Refused(format!("image {image:?} at {} {why}", dir.display()));
+    let root_dirs = [dir.parent().and_then(Path::parent), dir.parent(), Some(dir)];
+    for path in root_dirs.into_iter().flatten() {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| refuse(format!("cannot be read: {}: {e}", path.display())))?;
+        if !meta.is_dir() {
+            return Err(refuse(format!(
+                "is not an image: {} is not a directory",
+                path.display()
+            )));
+        }
+        // Root's (the worker's own user where a test runs it unprivileged).
+        let owner_ok = meta.uid() == 0 || meta.uid() == nix::unistd::geteuid().as_raw();
+        if !owner_ok || meta.mode() & 0o022 != 0 {
+            return Err(refuse(format!(
+                "is not an image: {} may be changed by others than root (owner {}, mode {:o})",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    for step in ["usr", "usr/lib", "usr/lib/systemd"] {
+        let path = dir.join(step);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(refuse(format!(
+                "is incomplete: no directory {}",
+                path.display()
+            )));
+        }
+    }
     let init = dir.join("usr/lib/systemd/systemd");
-    if !init.exists() {
-        return Err(VNodeError::Refused(format!(
-            "image {image:?} at {} is incomplete: no {}",
-            dir.display(),
-            init.display()
-        )));
+    if !std::fs::symlink_metadata(&init).is_ok_and(|m| m.is_file()) {
+        return Err(refuse(format!("is incomplete: no {}", init.display())));
     }
     Ok(())
 }
@@ -1364,6 +1408,7 @@ pub fn workspace_base_url(spec: &VNodeSpec) -> String {
 fn write_jupyter_config(
     spec: &VNodeSpec,
     paths: &VNodePaths,
+    jupyter_uid: u32,
     origin: &str,
     token: &str,
 ) -> Result<(), VNodeError> {
@@ -1386,12 +1431,42 @@ fn write_jupyter_config(
             "trust_xheaders": true,
         }
     });
-    // Readable by root inside (an unprivileged uid here), so not 0600.
-    write_file(
+    // It holds the token that opens the workspace: readable by Jupyter's user (root inside,
+    // `jupyter_uid` here) alone, never by another account of the vnode, from its first byte.
+    replace_private_file(
         &file,
         serde_json::to_string_pretty(&config).unwrap().as_bytes(),
-        0o644,
+        jupyter_uid,
     )
+    .map_err(io_err(format!("writing {}", file.display())))
+}
+
+/// Replaces `path` by rename with a file of mode 0600 owned by `uid`, never readable by
+/// others while it is written.
+fn replace_private_file(path: &Path, data: &[u8], uid: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), random_suffix()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(data)?;
+            nix::unistd::fchown(
+                &file,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(uid)),
+            )?;
+            Ok(())
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The origin Jupyter names in its CORS answers: the user's workspace host (or, on a site
@@ -1478,6 +1553,32 @@ mod tests {
         std::fs::write(version.join("usr/lib/systemd/systemd"), "").unwrap();
         let (dir, v) = resolve_image(&config, "base").unwrap();
         assert_eq!(v, "v1");
+        // Links planted where the worker looks are refused, not followed.
+        let current = images_dir(&config).join("base/current");
+        for (target, why) in [
+            ("/", "not at a version beside it"),
+            ("../../..", "not at a version beside it"),
+            ("v2", "is not a directory"),
+        ] {
+            std::fs::remove_file(&current).unwrap();
+            std::os::unix::fs::symlink(target, &current).unwrap();
+            let _ = std::os::unix::fs::symlink("/", images_dir(&config).join("base/v2"));
+            let e = resolve_image(&config, "base").unwrap_err().to_string();
+            assert!(e.contains(why), "{target}: {e}");
+        }
+        std::fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("v1", &current).unwrap();
+        std::fs::remove_file(version.join("usr/lib/systemd/systemd")).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", version.join("usr/lib/systemd/systemd")).unwrap();
+        let e = resolve_image(&config, "base").unwrap_err().to_string();
+        assert!(e.contains("incomplete"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::remove_file(version.join("usr/lib/systemd/systemd")).unwrap();
+        std::fs::write(version.join("usr/lib/systemd/systemd"), "").unwrap();
+        std::fs::set_permissions(&version, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = resolve_image(&config, "base").unwrap_err().to_string();
+        assert!(e.contains("may be changed by others than root"), "{e}");
+        std::fs::set_permissions(&version, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(dir.ends_with("base/v1"));
     }
 }

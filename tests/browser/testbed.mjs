@@ -51,7 +51,7 @@ export function pamUser(name, password) {
 }
 
 export function rootPassword() {
-  return sh("tb1", "cat /var/lib/docklet/local/generated_password.txt").trim();
+  return sh("tb1", "cat /var/lib/docklet-master/generated_password.txt").trim();
 }
 
 /** An API call as `token`; returns [status, parsed body]. */

@@ -124,7 +124,7 @@ pub fn login(user: &str, password: &str) -> String {
 pub fn root() -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
-        let password = ok("tb1", "cat /var/lib/docklet/local/generated_password.txt");
+        let password = ok("tb1", "cat /var/lib/docklet-master/generated_password.txt");
         login("root", password.trim())
     })
 }
