@@ -821,12 +821,23 @@ impl Runtime {
         )?;
         let data = user_data_dir(&self.config, &spec.user);
         if !data.exists() {
-            std::fs::create_dir_all(&data)
-                .map_err(io_err(format!("creating {}", data.display())))?;
-            let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
-            let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
-            nix::unistd::chown(&data, owner, group)
-                .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
+            if let Some(parent) = data.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io_err(format!("creating {}", parent.display())))?;
+            }
+            // Nodes of the user starting on other hosts make it at the same time; on the
+            // shared filesystem the loser may not see the winner's directory yet, so "exists"
+            // is success here (whoever made it chowns it).
+            match std::fs::create_dir(&data) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(format!("creating {}", data.display()))(e)),
+                Ok(()) => {
+                    let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
+                    let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
+                    nix::unistd::chown(&data, owner, group)
+                        .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
+                }
+            }
         }
         for dir in [&paths.lower, &paths.layer, &paths.rootfs] {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
