@@ -825,17 +825,22 @@ impl Runtime {
                 std::fs::create_dir_all(parent)
                     .map_err(io_err(format!("creating {}", parent.display())))?;
             }
-            // Nodes of the user starting on other hosts make it at the same time; on the
-            // shared filesystem the loser may not see the winner's directory yet, so "exists"
-            // is success here (whoever made it chowns it).
-            match std::fs::create_dir(&data) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(format!("creating {}", data.display()))(e)),
-                Ok(()) => {
-                    let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
-                    let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
-                    nix::unistd::chown(&data, owner, group)
-                        .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
+            // Nodes of the user starting on other hosts make it at the same time. Two mkdirs
+            // of one name at once on GlusterFS can leave the replicas disagreeing on what the
+            // directory is (it then reads EIO), so each host makes one of its own name and
+            // renames it into place; the loser's goes.
+            let own = data.with_extension(format!("new.{}.{}", self.host, random_suffix()));
+            std::fs::create_dir(&own).map_err(io_err(format!("creating {}", own.display())))?;
+            let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
+            let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
+            nix::unistd::chown(&own, owner, group)
+                .map_err(|e| io_err(format!("chown {}", own.display()))(e.into()))?;
+            if rename_no_replace(&own, &data).is_err() {
+                let _ = std::fs::remove_dir(&own);
+                if !data.is_dir() {
+                    return Err(io_err(format!("creating {}", data.display()))(
+                        io::Error::other("another host's directory did not appear"),
+                    ));
                 }
             }
         }
@@ -1450,6 +1455,33 @@ fn write_jupyter_config(
         jupyter_uid,
     )
     .map_err(io_err(format!("writing {}", file.display())))
+}
+
+/// Renames `from` to `to` unless `to` exists (a rename over an empty directory would replace
+/// one a vnode may already have bound). Where the filesystem lacks `RENAME_NOREPLACE`, it
+/// checks first.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if done == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) && !to.exists() {
+        return std::fs::rename(from, to);
+    }
+    Err(e)
 }
 
 /// Replaces `path` by rename with a file of mode 0600 owned by `uid`, never readable by
