@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::terminals::open_pty;
+use super::terminals::{open_pty, set_window_size};
 
 /// How long output still left in the pipes or the pty is relayed once the session ended.
 const DRAIN: Duration = Duration::from_secs(2);
 
 nix::ioctl_read_bad!(get_window_size, libc::TIOCGWINSZ, nix::pty::Winsize);
-nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, nix::pty::Winsize);
 
 /// What the caller handed over.
 pub struct CallerStreams {

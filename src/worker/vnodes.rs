@@ -1399,12 +1399,35 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), VNodeError> {
 /// Replaces `path` by rename, with exactly `mode` (not the worker's umask): readers (glibc
 /// reading a vnode's /etc/hosts, say) never see half a file.
 pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    replace_file_owned(path, data, mode, None)
+}
+
+/// [`replace_file`], the file owned by `owner` (user and group) when given. It has its mode
+/// from its creation on (never the umask's, never readable by more while it is written), and
+/// a link planted at its temporary name is not followed.
+fn replace_file_owned(path: &Path, data: &[u8], mode: u32, owner: Option<u32>) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // A temporary name of this call's own: two writers of one file at once (a vnode's
     // start and a network pass) each rename a complete file, and the last one wins.
     let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), random_suffix()));
-    let written = std::fs::write(&tmp, data)
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)))
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(data)?;
+            if let Some(id) = owner {
+                nix::unistd::fchown(
+                    &file,
+                    Some(nix::unistd::Uid::from_raw(id)),
+                    Some(nix::unistd::Gid::from_raw(id)),
+                )?;
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+        })
         .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -1449,10 +1472,11 @@ fn write_jupyter_config(
     });
     // It holds the token that opens the workspace: readable by Jupyter's user (root inside,
     // `jupyter_uid` here) alone, never by another account of the vnode, from its first byte.
-    replace_private_file(
+    replace_file_owned(
         &file,
         serde_json::to_string_pretty(&config).unwrap().as_bytes(),
-        jupyter_uid,
+        0o600,
+        Some(jupyter_uid),
     )
     .map_err(io_err(format!("writing {}", file.display())))
 }
@@ -1482,34 +1506,6 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
         return std::fs::rename(from, to);
     }
     Err(e)
-}
-
-/// Replaces `path` by rename with a file of mode 0600 owned by `uid`, never readable by
-/// others while it is written.
-fn replace_private_file(path: &Path, data: &[u8], uid: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), random_suffix()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(data)?;
-            nix::unistd::fchown(
-                &file,
-                Some(nix::unistd::Uid::from_raw(uid)),
-                Some(nix::unistd::Gid::from_raw(uid)),
-            )?;
-            Ok(())
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// The origin Jupyter names in its CORS answers: the user's workspace host (or, on a site
