@@ -66,12 +66,18 @@ enum Command {
         /// The user's bearer token.
         #[arg(long)]
         token: String,
-        /// ws://HOST:8001/agent/v1/vnodes/ID/pty
+        /// The host running the node (its agent is dialled as a master dials it).
         #[arg(long)]
-        agent_url: String,
-        /// The cluster's agent token.
+        agent_host: String,
+        /// IP:8001 of that host's agent.
         #[arg(long)]
-        agent_token: String,
+        agent_address: String,
+        /// The node's vnode id.
+        #[arg(long)]
+        vnode: String,
+        /// A directory with a master's identity (ca.pem, master.pem, master.key).
+        #[arg(long)]
+        agent_identity: std::path::PathBuf,
         #[arg(long, default_value_t = 500)]
         rounds: usize,
     },
@@ -107,14 +113,45 @@ fn connector() -> anyhow::Result<HttpsConnector> {
     Ok(HttpsConnector::new(config))
 }
 
-async fn open_terminal(url: &str, token: &str) -> anyhow::Result<Socket> {
+/// Who opens a terminal: a user with a token (through the portal), or a master with its
+/// identity, straight to the agent of `host` at `address`.
+enum Opener<'a> {
+    Token(&'a str),
+    Master {
+        identity: &'a std::path::Path,
+        host: &'a str,
+        address: &'a str,
+    },
+}
+
+async fn open_terminal(url: &str, opener: &Opener<'_>) -> anyhow::Result<Socket> {
     let mut request = url.into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
+    if let Opener::Token(token) = opener {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
     let uri = request.uri().clone();
     let host = uri.host().unwrap_or_default().to_owned();
-    let stream: Box<dyn Io> = if uri.scheme_str() == Some("wss") {
+    let stream: Box<dyn Io> = if let Opener::Master {
+        identity,
+        host,
+        address,
+    } = opener
+    {
+        let config = docklet::pki::agent_client_files(identity)
+            .current()
+            .map_err(|e| anyhow!("{}: {e}", identity.display()))?;
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        let name =
+            rustls::pki_types::ServerName::try_from(docklet::pki::Role::Worker.dns_name(host))?;
+        Box::new(
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?,
+        )
+    } else if uri.scheme_str() == Some("wss") {
         let port = uri.port_u16().unwrap_or(443);
         Box::new(connector()?.connect(&host, port).await?)
     } else {
@@ -157,8 +194,12 @@ async fn read_until(socket: &mut Socket, wanted: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Round trips of one key on a fresh terminal at `url`, sorted, in ms.
-async fn key_round_trips(url: &str, token: &str, rounds: usize) -> anyhow::Result<Vec<f64>> {
-    let mut socket = open_terminal(url, token).await?;
+async fn key_round_trips(
+    url: &str,
+    opener: &Opener<'_>,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut socket = open_terminal(url, opener).await?;
     // A prompt of our own, so its arrival is unmistakable.
     socket
         .send(Message::Binary(b"PS1='rea''dy> '\n".to_vec().into()))
@@ -185,26 +226,27 @@ async fn key_round_trips(url: &str, token: &str, rounds: usize) -> anyhow::Resul
 async fn keystroke(
     master_url: &str,
     token: &str,
-    agent_url: &str,
-    agent_token: &str,
+    agent: Opener<'_>,
+    vnode: &str,
     rounds: usize,
 ) -> anyhow::Result<()> {
     println!("| path | keys | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (label, url, token) in [
+    let agent_url = format!("wss://agent/agent/v1/vnodes/{vnode}/pty");
+    for (label, url, opener) in [
         (
             "browser → master → agent → pty (the web terminal)",
             master_url,
-            token,
+            Opener::Token(token),
         ),
         (
-            "straight to the agent → pty (baseline)",
-            agent_url,
-            agent_token,
+            "straight to the agent → pty, as a master (baseline)",
+            agent_url.as_str(),
+            agent,
         ),
     ] {
         eprintln!("keystroke: {label}");
-        let t = key_round_trips(url, token, rounds).await?;
+        let t = key_round_trips(url, &opener, rounds).await?;
         println!(
             "| {label} | {rounds} | {:.2} | {:.2} | {:.2} | {:.2} |",
             pct(&t, 50.0),
@@ -226,7 +268,7 @@ async fn sessions(
     let opened = futures_util::future::join_all((0..count).map(|i| {
         let url = urls[i % urls.len()].clone();
         async move {
-            let mut socket = open_terminal(&url, token).await?;
+            let mut socket = open_terminal(&url, &Opener::Token(token)).await?;
             socket
                 .send(Message::Binary(b"echo rea''dy\n".to_vec().into()))
                 .await?;
@@ -364,10 +406,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Keystroke {
             master_url,
             token,
-            agent_url,
-            agent_token,
+            agent_host,
+            agent_address,
+            vnode,
+            agent_identity,
             rounds,
-        } => keystroke(&master_url, &token, &agent_url, &agent_token, rounds).await,
+        } => {
+            let agent = Opener::Master {
+                identity: &agent_identity,
+                host: &agent_host,
+                address: &agent_address,
+            };
+            keystroke(&master_url, &token, agent, &vnode, rounds).await
+        }
         Command::Sessions {
             token,
             count,

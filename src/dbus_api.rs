@@ -116,6 +116,10 @@ pub struct InitResult {
 pub trait Master1 {
     fn list_hosts(&self) -> Result<Vec<HostRow>, BusError>;
     fn init(&self, force: bool) -> Result<InitResult, BusError>;
+    /// A one-time join token for a new (or re-keyed) host, valid `seconds`.
+    fn add_host(&self, host: &str, seconds: u64) -> Result<String, BusError>;
+    /// Revokes a host's certificates (and any pending join token).
+    fn remove_host(&self, host: &str) -> Result<(), BusError>;
     /// `spec` is a [`VNodeSpec`](crate::model::vnode::VNodeSpec) as JSON.
     #[zbus(name = "CreateVNode")]
     fn create_vnode(&self, host: &str, spec: &str) -> Result<(), BusError>;

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dbus_api;
 pub mod master;
 pub mod model;
+pub mod pki;
 pub mod store;
 pub mod sys;
 pub mod worker;

@@ -469,31 +469,42 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
     wait_gone("hank-raw-0");
 }
 
-/// The agent token, as masters read it from the internal credentials.
-fn agent_token() -> String {
-    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
-    creds
-        .lines()
-        .find_map(|l| l.strip_prefix("agent_token = "))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .expect("agent_token in the credentials")
+/// A host's certificate of `role` copied to this machine, laid out as a master's identity
+/// (`ca.pem`, `master.pem`, `master.key`): what a client of the agents presents.
+fn client_identity(host: &str, role: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, from) in [
+        ("ca.pem", "ca.pem".to_owned()),
+        ("master.pem", format!("{role}.pem")),
+        ("master.key", format!("{role}.key")),
+    ] {
+        let text = ok(host, &format!("cat /etc/docklet/pki/{from}"));
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
 }
 
-/// POSTs JSON to a worker's agent from this machine; returns (status, body).
-fn agent_post(url: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    agent_call(url, token, Some(body))
-}
-
-/// GETs from a worker's agent from this machine; returns (status, body).
-fn agent_get(url: &str, token: Option<&str>) -> (u16, String) {
-    agent_call(url, token, None)
-}
-
-fn agent_call(url: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
+/// The agent of `host` (at `ip`) from this machine, over TLS with the site CA, presenting
+/// `identity`'s certificate when given; returns (HTTP status, body): status 0 when no HTTP
+/// answer came at all.
+fn agent_call(
+    host: &str,
+    ip: &str,
+    ca: &tempfile::TempDir,
+    identity: Option<&tempfile::TempDir>,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String) {
+    let name = format!("{host}.worker.docklet.internal");
     let mut command = std::process::Command::new("curl");
     command.args(["-s", "-m", "30", "-w", "\n%{http_code}"]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    command.arg("--cacert").arg(ca.path().join("ca.pem"));
+    command.args(["--resolve", &format!("{name}:8001:{ip}")]);
+    if let Some(identity) = identity {
+        command
+            .arg("--cert")
+            .arg(identity.path().join("master.pem"));
+        command.arg("--key").arg(identity.path().join("master.key"));
     }
     if let Some(json) = json {
         command.args([
@@ -503,17 +514,43 @@ fn agent_call(url: &str, token: Option<&str>, json: Option<&str>) -> (u16, Strin
             json,
         ]);
     }
-    let output = command.arg(url).output().expect("curl");
+    let output = command
+        .arg(format!("https://{name}:8001{path}"))
+        .output()
+        .expect("curl");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// A terminal WebSocket of tb3's agent, as the master at `identity` opens it.
+fn agent_terminal(
+    identity: &tempfile::TempDir,
+    id: &str,
+) -> tungstenite::Result<
+    tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+> {
+    let config = docklet::pki::agent_client_files(identity.path())
+        .current()
+        .expect("the identity's TLS configuration");
+    let name = rustls::pki_types::ServerName::try_from("tb3.worker.docklet.internal").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect("10.213.0.13:8001").unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url =
+        format!("wss://tb3.worker.docklet.internal:8001/agent/v1/vnodes/{id}/pty?cols=80&rows=24");
+    tungstenite::client(url, rustls::StreamOwned::new(connection, tcp))
+        .map(|(socket, _)| socket)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => tungstenite::Error::ConnectionClosed,
+        })
+}
+
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
-fn the_agent_endpoint_runs_commands_and_terminals_for_token_holders_only() {
+fn the_agent_answers_masters_certificates_only_and_a_removed_hosts_never() {
     use tungstenite::Message;
-    use tungstenite::client::IntoClientRequest;
 
     let id = "ivy-agent-0";
     assert_eq!(
@@ -521,52 +558,52 @@ fn the_agent_endpoint_runs_commands_and_terminals_for_token_holders_only() {
         0
     );
     wait_phase(id, "running");
-    let token = agent_token();
-    let exec_url = format!("http://10.213.0.13:8001/agent/v1/vnodes/{id}/exec");
+    let tb1 = client_identity("tb1", "master");
+    let exec = format!("/agent/v1/vnodes/{id}/exec");
     let hostname = r#"{"argv": ["hostname"]}"#;
+    let call = |identity: Option<&tempfile::TempDir>, path: &str, json: Option<&str>| {
+        agent_call("tb3", "10.213.0.13", &tb1, identity, path, json)
+    };
 
-    // No token, a wrong token: refused before anything runs.
-    assert_eq!(agent_post(&exec_url, None, hostname).0, 401);
+    // No certificate, or one of the site CA that is no master's (a worker's): no answer at
+    // all, before anything runs.
+    assert_eq!(call(None, &exec, Some(hostname)), (0, String::new()));
+    let worker = client_identity("tb2", "worker");
     assert_eq!(
-        agent_post(&exec_url, Some("not-the-token"), hostname).0,
-        401
+        call(Some(&worker), &exec, Some(hostname)),
+        (0, String::new())
     );
+    assert!(
+        agent_terminal(&worker, id).is_err(),
+        "a worker opened a terminal"
+    );
+    // Plain HTTP, as the agent spoke before: nothing either.
+    let (plain, _) = agent_call_plain("10.213.0.13", &exec);
+    assert_eq!(plain, 0);
 
-    let (code, body) = agent_post(&exec_url, Some(&token), hostname);
+    let (code, body) = call(Some(&tb1), &exec, Some(hostname));
     assert_eq!(code, 200, "{body}");
     let result: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(result["exit_code"], 0);
     assert_eq!(result["stdout"], "host-0\n");
-    let (_, body) = agent_post(
-        &exec_url,
-        Some(&token),
-        r#"{"argv": ["sh", "-c", "cat; echo err >&2; exit 3"], "stdin": "from stdin"}"#,
+    let (_, body) = call(
+        Some(&tb1),
+        &exec,
+        Some(r#"{"argv": ["sh", "-c", "cat; echo err >&2; exit 3"], "stdin": "from stdin"}"#),
     );
     let result: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(result["exit_code"], 3, "{body}");
     assert_eq!(result["stdout"], "from stdin");
     assert_eq!(result["stderr"], "err\n");
-    let (code, _) = agent_post(
-        "http://10.213.0.13:8001/agent/v1/vnodes/nobody-here-0/exec",
-        Some(&token),
-        hostname,
+    let (code, _) = call(
+        Some(&tb1),
+        "/agent/v1/vnodes/nobody-here-0/exec",
+        Some(hostname),
     );
     assert_eq!(code, 404);
 
     // A terminal: keystrokes in, output back, resize, Ctrl-C, exit status at the end.
-    let url = format!("ws://10.213.0.13:8001/agent/v1/vnodes/{id}/pty?cols=80&rows=24");
-    let refused = tungstenite::connect(url.as_str());
-    assert!(refused.is_err(), "a terminal opened without the token");
-    let mut request = url.as_str().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut socket, _) = tungstenite::connect(request).expect("terminal with the token");
-    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-    }
+    let mut socket = agent_terminal(&tb1, id).expect("terminal for a master");
     let mut screen = String::new();
     let mut read_until = |socket: &mut tungstenite::WebSocket<_>, needle: &str| {
         let start = std::time::Instant::now();
@@ -602,7 +639,97 @@ fn the_agent_endpoint_runs_commands_and_terminals_for_token_holders_only() {
     read_until(&mut socket, "after-2");
     send(&mut socket, "exit 5\r");
     read_until(&mut socket, r#"{"exit":5}"#);
+
+    // A removed host's master is refused by every agent within seconds; the host comes back
+    // by joining again, with a token that works once and not after it expires.
+    let tb2 = client_identity("tb2", "master");
+    assert_eq!(call(Some(&tb2), &exec, Some(hostname)).0, 200);
+    /// Joins tb2 again when the test fails half-way, so the suites after it find tb2 whole.
+    struct Rejoin;
+    impl Drop for Rejoin {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                rejoin_tb2();
+            }
+        }
+    }
+    let _rejoin = Rejoin;
+    ok("tb1", "docklet-admin host remove tb2");
+    let refused = wait_for(
+        "tb3's agent to refuse tb2's master",
+        Duration::from_secs(15),
+        || call(Some(&tb2), &exec, Some(hostname)).0 == 0,
+    );
+    eprintln!("a removed host was refused after {refused:?}");
+    assert_eq!(
+        call(Some(&tb1), &exec, Some(hostname)).0,
+        200,
+        "tb1 goes on"
+    );
+    let again = sh("tb1", "docklet-admin host remove tb2");
+    assert_ne!(again.code, 0, "{again}");
+    assert!(again.stderr.contains("no identity"), "{again}");
+
+    let expiring = host_add("tb2", "2s");
+    std::thread::sleep(Duration::from_secs(3));
+    let late = sh("tb2", &format!("docklet-admin join {expiring}"));
+    assert_ne!(late.code, 0, "{late}");
+    assert!(late.stderr.contains("expired"), "{late}");
+    // Another host's token is refused on this one, before anything is sent.
+    let for_tb3 = sh(
+        "tb2",
+        &format!("docklet-admin join {}", host_add("tb3", "30s")),
+    );
+    assert!(for_tb3.stderr.contains("for host tb3"), "{for_tb3}");
+    let token = host_add("tb2", "1h");
+    let joined = ok("tb2", &format!("docklet-admin join {token}"));
+    assert!(joined.contains("joined"), "{joined}");
+    let reused = sh("tb2", &format!("docklet-admin join {token}"));
+    assert_ne!(reused.code, 0, "a join token worked twice: {reused}");
+    assert!(reused.stderr.contains("no join token"), "{reused}");
+    let new_tb2 = client_identity("tb2", "master");
+    wait_for(
+        "tb3's agent to take tb2's new master",
+        Duration::from_secs(15),
+        || call(Some(&new_tb2), &exec, Some(hostname)).0 == 200,
+    );
+    assert_eq!(
+        call(Some(&tb2), &exec, Some(hostname)).0,
+        0,
+        "the removed certificate stays refused"
+    );
     delete(id);
+}
+
+/// `docklet-admin host add HOST --valid-for VALID` on tb1: the token.
+fn host_add(host: &str, valid: &str) -> String {
+    let out = ok(
+        "tb1",
+        &format!("docklet-admin host add {host} --valid-for {valid}"),
+    );
+    out.trim()
+        .strip_prefix("docklet-admin join ")
+        .unwrap_or_else(|| panic!("no join command in {out:?}"))
+        .to_owned()
+}
+
+/// Gives tb2 a fresh identity (as `tools/testbed up` does for every host).
+fn rejoin_tb2() {
+    if let Ok(run) = std::panic::catch_unwind(|| host_add("tb2", "10m")) {
+        let _ = sh("tb2", &format!("docklet-admin join {run}"));
+    }
+}
+
+/// A plain-HTTP request to an agent: (status, body), 0 when nothing answered in HTTP.
+fn agent_call_plain(ip: &str, path: &str) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{ip}:8001{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 #[test]
@@ -769,14 +896,14 @@ fn the_worker_serves_what_its_vnodes_use_as_prometheus_text() {
          python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
          [s.sendto(b'x', ('172.16.0.1', 9)) for _ in range(5)]\"",
     );
-    let url = "http://10.213.0.12:8001/metrics";
-    let (status, _) = agent_get(url, None);
-    assert_eq!(status, 401, "metrics need the agent token");
+    let master = client_identity("tb1", "master");
+    let metrics = |identity| agent_call("tb2", "10.213.0.12", &master, identity, "/metrics", None);
+    assert_eq!(metrics(None).0, 0, "metrics need a master's certificate");
     let label = format!("vnode=\"{id}\"");
     let mut text = String::new();
     // A sample comes every metrics_interval (10 s): wait for one taken after the work.
     wait_for("a sample after the work", Duration::from_secs(40), || {
-        let (status, body) = agent_get(url, Some(&agent_token()));
+        let (status, body) = metrics(Some(&master));
         assert_eq!(status, 200, "{body}");
         text = body;
         // All of the work: a sample may be taken while the exec is still running.

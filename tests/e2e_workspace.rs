@@ -515,16 +515,6 @@ fn the_web_terminal_is_a_real_shell_that_survives_a_dropped_connection() {
     eprintln!("terminal checks took {:?}", started.elapsed());
 }
 
-/// The cluster's agent token, as the hosts read it.
-fn agent_token() -> String {
-    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
-    creds
-        .lines()
-        .find_map(|l| l.strip_prefix("agent_token = "))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .expect("agent_token in the credentials")
-}
-
 /// Runs `code` in a kernel over its WebSocket and returns what it printed on stdout.
 /// Reads a Jupyter terminal's `["stdout", text]` messages until `needle` shows (true) or
 /// 30 s pass (false).
@@ -947,10 +937,9 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
     );
     assert_eq!(status(&cookie_a), 200, "another login's cookie goes on");
 
-    // What the node receives: its own token, never Docklet's. Jupyter's token is the one
-    // derived from the agent token, and a listener of ours in Jupyter's place shows the
-    // headers that arrive.
-    let expected = docklet::model::vnode::workspace_token(&agent_token(), &format!("{a}-w1-0"));
+    // What the node receives: its own token, never Docklet's. Jupyter's token is the
+    // node's own random one, which its worker keeps root-only, and a listener of ours in
+    // Jupyter's place shows the headers that arrive.
     let exec = |argv: Value| {
         let r = api(
             "POST",
@@ -967,7 +956,28 @@ fn the_workspace_is_the_nodes_jupyter_for_its_owner_only() {
         "/etc/docklet/jupyter_notebook_config.json"
     ])))
     .unwrap();
-    assert_eq!(config["NotebookApp"]["token"], expected.as_str());
+    let expected = config["NotebookApp"]["token"].as_str().unwrap().to_owned();
+    assert!(
+        docklet::model::vnode::is_workspace_token(&expected),
+        "{config}"
+    );
+    let kept = ["tb1", "tb2", "tb3"]
+        .iter()
+        .map(|host| {
+            sh(
+                host,
+                &format!(
+                    "f=/var/lib/docklet/local/vnodes/{a}-w1-0/workspace-token; test -f $f && stat -c '%a %U' $f && cat $f"
+                ),
+            )
+            .stdout
+        })
+        .collect::<String>();
+    assert_eq!(
+        kept,
+        format!("600 root\n{expected}"),
+        "the worker keeps it, root-only"
+    );
     exec(json!([
         "systemctl",
         "stop",

@@ -52,6 +52,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Make a one-time join token for a host (`host add`), or revoke a host's identity
+    /// (`host remove`).
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
+    /// On a new host: exchange a join token (from `docklet-admin host add` on the CA host)
+    /// for this host's master and worker certificates, written to /etc/docklet/pki.
+    Join {
+        /// The token `host add` printed (dkj1.…).
+        token: String,
+    },
     /// List vnodes: this host's (from its worker), or with --all the whole cluster's.
     Vnodes {
         #[arg(long)]
@@ -164,6 +176,20 @@ enum Command {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// Print a one-time join token for host NAME (a new host, or one to re-key); run
+    /// `docklet-admin join TOKEN` on that host.
+    Add {
+        name: String,
+        /// How long the token may be used: seconds, or with an s, m, h or d suffix (at most 7d).
+        #[arg(long, default_value = "1h")]
+        valid_for: String,
+    },
+    /// Revoke host NAME's certificates: its daemons are refused by every agent from now on.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -529,14 +555,7 @@ async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Result<(), Failu
 /// makes in /etc/docklet/tls when none is configured. Returns what to tell the administrator.
 fn site_certificate() -> Result<String, Failure> {
     use docklet::master::tls::{self, Outcome};
-    let path = std::env::var_os("DOCKLET_CONFIG")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| docklet::config::DEFAULT_PATH.into());
-    let config = if path.exists() {
-        docklet::config::Config::load(&path).map_err(|e| usage(e.to_string()))?
-    } else {
-        docklet::config::Config::default()
-    };
+    let config = admin_config()?;
     let host = docklet::daemon::host_name();
     let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
         .ok()
@@ -557,18 +576,101 @@ fn site_certificate() -> Result<String, Failure> {
     }
 }
 
+/// The site CA and this host's master and worker identities in /etc/docklet/pki (made when
+/// missing). Returns what to tell the administrator and whether anything was made.
+fn site_identities() -> Result<(String, bool), Failure> {
+    use docklet::pki::{self, PKI_DIR};
+    let config = admin_config()?;
+    let host = docklet::daemon::host_name();
+    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    let dir = std::path::Path::new(PKI_DIR);
+    let (_, outcome) =
+        pki::ensure_local(dir, &config.cluster_name, &host, group).map_err(|e| Failure {
+            code: 1,
+            message: format!("the site CA: {e}"),
+        })?;
+    let made = outcome.made_ca || !outcome.issued.is_empty();
+    let text = format!(
+        "{} ({}), this host's identities {}",
+        pki::ca_cert_file(dir).display(),
+        if outcome.made_ca {
+            "new; its key stays on this host, root's alone"
+        } else {
+            "kept"
+        },
+        if outcome.issued.is_empty() {
+            "kept".to_owned()
+        } else {
+            format!(
+                "made for {}",
+                outcome
+                    .issued
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )
+        }
+    );
+    Ok((text, made))
+}
+
+/// The configuration `docklet-admin` reads (`DOCKLET_CONFIG`, else the default path; the
+/// defaults when there is no file).
+fn admin_config() -> Result<docklet::config::Config, Failure> {
+    let path = std::env::var_os("DOCKLET_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| docklet::config::DEFAULT_PATH.into());
+    if path.exists() {
+        docklet::config::Config::load(&path).map_err(|e| usage(e.to_string()))
+    } else {
+        Ok(docklet::config::Config::default())
+    }
+}
+
 async fn init(force: bool) -> Result<(), Failure> {
     // The certificate first: a master started without one serves HTTPS from the moment
     // its files appear.
     let certificate = site_certificate()?;
+    let (identities, made) = site_identities()?;
     let conn = connect().await?;
+    if made {
+        // systemd hands the master the CA's key at its start (LoadCredential=).
+        let systemd = SystemdManagerProxy::new(&conn)
+            .await
+            .map_err(|e| failure(e.into(), "systemd"))?;
+        if let Err(e) = systemd.try_restart_unit(MASTER_UNIT, "replace").await {
+            eprintln!(
+                "docklet-admin: cannot restart {MASTER_UNIT} ({e}); restart it to let it sign joins"
+            );
+        }
+    }
     let master = Master1Proxy::new(&conn)
         .await
         .map_err(|e| failure(e.into(), "master"))?;
-    let result = master.init(force).await.map_err(|e| failure(e, "master"))?;
+    let result = match master.init(force).await {
+        Ok(result) => result,
+        // An existing site from before identities: making them was the work to do.
+        Err(BusError::AlreadyInitialized(_)) if made => {
+            println!("Cluster already initialized.");
+            println!("Identities:      {identities}");
+            println!(
+                "Other hosts:     `docklet-admin host add NAME` here, then `docklet-admin join TOKEN` there"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(failure(e, "master")),
+    };
     println!("Cluster initialized.");
     println!("Portal:          {}", result.portal_url);
     println!("Certificate:     {certificate}");
+    println!("Identities:      {identities}");
+    println!(
+        "Other hosts:     `docklet-admin host add NAME` here, then `docklet-admin join TOKEN` there"
+    );
     println!("Administrator:   {}", result.admin_user);
     println!(
         "Password file:   {} (readable by root only)",
@@ -593,6 +695,110 @@ async fn enable_master_at_boot(conn: &zbus::Connection) -> zbus::Result<()> {
         .enable_unit_files(&[MASTER_UNIT], false, false)
         .await?;
     systemd.reload().await
+}
+
+/// `host add NAME`: prints the join token.
+async fn host_add(name: &str, valid_for: &str) -> Result<(), Failure> {
+    let seconds = parse_seconds(valid_for).ok_or_else(|| {
+        usage(format!(
+            "--valid-for {valid_for:?}: give seconds, or a number with s, m, h or d (like 1h)"
+        ))
+    })?;
+    let conn = connect().await?;
+    let token = master_proxy(&conn)
+        .await?
+        .add_host(name, seconds)
+        .await
+        .map_err(|e| failure(e, "master"))?;
+    eprintln!("Join token for host {name}, valid {valid_for}, usable once. On {name}, run:");
+    println!("docklet-admin join {token}");
+    Ok(())
+}
+
+/// `60`, `90s`, `30m`, `1h`, `7d` in seconds.
+fn parse_seconds(text: &str) -> Option<u64> {
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let factor = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+async fn host_remove(name: &str) -> Result<(), Failure> {
+    let conn = connect().await?;
+    master_proxy(&conn)
+        .await?
+        .remove_host(name)
+        .await
+        .map_err(|e| failure(e, "master"))?;
+    println!("Host {name} removed: agents refuse its certificates within seconds.");
+    Ok(())
+}
+
+/// `join TOKEN`: this host's keys, signed by the site's CA through the portal.
+async fn join(token: &str) -> Result<(), Failure> {
+    use docklet::pki::join::{JoinRequest, JoinToken, exchange};
+    use docklet::pki::{self, PKI_DIR, Role};
+    use rcgen::PublicKeyData;
+    let failed = |message: String| Failure { code: 1, message };
+    let token = JoinToken::decode(token).map_err(|e| usage(e.to_string()))?;
+    let host = docklet::daemon::host_name();
+    if token.host != host {
+        return Err(usage(format!(
+            "this token is for host {}, and this host is {host}: make one with `docklet-admin host add {host}`",
+            token.host
+        )));
+    }
+    if docklet::daemon::now_secs() >= token.expires_at {
+        return Err(failed(
+            "this token has expired: make a new one with `docklet-admin host add`".into(),
+        ));
+    }
+    let keys = [
+        rcgen::KeyPair::generate().map_err(|e| failed(e.to_string()))?,
+        rcgen::KeyPair::generate().map_err(|e| failed(e.to_string()))?,
+    ];
+    let spki = |key: &rcgen::KeyPair| data_encoding::BASE64.encode(&key.subject_public_key_info());
+    let request = JoinRequest::new(&token, spki(&keys[0]), spki(&keys[1]));
+    println!("joining through {} ...", token.portal);
+    let response = exchange(&token, &request)
+        .await
+        .map_err(|e| failed(format!("join: {e}")))?;
+    let dir = std::path::Path::new(PKI_DIR);
+    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    std::fs::create_dir_all(dir).map_err(|e| failed(format!("{PKI_DIR}: {e}")))?;
+    let write = || -> Result<(), pki::PkiError> {
+        docklet::master::tls::write_file(&pki::ca_cert_file(dir), &response.ca, 0o644, None)?;
+        pki::write_identity(
+            dir,
+            Role::Master,
+            &response.master,
+            &keys[0].serialize_pem(),
+            group,
+        )?;
+        pki::write_identity(
+            dir,
+            Role::Worker,
+            &response.worker,
+            &keys[1].serialize_pem(),
+            group,
+        )
+    };
+    write().map_err(|e| failed(format!("writing {PKI_DIR}: {e}")))?;
+    println!(
+        "Host {host} joined: its identities are in {PKI_DIR} (the agent and the master use them within seconds)."
+    );
+    Ok(())
 }
 
 fn usage(message: String) -> Failure {
@@ -1262,6 +1468,11 @@ fn main() -> ExitCode {
             Command::Status { json } => status(json).await,
             Command::Hosts { json } => hosts(json).await,
             Command::Init { force } => init(force).await,
+            Command::Host { action } => match action {
+                HostAction::Add { name, valid_for } => host_add(&name, &valid_for).await,
+                HostAction::Remove { name } => host_remove(&name).await,
+            },
+            Command::Join { token } => join(&token).await,
             Command::Vnodes { all, json } => vnodes(all, json).await,
             Command::Vnode { action } => vnode(action).await,
             Command::Network { user } => {

@@ -1479,14 +1479,11 @@ impl Master {
             "stdin": request.stdin,
             "user": request.user.clone().unwrap_or_else(|| "root".into()),
         });
-        let url = format!(
-            "http://{}/agent/v1/vnodes/{}/exec",
-            endpoint.agent, endpoint.vnode_id
-        );
+        let path = format!("/agent/v1/vnodes/{}/exec", endpoint.vnode_id);
         let host = &endpoint.host;
-        let (status, text) = super::agent_client::post_json(&url, &endpoint.token, &body)
+        let (status, text) = super::agent_client::post_json(host, &endpoint.agent, &path, &body)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("cannot reach the agent on {host}: {e}")))?;
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         match status {
             200 => serde_json::from_str(&text)
                 .map_err(|e| ApiError::Internal(format!("agent answer: {e}"))),
@@ -1548,9 +1545,6 @@ impl Master {
             .and_then(|a| a.split('/').next())
             .ok_or_else(|| ApiError::Internal(format!("host {host} has no address")))?
             .to_owned();
-        let token = crate::daemon::read_credentials(&self.config)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .agent_token;
         let port = self.config.agent_port;
         Ok(NodeEndpoint {
             agent: match address.parse::<std::net::IpAddr>() {
@@ -1558,7 +1552,6 @@ impl Master {
                 Err(_) => format!("{address}:{port}"),
             },
             host,
-            token,
             vnode_id: id,
         })
     }

@@ -107,6 +107,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{name}/drain", post(drain))
         .route("/api/v1/hosts/{name}/undrain", post(undrain))
+        // Hosts joining the site (not the users' API): authenticated by the join token.
+        .route("/hosts/v1/join", post(join_host))
         // The way into a workspace (see `workspace`): a grant for its own host name.
         .route("/go/{user}/{cluster}/{index}", any(enter_workspace))
         .route("/go/{user}/{cluster}/{index}/", any(enter_workspace))
@@ -1012,6 +1014,20 @@ struct Health {
     initialized: bool,
     /// This master leads (runs the controllers); the others stand by and serve the API.
     leading: bool,
+}
+
+/// A new host's join exchange ([`super::hosts`]): its keys signed, for the token's proof.
+async fn join_host(
+    State(master): Shared,
+    body: Result<Json<crate::pki::join::JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::pki::join::JoinResponse>, ApiError> {
+    let Json(request) =
+        body.map_err(|e| ApiError::BadRequest(format!("not a join request: {e}")))?;
+    master.join(request).await.map(Json).map_err(|e| match e {
+        super::hosts::JoinError::Refused(m) => ApiError::Forbidden(m),
+        super::hosts::JoinError::Invalid(m) => ApiError::BadRequest(m),
+        super::hosts::JoinError::Unavailable(m) => ApiError::Unavailable(m),
+    })
 }
 
 /// 200 when etcd answers, 503 otherwise; tells nothing an anonymous caller should not know.

@@ -48,6 +48,39 @@ impl MasterInterface {
         self.master.init(force).await
     }
 
+    /// A one-time join token for a new (or re-keyed) host, valid `seconds`.
+    async fn add_host(
+        &self,
+        host: &str,
+        seconds: u64,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(
+            caller_uid = uid,
+            DOCKLET_HOST = host,
+            "join token for {host} requested over D-Bus"
+        );
+        self.master.add_host(host, seconds).await
+    }
+
+    /// Revokes a host's certificates (and any pending join token).
+    async fn remove_host(
+        &self,
+        host: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(
+            caller_uid = uid,
+            DOCKLET_HOST = host,
+            "removal of host {host} requested over D-Bus"
+        );
+        self.master.remove_host(host).await
+    }
+
     /// Writes a vnode spec (JSON) for a host; its worker creates the vnode.
     #[zbus(name = "CreateVNode")]
     async fn create_vnode(

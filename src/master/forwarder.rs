@@ -18,7 +18,10 @@ use tracing::{debug, info, warn};
 use super::Master;
 use crate::model::ports::{self, PortMapping, PortRange};
 use crate::store::ports::PortsState;
-use crate::sys::splice::{self, BufferedTcp};
+use crate::sys::streams::{self, Buffered, Stream};
+
+/// A way into a vnode's port.
+pub type Inner = Buffered<Box<dyn Stream>>;
 
 /// How long opening the way into a vnode may take before the client's connection is closed.
 const DIAL_LIMIT: Duration = Duration::from_secs(10);
@@ -27,23 +30,27 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 
 /// Opens a connection to a mapping's port inside its vnode.
 pub trait Dial: Send + Sync + 'static {
-    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>>;
+    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<Inner, String>>;
 }
 
 /// The master's way in: the worker agent's TCP tunnel into the vnode's network namespace.
 struct AgentDial(Arc<Master>);
 
 impl Dial for AgentDial {
-    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>> {
+    fn dial(&self, mapping: PortMapping) -> BoxFuture<'static, Result<Inner, String>> {
         let master = self.0.clone();
         Box::pin(async move {
             let endpoint = master
                 .node_endpoint(&mapping.user, &mapping.cluster, mapping.node)
                 .await
                 .map_err(|e| e.to_string())?;
-            super::agent_client::connect_tcp(&endpoint, mapping.port)
+            let tunnel = super::agent_client::connect_tcp(&endpoint, mapping.port)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(Buffered {
+                stream: Box::new(tunnel.stream) as Box<dyn Stream>,
+                read: tunnel.read,
+            })
         })
     }
 }
@@ -185,7 +192,7 @@ async fn forward(client: TcpStream, peer: SocketAddr, mapping: PortMapping, dial
         }
     };
     let _ = client.set_nodelay(true);
-    match splice::relay(BufferedTcp::new(client), inner).await {
+    match streams::relay(Buffered::new(client), inner).await {
         Ok((up, down)) => debug!(public_port, vnode, %peer, up, down, "connection closed"),
         Err(e) => debug!(public_port, vnode, %peer, "connection ended: {e}"),
     }
@@ -253,11 +260,11 @@ mod tests {
     struct LocalDial(SocketAddr);
 
     impl Dial for LocalDial {
-        fn dial(&self, _: PortMapping) -> BoxFuture<'static, Result<BufferedTcp, String>> {
+        fn dial(&self, _: PortMapping) -> BoxFuture<'static, Result<Inner, String>> {
             let to = self.0;
             Box::pin(async move {
                 let stream = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-                Ok(BufferedTcp::new(stream))
+                Ok(Buffered::new(Box::new(stream) as Box<dyn Stream>))
             })
         }
     }

@@ -290,27 +290,25 @@ impl Master {
     async fn collect_once(&self) -> Result<(), ApiError> {
         let store = self.api_store().await?;
         let hosts = store.list_hosts().await?;
-        let token = crate::daemon::read_credentials(&self.config)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .agent_token;
         let port = self.config.agent_port;
-        let fetches = hosts.iter().map(|host| {
-            let token = token.clone();
-            async move {
-                let address = host.addresses.first()?.split('/').next()?.to_owned();
-                let url = format!("http://{address}:{port}/agent/v1/samples");
-                match super::agent_client::get(&url, &token, AGENT_LIMIT).await {
-                    Ok((200, text)) => serde_json::from_str::<WorkerSamples>(&text)
-                        .map_err(|e| warn!(host = %host.name, "odd samples: {e}"))
-                        .ok(),
-                    Ok((status, text)) => {
-                        warn!(host = %host.name, "samples: HTTP {status} {}", text.trim());
-                        None
-                    }
-                    Err(e) => {
-                        debug!(host = %host.name, "samples: {e}");
-                        None
-                    }
+        let fetches = hosts.iter().map(|host| async move {
+            let address = host.addresses.first()?.split('/').next()?.to_owned();
+            let agent = match address.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) => format!("{address}:{port}"),
+            };
+            let samples = "/agent/v1/samples";
+            match super::agent_client::get(&host.name, &agent, samples, AGENT_LIMIT).await {
+                Ok((200, text)) => serde_json::from_str::<WorkerSamples>(&text)
+                    .map_err(|e| warn!(host = %host.name, "odd samples: {e}"))
+                    .ok(),
+                Ok((status, text)) => {
+                    warn!(host = %host.name, "samples: HTTP {status} {}", text.trim());
+                    None
+                }
+                Err(e) => {
+                    debug!(host = %host.name, "samples: {e}");
+                    None
                 }
             }
         });

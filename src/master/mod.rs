@@ -9,6 +9,7 @@ pub mod bus;
 pub mod controllers;
 pub mod events;
 pub mod forwarder;
+pub mod hosts;
 pub mod images;
 pub mod init;
 pub mod live;
@@ -287,7 +288,7 @@ impl Master {
                     user: EtcdCredentials::user_for_cluster(cluster),
                     password: init::random_secret(32),
                     root_password: init::random_secret(32),
-                    agent_token: init::random_secret(48),
+                    agent_token: None,
                 };
                 // The file goes first: if etcd setup fails half-way, a rerun reuses it.
                 init::write_private_file(&creds_path, &creds.to_toml())
@@ -296,17 +297,6 @@ impl Master {
                 creds
             }
             Err(e) => return Err(BusError::Failed(e.to_string())),
-        };
-        let creds = if creds.agent_token.is_empty() {
-            let creds = EtcdCredentials {
-                agent_token: init::random_secret(48),
-                ..creds
-            };
-            init::write_private_file(&creds_path, &creds.to_toml())
-                .map_err(|e| BusError::Failed(e.to_string()))?;
-            creds
-        } else {
-            creds
         };
         // A connection with the cluster's credentials means authentication is already on.
         if !self.authenticated() {
@@ -331,6 +321,7 @@ impl Master {
             init::InitError::Store(s) => bus_error(s),
             other => BusError::Failed(other.to_string()),
         })?;
+        self.register_local_identity(&store).await?;
         info!(force, "cluster {} initialized", self.config.cluster_name);
         Ok(InitResult {
             portal_url: self.config.portal_url_or(&self.host),
@@ -361,10 +352,30 @@ impl Master {
                     continue;
                 }
             };
+            if let Some(creds) = &creds
+                && creds.agent_token.is_some()
+            {
+                // A site from before mutual TLS: its shared agent token opens nothing now.
+                let path = self.config.credentials_file();
+                match init::write_private_file(&path, &creds.to_toml()) {
+                    Ok(()) => info!("dropped the old agent token from {}", path.display()),
+                    Err(e) => warn!(
+                        "cannot drop the old agent token from {}: {e}",
+                        path.display()
+                    ),
+                }
+            }
             match EtcdStore::connect(&self.config, creds.as_ref()).await {
                 Ok(store) => {
                     if creds.is_some() {
                         ensure_default_groups(&store).await;
+                        // On the CA host: this host's identities, made by `init` (on an
+                        // upgraded site too), are recorded once.
+                        if hosts::holds_site_ca()
+                            && let Err(e) = self.register_local_identity(&store).await
+                        {
+                            warn!("{e}");
+                        }
                     }
                     self.has_credentials
                         .store(creds.is_some(), Ordering::SeqCst);

@@ -23,7 +23,7 @@ const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Relays open now (see [`crate::daemon::OpenTerminals`]).
 static RELAYS: crate::daemon::OpenTerminals = crate::daemon::OpenTerminals::new();
 
-type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type AgentSocket = tokio_tungstenite::WebSocketStream<super::agent_client::AgentStream>;
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -107,20 +107,11 @@ async fn connect_pty(
         }
         .into()
     };
-    let mut request = url
+    let request = url
         .into_client_request()
         .map_err(|e| ApiError::Internal(format!("agent request: {e}")))?;
-    let bearer = format!("Bearer {}", endpoint.token)
-        .parse()
-        .map_err(|_| ApiError::Internal("the agent token is not a header value".into()))?;
-    request
-        .headers_mut()
-        .insert(hyper::header::AUTHORIZATION, bearer);
     let handshake = async {
-        let stream = tokio::net::TcpStream::connect(&endpoint.agent)
-            .await
-            .map_err(|e| unreachable(format!("{}: {e}", endpoint.agent)))?;
-        let _ = stream.set_nodelay(true);
+        let stream = super::agent_client::dial(&endpoint.host, &endpoint.agent).await?;
         let config = tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(crate::daemon::TERMINAL_WS_READ_BUFFER);
         match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {

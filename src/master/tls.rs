@@ -193,7 +193,7 @@ fn make_site_certificate(
 }
 
 /// Writes a whole file with `mode` (and group) by renaming a complete temporary file over it.
-fn write_file(
+pub fn write_file(
     path: &Path,
     contents: &str,
     mode: u32,

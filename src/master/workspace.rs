@@ -27,7 +27,6 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::Master;
@@ -37,12 +36,13 @@ use super::api::Auth;
 use super::proxy_headers::{filter_response_headers, forwarded_request_headers, is_upgrade};
 use super::session;
 use crate::model::account::TokenKind;
-use crate::model::{vnode, workspace};
-use crate::sys::splice::BufferedTcp;
+use crate::model::workspace;
+use crate::sys::streams::Buffered;
 
 /// Jupyter's port inside every vnode (socket-activated).
 pub const JUPYTER_PORT: u16 = 8888;
-/// How long a node's endpoint (host, agent) is reused before it is looked up again.
+/// How long a node's endpoint (host, agent, Jupyter's token) is reused before it is looked
+/// up again.
 const ENDPOINT_TTL: Duration = Duration::from_secs(10);
 /// Idle tunnels kept per node, and for how long.
 const IDLE_PER_NODE: usize = 8;
@@ -52,12 +52,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// endpoints it connects through.
 pub struct Proxy {
     client: Client<TunnelConnector, Body>,
-    endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>>,
+    endpoints: Arc<Mutex<HashMap<String, Known>>>,
 }
+
+/// A node's endpoint, its Jupyter's token, and when they were looked up.
+type Known = (NodeEndpoint, String, Instant);
 
 impl Default for Proxy {
     fn default() -> Self {
-        let endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>> = Default::default();
+        let endpoints: Arc<Mutex<HashMap<String, Known>>> = Default::default();
         let connector = TunnelConnector {
             endpoints: endpoints.clone(),
         };
@@ -74,7 +77,7 @@ impl Default for Proxy {
 /// which is `<vnode id>:<port>`: one pool per node and port.
 #[derive(Clone)]
 struct TunnelConnector {
-    endpoints: Arc<Mutex<HashMap<String, (NodeEndpoint, Instant)>>>,
+    endpoints: Arc<Mutex<HashMap<String, Known>>>,
 }
 
 impl tower_service::Service<Uri> for TunnelConnector {
@@ -94,7 +97,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
             .lock()
             .unwrap()
             .get(&id)
-            .map(|(e, _)| e.clone());
+            .map(|(e, _, _)| e.clone());
         Box::pin(async move {
             let endpoint = endpoint.ok_or_else(|| AgentError::Unreachable {
                 host: "?".into(),
@@ -112,20 +115,20 @@ impl tower_service::Service<Uri> for TunnelConnector {
 /// A tunnel as a connection of the client's pool: the socket to the agent, and what was
 /// read from it along with the agent's answer.
 struct Tunnel {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<agent_client::AgentStream>,
     read_ahead: Bytes,
 }
 
 impl Tunnel {
-    /// The socket again, with what is still unread of it (`then`: what the HTTP client
+    /// The connection again, with what is still unread of it (`then`: what the HTTP client
     /// buffered after it), for a relay.
-    fn into_buffered(self, then: Bytes) -> BufferedTcp {
+    fn into_buffered(self, then: Bytes) -> Buffered<agent_client::AgentStream> {
         let read = if self.read_ahead.is_empty() {
             then
         } else {
             [self.read_ahead, then].concat().into()
         };
-        BufferedTcp {
+        Buffered {
             stream: self.io.into_inner(),
             read,
         }
@@ -434,7 +437,7 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
     let index: u32 = index.parse().map_err(|_| {
         ApiError::NotFound(format!("cluster {cluster} has no node {index:?}")).into_response()
     })?;
-    let endpoint = master
+    let (endpoint, token) = master
         .workspace
         .endpoint(&master, &caller, cluster, index)
         .await
@@ -448,7 +451,6 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
     let mut headers = parts.headers.clone();
     // The portal's port speaks nothing but HTTPS.
     let proto = "https";
-    let token = vnode::workspace_token(&endpoint.token, &endpoint.vnode_id);
     forwarded_request_headers(&mut headers, &token, peer.as_deref(), proto, upgrade);
     let target: Uri = format!(
         "http://{}:{JUPYTER_PORT}{}",
@@ -491,13 +493,11 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
                 Ok(both) => both,
                 Err(e) => return debug!("workspace upgrade: {e}"),
             };
-            // The browser's side is TLS, so the bytes are copied (the node's side alone is
-            // a socket the kernel could splice).
             let node = node
                 .downcast::<Tunnel>()
                 .map(|parts| parts.io.into_buffered(parts.read_buf));
             let Ok(mut node) = node else {
-                return warn!("a workspace upgrade that is not over TCP on the node's side");
+                return warn!("a workspace upgrade that is not over the agent's tunnel");
             };
             let mut browser = TokioIo::new(browser);
             if !node.read.is_empty()
@@ -538,30 +538,31 @@ fn unreachable_response(e: &hyper_util::client::legacy::Error, index: u32) -> Re
 }
 
 impl Proxy {
-    /// The endpoint of the caller's node, looked up at most every [`ENDPOINT_TTL`]; the
-    /// connector finds it here when the pool needs a new tunnel.
+    /// The endpoint of the caller's node and its Jupyter's token, looked up at most every
+    /// [`ENDPOINT_TTL`]; the connector finds the endpoint here when the pool needs a tunnel.
     async fn endpoint(
         &self,
         master: &Master,
         caller: &super::actions::Caller,
         cluster: &str,
         index: u32,
-    ) -> Result<NodeEndpoint, ApiError> {
+    ) -> Result<(NodeEndpoint, String), ApiError> {
         let id = crate::model::vcluster::node_id(caller.name(), cluster, index);
         let now = Instant::now();
-        if let Some((endpoint, at)) = self.endpoints.lock().unwrap().get(&id)
+        if let Some((endpoint, token, at)) = self.endpoints.lock().unwrap().get(&id)
             && now.duration_since(*at) < ENDPOINT_TTL
         {
-            return Ok(endpoint.clone());
+            return Ok((endpoint.clone(), token.clone()));
         }
         let endpoint = master
             .own_node_endpoint(caller, None, cluster, index)
             .await?;
+        let token = agent_client::workspace_token(&endpoint).await?;
         let mut endpoints = self.endpoints.lock().unwrap();
         // Forget nodes nobody asked for in a while (deleted clusters).
-        endpoints.retain(|_, (_, at)| now.duration_since(*at) < ENDPOINT_TTL * 30);
-        endpoints.insert(id, (endpoint.clone(), now));
-        Ok(endpoint)
+        endpoints.retain(|_, (_, _, at)| now.duration_since(*at) < ENDPOINT_TTL * 30);
+        endpoints.insert(id, (endpoint.clone(), token.clone(), now));
+        Ok((endpoint, token))
     }
 }
 

@@ -23,10 +23,10 @@ pub struct EtcdCredentials {
     pub password: String,
     /// The etcd `root` user's password, for the administrator's own `etcdctl` work.
     pub root_password: String,
-    /// The bearer token masters present to the workers' agent endpoints (exec, terminals,
-    /// workspace proxy). Empty in files written before it existed: `init` fills it in.
-    #[serde(default)]
-    pub agent_token: String,
+    /// The agent token of sites from before mutual TLS: read (so their files still parse)
+    /// and dropped; `init` rewrites the file without it.
+    #[serde(default, skip_serializing)]
+    pub agent_token: Option<String>,
 }
 
 impl std::fmt::Debug for EtcdCredentials {
@@ -65,10 +65,15 @@ mod tests {
             user: EtcdCredentials::user_for_cluster("docklet"),
             password: "s3cret-pw".into(),
             root_password: "r00t-pw".into(),
-            agent_token: "t0ken".into(),
+            agent_token: None,
         };
         let text = creds.to_toml();
         assert_eq!(EtcdCredentials::from_toml(&text).unwrap(), creds);
+        // A file from before mutual TLS still reads; its agent token is never written again.
+        let old = format!("{text}agent_token = \"t0ken\"\n");
+        let read = EtcdCredentials::from_toml(&old).unwrap();
+        assert_eq!(read.agent_token.as_deref(), Some("t0ken"));
+        assert!(!read.to_toml().contains("t0ken"));
         let debug = format!("{creds:?}");
         assert!(debug.contains("docklet-docklet"));
         assert!(

@@ -387,19 +387,19 @@ pub fn vnode_cgroup<'a>(unit_cgroup: &'a str, user: &str, id: &str) -> &'a str {
     }
 }
 
-/// The token of a vnode's Jupyter server: HMAC-SHA256 of the vnode id, keyed by the
-/// cluster's agent token, as 32 hex digits. Derived, not stored, so the worker that writes
-/// Jupyter's configuration and every master's workspace proxy agree without a shared record;
-/// it reveals nothing of the agent token, and differs per vnode (and per reinstall).
-pub fn workspace_token(agent_token: &str, vnode_id: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(agent_token.as_bytes())
-        .expect("HMAC takes keys of any length");
-    // A label of its own, so this MAC is never mistaken for another use of the same key.
-    mac.update(b"docklet-workspace\0");
-    mac.update(vnode_id.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+/// A new token for a vnode's Jupyter server: 32 random hex digits, its own (made by the
+/// worker that starts it, see `worker::vnodes`).
+pub fn new_workspace_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    data_encoding::HEXLOWER.encode(&bytes)
+}
+
+/// Whether `text` is a token [`new_workspace_token`] makes.
+pub fn is_workspace_token(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 pub fn hostname(index: u32) -> String {
@@ -696,34 +696,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn workspace_tokens_are_derived_per_vnode_and_key() {
-        let token = workspace_token("agent-secret", "alice-c1-0");
-        assert_eq!(token.len(), 32);
-        assert!(
-            token
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
-        // Stable: the worker and every master compute the same.
-        assert_eq!(token, workspace_token("agent-secret", "alice-c1-0"));
-        assert_ne!(token, workspace_token("agent-secret", "alice-c1-1"));
-        assert_ne!(token, workspace_token("another-secret", "alice-c1-0"));
-        // HMAC-SHA256(key, "docklet-workspace\0" + id), by an independent computation
-        // (RFC 2104 over sha2 directly).
-        use sha2::{Digest, Sha256};
-        let key = b"agent-secret";
-        let mut block = [0u8; 64];
-        block[..key.len()].copy_from_slice(key);
-        let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-        let inner = Sha256::new()
-            .chain_update(pad(0x36))
-            .chain_update(b"docklet-workspace\0alice-c1-0")
-            .finalize();
-        let outer = Sha256::new()
-            .chain_update(pad(0x5c))
-            .chain_update(inner)
-            .finalize();
-        let expected: String = outer[..16].iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(token, expected);
+    fn workspace_tokens_are_random_and_recognised() {
+        let token = new_workspace_token();
+        assert!(is_workspace_token(&token), "{token}");
+        assert_ne!(token, new_workspace_token());
+        for bad in ["", "abc", &token.to_uppercase(), &format!("{token}\n")] {
+            assert!(!is_workspace_token(bad), "{bad:?}");
+        }
     }
 }

@@ -464,7 +464,8 @@ impl Store for EtcdStore {
         let mut kv = self.client.kv_client();
         let mut operations = Vec::new();
         if force {
-            // Wipe everything but the live host registrations, which belong to running workers.
+            // Wipe everything but the live host registrations, which belong to running
+            // workers, and the hosts' identities, which belong to the hosts that joined.
             let existing = kv
                 .get(
                     self.keys.prefix(),
@@ -472,10 +473,10 @@ impl Store for EtcdStore {
                 )
                 .await
                 .map_err(classify)?;
-            let hosts = self.keys.hosts();
+            let kept = [self.keys.hosts(), self.keys.identities()];
             for item in existing.kvs() {
                 let key = String::from_utf8_lossy(item.key()).into_owned();
-                if !key.starts_with(&hosts) {
+                if !kept.iter().any(|prefix| key.starts_with(prefix)) {
                     operations.push(TxnOp::delete(key, None::<DeleteOptions>));
                 }
             }

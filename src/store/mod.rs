@@ -41,6 +41,7 @@ use crate::model::quota::Group;
 pub mod accounts;
 pub mod clusters;
 pub mod etcd;
+pub mod identities;
 pub mod images;
 pub mod leader;
 pub mod memory;
@@ -234,6 +235,15 @@ impl Keys {
     }
     pub fn system_image_build(&self, name: &str, host: &str) -> String {
         format!("{}system-image-builds/{name}/{host}", self.prefix)
+    }
+    pub fn identities(&self) -> String {
+        format!("{}identities/", self.prefix)
+    }
+    pub fn identity(&self, host: &str) -> String {
+        format!("{}identities/{host}", self.prefix)
+    }
+    pub fn join_ticket(&self, host: &str) -> String {
+        format!("{}join-tickets/{host}", self.prefix)
     }
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)

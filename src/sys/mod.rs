@@ -8,5 +8,5 @@ pub mod host;
 pub mod mounts;
 pub mod netlink;
 pub mod pam;
-pub mod splice;
+pub mod streams;
 pub mod systemd;

@@ -1,18 +1,21 @@
 //! The worker's agent endpoint: what masters use to reach inside this host's vnodes — a
 //! command with its output (`POST /agent/v1/vnodes/{id}/exec`), an interactive terminal
-//! over WebSocket (`GET /agent/v1/vnodes/{id}/pty`) and a TCP tunnel to a port inside the
-//! vnode (`GET /agent/v1/vnodes/{id}/tcp/{port}`, upgraded to `docklet-tcp`). Every request
-//! carries the cluster's agent token (`Authorization: Bearer`, from the internal credentials
-//! file); nothing else gets in.
+//! over WebSocket (`GET /agent/v1/vnodes/{id}/pty`), a TCP tunnel to a port inside the
+//! vnode (`GET /agent/v1/vnodes/{id}/tcp/{port}`, upgraded to `docklet-tcp`) and a node's
+//! workspace token. It speaks TLS 1.3 only, with this host's worker certificate, and takes
+//! connections from masters alone: a client must present a certificate of the site CA
+//! whose fingerprint etcd lists as a master's ([`crate::pki`]); any other connection is
+//! closed before a byte of HTTP is read.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +30,11 @@ use super::terminals::{self, Output, TerminalError};
 use super::tunnel;
 use super::vnodes::{Runtime, VNodeError};
 use crate::daemon::TCP_UPGRADE;
-use crate::sys::splice::{self, BufferedTcp};
+use crate::pki::{self, PKI_DIR, Role};
+use crate::sys::streams::{self, Buffered};
+
+/// A master's connection to the agent.
+type AgentTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 /// Output beyond this many bytes per stream is cut (and says so).
 const OUTPUT_LIMIT: usize = 16 << 20;
@@ -123,11 +130,24 @@ pub fn router(worker: Shared) -> Router {
         .route("/agent/v1/vnodes/{id}/exec", post(exec_handler))
         .route("/agent/v1/vnodes/{id}/pty", get(pty_handler))
         .route("/agent/v1/vnodes/{id}/tcp/{port}", get(tcp_handler))
-        .layer(axum::middleware::from_fn_with_state(
-            worker.clone(),
-            require_token,
-        ))
+        .route(
+            "/agent/v1/vnodes/{id}/workspace-token",
+            get(workspace_token_handler),
+        )
         .with_state(worker)
+}
+
+/// The token the node's Jupyter takes (random per node, see `vnodes`), for the masters'
+/// workspace proxy.
+async fn workspace_token_handler(
+    State(worker): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<String, AgentError> {
+    let runtime = runtime(&worker)?;
+    runtime
+        .spec(&id)
+        .ok_or_else(|| AgentError(StatusCode::NOT_FOUND, format!("no vnode {id} on this host")))?;
+    runtime.workspace_token(&id).map_err(AgentError::from)
 }
 
 /// This host's and its vnodes' last samples, in the Prometheus text format.
@@ -154,41 +174,115 @@ async fn samples_handler(State(worker): State<Shared>) -> Response {
     .into_response()
 }
 
+/// The fingerprints of the certificates etcd lists as masters', read again every
+/// [`IDENTITIES_EVERY`]: a removed host's master is refused within that.
+#[derive(Default)]
+pub struct MasterCertificates(std::sync::RwLock<HashSet<String>>);
+
+/// How often the agent reads the masters' certificates from etcd.
+pub const IDENTITIES_EVERY: Duration = Duration::from_secs(2);
+
+impl MasterCertificates {
+    fn allows(&self, fingerprint: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fingerprint)
+    }
+
+    /// Follows `identities/` in etcd for ever.
+    pub async fn follow(self: Arc<Self>, worker: Shared) {
+        let mut backoff = crate::daemon::Backoff::default();
+        loop {
+            let store = worker.connect(&mut backoff).await;
+            loop {
+                match store.host_identities().await {
+                    Ok(identities) => {
+                        let masters: HashSet<String> = identities
+                            .iter()
+                            .flat_map(|i| i.fingerprints(Role::Master))
+                            .map(str::to_owned)
+                            .collect();
+                        *self.0.write().unwrap_or_else(|e| e.into_inner()) = masters;
+                    }
+                    // Keep the last list: etcd being away must not lock masters out.
+                    Err(e) => {
+                        warn!("cannot read the masters' certificates: {e}");
+                        break;
+                    }
+                }
+                tokio::time::sleep(IDENTITIES_EVERY).await;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
 /// Serves the agent on `0.0.0.0:agent_port` until the worker stops.
 pub async fn serve(worker: Shared) -> std::io::Result<()> {
     let address = std::net::SocketAddr::from(([0, 0, 0, 0], worker.config.agent_port));
     let listener = tokio::net::TcpListener::bind(address).await?;
-    info!("agent endpoint on {address}");
-    axum::serve(listener, router(worker)).await
+    info!("agent endpoint on {address} (mutual TLS)");
+    let identity = Arc::new(pki::agent_server_files(std::path::Path::new(PKI_DIR)));
+    let masters = Arc::new(MasterCertificates::default());
+    tokio::spawn(masters.clone().follow(worker.clone()));
+    let router = router(worker);
+    let mut missing_identity_said = false;
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let config = match identity.current() {
+            Ok(config) => {
+                missing_identity_said = false;
+                config
+            }
+            Err(problem) => {
+                if !std::mem::replace(&mut missing_identity_said, true) {
+                    warn!("the agent refuses every connection: {problem}");
+                }
+                continue;
+            }
+        };
+        let (router, masters) = (router.clone(), masters.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let accepted = tokio::time::timeout(
+                HANDSHAKE_LIMIT,
+                tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+            )
+            .await;
+            let tls = match accepted {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return warn!(%peer, "agent: TLS handshake refused: {e}"),
+                Err(_) => return warn!(%peer, "agent: no TLS handshake within {HANDSHAKE_LIMIT:?}"),
+            };
+            let fingerprint = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| pki::fingerprint(cert));
+            match fingerprint {
+                Some(f) if masters.allows(&f) => {}
+                _ => {
+                    return warn!(%peer, "agent: a certificate that is no master's in etcd (a removed host's?) refused");
+                }
+            }
+            let service = hyper::service::service_fn(move |request| {
+                tower_service::Service::call(&mut router.clone(), request)
+            });
+            let served =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, "agent connection: {e}");
+            }
+        });
+    }
 }
 
-async fn require_token(State(worker): State<Shared>, request: Request, next: Next) -> Response {
-    let expected = match crate::daemon::read_credentials(&worker.config) {
-        Ok(creds) if !creds.agent_token.is_empty() => creds.agent_token,
-        _ => {
-            return AgentError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no agent token yet: run `docklet-admin init`".into(),
-            )
-            .into_response();
-        }
-    };
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !crate::model::account::same_secret(presented, &expected) {
-        warn!(path = %request.uri().path(), "agent request without a valid token refused");
-        return AgentError(
-            StatusCode::UNAUTHORIZED,
-            "a valid agent token is required".into(),
-        )
-        .into_response();
-    }
-    next.run(request).await
-}
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -374,16 +468,16 @@ async fn tcp_handler(
             Ok(upgraded) => upgraded,
             Err(e) => return warn!(vnode = %id, port, "tunnel upgrade failed: {e}"),
         };
-        // The master's socket itself, so the bytes can be spliced in the kernel.
-        match downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
+        // The master's TLS connection itself, and what was read beyond the request.
+        match downcast::<TokioIo<AgentTls>>(upgraded) {
             Ok(parts) => {
-                let master = BufferedTcp {
+                let master = Buffered {
                     stream: parts.io.into_inner(),
                     read: parts.read_buf,
                 };
-                let _ = splice::relay(master, BufferedTcp::new(stream)).await;
+                let _ = streams::relay(master, Buffered::new(stream)).await;
             }
-            Err(_) => warn!(vnode = %id, port, "a tunnel that is not a TCP connection"),
+            Err(_) => warn!(vnode = %id, port, "a tunnel that is not the master's TLS connection"),
         }
     });
     Ok(Response::builder()

@@ -807,17 +807,12 @@ impl Runtime {
         image: &super::images::StartImage,
     ) -> Result<Duration, VNodeError> {
         self.mount_disk(paths)?;
-        // The derived token is written at every start, so a vnode that ran before tokens were
-        // derived (or before the agent token changed) gets the current one at its next start.
-        let agent_token = crate::daemon::read_credentials(&self.config)
-            .map(|c| c.agent_token)
-            .map_err(|e| VNodeError::Refused(format!("no agent token for Jupyter's: {e}")))?;
         write_jupyter_config(
             spec,
             paths,
             state.uid_base,
             &jupyter_origin(&self.config, &self.host, &spec.user),
-            &vnode::workspace_token(&agent_token, &spec.id),
+            &ensure_workspace_token(paths)?,
         )?;
         let data = user_data_dir(&self.config, &spec.user);
         if !data.exists() {
@@ -1371,6 +1366,40 @@ fn random_machine_id() -> String {
     use rand::RngExt;
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a node's workspace token is kept on its host: in its directory, root's alone.
+fn workspace_token_file(paths: &VNodePaths) -> PathBuf {
+    paths.dir.join("workspace-token")
+}
+
+/// The node's workspace token, made at its first start on this host: random (independent of
+/// every other node's and of any site secret), kept so that Jupyter, which reads it from its
+/// configuration, and the masters' workspace proxy, which asks the agent, agree across
+/// restarts. A node moved to another host gets a new one there.
+fn ensure_workspace_token(paths: &VNodePaths) -> Result<String, VNodeError> {
+    let path = workspace_token_file(paths);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if vnode::is_workspace_token(&token) => Ok(token),
+        Ok(_) | Err(_) => {
+            let token = vnode::new_workspace_token();
+            write_file(&path, token.as_bytes(), 0o600)?;
+            Ok(token)
+        }
+    }
+}
+
+impl Runtime {
+    /// A running (or once started) node's workspace token, for the agent.
+    pub fn workspace_token(&self, id: &str) -> Result<String, VNodeError> {
+        let path = workspace_token_file(&VNodePaths::new(&self.config, id));
+        match std::fs::read_to_string(&path) {
+            Ok(token) if vnode::is_workspace_token(&token) => Ok(token),
+            _ => Err(VNodeError::Refused(format!(
+                "vnode {id} is not running (it has no workspace token yet)"
+            ))),
+        }
+    }
 }
 
 /// Eight random lower-case letters and digits, for unit names.
