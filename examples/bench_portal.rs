@@ -17,6 +17,12 @@
 //!   `exit`; the master's and the workers' resident memory is read (by `tools/bench-portal`,
 //!   through the testbed) before, with all open, and after.
 //!
+//! - `exec`: a command's round trip (`true` in node 0, `--rounds` times each): through the API
+//!   (this machine → master → agent, the master dialling the agent over mutual TLS for each
+//!   command), straight to the agent as a master with a new TLS connection each time (what
+//!   the master does), over one kept-alive connection (the command alone), and the TLS
+//!   handshake alone (a new connection, no request): what mutual TLS adds to a command.
+//!
 //! Prints Markdown on stdout and progress on stderr. Run through `tools/bench-portal`.
 
 use std::time::Instant;
@@ -79,6 +85,30 @@ enum Command {
         #[arg(long)]
         agent_identity: std::path::PathBuf,
         #[arg(long, default_value_t = 500)]
+        rounds: usize,
+    },
+    /// Times commands through the API and straight to the agent.
+    Exec {
+        /// The portal, e.g. https://portal.docklet.test:8000
+        #[arg(long)]
+        portal: String,
+        /// The user's bearer token.
+        #[arg(long)]
+        token: String,
+        /// The user's cluster whose node 0 runs the commands.
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        agent_host: String,
+        #[arg(long)]
+        agent_address: String,
+        /// Node 0's vnode id.
+        #[arg(long)]
+        vnode: String,
+        /// A directory with a master's identity (ca.pem, master.pem, master.key).
+        #[arg(long)]
+        agent_identity: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
         rounds: usize,
     },
     /// Opens `count` terminals at once over the given URLs, then ends them.
@@ -393,6 +423,127 @@ async fn render(
     Ok(())
 }
 
+/// What a command through an agent needs: where, and who asks.
+struct AgentTarget<'a> {
+    host: &'a str,
+    address: &'a str,
+    identity: &'a std::path::Path,
+}
+
+type AgentSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl AgentTarget<'_> {
+    /// A new mutual-TLS connection to the agent, as a master opens one.
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = docklet::pki::agent_client_files(self.identity)
+            .current()
+            .map_err(|e| anyhow!("{}: {e}", self.identity.display()))?;
+        let tcp = tokio::net::TcpStream::connect(self.address).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(
+            docklet::pki::Role::Worker.dns_name(self.host),
+        )?;
+        Ok(tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?)
+    }
+
+    async fn sender(&self) -> anyhow::Result<AgentSender> {
+        let stream = self.connect().await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+}
+
+async fn agent_exec(sender: &mut AgentSender, vnode: &str) -> anyhow::Result<()> {
+    let request = hyper::Request::post(format!("/agent/v1/vnodes/{vnode}/exec"))
+        .header("host", "agent")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"argv":["true"]}"#)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if status != 200 || !body.starts_with(br#"{"exit_code":0"#) {
+        bail!("the agent answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+async fn exec(
+    portal: &str,
+    token: &str,
+    cluster: &str,
+    agent: AgentTarget<'_>,
+    vnode: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector()?);
+    let url = format!(
+        "{}/api/v1/clusters/{cluster}/nodes/0/exec",
+        portal.trim_end_matches('/')
+    );
+    println!("| path | commands | p50 ms | p95 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    let report = |label: &str, mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {label} | {rounds} | {:.2} | {:.2} | {:.2} |",
+            pct(&times, 50.0),
+            pct(&times, 95.0),
+            times.last().copied().unwrap_or(f64::NAN)
+        );
+    };
+    // The paths take turns round by round, so a slow spell of the machine hits them alike.
+    let mut api = Vec::new();
+    let mut fresh = Vec::new();
+    let mut kept = Vec::new();
+    let mut handshake = Vec::new();
+    let mut kept_sender = agent.sender().await?;
+    for round in 0..rounds + 5 {
+        let start = Instant::now();
+        let request = hyper::Request::post(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"argv":["true"]}"#)))?;
+        let response = client.request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status != 200 {
+            bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let t_api = start.elapsed().as_secs_f64() * 1000.0;
+
+        let start = Instant::now();
+        let mut sender = agent.sender().await?;
+        agent_exec(&mut sender, vnode).await?;
+        let t_fresh = start.elapsed().as_secs_f64() * 1000.0;
+
+        let start = Instant::now();
+        agent_exec(&mut kept_sender, vnode).await?;
+        let t_kept = start.elapsed().as_secs_f64() * 1000.0;
+
+        let start = Instant::now();
+        drop(agent.connect().await?);
+        let t_handshake = start.elapsed().as_secs_f64() * 1000.0;
+        // The first rounds warm caches and connections up.
+        if round >= 5 {
+            api.push(t_api);
+            fresh.push(t_fresh);
+            kept.push(t_kept);
+            handshake.push(t_handshake);
+        }
+    }
+    report("API → master → agent (new mutual-TLS connection) → exec unit", api);
+    report("straight to the agent, new mutual-TLS connection (as the master)", fresh);
+    report("straight to the agent, one kept-alive connection", kept);
+    report("mutual-TLS handshake alone (no request)", handshake);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
@@ -418,6 +569,23 @@ async fn main() -> anyhow::Result<()> {
                 address: &agent_address,
             };
             keystroke(&master_url, &token, agent, &vnode, rounds).await
+        }
+        Command::Exec {
+            portal,
+            token,
+            cluster,
+            agent_host,
+            agent_address,
+            vnode,
+            agent_identity,
+            rounds,
+        } => {
+            let agent = AgentTarget {
+                host: &agent_host,
+                address: &agent_address,
+                identity: &agent_identity,
+            };
+            exec(&portal, &token, &cluster, agent, &vnode, rounds).await
         }
         Command::Sessions {
             token,

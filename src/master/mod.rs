@@ -525,6 +525,13 @@ pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             }
         }
+        // The master's key is its group's to read: a reinstall may have given the group
+        // another number since `init` or `join` wrote it.
+        let key = crate::pki::Role::Master.key_file(std::path::Path::new(crate::pki::PKI_DIR));
+        if key.exists() {
+            chown(&key, Some(Uid::from_raw(0)), Some(group.gid))?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640))?;
+        }
     }
     Ok(())
 }
