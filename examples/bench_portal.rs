@@ -468,7 +468,10 @@ async fn agent_exec(sender: &mut AgentSender, vnode: &str) -> anyhow::Result<()>
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if status != 200 || !body.starts_with(br#"{"exit_code":0"#) {
-        bail!("the agent answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "the agent answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(())
 }
@@ -513,7 +516,10 @@ async fn exec(
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if status != 200 {
-            bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+            bail!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         let t_api = start.elapsed().as_secs_f64() * 1000.0;
 
@@ -537,8 +543,14 @@ async fn exec(
             handshake.push(t_handshake);
         }
     }
-    report("API → master → agent (new mutual-TLS connection) → exec unit", api);
-    report("straight to the agent, new mutual-TLS connection (as the master)", fresh);
+    report(
+        "API → master → agent (new mutual-TLS connection) → exec unit",
+        api,
+    );
+    report(
+        "straight to the agent, new mutual-TLS connection (as the master)",
+        fresh,
+    );
     report("straight to the agent, one kept-alive connection", kept);
     report("mutual-TLS handshake alone (no request)", handshake);
     Ok(())
