@@ -145,7 +145,8 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         0,
         "echo hello from an image > /opt/hello.txt && mkdir -p /srv/data && \
          echo one > /srv/data/one && echo two > /srv/data/two && rm /etc/issue.net && \
-         echo shared > /root/nfs/shared.txt && echo scratch > /var/tmp/scratch",
+         echo shared > /root/nfs/shared.txt && echo scratch > /var/tmp/scratch && \
+         cp /bin/true /opt/suid-true && chmod 6755 /opt/suid-true",
     );
 
     // Bad requests say what is wrong and record nothing.
@@ -272,6 +273,51 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         seen, "hello from an image\none\n0 root\nshared\nhost-0\n",
         "issue.net and scratch absent, the file root's, /root/nfs the user's share"
     );
+    // A setuid file of the layer: on the hosts' disks it would be root's, so it is unpacked
+    // without the bit (the tar keeps what the node had); the node that made it keeps its
+    // own, on a disk the host mounts nosuid,nodev.
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwsr-sr-x") && l.contains("./opt/suid-true")),
+        "{listing}"
+    );
+    let unpacked = ["tb1", "tb2", "tb3"]
+        .iter()
+        .map(|host| {
+            sh(
+                host,
+                &format!(
+                    "f=/var/lib/docklet/local/image-layers/imga/hello/{version}/opt/suid-true; test -f $f && stat -c '%a %u' $f"
+                ),
+            )
+            .stdout
+        })
+        .collect::<String>();
+    assert_eq!(unpacked, "755 0\n", "setuid on a host's disk");
+    assert_eq!(
+        run_in(&token_a, "copy", 0, "stat -c %a /opt/suid-true"),
+        "755\n"
+    );
+    assert_eq!(
+        run_in(&token_a, "src", 0, "stat -c %a /opt/suid-true"),
+        "6755\n"
+    );
+    let disk_options = ["tb1", "tb2", "tb3"]
+        .iter()
+        .map(|host| {
+            sh(
+                host,
+                "findmnt -no OPTIONS /run/docklet/vnodes/imga-src-0/disk || true",
+            )
+            .stdout
+        })
+        .collect::<String>();
+    assert!(
+        disk_options.contains("nosuid") && disk_options.contains("nodev"),
+        "{disk_options:?}"
+    );
+
     // Its own identity: not the saved node's machine id.
     let id_src = run_in(&token_a, "src", 0, "cat /etc/machine-id");
     let id_copy = run_in(&token_a, "copy", 0, "cat /etc/machine-id");

@@ -1,7 +1,7 @@
 //! Hosts joining and leaving the site ([`crate::pki::join`]): join tickets for
 //! `docklet-admin host add`, the join exchange the portal serves at `POST /hosts/v1/join`
 //! (signed with the site CA's key, which systemd hands the master as the credential
-//! `docklet-ca.key` on the CA host only), revocation for `host remove`, and the CA host's own
+//! `docklet_ca.key` on the CA host only), revocation for `host remove`, and the CA host's own
 //! identities, recorded at `init`.
 
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ fn site_ca() -> Result<SiteCa, JoinError> {
         ))
     };
     let key_path =
-        credential("docklet-ca.key").ok_or_else(|| unavailable("no credentials".into()))?;
+        credential("docklet_ca.key").ok_or_else(|| unavailable("no credentials".into()))?;
     let key = std::fs::read_to_string(&key_path).unwrap_or_default();
     if key.trim().is_empty() {
         return Err(unavailable("no site CA key on this host".into()));
@@ -68,7 +68,7 @@ fn site_ca() -> Result<SiteCa, JoinError> {
 
 /// Whether systemd handed this master the site CA's key.
 pub fn holds_site_ca() -> bool {
-    credential("docklet-ca.key")
+    credential("docklet_ca.key")
         .and_then(|path| std::fs::metadata(path).ok())
         .is_some_and(|m| m.len() > 0)
 }

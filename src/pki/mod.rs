@@ -9,7 +9,7 @@
 
 pub mod join;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,8 +25,8 @@ use sha2::Digest;
 
 use crate::master::tls::write_file;
 
-/// Where a host keeps its identities: `ca.pem` (everyone may read it), `ca.key` (the CA
-/// host alone, root 0600), `worker.pem`/`worker.key` (root 0600) and `master.pem`/
+/// Where a host keeps its identities: `ca.pem` (everyone may read it), `private/ca.key`
+/// (the CA host alone, root 0600 in a 0700 directory), `worker.pem`/`worker.key` (root 0600) and `master.pem`/
 /// `master.key` (the key readable by the master's group).
 pub const PKI_DIR: &str = "/etc/docklet/pki";
 
@@ -95,8 +95,9 @@ pub fn ca_cert_file(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }
 
+/// The CA key, in `private/` (root 0700), which the master's unit loads as credentials.
 pub fn ca_key_file(dir: &Path) -> PathBuf {
-    dir.join("ca.key")
+    dir.join("private/ca.key")
 }
 
 /// SHA-256 of a certificate's DER, in lowercase hex: how etcd's records name certificates.
@@ -246,6 +247,17 @@ pub fn ensure_local(
     let (ca, made_ca) = match (ca_cert_file(dir).exists(), ca_key_file(dir).exists()) {
         (true, true) => (SiteCa::load(dir)?, false),
         (false, false) => {
+            let private = ca_key_file(dir).parent().expect("in private/").to_owned();
+            std::fs::create_dir_all(&private).map_err(|source| PkiError::File {
+                path: private.clone(),
+                source,
+            })?;
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| PkiError::File {
+                    path: private.clone(),
+                    source,
+                },
+            )?;
             let ca = SiteCa::generate(cluster_name)?;
             write_file(&ca_key_file(dir), &ca.key_pem(), 0o600, None)?;
             write_file(&ca_cert_file(dir), ca.cert_pem(), 0o644, None)?;

@@ -366,11 +366,13 @@ pub fn mount_disk_image(image: &Path, target: &Path) -> io::Result<()> {
             ));
         }
         // Mount while our descriptor still holds the device, or autoclear frees it at once.
+        // The vnode's root writes what it likes here: nothing of it may be setuid or a device
+        // on the host's side (inside, files are run through the overlay, which keeps them).
         let mounted = nix::mount::mount(
             Some(device.as_path()),
             target,
             Some("ext4"),
-            MsFlags::MS_NOATIME,
+            MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             None::<&str>,
         );
         drop(loop_dev);

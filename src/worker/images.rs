@@ -14,7 +14,8 @@
 //!
 //! Using: `FS_PREFIX/local/image-layers/<owner>/<name>/<version>/` holds the unpacked layer,
 //! made from the tar (checked against its SHA-256) in a `.part` directory renamed when
-//! complete.
+//! complete, without the setuid and setgid bits and file capabilities of its files (on the
+//! host's disk they would be root's).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -188,6 +189,49 @@ fn unpack(file: &Path, dir: &Path, sha256: &str) -> Result<(), String> {
             file.display(),
             first_lines(&output.stderr)
         ));
+    }
+    drop_privileges_of_files(dir)
+}
+
+/// Clears the setuid and setgid bits and the file capabilities of every regular file under
+/// `dir`, a user's layer just unpacked. The layer is stored owned by 0..65536 (shifted into a
+/// user's range only when mounted), so on the host's disk a setuid file of it would be
+/// root's, and a file capability would hold on the host: neither may survive there. What the
+/// system image underneath holds keeps its bits.
+fn drop_privileges_of_files(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = entry.path();
+            // Not followed: a link in the layer is the layer's, not a way out of it.
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let mode = meta.mode();
+            if mode & 0o6000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o1777))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{}: a NUL in the name", path.display()))?;
+            // SAFETY: NUL-terminated strings.
+            let removed =
+                unsafe { libc::lremovexattr(name.as_ptr(), c"security.capability".as_ptr()) };
+            if removed != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENODATA) {
+                    return Err(format!("{}: {e}", path.display()));
+                }
+            }
+        }
     }
     Ok(())
 }
