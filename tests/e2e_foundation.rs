@@ -385,3 +385,26 @@ fn worker_started_before_init_waits_and_says_why() {
     );
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 }
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn both_daemons_keep_their_sandbox_exposure() {
+    // `systemd-analyze security`: the master at most 1.5, the worker (root, in the host's
+    // mount namespace) at most 5.8.
+    for (unit, most) in [
+        ("docklet-master.service", 1.5),
+        ("docklet-worker.service", 5.8),
+    ] {
+        let out = ok(
+            "tb2",
+            &format!("systemd-analyze security --no-pager {unit} | tail -n 1"),
+        );
+        let level: f64 = out
+            .split(": ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in {out:?}"));
+        assert!(level <= most, "{unit}: {out}");
+    }
+}

@@ -146,7 +146,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         "echo hello from an image > /opt/hello.txt && mkdir -p /srv/data && \
          echo one > /srv/data/one && echo two > /srv/data/two && rm /etc/issue.net && \
          echo shared > /root/nfs/shared.txt && echo scratch > /var/tmp/scratch && \
-         cp /bin/true /opt/suid-true && chmod 6755 /opt/suid-true",
+         cp /bin/true /opt/suid-true && chmod 4755 /opt/suid-true",
     );
 
     // Bad requests say what is wrong and record nothing.
@@ -279,7 +279,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     assert!(
         listing
             .lines()
-            .any(|l| l.starts_with("-rwsr-sr-x") && l.contains("./opt/suid-true")),
+            .any(|l| l.starts_with("-rwsr-xr-x") && l.contains("./opt/suid-true")),
         "{listing}"
     );
     let unpacked = ["tb1", "tb2", "tb3"]
@@ -301,7 +301,7 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
     );
     assert_eq!(
         run_in(&token_a, "src", 0, "stat -c %a /opt/suid-true"),
-        "6755\n"
+        "4755\n"
     );
     let disk_options = ["tb1", "tb2", "tb3"]
         .iter()
