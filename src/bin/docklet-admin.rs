@@ -557,10 +557,7 @@ fn site_certificate() -> Result<String, Failure> {
     use docklet::master::tls::{self, Outcome};
     let config = admin_config()?;
     let host = docklet::daemon::host_name();
-    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
+    let group = master_group();
     match tls::ensure_site_certificate(&config, &host, group) {
         Ok(Outcome::Present { cert }) => Ok(format!("{} (kept)", cert.display())),
         Ok(Outcome::Made { ca, cert }) => Ok(format!(
@@ -582,10 +579,7 @@ fn site_identities() -> Result<(String, bool), Failure> {
     use docklet::pki::{self, PKI_DIR};
     let config = admin_config()?;
     let host = docklet::daemon::host_name();
-    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
+    let group = master_group();
     let dir = std::path::Path::new(PKI_DIR);
     let (_, outcome) =
         pki::ensure_local(dir, &config.cluster_name, &host, group).map_err(|e| Failure {
@@ -616,6 +610,14 @@ fn site_identities() -> Result<(String, bool), Failure> {
         }
     );
     Ok((text, made))
+}
+
+/// The master's group, which may read the master's keys.
+fn master_group() -> Option<nix::unistd::Gid> {
+    nix::unistd::Group::from_name(docklet::master::MASTER_USER)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
 }
 
 /// The configuration `docklet-admin` reads (`DOCKLET_CONFIG`, else the default path; the
@@ -772,10 +774,7 @@ async fn join(token: &str) -> Result<(), Failure> {
         .await
         .map_err(|e| failed(format!("join: {e}")))?;
     let dir = std::path::Path::new(PKI_DIR);
-    let group = nix::unistd::Group::from_name(docklet::master::MASTER_USER)
-        .ok()
-        .flatten()
-        .map(|g| g.gid);
+    let group = master_group();
     std::fs::create_dir_all(dir).map_err(|e| failed(format!("{PKI_DIR}: {e}")))?;
     let write = || -> Result<(), pki::PkiError> {
         docklet::master::tls::write_file(&pki::ca_cert_file(dir), &response.ca, 0o644, None)?;

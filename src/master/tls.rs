@@ -4,10 +4,9 @@
 //! master loads the certificate from its files for every handshake it serves, picking up a
 //! replaced certificate within a second and without a restart.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
@@ -19,6 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{Config, TLS_DIR};
+use crate::sys::reload::Reloading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -254,18 +254,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 /// restart. A broken replacement keeps the last good one in service.
 pub struct PortalCertificate {
     cert: PathBuf,
-    key: PathBuf,
-    state: Mutex<Loaded>,
-}
-
-#[derive(Default)]
-struct Loaded {
-    checked: Option<Instant>,
-    /// (mtime, inode) of both files when they were read.
-    stamp: Option<[(i64, u64); 2]>,
-    key: Option<Arc<CertifiedKey>>,
-    /// Why there is no certificate (or why its replacement was not taken).
-    problem: Option<String>,
+    files: Reloading<CertifiedKey>,
 }
 
 impl std::fmt::Debug for PortalCertificate {
@@ -276,65 +265,28 @@ impl std::fmt::Debug for PortalCertificate {
 
 impl PortalCertificate {
     pub fn new(config: &Config) -> PortalCertificate {
+        let (cert, key) = (config.tls_cert_file(), config.tls_key_file());
+        let missing = format!("no certificate at {} and {}", cert.display(), key.display());
+        let (c, k) = (cert.clone(), key.clone());
         PortalCertificate {
-            cert: config.tls_cert_file(),
-            key: config.tls_key_file(),
-            state: Mutex::default(),
+            files: Reloading::new(
+                format!("the portal's certificate {}", cert.display()),
+                vec![cert.clone(), key],
+                missing,
+                move || load_certified_key(&c, &k).map_err(|e| e.to_string()),
+            ),
+            cert,
         }
-    }
-
-    fn stamp(&self) -> Option<[(i64, u64); 2]> {
-        let of = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.mtime(), m.ino()));
-        Some([of(&self.cert)?, of(&self.key)?])
     }
 
     /// The certificate to present now, if there is one.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let due = state
-            .checked
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due {
-            state.checked = Some(Instant::now());
-            let stamp = self.stamp();
-            if stamp.is_none() {
-                if state.key.is_none() {
-                    state.problem = Some(format!(
-                        "no certificate at {} and {}",
-                        self.cert.display(),
-                        self.key.display()
-                    ));
-                }
-            } else if stamp != state.stamp {
-                state.stamp = stamp;
-                match load_certified_key(&self.cert, &self.key) {
-                    Ok(key) => {
-                        tracing::info!("serving the certificate of {}", self.cert.display());
-                        state.key = Some(Arc::new(key));
-                        state.problem = None;
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot use the portal's certificate: {e}");
-                        state.problem = Some(e.to_string());
-                    }
-                }
-            }
-        }
-        state.key.clone()
+        self.files.current().ok()
     }
 
     /// Why the portal cannot serve HTTPS, while it cannot.
     pub fn problem(&self) -> Option<String> {
-        if self.current().is_some() {
-            return None;
-        }
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Some(
-            state
-                .problem
-                .clone()
-                .unwrap_or_else(|| "no certificate yet".into()),
-        )
+        self.files.current().err()
     }
 }
 
@@ -557,7 +509,7 @@ mod tests {
         let first = generate("lab", &["a.example".into()]).unwrap();
         std::fs::write(dir.path().join("k.pem"), &first.key).unwrap();
         std::fs::write(dir.path().join("c.pem"), &first.cert).unwrap();
-        portal.state.lock().unwrap().checked = None;
+        portal.files.recheck();
         let served = portal.current().expect("a certificate");
         assert_eq!(
             served.cert[0].as_ref(),
@@ -572,13 +524,13 @@ mod tests {
         let second = generate("lab", &["a.example".into()]).unwrap();
         std::fs::write(dir.path().join("c.tmp"), &second.cert).unwrap();
         std::fs::rename(dir.path().join("c.tmp"), dir.path().join("c.pem")).unwrap();
-        portal.state.lock().unwrap().checked = None;
+        portal.files.recheck();
         assert!(Arc::ptr_eq(&portal.current().unwrap(), &served));
-        assert!(portal.state.lock().unwrap().problem.is_some());
+        assert!(portal.files.last_problem().is_some());
 
         std::fs::write(dir.path().join("k.tmp"), &second.key).unwrap();
         std::fs::rename(dir.path().join("k.tmp"), dir.path().join("k.pem")).unwrap();
-        portal.state.lock().unwrap().checked = None;
+        portal.files.recheck();
         assert!(!Arc::ptr_eq(&portal.current().unwrap(), &served));
         assert!(portal.problem().is_none());
     }

@@ -9,10 +9,9 @@
 
 pub mod join;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::master::tls::write_file;
+use crate::sys::reload::Reloading;
 
 /// Where a host keeps its identities: `ca.pem` (everyone may read it), `private/ca.key`
 /// (the CA host alone, root 0600 in a 0700 directory), `worker.pem`/`worker.key` (root 0600) and `master.pem`/
@@ -349,71 +349,26 @@ pub fn verify_identity(
 
 use rustls::server::danger::ClientCertVerifier;
 
-/// The rustls configurations of one daemon's identity in a directory, read again when its
-/// files change (checked at most once a second): a re-keyed host switches without a restart.
-pub struct IdentityFiles<T> {
-    dir: PathBuf,
+/// The rustls configuration of one daemon's identity in a directory, read again when its
+/// files change: a re-keyed host switches without a restart.
+pub type IdentityFiles<T> = Reloading<T>;
+
+fn identity_files<T: 'static>(
+    dir: &Path,
     role: Role,
     build: fn(&Path, Role) -> Result<T, PkiError>,
-    state: Mutex<Cached<T>>,
-}
-
-struct Cached<T> {
-    checked: Option<Instant>,
-    stamp: Option<[(i64, u64); 3]>,
-    value: Option<Arc<T>>,
-    problem: String,
-}
-
-impl<T> IdentityFiles<T> {
-    fn stamp(&self) -> Option<[(i64, u64); 3]> {
-        let of = |p: PathBuf| std::fs::metadata(p).ok().map(|m| (m.mtime(), m.ino()));
-        Some([
-            of(ca_cert_file(&self.dir))?,
-            of(self.role.cert_file(&self.dir))?,
-            of(self.role.key_file(&self.dir))?,
-        ])
-    }
-
-    /// The configuration to use now, or why there is none.
-    pub fn current(&self) -> Result<Arc<T>, String> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let due = state
-            .checked
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due {
-            state.checked = Some(Instant::now());
-            let stamp = self.stamp();
-            if stamp.is_none() {
-                state.problem = format!(
-                    "no {} identity in {} yet (docklet-admin init on the CA host, docklet-admin join on others)",
-                    self.role.as_str(),
-                    self.dir.display()
-                );
-            } else if stamp != state.stamp {
-                state.stamp = stamp;
-                match (self.build)(&self.dir, self.role) {
-                    Ok(value) => {
-                        tracing::info!(
-                            "using the {} identity in {}",
-                            self.role.as_str(),
-                            self.dir.display()
-                        );
-                        state.value = Some(Arc::new(value));
-                        state.problem.clear();
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot use the {} identity: {e}", self.role.as_str());
-                        state.problem = e.to_string();
-                    }
-                }
-            }
-        }
-        match &state.value {
-            Some(value) => Ok(value.clone()),
-            None => Err(state.problem.clone()),
-        }
-    }
+) -> IdentityFiles<T> {
+    let owned = dir.to_owned();
+    Reloading::new(
+        format!("the {} identity in {}", role.as_str(), dir.display()),
+        vec![ca_cert_file(dir), role.cert_file(dir), role.key_file(dir)],
+        format!(
+            "no {} identity in {} yet (docklet-admin init on the CA host, docklet-admin join on others)",
+            role.as_str(),
+            dir.display()
+        ),
+        move || build(&owned, role).map_err(|e| e.to_string()),
+    )
 }
 
 fn certified(
@@ -470,32 +425,12 @@ fn agent_client(dir: &Path, role: Role) -> Result<rustls::ClientConfig, PkiError
 
 /// The worker's agent TLS configuration from its identity files.
 pub fn agent_server_files(dir: &Path) -> IdentityFiles<rustls::ServerConfig> {
-    IdentityFiles {
-        dir: dir.to_owned(),
-        role: Role::Worker,
-        build: agent_server,
-        state: Mutex::new(Cached {
-            checked: None,
-            stamp: None,
-            value: None,
-            problem: String::new(),
-        }),
-    }
+    identity_files(dir, Role::Worker, agent_server)
 }
 
 /// The master's TLS configuration for dialling agents, from its identity files.
 pub fn agent_client_files(dir: &Path) -> IdentityFiles<rustls::ClientConfig> {
-    IdentityFiles {
-        dir: dir.to_owned(),
-        role: Role::Master,
-        build: agent_client,
-        state: Mutex::new(Cached {
-            checked: None,
-            stamp: None,
-            value: None,
-            problem: String::new(),
-        }),
-    }
+    identity_files(dir, Role::Master, agent_client)
 }
 
 #[cfg(test)]
@@ -552,6 +487,7 @@ mod tests {
                 issued: vec![]
             }
         );
+        use std::os::unix::fs::MetadataExt;
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(ca_key_file(&dir)), 0o600);
         assert_eq!(mode(Role::Worker.key_file(&dir)), 0o600);

@@ -8,5 +8,6 @@ pub mod host;
 pub mod mounts;
 pub mod netlink;
 pub mod pam;
+pub mod reload;
 pub mod streams;
 pub mod systemd;
