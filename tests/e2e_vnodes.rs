@@ -960,3 +960,76 @@ fn the_worker_serves_what_its_vnodes_use_as_prometheus_text() {
     assert!(metric(&text, "docklet_host_memory_total_bytes", "host=\"tb2\"").unwrap() > 1e8);
     delete(id);
 }
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn links_planted_in_a_handoff_are_refused_and_nothing_outside_is_touched() {
+    // A vnode "moving" to tb2 whose handoff on the shared filesystem was tampered with (by
+    // another host): its disk a link to a file of tb2's, or the handoff itself a link to a
+    // directory of tb2's. The worker refuses either, says why, and reads or writes nothing
+    // outside.
+    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .expect("credentials field")
+    };
+    let etcdctl = format!(
+        "ETCDCTL_API=3 etcdctl --user '{}:{}' --endpoints http://10.213.0.11:2379",
+        field("user"),
+        field("password")
+    );
+    ok(
+        "tb2",
+        "mkdir -p /root/outside && printf precious > /root/outside/disk.img && \
+         printf '{}' > /root/outside/state.json",
+    );
+    for (id, token, plant) in [
+        (
+            "lena-link-0",
+            "linkedfilesxxxxxxxxxxxxx",
+            "mkdir -p $h && ln -sfn /root/outside/disk.img $h/disk.img && \
+             ln -sfn /root/outside/state.json $h/state.json",
+        ),
+        (
+            "lena-link-1",
+            "linkeddirxxxxxxxxxxxxxxx",
+            "ln -sfn /root/outside $h",
+        ),
+    ] {
+        ok(
+            "tb2",
+            &format!("h=/var/lib/docklet/global/handoff/{token}; rm -rf $h; {plant}"),
+        );
+        let index = &id[id.len() - 1..];
+        let spec = format!(
+            r#"{{"id":"{id}","user":"lena","cluster":"link","index":{index},"image":"base","cpu_millis":1000,"memory_bytes":268435456,"disk_bytes":536870912,"tasks":256,"state":"running","handoff":{{"token":"{token}","from":"tb3","resume":"running"}}}}"#
+        );
+        ok(
+            "tb1",
+            &format!(
+                "{etcdctl} put /docklet/vnode-hosts/{id} tb2 && {etcdctl} put /docklet/vnodes/tb2/{id} '{spec}'"
+            ),
+        );
+        let e = wait_phase(id, "failed");
+        let reason = e["status"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("symbolic links") || reason.contains("not a directory"),
+            "{id}: {reason}"
+        );
+        ok("tb1", &format!("docklet-admin vnode delete {id}"));
+        wait_gone(id);
+        assert_eq!(leftovers("tb2", id), "");
+    }
+    assert_eq!(
+        ok(
+            "tb2",
+            "cat /root/outside/disk.img; echo; cat /root/outside/state.json; ls /root/outside | wc -l"
+        ),
+        "precious\n{}2\n",
+        "the files the links pointed at are as they were, and still there"
+    );
+    ok("tb2", "rm -rf /root/outside");
+}

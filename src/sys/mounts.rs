@@ -475,12 +475,26 @@ pub fn remove_netns(path: &Path) -> io::Result<()> {
 pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
     use std::io::{Read, Seek, SeekFrom, Write};
     const BLOCK: usize = 64 * 1024;
-    let mut source = File::open(from)?;
-    let len = source.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Neither end is followed if it is a link: a handoff on the shared filesystem, written
+    // by another host, must not make this one read or write anything outside it.
+    let mut source = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)?;
+    let meta = source.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            from.display()
+        )));
+    }
+    let len = meta.len();
     let mut target = File::options()
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(to)?;
     let fd = source.as_raw_fd();
     let mut copied = 0u64;
@@ -522,6 +536,21 @@ pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_follow_no_link_at_either_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"secret").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, b"data").unwrap();
+        assert!(copy_sparse(&link, &dir.path().join("copy")).is_err());
+        assert!(!dir.path().join("copy").exists());
+        assert!(copy_sparse(&real, &link).is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+    }
 
     #[test]
     fn sparse_copies_keep_their_holes_and_their_bytes() {

@@ -175,12 +175,23 @@ fn export_local(paths: &VNodePaths, target: &Path) -> Result<u64, VNodeError> {
 /// Takes a moved vnode's files from `source` (`state.json` last: it marks them complete)
 /// and removes the handoff.
 fn import_local(paths: &VNodePaths, source: &Path) -> Result<u64, VNodeError> {
+    // The handoff is on the shared filesystem: a link there is refused, never followed.
+    match std::fs::symlink_metadata(source) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(VNodeError::Refused(format!(
+                "the handoff {} is not a directory (a link?): refused",
+                source.display()
+            )));
+        }
+        Err(e) => return Err(io_err(format!("reading {}", source.display()))(e)),
+    }
     create_dir(&paths.dir, 0o700)?;
     create_dir(&paths.etc, 0o755)?;
     let mut bytes = 0;
     for name in TRAVELLING_FILES {
         let from = source.join(name);
-        if from.exists() {
+        if std::fs::symlink_metadata(&from).is_ok() {
             let to = paths.dir.join(format!("{name}.part"));
             bytes += mounts::copy_sparse(&from, &to).map_err(io_err(format!(
                 "copying {} to {}",
@@ -221,8 +232,18 @@ pub struct LocalState {
 }
 
 impl LocalState {
+    /// Reads `state.json`; a link there is not followed (nothing is read).
     pub fn load(path: &Path) -> Option<LocalState> {
-        let text = std::fs::read(path).ok()?;
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = Vec::new();
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?
+            .read_to_end(&mut text)
+            .ok()?;
         serde_json::from_slice(&text).ok()
     }
 }
