@@ -442,18 +442,7 @@ fn bad_specs_fail_with_a_reason_and_leave_nothing_behind() {
     delete("hank-dup-0");
 
     // A spec written straight into etcd that breaks the rules: reported, nothing created.
-    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
-            .map(|v| v.trim().trim_matches('"').to_owned())
-            .expect("credentials field")
-    };
-    let (user, password) = (field("user"), field("password"));
-    let etcdctl = format!(
-        "ETCDCTL_API=3 etcdctl --user '{user}:{password}' --endpoints http://10.213.0.11:2379"
-    );
+    let etcdctl = etcdctl();
     let spec = r#"{"id":"hank-raw-0","user":"hank","cluster":"raw","index":0,"image":"base","cpu_millis":1000,"memory_bytes":268435456,"disk_bytes":536870912,"tasks":1,"state":"running"}"#;
     ok(
         "tb1",
@@ -968,19 +957,7 @@ fn links_planted_in_a_handoff_are_refused_and_nothing_outside_is_touched() {
     // another host): its disk a link to a file of tb2's, or the handoff itself a link to a
     // directory of tb2's. The worker refuses either, says why, and reads or writes nothing
     // outside.
-    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
-            .map(|v| v.trim().trim_matches('"').to_owned())
-            .expect("credentials field")
-    };
-    let etcdctl = format!(
-        "ETCDCTL_API=3 etcdctl --user '{}:{}' --endpoints http://10.213.0.11:2379",
-        field("user"),
-        field("password")
-    );
+    let etcdctl = etcdctl();
     ok(
         "tb2",
         "mkdir -p /root/outside && printf precious > /root/outside/disk.img && \
@@ -1032,4 +1009,22 @@ fn links_planted_in_a_handoff_are_refused_and_nothing_outside_is_touched() {
         "the files the links pointed at are as they were, and still there"
     );
     ok("tb2", "rm -rf /root/outside");
+}
+
+/// `etcdctl` with the cluster's etcd user, as a host's root could run it (for specs written
+/// straight into etcd).
+fn etcdctl() -> String {
+    let creds = ok("tb1", "cat /var/lib/docklet/global/secrets/etcd.toml");
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .expect("credentials field")
+    };
+    format!(
+        "ETCDCTL_API=3 etcdctl --user '{}:{}' --endpoints http://10.213.0.11:2379",
+        field("user"),
+        field("password")
+    )
 }
