@@ -364,7 +364,7 @@ fn rss_line(what: &str, pid: u32) -> anyhow::Result<String> {
 
 async fn scale(s: Scale) -> anyhow::Result<()> {
     let config = Config::load(&s.config)?;
-    let store = EtcdStore::connect(&config, None).await?;
+    let store = EtcdStore::connect(&config, None, None).await?;
     let client = client();
     let mut rss = vec![rss_line("master started, etcd empty", s.master_pid)?];
 

@@ -47,12 +47,13 @@ pub enum Storage {
 pub struct EtcdConfig {
     /// Client URLs of the etcd cluster, `http://` or `https://`.
     pub endpoints: Vec<String>,
-    /// Credentials written by `docklet-admin init`; default `fs_prefix/global/secrets/etcd.toml`,
-    /// on the shared filesystem so joining hosts find them without copying secrets by hand.
+    /// Passwords of sites whose etcd has no TLS (written by `docklet-admin init` then; default
+    /// `fs_prefix/global/secrets/etcd.toml`). With TLS, daemons log in with their certificate
+    /// and the master deletes this file.
     pub credentials_file: Option<PathBuf>,
-    /// CA bundle that signed the etcd server certificates (for `https://` endpoints).
+    /// CA bundle that signed the etcd server certificates; default the site CA.
     pub ca_file: Option<PathBuf>,
-    /// Client certificate and key, for an etcd that requires client certificates.
+    /// Client certificate and key; default the daemon's own identity in /etc/docklet/pki.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
@@ -449,6 +450,18 @@ impl Config {
     /// This host's own state.
     pub fn local_dir(&self) -> PathBuf {
         self.fs_prefix.join("local")
+    }
+
+    /// Does this site reach etcd over TLS (an `https://` endpoint or TLS files given)? Then
+    /// daemons log in with their identity's certificate (issue 17), and the CA defaults to
+    /// the site CA.
+    pub fn etcd_uses_tls(&self) -> bool {
+        self.etcd
+            .endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"))
+            || self.etcd.ca_file.is_some()
+            || self.etcd.cert_file.is_some()
     }
 
     pub fn credentials_file(&self) -> PathBuf {

@@ -125,6 +125,8 @@ fn deb_installs_upgrades_removes_and_purges() {
         "zcat /usr/share/man/man8/docklet-admin.8.gz | grep -q docklet-admin",
     );
     ok("tb3", &restore_config);
+    // Purged, the host lost its identities: it joins again, as a new host would.
+    join_tb3();
     ok("tb3", "systemctl start docklet-worker");
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
     let old_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
@@ -159,6 +161,7 @@ fn deb_installs_upgrades_removes_and_purges() {
     );
 
     // Purge: configuration and this host's state go; the shared filesystem stays.
+    ok("tb1", "touch /var/lib/docklet/global/.e2e-package");
     ok("tb3", &format!("{apt} purge docklet"));
     assert_ne!(sh("tb3", "test -e /etc/docklet/docklet.toml").code, 0);
     assert_eq!(
@@ -168,12 +171,26 @@ fn deb_installs_upgrades_removes_and_purges() {
         ),
         ""
     );
-    ok("tb3", "test -f /var/lib/docklet/global/secrets/etcd.toml");
+    ok(
+        "tb3",
+        "test -f /var/lib/docklet/global/.e2e-package && rm /var/lib/docklet/global/.e2e-package",
+    );
 
     // Put tb3 back as the testbed had it.
     ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
     kept_images.put_back();
     ok("tb3", &restore_config);
+    join_tb3();
     ok("tb3", "systemctl start docklet-worker");
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+}
+
+/// tb3 gets identities from the site CA: a join token from tb1, used on tb3.
+fn join_tb3() {
+    let out = ok("tb1", "docklet-admin host add tb3 --valid-for 10m");
+    let token = out
+        .trim()
+        .strip_prefix("docklet-admin join ")
+        .unwrap_or_else(|| panic!("no join command in {out:?}"));
+    ok("tb3", &format!("docklet-admin join {token}"));
 }

@@ -46,7 +46,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create the cluster: internal credentials and the portal administrator `root`.
+    /// Create the cluster: the site CA and this host's identities, etcd's users (certificate
+    /// users when etcd speaks TLS, else a password on the shared filesystem) and the portal
+    /// administrator `root`.
     Init {
         /// Wipe an existing cluster's state and start over.
         #[arg(long)]
@@ -57,6 +59,17 @@ enum Command {
     Host {
         #[command(subcommand)]
         action: HostAction,
+    },
+    /// On the CA host: make etcd's server certificate, signed by the site CA (made when
+    /// missing), in /etc/docklet/pki/etcd/, and print the etcd settings that turn on TLS and
+    /// client certificates. Daemons then log in to etcd with their own certificates.
+    EtcdCertificate {
+        /// An address etcd's clients dial (repeat for several).
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+        /// A DNS name etcd's clients dial (repeat for several).
+        #[arg(long = "name", value_name = "DNS")]
+        names: Vec<String>,
     },
     /// On a new host: exchange a join token (from `docklet-admin host add` on the CA host)
     /// for this host's master and worker certificates, written to /etc/docklet/pki.
@@ -740,7 +753,79 @@ async fn host_remove(name: &str) -> Result<(), Failure> {
         .remove_host(name)
         .await
         .map_err(|e| failure(e, "master"))?;
-    println!("Host {name} removed: agents refuse its certificates within seconds.");
+    println!("Host {name} removed: etcd refuses its certificates now, the agents within seconds.");
+    Ok(())
+}
+
+/// `etcd-certificate`: etcd's server key and certificate from the site CA, and the settings
+/// that use them.
+fn etcd_certificate(addresses: &[std::net::IpAddr], names: &[String]) -> Result<(), Failure> {
+    use docklet::pki::{self, PKI_DIR};
+    if addresses.is_empty() && names.is_empty() {
+        return Err(usage(
+            "give the addresses (--address IP) or names (--name DNS) etcd's clients dial".into(),
+        ));
+    }
+    let (identities, _) = site_identities()?;
+    let dir = std::path::Path::new(PKI_DIR);
+    let ca = pki::SiteCa::load(dir).map_err(|e| Failure {
+        code: 1,
+        message: format!("the site CA: {e}"),
+    })?;
+    // Debian's etcd runs as the user etcd.
+    let etcd_group = nix::unistd::Group::from_name("etcd")
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    let (cert, key) =
+        pki::write_etcd_server(dir, &ca, names, addresses, etcd_group).map_err(|e| Failure {
+            code: 1,
+            message: format!("etcd's certificate: {e}"),
+        })?;
+    let urls: Vec<String> = addresses
+        .iter()
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => format!("https://{v4}:2379"),
+            std::net::IpAddr::V6(v6) => format!("https://[{v6}]:2379"),
+        })
+        .chain(names.iter().map(|name| format!("https://{name}:2379")))
+        .collect();
+    eprintln!("Site CA:      {identities}");
+    eprintln!(
+        "Certificate:  {} and {} for {}",
+        cert.display(),
+        key.display(),
+        addresses
+            .iter()
+            .map(|ip| ip.to_string())
+            .chain(names.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!("Set these in etcd's environment (/etc/default/etcd) and restart etcd:");
+    println!("ETCD_CERT_FILE=\"{}\"", cert.display());
+    println!("ETCD_KEY_FILE=\"{}\"", key.display());
+    println!(
+        "ETCD_TRUSTED_CA_FILE=\"{}\"",
+        pki::ca_cert_file(dir).display()
+    );
+    println!("ETCD_CLIENT_CERT_AUTH=\"true\"");
+    let listen: Vec<&str> = urls
+        .iter()
+        .filter(|u| !names.iter().any(|n| u.contains(n.as_str())))
+        .map(String::as_str)
+        .collect();
+    if !listen.is_empty() {
+        println!("ETCD_LISTEN_CLIENT_URLS=\"{}\"", listen.join(","));
+    }
+    println!("ETCD_ADVERTISE_CLIENT_URLS=\"{}\"", urls.join(","));
+    eprintln!(
+        "Then on every host, in /etc/docklet/docklet.toml: [etcd] endpoints = [{}]",
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 
@@ -1472,6 +1557,7 @@ fn main() -> ExitCode {
                 HostAction::Remove { name } => host_remove(&name).await,
             },
             Command::Join { token } => join(&token).await,
+            Command::EtcdCertificate { addresses, names } => etcd_certificate(&addresses, &names),
             Command::Vnodes { all, json } => vnodes(all, json).await,
             Command::Vnode { action } => vnode(action).await,
             Command::Network { user } => {

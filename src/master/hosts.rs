@@ -130,9 +130,15 @@ impl Master {
                 "host {host} has no identity and no join token"
             )));
         }
+        if self.certificate_login() {
+            store
+                .remove_host_users(host)
+                .await
+                .map_err(super::bus_error)?;
+        }
         info!(
             DOCKLET_HOST = host,
-            "host {host} removed: its certificates are revoked"
+            "host {host} removed: its certificates are revoked (agents and etcd)"
         );
         Ok(())
     }
@@ -189,6 +195,10 @@ impl Master {
         }
         let previous = store.host_identity(&host).await.map_err(store_error)?;
         let identity = HostIdentity::after_issuing(&host, previous.as_ref(), certificates);
+        if self.certificate_login() {
+            // Before the ticket goes: a join that fails here can be tried again.
+            store.ensure_host_users(&host).await.map_err(store_error)?;
+        }
         store
             .complete_join(revision, &identity)
             .await

@@ -279,33 +279,14 @@ impl Master {
         if !force && store.cluster_info().await.map_err(bus_error)?.is_some() {
             return Err(bus_error(StoreError::AlreadyInitialized));
         }
-        let creds_path = self.config.credentials_file();
-        let creds = match daemon::read_credentials(&self.config) {
-            Ok(creds) => creds,
-            Err(CredentialsError::Missing(_)) => {
-                let cluster = &self.config.cluster_name;
-                let creds = EtcdCredentials {
-                    user: EtcdCredentials::user_for_cluster(cluster),
-                    password: init::random_secret(32),
-                    root_password: init::random_secret(32),
-                    agent_token: None,
-                };
-                // The file goes first: if etcd setup fails half-way, a rerun reuses it.
-                init::write_private_file(&creds_path, &creds.to_toml())
-                    .map_err(|e| BusError::Failed(e.to_string()))?;
-                info!(path = %creds_path.display(), "wrote internal etcd credentials");
-                creds
-            }
-            Err(e) => return Err(BusError::Failed(e.to_string())),
-        };
-        // A connection with the cluster's credentials means authentication is already on.
-        if !self.authenticated() {
-            store.setup_auth(&creds).await.map_err(bus_error)?;
-            store = EtcdStore::connect(&self.config, Some(&creds))
+        if self.certificate_login() {
+            // Certificates: the users of every host with an identity, this one's first.
+            self.register_local_identity(&store).await?;
+            self.make_certificate_users(&store)
                 .await
                 .map_err(bus_error)?;
-            self.store.send_replace(Some(store.clone()));
-            self.has_credentials.store(true, Ordering::SeqCst);
+        } else {
+            store = self.setup_password_auth(store).await?;
         }
         let password_file = self.config.generated_password_file();
         init::init_cluster(
@@ -328,6 +309,50 @@ impl Master {
             admin_user: init::ADMIN_USER.into(),
             password_file: password_file.display().to_string(),
         })
+    }
+
+    /// The password scheme, for an etcd without TLS: the credentials file on the shared
+    /// filesystem (made once), etcd's users, and a connection with them.
+    async fn setup_password_auth(&self, mut store: EtcdStore) -> Result<EtcdStore, BusError> {
+        let creds_path = self.config.credentials_file();
+        let creds = match daemon::read_credentials(&self.config) {
+            Ok(creds) => creds,
+            Err(CredentialsError::Missing(_)) => {
+                let cluster = &self.config.cluster_name;
+                let creds = EtcdCredentials {
+                    user: EtcdCredentials::user_for_cluster(cluster),
+                    password: init::random_secret(32),
+                    root_password: init::random_secret(32),
+                    agent_token: None,
+                };
+                // The file goes first: if etcd setup fails half-way, a rerun reuses it.
+                init::write_private_file(&creds_path, &creds.to_toml())
+                    .map_err(|e| BusError::Failed(e.to_string()))?;
+                info!(path = %creds_path.display(), "wrote internal etcd credentials");
+                creds
+            }
+            Err(e) => return Err(BusError::Failed(e.to_string())),
+        };
+        // A connection with the cluster's credentials means authentication is already on.
+        if !self.authenticated() {
+            store.setup_password_auth(&creds).await.map_err(bus_error)?;
+            store = EtcdStore::connect(&self.config, Some(crate::pki::Role::Master), Some(&creds))
+                .await
+                .map_err(bus_error)?;
+            self.store.send_replace(Some(store.clone()));
+            self.has_credentials.store(true, Ordering::SeqCst);
+        }
+        Ok(store)
+    }
+
+    /// Does this master log in to etcd with its certificate (etcd over TLS, and this host
+    /// holds a master identity)?
+    pub fn certificate_login(&self) -> bool {
+        self.config.etcd_uses_tls()
+            && crate::pki::has_identity(
+                std::path::Path::new(crate::pki::PKI_DIR),
+                crate::pki::Role::Master,
+            )
     }
 
     fn authenticated(&self) -> bool {
@@ -365,9 +390,16 @@ impl Master {
                     ),
                 }
             }
-            match EtcdStore::connect(&self.config, creds.as_ref()).await {
+            let connected = if self.certificate_login() {
+                self.connect_with_certificate(creds.as_ref()).await
+            } else {
+                EtcdStore::connect(&self.config, Some(crate::pki::Role::Master), creds.as_ref())
+                    .await
+            };
+            match connected {
                 Ok(store) => {
-                    if creds.is_some() {
+                    let authenticated = creds.is_some() || self.certificate_login();
+                    if authenticated {
                         ensure_default_groups(&store).await;
                         // On the CA host: this host's identities, made by `init` (on an
                         // upgraded site too), are recorded once.
@@ -377,15 +409,20 @@ impl Master {
                             warn!("{e}");
                         }
                     }
-                    self.has_credentials
-                        .store(creds.is_some(), Ordering::SeqCst);
+                    self.has_credentials.store(authenticated, Ordering::SeqCst);
                     self.store.send_replace(Some(store));
                     return;
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    let hint = match (&e, creds.is_some()) {
-                        (StoreError::Unauthenticated(_), false) => format!(
+                    let hint = match (&e, creds.is_some(), self.certificate_login()) {
+                        (StoreError::Unauthenticated(_), _, true) => format!(
+                            " (etcd does not take {}: was host {} removed? `docklet-admin host add {}` on the CA host, then `docklet-admin join` here)",
+                            crate::pki::Role::Master.common_name(&self.host),
+                            self.host,
+                            self.host
+                        ),
+                        (StoreError::Unauthenticated(_), false, false) => format!(
                             " (etcd requires credentials but {} is missing: is the shared filesystem mounted?)",
                             self.config.credentials_file().display()
                         ),
@@ -400,6 +437,68 @@ impl Master {
                 }
             }
         }
+    }
+
+    /// Connects with this master's certificate. A site still on passwords (their file is
+    /// there) moves to certificates here: as etcd's root, by the password, the certificate
+    /// users of every host with an identity are made; then the password user goes, root's
+    /// password is replaced by one no one keeps and the file is deleted. Each step repeats
+    /// safely, so a master stopped half-way finishes at its next start.
+    async fn connect_with_certificate(
+        &self,
+        creds: Option<&EtcdCredentials>,
+    ) -> Result<EtcdStore, StoreError> {
+        use crate::pki::Role;
+        let store = match (
+            EtcdStore::connect(&self.config, Some(Role::Master), None).await,
+            creds,
+        ) {
+            (Ok(store), _) => store,
+            (Err(StoreError::Unauthenticated(_)), Some(creds)) => {
+                let root = EtcdCredentials {
+                    user: "root".into(),
+                    password: creds.root_password.clone(),
+                    root_password: String::new(),
+                    agent_token: None,
+                };
+                let admin =
+                    EtcdStore::connect(&self.config, Some(Role::Master), Some(&root)).await?;
+                self.make_certificate_users(&admin).await?;
+                EtcdStore::connect(&self.config, Some(Role::Master), None).await?
+            }
+            (Err(e), _) => return Err(e),
+        };
+        if let Some(creds) = creds {
+            self.make_certificate_users(&store).await?;
+            store.forget_passwords(creds).await?;
+            let path = self.config.credentials_file();
+            match std::fs::remove_file(&path) {
+                Ok(()) => info!(
+                    "etcd: every daemon logs in with its certificate now; the passwords in {} are void and the file is gone",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(
+                    "cannot delete {} (its passwords are void): {e}",
+                    path.display()
+                ),
+            }
+        }
+        Ok(store)
+    }
+
+    /// The certificate users of every host with a recorded identity (and this one).
+    async fn make_certificate_users(&self, store: &EtcdStore) -> Result<(), StoreError> {
+        let mut hosts = vec![self.host.clone()];
+        hosts.extend(
+            store
+                .host_identities()
+                .await?
+                .into_iter()
+                .map(|identity| identity.host)
+                .filter(|host| *host != self.host),
+        );
+        store.setup_certificate_auth(&hosts).await
     }
 
     /// One look at etcd for the status line.
@@ -429,7 +528,12 @@ impl Master {
             Err(StoreError::Unauthenticated(e)) if !self.authenticated() => {
                 // Someone ran init elsewhere: pick up the credentials it wrote.
                 if let Ok(creds) = daemon::read_credentials(&self.config)
-                    && let Ok(s) = EtcdStore::connect(&self.config, Some(&creds)).await
+                    && let Ok(s) = EtcdStore::connect(
+                        &self.config,
+                        Some(crate::pki::Role::Master),
+                        Some(&creds),
+                    )
+                    .await
                 {
                     self.store.send_replace(Some(s));
                     self.has_credentials.store(true, Ordering::SeqCst);

@@ -91,6 +91,11 @@ impl Role {
     }
 }
 
+/// Does this host hold a key and certificate for `role`?
+pub fn has_identity(dir: &Path, role: Role) -> bool {
+    role.cert_file(dir).exists() && role.key_file(dir).exists()
+}
+
 pub fn ca_cert_file(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }
@@ -221,6 +226,78 @@ impl SiteCa {
         params.not_after = now() + time::Duration::days(IDENTITY_DAYS);
         Ok(params.signed_by(public_key, &self.issuer)?.pem())
     }
+}
+
+impl SiteCa {
+    /// A certificate for etcd's server (and peer) side, naming the DNS names and addresses its
+    /// clients dial, for `public_key`, in PEM.
+    pub fn issue_etcd_server(
+        &self,
+        dns_names: &[String],
+        addresses: &[std::net::IpAddr],
+        public_key: &impl PublicKeyData,
+    ) -> Result<String, PkiError> {
+        if dns_names.is_empty() && addresses.is_empty() {
+            return Err(PkiError::Invalid(
+                "etcd's certificate needs at least one name or address its clients dial".into(),
+            ));
+        }
+        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        params
+            .subject_alt_names
+            .extend(addresses.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, ETCD_SERVER_NAME);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        // Members of a multi-member etcd also dial each other with it.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = now() - time::Duration::hours(1);
+        params.not_after = now() + time::Duration::days(IDENTITY_DAYS);
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+    }
+}
+
+/// The common name of etcd's server certificate: no etcd user has it, so a stolen server
+/// key opens nothing as a client once authentication is on.
+pub const ETCD_SERVER_NAME: &str = "docklet-etcd-server";
+
+/// Where `docklet-admin etcd-certificate` writes etcd's server certificate and key.
+pub fn etcd_server_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("etcd/server.pem"), dir.join("etcd/server.key"))
+}
+
+/// Makes etcd's server key and certificate in `dir/etcd/` (the key readable by etcd's group)
+/// and returns their paths.
+pub fn write_etcd_server(
+    dir: &Path,
+    ca: &SiteCa,
+    dns_names: &[String],
+    addresses: &[std::net::IpAddr],
+    etcd_group: Option<nix::unistd::Gid>,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let (cert_file, key_file) = etcd_server_files(dir);
+    let parent = cert_file.parent().expect("in etcd/");
+    std::fs::create_dir_all(parent).map_err(|source| PkiError::File {
+        path: parent.to_owned(),
+        source,
+    })?;
+    let key = KeyPair::generate()?;
+    let cert = ca.issue_etcd_server(dns_names, addresses, &key)?;
+    let key_mode = if etcd_group.is_some() { 0o640 } else { 0o600 };
+    write_file(&key_file, &key.serialize_pem(), key_mode, etcd_group)?;
+    write_file(&cert_file, &cert, 0o644, None)?;
+    Ok((cert_file, key_file))
 }
 
 /// What `ensure_local` did, for `init` to tell.

@@ -1,12 +1,12 @@
 //! [`Store`] on a real etcd v3 cluster, plus what only etcd has: leases for host
-//! registration and the auth setup `init` performs.
+//! registration (etcd's users and roles: [`super::auth`]).
 
 use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    LeaseKeepAliveStream, LeaseKeeper, Permission, PutOptions, TlsOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 
 use tonic::Code;
@@ -17,6 +17,7 @@ use crate::model::account::Account;
 use crate::model::cluster::{ClusterInfo, EtcdCredentials};
 use crate::model::host::HostRecord;
 use crate::model::quota::Group;
+use crate::pki::Role;
 
 /// A connection to etcd, scoped to one cluster's keys.
 #[derive(Clone)]
@@ -25,36 +26,40 @@ pub struct EtcdStore {
     pub(super) keys: Keys,
 }
 
-/// Two prefixes' watches, followed as one stream of changes (the views that mirror two kinds
-/// of keys: placement, port mappings).
-pub(crate) struct TwoWatches([etcd_client::WatchStream; 2]);
+/// Watches of several prefixes, followed as one stream of changes (the views that mirror
+/// several kinds of keys: placement, port mappings, users' networks).
+pub(crate) struct Watches(Vec<etcd_client::WatchStream>);
 
 impl EtcdStore {
-    /// Watches every key under both prefixes, from `revision + 1` on.
-    pub(crate) async fn watch_two(
+    /// Watches every key under each prefix, from `revision + 1` on (from now with `None`).
+    pub(crate) async fn watch_prefixes(
         &self,
-        prefixes: [&str; 2],
-        revision: i64,
-    ) -> Result<TwoWatches, StoreError> {
+        prefixes: &[&str],
+        revision: Option<i64>,
+    ) -> Result<Watches, StoreError> {
         let mut streams = Vec::new();
         for prefix in prefixes {
-            streams.push(self.watch_prefix_after(prefix.to_owned(), revision).await?);
+            let mut options = WatchOptions::new().with_prefix();
+            if let Some(revision) = revision {
+                options = options.with_start_revision(revision + 1);
+            }
+            streams.push(
+                self.client
+                    .watch_client()
+                    .watch(*prefix, Some(options))
+                    .await
+                    .map_err(classify)?,
+            );
         }
-        let pair = streams
-            .try_into()
-            .map_err(|_| StoreError::Failed("two watches expected".into()))?;
-        Ok(TwoWatches(pair))
+        Ok(Watches(streams))
     }
 }
 
-impl TwoWatches {
-    /// The next response of either watch, or why following them has to start over.
+impl Watches {
+    /// The next response of any watch, or why following them has to start over.
     pub(crate) async fn next(&mut self) -> Result<etcd_client::WatchResponse, StoreError> {
-        let [first, second] = &mut self.0;
-        let message = tokio::select! {
-            m = first.message() => m,
-            m = second.message() => m,
-        };
+        let pending = self.0.iter_mut().map(|w| Box::pin(w.message()));
+        let (message, _, _) = futures_util::future::select_all(pending).await;
         let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => return Err(StoreError::Unavailable("the watch ended".into())),
@@ -131,20 +136,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl EtcdStore {
-    /// Connects and checks that etcd answers with these credentials.
+    /// Connects and checks that etcd answers. Over TLS, the client certificate is the
+    /// `identity`'s (unless the configuration names one): with no password, etcd takes its
+    /// common name as the user. A password (sites without TLS, and an upgrade's first step)
+    /// takes precedence over the certificate's name.
     pub async fn connect(
         config: &Config,
-        credentials: Option<&EtcdCredentials>,
+        identity: Option<Role>,
+        password: Option<&EtcdCredentials>,
     ) -> Result<EtcdStore, StoreError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_auto_token_refresh(true);
-        if let Some(creds) = credentials {
+        if let Some(creds) = password {
             options = options.with_user(creds.user.clone(), creds.password.clone());
         }
-        if let Some(tls) = tls_options(config)? {
+        if let Some(tls) = tls_options(config, identity)? {
             options = options.with_tls(tls);
         }
         let client = Client::connect(&config.etcd.endpoints, Some(options))
@@ -288,68 +297,6 @@ impl EtcdStore {
         &self.keys
     }
 
-    /// Creates the etcd user and role that own this cluster's prefix and enables etcd
-    /// authentication. Safe to repeat: existing users get the given passwords.
-    pub async fn setup_auth(&self, creds: &EtcdCredentials) -> Result<(), StoreError> {
-        let mut auth = self.client.auth_client();
-        let ignore_exists = |r: Result<(), StoreError>| match r {
-            Err(StoreError::Failed(m)) if m.contains("already exists") => Ok(()),
-            other => other,
-        };
-        // etcd requires a `root` user holding the built-in `root` role before auth is enabled.
-        ignore_exists(auth.role_add("root").await.map(|_| ()).map_err(classify))?;
-        match auth
-            .user_add("root", creds.root_password.clone(), None)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => match classify(e) {
-                StoreError::Failed(m) if m.contains("already exists") => {
-                    auth.user_change_password("root", creds.root_password.clone())
-                        .await
-                        .map_err(classify)?;
-                }
-                other => return Err(other),
-            },
-        }
-        auth.user_grant_role("root", "root")
-            .await
-            .map_err(classify)?;
-
-        let role = creds.user.clone();
-        ignore_exists(
-            auth.role_add(role.clone())
-                .await
-                .map(|_| ())
-                .map_err(classify),
-        )?;
-        auth.role_grant_permission(
-            role.clone(),
-            Permission::read_write(self.keys.prefix()).with_prefix(),
-        )
-        .await
-        .map_err(classify)?;
-        match auth
-            .user_add(creds.user.clone(), creds.password.clone(), None)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => match classify(e) {
-                StoreError::Failed(m) if m.contains("already exists") => {
-                    auth.user_change_password(creds.user.clone(), creds.password.clone())
-                        .await
-                        .map_err(classify)?;
-                }
-                other => return Err(other),
-            },
-        }
-        auth.user_grant_role(creds.user.clone(), role)
-            .await
-            .map_err(classify)?;
-        auth.auth_enable().await.map_err(classify)?;
-        Ok(())
-    }
-
     /// Puts this host's record under a new lease of `ttl` and returns the lease id.
     pub async fn register_host(
         &self,
@@ -420,27 +367,33 @@ impl EtcdStore {
     }
 }
 
-fn tls_options(config: &Config) -> Result<Option<TlsOptions>, StoreError> {
-    let wants_tls = config
-        .etcd
-        .endpoints
-        .iter()
-        .any(|e| e.starts_with("https://"))
-        || config.etcd.ca_file.is_some()
-        || config.etcd.cert_file.is_some();
-    if !wants_tls {
+fn tls_options(config: &Config, identity: Option<Role>) -> Result<Option<TlsOptions>, StoreError> {
+    if !config.etcd_uses_tls() {
         return Ok(None);
     }
     let read = |path: &std::path::Path| {
         std::fs::read(path)
             .map_err(|e| StoreError::Failed(format!("cannot read {}: {e}", path.display())))
     };
+    let pki = std::path::Path::new(crate::pki::PKI_DIR);
     let mut tls = TlsOptions::new();
-    if let Some(ca) = &config.etcd.ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    let ca = config
+        .etcd
+        .ca_file
+        .clone()
+        .or_else(|| Some(crate::pki::ca_cert_file(pki)).filter(|p| p.exists()));
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(&ca)?));
     }
-    if let (Some(cert), Some(key)) = (&config.etcd.cert_file, &config.etcd.key_file) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    let files = match (&config.etcd.cert_file, &config.etcd.key_file, identity) {
+        (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
+        (None, None, Some(role)) => {
+            Some((role.cert_file(pki), role.key_file(pki))).filter(|(cert, _)| cert.exists())
+        }
+        _ => None,
+    };
+    if let Some((cert, key)) = files {
+        tls = tls.identity(Identity::from_pem(read(&cert)?, read(&key)?));
     }
     Ok(Some(tls))
 }

@@ -39,6 +39,7 @@ use crate::model::host::HostRecord;
 use crate::model::quota::Group;
 
 pub mod accounts;
+pub mod auth;
 pub mod clusters;
 pub mod etcd;
 pub mod identities;

@@ -240,13 +240,26 @@ impl EtcdStore {
     }
 
     /// Every change under the cluster's prefix; callers skip the keys that are not theirs
-    /// (the worker's network loop, the master's event stream).
+    /// (the master's event stream).
     pub async fn watch_all(&self) -> Result<etcd_client::WatchStream, StoreError> {
         self.client
             .watch_client()
             .watch(self.keys.prefix(), Some(WatchOptions::new().with_prefix()))
             .await
             .map_err(classify)
+    }
+
+    /// Every change of groups, networks and vnode specs: what a worker's users' networks are
+    /// made from (a worker may not read all of the prefix: [`super::auth`]).
+    pub(crate) async fn watch_network(&self) -> Result<super::etcd::Watches, StoreError> {
+        let keys = &self.keys;
+        let (groups, network, vnodes) = (
+            keys.groups(),
+            format!("{}network/", keys.prefix()),
+            keys.vnodes(),
+        );
+        self.watch_prefixes(&[&groups, &network, &vnodes], None)
+            .await
     }
 
     /// Whether a watched key is one the network is made from.

@@ -88,7 +88,7 @@ impl PlacementView {
             }
         }
         let mut watches = match store
-            .watch_two([&hosts_prefix, &allocations_prefix], revision)
+            .watch_prefixes(&[&hosts_prefix, &allocations_prefix], Some(revision))
             .await
         {
             Ok(watches) => watches,

@@ -248,7 +248,7 @@ impl EtcdStore {
             }
         }
         let mut watches = match self
-            .watch_two([&ports_prefix, &status_prefix], revision)
+            .watch_prefixes(&[&ports_prefix, &status_prefix], Some(revision))
             .await
         {
             Ok(watches) => watches,

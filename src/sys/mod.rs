@@ -3,6 +3,7 @@
 //! nftables, systemd) are tested for real: root tests in throwaway namespaces and the
 //! end-to-end suite.
 
+pub mod beneath;
 pub mod firewall;
 pub mod host;
 pub mod mounts;

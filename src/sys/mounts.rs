@@ -472,16 +472,15 @@ pub fn remove_netns(path: &Path) -> io::Result<()> {
 /// source's data extents are read (SEEK_DATA/SEEK_HOLE, the whole file where the filesystem
 /// cannot tell), and blocks of zeros in them become holes. A 4 GiB disk with 50 MiB written
 /// costs 50 MiB of reading and writing, on the shared filesystem too.
-pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
+///
+/// Each end is opened from its tree's root (`from_root`, `to_root`) without following a link
+/// anywhere below it ([`super::beneath`]): a handoff on the shared filesystem, written by
+/// another host, must not make this one read or write anything outside it.
+pub fn copy_sparse(from_root: &Path, from: &Path, to_root: &Path, to: &Path) -> io::Result<u64> {
+    use super::beneath::{Access, open_under};
     use std::io::{Read, Seek, SeekFrom, Write};
     const BLOCK: usize = 64 * 1024;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Neither end is followed if it is a link: a handoff on the shared filesystem, written
-    // by another host, must not make this one read or write anything outside it.
-    let mut source = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(from)?;
+    let mut source = open_under(from_root, from, Access::Read)?;
     let meta = source.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::other(format!(
@@ -490,12 +489,7 @@ pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
         )));
     }
     let len = meta.len();
-    let mut target = File::options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(to)?;
+    let mut target = open_under(to_root, to, Access::CreateTruncate)?;
     let fd = source.as_raw_fd();
     let mut copied = 0u64;
     let mut buf = vec![0u8; BLOCK];
@@ -546,10 +540,16 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &link).unwrap();
         let real = dir.path().join("real");
         std::fs::write(&real, b"data").unwrap();
-        assert!(copy_sparse(&link, &dir.path().join("copy")).is_err());
-        assert!(!dir.path().join("copy").exists());
-        assert!(copy_sparse(&real, &link).is_err());
+        let root = dir.path();
+        assert!(copy_sparse(root, &link, root, &root.join("copy")).is_err());
+        assert!(!root.join("copy").exists());
+        assert!(copy_sparse(root, &real, root, &link).is_err());
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+        // A directory link on the way out of the tree: refused as well.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("dirlink")).unwrap();
+        assert!(copy_sparse(root, &real, root, &root.join("dirlink/copy")).is_err());
+        assert!(!elsewhere.path().join("copy").exists());
     }
 
     #[test]
@@ -569,7 +569,7 @@ mod tests {
         f.write_all(&vec![0u8; 1 << 20]).unwrap();
         f.sync_all().unwrap();
         drop(f);
-        let copied = copy_sparse(&from, &to).unwrap();
+        let copied = copy_sparse(dir.path(), &from, dir.path(), &to).unwrap();
         assert!(copied < 1 << 20, "copied {copied} bytes");
         assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
         let blocks = std::fs::metadata(&to).unwrap().blocks();

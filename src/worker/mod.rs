@@ -121,20 +121,53 @@ impl Worker {
         }
     }
 
+    /// One attempt: with this host's worker certificate on a site whose etcd speaks TLS,
+    /// else with the password file of the shared filesystem.
+    async fn connect_once(&self) -> Result<EtcdStore, String> {
+        let endpoints = self.config.etcd.endpoints.join(",");
+        let pki = std::path::Path::new(crate::pki::PKI_DIR);
+        let role = crate::pki::Role::Worker;
+        if self.config.etcd_uses_tls() {
+            if !crate::pki::has_identity(pki, role) {
+                return Err(format!(
+                    "waiting: this host has no identity for etcd yet: run `docklet-admin join TOKEN` here, with a token from `docklet-admin host add {}` on the CA host (or `docklet-admin init` on a new site)",
+                    self.host
+                ));
+            }
+            return EtcdStore::connect(&self.config, Some(role), None)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Unauthenticated(_) => format!(
+                        "waiting for etcd at {endpoints}: it does not take {} ({e}): a new site's master has not run `docklet-admin init` yet, or host {} was removed (`docklet-admin host add {}` on the CA host, then `docklet-admin join` here)",
+                        role.common_name(&self.host),
+                        self.host,
+                        self.host
+                    ),
+                    e => format!("waiting for etcd at {endpoints}: {e}"),
+                });
+        }
+        let creds = daemon::read_credentials(&self.config).map_err(|e| format!("waiting: {e}"))?;
+        EtcdStore::connect(&self.config, None, Some(&creds))
+            .await
+            .map_err(|e| format!("waiting for etcd at {endpoints}: {e}"))
+    }
+
     /// Gets credentials and a connection, retrying with backoff until both work.
     async fn connect(&self, backoff: &mut Backoff) -> EtcdStore {
-        let endpoints = self.config.etcd.endpoints.join(",");
         loop {
-            let result = match daemon::read_credentials(&self.config) {
-                Ok(creds) => EtcdStore::connect(&self.config, Some(&creds))
-                    .await
-                    .map_err(|e| format!("waiting for etcd at {endpoints}: {e}")),
-                Err(e) => Err(format!("waiting: {e}")),
-            };
+            let result = self.connect_once().await;
             match result {
                 Ok(store) => return store,
                 Err(text) => {
-                    let delay = backoff.next_delay();
+                    let pki = std::path::Path::new(crate::pki::PKI_DIR);
+                    let delay = if self.config.etcd_uses_tls()
+                        && !crate::pki::has_identity(pki, crate::pki::Role::Worker)
+                    {
+                        // Waiting for `docklet-admin join`, a local step: look again soon.
+                        Duration::from_secs(2)
+                    } else {
+                        backoff.next_delay()
+                    };
                     warn!("{text}");
                     self.status
                         .set(format!("{text}; retrying in {}s", delay.as_secs()));
@@ -407,7 +440,7 @@ async fn network_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
         let store = worker.connect(&mut backoff).await;
         let result: Result<(), network::NetworkError> = async {
             store.put_vtep(&worker.host, network.vtep()).await?;
-            let mut watch = store.watch_all().await?;
+            let mut watch = store.watch_network().await?;
             let mut tick = tokio::time::interval(NETWORK_RESYNC_EVERY);
             loop {
                 if let Err(e) = network.sync(&store).await {
@@ -418,19 +451,15 @@ async fn network_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
                 }
                 loop {
                     tokio::select! {
-                        message = watch.message() => match message {
-                            Ok(Some(response)) => {
-                                if response.events().iter().any(|e| {
-                                    e.kv().is_some_and(|kv| store.is_network_key(kv.key()))
-                                }) {
-                                    // Let a burst of changes (a cluster scaling out) settle.
-                                    tokio::time::sleep(NETWORK_DEBOUNCE).await;
-                                    break;
-                                }
+                        response = watch.next() => {
+                            if response?.events().iter().any(|e| {
+                                e.kv().is_some_and(|kv| store.is_network_key(kv.key()))
+                            }) {
+                                // Let a burst of changes (a cluster scaling out) settle.
+                                tokio::time::sleep(NETWORK_DEBOUNCE).await;
+                                break;
                             }
-                            Ok(None) => return Err(StoreError::Unavailable("the watch ended".into()).into()),
-                            Err(e) => return Err(crate::store::etcd::classify(e).into()),
-                        },
+                        }
                         _ = tick.tick() => break,
                     }
                 }

@@ -131,6 +131,15 @@ impl std::fmt::Display for Run {
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
 
 /// Runs a shell command inside a testbed host.
+/// `etcdctl` as a host's root could run it there: over TLS with that host's certificate of
+/// `role` ("master" or "worker"), whose common name is its etcd user.
+pub fn etcdctl_as(role: &str) -> String {
+    format!(
+        "ETCDCTL_API=3 etcdctl --endpoints https://10.213.0.11:2379 --cacert /etc/docklet/pki/ca.pem \
+         --cert /etc/docklet/pki/{role}.pem --key /etc/docklet/pki/{role}.key"
+    )
+}
+
 pub fn sh(host: &str, script: &str) -> Run {
     sh_within(host, script, COMMAND_LIMIT).unwrap_or_else(|run| {
         panic!("`{script}` on {host} did not finish within {COMMAND_LIMIT:?}: {run}")

@@ -1,0 +1,108 @@
+//! Opening files in trees that others can write (the shared filesystem's handoffs, which any
+//! host's root writes; vnodes' directories), without following a link anywhere on the way:
+//! `openat2(2)` from the tree's root with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so neither
+//! the file nor any directory above it inside the tree can send the root worker elsewhere.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+
+/// How to open: read, or write (created and truncated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    CreateTruncate,
+}
+
+/// Opens `path`, which must lie under `root`, resolving it from `root` without following a
+/// symbolic link in any component below `root` (and without `..` leaving it). `root` itself
+/// is trusted (a directory of root's own).
+pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> {
+    let relative = path.strip_prefix(root).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not under {}", path.display(), root.display()),
+        )
+    })?;
+    let dir = File::open(root)?;
+    let flags = OFlag::O_CLOEXEC
+        | match access {
+            Access::Read => OFlag::O_RDONLY,
+            Access::CreateTruncate => OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+        };
+    // openat2 takes a mode only with O_CREAT (EINVAL otherwise).
+    let mode = match access {
+        Access::Read => Mode::empty(),
+        Access::CreateTruncate => Mode::from_bits_truncate(0o600),
+    };
+    let how = OpenHow::new()
+        .flags(flags)
+        .mode(mode)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = openat2(&dir, relative, how).map_err(|errno| {
+        let e = io::Error::from(errno);
+        if errno == nix::errno::Errno::ELOOP || errno == nix::errno::Errno::EXDEV {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} passes through a link or leaves {}: refused",
+                    path.display(),
+                    root.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_on_the_way_are_refused_and_plain_paths_open() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "outside").unwrap();
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::fs::write(root.path().join("real/file"), "inside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("innerlink"))
+            .unwrap();
+
+        let read = |p: &str| {
+            open_under(root.path(), &root.path().join(p), Access::Read).map(|mut f| {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+                s
+            })
+        };
+        assert_eq!(read("real/file").unwrap(), "inside");
+        // A directory link out of the tree, or even one that stays inside: refused.
+        let e = read("dirlink/secret").unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert!(read("innerlink/file").is_err());
+        assert!(read("real/../../secret").is_err());
+        // Writing through a directory link creates nothing outside.
+        assert!(
+            open_under(
+                root.path(),
+                &root.path().join("dirlink/new"),
+                Access::CreateTruncate
+            )
+            .is_err()
+        );
+        assert!(!outside.path().join("new").exists());
+        // A path given outside the root is an error, not a surprise.
+        assert!(open_under(root.path(), outside.path(), Access::Read).is_err());
+    }
+}
