@@ -469,6 +469,7 @@ impl Master {
             (Err(e), _) => return Err(e),
         };
         if let Some(creds) = creds {
+            // Logged in by certificate (as etcd's root role) from here on.
             self.make_certificate_users(&store).await?;
             store.forget_passwords(creds).await?;
             let path = self.config.credentials_file();

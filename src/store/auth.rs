@@ -203,12 +203,30 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// etcd's `root` user with a password no one keeps, when there is none yet. An existing
+    /// `root` keeps its password: whoever is logged in as root by it (a site moving from
+    /// passwords) would lose its session mid-way ([`Self::forget_passwords`] replaces it).
+    async fn ensure_root_exists(&self) -> Result<(), StoreError> {
+        let mut auth = self.client.auth_client();
+        exists_ok(auth.role_add("root").await.map(|_| ()).map_err(classify))?;
+        exists_ok(
+            auth.user_add("root", random_password(), None)
+                .await
+                .map(|_| ())
+                .map_err(classify),
+        )?;
+        auth.user_grant_role("root", "root")
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
     /// Certificate authentication for a site whose etcd requires client certificates:
-    /// `root` with a password no one keeps, the users of every host in `hosts` (this one's
-    /// first among them, or nothing would let us in afterwards), then authentication on.
-    /// Safe to repeat.
+    /// `root` (with a password no one keeps if it is new), the users of every host in
+    /// `hosts` (this one's first among them, or nothing would let us in afterwards), then
+    /// authentication on. Safe to repeat.
     pub async fn setup_certificate_auth(&self, hosts: &[String]) -> Result<(), StoreError> {
-        self.ensure_root(random_password()).await?;
+        self.ensure_root_exists().await?;
         for host in hosts {
             self.ensure_host_users(host).await?;
         }
@@ -259,8 +277,9 @@ impl EtcdStore {
         auth.auth_enable().await.map(|_| ()).map_err(classify)
     }
 
-    /// The last step from passwords to certificates: the password user goes and `root` gets
-    /// a password no one keeps, so the passwords on the shared filesystem open nothing.
+    /// The last step from passwords to certificates, logged in by certificate (a password
+    /// session would end with root's password): the password user goes and `root` gets a
+    /// password no one keeps, so the passwords on the shared filesystem open nothing.
     pub async fn forget_passwords(&self, creds: &EtcdCredentials) -> Result<(), StoreError> {
         let mut auth = self.client.auth_client();
         missing_ok(
