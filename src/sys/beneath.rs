@@ -38,14 +38,11 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
         Access::Read => Mode::empty(),
         Access::CreateTruncate => Mode::from_bits_truncate(0o600),
     };
-    let how = OpenHow::new()
-        .flags(flags)
-        .mode(mode)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
+    let how = OpenHow::new().flags(flags).mode(mode).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
     let fd = openat2(&dir, relative, how).map_err(|errno| {
         let e = io::Error::from(errno);
         if errno == nix::errno::Errno::ELOOP || errno == nix::errno::Errno::EXDEV {
