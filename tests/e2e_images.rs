@@ -146,7 +146,8 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         "echo hello from an image > /opt/hello.txt && mkdir -p /srv/data && \
          echo one > /srv/data/one && echo two > /srv/data/two && rm /etc/issue.net && \
          echo shared > /root/nfs/shared.txt && echo scratch > /var/tmp/scratch && \
-         cp /bin/true /opt/suid-true && chmod 4755 /opt/suid-true",
+         cp /bin/true /opt/suid-true && chmod 4755 /opt/suid-true && \
+         ln -s /etc /opt/hostetc && ln -s / /opt/root-link",
     );
 
     // Bad requests say what is wrong and record nothing.
@@ -295,9 +296,40 @@ fn a_saved_node_starts_new_clusters_and_images_refuse_what_would_break_them() {
         })
         .collect::<String>();
     assert_eq!(unpacked, "755 0\n", "setuid on a host's disk");
+    // Links the node planted stay links in the layer, pointing where they pointed: the
+    // worker unpacked and folded them without following them (issue 17).
+    let links = ["tb1", "tb2", "tb3"]
+        .iter()
+        .map(|host| {
+            sh(
+                host,
+                &format!(
+                    "d=/var/lib/docklet/local/image-layers/imga/hello/{version}/opt; \
+                     test -d $d && stat -c '%F %N' $d/hostetc $d/root-link"
+                ),
+            )
+            .stdout
+        })
+        .collect::<String>();
+    assert!(
+        links.contains("symbolic link '/var/lib/docklet/local/image-layers/imga/hello/")
+            && links.contains("/opt/hostetc' -> '/etc'")
+            && links.contains("/opt/root-link' -> '/'"),
+        "{links}"
+    );
     assert_eq!(
         run_in(&token_a, "copy", 0, "stat -c %a /opt/suid-true"),
         "755\n"
+    );
+    // Inside a node of the image, the links lead into the node's own tree.
+    assert_eq!(
+        run_in(
+            &token_a,
+            "copy",
+            0,
+            "readlink /opt/hostetc; cmp /opt/hostetc/machine-id /etc/machine-id && echo same"
+        ),
+        "/etc\nsame\n"
     );
     assert_eq!(
         run_in(&token_a, "src", 0, "stat -c %a /opt/suid-true"),

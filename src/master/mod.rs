@@ -441,19 +441,20 @@ impl Master {
 
     /// Connects with this master's certificate. A site still on passwords (their file is
     /// there) moves to certificates here: as etcd's root, by the password, the certificate
-    /// users of every host with an identity are made; then the password user goes, root's
-    /// password is replaced by one no one keeps and the file is deleted. Each step repeats
-    /// safely, so a master stopped half-way finishes at its next start.
+    /// users of every host with an identity are made; then, logged in by certificate, the
+    /// password user goes, root's password is replaced by one no one keeps and the file is
+    /// deleted. Each step repeats safely, so a master stopped half-way finishes at its next
+    /// start. An etcd that does not take certificates as logins (TLS without
+    /// `ETCD_CLIENT_CERT_AUTH`) keeps the site on its password, and the master says why.
     async fn connect_with_certificate(
         &self,
         creds: Option<&EtcdCredentials>,
     ) -> Result<EtcdStore, StoreError> {
         use crate::pki::Role;
-        let store = match (
-            EtcdStore::connect(&self.config, Some(Role::Master), None).await,
-            creds,
-        ) {
-            (Ok(store), _) => store,
+        let by_certificate = EtcdStore::connect(&self.config, Some(Role::Master), None).await;
+        let (store, creds) = match (by_certificate, creds) {
+            (Ok(store), None) => return Ok(store),
+            (Ok(store), Some(creds)) => (store, creds),
             (Err(StoreError::Unauthenticated(_)), Some(creds)) => {
                 let root = EtcdCredentials {
                     user: "root".into(),
@@ -464,26 +465,34 @@ impl Master {
                 let admin =
                     EtcdStore::connect(&self.config, Some(Role::Master), Some(&root)).await?;
                 self.make_certificate_users(&admin).await?;
-                EtcdStore::connect(&self.config, Some(Role::Master), None).await?
+                match EtcdStore::connect(&self.config, Some(Role::Master), None).await {
+                    Ok(store) => (store, creds),
+                    Err(e) => {
+                        warn!(
+                            "etcd does not take this master's certificate as its login ({e}): is etcd started with client certificates required (ETCD_CLIENT_CERT_AUTH=true, see `docklet-admin etcd-certificate`)? The site stays on the passwords of {}",
+                            self.config.credentials_file().display()
+                        );
+                        return EtcdStore::connect(&self.config, Some(Role::Master), Some(creds))
+                            .await;
+                    }
+                }
             }
             (Err(e), _) => return Err(e),
         };
-        if let Some(creds) = creds {
-            // Logged in by certificate (as etcd's root role) from here on.
-            self.make_certificate_users(&store).await?;
-            store.forget_passwords(creds).await?;
-            let path = self.config.credentials_file();
-            match std::fs::remove_file(&path) {
-                Ok(()) => info!(
-                    "etcd: every daemon logs in with its certificate now; the passwords in {} are void and the file is gone",
-                    path.display()
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(
-                    "cannot delete {} (its passwords are void): {e}",
-                    path.display()
-                ),
-            }
+        // Logged in by certificate (as etcd's root role) from here on.
+        self.make_certificate_users(&store).await?;
+        store.forget_passwords(creds).await?;
+        let path = self.config.credentials_file();
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(
+                "etcd: every daemon logs in with its certificate now; the passwords in {} are void and the file is gone",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                "cannot delete {} (its passwords are void): {e}",
+                path.display()
+            ),
         }
         Ok(store)
     }

@@ -121,13 +121,15 @@ impl Worker {
         }
     }
 
-    /// One attempt: with this host's worker certificate on a site whose etcd speaks TLS,
-    /// else with the password file of the shared filesystem.
+    /// One attempt: with the password file of the shared filesystem while there is one (a
+    /// site not moved to certificates yet: its master deletes the file when it has moved it),
+    /// else with this host's worker certificate on a site whose etcd speaks TLS.
     async fn connect_once(&self) -> Result<EtcdStore, String> {
         let endpoints = self.config.etcd.endpoints.join(",");
         let pki = std::path::Path::new(crate::pki::PKI_DIR);
         let role = crate::pki::Role::Worker;
-        if self.config.etcd_uses_tls() {
+        let password = daemon::read_credentials(&self.config);
+        if self.config.etcd_uses_tls() && password.is_err() {
             if !crate::pki::has_identity(pki, role) {
                 return Err(format!(
                     "waiting: this host has no identity for etcd yet: run `docklet-admin join TOKEN` here, with a token from `docklet-admin host add {}` on the CA host (or `docklet-admin init` on a new site)",
@@ -146,8 +148,8 @@ impl Worker {
                     e => format!("waiting for etcd at {endpoints}: {e}"),
                 });
         }
-        let creds = daemon::read_credentials(&self.config).map_err(|e| format!("waiting: {e}"))?;
-        EtcdStore::connect(&self.config, None, Some(&creds))
+        let creds = password.map_err(|e| format!("waiting: {e}"))?;
+        EtcdStore::connect(&self.config, Some(role), Some(&creds))
             .await
             .map_err(|e| format!("waiting for etcd at {endpoints}: {e}"))
     }
