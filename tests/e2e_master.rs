@@ -2449,7 +2449,9 @@ fn a_site_on_etcd_passwords_moves_to_certificates_when_its_master_starts() {
         journal.contains("every daemon logs in with its certificate now"),
         "{journal}"
     );
-    // Workers find their users again by themselves, and the API answers.
+    // Workers find their users again by themselves (a restarted one logs in by certificate:
+    // the password file is gone), and the API answers.
+    ok("tb2", "systemctl restart docklet-worker.service");
     wait_for(
         "every worker to register again",
         Duration::from_secs(90),
