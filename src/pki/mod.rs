@@ -212,10 +212,20 @@ impl SiteCa {
         params
             .distinguished_name
             .push(DnType::CommonName, role.common_name(host));
-        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // Workers serve the agent; both are clients (of agents, of etcd). Their names keep
         // a master's certificate from passing for a worker's.
+        self.sign_end_entity(params, public_key)
+    }
+
+    /// Signs an end-entity certificate for both TLS sides, valid from an hour ago (clocks
+    /// differ) for [`IDENTITY_DAYS`].
+    fn sign_end_entity(
+        &self,
+        mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<String, PkiError> {
+        params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -250,21 +260,12 @@ impl SiteCa {
         params
             .distinguished_name
             .push(DnType::CommonName, ETCD_SERVER_NAME);
-        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        // Members of a multi-member etcd also dial each other with it.
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        params.not_before = now() - time::Duration::hours(1);
-        params.not_after = now() + time::Duration::days(IDENTITY_DAYS);
-        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+        // Members of a multi-member etcd also dial each other with it (client side).
+        self.sign_end_entity(params, public_key)
     }
 }
 

@@ -122,26 +122,41 @@ fn random_password() -> String {
 }
 
 impl EtcdStore {
-    /// etcd's `root` user, which etcd requires before authentication goes on, with
-    /// `password` (a new one if it exists).
-    async fn ensure_root(&self, password: String) -> Result<(), StoreError> {
+    async fn add_role(&self, role: &str) -> Result<(), StoreError> {
         let mut auth = self.client.auth_client();
-        exists_ok(auth.role_add("root").await.map(|_| ()).map_err(classify))?;
-        match auth.user_add("root", password.clone(), None).await {
-            Ok(_) => {}
+        exists_ok(auth.role_add(role).await.map(|_| ()).map_err(classify))
+    }
+
+    /// `user` with `password`: made, or given the password if it exists.
+    async fn set_password(&self, user: &str, password: &str) -> Result<(), StoreError> {
+        let mut auth = self.client.auth_client();
+        match auth.user_add(user, password, None).await {
+            Ok(_) => Ok(()),
             Err(e) => match classify(e) {
-                StoreError::Failed(m) if m.contains("already exists") => {
-                    auth.user_change_password("root", password)
-                        .await
-                        .map_err(classify)?;
-                }
-                other => return Err(other),
+                StoreError::Failed(m) if m.contains("already exists") => auth
+                    .user_change_password(user, password)
+                    .await
+                    .map(|_| ())
+                    .map_err(classify),
+                other => Err(other),
             },
         }
-        auth.user_grant_role("root", "root")
+    }
+
+    async fn grant_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        let mut auth = self.client.auth_client();
+        auth.user_grant_role(user, role)
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    /// etcd's `root` user, which etcd requires before authentication goes on, with
+    /// `password` (a new one if it exists).
+    async fn ensure_root(&self, password: &str) -> Result<(), StoreError> {
+        self.add_role("root").await?;
+        self.set_password("root", password).await?;
+        self.grant_role("root", "root").await
     }
 
     /// A user with `role`, made when absent. Certificate users get a random password no one
@@ -154,22 +169,14 @@ impl EtcdStore {
                 .map(|_| ())
                 .map_err(classify),
         )?;
-        auth.user_grant_role(user, role)
-            .await
-            .map(|_| ())
-            .map_err(classify)
+        self.grant_role(user, role).await
     }
 
     /// The workers' role with its ranges.
     async fn ensure_workers_role(&self) -> Result<String, StoreError> {
-        let mut auth = self.client.auth_client();
         let role = workers_role(&self.keys);
-        exists_ok(
-            auth.role_add(role.as_str())
-                .await
-                .map(|_| ())
-                .map_err(classify),
-        )?;
+        self.add_role(&role).await?;
+        let mut auth = self.client.auth_client();
         for grant in worker_grants(&self.keys) {
             let permission = Permission::new(grant.access, grant.start).with_range_end(grant.end);
             auth.role_grant_permission(role.as_str(), permission)
@@ -207,18 +214,15 @@ impl EtcdStore {
     /// `root` keeps its password: whoever is logged in as root by it (a site moving from
     /// passwords) would lose its session mid-way ([`Self::forget_passwords`] replaces it).
     async fn ensure_root_exists(&self) -> Result<(), StoreError> {
+        self.add_role("root").await?;
         let mut auth = self.client.auth_client();
-        exists_ok(auth.role_add("root").await.map(|_| ()).map_err(classify))?;
         exists_ok(
             auth.user_add("root", random_password(), None)
                 .await
                 .map(|_| ())
                 .map_err(classify),
         )?;
-        auth.user_grant_role("root", "root")
-            .await
-            .map(|_| ())
-            .map_err(classify)
+        self.grant_role("root", "root").await
     }
 
     /// Certificate authentication for a site whose etcd requires client certificates:
@@ -242,38 +246,18 @@ impl EtcdStore {
     /// cluster's prefix, etcd's `root` with the given password, then authentication on. Safe
     /// to repeat: existing users get the given passwords.
     pub async fn setup_password_auth(&self, creds: &EtcdCredentials) -> Result<(), StoreError> {
-        self.ensure_root(creds.root_password.clone()).await?;
+        self.ensure_root(&creds.root_password).await?;
+        let role = creds.user.as_str();
+        self.add_role(role).await?;
         let mut auth = self.client.auth_client();
-        let role = creds.user.clone();
-        exists_ok(
-            auth.role_add(role.as_str())
-                .await
-                .map(|_| ())
-                .map_err(classify),
-        )?;
         auth.role_grant_permission(
-            role.as_str(),
+            role,
             Permission::read_write(self.keys.prefix()).with_prefix(),
         )
         .await
         .map_err(classify)?;
-        match auth
-            .user_add(creds.user.clone(), creds.password.clone(), None)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => match classify(e) {
-                StoreError::Failed(m) if m.contains("already exists") => {
-                    auth.user_change_password(creds.user.clone(), creds.password.clone())
-                        .await
-                        .map_err(classify)?;
-                }
-                other => return Err(other),
-            },
-        }
-        auth.user_grant_role(creds.user.clone(), role)
-            .await
-            .map_err(classify)?;
+        self.set_password(&creds.user, &creds.password).await?;
+        self.grant_role(&creds.user, role).await?;
         auth.auth_enable().await.map(|_| ()).map_err(classify)
     }
 
