@@ -231,9 +231,22 @@ test.describe.serial("the portal", () => {
     await expect(page.getByRole("status")).toContainText("user has been saved");
     await shot(page, "admin-users");
     await page.goto("/admin/groups");
-    await page.locator("section[data-group='webtesters'] input[name='vnodes']").fill("5");
-    await page.locator("section[data-group='webtesters']").getByRole("button", { name: "Save webtesters" }).click();
+    // An egress allowance that is no destination is refused with the reason, nothing saved.
+    const webtesters = page.locator("section[data-group='webtesters']");
+    await webtesters.locator("input[name='egress_allow']").fill("192.168.77.0/24:443 not-a-network");
+    await webtesters.getByRole("button", { name: "Save webtesters" }).click();
+    await expect(page.locator("body")).toContainText("is not a destination");
+    await page.goto("/admin/groups");
+    await expect(webtesters.locator("input[name='egress_allow']")).toHaveValue("");
+    await webtesters.locator("input[name='vnodes']").fill("5");
+    await webtesters.locator("input[name='egress_allow']").fill("192.168.77.0/24:443");
+    await webtesters.getByRole("button", { name: "Save webtesters" }).click();
     await expect(page.getByRole("status")).toContainText("group has been saved");
+    await page.goto("/admin/groups");
+    await expect(webtesters.locator("input[name='egress_allow']")).toHaveValue("192.168.77.0/24:443");
+    const [listed, groups] = await api("GET", "/api/v1/groups", rootToken);
+    expect(listed).toBe(200);
+    expect(groups.find((g) => g.name === "webtesters").egress_allow).toEqual(["192.168.77.0/24:443"]);
     await page.goto("/admin/hosts");
     await expect(page.locator("tr[data-host]").first()).toBeVisible();
     await shot(page, "admin-hosts");

@@ -196,6 +196,9 @@ pub struct GroupForm {
     node_cpus: Option<String>,
     node_memory_mib: Option<String>,
     node_disk_gib: Option<String>,
+    /// Destinations of the site the members' vnodes may also reach, separated by spaces or
+    /// commas (`model::egress`); empty: none.
+    egress_allow: Option<String>,
 }
 
 fn number(field: &Option<String>, label: &str) -> Result<Option<f64>, String> {
@@ -244,11 +247,22 @@ fn group_patch(form: &GroupForm) -> Result<GroupPatch, String> {
         }),
         _ => return Err("A node's default size needs CPUs, memory and disk together.".into()),
     };
+    let egress_allow = match &form.egress_allow {
+        None => None,
+        Some(text) => {
+            let rules: Vec<String> = text
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|rule| !rule.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Some(crate::model::egress::parse_rules(&rules).map_err(|e| e.to_string())?)
+        }
+    };
     Ok(GroupPatch {
         admin: form.admin.as_ref().map(|a| a == "on" || a == "true"),
         quota: Some(quota),
         defaults,
-        egress_allow: None,
+        egress_allow,
     })
 }
 
@@ -281,7 +295,7 @@ pub async fn create_group(
         Some(g) => Group {
             name: name.clone(),
             admin: false,
-            egress_allow: Vec::new(),
+            egress_allow: patch.egress_allow.clone().unwrap_or_default(),
             ..g
         },
         None => return fail(StatusCode::CONFLICT, "the default group is missing".into()).await,
@@ -545,6 +559,54 @@ mod tests {
             ..Default::default()
         };
         assert!(group_patch(&bad).unwrap_err().contains("whole"));
+        // Egress allowances: spaces or commas between; empty removes them; a bad one says so.
+        let egress = |text: &str| {
+            group_patch(&GroupForm {
+                egress_allow: Some(text.into()),
+                ..Default::default()
+            })
+        };
+        let rules = egress("10.9.0.0/16:22, 192.168.1.5  172.16.0.0/12:8000-8099")
+            .unwrap()
+            .egress_allow
+            .unwrap();
+        let texts: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "10.9.0.0/16:22",
+                "192.168.1.5/32",
+                "172.16.0.0/12:8000-8099"
+            ]
+        );
+        assert_eq!(egress("  ").unwrap().egress_allow, Some(Vec::new()));
+        assert!(
+            egress("10.0.0.0/8 nowhere")
+                .unwrap_err()
+                .contains("not a destination")
+        );
+        assert_eq!(
+            group_patch(&GroupForm::default()).unwrap().egress_allow,
+            None
+        );
+    }
+
+    #[test]
+    fn the_groups_page_shows_each_groups_egress_allowances() {
+        let mut groups = crate::model::quota::default_groups();
+        let plain = groups.pop().unwrap();
+        let mut open = groups.pop().unwrap();
+        open.egress_allow = crate::model::egress::parse_rules(&["10.9.0.0/16:22".into()]).unwrap();
+        let html = render_page(
+            "admin_groups.html",
+            true,
+            serde_json::json!({ "groups": [open, plain], "default_group": "foundation" }),
+        );
+        assert!(
+            html.contains(r#"name="egress_allow" value="10.9.0.0/16:22""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"name="egress_allow" value="""#), "{html}");
     }
 
     #[test]
