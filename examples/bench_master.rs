@@ -107,14 +107,47 @@ enum Command {
 type HttpClient = Client<HttpsConnector, Full<Bytes>>;
 
 /// A client for `https://` URLs verified against the CA of `$DOCKLET_CA` (default the
-/// testbed's site CA), and plain `http://` ones (etcd's).
+/// testbed's site CA), and plain `http://` ones. With `$DOCKLET_CLIENT_CERT` and
+/// `$DOCKLET_CLIENT_KEY` (PEM files) it presents that certificate, as etcd requires.
 fn client() -> HttpClient {
     let ca = std::env::var_os("DOCKLET_CA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/docklet-testbed/site-ca.pem"));
-    let config = tls::client_config(&ca)
-        .unwrap_or_else(|e| panic!("the CA to verify the portal with ($DOCKLET_CA): {e}"));
+    let config = match (
+        std::env::var_os("DOCKLET_CLIENT_CERT"),
+        std::env::var_os("DOCKLET_CLIENT_KEY"),
+    ) {
+        (Some(cert), Some(key)) => with_client_certificate(&ca, cert.as_ref(), key.as_ref())
+            .unwrap_or_else(|e| panic!("the client certificate ($DOCKLET_CLIENT_CERT): {e:#}")),
+        _ => tls::client_config(&ca)
+            .unwrap_or_else(|e| panic!("the CA to verify the portal with ($DOCKLET_CA): {e}")),
+    };
     Client::builder(TokioExecutor::new()).build(HttpsConnector::new(config))
+}
+
+/// A TLS client configuration that trusts `ca` and logs in with `cert` and `key`.
+fn with_client_certificate(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| ca.display().to_string())? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| cert.display().to_string())?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| key.display().to_string())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 /// One request: status and body.

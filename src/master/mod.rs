@@ -399,6 +399,11 @@ impl Master {
             match connected {
                 Ok(store) => {
                     let authenticated = creds.is_some() || self.certificate_login();
+                    self.has_credentials.store(authenticated, Ordering::SeqCst);
+                    // Requests go ahead from here: the repairs below are idempotent and
+                    // none of them is needed to answer one (a cold start's first request
+                    // waits for this line, not for them).
+                    self.store.send_replace(Some(store.clone()));
                     if authenticated {
                         ensure_default_groups(&store).await;
                         // On the CA host: this host's identities, made by `init` (on an
@@ -409,8 +414,6 @@ impl Master {
                             warn!("{e}");
                         }
                     }
-                    self.has_credentials.store(authenticated, Ordering::SeqCst);
-                    self.store.send_replace(Some(store));
                     return;
                 }
                 Err(e) => {
@@ -682,24 +685,24 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
         let _ = http_stopped.await;
     }));
 
-    // D-Bus first, so `docklet-admin status` can tell what the master is waiting for.
-    let _bus = match bus::serve(master.clone()).await {
-        Ok(conn) => Some(conn),
-        Err(e) => {
-            warn!("D-Bus interface not available: {e}");
-            None
-        }
-    };
-
+    // D-Bus and etcd at once: `docklet-admin status` can tell what the master waits for,
+    // and a cold start's first request does not wait for the bus as well.
     let shutdown = daemon::shutdown_signal();
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = master.connect_etcd() => {}
-        _ = &mut shutdown => {
-            notifier.stopping();
-            let _ = stop_http.send(());
-            return Ok(());
+    let connect_etcd = async {
+        tokio::select! {
+            _ = master.connect_etcd() => true,
+            _ = &mut shutdown => false,
         }
+    };
+    let (bus, connected) = tokio::join!(bus::serve(master.clone()), connect_etcd);
+    let _bus = bus
+        .inspect_err(|e| warn!("D-Bus interface not available: {e}"))
+        .ok();
+    if !connected {
+        notifier.stopping();
+        let _ = stop_http.send(());
+        return Ok(());
     }
     master.refresh_status(&listening).await;
     notifier.ready(&master.status());
