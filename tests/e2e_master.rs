@@ -2395,6 +2395,82 @@ fn events_show_users_their_own_clusters_and_administrators_everything() {
 
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn init_refuses_an_etcd_that_answers_tls_clients_without_a_certificate() {
+    // An etcd started with TLS but without ETCD_CLIENT_CERT_AUTH, as an administrator who
+    // skipped that line would have it: a second one on tb1, and tb1's master pointed at it.
+    const CONFIG: &str = "/run/docklet-e2e-anonymous-etcd.toml";
+    const DROP_IN: &str = "/run/systemd/system/docklet-master.service.d/e2e-anonymous-etcd.conf";
+    let anonymous = "ETCDCTL_API=3 etcdctl --endpoints https://10.213.0.11:23799 --cacert /etc/docklet/pki/ca.pem";
+
+    /// Puts tb1's master back on the site's etcd however the test ends.
+    struct SiteEtcdBack;
+    impl Drop for SiteEtcdBack {
+        fn drop(&mut self) {
+            let _ = sh(
+                "tb1",
+                &format!(
+                    "rm -f {DROP_IN} {CONFIG}; systemctl daemon-reload; systemctl restart docklet-master.service; \
+                     systemctl stop e2e-etcd-anonymous.service; rm -rf /var/tmp/e2e-etcd-anonymous"
+                ),
+            );
+        }
+    }
+    let _back = SiteEtcdBack;
+    ok(
+        "tb1",
+        "systemd-run --unit e2e-etcd-anonymous --collect /usr/bin/etcd --name anonymous \
+         --data-dir /var/tmp/e2e-etcd-anonymous \
+         --listen-client-urls https://10.213.0.11:23799 --advertise-client-urls https://10.213.0.11:23799 \
+         --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+         --initial-cluster anonymous=http://127.0.0.1:23800 \
+         --cert-file /etc/docklet/pki/etcd/server.pem --key-file /etc/docklet/pki/etcd/server.key",
+    );
+    wait_for("the second etcd", Duration::from_secs(30), || {
+        sh("tb1", &format!("{anonymous} endpoint health")).code == 0
+    });
+    ok(
+        "tb1",
+        &format!(
+            "sed 's#https://10.213.0.11:2379\"#https://10.213.0.11:23799\"#' /etc/docklet/docklet.toml > {CONFIG} && \
+             grep -q 23799 {CONFIG} && mkdir -p $(dirname {DROP_IN}) && \
+             printf '[Service]\\nEnvironment=DOCKLET_CONFIG={CONFIG}\\n' > {DROP_IN} && \
+             systemctl daemon-reload && systemctl restart docklet-master.service"
+        ),
+    );
+    wait_for(
+        "the master on the second etcd",
+        Duration::from_secs(30),
+        || sh("tb1", "docklet-admin status").stdout.contains("23799"),
+    );
+
+    let init = sh("tb1", "docklet-admin init");
+    assert_eq!(init.code, 1, "{init}");
+    assert!(
+        init.stderr
+            .contains("answers TLS clients without a certificate")
+            && init.stderr.contains("ETCD_CLIENT_CERT_AUTH=true")
+            && init.stderr.contains("nothing was changed"),
+        "{init}"
+    );
+    // Nothing was changed: authentication is off (etcd 3.4 lists users to a client without
+    // any login only then), no user and no cluster exist.
+    assert_eq!(ok("tb1", &format!("{anonymous} user list")).trim(), "");
+    assert_eq!(
+        ok(
+            "tb1",
+            &format!("{anonymous} get --keys-only /docklet/cluster")
+        )
+        .trim(),
+        ""
+    );
+    drop(_back);
+    wait_for("the API to answer", Duration::from_secs(30), || {
+        api("GET", "/health", None, None).status == 200
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_site_on_etcd_passwords_moves_to_certificates_when_its_master_starts() {
     // The site as an older version left it, once etcd speaks TLS: a password user limited to
     // the cluster's prefix and root's password in a file on the shared filesystem, and no

@@ -280,6 +280,12 @@ impl Master {
             return Err(bus_error(StoreError::AlreadyInitialized));
         }
         if self.certificate_login() {
+            if EtcdStore::takes_clients_without_certificate(&self.config).await {
+                return Err(BusError::Failed(format!(
+                    "etcd at {} answers TLS clients without a certificate, so it would not take the daemons' certificates as their logins: start it with client certificates required (ETCD_CLIENT_CERT_AUTH=true and the rest of what `docklet-admin etcd-certificate` prints), then run init again; nothing was changed",
+                    self.config.etcd.endpoints.join(",")
+                )));
+            }
             // Certificates: the users of every host with an identity, this one's first.
             self.register_local_identity(&store).await?;
             self.make_certificate_users(&store)

@@ -167,6 +167,16 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Does etcd answer a TLS client that presents no certificate? On an `https://` site it
+    /// must not: etcd takes a certificate's name as the login only when it requires client
+    /// certificates, so authentication turned on without that would let no daemon in.
+    pub async fn takes_clients_without_certificate(config: &Config) -> bool {
+        let mut anonymous = config.clone();
+        anonymous.etcd.cert_file = None;
+        anonymous.etcd.key_file = None;
+        EtcdStore::connect(&anonymous, None, None).await.is_ok()
+    }
+
     /// One round trip to etcd.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut kv = self.client.kv_client();
