@@ -461,9 +461,14 @@ impl Master {
     ) -> Result<EtcdStore, StoreError> {
         use crate::pki::Role;
         let by_certificate = EtcdStore::connect(&self.config, Some(Role::Master), None).await;
+        // The users of every host are made once on the way: right away when the certificate
+        // already logs in, else as root by the password before it can.
         let (store, creds) = match (by_certificate, creds) {
             (Ok(store), None) => return Ok(store),
-            (Ok(store), Some(creds)) => (store, creds),
+            (Ok(store), Some(creds)) => {
+                self.make_certificate_users(&store).await?;
+                (store, creds)
+            }
             (Err(StoreError::Unauthenticated(_)), Some(creds)) => {
                 let root = EtcdCredentials {
                     user: "root".into(),
@@ -489,7 +494,6 @@ impl Master {
             (Err(e), _) => return Err(e),
         };
         // Logged in by certificate (as etcd's root role) from here on.
-        self.make_certificate_users(&store).await?;
         store.forget_passwords(creds).await?;
         let path = self.config.credentials_file();
         match std::fs::remove_file(&path) {

@@ -198,16 +198,16 @@ impl EtcdStore {
 
     /// Deletes `host`'s certificate users: etcd refuses its certificates from then on.
     pub async fn remove_host_users(&self, host: &str) -> Result<(), StoreError> {
-        let mut auth = self.client.auth_client();
         for role in Role::ALL {
-            missing_ok(
-                auth.user_delete(role.common_name(host))
-                    .await
-                    .map(|_| ())
-                    .map_err(classify),
-            )?;
+            self.delete_user(&role.common_name(host)).await?;
         }
         Ok(())
+    }
+
+    /// Deletes etcd user `name`; one that is not there is fine.
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let mut auth = self.client.auth_client();
+        missing_ok(auth.user_delete(name).await.map(|_| ()).map_err(classify))
     }
 
     /// etcd's `root` user with a password no one keeps, when there is none yet. An existing
@@ -265,13 +265,8 @@ impl EtcdStore {
     /// session would end with root's password): the password user goes and `root` gets a
     /// password no one keeps, so the passwords on the shared filesystem open nothing.
     pub async fn forget_passwords(&self, creds: &EtcdCredentials) -> Result<(), StoreError> {
+        self.delete_user(&creds.user).await?;
         let mut auth = self.client.auth_client();
-        missing_ok(
-            auth.user_delete(creds.user.as_str())
-                .await
-                .map(|_| ())
-                .map_err(classify),
-        )?;
         missing_ok(
             auth.role_delete(creds.user.as_str())
                 .await
