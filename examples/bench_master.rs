@@ -445,7 +445,11 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
     let users = s.vnodes.div_ceil(clusters_per_user * s.fill_size);
     let mut tokens = Vec::new();
     let make_token = |user: &str| {
-        let secret = format!("{}{}", account::TOKEN_PREFIX, init::random_secret(32));
+        let secret = format!(
+            "{}{}",
+            account::TOKEN_PREFIX,
+            docklet::pki::random_secret(32)
+        );
         let digest = account::token_digest(&secret);
         let record = TokenRecord {
             id: account::token_id(&digest),

@@ -862,7 +862,7 @@ async fn join(token: &str) -> Result<(), Failure> {
     let group = master_group();
     std::fs::create_dir_all(dir).map_err(|e| failed(format!("{PKI_DIR}: {e}")))?;
     let write = || -> Result<(), pki::PkiError> {
-        docklet::master::tls::write_file(&pki::ca_cert_file(dir), &response.ca, 0o644, None)?;
+        pki::write_file(&pki::ca_cert_file(dir), &response.ca, 0o644, None)?;
         pki::write_identity(
             dir,
             Role::Master,

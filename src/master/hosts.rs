@@ -94,7 +94,7 @@ impl Master {
         let now = now_secs();
         let ticket = JoinTicket {
             host: host.to_owned(),
-            secret: super::init::random_secret(43),
+            secret: crate::pki::random_secret(43),
             created_at: now,
             expires_at: now + seconds,
         };

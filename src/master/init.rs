@@ -2,12 +2,7 @@
 //! whose random password goes to the master's state directory,
 //! `/var/lib/docklet-master/generated_password.txt` (mode 0600).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-use rand::RngExt;
-use rand::distr::Alphanumeric;
 
 use crate::model::account::{Account, HashError};
 use crate::model::cluster::ClusterInfo;
@@ -30,19 +25,9 @@ pub enum InitError {
     },
 }
 
-/// A random string of letters and digits, for passwords and secrets.
-pub fn random_secret(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
-
 /// Writes `contents` to `path` with mode 0600 so that no reader ever sees a partial file: a
 /// temporary file beside it is renamed over it.
 pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> {
-    let tmp = path.with_extension("tmp");
     let file_error = |source| InitError::File {
         path: path.to_owned(),
         source,
@@ -50,17 +35,7 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(file_error)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(file_error)?;
-    file.write_all(contents.as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(file_error)?;
-    std::fs::rename(&tmp, path).map_err(file_error)
+    crate::sys::files::write_whole(path, contents.as_bytes(), 0o600, None).map_err(file_error)
 }
 
 /// Initializes the cluster in `store`. The password file is written only once the store
@@ -74,7 +49,7 @@ pub async fn init_cluster<S: Store>(
     now: u64,
 ) -> Result<(), InitError> {
     // `initialize` refuses an existing cluster atomically; nothing is written before that.
-    let password = random_secret(20);
+    let password = crate::pki::random_secret(20);
     // `root` is in group `root`, an administrators' group of the defaults.
     let admin = Account::local(ADMIN_USER, ADMIN_USER, &password, now)?;
     let info = ClusterInfo {
@@ -186,9 +161,9 @@ mod tests {
 
     #[test]
     fn secrets_are_random_alphanumerics() {
-        let a = random_secret(32);
+        let a = crate::pki::random_secret(32);
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(a, random_secret(32));
+        assert_ne!(a, crate::pki::random_secret(32));
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod bus;
 pub mod controllers;
 pub mod events;
+pub mod extract;
 pub mod forwarder;
 pub mod hosts;
 pub mod images;
@@ -327,8 +328,8 @@ impl Master {
                 let cluster = &self.config.cluster_name;
                 let creds = EtcdCredentials {
                     user: EtcdCredentials::user_for_cluster(cluster),
-                    password: init::random_secret(32),
-                    root_password: init::random_secret(32),
+                    password: crate::pki::random_secret(32),
+                    root_password: crate::pki::random_secret(32),
                     agent_token: None,
                 };
                 // The file goes first: if etcd setup fails half-way, a rerun reuses it.

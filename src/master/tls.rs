@@ -4,7 +4,6 @@
 //! master loads the certificate from its files for every handshake it serves, picking up a
 //! replaced certificate within a second and without a restart.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -199,25 +198,12 @@ pub fn write_file(
     mode: u32,
     group: Option<nix::unistd::Gid>,
 ) -> Result<(), TlsError> {
-    let error = |source| TlsError::File {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(error)?;
-    std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(error)?;
-    file.sync_all().map_err(error)?;
-    if let Some(gid) = group {
-        nix::unistd::fchown(&file, None, Some(gid)).map_err(|e| error(std::io::Error::from(e)))?;
-    }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(error)?;
-    std::fs::rename(&tmp, path).map_err(error)
+    crate::sys::files::write_whole(path, contents.as_bytes(), mode, group).map_err(|source| {
+        TlsError::File {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Reads a PEM certificate chain and its private key into what rustls serves.
@@ -455,6 +441,7 @@ impl hyper::rt::Write for HttpsConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn verify(ca_pem: &str, chain_pem: &str, name: &str) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();

@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 use super::Master;
 use super::actions::ApiError;
 use super::agent_client::{self, AgentError, NodeEndpoint};
-use super::api::Auth;
+use super::extract::Auth;
 use super::proxy_headers::{filter_response_headers, forwarded_request_headers, is_upgrade};
 use super::session;
 use crate::model::account::TokenKind;

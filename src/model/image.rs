@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::account;
-use crate::model::vnode::{self, SpecError};
+use crate::model::names::{SpecError, check_name};
 
 /// How long a description may be.
 pub const MAX_DESCRIPTION: usize = 500;
@@ -32,7 +32,7 @@ impl<'a> ImageRef<'a> {
     pub fn parse(image: &'a str) -> Result<ImageRef<'a>, SpecError> {
         match image.split_once('/') {
             None => {
-                vnode::check_name("image", image, 64)?;
+                check_name("image", image, 64)?;
                 Ok(ImageRef::System(image))
             }
             Some((owner, name)) => {
@@ -54,7 +54,7 @@ impl<'a> ImageRef<'a> {
 
 /// The name a user gives an image: like a cluster's, a-z, 0-9 and inner '-'.
 pub fn validate_image_name(name: &str) -> Result<(), SpecError> {
-    vnode::check_name("name", name, 48)
+    check_name("name", name, 48)
 }
 
 pub fn validate_description(description: &str) -> Result<(), SpecError> {

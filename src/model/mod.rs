@@ -8,6 +8,7 @@ pub mod egress;
 pub mod host;
 pub mod image;
 pub mod metrics;
+pub mod names;
 pub mod network;
 pub mod placement;
 pub mod ports;

@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::host::human_bytes;
-use crate::model::vnode::{MIN_CPU_MILLIS, MIN_DISK, MIN_MEMORY};
 
 const GIB: u64 = 1 << 30;
 
@@ -67,6 +66,11 @@ impl Usage {
         }
     }
 }
+
+/// The smallest cpu share of a vnode: a hundredth of a core.
+pub const MIN_CPU_MILLIS: u32 = 10;
+pub const MIN_MEMORY: u64 = 64 << 20;
+pub const MIN_DISK: u64 = 64 << 20;
 
 /// Per-vnode sizes (cpu in thousandths of a core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::quota::NodeSize;
+use super::quota::{self, NodeSize};
 use super::vnode::{self, DesiredState, Phase};
 
 /// Stored at `clusters/<user>/<name>`.
@@ -163,35 +163,35 @@ impl CreateClusterRequest {
 
 /// The lower bounds every vnode needs, as the worker enforces them.
 pub fn validate_node_size(node: &NodeSize) -> Result<(), InputError> {
-    if node.cpu_millis < vnode::MIN_CPU_MILLIS {
+    if node.cpu_millis < quota::MIN_CPU_MILLIS {
         return Err(input(
             "invalid_size",
             "cpu_millis",
             format!(
                 "cpu_millis must be at least {} (a hundredth of a core), not {}",
-                vnode::MIN_CPU_MILLIS,
+                quota::MIN_CPU_MILLIS,
                 node.cpu_millis
             ),
         ));
     }
-    if node.memory_bytes < vnode::MIN_MEMORY {
+    if node.memory_bytes < quota::MIN_MEMORY {
         return Err(input(
             "invalid_size",
             "memory_bytes",
             format!(
                 "memory_bytes must be at least {} (64 MiB), not {}",
-                vnode::MIN_MEMORY,
+                quota::MIN_MEMORY,
                 node.memory_bytes
             ),
         ));
     }
-    if node.disk_bytes < vnode::MIN_DISK {
+    if node.disk_bytes < quota::MIN_DISK {
         return Err(input(
             "invalid_size",
             "disk_bytes",
             format!(
                 "disk_bytes must be at least {} (64 MiB), not {}",
-                vnode::MIN_DISK,
+                quota::MIN_DISK,
                 node.disk_bytes
             ),
         ));

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::names::{SpecError, check_name, invalid};
+use crate::model::quota::{MIN_CPU_MILLIS, MIN_DISK, MIN_MEMORY};
+
 /// What the master wants a vnode to be. Stored at `vnodes/<host>/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,52 +159,6 @@ impl Phase {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SpecError {
-    #[error("{field} {value:?} is invalid: {reason}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("{field} {value} is out of range: {reason}")]
-    OutOfRange {
-        field: &'static str,
-        value: u64,
-        reason: String,
-    },
-}
-
-fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> SpecError {
-    SpecError::Invalid {
-        field,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// Lower-case letters, digits and inner dashes; `max` characters at most. Such names are safe
-/// as etcd key segments, unit names, paths and machine names.
-pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), SpecError> {
-    if value.is_empty() || value.len() > max {
-        return Err(invalid(
-            field,
-            value,
-            format!("must be 1 to {max} characters"),
-        ));
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(invalid(field, value, "may only contain a-z, 0-9 and '-'"));
-    }
-    if value.starts_with('-') || value.ends_with('-') {
-        return Err(invalid(field, value, "must not start or end with '-'"));
-    }
-    Ok(())
-}
-
 pub fn validate_user_name(user: &str) -> Result<(), SpecError> {
     if user.is_empty() || user.len() > 32 {
         return Err(invalid("user", user, "must be 1 to 32 characters"));
@@ -229,10 +186,6 @@ pub fn validate_image_name(image: &str) -> Result<(), SpecError> {
     crate::model::image::ImageRef::parse(image).map(|_| ())
 }
 
-/// The smallest cpu share of a vnode: a hundredth of a core.
-pub const MIN_CPU_MILLIS: u32 = 10;
-pub const MIN_MEMORY: u64 = 64 << 20;
-pub const MIN_DISK: u64 = 64 << 20;
 pub const MIN_TASKS: u32 = 32;
 pub const MAX_TASKS: u32 = 1 << 22;
 
@@ -388,7 +341,7 @@ pub fn vnode_cgroup<'a>(unit_cgroup: &'a str, user: &str, id: &str) -> &'a str {
 }
 
 /// A new token for a vnode's Jupyter server: 32 random hex digits, its own (made by the
-/// worker that starts it, see `worker::vnodes`).
+/// worker that starts it, see `worker::vnode`).
 pub fn new_workspace_token() -> String {
     let bytes: [u8; 16] = rand::random();
     data_encoding::HEXLOWER.encode(&bytes)

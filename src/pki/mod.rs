@@ -22,7 +22,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::master::tls::write_file;
 use crate::sys::reload::Reloading;
 
 /// Where a host keeps its identities: `ca.pem` (everyone may read it), `private/ca.key`
@@ -48,10 +47,29 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
 }
 
-impl From<crate::master::tls::TlsError> for PkiError {
-    fn from(e: crate::master::tls::TlsError) -> Self {
-        PkiError::Invalid(e.to_string())
-    }
+/// Writes a whole file with `mode` (and group): see [`crate::sys::files::write_whole`].
+pub fn write_file(
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Result<(), PkiError> {
+    crate::sys::files::write_whole(path, contents.as_bytes(), mode, group).map_err(|source| {
+        PkiError::File {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// A random string of letters and digits, for passwords and secrets.
+pub fn random_secret(len: usize) -> String {
+    use rand::RngExt;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// Which daemon an identity belongs to.

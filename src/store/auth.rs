@@ -118,7 +118,7 @@ fn missing_ok(r: Result<(), StoreError>) -> Result<(), StoreError> {
 }
 
 fn random_password() -> String {
-    crate::master::init::random_secret(32)
+    crate::pki::random_secret(32)
 }
 
 impl EtcdStore {

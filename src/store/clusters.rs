@@ -67,6 +67,29 @@ pub fn spec_usage(spec: &VNodeSpec) -> Usage {
 }
 
 impl EtcdStore {
+    /// Writes a new vnode spec on `host` with a fresh address of its user's network, the id
+    /// index and the address claim in one transaction (the administrator's primitive: no
+    /// group quota, no placement). Refuses an id that exists anywhere.
+    pub async fn create_vnode(
+        &self,
+        host: &str,
+        spec: &VNodeSpec,
+        plan: &AddressPlan,
+    ) -> Result<VNodeSpec, StoreError> {
+        let write = NodeWrite {
+            user: &spec.user,
+            quota: None,
+            cluster: None,
+            nodes: vec![(host.to_owned(), spec.clone())],
+            operation: None,
+            idempotency_key: None,
+            check_hosts: &|_| Ok(()),
+            image: None,
+        };
+        let mut created = self.write_nodes(&write, plan).await?;
+        Ok(created.remove(0))
+    }
+
     /// Writes new vnodes (and their cluster record) as described; returns the specs with
     /// their addresses.
     pub async fn write_nodes(

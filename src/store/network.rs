@@ -147,29 +147,6 @@ impl EtcdStore {
         }
     }
 
-    /// Writes a new vnode spec on `host` with a fresh address of its user's network, the id
-    /// index and the address claim in one transaction (the administrator's primitive: no
-    /// group quota, no placement). Refuses an id that exists anywhere.
-    pub async fn create_vnode(
-        &self,
-        host: &str,
-        spec: &VNodeSpec,
-        plan: &AddressPlan,
-    ) -> Result<VNodeSpec, StoreError> {
-        let write = super::clusters::NodeWrite {
-            user: &spec.user,
-            quota: None,
-            cluster: None,
-            nodes: vec![(host.to_owned(), spec.clone())],
-            operation: None,
-            idempotency_key: None,
-            check_hosts: &|_| Ok(()),
-            image: None,
-        };
-        let mut created = self.write_nodes(&write, plan).await?;
-        Ok(created.remove(0))
-    }
-
     /// The key that claims `address` for a vnode of `user`.
     pub(super) fn address_key(&self, user: &str, address: Ipv4Addr) -> String {
         format!("{}{address}", self.keys.network_addrs(user))

@@ -4,6 +4,7 @@
 //! end-to-end suite.
 
 pub mod beneath;
+pub mod files;
 pub mod firewall;
 pub mod host;
 pub mod mounts;

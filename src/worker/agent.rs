@@ -28,7 +28,7 @@ use super::Worker;
 use super::exec::{self, ExecRequest};
 use super::terminals::{self, Output, TerminalError};
 use super::tunnel;
-use super::vnodes::{Runtime, VNodeError};
+use super::vnode::{Runtime, VNodeError};
 use crate::daemon::TCP_UPGRADE;
 use crate::pki::{self, PKI_DIR, Role};
 use crate::sys::streams::{self, Buffered};

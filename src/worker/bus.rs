@@ -8,7 +8,7 @@ use zbus::message::Header;
 use super::Worker;
 use super::exec::{self, ExecRequest};
 use super::relay;
-use super::vnodes::{Runtime, VNodeError};
+use super::vnode::{Runtime, VNodeError};
 use crate::dbus_api::{self, BusError, VNodeRow};
 
 pub struct WorkerInterface {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use zbus::Variant;
 
-use super::vnodes::{Leader, Runtime, VNodeError};
+use super::vnode::{Leader, Runtime, VNodeError};
 use crate::model::vnode;
 use crate::sys::systemd::{Property, Systemd, exec_property};
 
@@ -128,7 +128,7 @@ pub async fn run(
     let unit = format!(
         "docklet-exec-{}-{}.service",
         request.id,
-        super::vnodes::random_suffix()
+        super::paths::random_suffix()
     );
     let mut properties: Vec<Property> = vec![
         (

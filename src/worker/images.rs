@@ -1,5 +1,5 @@
-//! User images on a worker: saving a vnode's layer when the catalog asks this host to, and
-//! unpacking a saved layer before a vnode starts from it.
+//! User images on a worker: saving a vnode's layer when the catalog asks this host to
+//! (unpacking a saved layer before a vnode starts from it is [`super::vnode::image`]).
 //!
 //! Saving (`images/<owner>/<name>` pending `Saving` on this host): under the vnode's lock
 //! (no start or stop meanwhile), with a running vnode's cgroup frozen so that what is read
@@ -11,11 +11,6 @@
 //! always one layer on a system image. The tar goes to `<version>.tar.part` on the shared
 //! filesystem, hashed and measured as it is written, renamed when complete, and only then
 //! recorded as the image's `current` version.
-//!
-//! Using: `FS_PREFIX/local/image-layers/<owner>/<name>/<version>/` holds the unpacked layer,
-//! made from the tar (checked against its SHA-256) in a `.part` directory renamed when
-//! complete, without the setuid and setgid bits and file capabilities of its files (on the
-//! host's disk they would be root's).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -35,206 +30,12 @@ use crate::model::vnode::{self, UnitState};
 use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
-use crate::worker::vnodes::{LocalState, Runtime, VNodeError, VNodePaths};
-
-/// The tar file of one version of an image, on the shared filesystem.
-pub fn layer_file(config: &Config, owner: &str, name: &str, version: &str) -> PathBuf {
-    image_files_dir(config, owner, name).join(format!("{version}.tar"))
-}
-
-/// Every version of an image, on the shared filesystem.
-pub fn image_files_dir(config: &Config, owner: &str, name: &str) -> PathBuf {
-    config.global_dir().join("images").join(owner).join(name)
-}
-
-/// Where this host unpacks a version.
-pub fn layer_dir(config: &Config, owner: &str, name: &str, version: &str) -> PathBuf {
-    config
-        .local_dir()
-        .join("image-layers")
-        .join(owner)
-        .join(name)
-        .join(version)
-}
-
-/// What a vnode's rootfs is made of.
-#[derive(Debug, Clone)]
-pub struct StartImage {
-    /// The system image (`images/<name>/current` resolved).
-    pub system: PathBuf,
-    /// A user image's unpacked layer, above the system image.
-    pub layer: Option<PathBuf>,
-    /// For the vnode's status: `<system version>` or `<system version>+<owner>/<name>@<version>`.
-    pub version: String,
-}
-
-/// Resolves a vnode's image: a system image by name, or a user image through the catalog
-/// (its current version, unpacked here if it is not yet).
-pub async fn start_image(
-    config: &Config,
-    store: &EtcdStore,
-    image: &str,
-) -> Result<StartImage, VNodeError> {
-    match ImageRef::parse(image)? {
-        ImageRef::System(name) => {
-            let (system, version) = super::vnodes::resolve_image(config, name)?;
-            Ok(StartImage {
-                system,
-                layer: None,
-                version,
-            })
-        }
-        ImageRef::User { owner, name } => {
-            let current = store
-                .image(owner, name)
-                .await?
-                .and_then(|(record, _)| record.current)
-                .ok_or_else(|| {
-                    VNodeError::Refused(format!("image {image} has no saved layer (deleted?)"))
-                })?;
-            let (system, system_version) = super::vnodes::resolve_image(config, &current.base)?;
-            let (config, owner_s, name_s) = (config.clone(), owner.to_owned(), name.to_owned());
-            let version = current.clone();
-            let layer = tokio::task::spawn_blocking(move || {
-                ensure_layer(&config, &owner_s, &name_s, &version)
-            })
-            .await
-            .map_err(|e| VNodeError::Refused(format!("unpacking {image}: {e}")))??;
-            Ok(StartImage {
-                system,
-                layer: Some(layer),
-                version: format!("{system_version}+{image}@{}", current.version),
-            })
-        }
-    }
-}
-
-/// The unpacked layer of `version`, unpacking it first if this host has not yet.
-pub fn ensure_layer(
-    config: &Config,
-    owner: &str,
-    name: &str,
-    version: &ImageVersion,
-) -> Result<PathBuf, VNodeError> {
-    let refused = |m: String| VNodeError::Refused(m);
-    if !image::valid_version(&version.version) {
-        return Err(refused(format!(
-            "image {owner}/{name}: invalid version {:?} in the catalog",
-            version.version
-        )));
-    }
-    let dir = layer_dir(config, owner, name, &version.version);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let file = layer_file(config, owner, name, &version.version);
-    let part = dir.with_extension("part");
-    remove_tree(&part)?;
-    std::fs::create_dir_all(&part).map_err(io_err(format!("creating {}", part.display())))?;
-    let unpacked = unpack(&file, &part, &version.sha256);
-    if let Err(e) = unpacked {
-        let _ = remove_tree(&part);
-        return Err(refused(format!("image {owner}/{name}: {e}")));
-    }
-    std::fs::rename(&part, &dir).map_err(io_err(format!("renaming {}", part.display())))?;
-    info!(image = %format!("{owner}/{name}"), version = %version.version, "layer unpacked");
-    Ok(dir)
-}
-
-/// Unpacks `file` into `dir` with owners, modes, devices (whiteouts) and extended
-/// attributes as stored, feeding tar through a hash: a file that does not match `sha256`
-/// is refused (and what was unpacked is the caller's to remove).
-fn unpack(file: &Path, dir: &Path, sha256: &str) -> Result<(), String> {
-    let mut source = std::fs::File::open(file).map_err(|e| {
-        format!(
-            "its layer {} cannot be read ({e}): the image directory is damaged",
-            file.display()
-        )
-    })?;
-    let mut tar = tar_extract(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    let mut stdin = tar.stdin.take().expect("piped");
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let copied: io::Result<()> = (|| {
-        loop {
-            let n = source.read(&mut buffer)?;
-            if n == 0 {
-                return Ok(());
-            }
-            hasher.update(&buffer[..n]);
-            stdin.write_all(&buffer[..n])?;
-        }
-    })();
-    drop(stdin);
-    let output = tar
-        .wait_with_output()
-        .map_err(|e| format!("waiting for tar: {e}"))?;
-    let digest = hex(&hasher.finalize());
-    if digest != sha256 {
-        return Err(format!(
-            "its layer {} does not match the catalog (SHA-256 {digest}, expected {sha256}): \
-             the image directory is damaged",
-            file.display()
-        ));
-    }
-    copied.map_err(|e| format!("reading {}: {e}", file.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "tar could not unpack {}: {}",
-            file.display(),
-            first_lines(&output.stderr)
-        ));
-    }
-    drop_privileges_of_files(dir)
-}
-
-/// Clears the setuid and setgid bits and the file capabilities of every regular file under
-/// `dir`, a user's layer just unpacked. The layer is stored owned by 0..65536 (shifted into a
-/// user's range only when mounted), so on the host's disk a setuid file of it would be
-/// root's, and a file capability would hold on the host: neither may survive there. What the
-/// system image underneath holds keeps its bits.
-fn drop_privileges_of_files(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-            let path = entry.path();
-            // Not followed: a link in the layer is the layer's, not a way out of it.
-            let meta =
-                std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if meta.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if !meta.is_file() {
-                continue;
-            }
-            let mode = meta.mode();
-            if mode & 0o6000 != 0 {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o1777))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("{}: a NUL in the name", path.display()))?;
-            // SAFETY: NUL-terminated strings.
-            let removed =
-                unsafe { libc::lremovexattr(name.as_ptr(), c"security.capability".as_ptr()) };
-            if removed != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::ENODATA) {
-                    return Err(format!("{}: {e}", path.display()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
+use crate::worker::paths::{LocalState, VNodePaths};
+use crate::worker::vnode::image::{
+    ensure_layer, first_lines, hex, image_files_dir, layer_dir, layer_file, remove_tree,
+    resolve_image, tar_extract,
+};
+use crate::worker::vnode::{Runtime, VNodeError};
 
 /// Carries out the saves the catalog asks of this host.
 pub struct Saver {
@@ -455,7 +256,7 @@ impl Saver {
                         .map_err(|e| refused(format!("unpacking: {e}")))??
                     }
                 };
-                let (system, _) = super::vnodes::resolve_image(&self.config, &current.base)?;
+                let (system, _) = resolve_image(&self.config, &current.base)?;
                 (current.base, Some((layer, system)))
             }
         };
@@ -692,17 +493,6 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
 
 /// GNU tar unpacking its standard input into `dir` as root: owners, modes, devices
 /// (whiteouts) and extended attributes as stored.
-fn tar_extract(dir: &Path) -> Command {
-    let mut tar = Command::new("tar");
-    tar.args(["--extract", "--file=-", "--numeric-owner", "--same-owner"])
-        .args(["--same-permissions", "--xattrs", "--xattrs-include=*"])
-        .arg("--directory")
-        .arg(dir);
-    tar
-}
-
-/// Extended attributes a layer keeps: overlayfs's opaque marks, file capabilities and the
-/// users' own; not overlayfs's bookkeeping of where a copied-up file came from.
 const XATTRS: [&str; 3] = [
     "--xattrs-include=trusted.overlay.opaque",
     "--xattrs-include=security.capability",
@@ -835,35 +625,6 @@ fn write_tar(
 }
 
 /// The first lines of a tool's complaints: enough to say what went wrong.
-fn first_lines(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().take(3).collect();
-    lines.join("; ")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn remove_tree(path: &Path) -> Result<(), VNodeError> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
-            std::fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))
-        }
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io_err(format!("removing {}", path.display()))(e))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VNodeError {
-    let context = context.into();
-    move |source| VNodeError::Io { context, source }
-}
-
-/// Follows the catalog for saves asked of this host: a pass at start, after every change
-/// of an image record, and every half minute.
 pub async fn saver_loop(saver: Arc<Saver>, store: EtcdStore) -> Result<(), StoreError> {
     let (records, revision) = store.images_and_revision().await?;
     saver.pass(&store, records);

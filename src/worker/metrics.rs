@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::vnodes::{Runtime, VNodePaths};
+use super::paths::VNodePaths;
+use super::vnode::Runtime;
 use crate::config::{Config, Storage};
 use crate::model::metrics::{
     HostSample, NetCounters, NodeSample, VnodeReading, VnodeSample, WorkerSamples,

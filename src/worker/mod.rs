@@ -9,12 +9,13 @@ pub mod exec;
 pub mod images;
 pub mod metrics;
 pub mod network;
+pub mod paths;
 pub mod relay;
 pub mod ssh;
 pub mod system_images;
 pub mod terminals;
 pub mod tunnel;
-pub mod vnodes;
+pub mod vnode;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,7 +60,7 @@ pub struct Worker {
     status: StatusLine,
     probe: Arc<dyn HostProbe>,
     /// Set once systemd answered; the vnode runtime lives as long as the worker.
-    pub runtime: std::sync::OnceLock<Arc<vnodes::Runtime>>,
+    pub runtime: std::sync::OnceLock<Arc<vnode::Runtime>>,
     /// The terminal sessions of this host's vnodes.
     pub terminals: Arc<terminals::Registry>,
     /// The last samples of what this host and its vnodes use.
@@ -109,7 +110,7 @@ impl Worker {
                 );
                 Vec::new()
             });
-        let image_versions = vnodes::installed_images(&self.config);
+        let image_versions = paths::installed_images(&self.config);
         HostRecord {
             name: self.host.clone(),
             addresses,
@@ -354,7 +355,7 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
     let runtime = worker
         .runtime
         .get_or_init(|| {
-            Arc::new(vnodes::Runtime::new(
+            Arc::new(vnode::Runtime::new(
                 worker.config.clone(),
                 worker.host.clone(),
                 systemd.clone(),
@@ -415,7 +416,7 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
 
 /// Carries out the image saves the catalog asks of this host and the system image updates,
 /// for ever.
-async fn image_loop(worker: Arc<Worker>, runtime: Arc<vnodes::Runtime>) {
+async fn image_loop(worker: Arc<Worker>, runtime: Arc<vnode::Runtime>) {
     let saver = images::Saver::new(worker.config.clone(), worker.host.clone(), runtime);
     let builder = system_images::Builder::new(worker.config.clone(), worker.host.clone());
     let mut backoff = Backoff::default();

@@ -28,7 +28,7 @@ use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::firewall::Firewall;
 use crate::sys::netlink::{Netlink, set_sysctl};
-use crate::worker::vnodes::{VNodePaths, replace_file};
+use crate::worker::paths::{VNodePaths, replace_file};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {

@@ -24,8 +24,10 @@ use crate::model::system_image::{self, BuildState, SystemImageBuild, SystemImage
 use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
-use crate::worker::images::{copy_tree, ensure_layer, remove_tree};
-use crate::worker::vnodes;
+use crate::worker::images::copy_tree;
+use crate::worker::paths;
+use crate::worker::vnode::image::{check_image_dir, resolve_image};
+use crate::worker::vnode::image::{ensure_layer, remove_tree};
 
 /// Carries out the system image updates on this host.
 pub struct Builder {
@@ -50,7 +52,7 @@ impl Builder {
     /// For each system image here, one task at a time: the build this host owes, if any, then
     /// the removal of the versions nothing uses (never during a build of the same image).
     fn pass(self: &Arc<Self>, store: &EtcdStore, updates: Vec<SystemImageUpdate>) {
-        for (name, current) in vnodes::installed_images(&self.config) {
+        for (name, current) in paths::installed_images(&self.config) {
             if !self.running.lock().unwrap().insert(name.clone()) {
                 continue;
             }
@@ -71,7 +73,7 @@ impl Builder {
                 if let Some(update) = &update {
                     builder.build(&store, update).await;
                 }
-                let dir = vnodes::images_dir(&builder.config).join(&name);
+                let dir = paths::images_dir(&builder.config).join(&name);
                 let prune_name = name.clone();
                 let pruned =
                     tokio::task::spawn_blocking(move || prune_versions(&dir, &prune_name)).await;
@@ -152,8 +154,8 @@ fn make_version(config: &Config, update: &SystemImageUpdate, layer: &Path) -> Re
     if !system_image::valid_version(&update.version) {
         return Err(format!("invalid version {:?}", update.version));
     }
-    let (system, _) = vnodes::resolve_image(config, name).map_err(|e| e.to_string())?;
-    let dir = vnodes::images_dir(config).join(name);
+    let (system, _) = resolve_image(config, name).map_err(|e| e.to_string())?;
+    let dir = paths::images_dir(config).join(name);
     let target = dir.join(&update.version);
     let part = dir.join(format!("{}.part", update.version));
     let merged = config
@@ -172,7 +174,7 @@ fn make_version(config: &Config, update: &SystemImageUpdate, layer: &Path) -> Re
         copy_tree(&merged, &part)?;
         sync_filesystem(&part)?;
         std::fs::rename(&part, &target).map_err(|e| format!("{}: {e}", part.display()))?;
-        vnodes::check_image_dir(name, &target).map_err(|e| e.to_string())?;
+        check_image_dir(name, &target).map_err(|e| e.to_string())?;
         let link = dir.join("current.new");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&update.version, &link)

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::exec::{self, ExecRequest};
-use super::vnodes::Runtime;
+use super::vnode::Runtime;
 
 /// How long a shell without a connection waits for one before it is hung up.
 pub const DETACH_GRACE: Duration = Duration::from_secs(60);
@@ -226,7 +226,7 @@ impl Registry {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let (commands, receiver) = mpsc::channel(64);
         let session = Arc::new(Session {
-            id: super::vnodes::random_suffix() + &super::vnodes::random_suffix(),
+            id: super::paths::random_suffix() + &super::paths::random_suffix(),
             vnode: spec.vnode.clone(),
             user: spec.user.clone(),
             commands,

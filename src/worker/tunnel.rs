@@ -10,7 +10,7 @@ use std::time::Duration;
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Connects to `port` on the loopback of the network namespace `netns` (a vnode's, from its
-/// [`Leader`](super::vnodes::Leader)), or, when loopback refuses, on `fallback` (the vnode's
+/// [`Leader`](super::vnode::Leader)), or, when loopback refuses, on `fallback` (the vnode's
 /// own address: a service may listen only there).
 ///
 /// `setns` changes the namespace of the calling thread only, and for good: it happens on a

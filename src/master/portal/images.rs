@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CsrfOnly, DoneQuery, Session, notice, render, render_error, see_other, status_of};
 use crate::master::Master;
-use crate::master::actions::{ApiError, Caller};
+use crate::master::actions::ApiError;
 use crate::master::images::{ImagePatch, ImageView, SaveImageRequest};
 use crate::master::system_images::{SystemImageUpdateRequest, SystemImageView};
 use crate::model::image::Pending;
@@ -89,21 +89,6 @@ fn images_context(
         })
         .collect();
     minijinja::context! { own => own, shared => shared, saving => saving, follow => follow, system => system }
-}
-
-/// The images new clusters of the caller may start from (`owner/name`), for the create
-/// form's choice.
-pub(super) async fn usable_images(
-    master: &Master,
-    caller: &Caller,
-) -> Result<Vec<String>, ApiError> {
-    Ok(master
-        .list_images(caller, false)
-        .await?
-        .into_iter()
-        .filter(|image| image.record.refuse_use(caller.name()).is_none())
-        .map(|image| image.reference)
-        .collect())
 }
 
 async fn images_page(

@@ -15,7 +15,7 @@ use super::{
     status_of,
 };
 use crate::master::Master;
-use crate::master::actions::{ApiError, ClusterView, UserPatch};
+use crate::master::actions::{ApiError, Caller, ClusterView, UserPatch};
 use crate::master::ports::MapPortRequest;
 use crate::master::session;
 use crate::model::account::AuthMethod;
@@ -217,7 +217,7 @@ async fn dashboard_page(
         Ok(c) => c,
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
-    let images = match super::images::usable_images(master, &session.caller).await {
+    let images = match usable_images(master, &session.caller).await {
         Ok(i) => i,
         Err(e) => return render_error(Some(session), status_of(&e), &e.to_string()),
     };
@@ -401,6 +401,18 @@ async fn cluster_action<T>(
 ) -> Response {
     let target = format!("/clusters/{name}");
     cluster_action_to(master, session, name, csrf, &target, done, action).await
+}
+
+/// The images new clusters of the caller may start from (`owner/name`), for the create
+/// form's choice.
+async fn usable_images(master: &Master, caller: &Caller) -> Result<Vec<String>, ApiError> {
+    Ok(master
+        .list_images(caller, false)
+        .await?
+        .into_iter()
+        .filter(|image| image.record.refuse_use(caller.name()).is_none())
+        .map(|image| image.reference)
+        .collect())
 }
 
 /// Runs an action from cluster `name`'s page: on to `target` with `done`, or the cluster's

@@ -1,0 +1,696 @@
+//! Virtual clusters: create (placed, admitted and written in one transaction), list, show,
+//! start and stop, scale, delete, and the operations that track them.
+
+use super::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::master::{Master, now_secs};
+use crate::model::host::HostRecord;
+use crate::model::image::ImageRef;
+use crate::model::placement::{self, HostLoad};
+use crate::model::quota::{self, NodeSize, Quota, Usage};
+use crate::model::vcluster::{
+    self, ClusterState, CreateClusterRequest, NodeSeen, NodeState, Operation, OperationKind,
+    Progress, VCluster,
+};
+use crate::model::vnode::{self, DesiredState, VNodeSpec};
+use crate::store::clusters::{NodeWrite, PlacementSnapshot};
+use crate::store::vnodes::VNodeSeen;
+use crate::store::{EtcdStore, StoreError};
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub index: u32,
+    pub id: String,
+    pub hostname: String,
+    pub state: NodeState,
+    #[schema(value_type = Option<String>, format = "ipv4")]
+    pub address: Option<std::net::Ipv4Addr>,
+    pub host: String,
+    pub image: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    pub name: String,
+    pub user: String,
+    pub image: String,
+    pub state: ClusterState,
+    pub node_size: NodeSize,
+    pub created_at: u64,
+    pub nodes: Vec<NodeView>,
+    /// Set when the cluster was stopped for being idle too long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop: Option<vcluster::IdleStop>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OperationView {
+    #[serde(flatten)]
+    pub operation: Operation,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// A create's answer: the operation, and whether it is an earlier one found by its
+/// idempotency key.
+pub struct Created {
+    pub operation: OperationView,
+    pub replayed: bool,
+}
+
+impl Master {
+    // ---- clusters ----
+
+    pub async fn create_cluster(
+        &self,
+        caller: &Caller,
+        request: &CreateClusterRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, ApiError> {
+        caller.require_normal()?;
+        let user = caller.name().to_owned();
+        if let Some(key) = idempotency_key
+            && (key.is_empty()
+                || key.len() > 128
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key: 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'".into(),
+            ));
+        }
+        let store = self.api_store().await?;
+        if let Some(key) = idempotency_key
+            && let Some(view) = self.replay(&store, &user, key).await?
+        {
+            return Ok(Created {
+                operation: view,
+                replayed: true,
+            });
+        }
+        let group = self.group_of(&store, &caller.account).await?;
+        let create = request.resolve(&group.defaults, &self.config.default_image)?;
+        let now = now_secs();
+        let cluster = VCluster {
+            name: create.name.clone(),
+            user: user.clone(),
+            image: create.image.clone(),
+            node_size: create.node,
+            nodes: (0..create.size).collect(),
+            next_index: create.size,
+            created_at: now,
+            idle_stop: None,
+        };
+        let operation = Operation {
+            id: random_id(16),
+            kind: OperationKind::Create,
+            user: user.clone(),
+            cluster: cluster.name.clone(),
+            nodes: cluster
+                .nodes
+                .iter()
+                .map(|i| vcluster::node_id(&user, &cluster.name, *i))
+                .collect(),
+            created_at: now,
+        };
+        let sizes = vec![create.node; create.size as usize];
+        let result = self
+            .place_and_write(
+                &store,
+                &cluster,
+                None,
+                &sizes,
+                &HashMap::new(),
+                &group.quota,
+                &operation,
+                idempotency_key,
+            )
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(ApiError::Conflict(m)) if m.contains("idempotency key") => {
+                let key = idempotency_key.expect("only with a key");
+                if let Some(view) = self.replay(&store, &user, key).await? {
+                    return Ok(Created {
+                        operation: view,
+                        replayed: true,
+                    });
+                }
+                return Err(ApiError::Conflict(m));
+            }
+            Err(e) => return Err(e),
+        }
+        info!(user, cluster = %cluster.name, size = create.size, operation = %operation.id, "cluster created");
+        Ok(Created {
+            operation: self.operation_view(&store, operation).await?,
+            replayed: false,
+        })
+    }
+
+    pub(super) async fn replay(
+        &self,
+        store: &EtcdStore,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<OperationView>, ApiError> {
+        let Some(id) = store.idempotent_operation(user, key).await? else {
+            return Ok(None);
+        };
+        match store.operation(&id).await? {
+            Some(op) => Ok(Some(self.operation_view(store, op).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Places `sizes` new nodes of `cluster` (whose new record already lists their indices,
+    /// the last `sizes.len()` of `nodes`) and writes everything in one transaction.
+    /// `existing` counts the cluster's nodes per host, for spreading.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn place_and_write(
+        &self,
+        store: &EtcdStore,
+        cluster: &VCluster,
+        revision: Option<i64>,
+        sizes: &[NodeSize],
+        existing: &HashMap<String, u32>,
+        quota: &Quota,
+        operation: &Operation,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        // The quota first: its message is the more useful one when both would fail.
+        let wanted = sizes
+            .iter()
+            .fold(Usage::default(), |sum, s| sum.plus(&Usage::of_node(s)));
+        quota::admit(quota, &store.usage(&cluster.user).await?, &wanted)
+            .map_err(|e| ApiError::QuotaExceeded(e.to_string()))?;
+        let (system_image, image_guard) = self
+            .image_to_start(store, &cluster.image, &cluster.user, revision.is_none())
+            .await?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            let PlacementSnapshot {
+                hosts,
+                drained,
+                allocations,
+            } = self.placement.snapshot(store).await?;
+            let image_hosts: Vec<&HostRecord> = hosts
+                .iter()
+                .filter(|h| h.images.contains(&system_image))
+                .collect();
+            if image_hosts.is_empty() {
+                let known: HashSet<&String> = hosts.iter().flat_map(|h| &h.images).collect();
+                let mut known: Vec<&String> = known.into_iter().collect();
+                known.sort();
+                return Err(ApiError::invalid(
+                    "unknown_image",
+                    "image",
+                    format!(
+                        "no host has image {system_image}; images: {}",
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            let loads: Vec<HostLoad> = image_hosts
+                .iter()
+                .map(|h| host_load(h, &allocations, &drained, existing))
+                .collect();
+            let chosen = placement::place(&loads, sizes, self.config.overcommit)
+                .map_err(|e| ApiError::NoCapacity(e.to_string()))?;
+            let first_new = cluster.nodes.len() - sizes.len();
+            let nodes: Vec<(String, VNodeSpec)> = chosen
+                .iter()
+                .zip(sizes)
+                .zip(&cluster.nodes[first_new..])
+                .map(|((host, size), index)| {
+                    (loads[*host].name.clone(), node_spec(cluster, *index, size))
+                })
+                .collect();
+            let capacity: HashMap<String, HostLoad> =
+                loads.iter().map(|l| (l.name.clone(), l.clone())).collect();
+            let overcommit = self.config.overcommit;
+            let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
+                for (host, allocated) in after {
+                    if let Some(load) = capacity.get(host) {
+                        let mut load = load.clone();
+                        load.allocated = *allocated;
+                        load.draining = false;
+                        if !placement::within(&load, overcommit) {
+                            return Err(StoreError::NoCapacity(format!(
+                                "host {host} filled up meanwhile"
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let write = NodeWrite {
+                user: &cluster.user,
+                quota: Some(quota),
+                cluster: Some((cluster, revision)),
+                nodes,
+                operation: Some(operation),
+                idempotency_key,
+                check_hosts: &check,
+                image: image_guard.clone(),
+            };
+            match store.write_nodes(&write, &self.address_plan()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::NoCapacity(m)) => last_error = Some(m),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::NoCapacity(last_error.unwrap_or_default()))
+    }
+
+    /// The system image under the vnodes of a cluster that starts from `image`, and for a
+    /// user's image the revision of its record that the write must still find. A new
+    /// cluster may use the user's own images and public ones; an existing cluster keeps
+    /// growing from its image even if it was unshared since.
+    pub(super) async fn image_to_start(
+        &self,
+        store: &EtcdStore,
+        image: &str,
+        user: &str,
+        new_cluster: bool,
+    ) -> Result<(String, Option<(String, i64)>), ApiError> {
+        let refuse = |message: String| ApiError::invalid("unusable_image", "image", message);
+        match ImageRef::parse(image).map_err(|e| refuse(e.to_string()))? {
+            ImageRef::System(name) => Ok((name.to_owned(), None)),
+            ImageRef::User { owner, name } => {
+                let Some((record, revision)) = store.image(owner, name).await? else {
+                    return Err(refuse(format!("there is no image {image}")));
+                };
+                let reason = record.refuse_use(user);
+                match reason {
+                    Some(reason) if new_cluster || !reason.ends_with("is private") => {
+                        Err(refuse(reason))
+                    }
+                    _ => {
+                        let base = record.current.map(|v| v.base).unwrap_or_default();
+                        Ok((base, Some((store.keys().image(owner, name), revision))))
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn list_clusters(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+    ) -> Result<Vec<ClusterView>, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let hosts_up = hosts_up(&store).await?;
+        let mut views = Vec::new();
+        for cluster in store.clusters_of(&owner).await? {
+            views.push(self.cluster_view(&store, cluster, &hosts_up).await?);
+        }
+        Ok(views)
+    }
+
+    pub async fn show_cluster(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+    ) -> Result<ClusterView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let cluster = self.find_cluster(&store, &owner, name).await?.0;
+        let hosts_up = hosts_up(&store).await?;
+        self.cluster_view(&store, cluster, &hosts_up).await
+    }
+
+    pub(crate) async fn find_cluster(
+        &self,
+        store: &EtcdStore,
+        owner: &str,
+        name: &str,
+    ) -> Result<(VCluster, i64), ApiError> {
+        // A malformed name cannot name anything: the same 404 as an absent cluster.
+        if vcluster::validate_cluster_name(name).is_err() {
+            return Err(ApiError::NotFound(format!("no cluster named {name:?}")));
+        }
+        store
+            .cluster(owner, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no cluster named {name}")))
+    }
+
+    pub(super) async fn cluster_view(
+        &self,
+        store: &EtcdStore,
+        cluster: VCluster,
+        hosts_up: &HashSet<String>,
+    ) -> Result<ClusterView, ApiError> {
+        let mut nodes = Vec::new();
+        let ids = node_ids(&cluster);
+        let found = store.vnodes_seen(&ids).await?;
+        for ((index, id), found) in cluster.nodes.iter().zip(ids).zip(found) {
+            let Some(VNodeSeen { host, spec, status }) = found else {
+                continue;
+            };
+            let seen = NodeSeen {
+                exists: true,
+                phase: status.as_ref().map(|s| s.phase),
+                reason: status.as_ref().and_then(|s| s.reason.clone()),
+                host_up: hosts_up.contains(&host),
+            };
+            nodes.push(NodeView {
+                index: *index,
+                id: id.clone(),
+                hostname: vnode::hostname(*index),
+                state: vcluster::node_state(&seen, spec.state),
+                address: spec.address,
+                host,
+                image: spec.image.clone(),
+                cpu_millis: spec.cpu_millis,
+                memory_bytes: spec.memory_bytes,
+                disk_bytes: spec.disk_bytes,
+                reason: seen.reason,
+            });
+        }
+        let states: Vec<NodeState> = nodes.iter().map(|n| n.state).collect();
+        Ok(ClusterView {
+            state: vcluster::cluster_state(&states),
+            name: cluster.name,
+            user: cluster.user,
+            image: cluster.image,
+            node_size: cluster.node_size,
+            created_at: cluster.created_at,
+            nodes,
+            idle_stop: cluster.idle_stop,
+        })
+    }
+
+    /// Start or stop every node of a cluster.
+    pub async fn set_cluster_state(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        running: bool,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        if running {
+            caller.require_normal()?;
+        }
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        let state = if running {
+            DesiredState::Running
+        } else {
+            DesiredState::Stopped
+        };
+        let ids: Vec<String> = node_ids(&cluster);
+        store
+            .change_cluster(&owner, name, |c| {
+                let mut c = c.clone();
+                if running {
+                    c.idle_stop = None;
+                }
+                let states = node_ids(&c).into_iter().map(|id| (id, state)).collect();
+                Ok((Some(c), states))
+            })
+            .await?;
+        let kind = if running {
+            OperationKind::Start
+        } else {
+            OperationKind::Stop
+        };
+        self.record_operation(&store, kind, &owner, name, ids).await
+    }
+
+    pub(crate) async fn record_operation(
+        &self,
+        store: &EtcdStore,
+        kind: OperationKind,
+        owner: &str,
+        cluster: &str,
+        nodes: Vec<String>,
+    ) -> Result<OperationView, ApiError> {
+        let operation = Operation {
+            id: random_id(16),
+            kind,
+            user: owner.to_owned(),
+            cluster: cluster.to_owned(),
+            nodes,
+            created_at: now_secs(),
+        };
+        store.put_operation(&operation).await?;
+        info!(user = owner, cluster, kind = ?kind, operation = %operation.id, "cluster operation");
+        self.operation_view(store, operation).await
+    }
+
+    pub async fn scale_out(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        caller.require_normal()?;
+        let store = self.api_store().await?;
+        let (mut cluster, revision) = self.find_cluster(&store, &owner, name).await?;
+        let account = store
+            .account(&owner)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no user {owner}")))?;
+        let group = self.group_of(&store, &account).await?;
+        let mut existing: HashMap<String, u32> = HashMap::new();
+        for id in node_ids(&cluster) {
+            if let Some(host) = store.vnode_host(&id).await? {
+                *existing.entry(host).or_default() += 1;
+            }
+        }
+        let index = cluster.next_index;
+        cluster.nodes.push(index);
+        cluster.next_index += 1;
+        let operation = Operation {
+            id: random_id(16),
+            kind: OperationKind::ScaleOut,
+            user: owner.clone(),
+            cluster: name.to_owned(),
+            nodes: vec![vcluster::node_id(&owner, name, index)],
+            created_at: now_secs(),
+        };
+        let size = cluster.node_size;
+        self.place_and_write(
+            &store,
+            &cluster,
+            Some(revision),
+            &[size],
+            &existing,
+            &group.quota,
+            &operation,
+            None,
+        )
+        .await?;
+        info!(user = owner, cluster = name, index, "scale out");
+        self.operation_view(&store, operation).await
+    }
+
+    pub async fn scale_in(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        index: u32,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        self.find_cluster(&store, &owner, name).await?;
+        let id = vcluster::node_id(&owner, name, index);
+        store
+            .change_cluster(&owner, name, |c| {
+                if !c.nodes.contains(&index) {
+                    return Err(StoreError::NotFound(format!(
+                        "cluster {name} has no node {index}"
+                    )));
+                }
+                if c.nodes.len() == 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "node {index} is the last node of cluster {name}: delete the cluster instead"
+                    )));
+                }
+                let mut c = c.clone();
+                c.nodes.retain(|i| *i != index);
+                Ok((Some(c), vec![(id.clone(), DesiredState::Deleted)]))
+            })
+            .await?;
+        self.record_operation(&store, OperationKind::ScaleIn, &owner, name, vec![id])
+            .await
+    }
+
+    pub async fn delete_cluster(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        name: &str,
+        force: bool,
+    ) -> Result<OperationView, ApiError> {
+        let owner = caller.owner(user)?;
+        let store = self.api_store().await?;
+        let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
+        if !force {
+            for id in node_ids(&cluster) {
+                let phase = store.vnode_status(&id).await?.map(|s| s.phase);
+                let stopped = matches!(
+                    phase,
+                    Some(vnode::Phase::Stopped) | Some(vnode::Phase::Failed)
+                );
+                if !stopped {
+                    return Err(ApiError::Conflict(format!(
+                        "cluster {name} is not stopped ({id} is {}): stop it first, or delete with force",
+                        phase.map_or("pending", |p| p.as_str())
+                    )));
+                }
+            }
+        }
+        store
+            .change_cluster(&owner, name, |c| {
+                Ok((
+                    None,
+                    node_ids(c)
+                        .into_iter()
+                        .map(|id| (id, DesiredState::Deleted))
+                        .collect(),
+                ))
+            })
+            .await?;
+        self.record_operation(
+            &store,
+            OperationKind::Delete,
+            &owner,
+            name,
+            node_ids(&cluster),
+        )
+        .await
+    }
+
+    /// An operation's progress, waiting up to `wait` for it to end.
+    pub async fn operation(
+        &self,
+        caller: &Caller,
+        id: &str,
+        wait: Duration,
+    ) -> Result<OperationView, ApiError> {
+        let store = self.api_store().await?;
+        let missing = || ApiError::NotFound(format!("no operation {id}"));
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(missing());
+        }
+        let operation = store.operation(id).await?.ok_or_else(missing)?;
+        if operation.user != caller.name() && !caller.admin {
+            return Err(missing());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.operation_view(&store, operation.clone()).await?;
+            if view.progress.state != vcluster::OperationState::Running
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(super) async fn operation_view(
+        &self,
+        store: &EtcdStore,
+        operation: Operation,
+    ) -> Result<OperationView, ApiError> {
+        let hosts_up = hosts_up(store).await?;
+        let seen: Vec<NodeSeen> = store
+            .vnodes_seen(&operation.nodes)
+            .await?
+            .into_iter()
+            .map(|found| match found {
+                Some(VNodeSeen { host, status, .. }) => NodeSeen {
+                    exists: true,
+                    phase: status.as_ref().map(|s| s.phase),
+                    reason: status.and_then(|s| s.reason),
+                    host_up: hosts_up.contains(&host),
+                },
+                None => NodeSeen {
+                    exists: false,
+                    phase: None,
+                    reason: None,
+                    host_up: true,
+                },
+            })
+            .collect();
+        let progress = vcluster::progress(&operation, &seen, now_secs());
+        Ok(OperationView {
+            operation,
+            progress,
+        })
+    }
+}
+
+pub(crate) fn node_ids(cluster: &VCluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|i| vcluster::node_id(&cluster.user, &cluster.name, *i))
+        .collect()
+}
+
+pub(super) fn node_spec(cluster: &VCluster, index: u32, size: &NodeSize) -> VNodeSpec {
+    VNodeSpec {
+        id: vcluster::node_id(&cluster.user, &cluster.name, index),
+        user: cluster.user.clone(),
+        cluster: cluster.name.clone(),
+        index,
+        image: cluster.image.clone(),
+        cpu_millis: size.cpu_millis,
+        memory_bytes: size.memory_bytes,
+        disk_bytes: size.disk_bytes,
+        tasks: vcluster::NODE_TASKS,
+        state: DesiredState::Running,
+        address: None,
+        handoff: None,
+    }
+}
+
+/// What the scheduler sees of one host.
+pub fn host_load(
+    host: &HostRecord,
+    allocations: &BTreeMap<String, Usage>,
+    drained: &HashSet<String>,
+    existing: &HashMap<String, u32>,
+) -> HostLoad {
+    let allocated = allocations.get(&host.name).copied().unwrap_or_default();
+    HostLoad {
+        name: host.name.clone(),
+        cpu_millis: u64::from(host.capacity.cpus) * 1000,
+        memory_bytes: host.capacity.memory_bytes,
+        // What is free now plus what the vnodes here were promised: sparse disks use
+        // little until written, and counting them twice would refuse too early.
+        disk_bytes: host.capacity.disk_free_bytes + allocated.disk_bytes,
+        allocated,
+        draining: drained.contains(&host.name),
+        cluster_nodes: existing.get(&host.name).copied().unwrap_or(0),
+    }
+}
+
+pub(super) async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
+    Ok(store.host_names().await?.into_iter().collect())
+}

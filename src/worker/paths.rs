@@ -1,0 +1,212 @@
+//! Where the worker keeps things on the host: a vnode's pieces ([`VNodePaths`]), the system
+//! images, the users' data, what it keeps about a created vnode ([`LocalState`]), and files
+//! replaced whole there.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// Where one vnode's pieces live.
+#[derive(Debug, Clone)]
+pub struct VNodePaths {
+    pub dir: PathBuf,
+    pub disk_image: PathBuf,
+    pub disk: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub etc: PathBuf,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    pub lower: PathBuf,
+    /// A user image's layer (idmapped like `lower`), above it; `layer_source` names the
+    /// unpacked layer mounted there.
+    pub layer: PathBuf,
+    pub layer_source: PathBuf,
+    pub rootfs: PathBuf,
+    pub exit: PathBuf,
+    pub netns: PathBuf,
+}
+
+impl VNodePaths {
+    pub fn new(config: &Config, id: &str) -> VNodePaths {
+        let dir = vnodes_dir(config).join(id);
+        let run = Path::new(RUN_DIR).join("vnodes").join(id);
+        VNodePaths {
+            disk_image: dir.join("disk.img"),
+            disk: run.join("disk"),
+            upper: run.join("disk/upper"),
+            work: run.join("disk/work"),
+            etc: dir.join("etc"),
+            state: dir.join("state.json"),
+            dir,
+            lower: run.join("lower"),
+            layer: run.join("layer"),
+            layer_source: run.join("layer-source"),
+            rootfs: run.join("rootfs"),
+            exit: run.join("exit"),
+            netns: Path::new(RUN_DIR).join("netns").join(id),
+            run,
+        }
+    }
+}
+
+pub const RUN_DIR: &str = "/run/docklet";
+
+pub fn vnodes_dir(config: &Config) -> PathBuf {
+    config.local_dir().join("vnodes")
+}
+
+pub fn images_dir(config: &Config) -> PathBuf {
+    config.local_dir().join("images")
+}
+
+/// The images that have a `current` version here, by name, with that version (the name of
+/// the directory `current` points at; `current` itself where it is a directory of its own).
+pub fn installed_images(config: &Config) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(images_dir(config))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let current = entry.path().join("current");
+            current.exists().then_some(())?;
+            let version = std::fs::read_link(&current)
+                .ok()
+                .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "current".into());
+            Some((entry.file_name().into_string().ok()?, version))
+        })
+        .collect()
+}
+
+/// The user's persistent data, on the shared filesystem: `/root/nfs` in all their vnodes.
+pub fn user_data_dir(config: &Config, user: &str) -> PathBuf {
+    config.global_dir().join("users").join(user).join("data")
+}
+
+/// What the worker keeps about a created vnode (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalState {
+    pub user: String,
+    pub uid_base: u32,
+    /// The vnode's machine id (32 hex digits), stable across restarts.
+    pub machine_id: String,
+    pub disk_bytes: u64,
+    pub created_at: u64,
+}
+
+impl LocalState {
+    /// Reads `state.json`; a link there is not followed (nothing is read).
+    pub fn load(path: &Path) -> Option<LocalState> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = Vec::new();
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?
+            .read_to_end(&mut text)
+            .ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+/// Eight random lower-case letters and digits, for unit names.
+pub fn random_suffix() -> String {
+    use rand::RngExt;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Replaces `path` by rename, with exactly `mode` (not the worker's umask): readers (glibc
+/// reading a vnode's /etc/hosts, say) never see half a file.
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    replace_file_owned(path, data, mode, None)
+}
+
+/// [`replace_file`], the file owned by `owner` (user and group) when given. It has its mode
+/// from its creation on (never the umask's, never readable by more while it is written), and
+/// a link planted at its temporary name is not followed.
+pub(crate) fn replace_file_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A temporary name of this call's own: two writers of one file at once (a vnode's
+    // start and a network pass) each rename a complete file, and the last one wins.
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), random_suffix()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(data)?;
+            if let Some(id) = owner {
+                nix::unistd::fchown(
+                    &file,
+                    Some(nix::unistd::Uid::from_raw(id)),
+                    Some(nix::unistd::Gid::from_raw(id)),
+                )?;
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Renames `from` to `to` unless `to` exists (a rename over an empty directory would replace
+/// one a vnode may already have bound). Where the filesystem lacks `RENAME_NOREPLACE`, it
+/// checks first.
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if done == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) && !to.exists() {
+        return std::fs::rename(from, to);
+    }
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_their_roots() {
+        let config = Config::default();
+        let paths = VNodePaths::new(&config, "alice-c1-0");
+        assert!(paths.disk_image.starts_with(config.local_dir()));
+        assert!(paths.upper.starts_with(&paths.disk));
+        assert!(paths.rootfs.starts_with(RUN_DIR));
+        assert_eq!(paths.netns, Path::new("/run/docklet/netns/alice-c1-0"));
+    }
+}
