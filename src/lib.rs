@@ -1,7 +1,7 @@
 //! Docklet: private virtual clusters for every user of a shared set of Linux hosts.
 //!
 //! `docklet-master` and `docklet-worker` are systemd services that share this library;
-//! `docklet-admin` talks to them over D-Bus. See ARCHITECTURE.md in docs/ for the layout.
+//! `docklet-admin` talks to them over D-Bus. How the parts fit: docs/architecture.md.
 
 pub mod config;
 pub mod daemon;

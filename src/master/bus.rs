@@ -525,7 +525,7 @@ pub fn api_bus_error(e: ApiError) -> BusError {
     match e {
         ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => BusError::AccessDenied(message),
         ApiError::NotFound(_) => BusError::NotFound(message),
-        ApiError::Conflict(_) => BusError::Conflict(message),
+        ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => BusError::Conflict(message),
         ApiError::BadRequest(_) | ApiError::Input(_) => BusError::InvalidArgument(message),
         ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => BusError::Exhausted(message),
         ApiError::Unavailable(_) => BusError::EtcdUnavailable(message),

@@ -599,6 +599,7 @@ pub fn bus_error(e: StoreError) -> BusError {
         }
         StoreError::NotFound(m) => BusError::NotFound(m),
         StoreError::Conflict(m) => BusError::Conflict(m),
+        StoreError::IdempotencyKeyUsed { .. } => BusError::Conflict(e.to_string()),
         StoreError::Exhausted(m) => BusError::Exhausted(m),
         other => BusError::Failed(other.to_string()),
     }

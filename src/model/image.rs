@@ -134,6 +134,22 @@ pub struct ImageRecord {
     pub last_error: Option<String>,
 }
 
+/// Why an image cannot be used to start a node now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// Another user's image that is not shared.
+    #[error("image {0} is private")]
+    Private(String),
+    #[error("image {0} is being deleted")]
+    Deleting(String),
+    #[error("image {0} is still being saved")]
+    Saving(String),
+    #[error("image {0} has no saved layer: {1}")]
+    SaveFailed(String, String),
+    #[error("image {0} has no saved layer")]
+    NoLayer(String),
+}
+
 impl ImageRecord {
     /// `owner/name`, as clusters name it.
     pub fn reference(&self) -> String {
@@ -151,21 +167,19 @@ impl ImageRecord {
     }
 
     /// Why `user` may not start a new vnode from it, if they may not.
-    pub fn refuse_use(&self, user: &str) -> Option<String> {
+    pub fn refuse_use(&self, user: &str) -> Option<Unusable> {
         let reference = self.reference();
         if self.owner != user && !self.public {
-            return Some(format!("image {reference} is private"));
+            return Some(Unusable::Private(reference));
         }
         if matches!(self.pending, Some(Pending::Deleting { .. })) {
-            return Some(format!("image {reference} is being deleted"));
+            return Some(Unusable::Deleting(reference));
         }
         if self.current.is_none() {
             return Some(match (&self.pending, &self.last_error) {
-                (Some(Pending::Saving { .. }), _) => {
-                    format!("image {reference} is still being saved")
-                }
-                (_, Some(e)) => format!("image {reference} has no saved layer: {e}"),
-                _ => format!("image {reference} has no saved layer"),
+                (Some(Pending::Saving { .. }), _) => Unusable::Saving(reference),
+                (_, Some(e)) => Unusable::SaveFailed(reference, e.clone()),
+                _ => Unusable::NoLayer(reference),
             });
         }
         None
@@ -286,7 +300,10 @@ mod tests {
         assert!(!image.visible_to("bob", false));
         assert!(image.visible_to("bob", true));
         assert!(image.refuse_use("alice").is_none());
-        assert!(image.refuse_use("bob").unwrap().contains("private"));
+        assert_eq!(
+            image.refuse_use("bob"),
+            Some(Unusable::Private("alice/web".into()))
+        );
         image.public = true;
         assert!(image.visible_to("bob", false));
         assert!(image.refuse_use("bob").is_none());
@@ -294,7 +311,10 @@ mod tests {
             since: 9,
             confirmed: false,
         });
-        assert!(image.refuse_use("alice").unwrap().contains("being deleted"));
+        assert!(matches!(
+            image.refuse_use("alice"),
+            Some(Unusable::Deleting(_))
+        ));
         assert_eq!(image.state(), "deleting");
     }
 
@@ -312,7 +332,9 @@ mod tests {
             written_bytes: 3 << 20,
             description: String::new(),
         });
-        assert!(image.refuse_use("alice").unwrap().contains("being saved"));
+        let saving = image.refuse_use("alice").unwrap();
+        assert!(matches!(saving, Unusable::Saving(_)));
+        assert!(saving.to_string().contains("being saved"), "{saving}");
         assert_eq!(image.state(), "saving (3.0M written)");
         image.pending = None;
         image.last_error = Some("image size quota exceeded".into());
@@ -320,6 +342,7 @@ mod tests {
             image
                 .refuse_use("alice")
                 .unwrap()
+                .to_string()
                 .contains("quota exceeded")
         );
         assert!(image.state().starts_with("failed: "));

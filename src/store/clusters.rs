@@ -273,9 +273,7 @@ impl EtcdStore {
         if let Some(key) = write.idempotency_key
             && let Some(id) = self.idempotent_operation(write.user, key).await?
         {
-            return Err(StoreError::Conflict(format!(
-                "idempotency key already used by operation {id}"
-            )));
+            return Err(StoreError::IdempotencyKeyUsed { operation: id });
         }
         Ok(())
     }

@@ -78,6 +78,9 @@ pub enum StoreError {
     /// No host can take what was asked.
     #[error("{0}")]
     NoCapacity(String),
+    /// A create's idempotency key names an earlier operation of the user.
+    #[error("idempotency key already used by operation {operation}")]
+    IdempotencyKeyUsed { operation: String },
 }
 
 /// Key names, in one place.

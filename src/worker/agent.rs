@@ -102,8 +102,8 @@ impl From<VNodeError> for AgentError {
     fn from(e: VNodeError) -> Self {
         let status = match &e {
             VNodeError::Spec(_) => StatusCode::BAD_REQUEST,
-            VNodeError::Refused(m) if m.starts_with("no vnode") => StatusCode::NOT_FOUND,
-            VNodeError::Refused(m) if m.contains("not running") => StatusCode::CONFLICT,
+            VNodeError::NoSuchVnode(_) => StatusCode::NOT_FOUND,
+            VNodeError::NotRunning { .. } => StatusCode::CONFLICT,
             VNodeError::Refused(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -590,6 +590,24 @@ async fn linger(socket: &mut WebSocket, session: &terminals::Session) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vnode_errors_answer_by_their_kind_not_their_text() {
+        let status = |e: VNodeError| AgentError::from(e).0;
+        assert_eq!(
+            status(VNodeError::NoSuchVnode("a-c-0".into())),
+            StatusCode::NOT_FOUND
+        );
+        let stopped = VNodeError::NotRunning {
+            id: "a-c-0".into(),
+            detail: String::new(),
+        };
+        assert_eq!(stopped.to_string(), "vnode a-c-0 is not running");
+        assert_eq!(status(stopped), StatusCode::CONFLICT);
+        // A refusal whose words look like another kind is still a refusal.
+        let refused = VNodeError::Refused("no vnode here is not running".into());
+        assert_eq!(status(refused), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn only_an_explicit_close_ends_a_terminal_session() {

@@ -28,6 +28,7 @@ fn bus_error(e: VNodeError) -> BusError {
     match e {
         VNodeError::Spec(e) => BusError::InvalidArgument(e.to_string()),
         VNodeError::Refused(m) => BusError::Failed(m),
+        VNodeError::NoSuchVnode(_) => BusError::NotFound(e.to_string()),
         other => BusError::Failed(other.to_string()),
     }
 }

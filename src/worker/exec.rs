@@ -114,9 +114,12 @@ pub async fn run(
     check_request(request)?;
     let owner = runtime
         .spec(&request.id)
-        .ok_or_else(|| VNodeError::Refused(format!("no vnode {} on this host", request.id)))?
+        .ok_or_else(|| VNodeError::NoSuchVnode(request.id.clone()))?
         .user;
-    let not_running = || VNodeError::Refused(format!("vnode {} is not running", request.id));
+    let not_running = || VNodeError::NotRunning {
+        id: request.id.clone(),
+        detail: String::new(),
+    };
     let leader = runtime.leader(&request.id).await.ok_or_else(not_running)?;
     // Held until the session ends: nsenter opens them through the worker's /proc entry.
     let namespaces = open_namespaces(&leader).map_err(|_| not_running())?;

@@ -2,6 +2,7 @@
 //! start and stop, scale, delete, and the operations that track them.
 
 use super::*;
+use crate::model::image::Unusable;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -139,7 +140,7 @@ impl Master {
             .await;
         match result {
             Ok(()) => {}
-            Err(ApiError::Conflict(m)) if m.contains("idempotency key") => {
+            Err(used @ ApiError::IdempotencyKeyUsed { .. }) => {
                 let key = idempotency_key.expect("only with a key");
                 if let Some(view) = self.replay(&store, &user, key).await? {
                     return Ok(Created {
@@ -147,7 +148,7 @@ impl Master {
                         replayed: true,
                     });
                 }
-                return Err(ApiError::Conflict(m));
+                return Err(used);
             }
             Err(e) => return Err(e),
         }
@@ -297,8 +298,9 @@ impl Master {
                 };
                 let reason = record.refuse_use(user);
                 match reason {
-                    Some(reason) if new_cluster || !reason.ends_with("is private") => {
-                        Err(refuse(reason))
+                    // A private image stays usable for the nodes a cluster already has.
+                    Some(reason) if new_cluster || !matches!(reason, Unusable::Private(_)) => {
+                        Err(refuse(reason.to_string()))
                     }
                     _ => {
                         let base = record.current.map(|v| v.base).unwrap_or_default();

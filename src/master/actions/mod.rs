@@ -49,6 +49,9 @@ pub enum ApiError {
     Throttled { retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A create's idempotency key names an earlier operation (409, like any conflict).
+    #[error("idempotency key already used by operation {operation}")]
+    IdempotencyKeyUsed { operation: String },
     /// A service inside a vnode did not answer (nothing listens on its port).
     #[error("{0}")]
     BadGateway(String),
@@ -62,7 +65,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
-            ApiError::Conflict(_) => 409,
+            ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => 409,
             ApiError::BadRequest(_) => 400,
             ApiError::Input(_) | ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => 422,
             ApiError::Throttled { .. } => 429,
@@ -77,7 +80,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
+            ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => "conflict",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Input(e) => e.code,
             ApiError::QuotaExceeded(_) => "quota_exceeded",
@@ -117,6 +120,9 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::IdempotencyKeyUsed { operation } => {
+                ApiError::IdempotencyKeyUsed { operation }
+            }
             StoreError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
             StoreError::Exhausted(m) | StoreError::NoCapacity(m) => ApiError::NoCapacity(m),
             other => ApiError::Internal(other.to_string()),
@@ -229,5 +235,26 @@ impl Master {
             cluster_net: self.config.cluster_net,
             vni_base: self.config.vni_base,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_used_idempotency_key_is_a_conflict_known_by_its_kind() {
+        let e = ApiError::from(StoreError::IdempotencyKeyUsed {
+            operation: "op1".into(),
+        });
+        assert!(matches!(&e, ApiError::IdempotencyKeyUsed { operation } if operation == "op1"));
+        assert_eq!((e.status(), e.code()), (409, "conflict"));
+        assert_eq!(
+            e.to_string(),
+            "idempotency key already used by operation op1"
+        );
+        // Any other conflict, whatever its words, is not taken for one.
+        let other = ApiError::from(StoreError::Conflict("idempotency key".into()));
+        assert!(matches!(other, ApiError::Conflict(_)));
     }
 }

@@ -35,9 +35,10 @@ impl Runtime {
         let path = workspace_token_file(&VNodePaths::new(&self.config, id));
         match std::fs::read_to_string(&path) {
             Ok(token) if vnode::is_workspace_token(&token) => Ok(token),
-            _ => Err(VNodeError::Refused(format!(
-                "vnode {id} is not running (it has no workspace token yet)"
-            ))),
+            _ => Err(VNodeError::NotRunning {
+                id: id.to_owned(),
+                detail: " (it has no workspace token yet)".into(),
+            }),
         }
     }
 }

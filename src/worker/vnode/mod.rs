@@ -42,6 +42,12 @@ pub enum VNodeError {
     Spec(#[from] crate::model::names::SpecError),
     #[error("{0}")]
     Refused(String),
+    /// No vnode of that id on this host.
+    #[error("no vnode {0} on this host")]
+    NoSuchVnode(String),
+    /// The vnode exists here but does not run (`detail` says more, or is empty).
+    #[error("vnode {id} is not running{detail}")]
+    NotRunning { id: String, detail: String },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     #[error("{0}")]

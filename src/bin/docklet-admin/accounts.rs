@@ -1,0 +1,251 @@
+//! Accounts, groups and quotas.
+
+use anyhow::Result;
+
+use crate::bus::*;
+use crate::cli::*;
+use crate::tables::*;
+use serde_json::json;
+
+/// A password from standard input: the first line, so `echo pw | docklet-admin ...` works and
+/// the password never shows in the process list.
+pub(crate) fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+        code: 2,
+        message: format!("cannot read the password from standard input: {e}"),
+    })?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(usage("give the password on standard input".into()));
+    }
+    Ok(password)
+}
+
+pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    let reply = match action {
+        UserAction::Add { name, group, pam } => {
+            let password = if pam { String::new() } else { read_password()? };
+            master
+                .create_user(
+                    &name,
+                    group.as_deref().unwrap_or(""),
+                    if pam { "pam" } else { "local" },
+                    &password,
+                )
+                .await
+                .map_err(bus)?
+        }
+        UserAction::Set {
+            name,
+            group,
+            status,
+            password,
+        } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(group) = group {
+                patch.insert("group".into(), group.into());
+            }
+            if let Some(status) = status {
+                patch.insert("status".into(), status.into());
+            }
+            if password {
+                patch.insert("password".into(), read_password()?.into());
+            }
+            if patch.is_empty() {
+                return Err(usage(
+                    "nothing to change: give --group, --status or --password".into(),
+                ));
+            }
+            master
+                .set_user(&name, &serde_json::Value::Object(patch).to_string())
+                .await
+                .map_err(bus)?
+        }
+        UserAction::Delete { name } => {
+            master.delete_user(&name).await.map_err(bus)?;
+            println!("User {name} deleted.");
+            return Ok(());
+        }
+    };
+    let user: serde_json::Value = parse_reply(reply)?;
+    print!("{}", users_table(&[user]));
+    Ok(())
+}
+
+pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let bus = |e| failure(e, "master");
+    match action {
+        GroupAction::Add { name, from, admin } => {
+            let groups: Vec<serde_json::Value> = parse_reply(master.groups().await.map_err(bus)?)?;
+            let from = from.unwrap_or_else(|| docklet::model::quota::DEFAULT_GROUP.to_owned());
+            let mut group = groups
+                .into_iter()
+                .find(|g| g["name"] == from.as_str())
+                .ok_or_else(|| Failure {
+                    code: 7,
+                    message: format!("no group {from} to copy the quota from"),
+                })?;
+            group["name"] = name.clone().into();
+            group["admin"] = admin.into();
+            let reply = master.create_group(&group.to_string()).await.map_err(bus)?;
+            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+        }
+        GroupAction::Delete { name } => {
+            master.delete_group(&name).await.map_err(bus)?;
+            println!("Group {name} deleted.");
+        }
+        GroupAction::Default { name } => {
+            master.set_default_group(&name).await.map_err(bus)?;
+            println!("New users join group {name}.");
+        }
+        GroupAction::Egress { name, allow } => {
+            let rules = docklet::model::egress::parse_rules(&allow).map_err(|e| Failure {
+                code: 2,
+                message: e.to_string(),
+            })?;
+            let patch = json!({ "egress_allow": rules });
+            let reply = master
+                .set_group(&name, &patch.to_string())
+                .await
+                .map_err(bus)?;
+            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+        }
+    }
+    Ok(())
+}
+
+/// `1`, `0.5`, `2.25` cores → thousandths of a core.
+pub(crate) fn parse_cpu(text: &str) -> Result<u32, String> {
+    let cores: f64 = text
+        .parse()
+        .map_err(|_| format!("--cpu {text:?}: expected a number of cores such as 1 or 0.5"))?;
+    if !(0.0..=4096.0).contains(&cores) {
+        return Err(format!("--cpu {text:?}: out of range"));
+    }
+    Ok((cores * 1000.0).round() as u32)
+}
+
+/// `512M`, `2G`, `1048576` → bytes.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 30),
+        Some('T' | 't') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?}: expected bytes or a number with K, M, G or T"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// `docklet-admin quota`: a group's quota, shown or changed; or one user's own vnode count.
+pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
+    let QuotaArgs {
+        group,
+        user,
+        cpu,
+        memory,
+        disk,
+        vnodes,
+        images,
+        image_size,
+        port_mappings,
+        idle,
+        json,
+    } = args;
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    if let Some(user) = user {
+        let vnodes = vnodes
+            .ok_or_else(|| usage("--user sets a user's own vnode count: give --vnodes".into()))?;
+        return master
+            .set_vnode_quota(&user, vnodes)
+            .await
+            .map_err(|e| failure(e, "master"));
+    }
+    let group = group.expect("clap requires a group without --user");
+    let mut quota = serde_json::Map::new();
+    if let Some(cpu) = cpu {
+        quota.insert("cpu_millis".into(), parse_cpu(&cpu).map_err(usage)?.into());
+    }
+    if let Some(memory) = memory {
+        quota.insert(
+            "memory_bytes".into(),
+            parse_size(&memory).map_err(usage)?.into(),
+        );
+    }
+    if let Some(disk) = disk {
+        quota.insert(
+            "disk_bytes".into(),
+            parse_size(&disk).map_err(usage)?.into(),
+        );
+    }
+    if let Some(size) = image_size {
+        quota.insert(
+            "image_bytes".into(),
+            parse_size(&size).map_err(usage)?.into(),
+        );
+    }
+    for (key, value) in [
+        ("vnodes", vnodes.map(u64::from)),
+        ("images", images.map(u64::from)),
+        ("port_mappings", port_mappings.map(u64::from)),
+        ("idle_secs", idle),
+    ] {
+        if let Some(value) = value {
+            quota.insert(key.into(), value.into());
+        }
+    }
+    let text = if quota.is_empty() {
+        let groups: Vec<serde_json::Value> =
+            parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+        let found = groups
+            .into_iter()
+            .find(|g| g["name"] == group.as_str())
+            .ok_or_else(|| Failure {
+                code: 7,
+                message: format!("no group {group}"),
+            })?;
+        found.to_string()
+    } else {
+        master
+            .set_group(&group, &json!({ "quota": quota }).to_string())
+            .await
+            .map_err(|e| failure(e, "master"))?
+    };
+    let group: serde_json::Value = parse_reply(text)?;
+    if json {
+        println!("{group:#}");
+    } else {
+        print!("{}", groups_table(&[group], ""));
+    }
+    Ok(())
+}
+
+/// `docklet-admin groups`: every group with its quota and defaults.
+pub(crate) async fn groups(json: bool) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let groups: Vec<serde_json::Value> =
+        parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&groups).expect("JSON"));
+    } else {
+        let default = master
+            .default_group()
+            .await
+            .map_err(|e| failure(e, "master"))?;
+        print!("{}", groups_table(&groups, &default));
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `docklet-admin`: local administration of Docklet, over D-Bus only (the system bus policy
+//! and the daemons admit root and group `docklet-admin`).
+//!
+//! Exit codes: 0 success; 1 the daemon reported a failure; 2 usage error or invalid argument;
+//! 3 the daemon is not running or the bus is unreachable; 4 permission denied; 5 the cluster
+//! is already initialized; 6 etcd is unreachable; 7 no such vnode or host; 8 conflict (e.g. a
+//! duplicate id). `exec` exits with the command's own status once the command ran.
+
+mod accounts;
+mod bus;
+mod cli;
+mod images;
+mod site;
+mod status;
+mod tables;
+mod vnodes;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::accounts::*;
+use crate::bus::*;
+use crate::cli::*;
+use crate::images::*;
+use crate::site::*;
+use crate::status::*;
+use crate::tables::*;
+use crate::vnodes::*;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Status { json } => status(json).await,
+            Command::Hosts { json } => hosts(json).await,
+            Command::Init { force } => init(force).await,
+            Command::Host { action } => match action {
+                HostAction::Add { name, valid_for } => host_add(&name, &valid_for).await,
+                HostAction::Remove { name } => host_remove(&name).await,
+            },
+            Command::Join { token } => join(&token).await,
+            Command::EtcdCertificate { addresses, names } => etcd_certificate(&addresses, &names),
+            Command::Vnodes { all, json } => vnodes(all, json).await,
+            Command::Vnode { action } => vnode(action).await,
+            Command::Network { user } => network(&user).await,
+            Command::Quota(quota) => accounts::quota(quota).await,
+            Command::Ports { user, json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                print_listing(
+                    master.ports(user.as_deref().unwrap_or("")).await,
+                    json,
+                    ports_table,
+                )
+            }
+            Command::Users { json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                print_listing(master.users().await, json, users_table)
+            }
+            Command::User { action } => user(action).await,
+            Command::Image { action } => image(action).await,
+            Command::SystemImage { action } => system_image(action).await,
+            Command::SystemImages { json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                print_listing(master.system_images().await, json, system_images_table)
+            }
+            Command::Images { json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                print_listing(master.images().await, json, images_table)
+            }
+            Command::Groups { json } => accounts::groups(json).await,
+            Command::Group { action } => group(action).await,
+            Command::Drain { host, off, no_wait } => drain(&host, off, no_wait).await,
+            Command::Exec { user, id, command } => {
+                return exec(user, id, command).await.map(ExitCode::from);
+            }
+        }
+        .map(|()| ExitCode::SUCCESS)
+    });
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("docklet-admin: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
