@@ -1186,9 +1186,9 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
     ]
 }
 
-/// The routes `src/master/api.rs` declares, as (method, path below /api/v1).
+/// The routes `src/master/api/mod.rs` declares, as (method, path below /api/v1).
 fn declared_routes() -> HashSet<(String, String)> {
-    let source = std::fs::read_to_string(repo().join("src/master/api.rs")).unwrap();
+    let source = std::fs::read_to_string(repo().join("src/master/api/mod.rs")).unwrap();
     let router = &source[source.find("Router::new()").expect("the router")..];
     let router = &router[..router.find(".fallback").expect("the router's end")];
     let mut routes = HashSet::new();
