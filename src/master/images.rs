@@ -4,12 +4,13 @@
 //! see all and act on anyone's. The saving itself is the worker's
 //! ([`crate::worker::images`]); the master records the request in the catalog.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::actions::{ApiError, Caller};
+use super::waits::Follow;
 use super::{Master, now_secs};
 use crate::model::image::{self, ImageRecord, Pending};
 use crate::model::vcluster;
@@ -118,7 +119,17 @@ impl Master {
                 now: now_secs(),
             })
             .await?;
-        info!(user = owner, image = %record.reference(), vnode = %id, host, "image save requested");
+        info!(
+            user = owner,
+            image = %record.reference(),
+            vnode = %id,
+            host,
+            by = caller.name(),
+            action = "image.save",
+            "{} asked to save node {id} as image {}",
+            caller.name(),
+            record.reference()
+        );
         Ok(record.into())
     }
 
@@ -156,7 +167,9 @@ impl Master {
         wait: Duration,
     ) -> Result<ImageView, ApiError> {
         let store = self.api_store().await?;
-        let deadline = Instant::now() + wait;
+        let key = store.keys().image(owner, name);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut follow = Follow::start(&store, &[&key], deadline).await;
         loop {
             let record = store
                 .image(owner, name)
@@ -165,10 +178,9 @@ impl Master {
                 .filter(|r| r.visible_to(caller.name(), caller.admin))
                 .ok_or_else(|| ApiError::NotFound(format!("there is no image {owner}/{name}")))?;
             let saving = matches!(record.pending, Some(Pending::Saving { .. }));
-            if !saving || Instant::now() >= deadline {
+            if !saving || !follow.changed(|k| k == key).await {
                 return Ok(record.into());
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -188,7 +200,17 @@ impl Master {
         let record = store
             .update_image(owner, name, patch.public, patch.description.as_deref())
             .await?;
-        info!(image = %record.reference(), public = record.public, "image changed");
+        let shared = if record.public { "public" } else { "private" };
+        info!(
+            user = owner,
+            image = %record.reference(),
+            public = record.public,
+            by = caller.name(),
+            action = "image.change",
+            "{} changed image {}: {shared}",
+            caller.name(),
+            record.reference()
+        );
         Ok(record.into())
     }
 
@@ -242,18 +264,27 @@ impl Master {
         // The files are root's, on the shared filesystem: a worker removes them, then the
         // record ([`crate::worker::images`]).
         store.confirm_image_delete(owner, name).await?;
-        let deadline = Instant::now() + DELETE_WAIT;
+        let key = store.keys().image(owner, name);
+        let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+        let mut follow = Follow::start(&store, &[&key], deadline).await;
         while store.image(owner, name).await?.is_some() {
-            if Instant::now() >= deadline {
-                return Err(ApiError::Unavailable(format!(
-                    "no worker removed image {reference}'s files within {} s (are the workers \
-                     up?); the delete goes on when one is",
-                    DELETE_WAIT.as_secs()
-                )));
+            if follow.changed(|k| k == key).await {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(ApiError::Unavailable(format!(
+                "no worker removed image {reference}'s files within {} s (are the workers \
+                 up?); the delete goes on when one is",
+                DELETE_WAIT.as_secs()
+            )));
         }
-        info!(image = %reference, "image deleted");
+        info!(
+            user = owner,
+            image = %reference,
+            by = caller.name(),
+            action = "image.delete",
+            "{} deleted image {reference}",
+            caller.name()
+        );
         Ok(())
     }
 

@@ -4,13 +4,14 @@
 //! workers' ([`crate::worker::system_images`]); the master checks the request and records it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::actions::{ApiError, Caller};
 use super::images::invalid;
+use super::waits::Follow;
 use super::{Master, now_secs};
 use crate::model::host::HostRecord;
 use crate::model::image::{ImageRef, Pending};
@@ -71,7 +72,16 @@ impl Master {
         wait: Duration,
     ) -> Result<SystemImageView, ApiError> {
         let store = self.api_store().await?;
-        let deadline = Instant::now() + wait;
+        let keys = store.keys();
+        let (hosts, update, builds) = (
+            keys.hosts(),
+            keys.system_image(name),
+            keys.system_image_builds(name),
+        );
+        let relevant = |k: &str| k.starts_with(&hosts) || k == update || k.starts_with(&builds);
+        let deadline = tokio::time::Instant::now() + wait;
+        let prefixes = [hosts.as_str(), update.as_str(), builds.as_str()];
+        let mut follow = Follow::start(&store, &prefixes, deadline).await;
         loop {
             let view = system_image_view(&store, name).await?;
             if view.hosts.is_empty() {
@@ -79,10 +89,9 @@ impl Master {
                     "no host has a system image {name:?}"
                 )));
             }
-            if view.settled || Instant::now() >= deadline {
+            if view.settled || !follow.changed(&relevant).await {
                 return Ok(view);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

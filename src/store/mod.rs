@@ -121,6 +121,10 @@ impl Keys {
     pub fn vnode(&self, host: &str, id: &str) -> String {
         format!("{}vnodes/{host}/{id}", self.prefix)
     }
+    /// Where each vnode is (`vnode-hosts/<id>` → host).
+    pub fn vnode_hosts(&self) -> String {
+        format!("{}vnode-hosts/", self.prefix)
+    }
     pub fn vnode_host(&self, id: &str) -> String {
         format!("{}vnode-hosts/{id}", self.prefix)
     }

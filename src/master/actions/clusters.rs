@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::master::waits::Follow;
 use crate::master::{Master, now_secs};
 use crate::model::host::HostRecord;
 use crate::model::image::ImageRef;
@@ -80,16 +81,8 @@ impl Master {
     ) -> Result<Created, ApiError> {
         caller.require_normal()?;
         let user = caller.name().to_owned();
-        if let Some(key) = idempotency_key
-            && (key.is_empty()
-                || key.len() > 128
-                || !key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-        {
-            return Err(ApiError::BadRequest(
-                "Idempotency-Key: 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'".into(),
-            ));
+        if let Some(key) = idempotency_key {
+            check_idempotency_key(key)?;
         }
         let store = self.api_store().await?;
         if let Some(key) = idempotency_key
@@ -138,8 +131,8 @@ impl Master {
                 idempotency_key,
             )
             .await;
-        match result {
-            Ok(()) => {}
+        let hosts = match result {
+            Ok(hosts) => hosts,
             Err(used @ ApiError::IdempotencyKeyUsed { .. }) => {
                 let key = idempotency_key.expect("only with a key");
                 if let Some(view) = self.replay(&store, &user, key).await? {
@@ -151,8 +144,8 @@ impl Master {
                 return Err(used);
             }
             Err(e) => return Err(e),
-        }
-        info!(user, cluster = %cluster.name, size = create.size, operation = %operation.id, "cluster created");
+        };
+        log_operation(caller.name(), &operation, &vcluster::placed_on(&hosts));
         Ok(Created {
             operation: self.operation_view(&store, operation).await?,
             replayed: false,
@@ -176,7 +169,8 @@ impl Master {
 
     /// Places `sizes` new nodes of `cluster` (whose new record already lists their indices,
     /// the last `sizes.len()` of `nodes`) and writes everything in one transaction.
-    /// `existing` counts the cluster's nodes per host, for spreading.
+    /// `existing` counts the cluster's nodes per host, for spreading. Returns the host of
+    /// each new node.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn place_and_write(
         &self,
@@ -188,7 +182,7 @@ impl Master {
         quota: &Quota,
         operation: &Operation,
         idempotency_key: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<String>, ApiError> {
         // The quota first: its message is the more useful one when both would fail.
         let wanted = sizes
             .iter()
@@ -205,27 +199,7 @@ impl Master {
                 drained,
                 allocations,
             } = self.placement.snapshot(store).await?;
-            let image_hosts: Vec<&HostRecord> = hosts
-                .iter()
-                .filter(|h| h.images.contains(&system_image))
-                .collect();
-            if image_hosts.is_empty() {
-                let known: HashSet<&String> = hosts.iter().flat_map(|h| &h.images).collect();
-                let mut known: Vec<&String> = known.into_iter().collect();
-                known.sort();
-                return Err(ApiError::invalid(
-                    "unknown_image",
-                    "image",
-                    format!(
-                        "no host has image {system_image}; images: {}",
-                        known
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
+            let image_hosts = hosts_with_image(&hosts, &system_image)?;
             let loads: Vec<HostLoad> = image_hosts
                 .iter()
                 .map(|h| host_load(h, &allocations, &drained, existing))
@@ -241,24 +215,7 @@ impl Master {
                     (loads[*host].name.clone(), node_spec(cluster, *index, size))
                 })
                 .collect();
-            let capacity: HashMap<String, HostLoad> =
-                loads.iter().map(|l| (l.name.clone(), l.clone())).collect();
-            let overcommit = self.config.overcommit;
-            let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
-                for (host, allocated) in after {
-                    if let Some(load) = capacity.get(host) {
-                        let mut load = load.clone();
-                        load.allocated = *allocated;
-                        load.draining = false;
-                        if !placement::within(&load, overcommit) {
-                            return Err(StoreError::NoCapacity(format!(
-                                "host {host} filled up meanwhile"
-                            )));
-                        }
-                    }
-                }
-                Ok(())
-            };
+            let check = still_fits(&loads, self.config.overcommit);
             let write = NodeWrite {
                 user: &cluster.user,
                 quota: Some(quota),
@@ -269,8 +226,9 @@ impl Master {
                 check_hosts: &check,
                 image: image_guard.clone(),
             };
+            let placed = write.nodes.iter().map(|(host, _)| host.clone()).collect();
             match store.write_nodes(&write, &self.address_plan()).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(placed),
                 Err(StoreError::NoCapacity(m)) => last_error = Some(m),
                 Err(e) => return Err(e.into()),
             }
@@ -436,16 +394,23 @@ impl Master {
         } else {
             OperationKind::Stop
         };
-        self.record_operation(&store, kind, &owner, name, ids).await
+        let detail = nodes_count(ids.len());
+        self.record_operation(&store, caller.name(), kind, &owner, name, ids, &detail)
+            .await
     }
 
+    /// Records an operation `by` someone (a user's name, or `docklet` for the master's own
+    /// controllers) on the nodes of one cluster, and logs it; `detail` ends the journal line.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn record_operation(
         &self,
         store: &EtcdStore,
+        by: &str,
         kind: OperationKind,
         owner: &str,
         cluster: &str,
         nodes: Vec<String>,
+        detail: &str,
     ) -> Result<OperationView, ApiError> {
         let operation = Operation {
             id: random_id(16),
@@ -456,7 +421,7 @@ impl Master {
             created_at: now_secs(),
         };
         store.put_operation(&operation).await?;
-        info!(user = owner, cluster, kind = ?kind, operation = %operation.id, "cluster operation");
+        log_operation(by, &operation, detail);
         self.operation_view(store, operation).await
     }
 
@@ -493,18 +458,20 @@ impl Master {
             created_at: now_secs(),
         };
         let size = cluster.node_size;
-        self.place_and_write(
-            &store,
-            &cluster,
-            Some(revision),
-            &[size],
-            &existing,
-            &group.quota,
-            &operation,
-            None,
-        )
-        .await?;
-        info!(user = owner, cluster = name, index, "scale out");
+        let hosts = self
+            .place_and_write(
+                &store,
+                &cluster,
+                Some(revision),
+                &[size],
+                &existing,
+                &group.quota,
+                &operation,
+                None,
+            )
+            .await?;
+        let detail = format!("node {index} on {}", hosts.join(", "));
+        log_operation(caller.name(), &operation, &detail);
         self.operation_view(&store, operation).await
     }
 
@@ -536,8 +503,16 @@ impl Master {
                 Ok((Some(c), vec![(id.clone(), DesiredState::Deleted)]))
             })
             .await?;
-        self.record_operation(&store, OperationKind::ScaleIn, &owner, name, vec![id])
-            .await
+        self.record_operation(
+            &store,
+            caller.name(),
+            OperationKind::ScaleIn,
+            &owner,
+            name,
+            vec![id],
+            &format!("node {index} removed"),
+        )
+        .await
     }
 
     pub async fn delete_cluster(
@@ -576,12 +551,16 @@ impl Master {
                 ))
             })
             .await?;
+        let ids = node_ids(&cluster);
+        let detail = nodes_count(ids.len());
         self.record_operation(
             &store,
+            caller.name(),
             OperationKind::Delete,
             &owner,
             name,
-            node_ids(&cluster),
+            ids,
+            &detail,
         )
         .await
     }
@@ -602,15 +581,25 @@ impl Master {
         if operation.user != caller.name() && !caller.admin {
             return Err(missing());
         }
+        // Its progress changes with its nodes' statuses and hosts and with the hosts up.
+        let keys = store.keys();
+        let (statuses, placed, hosts) = (keys.vnode_statuses(), keys.vnode_hosts(), keys.hosts());
+        let relevant = |key: &str| {
+            key.starts_with(&hosts)
+                || [&statuses, &placed].iter().any(|prefix| {
+                    key.strip_prefix(prefix.as_str())
+                        .is_some_and(|id| operation.nodes.iter().any(|n| n == id))
+                })
+        };
         let deadline = tokio::time::Instant::now() + wait;
+        let prefixes = [statuses.as_str(), placed.as_str(), hosts.as_str()];
+        let mut follow = Follow::start(&store, &prefixes, deadline).await;
         loop {
             let view = self.operation_view(&store, operation.clone()).await?;
-            if view.progress.state != vcluster::OperationState::Running
-                || tokio::time::Instant::now() >= deadline
-            {
+            let done = view.progress.state != vcluster::OperationState::Running;
+            if done || !follow.changed(relevant).await {
                 return Ok(view);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -695,4 +684,95 @@ pub fn host_load(
 
 pub(super) async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
     Ok(store.host_names().await?.into_iter().collect())
+}
+
+/// `1 node`, `4 nodes`.
+fn nodes_count(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_owned()
+    } else {
+        format!("{n} nodes")
+    }
+}
+
+/// The journal line of an operation, with its fields: `DOCKLET_USER` (the owner),
+/// `DOCKLET_CLUSTER`, `DOCKLET_OPERATION`, `DOCKLET_ACTION` and `DOCKLET_BY`.
+pub(crate) fn log_operation(by: &str, operation: &Operation, detail: &str) {
+    info!(
+        user = %operation.user,
+        cluster = %operation.cluster,
+        operation = %operation.id,
+        action = operation.kind.action(),
+        by,
+        "{}",
+        vcluster::operation_line(by, operation.kind, &operation.user, &operation.cluster, detail)
+    );
+}
+
+/// The registered hosts that have system image `image`, or why none will do.
+fn hosts_with_image<'a>(
+    hosts: &'a [HostRecord],
+    image: &str,
+) -> Result<Vec<&'a HostRecord>, ApiError> {
+    let with: Vec<&HostRecord> = hosts
+        .iter()
+        .filter(|h| h.images.iter().any(|i| i == image))
+        .collect();
+    if !with.is_empty() {
+        return Ok(with);
+    }
+    let mut known: Vec<&str> = hosts
+        .iter()
+        .flat_map(|h| &h.images)
+        .map(String::as_str)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    known.sort_unstable();
+    Err(ApiError::invalid(
+        "unknown_image",
+        "image",
+        format!("no host has image {image}; images: {}", known.join(", ")),
+    ))
+}
+
+/// The check a node write runs on the allocations it is about to write: each host placed on
+/// must still have room for them (another master may have placed there meanwhile).
+fn still_fits(
+    loads: &[HostLoad],
+    overcommit: placement::Overcommit,
+) -> impl Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + use<> {
+    let capacity: HashMap<String, HostLoad> =
+        loads.iter().map(|l| (l.name.clone(), l.clone())).collect();
+    move |after| {
+        for (host, allocated) in after {
+            if let Some(load) = capacity.get(host) {
+                let mut load = load.clone();
+                load.allocated = *allocated;
+                load.draining = false;
+                if !placement::within(&load, overcommit) {
+                    return Err(StoreError::NoCapacity(format!(
+                        "host {host} filled up meanwhile"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `Idempotency-Key` is 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'.
+fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    let fine = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if fine {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "Idempotency-Key: 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'".into(),
+        ))
+    }
 }
