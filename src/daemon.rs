@@ -14,15 +14,17 @@ use tracing_subscriber::prelude::*;
 use crate::config::Config;
 use crate::model::cluster::EtcdCredentials;
 
-/// Logs to journald when it is there (structured fields: event fields keep their names in
-/// upper case, and every entry carries `DOCKLET_HOST`), else to stderr. `DOCKLET_LOG` sets
-/// the filter (default `info`).
+/// Logs to journald when it is there, else to stderr. `DOCKLET_LOG` sets the filter
+/// (default `info`). In the journal every field of an event or of the spans around it is
+/// `DOCKLET_<NAME>` (`user` is `DOCKLET_USER`), so `journalctl DOCKLET_USER=alice` finds
+/// what was done to alice's things; every entry also carries this daemon's host as
+/// `DOCKLET_HOST` (an entry about another host has both).
 pub fn init_logging(identifier: &str, host: &str) {
     let filter = EnvFilter::try_from_env("DOCKLET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = if Path::new("/run/systemd/journal/socket").exists() {
         tracing_journald::layer().ok().map(|layer| {
             layer
-                .with_field_prefix(None)
+                .with_field_prefix(Some("DOCKLET".to_owned()))
                 .with_syslog_identifier(identifier.to_owned())
                 .with_custom_fields([("DOCKLET_HOST", host)])
         })

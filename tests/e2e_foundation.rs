@@ -96,7 +96,7 @@ fn journal_entries_carry_structured_fields() {
     assert_eq!(entry["SYSLOG_IDENTIFIER"], "docklet-worker");
     let status_entries = ok(
         "tb2",
-        "journalctl -u docklet-worker DOCKLET_HOST=tb2 -o json --no-pager | grep -c '\"STATUS\"' || true",
+        "journalctl -u docklet-worker DOCKLET_HOST=tb2 -o json --no-pager | grep -c '\"DOCKLET_STATUS\"' || true",
     );
     assert!(status_entries.trim().parse::<u32>().unwrap() > 0);
     let other = ok(

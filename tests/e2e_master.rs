@@ -618,7 +618,7 @@ fn pam_and_local_users_log_in_and_tokens_are_revocable() {
     }
     let journal = master_journal();
     assert!(
-        journal.contains(&format!("USER={local}")),
+        journal.contains(&format!("DOCKLET_USER={local}")),
         "the journal has the logins"
     );
     for secret in [
@@ -761,6 +761,7 @@ fn a_cluster_lives_through_its_lifecycle() {
     let user = "mau3";
     let _cleanup = Cleanup::users(&[user]);
     let token = session(user, &fresh_pam_user(user));
+    let since = now();
 
     let r = create(&token, &small("life", 2));
     assert_eq!(r.status, 202, "{r}");
@@ -773,6 +774,7 @@ fn a_cluster_lives_through_its_lifecycle() {
         json!(["mau3-life-0", "mau3-life-1"]),
         "{r}"
     );
+    let create_operation = r.json["id"].as_str().expect("an operation id").to_owned();
     succeeds(&token, &r);
 
     let list = get("/clusters", &token);
@@ -799,6 +801,7 @@ fn a_cluster_lives_through_its_lifecycle() {
         "spread over hosts: {cluster}"
     );
     let address1 = nodes[1]["address"].as_str().expect("an address").to_owned();
+    let host0 = nodes[0]["host"].as_str().expect("a host").to_owned();
     assert!(nodes[0]["address"].is_string(), "{cluster}");
     assert_eq!(nodes[0]["memory_bytes"], MEMORY);
     assert_eq!(nodes[0]["cpu_millis"], CPU);
@@ -895,6 +898,62 @@ fn a_cluster_lives_through_its_lifecycle() {
     assert_eq!(
         usage,
         &json!({"cpu_millis": 0, "memory_bytes": 0, "disk_bytes": 0, "vnodes": 0, "port_mappings": 0, "images": 0, "image_bytes": 0})
+    );
+
+    // The journal tells the user's story: one line a person can read per action, found by
+    // the user's name, with the cluster and the operation as fields.
+    let story = ok(
+        "tb1",
+        &format!(
+            "journalctl -u docklet-master --no-pager -o cat --since @{since} DOCKLET_USER={user}"
+        ),
+    );
+    let mut rest = story.as_str();
+    for line in [
+        format!("{user} created cluster life: 2 nodes on "),
+        format!("{user} scaled out cluster life: node 2 on "),
+        format!("{user} scaled in cluster life: node 1 removed"),
+        format!("{user} stopped cluster life: 2 nodes"),
+        format!("{user} started cluster life: 2 nodes"),
+        format!("{user} stopped cluster life: 2 nodes"),
+        format!("{user} deleted cluster life: 2 nodes"),
+    ] {
+        let at = rest
+            .find(&line)
+            .unwrap_or_else(|| panic!("no {line:?} (in this order) in the journal:\n{story}"));
+        rest = &rest[at + line.len()..];
+    }
+    let created = ok(
+        "tb1",
+        &format!(
+            "journalctl -u docklet-master --no-pager -o json --since @{since} DOCKLET_USER={user} \
+             DOCKLET_ACTION=cluster.create | tail -n 1"
+        ),
+    );
+    let created: Value = serde_json::from_str(created.trim()).expect("a journal entry");
+    assert_eq!(created["DOCKLET_CLUSTER"], "life", "{created}");
+    assert_eq!(
+        created["DOCKLET_OPERATION"],
+        create_operation.as_str(),
+        "{created}"
+    );
+    assert_eq!(created["DOCKLET_BY"], user, "{created}");
+    // The worker that booted node 0 says so under the same name, with the node's id.
+    let started = ok(
+        &host0,
+        &format!(
+            "journalctl -u docklet-worker --no-pager -o json --since @{since} DOCKLET_USER={user} \
+             DOCKLET_ACTION=vnode.start | head -n 1"
+        ),
+    );
+    let started: Value = serde_json::from_str(started.trim()).expect("a journal entry");
+    assert_eq!(started["DOCKLET_VNODE"], "mau3-life-0", "{started}");
+    assert_eq!(started["DOCKLET_CLUSTER"], "life", "{started}");
+    assert!(
+        started["MESSAGE"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("vnode mau3-life-0 running: started in ")),
+        "{started}"
     );
 
     // Deleting the user frees their network's address blocks; their uid range stays theirs

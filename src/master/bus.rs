@@ -28,8 +28,9 @@ impl MasterInterface {
         dbus_api::authorize(conn, &header).await?;
         Ok(self
             .master
-            .list_hosts()
-            .await?
+            .registered_hosts(&Caller::local_admin())
+            .await
+            .map_err(api_bus_error)?
             .into_iter()
             .map(HostRow::from)
             .collect())
@@ -59,7 +60,7 @@ impl MasterInterface {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
-            DOCKLET_HOST = host,
+            host = host,
             "join token for {host} requested over D-Bus"
         );
         self.master.add_host(host, seconds).await
@@ -75,7 +76,7 @@ impl MasterInterface {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
-            DOCKLET_HOST = host,
+            host = host,
             "removal of host {host} requested over D-Bus"
         );
         self.master.remove_host(host).await
@@ -90,17 +91,13 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let uid = dbus_api::authorize(conn, &header).await?;
+        dbus_api::authorize(conn, &header).await?;
         let spec: VNodeSpec = serde_json::from_str(spec)
             .map_err(|e| BusError::InvalidArgument(format!("vnode spec: {e}")))?;
-        tracing::info!(
-            caller_uid = uid,
-            vnode = %spec.id,
-            host,
-            "vnode {} created on {host} over D-Bus",
-            spec.id
-        );
-        self.master.create_vnode(host, &spec).await
+        self.master
+            .create_vnode(&Caller::local_admin(), host, &spec)
+            .await
+            .map_err(api_bus_error)
     }
 
     /// running, stopped or deleted.
@@ -112,15 +109,12 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let uid = dbus_api::authorize(conn, &header).await?;
+        dbus_api::authorize(conn, &header).await?;
         let state: DesiredState = state.parse().map_err(BusError::InvalidArgument)?;
-        tracing::info!(
-            caller_uid = uid,
-            vnode = id,
-            ?state,
-            "vnode {id} set to {state:?} over D-Bus"
-        );
-        self.master.set_vnode_state(id, state).await
+        self.master
+            .set_vnode_state(&Caller::local_admin(), id, state)
+            .await
+            .map_err(api_bus_error)
     }
 
     #[zbus(name = "UserNetwork")]
@@ -131,8 +125,7 @@ impl MasterInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        let info = self.master.user_network(user).await?;
-        Ok(serde_json::to_string_pretty(&info).expect("JSON"))
+        json(self.master.user_network(&Caller::local_admin(), user).await)
     }
 
     #[zbus(name = "SetVNodeQuota")]
@@ -143,14 +136,11 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let uid = dbus_api::authorize(conn, &header).await?;
-        tracing::info!(
-            caller_uid = uid,
-            user,
-            vnodes,
-            "vnode quota of {user} set to {vnodes} over D-Bus"
-        );
-        self.master.set_vnode_quota(user, vnodes).await
+        dbus_api::authorize(conn, &header).await?;
+        self.master
+            .set_vnode_quota(&Caller::local_admin(), user, vnodes)
+            .await
+            .map_err(api_bus_error)
     }
 
     #[zbus(name = "ListVNodes")]
@@ -160,8 +150,7 @@ impl MasterInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        let list = self.master.list_vnodes().await?;
-        Ok(serde_json::to_string(&list).expect("vnode entries serialize"))
+        json(self.master.list_vnodes(&Caller::local_admin()).await)
     }
 
     /// Every account with its group, quota and usage (JSON).

@@ -114,6 +114,9 @@ impl Drop for AbortOnDrop {
 struct DrainController {
     /// The last pass saw nothing to do: until a host drains, passes read one key range.
     idle: bool,
+    /// Why each vnode could not move at the last pass: a reason is logged when it is new,
+    /// not at every pass (once a second) while it lasts.
+    failing: HashMap<String, String>,
 }
 
 impl DrainController {
@@ -141,6 +144,7 @@ impl DrainController {
             && plan.steps.is_empty()
             && specs.iter().all(|(_, s)| s.handoff.is_none());
         let mut trouble: HashMap<String, String> = HashMap::new();
+        let mut failing = HashMap::new();
         for step in plan.steps {
             let (id, result) = match step {
                 DrainStep::Export(id) => {
@@ -164,7 +168,7 @@ impl DrainController {
                             }
                         })
                         .await
-                        .map(|_| info!(vnode = %id, "drain called off: vnode stays"))
+                        .map(|_| info!(vnode = %id, action = "drain.return", "drain called off: vnode {id} stays"))
                         .map_err(ApiError::from);
                     (id, r)
                 }
@@ -176,18 +180,23 @@ impl DrainController {
                             Ok(done)
                         })
                         .await
-                        .map(|_| info!(vnode = %id, "vnode moved and up"))
+                        .map(|_| info!(vnode = %id, action = "drain.done", "vnode {id} moved and up"))
                         .map_err(ApiError::from);
                     (id, r)
                 }
             };
             if let Err(e) = result {
-                warn!(vnode = %id, "drain: {e}");
-                if let Some((host, _)) = specs.iter().find(|(_, s)| s.id == id) {
-                    trouble.insert(host.clone(), format!("cannot move {id}: {e}"));
+                let reason = e.to_string();
+                if self.failing.get(&id) != Some(&reason) {
+                    warn!(vnode = %id, action = "drain.move-failed", "drain: cannot move vnode {id}: {reason}");
                 }
+                if let Some((host, _)) = specs.iter().find(|(_, s)| s.id == id) {
+                    trouble.insert(host.clone(), format!("cannot move {id}: {reason}"));
+                }
+                failing.insert(id, reason);
             }
         }
+        self.failing = failing;
         for (host, note) in plan.notes {
             let note = match trouble.remove(&host) {
                 Some(problem) => format!("{note}; {problem}"),
@@ -225,7 +234,7 @@ async fn export(master: &Master, store: &EtcdStore, id: &str) -> Result<(), ApiE
             _ => Ok(false),
         })
         .await?;
-    info!(vnode = %id, "drain: moving vnode");
+    info!(vnode = %id, user = %spec.user, cluster = %spec.cluster, action = "drain.export", "drain: moving vnode {id} off {from}");
     Ok(())
 }
 
@@ -249,7 +258,7 @@ async fn place(master: &Master, store: &EtcdStore, id: &str) -> Result<(), ApiEr
             ))),
         })
         .await?;
-    info!(vnode = %id, from, to, "drain: vnode recreated on another host");
+    info!(vnode = %id, user = %spec.user, cluster = %spec.cluster, from, to, action = "drain.place", "drain: vnode {id} recreated on {to} (from {from})");
     Ok(())
 }
 

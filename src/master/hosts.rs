@@ -103,7 +103,7 @@ impl Master {
             .await
             .map_err(super::bus_error)?;
         info!(
-            DOCKLET_HOST = host,
+            host = host,
             "join token for host {host} made, valid {seconds} s"
         );
         Ok(JoinToken {
@@ -137,7 +137,7 @@ impl Master {
                 .map_err(super::bus_error)?;
         }
         info!(
-            DOCKLET_HOST = host,
+            host = host,
             "host {host} removed: its certificates are revoked (agents and etcd)"
         );
         Ok(())
@@ -147,7 +147,7 @@ impl Master {
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, JoinError> {
         let host = request.host.clone();
         let refused = |why: &str| {
-            warn!(DOCKLET_HOST = %host, "join of host {host} refused: {why}");
+            warn!(host = %host, "join of host {host} refused: {why}");
             JoinError::Refused(format!("join refused: {why}"))
         };
         crate::model::host::validate_host_name(&host)
@@ -204,7 +204,7 @@ impl Master {
             .await
             .map_err(store_error)?;
         info!(
-            DOCKLET_HOST = %host,
+            host = %host,
             "host {host} joined{}",
             if previous.is_some() { " again (re-keyed; its previous certificates stay valid until the next re-key)" } else { "" }
         );
@@ -259,7 +259,7 @@ impl Master {
             .put_host_identity(&identity)
             .await
             .map_err(super::bus_error)?;
-        info!(DOCKLET_HOST = %self.host, "recorded the identities of host {}", self.host);
+        info!(host = %self.host, "recorded the identities of host {}", self.host);
         Ok(())
     }
 }

@@ -366,19 +366,21 @@ impl Master {
                 .await;
             match stopped {
                 Ok(_) => {
-                    info!(
-                        user,
-                        cluster,
-                        idle_secs = stop.idle_secs,
-                        limit,
-                        "stopped an idle cluster"
-                    );
                     let ids = match store.cluster(user, cluster).await {
                         Ok(Some((c, _))) => node_ids(&c),
                         _ => Vec::new(),
                     };
+                    let detail = format!("idle for {} s (limit {limit} s)", stop.idle_secs);
                     let _ = self
-                        .record_operation(store, OperationKind::Stop, user, cluster, ids)
+                        .record_operation(
+                            store,
+                            "docklet",
+                            OperationKind::Stop,
+                            user,
+                            cluster,
+                            ids,
+                            &detail,
+                        )
                         .await;
                     self.metrics
                         .state

@@ -24,6 +24,7 @@ pub mod session;
 pub mod system_images;
 pub mod terminal;
 pub mod tls;
+pub(crate) mod waits;
 pub mod workspace;
 
 /// Seconds since the epoch (shared with the worker, see [`crate::daemon`]).
@@ -40,9 +41,6 @@ use crate::config::Config;
 use crate::daemon::{self, Backoff, CredentialsError, Notifier, StatusLine};
 use crate::dbus_api::{BusError, InitResult};
 use crate::model::cluster::EtcdCredentials;
-use crate::model::host::HostRecord;
-use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
-use crate::store::network::AddressPlan;
 use crate::store::{EtcdStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -168,97 +166,6 @@ impl Master {
                     self.config.etcd.endpoints.join(",")
                 ))
             })
-    }
-
-    pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, BusError> {
-        let store = self.store().await?;
-        store.list_hosts().await.map_err(bus_error)
-    }
-
-    /// Writes a new vnode spec for `host` (an administrator's primitive; the vcluster API
-    /// builds on it).
-    pub async fn create_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), BusError> {
-        vnode::validate_spec(spec).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
-        if spec.state == DesiredState::Deleted {
-            return Err(BusError::InvalidArgument(
-                "a new vnode's state is running or stopped".into(),
-            ));
-        }
-        let store = self.store().await?;
-        let hosts = store.list_hosts().await.map_err(bus_error)?;
-        if !hosts.iter().any(|h| h.name == host) {
-            return Err(BusError::NotFound(format!(
-                "no host {host} is up (see `docklet-admin hosts`)"
-            )));
-        }
-        if spec.address.is_some() {
-            return Err(BusError::InvalidArgument(
-                "a vnode's address is assigned by Docklet; leave `address` out".into(),
-            ));
-        }
-        let plan = AddressPlan {
-            cluster_net: self.config.cluster_net,
-            vni_base: self.config.vni_base,
-        };
-        let created = store
-            .create_vnode(host, spec, &plan)
-            .await
-            .map_err(bus_error)?;
-        tracing::info!(vnode = %spec.id, address = ?created.address, "vnode {} created on {host}", spec.id);
-        Ok(())
-    }
-
-    pub async fn user_network(&self, user: &str) -> Result<serde_json::Value, BusError> {
-        vnode::validate_user_name(user).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
-        let store = self.store().await?;
-        let (net, quota, addresses) = store.user_network(user).await.map_err(bus_error)?;
-        let net = net.ok_or_else(|| {
-            BusError::NotFound(format!(
-                "user {user} has no network yet (no vnode was created)"
-            ))
-        })?;
-        Ok(serde_json::json!({
-            "user": user,
-            "vni": net.vni,
-            "blocks": net.blocks,
-            "gateway": net.gateway(),
-            "capacity": net.capacity(),
-            "quota": quota,
-            "addresses": addresses,
-        }))
-    }
-
-    pub async fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError> {
-        vnode::validate_user_name(user).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
-        let store = self.store().await?;
-        store.set_vnode_quota(user, vnodes).await.map_err(bus_error)
-    }
-
-    pub async fn set_vnode_state(&self, id: &str, state: DesiredState) -> Result<(), BusError> {
-        if state == DesiredState::Exported {
-            return Err(BusError::InvalidArgument(
-                "exported is set by a drain (`docklet-admin drain HOST`), not by hand".into(),
-            ));
-        }
-        let store = self.store().await?;
-        store.set_vnode_state(id, state).await.map_err(bus_error)
-    }
-
-    /// Every vnode: host, spec and last status.
-    pub async fn list_vnodes(&self) -> Result<Vec<VNodeEntry>, BusError> {
-        let store = self.store().await?;
-        let specs = store.all_vnode_specs().await.map_err(bus_error)?;
-        let mut statuses = store.all_vnode_statuses().await.map_err(bus_error)?;
-        Ok(specs
-            .into_iter()
-            .map(|(host, spec)| {
-                let status = statuses
-                    .iter()
-                    .position(|s| s.id == spec.id)
-                    .map(|i| statuses.swap_remove(i));
-                VNodeEntry { host, spec, status }
-            })
-            .collect())
     }
 
     /// Is etcd reachable and the cluster initialized? For the health endpoint.
@@ -603,14 +510,6 @@ pub fn bus_error(e: StoreError) -> BusError {
         StoreError::Exhausted(m) => BusError::Exhausted(m),
         other => BusError::Failed(other.to_string()),
     }
-}
-
-/// One vnode as `ListVNodes` shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct VNodeEntry {
-    pub host: String,
-    pub spec: VNodeSpec,
-    pub status: Option<VNodeStatus>,
 }
 
 /// The unprivileged user the packaged master runs as.

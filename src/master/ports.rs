@@ -142,6 +142,17 @@ impl Master {
                 now: now_secs(),
             })
             .await?;
+        tracing::info!(
+            user = owner,
+            cluster = name,
+            vnode = %mapping.vnode_id(),
+            public_port = mapping.public_port,
+            by = caller.name(),
+            action = "port.map",
+            "{} mapped port {port} of node {index} of cluster {name} to public port {}",
+            caller.name(),
+            mapping.public_port
+        );
         let phase = store
             .vnode_status(&mapping.vnode_id())
             .await?
@@ -160,6 +171,14 @@ impl Master {
         let owner = caller.owner(user)?;
         let store = self.api_store().await?;
         store.delete_port_mapping(&owner, public_port).await?;
+        tracing::info!(
+            user = owner,
+            public_port,
+            by = caller.name(),
+            action = "port.unmap",
+            "{} unmapped public port {public_port} of {owner}",
+            caller.name()
+        );
         Ok(())
     }
 }

@@ -354,7 +354,7 @@ async fn enter(master: Arc<Master>, label: &str, request: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     tracing::info!(
-        DOCKLET_USER = record.user.as_str(),
+        user = record.user.as_str(),
         "workspace host entered from {source}"
     );
     let portal = master.config.portal_url_or(&master.host);

@@ -21,6 +21,17 @@ pub enum AccountStatus {
     Locked,
 }
 
+impl AccountStatus {
+    /// Its name in the API: `applying`, `normal`, `locked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Applying => "applying",
+            AccountStatus::Normal => "normal",
+            AccountStatus::Locked => "locked",
+        }
+    }
+}
+
 impl std::str::FromStr for AccountStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

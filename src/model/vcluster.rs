@@ -224,6 +224,67 @@ impl OperationKind {
             OperationKind::ScaleIn | OperationKind::Delete => Goal::Gone,
         }
     }
+
+    /// The journal's name for the action (`DOCKLET_ACTION`): `cluster.scale-out`.
+    pub fn action(self) -> &'static str {
+        match self {
+            OperationKind::Create => "cluster.create",
+            OperationKind::Start => "cluster.start",
+            OperationKind::Stop => "cluster.stop",
+            OperationKind::ScaleOut => "cluster.scale-out",
+            OperationKind::ScaleIn => "cluster.scale-in",
+            OperationKind::Delete => "cluster.delete",
+            OperationKind::Recover => "cluster.recover",
+        }
+    }
+
+    /// What was done, for a journal line: `alice <verb> cluster c1`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            OperationKind::Create => "created",
+            OperationKind::Start => "started",
+            OperationKind::Stop => "stopped",
+            OperationKind::ScaleOut => "scaled out",
+            OperationKind::ScaleIn => "scaled in",
+            OperationKind::Delete => "deleted",
+            OperationKind::Recover => "recovered a node of",
+        }
+    }
+}
+
+/// The journal line of an operation: `alice created cluster c1: 4 nodes on tb1, tb2`, or
+/// `root stopped cluster c1 of alice: 4 nodes` when someone acts on another user's cluster.
+pub fn operation_line(
+    by: &str,
+    kind: OperationKind,
+    owner: &str,
+    cluster: &str,
+    detail: &str,
+) -> String {
+    let verb = kind.verb();
+    let whose = if by == owner {
+        String::new()
+    } else {
+        format!(" of {owner}")
+    };
+    if detail.is_empty() {
+        format!("{by} {verb} cluster {cluster}{whose}")
+    } else {
+        format!("{by} {verb} cluster {cluster}{whose}: {detail}")
+    }
+}
+
+/// `4 nodes on tb1, tb2`: how many nodes, and the hosts they were placed on (each once,
+/// sorted).
+pub fn placed_on(hosts: &[String]) -> String {
+    let mut distinct: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let nodes = match hosts.len() {
+        1 => "1 node".to_owned(),
+        n => format!("{n} nodes"),
+    };
+    format!("{nodes} on {}", distinct.join(", "))
 }
 
 enum Goal {
@@ -397,6 +458,39 @@ pub fn cluster_state(nodes: &[NodeState]) -> ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_lines_read_as_sentences() {
+        let hosts = ["tb2", "tb1", "tb2", "tb1"].map(String::from);
+        assert_eq!(
+            operation_line(
+                "alice",
+                OperationKind::Create,
+                "alice",
+                "c1",
+                &placed_on(&hosts)
+            ),
+            "alice created cluster c1: 4 nodes on tb1, tb2"
+        );
+        assert_eq!(
+            operation_line("root", OperationKind::Stop, "alice", "c1", "4 nodes"),
+            "root stopped cluster c1 of alice: 4 nodes"
+        );
+        assert_eq!(
+            operation_line(
+                "bob",
+                OperationKind::ScaleOut,
+                "bob",
+                "web",
+                &placed_on(&hosts[..1])
+            ),
+            "bob scaled out cluster web: 1 node on tb2"
+        );
+        assert_eq!(
+            operation_line("bob", OperationKind::Delete, "bob", "web", ""),
+            "bob deleted cluster web"
+        );
+    }
 
     fn defaults() -> NodeSize {
         NodeSize {

@@ -1,7 +1,7 @@
 //! Vnodes as the administrator's primitive: list, create, start, stop, delete, and `exec`.
 
 use anyhow::Result;
-use docklet::master::VNodeEntry;
+use docklet::master::actions::VNodeEntry;
 
 use crate::accounts::*;
 use crate::bus::*;

@@ -63,7 +63,12 @@ impl Master {
         {
             (true, existing) => existing,
             (false, _) => {
-                info!(user, source, "login refused");
+                info!(
+                    user,
+                    source,
+                    action = "auth.login-refused",
+                    "login of {user} from {source} refused"
+                );
                 return Err(refused());
             }
         };
@@ -77,7 +82,12 @@ impl Master {
                 let group = store.default_group().await?;
                 let new = Account::pam(user, &group, now);
                 match store.create_account(&new).await {
-                    Ok(()) => info!(user, group, "PAM user signed up at first login"),
+                    Ok(()) => info!(
+                        user,
+                        group,
+                        action = "user.create",
+                        "PAM user {user} signed up at first login, in group {group}"
+                    ),
                     Err(StoreError::Conflict(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -102,7 +112,13 @@ impl Master {
                 None,
             )
             .await?;
-        info!(user, source, token = %record.id, "login");
+        info!(
+            user,
+            source,
+            token = %record.id,
+            action = "auth.login",
+            "{user} logged in from {source}"
+        );
         Ok(LoginResult {
             token,
             user: user.to_owned(),

@@ -63,7 +63,19 @@ impl Master {
             return Err(ApiError::NotFound(format!("no host {host}")));
         }
         store.set_drain(host, drain).await?;
-        info!(host, drain, by = caller.name(), "drain changed");
+        let done = if drain {
+            "started draining"
+        } else {
+            "stopped draining"
+        };
+        info!(
+            host,
+            drain,
+            by = caller.name(),
+            action = if drain { "host.drain" } else { "host.undrain" },
+            "{} {done} host {host}",
+            caller.name()
+        );
         Ok(())
     }
 }

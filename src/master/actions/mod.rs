@@ -18,6 +18,7 @@ mod clusters;
 mod hosts;
 mod nodes;
 mod users;
+mod vnodes;
 
 pub use auth::{LoginResult, Me, NewToken};
 pub(crate) use clusters::node_ids;
@@ -25,6 +26,7 @@ pub use clusters::{ClusterView, Created, NodeView, OperationView, host_load};
 pub use hosts::HostView;
 pub use nodes::{ExecRequest, ExecResult};
 pub use users::{GroupPatch, NewUser, QuotaPatch, UserPatch};
+pub use vnodes::{UserNetworkView, VNodeEntry};
 
 /// An API failure: an HTTP status, a machine-readable code and a message for people.
 #[derive(Debug, thiserror::Error)]

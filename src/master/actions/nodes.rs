@@ -5,7 +5,6 @@ use super::*;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use tracing::info;
 
 use crate::master::Master;
 use crate::master::agent_client::NodeEndpoint;
@@ -68,16 +67,16 @@ impl Master {
                 Ok(())
             })
             .await?;
-        info!(
-            user = owner,
-            cluster = name,
-            index,
-            from = lost_host,
-            to,
-            "lost node recovered"
-        );
-        self.record_operation(&store, OperationKind::Recover, &owner, name, vec![id])
-            .await
+        self.record_operation(
+            &store,
+            caller.name(),
+            OperationKind::Recover,
+            &owner,
+            name,
+            vec![id],
+            &format!("node {index} from lost host {lost_host} to {to}"),
+        )
+        .await
     }
 
     /// Moves a node to the host placement picks among those up, not draining, with its

@@ -38,6 +38,23 @@ pub struct UserPatch {
     pub current_password: Option<String>,
 }
 
+impl UserPatch {
+    /// What it changes, for the journal: `group g2, status locked, password`.
+    fn summary(&self) -> String {
+        let mut changes = Vec::new();
+        if let Some(group) = &self.group {
+            changes.push(format!("group {group}"));
+        }
+        if let Some(status) = self.status {
+            changes.push(format!("status {}", status.as_str()));
+        }
+        if self.password.is_some() {
+            changes.push("password".to_owned());
+        }
+        changes.join(", ")
+    }
+}
+
 /// Changes to a group; absent fields stay as they are.
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +178,16 @@ impl Master {
             }
         };
         store.create_account(&account).await?;
-        info!(user = %account.name, group = %account.group, by = caller.name(), "user created");
+        info!(
+            user = %account.name,
+            group = %account.group,
+            by = caller.name(),
+            action = "user.create",
+            "{} created user {} in group {}",
+            caller.name(),
+            account.name,
+            account.group
+        );
         self.account_view(&store, &account).await
     }
 
@@ -243,7 +269,14 @@ impl Master {
                 }
             })
             .await?;
-        info!(user = name, by = caller.name(), "user changed");
+        info!(
+            user = name,
+            by = caller.name(),
+            action = "user.change",
+            "{} changed user {name}: {}",
+            caller.name(),
+            patch.summary()
+        );
         let locked = account.status == AccountStatus::Locked;
         let demoted = was_admin && !self.is_admin(&store, &account).await?;
         let why = if locked {
@@ -261,7 +294,12 @@ impl Master {
                 .then_some(caller.token_digest.as_deref())
                 .flatten();
             let revoked = store.revoke_tokens_of(name, keep).await?;
-            info!(user = name, revoked, "sessions and API tokens ended: {why}");
+            info!(
+                user = name,
+                revoked,
+                action = "user.revoke",
+                "{revoked} sessions and API tokens of {name} ended: {why}"
+            );
         }
         self.account_view(&store, &account).await
     }
@@ -305,7 +343,13 @@ impl Master {
             return Err(ApiError::Conflict("you cannot delete yourself".into()));
         }
         self.api_store().await?.delete_account(name).await?;
-        info!(user = name, by = caller.name(), "user deleted");
+        info!(
+            user = name,
+            by = caller.name(),
+            action = "user.delete",
+            "{} deleted user {name}",
+            caller.name()
+        );
         Ok(())
     }
 
@@ -319,7 +363,14 @@ impl Master {
         quota::validate_group(group)
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
         self.api_store().await?.put_group(group, false).await?;
-        info!(group = %group.name, by = caller.name(), "group created");
+        info!(
+            group = %group.name,
+            by = caller.name(),
+            action = "group.create",
+            "{} created group {}",
+            caller.name(),
+            group.name
+        );
         Ok(group.clone())
     }
 
@@ -352,13 +403,30 @@ impl Master {
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
         store.put_group(&group, true).await?;
         let egress: Vec<String> = group.egress_allow.iter().map(|r| r.to_string()).collect();
-        info!(group = name, by = caller.name(), egress_allow = ?egress, "group changed");
+        info!(
+            group = name,
+            by = caller.name(),
+            action = "group.change",
+            "{} changed group {name} (egress allowed to: {})",
+            caller.name(),
+            if egress.is_empty() {
+                "nothing".to_owned()
+            } else {
+                egress.join(", ")
+            }
+        );
         if demoted {
             // Its members are no longer administrators: their sessions and tokens end.
             for member in store.list_accounts().await? {
                 if member.group == name {
                     let revoked = store.revoke_tokens_of(&member.name, None).await?;
-                    info!(user = %member.name, revoked, "sessions and API tokens ended: no longer an administrator");
+                    info!(
+                        user = %member.name,
+                        revoked,
+                        action = "user.revoke",
+                        "{revoked} sessions and API tokens of {} ended: no longer an administrator",
+                        member.name
+                    );
                 }
             }
         }

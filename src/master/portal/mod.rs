@@ -5,6 +5,7 @@
 //! made there. Templates live in `templates/` (minijinja, HTML auto-escaped); front-end files
 //! are embedded ([`assets`]).
 
+mod account;
 mod admin;
 mod assets;
 mod images;
@@ -72,10 +73,10 @@ pub fn router() -> Router<Arc<Master>> {
             "/system-images/{name}/update",
             post(images::update_system_image),
         )
-        .route("/account", get(pages::account))
-        .route("/account/password", post(pages::change_password))
-        .route("/account/tokens", post(pages::create_token))
-        .route("/account/tokens/{id}/revoke", post(pages::revoke_token))
+        .route("/account", get(account::account))
+        .route("/account/password", post(account::change_password))
+        .route("/account/tokens", post(account::create_token))
+        .route("/account/tokens/{id}/revoke", post(account::revoke_token))
         .route("/admin/users", get(admin::users).post(admin::create_user))
         .route("/admin/users/{name}", post(admin::update_user))
         .route("/admin/users/{name}/delete", post(admin::delete_user))

@@ -45,7 +45,11 @@ impl Runtime {
                 memo.retry_at = Some(Instant::now() + delay);
                 (memo.failures, delay)
             };
-            warn!(vnode = %id, "vnode stopped unexpectedly ({reason}); restart {failures} in {}s", delay.as_secs());
+            warn!(
+                action = "vnode.restart",
+                "vnode {id} stopped unexpectedly ({reason}); restart {failures} in {} s",
+                delay.as_secs()
+            );
             let _ = std::fs::remove_file(&paths.exit);
             self.report(
                 store,
@@ -68,7 +72,12 @@ impl Runtime {
             Ok((uid_base, image_version, net)) => {
                 let boot_ms = started.elapsed().as_millis() as u64;
                 let net_us = net.as_micros() as u64;
-                info!(vnode = %id, boot_ms, net_us, "vnode running");
+                info!(
+                    boot_ms,
+                    net_us,
+                    action = "vnode.start",
+                    "vnode {id} running: started in {boot_ms} ms"
+                );
                 {
                     let mut memos = self.memos.lock().unwrap();
                     let memo = memos.entry(id.to_owned()).or_default();
@@ -90,7 +99,10 @@ impl Runtime {
             }
             Err(e) => {
                 let reason = e.to_string();
-                warn!(vnode = %id, "cannot start vnode: {reason}");
+                warn!(
+                    action = "vnode.start-failed",
+                    "cannot start vnode {id}: {reason}"
+                );
                 {
                     let mut memos = self.memos.lock().unwrap();
                     let memo = memos.entry(id.to_owned()).or_default();
@@ -188,10 +200,16 @@ impl Runtime {
                     .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
                     .await;
                 if let Err(cleanup) = self.release(paths) {
-                    warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+                    warn!(
+                        "cleanup after a failed start of vnode {}: {cleanup}",
+                        spec.id
+                    );
                 }
                 if created_now && let Err(cleanup) = self.remove_local(paths) {
-                    warn!(vnode = %spec.id, "cleanup after a failed start: {cleanup}");
+                    warn!(
+                        "cleanup after a failed start of vnode {}: {cleanup}",
+                        spec.id
+                    );
                 }
                 return Err(e);
             }
@@ -465,7 +483,15 @@ impl Runtime {
         let bytes = tokio::task::spawn_blocking(move || import_local(&to, &from))
             .await
             .map_err(|e| VNodeError::Refused(format!("taking over: {e}")))??;
-        info!(vnode = %spec.id, bytes, ms = started.elapsed().as_millis() as u64, "vnode taken over from {}", source.display());
+        let ms = started.elapsed().as_millis() as u64;
+        info!(
+            bytes,
+            ms,
+            action = "vnode.import",
+            "vnode {} taken over from {}: {bytes} bytes in {ms} ms",
+            spec.id,
+            source.display()
+        );
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::handoff::{export_local, handoff_dir};
 use super::unit::STOP_TIMEOUT;
@@ -241,6 +241,18 @@ impl Runtime {
             let reason = format!("the spec under key {id} names id {}", spec.id);
             return self.report(store, id, Phase::Failed, Some(reason)).await;
         }
+        // Everything logged from here on carries the vnode, its user and its cluster.
+        let span = tracing::info_span!(
+            "vnode",
+            vnode = %spec.id,
+            user = %spec.user,
+            cluster = %spec.cluster
+        );
+        self.reconcile_spec(store, spec).instrument(span).await
+    }
+
+    async fn reconcile_spec(&self, store: &EtcdStore, spec: VNodeSpec) -> Result<(), VNodeError> {
+        let id = spec.id.as_str();
         self.memos
             .lock()
             .unwrap()
@@ -301,7 +313,7 @@ impl Runtime {
                 // cleanly; a vnode still booting would also ignore the poweroff request
                 // until its systemd is up, holding the delete for the whole stop timeout.
                 if let Err(e) = self.systemd.kill(&unit).await {
-                    warn!(vnode = %id, "killing the unit of a deleted vnode: {e}");
+                    warn!("killing the unit of a deleted vnode: {e}");
                 }
                 self.stop_units(&spec).await?;
                 self.remove_local(&paths)?;
@@ -312,7 +324,7 @@ impl Runtime {
                 }
                 store.remove_vnode(&self.host, &spec).await?;
                 self.memos.lock().unwrap().remove(id);
-                info!(vnode = %id, "vnode deleted");
+                info!(action = "vnode.delete", "vnode {id} deleted");
                 Ok(())
             }
             Action::Export => {
@@ -333,7 +345,13 @@ impl Runtime {
                 let bytes = tokio::task::spawn_blocking(move || export_local(&paths, &target))
                     .await
                     .map_err(|e| VNodeError::Refused(format!("handing over: {e}")))??;
-                info!(vnode = %id, bytes, ms = started.elapsed().as_millis() as u64, "vnode handed over for a move");
+                let ms = started.elapsed().as_millis() as u64;
+                info!(
+                    bytes,
+                    ms,
+                    action = "vnode.export",
+                    "vnode {id} handed over for a move: {bytes} bytes in {ms} ms"
+                );
                 self.report(store, id, Phase::Exported, None).await
             }
         }
