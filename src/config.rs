@@ -188,14 +188,28 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, value: &dyn fmt::Display, reason: &str| {
-            Err(ConfigError::Invalid {
+        let checks = [
+            Self::check_identity,
+            Self::check_ports,
+            Self::check_times,
+            Self::check_placement,
+            Self::check_web_names,
+            Self::check_workspace_domain,
+            Self::check_etcd,
+        ];
+        checks
+            .iter()
+            .try_for_each(|check| check(self))
+            .map_err(|bad| ConfigError::Invalid {
                 path: path.to_owned(),
-                key,
-                value: quote_unless_number(&value.to_string()),
-                reason: reason.to_owned(),
+                key: bad.key,
+                value: quote_unless_number(&bad.value),
+                reason: bad.reason,
             })
-        };
+    }
+
+    /// What the installation and this host are called and where they keep things.
+    fn check_identity(&self) -> Result<(), Bad> {
         let name_ok = !self.cluster_name.is_empty()
             && self.cluster_name.len() <= 63
             && self
@@ -203,14 +217,14 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
-            return invalid(
+            return bad(
                 "cluster_name",
                 &self.cluster_name,
                 "use 1 to 63 characters of a-z, 0-9 and '-'",
             );
         }
         if !self.fs_prefix.is_absolute() {
-            return invalid(
+            return bad(
                 "fs_prefix",
                 &self.fs_prefix.display(),
                 "must be an absolute path",
@@ -222,21 +236,21 @@ impl Config {
                 .network_device
                 .contains(|c: char| c == '/' || c.is_whitespace())
         {
-            return invalid(
+            return bad(
                 "network_device",
                 &self.network_device,
                 "must be an interface name (at most 15 characters, no '/' or spaces) or \"auto\"",
             );
         }
         if self.cluster_net.prefix_len() > 24 {
-            return invalid(
+            return bad(
                 "cluster_net",
                 &self.cluster_net,
                 "must be at least a /24 so that users can get address blocks",
             );
         }
         if self.cluster_net.network() != self.cluster_net.addr() {
-            return invalid(
+            return bad(
                 "cluster_net",
                 &self.cluster_net,
                 &format!(
@@ -245,11 +259,16 @@ impl Config {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// The daemons' ports and the range of mapped ports.
+    fn check_ports(&self) -> Result<(), Bad> {
         if self.proxy_port == 0 {
-            return invalid("proxy_port", &self.proxy_port, "must be 1 to 65535");
+            return bad("proxy_port", &self.proxy_port, "must be 1 to 65535");
         }
         if self.agent_port == 0 || self.agent_port == self.proxy_port {
-            return invalid(
+            return bad(
                 "agent_port",
                 &self.agent_port,
                 "must be 1 to 65535 and differ from proxy_port",
@@ -257,7 +276,7 @@ impl Config {
         }
         let range = self.port_range;
         if range.first < 1024 {
-            return invalid(
+            return bad(
                 "port_range",
                 &range,
                 "must start at 1024 or above: lower ports are the system's (and need privileges)",
@@ -268,44 +287,54 @@ impl Config {
             ("agent_port", self.agent_port),
         ] {
             if range.contains(port) {
-                return invalid(
+                return bad(
                     "port_range",
                     &range,
                     &format!("must not contain {key} ({port})"),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Sessions and sampling.
+    fn check_times(&self) -> Result<(), Bad> {
         if !(300..=366 * 24 * 3600).contains(&self.session_lifetime) {
-            return invalid(
+            return bad(
                 "session_lifetime",
                 &self.session_lifetime,
                 "must be 300 to 31622400 seconds (5 minutes to a year)",
             );
         }
         if !(60..=self.session_lifetime).contains(&self.session_idle) {
-            return invalid(
+            return bad(
                 "session_idle",
                 &self.session_idle,
                 "must be at least 60 seconds and at most session_lifetime",
             );
         }
         if !(1..=3600).contains(&self.metrics_interval) {
-            return invalid(
+            return bad(
                 "metrics_interval",
                 &self.metrics_interval,
                 "must be 1 to 3600 seconds",
             );
         }
+        Ok(())
+    }
+
+    /// Networks' VNIs, the default image and overcommit.
+    fn check_placement(&self) -> Result<(), Bad> {
         let max_vni_base = crate::model::network::MAX_VNI - crate::model::vnode::UID_SLOTS;
         if self.vni_base == 0 || self.vni_base > max_vni_base {
-            return invalid(
+            return bad(
                 "vni_base",
                 &self.vni_base,
                 &format!("must be 1 to {max_vni_base}, so that every user's VNI fits in 24 bits"),
             );
         }
         if crate::model::vnode::validate_image_name(&self.default_image).is_err() {
-            return invalid(
+            return bad(
                 "default_image",
                 &self.default_image,
                 "must be an image name: a-z, 0-9 and inner '-'",
@@ -317,23 +346,28 @@ impl Config {
             ("overcommit.disk", self.overcommit.disk),
         ] {
             if !(0.1..=100.0).contains(&ratio) {
-                return invalid(
+                return bad(
                     key,
                     &ratio,
                     "must be between 0.1 and 100 (1 = capacity exactly)",
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The portal's, the ports' and the workspaces' names, and the certificate.
+    fn check_web_names(&self) -> Result<(), Bad> {
         if let Some(url) = &self.portal_url {
             let Some(host) = url.strip_prefix("https://").and_then(url_host) else {
-                return invalid(
+                return bad(
                     "portal_url",
                     url,
                     "must be https://NAME[:PORT]/ (the master serves only HTTPS)",
                 );
             };
             if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
-                return invalid(
+                return bad(
                     "portal_url",
                     url,
                     "must name the portal by a DNS name, not an IP address (browsers apply HSTS only to names)",
@@ -342,7 +376,7 @@ impl Config {
         }
         for name in &self.tls_names {
             if !dns_name_ok(name.strip_prefix("*.").unwrap_or(name)) {
-                return invalid(
+                return bad(
                     "tls_names",
                     name,
                     "each must be a DNS name (a-z, 0-9, '-' and '.'), optionally starting with *.",
@@ -350,7 +384,7 @@ impl Config {
             }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return invalid(
+            return bad(
                 "tls_cert",
                 &format!("{:?}", self.tls_cert),
                 "tls_cert and tls_key go together",
@@ -359,7 +393,7 @@ impl Config {
         if let Some(ports) = &self.ports_host {
             let plain = ports.parse::<IpAddr>().is_ok() || dns_name_ok(ports);
             if !plain {
-                return invalid("ports_host", ports, "must be a DNS name or an IP address");
+                return bad("ports_host", ports, "must be a DNS name or an IP address");
             }
             if self
                 .portal_url
@@ -368,16 +402,21 @@ impl Config {
                 .and_then(url_host)
                 .is_some_and(|portal| portal.eq_ignore_ascii_case(ports))
             {
-                return invalid(
+                return bad(
                     "ports_host",
                     ports,
                     "must differ from the portal's host name: browsers send the portal's cookies to every port of its name",
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Workspaces' names, which must hold none of the portal's.
+    fn check_workspace_domain(&self) -> Result<(), Bad> {
         if let Some(domain) = &self.workspace_domain {
             if !dns_name_ok(domain) || domain.bytes().any(|b| b.is_ascii_uppercase()) {
-                return invalid(
+                return bad(
                     "workspace_domain",
                     domain,
                     "must be a DNS name in lower case (a-z, 0-9, '-' and '.'), e.g. ws.example.org",
@@ -396,7 +435,7 @@ impl Config {
                     && (name.eq_ignore_ascii_case(domain)
                         || name.to_ascii_lowercase().ends_with(&format!(".{domain}")))
                 {
-                    return invalid(
+                    return bad(
                         "workspace_domain",
                         domain,
                         &format!(
@@ -406,8 +445,13 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// How to reach etcd.
+    fn check_etcd(&self) -> Result<(), Bad> {
         if self.etcd.endpoints.is_empty() {
-            return invalid("etcd.endpoints", &"[]", "list at least one etcd client URL");
+            return bad("etcd.endpoints", &"[]", "list at least one etcd client URL");
         }
         for endpoint in &self.etcd.endpoints {
             let rest = endpoint
@@ -419,7 +463,7 @@ impl Config {
                         !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok()
                     }) => {}
                 _ => {
-                    return invalid(
+                    return bad(
                         "etcd.endpoints",
                         endpoint,
                         "each endpoint must look like http://HOST:PORT or https://HOST:PORT",
@@ -428,7 +472,7 @@ impl Config {
             }
         }
         if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
-            return invalid(
+            return bad(
                 "etcd.cert_file",
                 &format!("{:?}", self.etcd.cert_file),
                 "cert_file and key_file go together",
@@ -561,6 +605,21 @@ pub fn dns_name_ok(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// A setting that cannot work: its key, its value as written, and why.
+struct Bad {
+    key: &'static str,
+    value: String,
+    reason: String,
+}
+
+fn bad(key: &'static str, value: &dyn fmt::Display, reason: &str) -> Result<(), Bad> {
+    Err(Bad {
+        key,
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    })
 }
 
 /// Shows a value as it would appear in the file: numbers bare, everything else quoted.

@@ -151,86 +151,119 @@ impl EtcdStore {
                 specs.push((host.clone(), spec));
             }
 
-            let mut allocations: BTreeMap<String, (Usage, i64)> = BTreeMap::new();
-            for (host, spec) in &specs {
-                if !allocations.contains_key(host) {
-                    let current = self
-                        .get_json_rev::<Usage>(&self.keys.allocation(host))
-                        .await?
-                        .unwrap_or_default();
-                    allocations.insert(host.clone(), current);
-                }
-                let entry = allocations.get_mut(host).expect("inserted above");
-                entry.0 = entry.0.plus(&spec_usage(spec));
-            }
+            let allocations = self.allocations_with(&specs).await?;
             let after: BTreeMap<String, Usage> = allocations
                 .iter()
                 .map(|(h, (u, _))| (h.clone(), *u))
                 .collect();
             (write.check_hosts)(&after)?;
 
-            let mut when = vec![
-                Compare::mod_revision(self.keys.network_user(user), CompareOp::Equal, net_revision),
-                Compare::mod_revision(usage_key.clone(), CompareOp::Equal, usage_revision),
-            ];
-            let mut then = vec![TxnOp::put(usage_key, encode(&new_usage), None)];
-            for (host, (allocated, revision)) in &allocations {
-                let key = self.keys.allocation(host);
-                when.push(Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    *revision,
-                ));
-                then.push(TxnOp::put(key, encode(allocated), None));
-            }
-            for (host, spec) in &specs {
-                let index = self.keys.vnode_host(&spec.id);
-                let claim = self.address_key(user, spec.address.expect("assigned above"));
-                when.push(Compare::create_revision(index.clone(), CompareOp::Equal, 0));
-                when.push(Compare::create_revision(claim.clone(), CompareOp::Equal, 0));
-                then.push(TxnOp::put(index, host.as_str(), None));
-                then.push(TxnOp::put(
-                    self.keys.vnode(host, &spec.id),
-                    encode(spec),
-                    None,
-                ));
-                then.push(TxnOp::put(claim, spec.id.as_str(), None));
-            }
-            if let Some((cluster, revision)) = write.cluster {
-                let key = self.keys.cluster_record(user, &cluster.name);
-                when.push(match revision {
-                    None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                    Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
-                });
-                then.push(TxnOp::put(key, encode(cluster), None));
-            }
-            if let Some((key, revision)) = &write.image {
-                when.push(Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    *revision,
-                ));
-            }
-            if let (Some(op), Some(lease)) = (write.operation, lease) {
-                let options = || Some(PutOptions::new().with_lease(lease));
-                then.push(TxnOp::put(
-                    self.keys.operation(&op.id),
-                    encode(op),
-                    options(),
-                ));
-                if let Some(key) = write.idempotency_key {
-                    let key = self.keys.idempotency(user, key);
-                    when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
-                    then.push(TxnOp::put(key, op.id.as_str(), options()));
-                }
-            }
-            if self.txn_ok(Txn::new().when(when).and_then(then)).await? {
+            let txn = self.node_write_txn(
+                write,
+                &specs,
+                &allocations,
+                (usage_key, usage_revision, &new_usage),
+                net_revision,
+                lease,
+            );
+            if self.txn_ok(txn).await? {
                 return Ok(specs.into_iter().map(|(_, s)| s).collect());
             }
         }
         Err(StoreError::Unavailable(
             "too many concurrent changes: try again".into(),
         ))
+    }
+
+    /// The allocations of the hosts `specs` go to, with them added, and the revisions read.
+    async fn allocations_with(
+        &self,
+        specs: &[(String, VNodeSpec)],
+    ) -> Result<BTreeMap<String, (Usage, i64)>, StoreError> {
+        let mut allocations: BTreeMap<String, (Usage, i64)> = BTreeMap::new();
+        for (host, spec) in specs {
+            if !allocations.contains_key(host) {
+                let current = self
+                    .get_json_rev::<Usage>(&self.keys.allocation(host))
+                    .await?
+                    .unwrap_or_default();
+                allocations.insert(host.clone(), current);
+            }
+            let entry = allocations.get_mut(host).expect("inserted above");
+            entry.0 = entry.0.plus(&spec_usage(spec));
+        }
+        Ok(allocations)
+    }
+
+    /// The transaction of [`write_nodes`](Self::write_nodes): everything it writes, guarded
+    /// by the revisions it read (usage, network, allocations, cluster record, image) and by
+    /// ids, addresses and the idempotency key being free.
+    fn node_write_txn(
+        &self,
+        write: &NodeWrite<'_>,
+        specs: &[(String, VNodeSpec)],
+        allocations: &BTreeMap<String, (Usage, i64)>,
+        (usage_key, usage_revision, new_usage): (String, i64, &Usage),
+        net_revision: i64,
+        lease: Option<i64>,
+    ) -> Txn {
+        let user = write.user;
+        let mut when = vec![
+            Compare::mod_revision(self.keys.network_user(user), CompareOp::Equal, net_revision),
+            Compare::mod_revision(usage_key.clone(), CompareOp::Equal, usage_revision),
+        ];
+        let mut then = vec![TxnOp::put(usage_key, encode(new_usage), None)];
+        for (host, (allocated, revision)) in allocations {
+            let key = self.keys.allocation(host);
+            when.push(Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *revision,
+            ));
+            then.push(TxnOp::put(key, encode(allocated), None));
+        }
+        for (host, spec) in specs {
+            let index = self.keys.vnode_host(&spec.id);
+            let claim = self.address_key(user, spec.address.expect("assigned above"));
+            when.push(Compare::create_revision(index.clone(), CompareOp::Equal, 0));
+            when.push(Compare::create_revision(claim.clone(), CompareOp::Equal, 0));
+            then.push(TxnOp::put(index, host.as_str(), None));
+            then.push(TxnOp::put(
+                self.keys.vnode(host, &spec.id),
+                encode(spec),
+                None,
+            ));
+            then.push(TxnOp::put(claim, spec.id.as_str(), None));
+        }
+        if let Some((cluster, revision)) = write.cluster {
+            let key = self.keys.cluster_record(user, &cluster.name);
+            when.push(match revision {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+            });
+            then.push(TxnOp::put(key, encode(cluster), None));
+        }
+        if let Some((key, revision)) = &write.image {
+            when.push(Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *revision,
+            ));
+        }
+        if let (Some(op), Some(lease)) = (write.operation, lease) {
+            let options = || Some(PutOptions::new().with_lease(lease));
+            then.push(TxnOp::put(
+                self.keys.operation(&op.id),
+                encode(op),
+                options(),
+            ));
+            if let Some(key) = write.idempotency_key {
+                let key = self.keys.idempotency(user, key);
+                when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(key, op.id.as_str(), options()));
+            }
+        }
+        Txn::new().when(when).and_then(then)
     }
 
     /// Conflicts no retry can resolve: the cluster record changed or exists, a vnode id or
