@@ -142,7 +142,7 @@ impl EtcdStore {
                     TxnOp::put(block_key, user, None),
                 ]);
             if kv.txn(txn).await.map_err(classify)?.succeeded() {
-                tracing::info!(user, %block, vni = net.vni, "network block assigned");
+                tracing::info!(user, %block, vni = net.vni, "network block {block} (VNI {}) assigned to {user}", net.vni);
             }
         }
     }

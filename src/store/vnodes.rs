@@ -355,7 +355,12 @@ impl EtcdStore {
                     TxnOp::put(slot_key, user, None),
                 ]);
             if kv.txn(txn).await.map_err(classify)?.succeeded() {
-                tracing::info!(user, slot, "allocated uid range {}", vnode::uid_base(slot));
+                tracing::info!(
+                    user,
+                    slot,
+                    "uid range from {} allocated to {user}",
+                    vnode::uid_base(slot)
+                );
                 return Ok(slot);
             }
         }
