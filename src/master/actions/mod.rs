@@ -17,6 +17,8 @@ mod auth;
 mod clusters;
 mod hosts;
 mod nodes;
+#[cfg(test)]
+mod over_etcd;
 mod users;
 mod vnodes;
 
