@@ -374,3 +374,169 @@ async fn a_retried_create_returns_the_first_operation() {
     assert!(!bobs.replayed);
     assert!(site.store.cluster("bob", "idem").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn accounts_are_administered_by_administrators_only() {
+    let site = site(8).await;
+    let (alice, bob, root) = (
+        site.user("alice").await,
+        site.user("bob").await,
+        site.root(),
+    );
+    let master = &site.master;
+    let dave = NewUser {
+        name: "dave".into(),
+        password: Some("Dave-Secret-4417-q".into()),
+        group: None,
+        auth: None,
+    };
+    assert_eq!(status(&master.create_user(&bob, &dave).await), 403);
+    assert_eq!(status(&master.list_users(&bob).await), 403);
+    assert_eq!(status(&master.show_user(&bob, "alice").await), 403);
+    assert_eq!(status(&master.show_user(&bob, "bob").await), 200);
+    let lock = UserPatch {
+        status: Some(AccountStatus::Locked),
+        ..UserPatch::default()
+    };
+    assert_eq!(
+        status(&master.update_user(&bob, "alice", &lock, "127.0.0.1").await),
+        403
+    );
+    // Not even their own group or status: only a local password is theirs to change.
+    let promote = UserPatch {
+        group: Some("admin".into()),
+        ..UserPatch::default()
+    };
+    assert_eq!(
+        status(&master.update_user(&bob, "bob", &promote, "127.0.0.1").await),
+        403
+    );
+    assert!(
+        !master
+            .me(&site
+                .master
+                .authenticate(&site.login("bob").await)
+                .await
+                .unwrap())
+            .await
+            .unwrap()
+            .admin
+    );
+    assert_eq!(status(&master.delete_user(&bob, "alice").await), 403);
+    assert_eq!(status(&master.delete_group(&alice, "primary").await), 403);
+    // An administrator does all of it.
+    assert_eq!(master.create_user(&root, &dave).await.unwrap().user, "dave");
+    let names: Vec<String> = master
+        .list_users(&root)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.user)
+        .collect();
+    for name in ["root", "alice", "bob", "dave"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    let to_primary = UserPatch {
+        group: Some("primary".into()),
+        ..UserPatch::default()
+    };
+    let alice_now = master
+        .update_user(&root, "alice", &to_primary, "127.0.0.1")
+        .await
+        .unwrap();
+    assert_eq!(alice_now.group, "primary");
+    assert_eq!(status(&master.delete_user(&root, "dave").await), 200);
+    assert_eq!(status(&master.show_user(&root, "dave").await), 404);
+}
+
+#[tokio::test]
+async fn a_local_password_changes_only_with_the_current_one_and_ends_other_sessions() {
+    let site = site(8).await;
+    let master = &site.master;
+    let old = "Dave-Secret-4417-q";
+    let dave = NewUser {
+        name: "dave".into(),
+        password: Some(old.into()),
+        group: None,
+        auth: None,
+    };
+    master.create_user(&site.root(), &dave).await.unwrap();
+    let first = master.login("dave", old, "127.0.0.1").await.unwrap().token;
+    let second = master.login("dave", old, "127.0.0.2").await.unwrap().token;
+    let caller = master.authenticate(&first).await.unwrap();
+    let change = |current: Option<&str>| UserPatch {
+        password: Some("Dave-Newer-9921-z".into()),
+        current_password: current.map(str::to_owned),
+        ..UserPatch::default()
+    };
+    // A session alone cannot take the account: the current password is asked for.
+    assert_eq!(
+        status(
+            &master
+                .update_user(&caller, "dave", &change(None), "127.0.0.1")
+                .await
+        ),
+        422
+    );
+    let wrong = master
+        .update_user(&caller, "dave", &change(Some("not-it")), "127.0.0.1")
+        .await;
+    assert!(
+        matches!(&wrong, Err(ApiError::Input(e)) if e.code == "wrong_password"),
+        "a wrong current password is refused as such: {:?}",
+        wrong.err()
+    );
+    master
+        .update_user(&caller, "dave", &change(Some(old)), "127.0.0.1")
+        .await
+        .unwrap();
+    // The old password opens nothing; the other session has ended, this one goes on.
+    assert_eq!(status(&master.login("dave", old, "127.0.0.1").await), 401);
+    assert_eq!(status(&master.authenticate(&second).await), 401);
+    assert_eq!(status(&master.authenticate(&first).await), 200);
+    assert_eq!(
+        status(&master.login("dave", "Dave-Newer-9921-z", "127.0.0.1").await),
+        200
+    );
+    // A PAM account's password is the system's: not changed here.
+    let alice = site.user("alice").await;
+    let pam = master
+        .update_user(
+            &alice,
+            "alice",
+            &change(Some("alice-password-1")),
+            "127.0.0.1",
+        )
+        .await;
+    assert_eq!(status(&pam), 422);
+}
+
+#[tokio::test]
+async fn api_tokens_belong_to_their_owner() {
+    let site = site(8).await;
+    let (alice, bob) = (site.user("alice").await, site.user("bob").await);
+    let master = &site.master;
+    let token = master.create_api_token(&alice, "ci").await.unwrap();
+    assert_eq!(
+        master.authenticate(&token.token).await.unwrap().name(),
+        "alice"
+    );
+    let listed = master.list_tokens(&alice).await.unwrap();
+    assert!(listed.iter().any(|t| t.id == token.record.id));
+    assert!(
+        !master
+            .list_tokens(&bob)
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.id == token.record.id)
+    );
+    // Another user cannot revoke it (nor learn that it exists).
+    assert_eq!(
+        status(&master.revoke_token(&bob, &token.record.id).await),
+        404
+    );
+    assert_eq!(status(&master.authenticate(&token.token).await), 200);
+    master.revoke_token(&alice, &token.record.id).await.unwrap();
+    assert_eq!(status(&master.authenticate(&token.token).await), 401);
+}
