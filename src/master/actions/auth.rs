@@ -75,27 +75,7 @@ impl Master {
         let store = self.api_store().await?;
         let account = match existing {
             Some(a) => a,
-            None => {
-                account::validate_account_name(user).map_err(|e| {
-                    ApiError::Forbidden(format!("{e}: this account cannot use Docklet"))
-                })?;
-                let group = store.default_group().await?;
-                let new = Account::pam(user, &group, now);
-                match store.create_account(&new).await {
-                    Ok(()) => info!(
-                        user,
-                        group,
-                        action = "user.create",
-                        "PAM user {user} signed up at first login, in group {group}"
-                    ),
-                    Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                store
-                    .account(user)
-                    .await?
-                    .ok_or_else(|| ApiError::Internal("account vanished".into()))?
-            }
+            None => sign_up(&store, user, now).await?,
         };
         if account.status == AccountStatus::Locked {
             return Err(ApiError::Forbidden("your account is locked".into()));
@@ -404,4 +384,27 @@ impl Master {
             defaults: group.defaults,
         })
     }
+}
+
+/// A PAM user's Docklet account, made at their first login in the default group (or the
+/// one another login just made).
+async fn sign_up(store: &EtcdStore, user: &str, now: u64) -> Result<Account, ApiError> {
+    account::validate_account_name(user)
+        .map_err(|e| ApiError::Forbidden(format!("{e}: this account cannot use Docklet")))?;
+    let group = store.default_group().await?;
+    let new = Account::pam(user, &group, now);
+    match store.create_account(&new).await {
+        Ok(()) => info!(
+            user,
+            group,
+            action = "user.create",
+            "PAM user {user} signed up at first login, in group {group}"
+        ),
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    store
+        .account(user)
+        .await?
+        .ok_or_else(|| ApiError::Internal("account vanished".into()))
 }

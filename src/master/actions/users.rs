@@ -221,40 +221,9 @@ impl Master {
             .account(name)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
-        let hash = match &patch.password {
-            Some(password) => {
-                if before.auth == AuthMethod::Pam {
-                    return Err(ApiError::invalid(
-                        "invalid_password",
-                        "password",
-                        "a PAM account's password is changed on the system, not here",
-                    ));
-                }
-                account::validate_password(password).map_err(|e| {
-                    ApiError::invalid("invalid_password", "password", e.to_string())
-                })?;
-                // A session alone (stolen, or a browser left open) cannot take the account.
-                if own && caller.token_digest.is_some() {
-                    let current = patch.current_password.as_deref().ok_or_else(|| {
-                        ApiError::invalid(
-                            "missing_current_password",
-                            "current_password",
-                            "give your current password to change it",
-                        )
-                    })?;
-                    self.check_current_password(&before, current, source)
-                        .await?;
-                }
-                let pw = password.clone();
-                Some(
-                    self.password_checks
-                        .run(move || account::hash_password(&pw))
-                        .await?
-                        .map_err(|e| ApiError::Internal(e.to_string()))?,
-                )
-            }
-            None => None,
-        };
+        let hash = self
+            .new_password_hash(caller, &before, patch, source)
+            .await?;
         let was_admin = self.is_admin(&store, &before).await?;
         let account = store
             .update_account(name, |a| {
@@ -277,13 +246,77 @@ impl Master {
             caller.name(),
             patch.summary()
         );
-        let locked = account.status == AccountStatus::Locked;
         let demoted = was_admin && !self.is_admin(&store, &account).await?;
+        let password_changed = hash.is_some();
+        self.end_sessions_after(&store, caller, &account, demoted, password_changed)
+            .await?;
+        self.account_view(&store, &account).await
+    }
+
+    /// The hash of a new local password the patch sets, checked: not for PAM accounts, and
+    /// with the current password when users change their own from a session (a session
+    /// alone, stolen or left open, cannot take the account).
+    async fn new_password_hash(
+        &self,
+        caller: &Caller,
+        before: &Account,
+        patch: &UserPatch,
+        source: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let own = before.name == caller.name();
+        Ok(match &patch.password {
+            Some(password) => {
+                if before.auth == AuthMethod::Pam {
+                    return Err(ApiError::invalid(
+                        "invalid_password",
+                        "password",
+                        "a PAM account's password is changed on the system, not here",
+                    ));
+                }
+                account::validate_password(password).map_err(|e| {
+                    ApiError::invalid("invalid_password", "password", e.to_string())
+                })?;
+                // A session alone (stolen, or a browser left open) cannot take the account.
+                if own && caller.token_digest.is_some() {
+                    let current = patch.current_password.as_deref().ok_or_else(|| {
+                        ApiError::invalid(
+                            "missing_current_password",
+                            "current_password",
+                            "give your current password to change it",
+                        )
+                    })?;
+                    self.check_current_password(before, current, source).await?;
+                }
+                let pw = password.clone();
+                Some(
+                    self.password_checks
+                        .run(move || account::hash_password(&pw))
+                        .await?
+                        .map_err(|e| ApiError::Internal(e.to_string()))?,
+                )
+            }
+            None => None,
+        })
+    }
+
+    /// After a change of `account`: a lock or a demotion ends every session and API token of
+    /// it; a new password ends all but the session that set it (when users set their own).
+    async fn end_sessions_after(
+        &self,
+        store: &EtcdStore,
+        caller: &Caller,
+        account: &Account,
+        demoted: bool,
+        password_changed: bool,
+    ) -> Result<(), ApiError> {
+        let name = account.name.as_str();
+        let own = name == caller.name();
+        let locked = account.status == AccountStatus::Locked;
         let why = if locked {
             Some("locked")
         } else if demoted {
             Some("no longer an administrator")
-        } else if hash.is_some() {
+        } else if password_changed {
             Some("new password")
         } else {
             None
@@ -301,7 +334,7 @@ impl Master {
                 "{revoked} sessions and API tokens of {name} ended: {why}"
             );
         }
-        self.account_view(&store, &account).await
+        Ok(())
     }
 
     /// Checks a user's current local password before a change, under the login throttle.
