@@ -280,11 +280,16 @@ pub fn placed_on(hosts: &[String]) -> String {
     let mut distinct: Vec<&str> = hosts.iter().map(String::as_str).collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let nodes = match hosts.len() {
-        1 => "1 node".to_owned(),
-        n => format!("{n} nodes"),
-    };
-    format!("{nodes} on {}", distinct.join(", "))
+    format!("{} on {}", nodes_count(hosts.len()), distinct.join(", "))
+}
+
+/// `1 node`, `4 nodes`.
+pub fn nodes_count(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_owned()
+    } else {
+        format!("{n} nodes")
+    }
 }
 
 enum Goal {

@@ -394,7 +394,7 @@ impl Master {
         } else {
             OperationKind::Stop
         };
-        let detail = nodes_count(ids.len());
+        let detail = vcluster::nodes_count(ids.len());
         self.record_operation(&store, caller.name(), kind, &owner, name, ids, &detail)
             .await
     }
@@ -552,7 +552,7 @@ impl Master {
             })
             .await?;
         let ids = node_ids(&cluster);
-        let detail = nodes_count(ids.len());
+        let detail = vcluster::nodes_count(ids.len());
         self.record_operation(
             &store,
             caller.name(),
@@ -684,15 +684,6 @@ pub fn host_load(
 
 pub(super) async fn hosts_up(store: &EtcdStore) -> Result<HashSet<String>, ApiError> {
     Ok(store.host_names().await?.into_iter().collect())
-}
-
-/// `1 node`, `4 nodes`.
-fn nodes_count(n: usize) -> String {
-    if n == 1 {
-        "1 node".to_owned()
-    } else {
-        format!("{n} nodes")
-    }
 }
 
 /// The journal line of an operation, with its fields: `DOCKLET_USER` (the owner),
