@@ -30,7 +30,7 @@ impl MasterInterface {
             .master
             .registered_hosts(&Caller::local_admin())
             .await
-            .map_err(api_bus_error)?
+            .map_err(BusError::from)?
             .into_iter()
             .map(HostRow::from)
             .collect())
@@ -97,7 +97,7 @@ impl MasterInterface {
         self.master
             .create_vnode(&Caller::local_admin(), host, &spec)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// running, stopped or deleted.
@@ -114,7 +114,7 @@ impl MasterInterface {
         self.master
             .set_vnode_state(&Caller::local_admin(), id, state)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     #[zbus(name = "UserNetwork")]
@@ -140,7 +140,7 @@ impl MasterInterface {
         self.master
             .set_vnode_quota(&Caller::local_admin(), user, vnodes)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     #[zbus(name = "ListVNodes")]
@@ -223,7 +223,7 @@ impl MasterInterface {
         self.master
             .delete_user(&Caller::local_admin(), name)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// Every group with its quota and node defaults (JSON).
@@ -281,7 +281,7 @@ impl MasterInterface {
         self.master
             .delete_group(&Caller::local_admin(), name)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     async fn set_default_group(
@@ -294,7 +294,7 @@ impl MasterInterface {
         self.master
             .set_default_group(&Caller::local_admin(), name)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// The group new users join.
@@ -307,7 +307,7 @@ impl MasterInterface {
         self.master
             .default_group(&Caller::local_admin())
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// Hosts with capacity, allocations, images and drain state (JSON).
@@ -333,7 +333,7 @@ impl MasterInterface {
         self.master
             .drain(&Caller::local_admin(), host, drain)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// A user's clusters with their nodes (JSON).
@@ -449,7 +449,7 @@ impl MasterInterface {
         self.master
             .delete_image(&Caller::local_admin(), owner, name)
             .await
-            .map_err(api_bus_error)
+            .map_err(BusError::from)
     }
 
     /// Every system image as JSON, the records of `GET /api/v1/system-images`.
@@ -508,26 +508,10 @@ pub async fn serve(master: Arc<Master>) -> zbus::Result<zbus::Connection> {
         .await
 }
 
-/// The same failure on D-Bus as on HTTP, in D-Bus's terms.
-pub fn api_bus_error(e: ApiError) -> BusError {
-    let message = e.to_string();
-    match e {
-        ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => BusError::AccessDenied(message),
-        ApiError::NotFound(_) => BusError::NotFound(message),
-        ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => BusError::Conflict(message),
-        ApiError::BadRequest(_) | ApiError::Input(_) => BusError::InvalidArgument(message),
-        ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => BusError::Exhausted(message),
-        ApiError::Unavailable(_) => BusError::EtcdUnavailable(message),
-        ApiError::Throttled { .. } | ApiError::BadGateway(_) | ApiError::Internal(_) => {
-            BusError::Failed(message)
-        }
-    }
-}
-
 fn json<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<String, BusError> {
     result
         .map(|value| serde_json::to_string_pretty(&value).expect("records serialize"))
-        .map_err(api_bus_error)
+        .map_err(BusError::from)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, BusError> {

@@ -98,10 +98,7 @@ impl Master {
             created_at: now,
             expires_at: now + seconds,
         };
-        store
-            .put_join_ticket(&ticket)
-            .await
-            .map_err(super::bus_error)?;
+        store.put_join_ticket(&ticket).await?;
         info!(
             host = host,
             "join token for host {host} made, valid {seconds} s"
@@ -121,20 +118,13 @@ impl Master {
         crate::model::host::validate_host_name(host)
             .map_err(|e| BusError::InvalidArgument(e.to_string()))?;
         let store = self.store().await?;
-        if !store
-            .remove_host_identity(host)
-            .await
-            .map_err(super::bus_error)?
-        {
+        if !store.remove_host_identity(host).await? {
             return Err(BusError::NotFound(format!(
                 "host {host} has no identity and no join token"
             )));
         }
         if self.certificate_login() {
-            store
-                .remove_host_users(host)
-                .await
-                .map_err(super::bus_error)?;
+            store.remove_host_users(host).await?;
         }
         info!(
             host = host,
@@ -231,10 +221,7 @@ impl Master {
                 .map_err(|e| BusError::Failed(format!("{}: {e}", path.display())))
         };
         let roots = pki::roots_of(&read(pki::ca_cert_file(dir))?).map_err(failed)?;
-        let previous = store
-            .host_identity(&self.host)
-            .await
-            .map_err(super::bus_error)?;
+        let previous = store.host_identity(&self.host).await?;
         let mut new = Vec::new();
         for role in Role::ALL {
             let pem = read(role.cert_file(dir))?;
@@ -255,10 +242,7 @@ impl Master {
             return Ok(());
         }
         let identity = HostIdentity::after_issuing(&self.host, previous.as_ref(), new);
-        store
-            .put_host_identity(&identity)
-            .await
-            .map_err(super::bus_error)?;
+        store.put_host_identity(&identity).await?;
         info!(host = %self.host, "recorded the identities of host {}", self.host);
         Ok(())
     }

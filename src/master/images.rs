@@ -83,7 +83,7 @@ impl Master {
         caller.require_normal()?;
         image::validate_image_name(&request.name).map_err(|e| invalid("name", e))?;
         image::validate_description(&request.description).map_err(|e| invalid("description", e))?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, &request.cluster).await?;
         let missing = || {
             ApiError::NotFound(format!(
@@ -142,7 +142,7 @@ impl Master {
         if all {
             caller.require_admin()?;
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         Ok(store
             .all_images()
             .await?
@@ -166,7 +166,7 @@ impl Master {
         name: &str,
         wait: Duration,
     ) -> Result<ImageView, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let key = store.keys().image(owner, name);
         let deadline = tokio::time::Instant::now() + wait;
         let mut follow = Follow::start(&store, &[&key], deadline).await;
@@ -196,7 +196,7 @@ impl Master {
         if let Some(description) = &patch.description {
             image::validate_description(description).map_err(|e| invalid("description", e))?;
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let record = store
             .update_image(owner, name, patch.public, patch.description.as_deref())
             .await?;
@@ -224,7 +224,7 @@ impl Master {
         name: &str,
     ) -> Result<(), ApiError> {
         self.may_change(caller, owner)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let hosts: Vec<String> = store
             .list_hosts()
             .await?

@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use super::Master;
-use super::actions::ApiError;
+use super::errors::ApiError;
 use super::now_secs;
 
 impl Master {

@@ -288,7 +288,7 @@ impl Master {
     }
 
     async fn collect_once(&self) -> Result<(), ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let hosts = store.list_hosts().await?;
         let port = self.config.agent_port;
         let fetches = hosts.iter().map(|host| async move {
@@ -404,7 +404,7 @@ impl Master {
         since: u64,
     ) -> Result<ClusterMetrics, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
         let from = now_secs().saturating_sub(since);
         let nodes = cluster
@@ -447,7 +447,7 @@ impl Master {
         since: u64,
     ) -> Result<HostMetrics, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         if !store.list_hosts().await?.iter().any(|h| h.name == host) {
             return Err(ApiError::NotFound(format!("no host {host} is up")));
         }

@@ -7,6 +7,7 @@ pub mod agent_client;
 pub mod api;
 pub mod bus;
 pub mod controllers;
+pub mod errors;
 pub mod events;
 pub mod extract;
 pub mod forwarder;
@@ -40,6 +41,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::daemon::{self, Backoff, CredentialsError, Notifier, StatusLine};
 use crate::dbus_api::{BusError, InitResult};
+use crate::master::errors::ApiError;
 use crate::model::cluster::EtcdCredentials;
 use crate::store::{EtcdStore, Store, StoreError};
 
@@ -157,11 +159,12 @@ impl Master {
         }
     }
 
-    async fn store(&self) -> Result<EtcdStore, BusError> {
+    /// The etcd connection, waiting a little for one being made.
+    pub(crate) async fn store(&self) -> Result<EtcdStore, ApiError> {
         self.connected_store(Duration::from_secs(10))
             .await
             .ok_or_else(|| {
-                BusError::EtcdUnavailable(format!(
+                ApiError::Unavailable(format!(
                     "not connected to etcd at {} (see `systemctl status docklet-master`)",
                     self.config.etcd.endpoints.join(",")
                 ))
@@ -184,8 +187,8 @@ impl Master {
     pub async fn init(&self, force: bool) -> Result<InitResult, BusError> {
         let _serialized = self.init_lock.lock().await;
         let mut store = self.store().await?;
-        if !force && store.cluster_info().await.map_err(bus_error)?.is_some() {
-            return Err(bus_error(StoreError::AlreadyInitialized));
+        if !force && store.cluster_info().await?.is_some() {
+            return Err(StoreError::AlreadyInitialized.into());
         }
         if self.certificate_login() {
             if EtcdStore::takes_clients_without_certificate(&self.config).await {
@@ -196,9 +199,7 @@ impl Master {
             }
             // Certificates: the users of every host with an identity, this one's first.
             self.register_local_identity(&store).await?;
-            self.make_certificate_users(&store)
-                .await
-                .map_err(bus_error)?;
+            self.make_certificate_users(&store).await?;
         } else {
             store = self.setup_password_auth(store).await?;
         }
@@ -213,7 +214,7 @@ impl Master {
         )
         .await
         .map_err(|e| match e {
-            init::InitError::Store(s) => bus_error(s),
+            init::InitError::Store(s) => s.into(),
             other => BusError::Failed(other.to_string()),
         })?;
         self.register_local_identity(&store).await?;
@@ -249,10 +250,9 @@ impl Master {
         };
         // A connection with the cluster's credentials means authentication is already on.
         if !self.authenticated() {
-            store.setup_password_auth(&creds).await.map_err(bus_error)?;
+            store.setup_password_auth(&creds).await?;
             store = EtcdStore::connect(&self.config, Some(crate::pki::Role::Master), Some(&creds))
-                .await
-                .map_err(bus_error)?;
+                .await?;
             self.store.send_replace(Some(store.clone()));
             self.has_credentials.store(true, Ordering::SeqCst);
         }
@@ -495,20 +495,6 @@ async fn ensure_default_groups(store: &EtcdStore) {
         Ok(0) => {}
         Ok(n) => info!("recorded the group of {n} accounts for the workers"),
         Err(e) => warn!("cannot record accounts' groups for the workers: {e}"),
-    }
-}
-
-pub fn bus_error(e: StoreError) -> BusError {
-    match e {
-        StoreError::AlreadyInitialized => BusError::AlreadyInitialized(e.to_string()),
-        StoreError::Unavailable(_) | StoreError::Unauthenticated(_) => {
-            BusError::EtcdUnavailable(e.to_string())
-        }
-        StoreError::NotFound(m) => BusError::NotFound(m),
-        StoreError::Conflict(m) => BusError::Conflict(m),
-        StoreError::IdempotencyKeyUsed { .. } => BusError::Conflict(e.to_string()),
-        StoreError::Exhausted(m) => BusError::Exhausted(m),
-        other => BusError::Failed(other.to_string()),
     }
 }
 

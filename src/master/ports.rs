@@ -64,7 +64,7 @@ impl Master {
         reached: Option<IpAddr>,
     ) -> Result<Vec<PortView>, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let mappings = store.port_mappings_of(&owner).await?;
         self.port_views(&store, mappings, reached).await
     }
@@ -76,7 +76,7 @@ impl Master {
         reached: Option<IpAddr>,
     ) -> Result<Vec<PortView>, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         self.port_views(&store, store.port_mappings().await?, reached)
             .await
     }
@@ -118,7 +118,7 @@ impl Master {
             .public_port
             .map(|p| ports::validate_public_port(p, &range))
             .transpose()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
         if !cluster.nodes.contains(&index) {
             return Err(ApiError::NotFound(format!(
@@ -169,7 +169,7 @@ impl Master {
         public_port: u16,
     ) -> Result<(), ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         store.delete_port_mapping(&owner, public_port).await?;
         tracing::info!(
             user = owner,

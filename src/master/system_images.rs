@@ -49,7 +49,7 @@ impl Master {
         &self,
         _signed_in: &Caller,
     ) -> Result<Vec<SystemImageView>, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let hosts = store.list_hosts().await?;
         let mut names: Vec<&str> = hosts
             .iter()
@@ -71,7 +71,7 @@ impl Master {
         name: &str,
         wait: Duration,
     ) -> Result<SystemImageView, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let keys = store.keys();
         let (hosts, update, builds) = (
             keys.hosts(),
@@ -116,7 +116,7 @@ impl Master {
                 format!("{:?}: name a saved image as owner/name", request.from),
             ));
         };
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         // Read before the view: an update recorded after this read fails the write below.
         let (_, revision) = store.system_image_update(name).await?;
         let view = system_image_view(&store, name).await?;

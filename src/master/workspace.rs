@@ -30,8 +30,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, warn};
 
 use super::Master;
-use super::actions::ApiError;
 use super::agent_client::{self, AgentError, NodeEndpoint};
+use super::errors::ApiError;
 use super::extract::Auth;
 use super::proxy_headers::{filter_response_headers, forwarded_request_headers, is_upgrade};
 use super::session;

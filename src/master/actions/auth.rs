@@ -72,7 +72,7 @@ impl Master {
                 return Err(refused());
             }
         };
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let account = match existing {
             Some(a) => a,
             None => sign_up(&store, user, now).await?,
@@ -115,7 +115,7 @@ impl Master {
         user: &str,
         password: &str,
     ) -> Result<(bool, Option<Account>), ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let existing = store.account(user).await?;
         let verified = match &existing {
             Some(a) if a.auth == AuthMethod::Local => {
@@ -174,7 +174,7 @@ impl Master {
         if !account::plausible_token(token) {
             return Err(refused("not a Docklet token"));
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let digest = account::token_digest(token);
         let now = now_secs();
         let Some(mut record) = store.token(&digest).await? else {
@@ -219,7 +219,7 @@ impl Master {
     /// Ends the caller's login, and the workspace cookies made from it.
     pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
         if let Some(digest) = &caller.token_digest {
-            let store = self.api_store().await?;
+            let store = self.store().await?;
             store.delete_token(digest).await?;
             self.revoke_with(&store, caller.name(), &account::token_id(digest))
                 .await?;
@@ -262,7 +262,7 @@ impl Master {
             parent_digest: digest.clone(),
             expires_at: now_secs() + workspace::GRANT_SECS,
         };
-        self.api_store()
+        self.store()
             .await?
             .put_workspace_grant(
                 &account::token_digest(&secret),
@@ -291,7 +291,7 @@ impl Master {
         if !account::plausible_token(grant) {
             return Err(refused());
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let Some(grant) = store
             .take_workspace_grant(&account::token_digest(grant))
             .await?
@@ -337,7 +337,7 @@ impl Master {
                 "a token's name is 1 to 64 printable characters",
             ));
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (token, record) = self
             .issue_token(&store, caller.name(), TokenKind::Api, name, None, None)
             .await?;
@@ -345,7 +345,7 @@ impl Master {
     }
 
     pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         Ok(store
             .tokens_of(caller.name())
             .await?
@@ -355,7 +355,7 @@ impl Master {
     }
 
     pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         match self.revoke_with(&store, caller.name(), id).await? {
             0 => Err(ApiError::NotFound(format!("you have no token {id}"))),
             _ => Ok(()),
@@ -363,7 +363,7 @@ impl Master {
     }
 
     pub async fn me(&self, caller: &Caller) -> Result<Me, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         self.account_view(&store, &caller.account).await
     }
 

@@ -84,7 +84,7 @@ impl Master {
         if let Some(key) = idempotency_key {
             check_idempotency_key(key)?;
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         if let Some(key) = idempotency_key
             && let Some(view) = self.replay(&store, &user, key).await?
         {
@@ -275,7 +275,7 @@ impl Master {
         user: Option<&str>,
     ) -> Result<Vec<ClusterView>, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let hosts_up = hosts_up(&store).await?;
         let mut views = Vec::new();
         for cluster in store.clusters_of(&owner).await? {
@@ -291,7 +291,7 @@ impl Master {
         name: &str,
     ) -> Result<ClusterView, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let cluster = self.find_cluster(&store, &owner, name).await?.0;
         let hosts_up = hosts_up(&store).await?;
         self.cluster_view(&store, cluster, &hosts_up).await
@@ -371,7 +371,7 @@ impl Master {
         if running {
             caller.require_normal()?;
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
         let state = if running {
             DesiredState::Running
@@ -433,7 +433,7 @@ impl Master {
     ) -> Result<OperationView, ApiError> {
         let owner = caller.owner(user)?;
         caller.require_normal()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (mut cluster, revision) = self.find_cluster(&store, &owner, name).await?;
         let account = store
             .account(&owner)
@@ -483,7 +483,7 @@ impl Master {
         index: u32,
     ) -> Result<OperationView, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         self.find_cluster(&store, &owner, name).await?;
         let id = vcluster::node_id(&owner, name, index);
         store
@@ -523,7 +523,7 @@ impl Master {
         force: bool,
     ) -> Result<OperationView, ApiError> {
         let owner = caller.owner(user)?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
         if !force {
             for id in node_ids(&cluster) {
@@ -572,7 +572,7 @@ impl Master {
         id: &str,
         wait: Duration,
     ) -> Result<OperationView, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let missing = || ApiError::NotFound(format!("no operation {id}"));
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(missing());

@@ -28,7 +28,7 @@ pub struct HostView {
 impl Master {
     pub async fn hosts(&self, caller: &Caller) -> Result<Vec<HostView>, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let allocations = store.allocations().await?;
         let mut notes = store.drain_notes().await?;
         Ok(store
@@ -56,7 +56,7 @@ impl Master {
         if crate::model::host::validate_host_name(host).is_err() {
             return Err(ApiError::NotFound(format!("no host {host:?}")));
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let known = store.list_hosts().await?.iter().any(|h| h.name == host)
             || store.allocations().await?.contains_key(host);
         if !known {

@@ -7,11 +7,8 @@
 //! the caller and what they share are here.
 
 use crate::master::Master;
-use crate::master::agent_client::AgentError;
 use crate::model::account::{Account, AccountStatus, AuthMethod, TokenKind};
-use crate::model::vcluster::InputError;
 use crate::store::network::AddressPlan;
-use crate::store::{EtcdStore, StoreError};
 
 mod auth;
 mod clusters;
@@ -22,6 +19,7 @@ mod over_etcd;
 mod users;
 mod vnodes;
 
+pub use super::errors::ApiError;
 pub use auth::{LoginResult, Me, NewToken};
 pub(crate) use clusters::node_ids;
 pub use clusters::{ClusterView, Created, NodeView, OperationView, host_load};
@@ -29,131 +27,6 @@ pub use hosts::HostView;
 pub use nodes::{ExecRequest, ExecResult};
 pub use users::{GroupPatch, NewUser, QuotaPatch, UserPatch};
 pub use vnodes::{UserNetworkView, VNodeEntry};
-
-/// An API failure: an HTTP status, a machine-readable code and a message for people.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Input(InputError),
-    #[error("{0}")]
-    QuotaExceeded(String),
-    #[error("{0}")]
-    NoCapacity(String),
-    #[error("too many failed logins: try again in {retry_after} s")]
-    Throttled { retry_after: u64 },
-    #[error("{0}")]
-    Unavailable(String),
-    /// A create's idempotency key names an earlier operation (409, like any conflict).
-    #[error("idempotency key already used by operation {operation}")]
-    IdempotencyKeyUsed { operation: String },
-    /// A service inside a vnode did not answer (nothing listens on its port).
-    #[error("{0}")]
-    BadGateway(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    pub fn status(&self) -> u16 {
-        match self {
-            ApiError::Unauthenticated(_) => 401,
-            ApiError::Forbidden(_) => 403,
-            ApiError::NotFound(_) => 404,
-            ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => 409,
-            ApiError::BadRequest(_) => 400,
-            ApiError::Input(_) | ApiError::QuotaExceeded(_) | ApiError::NoCapacity(_) => 422,
-            ApiError::Throttled { .. } => 429,
-            ApiError::Unavailable(_) => 503,
-            ApiError::BadGateway(_) => 502,
-            ApiError::Internal(_) => 500,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Unauthenticated(_) => "unauthenticated",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) | ApiError::IdempotencyKeyUsed { .. } => "conflict",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Input(e) => e.code,
-            ApiError::QuotaExceeded(_) => "quota_exceeded",
-            ApiError::NoCapacity(_) => "no_capacity",
-            ApiError::Throttled { .. } => "throttled",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::BadGateway(_) => "bad_gateway",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
-    pub fn field(&self) -> Option<&'static str> {
-        match self {
-            ApiError::Input(e) => Some(e.field),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn invalid(
-        code: &'static str,
-        field: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError::Input(InputError {
-            code,
-            field,
-            message: message.into(),
-        })
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) | StoreError::Unauthenticated(_) => ApiError::Unavailable(
-                format!("the cluster state (etcd) cannot be reached right now: {e}"),
-            ),
-            StoreError::NotFound(m) => ApiError::NotFound(m),
-            StoreError::Conflict(m) => ApiError::Conflict(m),
-            StoreError::IdempotencyKeyUsed { operation } => {
-                ApiError::IdempotencyKeyUsed { operation }
-            }
-            StoreError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
-            StoreError::Exhausted(m) | StoreError::NoCapacity(m) => ApiError::NoCapacity(m),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        match e.status() {
-            _ if matches!(e, AgentError::Unreachable { .. }) => {
-                ApiError::Unavailable(e.to_string())
-            }
-            // The node went away or stopped between the lookup and the agent's answer.
-            Some(404 | 409) => ApiError::Conflict(e.to_string()),
-            Some(400 | 422) => ApiError::BadRequest(e.to_string()),
-            Some(502) => ApiError::BadGateway(e.to_string()),
-            _ => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<InputError> for ApiError {
-    fn from(e: InputError) -> Self {
-        ApiError::Input(e)
-    }
-}
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
@@ -228,12 +101,6 @@ pub(crate) fn random_id(len: usize) -> String {
 }
 
 impl Master {
-    pub(crate) async fn api_store(&self) -> Result<EtcdStore, ApiError> {
-        self.store()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))
-    }
-
     pub(super) fn address_plan(&self) -> AddressPlan {
         AddressPlan {
             cluster_net: self.config.cluster_net,

@@ -45,7 +45,7 @@ impl Master {
     ) -> Result<OperationView, ApiError> {
         let owner = caller.owner(user)?;
         caller.require_normal()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (cluster, _) = self.find_cluster(&store, &owner, name).await?;
         let missing = || ApiError::NotFound(format!("cluster {name} has no node {index}"));
         if !cluster.nodes.contains(&index) {
@@ -217,7 +217,7 @@ impl Master {
         cluster: &str,
         index: u32,
     ) -> Result<NodeEndpoint, ApiError> {
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let (record, _) = self.find_cluster(&store, owner, cluster).await?;
         let missing = || ApiError::NotFound(format!("cluster {cluster} has no node {index}"));
         if !record.nodes.contains(&index) {

@@ -120,7 +120,7 @@ impl Master {
 
     pub async fn list_users(&self, caller: &Caller) -> Result<Vec<Me>, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let mut out = Vec::new();
         for account in store.list_accounts().await? {
             out.push(self.account_view(&store, &account).await?);
@@ -132,7 +132,7 @@ impl Master {
         if name != caller.name() {
             caller.require_admin()?;
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let account = store
             .account(name)
             .await?
@@ -144,7 +144,7 @@ impl Master {
         caller.require_admin()?;
         account::validate_account_name(&new.name)
             .map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let group = match &new.group {
             Some(g) => g.clone(),
             None => store.default_group().await?,
@@ -216,7 +216,7 @@ impl Master {
                 "current_password goes with a new password",
             ));
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let before = store
             .account(name)
             .await?
@@ -375,7 +375,7 @@ impl Master {
         if name == caller.name() {
             return Err(ApiError::Conflict("you cannot delete yourself".into()));
         }
-        self.api_store().await?.delete_account(name).await?;
+        self.store().await?.delete_account(name).await?;
         info!(
             user = name,
             by = caller.name(),
@@ -388,14 +388,14 @@ impl Master {
 
     pub async fn list_groups(&self, caller: &Caller) -> Result<Vec<Group>, ApiError> {
         caller.require_admin()?;
-        Ok(self.api_store().await?.list_groups().await?)
+        Ok(self.store().await?.list_groups().await?)
     }
 
     pub async fn create_group(&self, caller: &Caller, group: &Group) -> Result<Group, ApiError> {
         caller.require_admin()?;
         quota::validate_group(group)
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;
-        self.api_store().await?.put_group(group, false).await?;
+        self.store().await?.put_group(group, false).await?;
         info!(
             group = %group.name,
             by = caller.name(),
@@ -414,7 +414,7 @@ impl Master {
         patch: &GroupPatch,
     ) -> Result<Group, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let mut group = store
             .group(name)
             .await?
@@ -468,18 +468,18 @@ impl Master {
 
     pub async fn delete_group(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         caller.require_admin()?;
-        self.api_store().await?.delete_group(name).await?;
+        self.store().await?.delete_group(name).await?;
         Ok(())
     }
 
     pub async fn set_default_group(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         caller.require_admin()?;
-        self.api_store().await?.set_default_group(name).await?;
+        self.store().await?.set_default_group(name).await?;
         Ok(())
     }
 
     pub async fn default_group(&self, caller: &Caller) -> Result<String, ApiError> {
         caller.require_admin()?;
-        Ok(self.api_store().await?.default_group().await?)
+        Ok(self.store().await?.default_group().await?)
     }
 }

@@ -41,7 +41,7 @@ impl Master {
     /// Hosts whose workers hold their registration lease.
     pub async fn registered_hosts(&self, caller: &Caller) -> Result<Vec<HostRecord>, ApiError> {
         caller.require_admin()?;
-        Ok(self.api_store().await?.list_hosts().await?)
+        Ok(self.store().await?.list_hosts().await?)
     }
 
     /// Writes a new vnode spec for `host`: its worker creates the vnode.
@@ -61,7 +61,7 @@ impl Master {
                 "a vnode's address is assigned by Docklet; leave `address` out",
             ));
         }
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         if !store.list_hosts().await?.iter().any(|h| h.name == host) {
             return Err(ApiError::NotFound(format!(
                 "no host {host} is up (see `docklet-admin hosts`)"
@@ -96,7 +96,7 @@ impl Master {
                 "exported is set by a drain (`docklet-admin drain HOST`), not by hand",
             ));
         }
-        self.api_store().await?.set_vnode_state(id, state).await?;
+        self.store().await?.set_vnode_state(id, state).await?;
         info!(
             vnode = id,
             by = caller.name(),
@@ -115,7 +115,7 @@ impl Master {
     ) -> Result<UserNetworkView, ApiError> {
         caller.require_admin()?;
         vnode::validate_user_name(user).map_err(invalid)?;
-        let (net, quota, addresses) = self.api_store().await?.user_network(user).await?;
+        let (net, quota, addresses) = self.store().await?.user_network(user).await?;
         let net = net.ok_or_else(|| {
             ApiError::NotFound(format!(
                 "user {user} has no network yet (no vnode was created)"
@@ -140,10 +140,7 @@ impl Master {
     ) -> Result<(), ApiError> {
         caller.require_admin()?;
         vnode::validate_user_name(user).map_err(invalid)?;
-        self.api_store()
-            .await?
-            .set_vnode_quota(user, vnodes)
-            .await?;
+        self.store().await?.set_vnode_quota(user, vnodes).await?;
         info!(
             user,
             by = caller.name(),
@@ -157,7 +154,7 @@ impl Master {
     /// Every vnode: host, spec and last status.
     pub async fn list_vnodes(&self, caller: &Caller) -> Result<Vec<VNodeEntry>, ApiError> {
         caller.require_admin()?;
-        let store = self.api_store().await?;
+        let store = self.store().await?;
         let specs = store.all_vnode_specs().await?;
         let mut statuses = store.all_vnode_statuses().await?;
         Ok(specs

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CsrfOnly, DoneQuery, Session, notice, render, render_error, see_other, status_of};
 use crate::master::Master;
-use crate::master::actions::ApiError;
+use crate::master::errors::ApiError;
 use crate::master::images::{ImagePatch, ImageView, SaveImageRequest};
 use crate::master::system_images::{SystemImageUpdateRequest, SystemImageView};
 use crate::model::image::Pending;
