@@ -165,3 +165,37 @@ impl From<StoreError> for BusError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_failure_has_the_same_kind_on_http_and_d_bus() {
+        let quota = ApiError::QuotaExceeded("4 of 4 nodes".into());
+        assert_eq!((quota.status(), quota.code()), (422, "quota_exceeded"));
+        assert!(matches!(BusError::from(quota), BusError::Exhausted(m) if m == "4 of 4 nodes"));
+        let denied = BusError::from(ApiError::Forbidden("not yours".into()));
+        assert!(matches!(denied, BusError::AccessDenied(_)));
+        let down = BusError::from(StoreError::Unavailable("connection refused".into()));
+        assert!(matches!(down, BusError::EtcdUnavailable(m) if m.contains("connection refused")));
+        let again = BusError::from(StoreError::AlreadyInitialized);
+        assert!(matches!(again, BusError::AlreadyInitialized(_)));
+    }
+
+    #[test]
+    fn a_used_idempotency_key_is_a_conflict_known_by_its_kind() {
+        let e = ApiError::from(StoreError::IdempotencyKeyUsed {
+            operation: "op1".into(),
+        });
+        assert!(matches!(&e, ApiError::IdempotencyKeyUsed { operation } if operation == "op1"));
+        assert_eq!((e.status(), e.code()), (409, "conflict"));
+        assert_eq!(
+            e.to_string(),
+            "idempotency key already used by operation op1"
+        );
+        // Any other conflict, whatever its words, is not taken for one.
+        let other = ApiError::from(StoreError::Conflict("idempotency key".into()));
+        assert!(matches!(other, ApiError::Conflict(_)));
+    }
+}

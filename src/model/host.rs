@@ -75,98 +75,6 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Renders rows as a left-aligned table with a header line, columns two spaces apart.
-pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
-/// The `docklet-admin hosts` table.
-/// What the scheduler knows of a host beyond its record: vnodes placed there and whether it
-/// is draining.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostLoadSummary {
-    pub vnodes: u32,
-    pub draining: bool,
-}
-
-/// `loads` may lack hosts (or be empty when the master cannot tell): those show `-`.
-pub fn hosts_table(
-    hosts: &[HostRecord],
-    loads: &std::collections::BTreeMap<String, HostLoadSummary>,
-    now: u64,
-) -> String {
-    let rows: Vec<Vec<String>> = hosts
-        .iter()
-        .map(|h| {
-            let load = loads.get(&h.name);
-            vec![
-                h.name.clone(),
-                if h.addresses.is_empty() {
-                    "-".into()
-                } else {
-                    h.addresses.join(",")
-                },
-                h.capacity.cpus.to_string(),
-                human_bytes(h.capacity.memory_bytes),
-                human_bytes(h.capacity.disk_free_bytes),
-                h.version.clone(),
-                human_duration(now.saturating_sub(h.registered_at)),
-                load.map_or_else(|| "-".into(), |l| l.vnodes.to_string()),
-                match load {
-                    Some(l) if l.draining => "draining".into(),
-                    Some(_) => "no".into(),
-                    None => "-".into(),
-                },
-            ]
-        })
-        .collect();
-    render_table(
-        &[
-            "HOST",
-            "ADDRESSES",
-            "CPUS",
-            "MEMORY",
-            "DISK FREE",
-            "VERSION",
-            "UP",
-            "VNODES",
-            "DRAIN",
-        ],
-        &rows,
-    )
-}
-
-/// Durations for people: 45s, 12m, 3h, 2d.
-pub fn human_duration(seconds: u64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 2 * 3600 => format!("{}m", s / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,35 +111,10 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations_read_well() {
+    fn sizes_read_well() {
         assert_eq!(human_bytes(512), "512B");
         assert_eq!(human_bytes(1536), "1.5K");
         assert_eq!(human_bytes(24 * 1024 * 1024 * 1024), "24.0G");
-        assert_eq!(human_duration(59), "59s");
-        assert_eq!(human_duration(600), "10m");
-        assert_eq!(human_duration(3 * 3600), "3h");
-        assert_eq!(human_duration(5 * 86400), "5d");
-    }
-
-    #[test]
-    fn hosts_table_aligns_columns() {
-        let loads = std::collections::BTreeMap::from([(
-            "tb1".to_owned(),
-            HostLoadSummary {
-                vnodes: 3,
-                draining: true,
-            },
-        )]);
-        let table = hosts_table(&[host("tb1"), host("tb-long-name")], &loads, 1_090);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("HOST          ADDRESSES"), "{table}");
-        assert!(
-            lines[1].starts_with("tb1           10.213.0.11/24  2     24.0G   80.5G"),
-            "{table}"
-        );
-        assert!(lines[1].ends_with("90s  3       draining"), "{table}");
-        assert!(lines[2].ends_with("90s  -       -"), "{table}");
     }
 
     #[test]

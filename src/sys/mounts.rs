@@ -527,6 +527,168 @@ pub fn copy_sparse(from_root: &Path, from: &Path, to_root: &Path, to: &Path) -> 
     Ok(copied)
 }
 
+/// What the vnode reconciler asks of the kernel's mount table: the seam between it and the
+/// host, with [`HostMounts`] for real and [`RecordingMounts`] for tests.
+pub trait Mounts: Send + Sync {
+    fn is_mount_point(&self, path: &Path) -> bool;
+    /// `source` at `target`, its ids shifted into `count` ids from `uid_base` (see
+    /// [`mount_idmapped`]).
+    fn mount_shifted(
+        &self,
+        source: &Path,
+        target: &Path,
+        uid_base: u32,
+        count: u32,
+    ) -> io::Result<()>;
+    fn mount_overlay(
+        &self,
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> io::Result<()>;
+    fn make_disk_image(&self, path: &Path, bytes: u64) -> io::Result<()>;
+    fn mount_disk_image(&self, image: &Path, target: &Path) -> io::Result<()>;
+    fn create_netns(&self, path: &Path) -> io::Result<()>;
+    fn remove_netns(&self, path: &Path) -> io::Result<()>;
+    /// Unmounts everything at or below `path` (nothing mounted: nothing to do).
+    fn unmount_all(&self, path: &Path) -> io::Result<()>;
+}
+
+/// This host's kernel.
+pub struct HostMounts;
+
+impl Mounts for HostMounts {
+    fn is_mount_point(&self, path: &Path) -> bool {
+        is_mount_point(path)
+    }
+    fn mount_shifted(
+        &self,
+        source: &Path,
+        target: &Path,
+        uid_base: u32,
+        count: u32,
+    ) -> io::Result<()> {
+        mount_idmapped(source, target, &userns_fd(uid_base, count)?)
+    }
+    fn mount_overlay(
+        &self,
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> io::Result<()> {
+        mount_overlay(lowers, upper, work, target)
+    }
+    fn make_disk_image(&self, path: &Path, bytes: u64) -> io::Result<()> {
+        make_disk_image(path, bytes)
+    }
+    fn mount_disk_image(&self, image: &Path, target: &Path) -> io::Result<()> {
+        mount_disk_image(image, target)
+    }
+    fn create_netns(&self, path: &Path) -> io::Result<()> {
+        create_netns(path)
+    }
+    fn remove_netns(&self, path: &Path) -> io::Result<()> {
+        remove_netns(path)
+    }
+    fn unmount_all(&self, path: &Path) -> io::Result<()> {
+        unmount_all(path)
+    }
+}
+
+/// Mounts for tests: a mount table in memory, and every call in order (`mount PATH`,
+/// `umount PATH`, `mkfs PATH`, `netns PATH`, `rm-netns PATH`). A disk image and a network
+/// namespace are empty files, as the real ones start.
+#[derive(Default)]
+pub struct RecordingMounts {
+    pub mounted: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+    pub calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl RecordingMounts {
+    fn record(&self, call: &str, path: &Path) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{call} {}", path.display()));
+    }
+
+    fn mount(&self, target: &Path) -> io::Result<()> {
+        self.record("mount", target);
+        if !target.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("mount point {} does not exist", target.display()),
+            ));
+        }
+        self.mounted.lock().unwrap().insert(target.to_owned());
+        Ok(())
+    }
+
+    /// Mount points below `root`, for checking that nothing is left.
+    pub fn mounted_under(&self, root: &Path) -> Vec<PathBuf> {
+        let mounted = self.mounted.lock().unwrap();
+        mounted
+            .iter()
+            .filter(|p| p.starts_with(root))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Mounts for RecordingMounts {
+    fn is_mount_point(&self, path: &Path) -> bool {
+        self.mounted.lock().unwrap().contains(path)
+    }
+    fn mount_shifted(&self, _: &Path, target: &Path, _: u32, _: u32) -> io::Result<()> {
+        self.mount(target)
+    }
+    fn mount_overlay(&self, _: &[&Path], _: &Path, _: &Path, target: &Path) -> io::Result<()> {
+        self.mount(target)
+    }
+    fn make_disk_image(&self, path: &Path, _: u64) -> io::Result<()> {
+        self.record("mkfs", path);
+        File::create(path).map(drop)
+    }
+    fn mount_disk_image(&self, _: &Path, target: &Path) -> io::Result<()> {
+        self.mount(target)
+    }
+    fn create_netns(&self, path: &Path) -> io::Result<()> {
+        self.record("netns", path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        File::create(path)?;
+        self.mounted.lock().unwrap().insert(path.to_owned());
+        Ok(())
+    }
+    fn remove_netns(&self, path: &Path) -> io::Result<()> {
+        self.record("rm-netns", path);
+        self.mounted.lock().unwrap().remove(path);
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+    fn unmount_all(&self, path: &Path) -> io::Result<()> {
+        let mut mounted = self.mounted.lock().unwrap();
+        let below: Vec<PathBuf> = mounted
+            .iter()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        for p in below {
+            mounted.remove(&p);
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("umount {}", p.display()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,13 +248,69 @@ impl Systemd {
         self.events.vnode_unit_removed.notified().await
     }
 
-    pub fn manager(&self) -> &SystemdManagerProxy<'static> {
-        &self.manager
+    async fn wait_job(
+        &self,
+        job: OwnedObjectPath,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        let result = self.events.wait_for(job.as_str());
+        match tokio::time::timeout(timeout, result).await {
+            Ok(Ok(result)) if result == "done" => Ok(()),
+            Ok(Ok(result)) => Err(SystemdError::JobFailed {
+                unit: unit.to_owned(),
+                result,
+            }),
+            Ok(Err(_)) => Err(SystemdError::Bus(zbus::Error::Failure(
+                "systemd's signal stream ended".into(),
+            ))),
+            Err(_) => Err(SystemdError::Timeout {
+                unit: unit.to_owned(),
+                secs: timeout.as_secs(),
+            }),
+        }
     }
+}
 
+/// What the worker asks of systemd's manager: the seam between the vnode reconciler (and
+/// exec sessions) and the host, with [`Systemd`] for real and [`RecordingUnits`] for tests.
+#[async_trait::async_trait]
+pub trait Units: Send + Sync {
+    /// Starts a transient unit and waits for its start job: for `Type=notify` that is when
+    /// the service reported ready.
+    async fn start_transient(
+        &self,
+        name: &str,
+        properties: Vec<Property>,
+        timeout: Duration,
+    ) -> Result<(), SystemdError>;
+    /// A transient slice with `properties` (its resource limits): made, or, if it is there
+    /// already (an earlier run of the same vnode), given them for this boot.
+    async fn ensure_slice(
+        &self,
+        name: &str,
+        properties: Vec<Property>,
+        timeout: Duration,
+    ) -> Result<(), SystemdError>;
+    /// Sends SIGKILL to every process of a unit (no unit: nothing to do).
+    async fn kill(&self, name: &str) -> Result<(), SystemdError>;
+    /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
+    async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError>;
+    /// The unit's state and main facts, `None` when it is not loaded.
+    async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError>;
+    /// Loaded units whose names match `pattern` (a glob), with their active state.
+    async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError>;
+    /// Forgets a failed unit of an earlier run, which would block the name.
+    async fn reset_failed(&self, name: &str);
+    /// Drops the reference a transient unit started with `AddRef=yes` holds for us.
+    async fn unref(&self, name: &str);
+}
+
+#[async_trait::async_trait]
+impl Units for Systemd {
     /// Starts a transient unit and waits for its start job: for `Type=notify` that is when the
     /// service reported ready.
-    pub async fn start_transient(
+    async fn start_transient(
         &self,
         name: &str,
         properties: Vec<Property>,
@@ -272,7 +328,7 @@ impl Systemd {
 
     /// A transient slice with `properties` (its resource limits): made, or, if it is
     /// there already (an earlier run of the same vnode), given them for this boot.
-    pub async fn ensure_slice(
+    async fn ensure_slice(
         &self,
         name: &str,
         properties: Vec<Property>,
@@ -297,7 +353,7 @@ impl Systemd {
     }
 
     /// Sends SIGKILL to every process of a unit (no unit: nothing to do).
-    pub async fn kill(&self, name: &str) -> Result<(), SystemdError> {
+    async fn kill(&self, name: &str) -> Result<(), SystemdError> {
         let _permit = self.calls.acquire().await.expect("never closed");
         match self.manager.kill_unit(name, "all", libc::SIGKILL).await {
             Ok(()) => Ok(()),
@@ -307,7 +363,7 @@ impl Systemd {
     }
 
     /// Stops a unit and waits until it is down. A unit that is not loaded is stopped already.
-    pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
+    async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
         let permit = self.calls.acquire().await.expect("never closed");
         let job = match self.manager.stop_unit(name, "replace").await {
             Ok(job) => job,
@@ -322,31 +378,8 @@ impl Systemd {
         }
     }
 
-    async fn wait_job(
-        &self,
-        job: OwnedObjectPath,
-        unit: &str,
-        timeout: Duration,
-    ) -> Result<(), SystemdError> {
-        let result = self.events.wait_for(job.as_str());
-        match tokio::time::timeout(timeout, result).await {
-            Ok(Ok(result)) if result == "done" => Ok(()),
-            Ok(Ok(result)) => Err(SystemdError::JobFailed {
-                unit: unit.to_owned(),
-                result,
-            }),
-            Ok(Err(_)) => Err(SystemdError::Bus(zbus::Error::Failure(
-                "systemd's signal stream ended".into(),
-            ))),
-            Err(_) => Err(SystemdError::Timeout {
-                unit: unit.to_owned(),
-                secs: timeout.as_secs(),
-            }),
-        }
-    }
-
     /// The unit's state and main facts, `None` when it is not loaded.
-    pub async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError> {
+    async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError> {
         let _permit = self.calls.acquire().await.expect("never closed");
         let path = match self.manager.get_unit(name).await {
             Ok(path) => path,
@@ -381,7 +414,7 @@ impl Systemd {
     }
 
     /// Loaded units whose names match `pattern` (a glob), with their active state.
-    pub async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError> {
+    async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError> {
         let _permit = self.calls.acquire().await.expect("never closed");
         Ok(self
             .manager
@@ -392,12 +425,132 @@ impl Systemd {
             .collect())
     }
 
-    /// Drops the reference a transient unit started with `AddRef=yes` holds for us.
-    pub async fn unref(&self, name: &str) {
+    async fn reset_failed(&self, name: &str) {
+        let _permit = self.calls.acquire().await.expect("never closed");
+        let _ = self.manager.reset_failed_unit(name).await;
+    }
+
+    async fn unref(&self, name: &str) {
         if let Err(e) = self.manager.unref_unit(name).await {
             tracing::debug!("UnrefUnit {name}: {e}");
         }
         let _ = self.manager.reset_failed_unit(name).await;
+    }
+}
+
+/// Units for tests: every call in order (`start NAME`, `slice NAME`, `stop NAME`, `kill NAME`,
+/// `reset-failed NAME`, `unref NAME`), the properties each start was given, and the units it
+/// started, active until stopped or killed. With `fail_starts` set, a start's job ends with
+/// that result and no unit stays.
+#[derive(Default)]
+pub struct RecordingUnits {
+    pub calls: Mutex<Vec<String>>,
+    pub units: Mutex<std::collections::BTreeMap<String, UnitInfo>>,
+    /// `Name=value` of each started unit's properties.
+    pub properties: Mutex<HashMap<String, Vec<String>>>,
+    pub fail_starts: Mutex<Option<String>>,
+}
+
+impl RecordingUnits {
+    fn record(&self, call: &str, name: &str) {
+        self.calls.lock().unwrap().push(format!("{call} {name}"));
+    }
+
+    /// The calls so far that name `unit`, without it (`start`, `stop`, ...).
+    pub fn calls_for(&self, unit: &str) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter_map(|c| c.strip_suffix(unit)?.strip_suffix(' ').map(str::to_owned))
+            .collect()
+    }
+
+    /// A unit left running by an earlier worker, as systemd would show it.
+    pub fn add_active(&self, name: &str) {
+        self.units
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), active_unit());
+    }
+}
+
+fn active_unit() -> UnitInfo {
+    UnitInfo {
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        result: "success".into(),
+        active_enter_usec: crate::daemon::now_secs() * 1_000_000,
+        ..Default::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Units for RecordingUnits {
+    async fn start_transient(
+        &self,
+        name: &str,
+        properties: Vec<Property>,
+        _: Duration,
+    ) -> Result<(), SystemdError> {
+        self.record("start", name);
+        let shown = properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.properties
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), shown);
+        if let Some(result) = self.fail_starts.lock().unwrap().clone() {
+            return Err(SystemdError::JobFailed {
+                unit: name.to_owned(),
+                result,
+            });
+        }
+        self.units
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), active_unit());
+        Ok(())
+    }
+    async fn ensure_slice(
+        &self,
+        name: &str,
+        _: Vec<Property>,
+        _: Duration,
+    ) -> Result<(), SystemdError> {
+        self.record("slice", name);
+        self.units
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), active_unit());
+        Ok(())
+    }
+    async fn kill(&self, name: &str) -> Result<(), SystemdError> {
+        self.record("kill", name);
+        self.units.lock().unwrap().remove(name);
+        Ok(())
+    }
+    async fn stop(&self, name: &str, _: Duration) -> Result<(), SystemdError> {
+        self.record("stop", name);
+        self.units.lock().unwrap().remove(name);
+        Ok(())
+    }
+    async fn unit_info(&self, name: &str) -> Result<Option<UnitInfo>, SystemdError> {
+        Ok(self.units.lock().unwrap().get(name).cloned())
+    }
+    async fn list_units(&self, pattern: &str) -> Result<Vec<(String, String)>, SystemdError> {
+        // Patterns with one `*`, as the worker uses them.
+        let (prefix, suffix) = pattern.split_once('*').unwrap_or((pattern, ""));
+        let units = self.units.lock().unwrap();
+        Ok(units
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix) && name.ends_with(suffix))
+            .map(|(name, info)| (name.clone(), info.active_state.clone()))
+            .collect())
+    }
+    async fn reset_failed(&self, name: &str) {
+        self.record("reset-failed", name);
+    }
+    async fn unref(&self, name: &str) {
+        self.record("unref", name);
     }
 }
 

@@ -338,7 +338,7 @@ async fn exec_handler(
     let stderr = drain(stderr_read);
     let status = exec::run(
         &runtime,
-        runtime.systemd(),
+        runtime.units(),
         &request,
         stdin_read,
         stdout_write,

@@ -122,7 +122,7 @@ impl WorkerInterface {
         };
         let session = exec::run(
             &runtime,
-            runtime.systemd(),
+            runtime.units(),
             &request,
             streams.stdin,
             streams.stdout,

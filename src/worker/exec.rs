@@ -17,7 +17,7 @@ use zbus::Variant;
 
 use super::vnode::{Leader, Runtime, VNodeError};
 use crate::model::vnode;
-use crate::sys::systemd::{Property, Systemd, exec_property};
+use crate::sys::systemd::{Property, Units, exec_property};
 
 /// How an exec session should look inside the vnode.
 pub struct ExecRequest {
@@ -105,7 +105,7 @@ pub fn check_request(request: &ExecRequest) -> Result<(), VNodeError> {
 /// signal when killed).
 pub async fn run(
     runtime: &Runtime,
-    systemd: &Systemd,
+    systemd: &dyn Units,
     request: &ExecRequest,
     stdin: OwnedFd,
     stdout: OwnedFd,

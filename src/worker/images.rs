@@ -262,7 +262,7 @@ impl Saver {
         };
         let unit = self
             .runtime
-            .systemd()
+            .units()
             .unit_info(&vnode::unit_name(id))
             .await?;
         // The vnode's slice: commands run in it (a terminal) are frozen too.

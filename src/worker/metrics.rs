@@ -59,11 +59,7 @@ impl Metrics {
             if status.as_ref().map(|s| s.phase) != Some(Phase::Running) {
                 continue;
             }
-            let info = match runtime
-                .systemd()
-                .unit_info(&vnode::unit_name(&spec.id))
-                .await
-            {
+            let info = match runtime.units().unit_info(&vnode::unit_name(&spec.id)).await {
                 Ok(Some(info)) => info,
                 Ok(None) => continue,
                 Err(e) => {

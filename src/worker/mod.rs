@@ -358,9 +358,13 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
             Arc::new(vnode::Runtime::new(
                 worker.config.clone(),
                 worker.host.clone(),
-                systemd.clone(),
-                worker.probe.clone(),
-                network,
+                vnode::runtime::HostSeams {
+                    units: Arc::new(systemd.clone()),
+                    mounts: Arc::new(crate::sys::mounts::HostMounts),
+                    network,
+                    probe: worker.probe.clone(),
+                    run_dir: paths::RUN_DIR.into(),
+                },
             ))
         })
         .clone();

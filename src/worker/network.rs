@@ -77,6 +77,33 @@ pub struct Network {
     state: tokio::sync::Mutex<NetState>,
 }
 
+/// What a vnode's start asks of the network: the seam between the reconciler and
+/// [`Network`] (rtnetlink and nftables), so the reconciler's tests run without either.
+#[async_trait::async_trait]
+pub trait AttachVnode: Send + Sync {
+    /// Wires the vnode into its user's network (see [`Network::attach`]); how long it took.
+    async fn attach_vnode(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        netns: &Path,
+        etc_dir: &Path,
+    ) -> Result<Duration, NetworkError>;
+}
+
+#[async_trait::async_trait]
+impl AttachVnode for Network {
+    async fn attach_vnode(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        netns: &Path,
+        etc_dir: &Path,
+    ) -> Result<Duration, NetworkError> {
+        self.attach(store, spec, netns, etc_dir).await
+    }
+}
+
 impl Network {
     /// Checks that the configuration can work here and prepares the host. Refuses (with the
     /// reason) a missing network device, a `cluster_net` overlapping a network of this host

@@ -32,8 +32,14 @@ pub struct VNodePaths {
 
 impl VNodePaths {
     pub fn new(config: &Config, id: &str) -> VNodePaths {
+        VNodePaths::under(config, Path::new(RUN_DIR), id)
+    }
+
+    /// With the run-time pieces under `run_dir` instead of [`RUN_DIR`] (the reconciler's
+    /// tests).
+    pub fn under(config: &Config, run_dir: &Path, id: &str) -> VNodePaths {
         let dir = vnodes_dir(config).join(id);
-        let run = Path::new(RUN_DIR).join("vnodes").join(id);
+        let run = run_dir.join("vnodes").join(id);
         VNodePaths {
             disk_image: dir.join("disk.img"),
             disk: run.join("disk"),
@@ -47,7 +53,7 @@ impl VNodePaths {
             layer_source: run.join("layer-source"),
             rootfs: run.join("rootfs"),
             exit: run.join("exit"),
-            netns: Path::new(RUN_DIR).join("netns").join(id),
+            netns: run_dir.join("netns").join(id),
             run,
         }
     }

@@ -307,7 +307,7 @@ async fn pump(
     // before the session's unit has opened its terminal.
     let slave_held = slave;
     let mut unit = tokio::spawn(async move {
-        exec::run(&runtime, runtime.systemd(), &request, stdin, stdout, stderr).await
+        exec::run(&runtime, runtime.units(), &request, stdin, stdout, stderr).await
     });
     let mut buf = vec![0u8; 16384];
     // Keystrokes not written yet: the shell may not read while its output waits for us.

@@ -5,7 +5,9 @@ use anyhow::Result;
 use crate::bus::*;
 use crate::cli::*;
 use crate::tables::*;
-use serde_json::json;
+use docklet::master::actions::{GroupPatch, Me, QuotaPatch, UserPatch};
+use docklet::model::account::AccountStatus;
+use docklet::model::quota::Group;
 
 /// A password from standard input: the first line, so `echo pw | docklet-admin ...` works and
 /// the password never shows in the process list.
@@ -45,23 +47,26 @@ pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
             status,
             password,
         } => {
-            let mut patch = serde_json::Map::new();
-            if let Some(group) = group {
-                patch.insert("group".into(), group.into());
-            }
-            if let Some(status) = status {
-                patch.insert("status".into(), status.into());
-            }
-            if password {
-                patch.insert("password".into(), read_password()?.into());
-            }
-            if patch.is_empty() {
+            if group.is_none() && status.is_none() && !password {
                 return Err(usage(
                     "nothing to change: give --group, --status or --password".into(),
                 ));
             }
+            let patch = UserPatch {
+                group,
+                status: status
+                    .map(|s| s.parse::<AccountStatus>())
+                    .transpose()
+                    .map_err(usage)?,
+                password: if password {
+                    Some(read_password()?)
+                } else {
+                    None
+                },
+                current_password: None,
+            };
             master
-                .set_user(&name, &serde_json::Value::Object(patch).to_string())
+                .set_user(&name, &to_json(&patch))
                 .await
                 .map_err(bus)?
         }
@@ -71,7 +76,7 @@ pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    let user: serde_json::Value = parse_reply(reply)?;
+    let user: Me = parse_reply(reply)?;
     print!("{}", users_table(&[user]));
     Ok(())
 }
@@ -82,18 +87,21 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
     let bus = |e| failure(e, "master");
     match action {
         GroupAction::Add { name, from, admin } => {
-            let groups: Vec<serde_json::Value> = parse_reply(master.groups().await.map_err(bus)?)?;
+            let groups: Vec<Group> = parse_reply(master.groups().await.map_err(bus)?)?;
             let from = from.unwrap_or_else(|| docklet::model::quota::DEFAULT_GROUP.to_owned());
-            let mut group = groups
-                .into_iter()
-                .find(|g| g["name"] == from.as_str())
+            let template = groups
+                .iter()
+                .find(|g| g.name == from)
                 .ok_or_else(|| Failure {
                     code: 7,
                     message: format!("no group {from} to copy the quota from"),
                 })?;
-            group["name"] = name.clone().into();
-            group["admin"] = admin.into();
-            let reply = master.create_group(&group.to_string()).await.map_err(bus)?;
+            let group = Group {
+                name,
+                admin,
+                ..template.clone()
+            };
+            let reply = master.create_group(&to_json(&group)).await.map_err(bus)?;
             print!("{}", groups_table(&[parse_reply(reply)?], ""));
         }
         GroupAction::Delete { name } => {
@@ -109,15 +117,23 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
                 code: 2,
                 message: e.to_string(),
             })?;
-            let patch = json!({ "egress_allow": rules });
+            let patch = GroupPatch {
+                egress_allow: Some(rules),
+                ..GroupPatch::default()
+            };
             let reply = master
-                .set_group(&name, &patch.to_string())
+                .set_group(&name, &to_json(&patch))
                 .await
                 .map_err(bus)?;
             print!("{}", groups_table(&[parse_reply(reply)?], ""));
         }
     }
     Ok(())
+}
+
+/// What the master is sent: a typed patch or group as JSON.
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("JSON")
 }
 
 /// `1`, `0.5`, `2.25` cores → thousandths of a core.
@@ -174,58 +190,49 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
             .map_err(|e| failure(e, "master"));
     }
     let group = group.expect("clap requires a group without --user");
-    let mut quota = serde_json::Map::new();
-    if let Some(cpu) = cpu {
-        quota.insert("cpu_millis".into(), parse_cpu(&cpu).map_err(usage)?.into());
-    }
-    if let Some(memory) = memory {
-        quota.insert(
-            "memory_bytes".into(),
-            parse_size(&memory).map_err(usage)?.into(),
-        );
-    }
-    if let Some(disk) = disk {
-        quota.insert(
-            "disk_bytes".into(),
-            parse_size(&disk).map_err(usage)?.into(),
-        );
-    }
-    if let Some(size) = image_size {
-        quota.insert(
-            "image_bytes".into(),
-            parse_size(&size).map_err(usage)?.into(),
-        );
-    }
-    for (key, value) in [
-        ("vnodes", vnodes.map(u64::from)),
-        ("images", images.map(u64::from)),
-        ("port_mappings", port_mappings.map(u64::from)),
-        ("idle_secs", idle),
-    ] {
-        if let Some(value) = value {
-            quota.insert(key.into(), value.into());
-        }
-    }
-    let text = if quota.is_empty() {
-        let groups: Vec<serde_json::Value> =
+    let unchanged = [&cpu, &memory, &disk, &image_size]
+        .iter()
+        .all(|a| a.is_none())
+        && [vnodes, images, port_mappings].iter().all(Option::is_none)
+        && idle.is_none();
+    let size = |text: Option<String>| text.map(|t| parse_size(&t)).transpose().map_err(usage);
+    let quota = QuotaPatch {
+        cpu_millis: cpu
+            .map(|c| parse_cpu(&c).map(u64::from))
+            .transpose()
+            .map_err(usage)?,
+        memory_bytes: size(memory)?,
+        disk_bytes: size(disk)?,
+        vnodes,
+        images,
+        image_bytes: size(image_size)?,
+        port_mappings,
+        idle_secs: idle,
+    };
+    let group: Group = if unchanged {
+        let groups: Vec<Group> =
             parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
-        let found = groups
+        groups
             .into_iter()
-            .find(|g| g["name"] == group.as_str())
+            .find(|g| g.name == group)
             .ok_or_else(|| Failure {
                 code: 7,
                 message: format!("no group {group}"),
-            })?;
-        found.to_string()
+            })?
     } else {
-        master
-            .set_group(&group, &json!({ "quota": quota }).to_string())
-            .await
-            .map_err(|e| failure(e, "master"))?
+        let patch = GroupPatch {
+            quota: Some(quota),
+            ..GroupPatch::default()
+        };
+        parse_reply(
+            master
+                .set_group(&group, &to_json(&patch))
+                .await
+                .map_err(|e| failure(e, "master"))?,
+        )?
     };
-    let group: serde_json::Value = parse_reply(text)?;
     if json {
-        println!("{group:#}");
+        println!("{}", serde_json::to_string_pretty(&group).expect("JSON"));
     } else {
         print!("{}", groups_table(&[group], ""));
     }
@@ -236,8 +243,7 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
 pub(crate) async fn groups(json: bool) -> Result<(), Failure> {
     let conn = connect().await?;
     let master = master_proxy(&conn).await?;
-    let groups: Vec<serde_json::Value> =
-        parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+    let groups: Vec<Group> = parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&groups).expect("JSON"));
     } else {

@@ -1,6 +1,8 @@
 //! Users' images and the system images.
 
 use anyhow::Result;
+use docklet::master::images::ImageView;
+use docklet::master::system_images::SystemImageView;
 
 use crate::bus::*;
 use crate::cli::*;
@@ -17,7 +19,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
     let conn = connect().await?;
     let master = master_proxy(&conn).await?;
     let bus = |e| failure(e, "master");
-    let reply = match action {
+    let image: ImageView = match action {
         ImageAction::Save {
             cluster,
             node,
@@ -32,23 +34,19 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
                 .await
                 .map_err(bus)?;
             if no_wait {
-                reply
+                parse_reply(reply)?
             } else {
                 let reference = format!("{user}/{name}");
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    let images: Vec<serde_json::Value> =
-                        parse_reply(master.images().await.map_err(bus)?)?;
-                    let Some(image) = images
-                        .into_iter()
-                        .find(|i| i["reference"] == reference.as_str())
-                    else {
+                    let images: Vec<ImageView> = parse_reply(master.images().await.map_err(bus)?)?;
+                    let Some(image) = images.into_iter().find(|i| i.reference == reference) else {
                         return Err(Failure {
                             code: 1,
                             message: format!("image {reference} disappeared while saving"),
                         });
                     };
-                    let state = image["state"].as_str().unwrap_or("").to_owned();
+                    let state = &image.state;
                     if state.starts_with("saving") {
                         eprint!("\r{reference}: {state}   ");
                         continue;
@@ -60,23 +58,27 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
                             message: format!("image {reference}: {state}"),
                         });
                     }
-                    break image.to_string();
+                    break image;
                 }
             }
         }
         ImageAction::Share { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            master
-                .set_image_public(owner, name, true)
-                .await
-                .map_err(bus)?
+            parse_reply(
+                master
+                    .set_image_public(owner, name, true)
+                    .await
+                    .map_err(bus)?,
+            )?
         }
         ImageAction::Unshare { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            master
-                .set_image_public(owner, name, false)
-                .await
-                .map_err(bus)?
+            parse_reply(
+                master
+                    .set_image_public(owner, name, false)
+                    .await
+                    .map_err(bus)?,
+            )?
         }
         ImageAction::Delete { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
@@ -85,7 +87,6 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    let image: serde_json::Value = parse_reply(reply)?;
     print!("{}", images_table(&[image]));
     Ok(())
 }
@@ -99,30 +100,29 @@ pub(crate) async fn system_image(action: SystemImageAction) -> Result<(), Failur
         from,
         no_wait,
     } = action;
-    let mut image: serde_json::Value = parse_reply(
+    let mut image: SystemImageView = parse_reply(
         master
             .update_system_image(&name, &from)
             .await
             .map_err(bus)?,
     )?;
-    while !no_wait && image["settled"] != true {
-        eprint!("\r{name}: {}   ", image["state"].as_str().unwrap_or(""));
+    while !no_wait && !image.settled {
+        eprint!("\r{name}: {}   ", image.state);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let images: Vec<serde_json::Value> =
-            parse_reply(master.system_images().await.map_err(bus)?)?;
+        let images: Vec<SystemImageView> = parse_reply(master.system_images().await.map_err(bus)?)?;
         image = images
             .into_iter()
-            .find(|i| i["name"] == name.as_str())
+            .find(|i| i.name == name)
             .ok_or_else(|| Failure {
                 code: 1,
                 message: format!("system image {name} disappeared (are its hosts down?)"),
             })?;
-        if image["settled"] == true {
+        if image.settled {
             eprintln!();
         }
     }
     print!("{}", system_images_table(std::slice::from_ref(&image)));
-    let state = image["state"].as_str().unwrap_or("");
+    let state = &image.state;
     if state.contains("failed") {
         return Err(Failure {
             code: 1,

@@ -5,7 +5,9 @@ use docklet::dbus_api::{HostRow, Master1Proxy, Worker1Proxy};
 use std::collections::BTreeMap;
 
 use crate::bus::*;
-use docklet::model::host::{HostLoadSummary, HostRecord, hosts_table, render_table};
+use crate::tables::{HostLoadSummary, hosts_table, render_table};
+use docklet::master::actions::HostView;
+use docklet::model::host::HostRecord;
 use serde_json::json;
 
 /// `(version, status)` of one daemon, or why it could not be asked.
@@ -108,15 +110,15 @@ pub(crate) async fn hosts(json: bool) -> Result<(), Failure> {
     } else {
         // Vnodes and drain state need an initialized cluster; without them the table says `-`.
         let loads: BTreeMap<String, HostLoadSummary> = match master.host_loads().await {
-            Ok(text) => serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            Ok(text) => serde_json::from_str::<Vec<HostView>>(&text)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|h| {
                     (
-                        h["name"].as_str().unwrap_or_default().to_owned(),
+                        h.name,
                         HostLoadSummary {
-                            vnodes: h["allocated"]["vnodes"].as_u64().unwrap_or(0) as u32,
-                            draining: h["draining"] == true,
+                            vnodes: h.allocated.vnodes,
+                            draining: h.draining,
                         },
                     )
                 })
@@ -139,8 +141,8 @@ pub(crate) async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Resul
             .host_loads()
             .await
             .map_err(|e| failure(e, "master"))?;
-        let hosts: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
-        let Some(view) = hosts.iter().find(|h| h["name"] == host) else {
+        let hosts: Vec<HostView> = serde_json::from_str(&text).unwrap_or_default();
+        let Some(view) = hosts.into_iter().find(|h| h.name == host) else {
             return Err(Failure {
                 code: 1,
                 message: format!(
@@ -148,12 +150,12 @@ pub(crate) async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Resul
                 ),
             });
         };
-        let left = view["allocated"]["vnodes"].as_u64().unwrap_or(0);
-        if view["draining"] != true {
+        let left = view.allocated.vnodes;
+        if !view.draining {
             println!("{host}: the drain was called off with {left} vnode(s) left.");
             return Ok(());
         }
-        let note = view["drain_note"].as_str().unwrap_or("").to_owned();
+        let note = view.drain_note.unwrap_or_default();
         // Empty of allocations is not enough: the last vnodes may still be starting where
         // they went.
         if left == 0 && note == docklet::model::drain::EMPTY_NOTE {

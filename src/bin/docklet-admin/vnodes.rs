@@ -6,7 +6,7 @@ use docklet::master::actions::VNodeEntry;
 use crate::accounts::*;
 use crate::bus::*;
 use crate::cli::*;
-use docklet::model::host::render_table;
+use crate::tables::render_table;
 use docklet::model::vnode::{DesiredState, VNodeSpec};
 
 pub(crate) async fn cluster_vnodes(conn: &zbus::Connection) -> Result<Vec<VNodeEntry>, Failure> {

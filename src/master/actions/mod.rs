@@ -108,24 +108,3 @@ impl Master {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_used_idempotency_key_is_a_conflict_known_by_its_kind() {
-        let e = ApiError::from(StoreError::IdempotencyKeyUsed {
-            operation: "op1".into(),
-        });
-        assert!(matches!(&e, ApiError::IdempotencyKeyUsed { operation } if operation == "op1"));
-        assert_eq!((e.status(), e.code()), (409, "conflict"));
-        assert_eq!(
-            e.to_string(),
-            "idempotency key already used by operation op1"
-        );
-        // Any other conflict, whatever its words, is not taken for one.
-        let other = ApiError::from(StoreError::Conflict("idempotency key".into()));
-        assert!(matches!(other, ApiError::Conflict(_)));
-    }
-}

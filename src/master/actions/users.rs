@@ -27,14 +27,14 @@ pub struct NewUser {
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<AccountStatus>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Required with `password` when users change their own: the one they have now.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_password: Option<String>,
 }
 
@@ -59,14 +59,14 @@ impl UserPatch {
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaPatch>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<NodeSize>,
     /// Replaces the group's egress allowances (an empty list removes them).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub egress_allow: Option<Vec<crate::model::egress::EgressRule>>,
 }
@@ -74,13 +74,21 @@ pub struct GroupPatch {
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vnodes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub images: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port_mappings: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<u64>,
 }
 

@@ -18,7 +18,6 @@ use crate::daemon::now_secs;
 use crate::model::vnode::{self, DesiredState, HostLimits, Phase, VNodeSpec, VNodeStatus};
 use crate::store::EtcdStore;
 use crate::store::vnodes::StoredSpec;
-use crate::sys::mounts;
 use crate::sys::systemd::SystemdError;
 use crate::worker::paths::{LocalState, VNodePaths};
 use crate::worker::paths::{random_suffix, rename_no_replace, user_data_dir};
@@ -91,7 +90,7 @@ impl Runtime {
                     }
                 }
                 let info = self
-                    .systemd
+                    .units
                     .unit_info(&vnode::unit_name(id))
                     .await?
                     .unwrap_or_default();
@@ -196,7 +195,7 @@ impl Runtime {
             Ok(net) => net,
             Err(e) => {
                 let _ = self
-                    .systemd
+                    .units
                     .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
                     .await;
                 if let Err(cleanup) = self.release(paths) {
@@ -227,7 +226,8 @@ impl Runtime {
         let result = (|| {
             create_dir(&paths.dir, 0o700)?;
             create_dir(&paths.etc, 0o755)?;
-            mounts::make_disk_image(&paths.disk_image, spec.disk_bytes)
+            self.mounts
+                .make_disk_image(&paths.disk_image, spec.disk_bytes)
                 .map_err(io_err("making the vnode's disk"))?;
             self.mount_disk(paths)?;
             create_dir(&paths.upper, 0o755)?;
@@ -252,19 +252,20 @@ impl Runtime {
             Ok::<_, VNodeError>(state)
         })();
         if result.is_err() {
-            let _ = mounts::unmount_all(&paths.disk);
+            let _ = self.mounts.unmount_all(&paths.disk);
             let _ = std::fs::remove_dir_all(&paths.dir);
         }
         result
     }
 
     pub(crate) fn mount_disk(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
-        if mounts::is_mount_point(&paths.disk) {
+        if self.mounts.is_mount_point(&paths.disk) {
             return Ok(());
         }
         std::fs::create_dir_all(&paths.disk)
             .map_err(io_err(format!("creating {}", paths.disk.display())))?;
-        mounts::mount_disk_image(&paths.disk_image, &paths.disk)
+        self.mounts
+            .mount_disk_image(&paths.disk_image, &paths.disk)
             .map_err(io_err("mounting the vnode's disk"))
     }
 
@@ -322,25 +323,27 @@ impl Runtime {
             )?;
         }
         for (source, view) in &views {
-            if !mounts::is_mount_point(view) {
-                let userns = mounts::userns_fd(state.uid_base, vnode::UID_RANGE_SIZE)
-                    .map_err(io_err("user namespace for the image"))?;
-                mounts::mount_idmapped(source, view, &userns)
+            if !self.mounts.is_mount_point(view) {
+                self.mounts
+                    .mount_shifted(source, view, state.uid_base, vnode::UID_RANGE_SIZE)
                     .map_err(io_err("mounting the image"))?;
             }
         }
-        if !mounts::is_mount_point(&paths.rootfs) {
+        if !self.mounts.is_mount_point(&paths.rootfs) {
             // Top first: the user image's layer over the system image.
             let lowers: Vec<&Path> = views.iter().rev().map(|(_, view)| view.as_path()).collect();
-            mounts::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+            self.mounts
+                .mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
                 .map_err(io_err("root filesystem"))?;
         }
-        if !mounts::is_mount_point(&paths.netns) {
-            mounts::create_netns(&paths.netns).map_err(io_err("network namespace"))?;
+        if !self.mounts.is_mount_point(&paths.netns) {
+            self.mounts
+                .create_netns(&paths.netns)
+                .map_err(io_err("network namespace"))?;
         }
         let net = self
             .network
-            .attach(store, spec, &paths.netns, &paths.etc)
+            .attach_vnode(store, spec, &paths.netns, &paths.etc)
             .await?;
         let ssh_dir = ssh::user_ssh_dir(&self.config, &spec.user);
         ssh::ensure_user_keys(&ssh_dir, &spec.user, state.uid_base)
@@ -354,7 +357,7 @@ impl Runtime {
         let _ = std::fs::remove_file(&paths.exit);
         let properties = self.unit_properties(spec, paths, state, &data);
         let unit = vnode::unit_name(&spec.id);
-        self.systemd
+        self.units
             .ensure_slice(
                 &vnode::vnode_slice(&spec.user, &spec.id),
                 Self::slice_properties(spec),
@@ -362,7 +365,7 @@ impl Runtime {
             )
             .await?;
         // A failed unit of an earlier run would block the name.
-        let _ = self.systemd.manager().reset_failed_unit(&unit).await;
+        self.units.reset_failed(&unit).await;
         let wake = self
             .memos
             .lock()
@@ -371,9 +374,7 @@ impl Runtime {
             .or_default()
             .wake
             .clone();
-        let boot = self
-            .systemd
-            .start_transient(&unit, properties, START_TIMEOUT);
+        let boot = self.units.start_transient(&unit, properties, START_TIMEOUT);
         tokio::pin!(boot);
         let booted = loop {
             tokio::select! {
@@ -409,10 +410,10 @@ impl Runtime {
     /// Stops the vnode's unit (its systemd shuts down), then its slice: commands still
     /// running in it (terminals, exec) end with it.
     pub(super) async fn stop_units(&self, spec: &VNodeSpec) -> Result<(), VNodeError> {
-        self.systemd
+        self.units
             .stop(&vnode::unit_name(&spec.id), STOP_TIMEOUT)
             .await?;
-        self.systemd
+        self.units
             .stop(&vnode::vnode_slice(&spec.user, &spec.id), STOP_TIMEOUT)
             .await?;
         Ok(())
@@ -421,11 +422,21 @@ impl Runtime {
     /// Unmounts the rootfs and the image view and removes the network namespace; keeps the
     /// vnode's own layer.
     pub(super) fn release(&self, paths: &VNodePaths) -> Result<(), VNodeError> {
-        mounts::unmount_all(&paths.rootfs).map_err(io_err("unmounting the rootfs"))?;
-        mounts::unmount_all(&paths.lower).map_err(io_err("unmounting the image"))?;
-        mounts::unmount_all(&paths.layer).map_err(io_err("unmounting the image's layer"))?;
-        mounts::unmount_all(&paths.disk).map_err(io_err("unmounting the vnode's disk"))?;
-        mounts::remove_netns(&paths.netns).map_err(io_err("removing the network namespace"))?;
+        self.mounts
+            .unmount_all(&paths.rootfs)
+            .map_err(io_err("unmounting the rootfs"))?;
+        self.mounts
+            .unmount_all(&paths.lower)
+            .map_err(io_err("unmounting the image"))?;
+        self.mounts
+            .unmount_all(&paths.layer)
+            .map_err(io_err("unmounting the image's layer"))?;
+        self.mounts
+            .unmount_all(&paths.disk)
+            .map_err(io_err("unmounting the vnode's disk"))?;
+        self.mounts
+            .remove_netns(&paths.netns)
+            .map_err(io_err("removing the network namespace"))?;
         match std::fs::remove_dir_all(&paths.run) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(io_err(format!("removing {}", paths.run.display()))(e))

@@ -32,7 +32,7 @@ pub(super) fn ensure_workspace_token(paths: &VNodePaths) -> Result<String, VNode
 impl Runtime {
     /// A running (or once started) node's workspace token, for the agent.
     pub fn workspace_token(&self, id: &str) -> Result<String, VNodeError> {
-        let path = workspace_token_file(&VNodePaths::new(&self.config, id));
+        let path = workspace_token_file(&self.paths(id));
         match std::fs::read_to_string(&path) {
             Ok(token) if vnode::is_workspace_token(&token) => Ok(token),
             _ => Err(VNodeError::NotRunning {

@@ -30,6 +30,8 @@ pub mod handoff;
 pub mod image;
 mod jupyter;
 pub mod leader;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod runtime;
 pub mod unit;
 

@@ -18,9 +18,9 @@ use crate::model::vnode::{self, Action, DesiredState, Phase, UnitState, VNodeSpe
 use crate::store::EtcdStore;
 use crate::store::vnodes::StoredSpec;
 use crate::sys::host::HostProbe;
-use crate::sys::mounts;
-use crate::sys::systemd::Systemd;
-use crate::worker::network::Network;
+use crate::sys::mounts::Mounts;
+use crate::sys::systemd::Units;
+use crate::worker::network::AttachVnode;
 use crate::worker::paths::{LocalState, VNodePaths, vnodes_dir};
 
 /// Per-vnode memory of the reconciler: what it last reported and how often it failed.
@@ -38,12 +38,25 @@ pub(super) struct Memo {
     pub(super) wake: Arc<tokio::sync::Notify>,
 }
 
+/// The host as the reconciler touches it, each side effect behind its seam: the real ones in
+/// the worker, recording fakes in the reconciler's tests.
+pub struct HostSeams {
+    pub units: Arc<dyn Units>,
+    pub mounts: Arc<dyn Mounts>,
+    pub network: Arc<dyn AttachVnode>,
+    pub probe: Arc<dyn HostProbe>,
+    /// Where the vnodes' run-time pieces go ([`crate::worker::paths::RUN_DIR`]).
+    pub run_dir: std::path::PathBuf,
+}
+
 pub struct Runtime {
     pub(super) config: Config,
     pub(super) host: String,
-    pub(super) systemd: Systemd,
+    pub(super) units: Arc<dyn Units>,
+    pub(super) mounts: Arc<dyn Mounts>,
+    pub(super) network: Arc<dyn AttachVnode>,
     pub(super) probe: Arc<dyn HostProbe>,
-    pub(super) network: Arc<Network>,
+    run_dir: std::path::PathBuf,
     pub(super) memos: Mutex<HashMap<String, Memo>>,
     /// machined is there: register vnodes so `machinectl` and `journalctl -M` know them.
     pub(super) register_machines: AtomicBool,
@@ -52,21 +65,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(
-        config: Config,
-        host: String,
-        systemd: Systemd,
-        probe: Arc<dyn HostProbe>,
-        network: Arc<Network>,
-    ) -> Self {
+    pub fn new(config: Config, host: String, seams: HostSeams) -> Self {
         let register = Path::new("/usr/lib/systemd/systemd-machined").exists()
             || Path::new("/lib/systemd/systemd-machined").exists();
         Runtime {
             config,
             host,
-            systemd,
-            probe,
-            network,
+            units: seams.units,
+            mounts: seams.mounts,
+            network: seams.network,
+            probe: seams.probe,
+            run_dir: seams.run_dir,
             memos: Mutex::new(HashMap::new()),
             register_machines: AtomicBool::new(register),
             locks: Mutex::new(HashMap::new()),
@@ -80,8 +89,13 @@ impl Runtime {
         locks.entry(id.to_owned()).or_default().clone()
     }
 
-    pub fn systemd(&self) -> &Systemd {
-        &self.systemd
+    pub fn units(&self) -> &dyn Units {
+        self.units.as_ref()
+    }
+
+    /// Where the vnode's pieces are on this host.
+    pub fn paths(&self, id: &str) -> VNodePaths {
+        VNodePaths::under(&self.config, &self.run_dir, id)
     }
 
     /// The last spec seen of a vnode of this host.
@@ -116,7 +130,7 @@ impl Runtime {
     /// unit's main process) started, held by a pidfd.
     pub async fn leader(&self, id: &str) -> Option<Leader> {
         let info = self
-            .systemd
+            .units
             .unit_info(&vnode::unit_name(id))
             .await
             .ok()
@@ -151,7 +165,7 @@ impl Runtime {
         }
         // Units and directories without a spec: stop them, keep the data.
         let mut orphans: Vec<String> = Vec::new();
-        if let Ok(units) = self.systemd.list_units("docklet-vnode-*.service").await {
+        if let Ok(units) = self.units.list_units("docklet-vnode-*.service").await {
             for (unit, _) in units {
                 if let Some(id) = vnode::id_from_unit(&unit) {
                     orphans.push(id.to_owned());
@@ -220,7 +234,11 @@ impl Runtime {
         });
     }
 
-    async fn reconcile_one(&self, store: &EtcdStore, stored: StoredSpec) -> Result<(), VNodeError> {
+    pub(super) async fn reconcile_one(
+        &self,
+        store: &EtcdStore,
+        stored: StoredSpec,
+    ) -> Result<(), VNodeError> {
         let id = stored.id.as_str();
         let lock = self.vnode_lock(id);
         let _held = lock.lock().await;
@@ -269,16 +287,16 @@ impl Runtime {
                 .report(store, id, Phase::Failed, Some(format!("invalid spec: {e}")))
                 .await;
         }
-        let paths = VNodePaths::new(&self.config, id);
+        let paths = self.paths(id);
         if let Err(e) = self.take_handoff(&spec, &paths).await {
             return self
                 .report(store, id, Phase::Failed, Some(e.to_string()))
                 .await;
         }
         let unit = vnode::unit_name(id);
-        let info = self.systemd.unit_info(&unit).await?;
+        let info = self.units.unit_info(&unit).await?;
         let unit_state = info.as_ref().map_or(UnitState::Absent, |i| i.state());
-        let mounted = mounts::is_mount_point(&paths.rootfs);
+        let mounted = self.mounts.is_mount_point(&paths.rootfs);
         match vnode::next_action(spec.state, unit_state, mounted) {
             Action::Nothing => match spec.state {
                 DesiredState::Running => {
@@ -312,7 +330,7 @@ impl Runtime {
                 // Nothing of a deleted vnode is kept, so there is nothing to shut down
                 // cleanly; a vnode still booting would also ignore the poweroff request
                 // until its systemd is up, holding the delete for the whole stop timeout.
-                if let Err(e) = self.systemd.kill(&unit).await {
+                if let Err(e) = self.units.kill(&unit).await {
                     warn!("killing the unit of a deleted vnode: {e}");
                 }
                 self.stop_units(&spec).await?;
@@ -366,14 +384,14 @@ impl Runtime {
             );
             return;
         }
-        let paths = VNodePaths::new(&self.config, id);
+        let paths = self.paths(id);
         let unit = vnode::unit_name(id);
-        let running = matches!(self.systemd.unit_info(&unit).await, Ok(Some(_)));
-        if !running && !mounts::is_mount_point(&paths.rootfs) && !paths.run.exists() {
+        let running = matches!(self.units.unit_info(&unit).await, Ok(Some(_)));
+        if !running && !self.mounts.is_mount_point(&paths.rootfs) && !paths.run.exists() {
             return;
         }
         warn!(vnode = %id, "no spec in etcd for vnode {id}: stopping it; its files stay in {}", paths.dir.display());
-        if let Err(e) = self.systemd.stop(&unit, STOP_TIMEOUT).await {
+        if let Err(e) = self.units.stop(&unit, STOP_TIMEOUT).await {
             warn!(vnode = %id, "stopping orphan: {e}");
         }
         if let Err(e) = self.release(&paths) {
@@ -389,7 +407,7 @@ impl Runtime {
         boot_ms: Option<u64>,
     ) -> Result<(), VNodeError> {
         let leader = Leader::of_nspawn(info.main_pid).map(|l| l.pid);
-        let state = LocalState::load(&VNodePaths::new(&self.config, &spec.id).state);
+        let state = LocalState::load(&self.paths(&spec.id).state);
         let changed = {
             let mut memos = self.memos.lock().unwrap();
             let memo = memos.entry(spec.id.clone()).or_default();
