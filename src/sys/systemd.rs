@@ -479,7 +479,9 @@ fn active_unit() -> UnitInfo {
         active_state: "active".into(),
         sub_state: "running".into(),
         result: "success".into(),
-        active_enter_usec: crate::daemon::now_secs() * 1_000_000,
+        active_enter_usec: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
         ..Default::default()
     }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use super::Runtime;
 use super::runtime::HostSeams;
 use crate::config::Config;
-use crate::daemon::now_secs;
 use crate::model::host::Capacity;
 use crate::model::vnode::{self, DesiredState, Handoff, Phase, VNodeSpec, VNodeStatus};
 use crate::store::EtcdStore;
@@ -144,7 +143,7 @@ fn install_base_image(config: &Config) {
     let _ = std::os::unix::fs::symlink("v1", images.join("base/current"));
 }
 
-/// The in-process etcd after `init`, and the directory of the site's files.
+/// The in-process etcd, and the directory of the site's files.
 async fn site() -> (MemoryEtcd, EtcdStore, tempfile::TempDir) {
     let etcd = MemoryEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -153,16 +152,6 @@ async fn site() -> (MemoryEtcd, EtcdStore, tempfile::TempDir) {
         ..Config::default()
     };
     let store = etcd.connect(&config).await.unwrap();
-    crate::master::init::init_cluster(
-        &store,
-        "docklet",
-        "test",
-        false,
-        &dir.path().join("password"),
-        now_secs(),
-    )
-    .await
-    .unwrap();
     std::fs::create_dir_all(dir.path().join("global")).unwrap();
     (etcd, store, dir)
 }
