@@ -332,19 +332,7 @@ impl Master {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    let hint = match (&e, creds.is_some(), self.certificate_login()) {
-                        (StoreError::Unauthenticated(_), _, true) => format!(
-                            " (etcd does not take {}: was host {} removed? `docklet-admin host add {}` on the CA host, then `docklet-admin join` here)",
-                            crate::pki::Role::Master.common_name(&self.host),
-                            self.host,
-                            self.host
-                        ),
-                        (StoreError::Unauthenticated(_), false, false) => format!(
-                            " (etcd requires credentials but {} is missing: is the shared filesystem mounted?)",
-                            self.config.credentials_file().display()
-                        ),
-                        _ => String::new(),
-                    };
+                    let hint = self.connect_hint(&e, creds.is_some());
                     warn!("etcd at {endpoints}: {e}");
                     self.status.set(format!(
                         "waiting for etcd at {endpoints}: {e}{hint}; retrying in {}s",
@@ -353,6 +341,23 @@ impl Master {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// What an operator can do about a refused connection, if we know.
+    fn connect_hint(&self, e: &StoreError, has_credentials: bool) -> String {
+        match (e, has_credentials, self.certificate_login()) {
+            (StoreError::Unauthenticated(_), _, true) => format!(
+                " (etcd does not take {}: was host {} removed? `docklet-admin host add {}` on the CA host, then `docklet-admin join` here)",
+                crate::pki::Role::Master.common_name(&self.host),
+                self.host,
+                self.host
+            ),
+            (StoreError::Unauthenticated(_), false, false) => format!(
+                " (etcd requires credentials but {} is missing: is the shared filesystem mounted?)",
+                self.config.credentials_file().display()
+            ),
+            _ => String::new(),
         }
     }
 

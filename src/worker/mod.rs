@@ -253,57 +253,11 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
 
     // The live registration, so that a clean stop can revoke it on the same connection.
     let lease: Arc<Mutex<Option<(EtcdStore, i64)>>> = Arc::new(Mutex::new(None));
-    let registration = {
-        let worker = worker.clone();
-        let lease = lease.clone();
-        let notifier = notifier.clone();
-        async move {
-            let mut backoff = Backoff::default();
-            let ready_sent = std::sync::atomic::AtomicBool::new(false);
-            let on_registered = || {
-                if !ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    notifier.ready(&worker.status());
-                }
-            };
-            loop {
-                let store = worker.connect(&mut backoff).await;
-                let lost = worker
-                    .register_and_keep_alive(&store, &lease, &on_registered)
-                    .await;
-                let delay = backoff.next_delay();
-                warn!("registration lost: {lost}");
-                worker.status.set(format!(
-                    "registration lost ({lost}); re-registering in {}s",
-                    delay.as_secs()
-                ));
-                tokio::time::sleep(delay).await;
-                if matches!(lost, StoreError::Unavailable(_)) {
-                    continue;
-                }
-                backoff.reset();
-            }
-        }
-    };
+    let registration = registration_loop(worker.clone(), lease.clone(), notifier.clone());
 
     let reconciler = reconcile_loop(worker.clone(), network.clone());
     let networks = network_loop(worker.clone(), network);
-    let agent = {
-        let worker = worker.clone();
-        async move {
-            let mut backoff = Backoff::default();
-            loop {
-                if let Err(e) = agent::serve(worker.clone()).await {
-                    let delay = backoff.next_delay();
-                    warn!(
-                        "agent endpoint on port {}: {e}; retrying in {}s",
-                        worker.config.agent_port,
-                        delay.as_secs()
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    };
+    let agent = agent_loop(worker.clone());
 
     let watchdog_every = notifier.watchdog_interval();
     let live_loop = async {
@@ -334,13 +288,61 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     Ok(())
 }
 
-/// Connects to systemd, then follows this host's vnode specs for ever: a full pass at start
-/// and after every change in etcd, every unit that goes away, and every few seconds.
-async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
+/// Registers this host and keeps the registration alive for ever, again after every loss;
+/// READY goes out at the first registration. `lease` holds the live one, for a clean stop.
+async fn registration_loop(
+    worker: Arc<Worker>,
+    lease: Arc<Mutex<Option<(EtcdStore, i64)>>>,
+    notifier: Notifier,
+) {
     let mut backoff = Backoff::default();
-    let systemd = loop {
+    let ready_sent = std::sync::atomic::AtomicBool::new(false);
+    let on_registered = || {
+        if !ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            notifier.ready(&worker.status());
+        }
+    };
+    loop {
+        let store = worker.connect(&mut backoff).await;
+        let lost = worker
+            .register_and_keep_alive(&store, &lease, &on_registered)
+            .await;
+        let delay = backoff.next_delay();
+        warn!("registration lost: {lost}");
+        worker.status.set(format!(
+            "registration lost ({lost}); re-registering in {}s",
+            delay.as_secs()
+        ));
+        tokio::time::sleep(delay).await;
+        if matches!(lost, StoreError::Unavailable(_)) {
+            continue;
+        }
+        backoff.reset();
+    }
+}
+
+/// Serves the node agent for ever, starting it again after a failure.
+async fn agent_loop(worker: Arc<Worker>) {
+    let mut backoff = Backoff::default();
+    loop {
+        if let Err(e) = agent::serve(worker.clone()).await {
+            let delay = backoff.next_delay();
+            warn!(
+                "agent endpoint on port {}: {e}; retrying in {}s",
+                worker.config.agent_port,
+                delay.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// systemd's manager, once it answers.
+async fn connect_systemd() -> crate::sys::systemd::Systemd {
+    let mut backoff = Backoff::default();
+    loop {
         match crate::sys::systemd::Systemd::connect().await {
-            Ok(systemd) => break systemd,
+            Ok(systemd) => return systemd,
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(
@@ -350,8 +352,14 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
                 tokio::time::sleep(delay).await;
             }
         }
-    };
-    backoff.reset();
+    }
+}
+
+/// Connects to systemd, then follows this host's vnode specs for ever: a full pass at start
+/// and after every change in etcd, every unit that goes away, and every few seconds.
+async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
+    let systemd = connect_systemd().await;
+    let mut backoff = Backoff::default();
     let runtime = worker
         .runtime
         .get_or_init(|| {

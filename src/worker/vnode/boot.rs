@@ -3,7 +3,7 @@
 //! and stopping, releasing and removing them.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -33,31 +33,7 @@ impl Runtime {
         paths: &VNodePaths,
     ) -> Result<(), VNodeError> {
         let id = spec.id.as_str();
-        let previous = self.status(id);
-        // The unit went away on its own: that is a failure, unless we never saw it up.
-        if let Some(reason) = self.ended_unexpectedly(previous.as_ref(), paths) {
-            let (failures, delay) = {
-                let mut memos = self.memos.lock().unwrap();
-                let memo = memos.entry(id.to_owned()).or_default();
-                memo.failures += 1;
-                let delay = Duration::from_secs(vnode::restart_delay_secs(memo.failures));
-                memo.retry_at = Some(Instant::now() + delay);
-                (memo.failures, delay)
-            };
-            warn!(
-                action = "vnode.restart",
-                "vnode {id} stopped unexpectedly ({reason}); restart {failures} in {} s",
-                delay.as_secs()
-            );
-            let _ = std::fs::remove_file(&paths.exit);
-            self.report(
-                store,
-                id,
-                Phase::Failed,
-                Some(format!("{reason}; restarting in {}s", delay.as_secs())),
-            )
-            .await?;
-        }
+        self.note_unexpected_end(store, id, paths).await?;
         let retry_at = self.memos.lock().unwrap().get(id).and_then(|m| m.retry_at);
         if let Some(at) = retry_at {
             let now = Instant::now();
@@ -77,18 +53,7 @@ impl Runtime {
                     action = "vnode.start",
                     "vnode {id} running: started in {boot_ms} ms"
                 );
-                {
-                    let mut memos = self.memos.lock().unwrap();
-                    let memo = memos.entry(id.to_owned()).or_default();
-                    memo.retry_at = None;
-                    if let Some(status) = memo.status.as_mut() {
-                        status.boot_ms = Some(boot_ms);
-                        status.net_us = Some(net_us);
-                        status.booted_at = Some(now_secs());
-                        status.uid_base = Some(uid_base);
-                        status.image_version = Some(image_version);
-                    }
-                }
+                self.remember_boot(id, boot_ms, net_us, uid_base, image_version);
                 let info = self
                     .units
                     .unit_info(&vnode::unit_name(id))
@@ -116,6 +81,62 @@ impl Runtime {
         }
     }
 
+    /// The unit went away on its own: that is a failure (counted, with a backoff before the
+    /// restart), unless we never saw it up.
+    async fn note_unexpected_end(
+        &self,
+        store: &EtcdStore,
+        id: &str,
+        paths: &VNodePaths,
+    ) -> Result<(), VNodeError> {
+        let previous = self.status(id);
+        if let Some(reason) = self.ended_unexpectedly(previous.as_ref(), paths) {
+            let (failures, delay) = {
+                let mut memos = self.memos.lock().unwrap();
+                let memo = memos.entry(id.to_owned()).or_default();
+                memo.failures += 1;
+                let delay = Duration::from_secs(vnode::restart_delay_secs(memo.failures));
+                memo.retry_at = Some(Instant::now() + delay);
+                (memo.failures, delay)
+            };
+            warn!(
+                action = "vnode.restart",
+                "vnode {id} stopped unexpectedly ({reason}); restart {failures} in {} s",
+                delay.as_secs()
+            );
+            let _ = std::fs::remove_file(&paths.exit);
+            self.report(
+                store,
+                id,
+                Phase::Failed,
+                Some(format!("{reason}; restarting in {}s", delay.as_secs())),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// What the reports of a vnode that just booted carry.
+    fn remember_boot(
+        &self,
+        id: &str,
+        boot_ms: u64,
+        net_us: u64,
+        uid_base: u32,
+        image_version: String,
+    ) {
+        let mut memos = self.memos.lock().unwrap();
+        let memo = memos.entry(id.to_owned()).or_default();
+        memo.retry_at = None;
+        if let Some(status) = memo.status.as_mut() {
+            status.boot_ms = Some(boot_ms);
+            status.net_us = Some(net_us);
+            status.booted_at = Some(now_secs());
+            status.uid_base = Some(uid_base);
+            status.image_version = Some(image_version);
+        }
+    }
+
     /// Why the unit is gone although we last reported it up, if it is.
     pub(super) fn ended_unexpectedly(
         &self,
@@ -133,14 +154,14 @@ impl Runtime {
         })
     }
 
-    /// Everything from a checked spec to systemd inside reporting ready. On failure, nothing
-    /// this attempt created is left behind (the vnode's own layer of an earlier run stays).
-    pub(super) async fn try_start(
+    /// What a start needs from etcd and the host, read before anything on the host changes:
+    /// the id is this host's, the vnode fits, its image and the user's uid range.
+    async fn plan_start(
         &self,
         store: &EtcdStore,
         spec: &VNodeSpec,
         paths: &VNodePaths,
-    ) -> Result<(u32, String, Duration), VNodeError> {
+    ) -> Result<StartPlan, VNodeError> {
         match store.vnode_host(&spec.id).await? {
             Some(host) if host == self.host => {}
             Some(other) => {
@@ -174,22 +195,38 @@ impl Runtime {
             },
         )?;
         let image = super::image::start_image(&self.config, store, &spec.image).await?;
-        let slot = store.uid_slot(&spec.user).await?;
-        let uid_base = vnode::uid_base(slot);
+        let uid_base = vnode::uid_base(store.uid_slot(&spec.user).await?);
+        if let Some(state) = &existing
+            && state.uid_base != uid_base
+        {
+            return Err(VNodeError::Refused(format!(
+                "the vnode's files belong to uid range {} but user {} now has {uid_base}",
+                state.uid_base, spec.user
+            )));
+        }
+        Ok(StartPlan {
+            uid_base,
+            image,
+            existing,
+        })
+    }
 
-        let created_now = existing.is_none();
-        let state = match existing {
-            Some(state) if state.uid_base == uid_base => state,
-            Some(state) => {
-                return Err(VNodeError::Refused(format!(
-                    "the vnode's files belong to uid range {} but user {} now has {uid_base}",
-                    state.uid_base, spec.user
-                )));
-            }
-            None => self.create_local(spec, paths, uid_base)?,
+    /// Everything from a checked spec to systemd inside reporting ready. On failure, nothing
+    /// this attempt created is left behind (the vnode's own layer of an earlier run stays).
+    pub(super) async fn try_start(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+    ) -> Result<(u32, String, Duration), VNodeError> {
+        let plan = self.plan_start(store, spec, paths).await?;
+        let created_now = plan.existing.is_none();
+        let state = match plan.existing {
+            Some(state) => state,
+            None => self.create_local(spec, paths, plan.uid_base)?,
         };
         let result = self
-            .mount_and_boot(store, spec, paths, &state, &image)
+            .mount_and_boot(store, spec, paths, &state, &plan.image)
             .await;
         let net = match result {
             Ok(net) => net,
@@ -213,7 +250,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        Ok((uid_base, image.version, net))
+        Ok((plan.uid_base, plan.image.version, net))
     }
 
     /// Creates the vnode's directory, disk and layers; `state.json` last.
@@ -269,6 +306,8 @@ impl Runtime {
             .map_err(io_err("mounting the vnode's disk"))
     }
 
+    /// From the vnode's files to its unit booted: disk, root filesystem, network, keys, the
+    /// unit. Returns how long the network took.
     pub(super) async fn mount_and_boot(
         &self,
         store: &EtcdStore,
@@ -285,31 +324,67 @@ impl Runtime {
             &jupyter_origin(&self.config, &self.host, &spec.user),
             &ensure_workspace_token(paths)?,
         )?;
-        let data = user_data_dir(&self.config, &spec.user);
-        if !data.exists() {
-            if let Some(parent) = data.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(io_err(format!("creating {}", parent.display())))?;
-            }
-            // Nodes of the user starting on other hosts make it at the same time. Two mkdirs
-            // of one name at once on GlusterFS can leave the replicas disagreeing on what the
-            // directory is (it then reads EIO), so each host makes one of its own name and
-            // renames it into place; the loser's goes.
-            let own = data.with_extension(format!("new.{}.{}", self.host, random_suffix()));
-            std::fs::create_dir(&own).map_err(io_err(format!("creating {}", own.display())))?;
-            let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
-            let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
-            nix::unistd::chown(&own, owner, group)
-                .map_err(|e| io_err(format!("chown {}", own.display()))(e.into()))?;
-            if rename_no_replace(&own, &data).is_err() {
-                let _ = std::fs::remove_dir(&own);
-                if !data.is_dir() {
-                    return Err(io_err(format!("creating {}", data.display()))(
-                        io::Error::other("another host's directory did not appear"),
-                    ));
-                }
+        let data = self.ensure_user_data(&spec.user, state.uid_base)?;
+        self.mount_root(paths, state, image)?;
+        let net = self
+            .network
+            .attach_vnode(store, spec, &paths.netns, &paths.etc)
+            .await?;
+        let ssh_dir = ssh::user_ssh_dir(&self.config, &spec.user);
+        ssh::ensure_user_keys(&ssh_dir, &spec.user, state.uid_base)
+            .map_err(io_err("the user's SSH keys"))?;
+        // sshd reads /etc/docklet/ssh/authorized_keys only below directories root owns.
+        create_dir(&paths.etc.join("ssh"), 0o755)?;
+        let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
+        let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
+        nix::unistd::chown(&paths.etc, owner, group)
+            .map_err(|e| io_err(format!("chown {}", paths.etc.display()))(e.into()))?;
+        let _ = std::fs::remove_file(&paths.exit);
+        let properties = self.unit_properties(spec, paths, state, &data);
+        self.boot_unit(store, spec, paths, properties).await?;
+        Ok(net)
+    }
+
+    /// The user's persistent data directory on the shared filesystem, made at their first
+    /// node's start and given to their uid range.
+    fn ensure_user_data(&self, user: &str, uid_base: u32) -> Result<PathBuf, VNodeError> {
+        let data = user_data_dir(&self.config, user);
+        if data.exists() {
+            return Ok(data);
+        }
+        if let Some(parent) = data.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        // Nodes of the user starting on other hosts make it at the same time. Two mkdirs of
+        // one name at once on GlusterFS can leave the replicas disagreeing on what the
+        // directory is (it then reads EIO), so each host makes one of its own name and
+        // renames it into place; the loser's goes.
+        let own = data.with_extension(format!("new.{}.{}", self.host, random_suffix()));
+        std::fs::create_dir(&own).map_err(io_err(format!("creating {}", own.display())))?;
+        let owner = Some(nix::unistd::Uid::from_raw(uid_base));
+        let group = Some(nix::unistd::Gid::from_raw(uid_base));
+        nix::unistd::chown(&own, owner, group)
+            .map_err(|e| io_err(format!("chown {}", own.display()))(e.into()))?;
+        if rename_no_replace(&own, &data).is_err() {
+            let _ = std::fs::remove_dir(&own);
+            if !data.is_dir() {
+                return Err(io_err(format!("creating {}", data.display()))(
+                    io::Error::other("another host's directory did not appear"),
+                ));
             }
         }
+        Ok(data)
+    }
+
+    /// The root filesystem: the image (and a user image's layer) idmapped to the user's
+    /// range, the overlay on top, and the network namespace. What is mounted already stays.
+    fn mount_root(
+        &self,
+        paths: &VNodePaths,
+        state: &LocalState,
+        image: &StartImage,
+    ) -> Result<(), VNodeError> {
         for dir in [&paths.lower, &paths.layer, &paths.rootfs] {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
@@ -341,21 +416,18 @@ impl Runtime {
                 .create_netns(&paths.netns)
                 .map_err(io_err("network namespace"))?;
         }
-        let net = self
-            .network
-            .attach_vnode(store, spec, &paths.netns, &paths.etc)
-            .await?;
-        let ssh_dir = ssh::user_ssh_dir(&self.config, &spec.user);
-        ssh::ensure_user_keys(&ssh_dir, &spec.user, state.uid_base)
-            .map_err(io_err("the user's SSH keys"))?;
-        // sshd reads /etc/docklet/ssh/authorized_keys only below directories root owns.
-        create_dir(&paths.etc.join("ssh"), 0o755)?;
-        let owner = Some(nix::unistd::Uid::from_raw(state.uid_base));
-        let group = Some(nix::unistd::Gid::from_raw(state.uid_base));
-        nix::unistd::chown(&paths.etc, owner, group)
-            .map_err(|e| io_err(format!("chown {}", paths.etc.display()))(e.into()))?;
-        let _ = std::fs::remove_file(&paths.exit);
-        let properties = self.unit_properties(spec, paths, state, &data);
+        Ok(())
+    }
+
+    /// Starts the vnode's slice and unit and waits for systemd inside to report ready; gives
+    /// up early when the spec stops asking for it to run.
+    async fn boot_unit(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+        properties: Vec<crate::sys::systemd::Property>,
+    ) -> Result<(), VNodeError> {
         let unit = vnode::unit_name(&spec.id);
         self.units
             .ensure_slice(
@@ -393,7 +465,7 @@ impl Runtime {
             }
         };
         match booted {
-            Ok(()) => Ok(net),
+            Ok(()) => Ok(()),
             Err(SystemdError::JobFailed { result, .. }) => {
                 let exit = std::fs::read_to_string(&paths.exit)
                     .map(|l| describe_exit(&l))
@@ -455,6 +527,14 @@ impl Runtime {
             _ => Ok(()),
         }
     }
+}
+
+/// See [`Runtime::plan_start`].
+struct StartPlan {
+    uid_base: u32,
+    image: StartImage,
+    /// The vnode's files from an earlier run, if any.
+    existing: Option<LocalState>,
 }
 
 fn random_machine_id() -> String {

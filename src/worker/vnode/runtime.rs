@@ -324,55 +324,74 @@ impl Runtime {
                 self.release(&paths)?;
                 self.report(store, id, Phase::Stopped, None).await
             }
-            Action::Delete => {
-                self.report(store, id, Phase::Stopping, Some("deleting".into()))
-                    .await?;
-                // Nothing of a deleted vnode is kept, so there is nothing to shut down
-                // cleanly; a vnode still booting would also ignore the poweroff request
-                // until its systemd is up, holding the delete for the whole stop timeout.
-                if let Err(e) = self.units.kill(&unit).await {
-                    warn!("killing the unit of a deleted vnode: {e}");
-                }
-                self.stop_units(&spec).await?;
-                self.remove_local(&paths)?;
-                if let Some(handoff) = &spec.handoff {
-                    let dir = handoff_dir(&self.config, &handoff.token);
-                    remove_dir_if_present(&dir.with_extension("part"))?;
-                    remove_dir_if_present(&dir)?;
-                }
-                store.remove_vnode(&self.host, &spec).await?;
-                self.memos.lock().unwrap().remove(id);
-                info!(action = "vnode.delete", "vnode {id} deleted");
-                Ok(())
-            }
-            Action::Export => {
-                let Some(handoff) = spec.handoff.clone() else {
-                    unreachable!("validate_spec: an exported vnode has a handoff");
-                };
-                self.report(
-                    store,
-                    id,
-                    Phase::Stopping,
-                    Some("moving to another host".into()),
-                )
-                .await?;
-                self.stop_units(&spec).await?;
-                self.release(&paths)?;
-                let target = handoff_dir(&self.config, &handoff.token);
-                let started = Instant::now();
-                let bytes = tokio::task::spawn_blocking(move || export_local(&paths, &target))
-                    .await
-                    .map_err(|e| VNodeError::Refused(format!("handing over: {e}")))??;
-                let ms = started.elapsed().as_millis() as u64;
-                info!(
-                    bytes,
-                    ms,
-                    action = "vnode.export",
-                    "vnode {id} handed over for a move: {bytes} bytes in {ms} ms"
-                );
-                self.report(store, id, Phase::Exported, None).await
-            }
+            Action::Delete => self.delete(store, &spec, &paths).await,
+            Action::Export => self.export(store, &spec, paths).await,
         }
+    }
+
+    /// Nothing of a deleted vnode is kept: unit, mounts, files, a handoff of it, its spec.
+    async fn delete(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+    ) -> Result<(), VNodeError> {
+        let id = spec.id.as_str();
+        self.report(store, id, Phase::Stopping, Some("deleting".into()))
+            .await?;
+        // Nothing of a deleted vnode is kept, so there is nothing to shut down cleanly; a
+        // vnode still booting would also ignore the poweroff request until its systemd is
+        // up, holding the delete for the whole stop timeout.
+        if let Err(e) = self.units.kill(&vnode::unit_name(id)).await {
+            warn!("killing the unit of a deleted vnode: {e}");
+        }
+        self.stop_units(spec).await?;
+        self.remove_local(paths)?;
+        if let Some(handoff) = &spec.handoff {
+            let dir = handoff_dir(&self.config, &handoff.token);
+            remove_dir_if_present(&dir.with_extension("part"))?;
+            remove_dir_if_present(&dir)?;
+        }
+        store.remove_vnode(&self.host, spec).await?;
+        self.memos.lock().unwrap().remove(id);
+        info!(action = "vnode.delete", "vnode {id} deleted");
+        Ok(())
+    }
+
+    /// A drain moves the vnode: stop it, release it, and copy its files into the handoff
+    /// directory the new host takes them from.
+    async fn export(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: VNodePaths,
+    ) -> Result<(), VNodeError> {
+        let id = spec.id.as_str();
+        let Some(handoff) = spec.handoff.clone() else {
+            unreachable!("validate_spec: an exported vnode has a handoff");
+        };
+        self.report(
+            store,
+            id,
+            Phase::Stopping,
+            Some("moving to another host".into()),
+        )
+        .await?;
+        self.stop_units(spec).await?;
+        self.release(&paths)?;
+        let target = handoff_dir(&self.config, &handoff.token);
+        let started = Instant::now();
+        let bytes = tokio::task::spawn_blocking(move || export_local(&paths, &target))
+            .await
+            .map_err(|e| VNodeError::Refused(format!("handing over: {e}")))??;
+        let ms = started.elapsed().as_millis() as u64;
+        info!(
+            bytes,
+            ms,
+            action = "vnode.export",
+            "vnode {id} handed over for a move: {bytes} bytes in {ms} ms"
+        );
+        self.report(store, id, Phase::Exported, None).await
     }
 
     /// A unit or directory no spec asks for: stop it and release its mounts, keep its files.
