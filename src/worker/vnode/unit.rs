@@ -15,50 +15,50 @@ use crate::worker::ssh;
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `systemd-nspawn --boot` of the vnode's root filesystem in the user's uid range, with
-/// the user's data, the Jupyter configuration and the SSH keys bound in.
-fn nspawn_command(
-    &self,
-    spec: &VNodeSpec,
-    paths: &VNodePaths,
-    state: &LocalState,
-    data: &Path,
-) -> Vec<String> {
-    let register = if self.register_machines.load(Ordering::Relaxed) {
-        "yes"
-    } else {
-        "no"
-    };
-    vec![
-        "/usr/bin/systemd-nspawn".into(),
-        "--quiet".into(),
-        "--boot".into(),
-        "--keep-unit".into(),
-        "--notify-ready=yes".into(),
-        "--settings=no".into(),
-        "--console=passive".into(),
-        "--link-journal=no".into(),
-        format!("--register={register}"),
-        format!("--machine={}", spec.id),
-        format!("--hostname={}", vnode::hostname(spec.index)),
-        format!("--uuid={}", state.machine_id),
-        format!("--directory={}", paths.rootfs.display()),
-        format!(
-            "--private-users={}:{}",
-            state.uid_base,
-            vnode::UID_RANGE_SIZE
-        ),
-        "--private-users-ownership=off".into(),
-        format!("--bind={}:/root/nfs", data.display()),
-        format!("--bind-ro={}:/etc/docklet", paths.etc.display()),
-        format!(
-            "--bind-ro={}:/etc/docklet/ssh",
-            ssh::user_ssh_dir(&self.config, &spec.user).display()
-        ),
-    ]
-}
-
 impl Runtime {
+    /// `systemd-nspawn --boot` of the vnode's root filesystem in the user's uid range, with
+    /// the user's data, the Jupyter configuration and the SSH keys bound in.
+    fn nspawn_command(
+        &self,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+        state: &LocalState,
+        data: &Path,
+    ) -> Vec<String> {
+        let register = if self.register_machines.load(Ordering::Relaxed) {
+            "yes"
+        } else {
+            "no"
+        };
+        vec![
+            "/usr/bin/systemd-nspawn".into(),
+            "--quiet".into(),
+            "--boot".into(),
+            "--keep-unit".into(),
+            "--notify-ready=yes".into(),
+            "--settings=no".into(),
+            "--console=passive".into(),
+            "--link-journal=no".into(),
+            format!("--register={register}"),
+            format!("--machine={}", spec.id),
+            format!("--hostname={}", vnode::hostname(spec.index)),
+            format!("--uuid={}", state.machine_id),
+            format!("--directory={}", paths.rootfs.display()),
+            format!(
+                "--private-users={}:{}",
+                state.uid_base,
+                vnode::UID_RANGE_SIZE
+            ),
+            "--private-users-ownership=off".into(),
+            format!("--bind={}:/root/nfs", data.display()),
+            format!("--bind-ro={}:/etc/docklet", paths.etc.display()),
+            format!(
+                "--bind-ro={}:/etc/docklet/ssh",
+                ssh::user_ssh_dir(&self.config, &spec.user).display()
+            ),
+        ]
+    }
+
     pub(super) fn unit_properties(
         &self,
         spec: &VNodeSpec,
