@@ -146,45 +146,7 @@ impl DrainController {
         let mut trouble: HashMap<String, String> = HashMap::new();
         let mut failing = HashMap::new();
         for step in plan.steps {
-            let (id, result) = match step {
-                DrainStep::Export(id) => {
-                    let r = export(master, store, &id).await;
-                    (id, r)
-                }
-                DrainStep::Place(id) => {
-                    let r = place(master, store, &id).await;
-                    (id, r)
-                }
-                DrainStep::Return(id) => {
-                    let r = store
-                        .update_vnode_spec(&id, |spec| {
-                            let resume = spec.handoff.as_ref().map(|h| h.resume);
-                            match (spec.state, resume) {
-                                (DesiredState::Exported, Some(resume)) => {
-                                    spec.state = resume;
-                                    Ok(true)
-                                }
-                                _ => Ok(false),
-                            }
-                        })
-                        .await
-                        .map(|_| info!(vnode = %id, action = "drain.return", "drain called off: vnode {id} stays"))
-                        .map_err(ApiError::from);
-                    (id, r)
-                }
-                DrainStep::Finish(id) => {
-                    let r = store
-                        .update_vnode_spec(&id, |spec| {
-                            let done = spec.state != DesiredState::Exported
-                                && spec.handoff.take().is_some();
-                            Ok(done)
-                        })
-                        .await
-                        .map(|_| info!(vnode = %id, action = "drain.done", "vnode {id} moved and up"))
-                        .map_err(ApiError::from);
-                    (id, r)
-                }
-            };
+            let (id, result) = run_step(master, store, step).await;
             if let Err(e) = result {
                 let reason = e.to_string();
                 if self.failing.get(&id) != Some(&reason) {
@@ -207,6 +169,53 @@ impl DrainController {
             }
         }
         Ok(())
+    }
+}
+
+/// One step of a drain's plan, for the vnode it names.
+async fn run_step(
+    master: &Master,
+    store: &EtcdStore,
+    step: DrainStep,
+) -> (String, Result<(), ApiError>) {
+    match step {
+        DrainStep::Export(id) => {
+            let r = export(master, store, &id).await;
+            (id, r)
+        }
+        DrainStep::Place(id) => {
+            let r = place(master, store, &id).await;
+            (id, r)
+        }
+        DrainStep::Return(id) => {
+            let r = store
+                .update_vnode_spec(&id, |spec| {
+                    let resume = spec.handoff.as_ref().map(|h| h.resume);
+                    match (spec.state, resume) {
+                        (DesiredState::Exported, Some(resume)) => {
+                            spec.state = resume;
+                            Ok(true)
+                        }
+                        _ => Ok(false),
+                    }
+                })
+                .await
+                .map(|_| info!(vnode = %id, action = "drain.return", "drain called off: vnode {id} stays"))
+                .map_err(ApiError::from);
+            (id, r)
+        }
+        DrainStep::Finish(id) => {
+            let r = store
+                .update_vnode_spec(&id, |spec| {
+                    let done = spec.state != DesiredState::Exported
+                        && spec.handoff.take().is_some();
+                    Ok(done)
+                })
+                .await
+                .map(|_| info!(vnode = %id, action = "drain.done", "vnode {id} moved and up"))
+                .map_err(ApiError::from);
+            (id, r)
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::images::invalid;
 use super::waits::Follow;
 use super::{Master, now_secs};
 use crate::model::host::HostRecord;
-use crate::model::image::{ImageRef, Pending};
+use crate::model::image::{ImageRef, ImageVersion, Pending};
 use crate::model::system_image::{self, BuildState, HostVersion, SystemImageUpdate};
 use crate::store::EtcdStore;
 use crate::store::Store;
@@ -125,33 +125,7 @@ impl Master {
                 "no host has a system image {name:?}"
             )));
         }
-        let record = store
-            .image(owner, image)
-            .await?
-            .map(|(record, _)| record)
-            .ok_or_else(|| ApiError::NotFound(format!("there is no image {}", request.from)))?;
-        if matches!(record.pending, Some(Pending::Deleting { .. })) {
-            return Err(ApiError::Conflict(format!(
-                "image {} is being deleted",
-                request.from
-            )));
-        }
-        let layer = record.current.clone().ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "image {} has no saved layer yet ({})",
-                request.from,
-                record.state()
-            ))
-        })?;
-        if layer.base != name {
-            return Err(invalid(
-                "from",
-                format!(
-                    "image {} was saved on system image {:?}, not {name:?}",
-                    request.from, layer.base
-                ),
-            ));
-        }
+        let layer = saved_layer_on(&store, owner, image, &request.from, name).await?;
         if let Some(update) = view.update.as_ref().filter(|_| !view.settled) {
             return Err(ApiError::Conflict(format!(
                 "an update of {name} to {} is under way ({}): wait for it to end",
@@ -185,6 +159,45 @@ impl Master {
         info!(image = name, version = %update.version, from = %update.from, by = %update.requested_by, "system image update requested");
         system_image_view(&store, name).await
     }
+}
+
+/// The saved layer of `owner/image` (named `from`), which must have been saved on system
+/// image `base`.
+async fn saved_layer_on(
+    store: &EtcdStore,
+    owner: &str,
+    image: &str,
+    from: &str,
+    base: &str,
+) -> Result<ImageVersion, ApiError> {
+    let record = store
+        .image(owner, image)
+        .await?
+        .map(|(record, _)| record)
+        .ok_or_else(|| ApiError::NotFound(format!("there is no image {}", from)))?;
+    if matches!(record.pending, Some(Pending::Deleting { .. })) {
+        return Err(ApiError::Conflict(format!(
+            "image {} is being deleted",
+            from
+        )));
+    }
+    let layer = record.current.clone().ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "image {} has no saved layer yet ({})",
+            from,
+            record.state()
+        ))
+    })?;
+    if layer.base != base {
+        return Err(invalid(
+            "from",
+            format!(
+                "image {} was saved on system image {:?}, not {base:?}",
+                from, layer.base
+            ),
+        ));
+    }
+    Ok(layer)
 }
 
 /// Where every host with system image `name` is.

@@ -404,12 +404,17 @@ async fn workspace_caller(
     Ok(caller)
 }
 
-async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Response, Response> {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
+/// Who asks for the workspace at `path`, which must be theirs, and which cluster and node
+/// it is. Someone not signed in (or no longer) goes back through the portal's way in.
+async fn workspace_caller_for(
+    master: &Arc<Master>,
+    parts: &Parts,
+    path: &str,
+    portal: &str,
+) -> Result<(super::actions::Caller, String, u32), Response> {
     let (user, cluster, index) = workspace::path_parts(&path)
         .ok_or_else(|| ApiError::NotFound("no such workspace".into()).into_response())?;
-    let caller = match workspace_caller(&master, &parts).await {
+    let caller = match workspace_caller(master, parts).await {
         Ok(caller) => caller,
         Err(ApiError::Unauthenticated(message)) => {
             // Back through the portal's way in, which grants again (or asks to log in).
@@ -418,7 +423,7 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
                     .uri
                     .path_and_query()
                     .map(|p| p.as_str())
-                    .unwrap_or(&path);
+                    .unwrap_or(path);
                 redirect(
                     StatusCode::SEE_OTHER,
                     &format!("{}{next}", portal.trim_end_matches('/')),
@@ -437,9 +442,16 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
     let index: u32 = index.parse().map_err(|_| {
         ApiError::NotFound(format!("cluster {cluster} has no node {index:?}")).into_response()
     })?;
+    Ok((caller, cluster.to_owned(), index))
+}
+
+async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Response, Response> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let (caller, cluster, index) = workspace_caller_for(&master, &parts, &path, portal).await?;
     let (endpoint, token) = master
         .workspace
-        .endpoint(&master, &caller, cluster, index)
+        .endpoint(&master, &caller, &cluster, index)
         .await
         .map_err(IntoResponse::into_response)?;
 
@@ -487,35 +499,46 @@ async fn proxy(master: Arc<Master>, request: Request, portal: &str) -> Result<Re
     {
         let node_upgrade = hyper::upgrade::on(&mut response);
         // The WebSocket ends with the caller's token (a revocation, the session's end).
-        let mut live = master.live.open(&caller);
-        tokio::spawn(async move {
-            let (browser, node) = match tokio::try_join!(browser_upgrade, node_upgrade) {
-                Ok(both) => both,
-                Err(e) => return debug!("workspace upgrade: {e}"),
-            };
-            let node = node
-                .downcast::<Tunnel>()
-                .map(|parts| parts.io.into_buffered(parts.read_buf));
-            let Ok(mut node) = node else {
-                return warn!("a workspace upgrade that is not over the agent's tunnel");
-            };
-            let mut browser = TokioIo::new(browser);
-            if !node.read.is_empty()
-                && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut browser, &node.read).await
-            {
-                return debug!("workspace WebSocket: {e}");
-            }
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut browser, &mut node.stream) => {}
-                _ = live.ended() => debug!("workspace WebSocket ended: its token was revoked or expired"),
-            }
-        });
+        tokio::spawn(splice_websocket(
+            browser_upgrade,
+            node_upgrade,
+            master.live.open(&caller),
+        ));
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = response.into_parts();
     filter_response_headers(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Joins the browser's and the node's sides of an upgraded connection until either ends or
+/// the caller's token does.
+async fn splice_websocket(
+    browser_upgrade: hyper::upgrade::OnUpgrade,
+    node_upgrade: hyper::upgrade::OnUpgrade,
+    mut live: super::live::Live,
+) {
+    let (browser, node) = match tokio::try_join!(browser_upgrade, node_upgrade) {
+        Ok(both) => both,
+        Err(e) => return debug!("workspace upgrade: {e}"),
+    };
+    let node = node
+        .downcast::<Tunnel>()
+        .map(|parts| parts.io.into_buffered(parts.read_buf));
+    let Ok(mut node) = node else {
+        return warn!("a workspace upgrade that is not over the agent's tunnel");
+    };
+    let mut browser = TokioIo::new(browser);
+    if !node.read.is_empty()
+        && let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut browser, &node.read).await
+    {
+        return debug!("workspace WebSocket: {e}");
+    }
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut browser, &mut node.stream) => {}
+        _ = live.ended() => debug!("workspace WebSocket ended: its token was revoked or expired"),
+    }
 }
 
 /// The failure of a request to the node, for people: what did not answer.

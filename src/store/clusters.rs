@@ -106,20 +106,12 @@ impl EtcdStore {
         'attempt: for _ in 0..ATTEMPTS {
             self.refuse_hard_conflicts(write).await?;
             // The quota first: a request over it is refused as such, before any address.
-            let added = write
-                .nodes
-                .iter()
-                .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
             let usage_key = self.keys.usage(user);
             let (usage, usage_revision) = self
                 .get_json_rev::<Usage>(&usage_key)
                 .await?
                 .unwrap_or_default();
-            let new_usage = match write.quota {
-                Some(limit) => quota::admit(limit, &usage, &added)
-                    .map_err(|e| StoreError::QuotaExceeded(e.to_string()))?,
-                None => usage.plus(&added),
-            };
+            let new_usage = usage_after(write, &usage)?;
 
             let (net, net_revision) = self.user_net_for(user, vnode_quota, plan).await?;
             let mut used: HashSet<Ipv4Addr> = self
@@ -595,5 +587,19 @@ impl EtcdStore {
             );
         }
         Ok(out)
+    }
+}
+
+/// The user's usage with the nodes of `write` added: admitted against the quota when the
+/// write carries one.
+fn usage_after(write: &NodeWrite<'_>, usage: &Usage) -> Result<Usage, StoreError> {
+    let added = write
+        .nodes
+        .iter()
+        .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
+    match write.quota {
+        Some(limit) => quota::admit(limit, usage, &added)
+            .map_err(|e| StoreError::QuotaExceeded(e.to_string())),
+        None => Ok(usage.plus(&added)),
     }
 }

@@ -132,29 +132,7 @@ impl EtcdStore {
                     (record, usage)
                 }
                 Some(record) => {
-                    match &record.pending {
-                        Some(Pending::Saving { vnode, .. }) => {
-                            return Err(StoreError::Conflict(format!(
-                                "image {reference} is being saved (from {vnode}) right now: \
-                                 wait until that ends"
-                            )));
-                        }
-                        Some(Pending::Deleting { .. }) => {
-                            return Err(StoreError::Conflict(format!(
-                                "image {reference} is being deleted"
-                            )));
-                        }
-                        None => {}
-                    }
-                    // A record whose first save failed holds no layer: saving again is no
-                    // replacement.
-                    if record.current.is_some() && !save.force {
-                        return Err(StoreError::Conflict(format!(
-                            "you already have an image named {}: choose another name, or \
-                             replace it (force)",
-                            save.name
-                        )));
-                    }
+                    check_replaceable(&record, save, &reference)?;
                     (record, usage)
                 }
             };
@@ -424,4 +402,37 @@ impl EtcdStore {
 
 fn no_image(name: &str) -> StoreError {
     StoreError::NotFound(format!("there is no image named {name}"))
+}
+
+/// A save may go over an image that no save or delete is at and, with `force`, over one
+/// holding a layer.
+fn check_replaceable(
+    record: &ImageRecord,
+    save: &SaveRequest<'_>,
+    reference: &str,
+) -> Result<(), StoreError> {
+    match &record.pending {
+        Some(Pending::Saving { vnode, .. }) => {
+            return Err(StoreError::Conflict(format!(
+                "image {reference} is being saved (from {vnode}) right now: \
+                 wait until that ends"
+            )));
+        }
+        Some(Pending::Deleting { .. }) => {
+            return Err(StoreError::Conflict(format!(
+                "image {reference} is being deleted"
+            )));
+        }
+        None => {}
+    }
+    // A record whose first save failed holds no layer: saving again is no
+    // replacement.
+    if record.current.is_some() && !save.force {
+        return Err(StoreError::Conflict(format!(
+            "you already have an image named {}: choose another name, or \
+             replace it (force)",
+            save.name
+        )));
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
 use crate::model::ports::{self, PortMapping, PortRange};
 use crate::model::quota::{self, Quota, Usage};
-use crate::model::vnode::{DesiredState, Phase, VNodeStatus};
+use crate::model::vnode::{DesiredState, Phase, VNodeSpec, VNodeStatus};
 
 /// How often contention (other writes of the same usage, spec or port) is retried.
 const ATTEMPTS: usize = 64;
@@ -80,22 +80,8 @@ impl EtcdStore {
             if spec.user != new.user || spec.cluster != new.cluster {
                 return Err(no_node());
             }
-            if spec.state == DesiredState::Deleted {
-                return Err(StoreError::Conflict(format!(
-                    "node {} of cluster {} is being deleted",
-                    new.node, new.cluster
-                )));
-            }
             let mappings = self.port_mappings().await?;
-            if let Some(same) = mappings
-                .values()
-                .find(|m| m.vnode_id() == id && m.port == new.port)
-            {
-                return Err(StoreError::Conflict(format!(
-                    "port {} of node {} is already mapped to public port {}",
-                    new.port, new.node, same.public_port
-                )));
-            }
+            check_mappable(new, &spec, &id, &mappings)?;
             // The quota first: a request over it is refused as such, whatever port it names.
             let usage_key = self.keys.usage(new.user);
             let (usage, usage_revision) = self
@@ -105,22 +91,7 @@ impl EtcdStore {
             let new_usage = quota::admit(new.quota, &usage, &one_mapping())
                 .map_err(|e| StoreError::QuotaExceeded(e.to_string()))?;
             let taken: HashSet<u16> = mappings.keys().copied().collect();
-            let public_port = match new.public_port {
-                Some(port) if taken.contains(&port) => {
-                    return Err(StoreError::Conflict(format!(
-                        "public port {port} is taken: leave public_port out to get a free one"
-                    )));
-                }
-                Some(port) => port,
-                None => ports::free_public_port(new.range, &taken, |n| rand::random_range(0..n))
-                    .ok_or_else(|| {
-                        StoreError::Exhausted(format!(
-                            "every public port ({}) is mapped: ask an administrator to widen \
-                             port_range",
-                            new.range
-                        ))
-                    })?,
-            };
+            let public_port = choose_public_port(new, &taken)?;
             let mapping = PortMapping {
                 user: new.user.to_owned(),
                 cluster: new.cluster.to_owned(),
@@ -307,5 +278,48 @@ impl PortsState {
                 }
             }
         }
+    }
+}
+
+/// A node being deleted takes no mapping, and a port of a node is mapped once.
+fn check_mappable(
+    new: &NewMapping<'_>,
+    spec: &VNodeSpec,
+    id: &str,
+    mappings: &BTreeMap<u16, PortMapping>,
+) -> Result<(), StoreError> {
+    if spec.state == DesiredState::Deleted {
+        return Err(StoreError::Conflict(format!(
+            "node {} of cluster {} is being deleted",
+            new.node, new.cluster
+        )));
+    }
+    if let Some(same) = mappings
+        .values()
+        .find(|m| m.vnode_id() == id && m.port == new.port)
+    {
+        return Err(StoreError::Conflict(format!(
+            "port {} of node {} is already mapped to public port {}",
+            new.port, new.node, same.public_port
+        )));
+    }
+    Ok(())
+}
+
+/// The public port asked for if it is free, else a free one of the range.
+fn choose_public_port(new: &NewMapping<'_>, taken: &HashSet<u16>) -> Result<u16, StoreError> {
+    match new.public_port {
+        Some(port) if taken.contains(&port) => Err(StoreError::Conflict(format!(
+            "public port {port} is taken: leave public_port out to get a free one"
+        ))),
+        Some(port) => Ok(port),
+        None => ports::free_public_port(new.range, taken, |n| rand::random_range(0..n))
+            .ok_or_else(|| {
+                StoreError::Exhausted(format!(
+                    "every public port ({}) is mapped: ask an administrator to widen \
+                     port_range",
+                    new.range
+                ))
+            }),
     }
 }

@@ -1,7 +1,9 @@
 //! Side effects, one module each: the real implementation, behind a small trait with a fake
-//! where logic above it has unit tests (host facts). The kernel seams (mounts, rtnetlink,
-//! nftables, systemd) are tested for real: root tests in throwaway namespaces and the
-//! end-to-end suite.
+//! where logic above it has tests (host facts, passwords, the firewall; and systemd's units
+//! and the mount table, which the vnode reconciler's tests drive through recording fakes).
+//! The kernel seams themselves (mounts, rtnetlink, nftables, systemd, tree copies) are tested
+//! for real: root tests in throwaway namespaces, unit tests in temporary directories, and
+//! the end-to-end suite.
 
 pub mod beneath;
 pub mod files;
@@ -13,3 +15,4 @@ pub mod pam;
 pub mod reload;
 pub mod streams;
 pub mod systemd;
+pub mod tree;

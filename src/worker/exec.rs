@@ -133,48 +133,7 @@ pub async fn run(
         request.id,
         super::paths::random_suffix()
     );
-    let mut properties: Vec<Property> = vec![
-        (
-            "Description",
-            Variant::new(format!(
-                "Docklet exec in vnode {} as {}",
-                request.id, request.user
-            )),
-        ),
-        (
-            "Slice",
-            Variant::new(vnode::vnode_slice(&owner, &request.id)),
-        ),
-        ("Type", Variant::new("exec")),
-        ("CollectMode", Variant::new("inactive-or-failed")),
-        // Keeps the unit loaded after it ends until we have read its exit status.
-        ("AddRef", Variant::new(true)),
-        (
-            "Environment",
-            Variant::new(vec![
-                format!("TERM={}", request.term),
-                "LANG=C.UTF-8".to_owned(),
-            ]),
-        ),
-        exec_property("ExecStart", &session_argv(&options, request)),
-    ];
-    match &request.tty {
-        // systemd opens the terminal and makes it the controlling terminal of the session
-        // (nsenter's); the command inside inherits it. A passed descriptor cannot become one
-        // from inside the vnode: TIOCSCTTY there lacks CAP_SYS_ADMIN in the host's namespace.
-        Some(tty) => {
-            properties.push(("TTYPath", Variant::new(tty.clone())));
-            for stream in ["StandardInput", "StandardOutput", "StandardError"] {
-                properties.push((stream, Variant::new("tty")));
-            }
-            drop((stdin, stdout, stderr));
-        }
-        None => {
-            properties.push(("StandardInputFileDescriptor", Variant::Fd(stdin.into())));
-            properties.push(("StandardOutputFileDescriptor", Variant::Fd(stdout.into())));
-            properties.push(("StandardErrorFileDescriptor", Variant::Fd(stderr.into())));
-        }
-    }
+    let properties = exec_properties(request, &owner, &options, [stdin, stdout, stderr]);
     systemd
         .start_transient(&unit, properties, Duration::from_secs(30))
         .await?;
@@ -190,6 +149,60 @@ pub async fn run(
     systemd.unref(&unit).await;
     drop(namespaces);
     Ok(status)
+}
+
+/// The session's transient unit: nsenter into the vnode's namespaces in the vnode's slice,
+/// on the terminal systemd opens or on the caller's descriptors.
+fn exec_properties(
+    request: &ExecRequest,
+    owner: &str,
+    options: &[String],
+    streams: [OwnedFd; 3],
+) -> Vec<Property> {
+    let mut properties: Vec<Property> = vec![
+        (
+            "Description",
+            Variant::new(format!(
+                "Docklet exec in vnode {} as {}",
+                request.id, request.user
+            )),
+        ),
+        (
+            "Slice",
+            Variant::new(vnode::vnode_slice(owner, &request.id)),
+        ),
+        ("Type", Variant::new("exec")),
+        ("CollectMode", Variant::new("inactive-or-failed")),
+        // Keeps the unit loaded after it ends until we have read its exit status.
+        ("AddRef", Variant::new(true)),
+        (
+            "Environment",
+            Variant::new(vec![
+                format!("TERM={}", request.term),
+                "LANG=C.UTF-8".to_owned(),
+            ]),
+        ),
+        exec_property("ExecStart", &session_argv(options, request)),
+    ];
+    match &request.tty {
+        // systemd opens the terminal and makes it the controlling terminal of the session
+        // (nsenter's); the command inside inherits it. A passed descriptor cannot become one
+        // from inside the vnode: TIOCSCTTY there lacks CAP_SYS_ADMIN in the host's namespace.
+        Some(tty) => {
+            properties.push(("TTYPath", Variant::new(tty.clone())));
+            for stream in ["StandardInput", "StandardOutput", "StandardError"] {
+                properties.push((stream, Variant::new("tty")));
+            }
+            drop(streams);
+        }
+        None => {
+            let [stdin, stdout, stderr] = streams;
+            properties.push(("StandardInputFileDescriptor", Variant::Fd(stdin.into())));
+            properties.push(("StandardOutputFileDescriptor", Variant::Fd(stdout.into())));
+            properties.push(("StandardErrorFileDescriptor", Variant::Fd(stderr.into())));
+        }
+    }
+    properties
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::daemon::now_secs;
 use crate::model::image::{self, ImageRecord, ImageRef, ImageVersion, Pending};
-use crate::model::vnode::{self, UnitState};
+use crate::model::vnode::{self, UnitState, VNodeSpec};
 use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
@@ -215,7 +215,7 @@ impl Saver {
         written: &Arc<AtomicU64>,
     ) -> Result<ImageVersion, VNodeError> {
         let refused = |m: String| VNodeError::Refused(m);
-        let paths = VNodePaths::new(&self.config, id);
+        let paths = self.runtime.paths(id);
         let Some(spec) = self.runtime.spec(id) else {
             return Err(refused(format!("vnode {id} is not on host {}", self.host)));
         };
@@ -224,42 +224,7 @@ impl Saver {
         let _held = lock.lock().await;
         let state = LocalState::load(&paths.state)
             .ok_or_else(|| refused(format!("vnode {id} has no files on host {}", self.host)))?;
-        // The image the vnode runs on: a user image's layer is folded into the new one.
-        let (base, parent) = match ImageRef::parse(&spec.image)? {
-            ImageRef::System(name) => (name.to_owned(), None),
-            ImageRef::User { owner, name } => {
-                let current = store
-                    .image(owner, name)
-                    .await?
-                    .and_then(|(record, _)| record.current)
-                    .ok_or_else(|| {
-                        refused(format!("the vnode's own image {} is gone", spec.image))
-                    })?;
-                // The layer the running rootfs has, if it runs; else the one it would start on.
-                let running_layer = std::fs::read_to_string(&paths.layer_source)
-                    .ok()
-                    .map(|s| PathBuf::from(s.trim()))
-                    .filter(|p| p.is_dir());
-                let layer = match running_layer {
-                    Some(layer) => layer,
-                    None => {
-                        let (config, owner, name, current) = (
-                            self.config.clone(),
-                            owner.to_owned(),
-                            name.to_owned(),
-                            current.clone(),
-                        );
-                        tokio::task::spawn_blocking(move || {
-                            ensure_layer(&config, &owner, &name, &current)
-                        })
-                        .await
-                        .map_err(|e| refused(format!("unpacking: {e}")))??
-                    }
-                };
-                let (system, _) = resolve_image(&self.config, &current.base)?;
-                (current.base, Some((layer, system)))
-            }
-        };
+        let (base, parent) = self.image_beneath(store, &spec, &paths).await?;
         let unit = self
             .runtime
             .units()
@@ -310,6 +275,52 @@ impl Saver {
             sha256,
             saved_at: now_secs(),
             saved_from: id.to_owned(),
+        })
+    }
+
+    /// The image the vnode runs on: its system image's name, and for a user image the
+    /// unpacked layer (folded into the new one) with the system image under it.
+    async fn image_beneath(
+        &self,
+        store: &EtcdStore,
+        spec: &VNodeSpec,
+        paths: &VNodePaths,
+    ) -> Result<(String, Option<(PathBuf, PathBuf)>), VNodeError> {
+        let refused = |m: String| VNodeError::Refused(m);
+        Ok(match ImageRef::parse(&spec.image)? {
+            ImageRef::System(name) => (name.to_owned(), None),
+            ImageRef::User { owner, name } => {
+                let current = store
+                    .image(owner, name)
+                    .await?
+                    .and_then(|(record, _)| record.current)
+                    .ok_or_else(|| {
+                        refused(format!("the vnode's own image {} is gone", spec.image))
+                    })?;
+                // The layer the running rootfs has, if it runs; else the one it would start on.
+                let running_layer = std::fs::read_to_string(&paths.layer_source)
+                    .ok()
+                    .map(|s| PathBuf::from(s.trim()))
+                    .filter(|p| p.is_dir());
+                let layer = match running_layer {
+                    Some(layer) => layer,
+                    None => {
+                        let (config, owner, name, current) = (
+                            self.config.clone(),
+                            owner.to_owned(),
+                            name.to_owned(),
+                            current.clone(),
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            ensure_layer(&config, &owner, &name, &current)
+                        })
+                        .await
+                        .map_err(|e| refused(format!("unpacking: {e}")))??
+                    }
+                };
+                let (system, _) = resolve_image(&self.config, &current.base)?;
+                (current.base, Some((layer, system)))
+            }
         })
     }
 }
@@ -385,7 +396,8 @@ fn pack_layer(
         mounts::mount_idmapped(&layer.paths.upper, &view, &userns)
             .map_err(|e| format!("viewing the vnode's layer: {e}"))?;
         if let Some((parent, _)) = layer.parent {
-            copy_tree(parent, &staging)?;
+            crate::sys::tree::copy_tree(parent, &staging)
+                .map_err(|e| format!("copying the image's layer {}: {e}", parent.display()))?;
         }
         let _frozen = layer.cgroup.map(Freezer::freeze).transpose()?;
         let root = match layer.parent {
@@ -401,21 +413,6 @@ fn pack_layer(
     })();
     cleanup();
     result
-}
-
-/// `cp -a` (sharing blocks where the filesystem can): owners, modes, links, devices and
-/// extended attributes as they are.
-pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    let status = Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(|e| format!("cannot run cp: {e}"))?;
-    if !status.success() {
-        return Err(format!("copying the image's layer {}", from.display()));
-    }
-    Ok(())
 }
 
 /// Applies `upper` to `staging` (a copy of the parent layer) as overlayfs would show it:
@@ -453,22 +450,9 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
             }
         }
     }
-    let pack = Command::new("tar")
-        .args(["--create", "--file=-", "--numeric-owner", "--xattrs"])
-        .args(XATTRS)
-        .arg("--directory")
-        .arg(upper)
-        .arg(".")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    let unpack = tar_extract(staging)
-        .stdin(pack.stdout.expect("piped"))
-        .status()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    if !unpack.success() {
-        return Err("folding the vnode's changes into its image's layer failed".into());
-    }
+    crate::sys::tree::copy_over(upper, staging, kept_in_layer).map_err(|e| {
+        format!("folding the vnode's changes into its image's layer failed: {e}")
+    })?;
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
         let dir = staging.join(&relative);
@@ -491,13 +475,19 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// GNU tar unpacking its standard input into `dir` as root: owners, modes, devices
-/// (whiteouts) and extended attributes as stored.
+/// Extended attributes a layer keeps: overlayfs's opaque marks, file capabilities and the
+/// users' own; not overlayfs's bookkeeping of where a copied-up file came from.
 const XATTRS: [&str; 3] = [
     "--xattrs-include=trusted.overlay.opaque",
     "--xattrs-include=security.capability",
     "--xattrs-include=user.*",
 ];
+
+/// [`XATTRS`], for a copy.
+fn kept_in_layer(name: &std::ffi::CStr) -> bool {
+    let name = name.to_bytes();
+    name == b"trusted.overlay.opaque" || name == b"security.capability" || name.starts_with(b"user.")
+}
 
 fn is_whiteout(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -27,7 +27,7 @@ use crate::model::network::{
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::firewall::Firewall;
-use crate::sys::netlink::{Netlink, set_sysctl};
+use crate::sys::netlink::{Link, Netlink, set_sysctl};
 use crate::worker::paths::{VNodePaths, replace_file};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,100 @@ pub struct Network {
     state: tokio::sync::Mutex<NetState>,
 }
 
+/// The device that carries the user networks, as checked at start.
+struct HostDevice {
+    name: String,
+    index: u32,
+    /// This host's VXLAN endpoint: the device's first IPv4 address.
+    vtep: Ipv4Addr,
+    /// The MTU left inside the VXLAN.
+    mtu: u32,
+}
+
+/// Picks the device (`auto`: the default route's) and refuses what cannot work: no such
+/// device or no address on it, a `cluster_net` overlapping this host's networks, a VNI of
+/// Docklet's range used by another VXLAN, an MTU too small for VXLAN.
+fn host_device(
+    config: &Config,
+    links: &[Link],
+    routes: &[(Ipv4Net, Option<u32>)],
+    addresses: &[(Ipv4Net, Ipv4Addr, u32)],
+) -> Result<HostDevice, NetworkError> {
+    let name_of = |index: u32| {
+        links
+            .iter()
+            .find(|l| l.index == index)
+            .map_or_else(|| format!("#{index}"), |l| l.name.clone())
+    };
+    let device = if config.network_device == "auto" {
+        routes
+            .iter()
+            .find(|(net, oif)| net.prefix_len() == 0 && oif.is_some())
+            .and_then(|(_, oif)| *oif)
+            .map(name_of)
+            .ok_or_else(|| {
+                NetworkError::Config(
+                    "network_device = \"auto\" but this host has no default route; set network_device to the device that reaches the other hosts".into(),
+                )
+            })?
+    } else {
+        config.network_device.clone()
+    };
+    let Some(link) = links.iter().find(|l| l.name == device) else {
+        let mut names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        names.sort();
+        return Err(NetworkError::Config(format!(
+            "network_device {device:?} does not exist on this host (devices: {})",
+            names.join(", ")
+        )));
+    };
+    let vtep = addresses
+        .iter()
+        .find(|(_, _, index)| *index == link.index)
+        .map(|(_, a, _)| *a)
+        .ok_or_else(|| {
+            NetworkError::Config(format!(
+                "network_device {device} has no IPv4 address to carry VXLAN"
+            ))
+        })?;
+    let host_nets: Vec<(Ipv4Net, String)> = addresses
+        .iter()
+        .filter(|(net, _, _)| !net.addr().is_loopback())
+        .map(|(net, _, i)| (*net, name_of(*i)))
+        .collect();
+    let host_routes: Vec<(Ipv4Net, String)> = routes
+        .iter()
+        .filter(|(net, _)| !net.addr().is_loopback())
+        .map(|(net, oif)| (*net, oif.map(name_of).unwrap_or_default()))
+        .collect();
+    network::check_cluster_net(config.cluster_net, &host_nets, &host_routes)
+        .map_err(NetworkError::Config)?;
+    let vnis = config.vni_base..config.vni_base + vnode::UID_SLOTS;
+    for other in links {
+        if let (Some(vni), Some(VXLAN_PORT)) = (other.vxlan_id, other.vxlan_port)
+            && vnis.contains(&vni)
+            && network::vni_of_device(&other.name) != Some(vni)
+        {
+            return Err(NetworkError::Config(format!(
+                "VXLAN device {} already uses VNI {vni} on UDP port {VXLAN_PORT}, inside Docklet's range {}..{}; set vni_base to a range no other VXLAN uses",
+                other.name, vnis.start, vnis.end
+            )));
+        }
+    }
+    if link.mtu < 576 + VXLAN_OVERHEAD {
+        return Err(NetworkError::Config(format!(
+            "network_device {device} has MTU {}, too small to carry VXLAN",
+            link.mtu
+        )));
+    }
+    Ok(HostDevice {
+        name: device,
+        index: link.index,
+        vtep,
+        mtu: link.mtu - VXLAN_OVERHEAD,
+    })
+}
+
 /// What a vnode's start asks of the network: the seam between the reconciler and
 /// [`Network`] (rtnetlink and nftables), so the reconciler's tests run without either.
 #[async_trait::async_trait]
@@ -120,92 +214,26 @@ impl Network {
             .addresses()
             .await
             .map_err(io_err("listing addresses"))?;
-        let name_of = |index: u32| {
-            links
-                .iter()
-                .find(|l| l.index == index)
-                .map_or_else(|| format!("#{index}"), |l| l.name.clone())
-        };
-        let device = if config.network_device == "auto" {
-            routes
-                .iter()
-                .find(|(net, oif)| net.prefix_len() == 0 && oif.is_some())
-                .and_then(|(_, oif)| *oif)
-                .map(name_of)
-                .ok_or_else(|| {
-                    NetworkError::Config(
-                        "network_device = \"auto\" but this host has no default route; set network_device to the device that reaches the other hosts".into(),
-                    )
-                })?
-        } else {
-            config.network_device.clone()
-        };
-        let Some(link) = links.iter().find(|l| l.name == device) else {
-            let mut names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-            names.sort();
-            return Err(NetworkError::Config(format!(
-                "network_device {device:?} does not exist on this host (devices: {})",
-                names.join(", ")
-            )));
-        };
-        let vtep = addresses
-            .iter()
-            .find(|(_, _, index)| *index == link.index)
-            .map(|(_, a, _)| *a)
-            .ok_or_else(|| {
-                NetworkError::Config(format!(
-                    "network_device {device} has no IPv4 address to carry VXLAN"
-                ))
-            })?;
-        let host_nets: Vec<(Ipv4Net, String)> = addresses
-            .iter()
-            .filter(|(net, _, _)| !net.addr().is_loopback())
-            .map(|(net, _, i)| (*net, name_of(*i)))
-            .collect();
-        let host_routes: Vec<(Ipv4Net, String)> = routes
-            .iter()
-            .filter(|(net, _)| !net.addr().is_loopback())
-            .map(|(net, oif)| (*net, oif.map(name_of).unwrap_or_default()))
-            .collect();
-        network::check_cluster_net(config.cluster_net, &host_nets, &host_routes)
-            .map_err(NetworkError::Config)?;
-        let vnis = config.vni_base..config.vni_base + vnode::UID_SLOTS;
-        for other in &links {
-            if let (Some(vni), Some(VXLAN_PORT)) = (other.vxlan_id, other.vxlan_port)
-                && vnis.contains(&vni)
-                && network::vni_of_device(&other.name) != Some(vni)
-            {
-                return Err(NetworkError::Config(format!(
-                    "VXLAN device {} already uses VNI {vni} on UDP port {VXLAN_PORT}, inside Docklet's range {}..{}; set vni_base to a range no other VXLAN uses",
-                    other.name, vnis.start, vnis.end
-                )));
-            }
-        }
-        if link.mtu < 576 + VXLAN_OVERHEAD {
-            return Err(NetworkError::Config(format!(
-                "network_device {device} has MTU {}, too small to carry VXLAN",
-                link.mtu
-            )));
-        }
+        let HostDevice {
+            name: device,
+            index,
+            vtep,
+            mtu,
+        } = host_device(config, &links, &routes, &addresses)?;
         set_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
         let control_addresses = control_addresses(config).await;
         let resolvers = host_resolvers();
         if !resolvers.is_empty() {
             info!(resolvers = ?resolvers, "vnodes may ask this host's DNS resolvers");
         }
-        info!(
-            device,
-            %vtep,
-            mtu = link.mtu - VXLAN_OVERHEAD,
-            "user networks over {device} ({vtep})"
-        );
+        info!(device, %vtep, mtu, "user networks over {device} ({vtep})");
         Ok(Network {
             config: config.clone(),
             host: host.to_owned(),
             device,
-            device_index: link.index,
+            device_index: index,
             vtep,
-            mtu: link.mtu - VXLAN_OVERHEAD,
+            mtu,
             netlink,
             firewall,
             control_addresses,
@@ -651,4 +679,77 @@ fn host_resolvers() -> BTreeSet<Ipv4Addr> {
         .unwrap_or_default()
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth0() -> Vec<Link> {
+        vec![
+            Link {
+                index: 1,
+                name: "lo".into(),
+                mtu: 65536,
+                ..Link::default()
+            },
+            Link {
+                index: 2,
+                name: "eth0".into(),
+                mtu: 1500,
+                ..Link::default()
+            },
+        ]
+    }
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_routes_device_carries_the_user_networks() {
+        let routes = [(net("0.0.0.0/0"), Some(2)), (net("10.0.0.0/24"), Some(2))];
+        let addresses = [
+            (net("127.0.0.0/8"), "127.0.0.1".parse().unwrap(), 1),
+            (net("10.0.0.0/24"), "10.0.0.5".parse().unwrap(), 2),
+        ];
+        let config = Config::default();
+        let device = host_device(&config, &eth0(), &routes, &addresses).unwrap();
+        assert_eq!(device.name, "eth0");
+        assert_eq!(device.index, 2);
+        assert_eq!(device.vtep, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(device.mtu, 1500 - VXLAN_OVERHEAD);
+    }
+
+    #[test]
+    fn a_host_that_cannot_carry_them_is_refused_with_the_reason() {
+        let addresses = [(net("10.0.0.0/24"), "10.0.0.5".parse().unwrap(), 2)];
+        let refused = |config: &Config, links: &[Link], routes: &[(Ipv4Net, Option<u32>)]| {
+            match host_device(config, links, routes, &addresses) {
+                Err(NetworkError::Config(why)) => why,
+                other => panic!("not refused: {:?}", other.map(|d| d.name)),
+            }
+        };
+        let auto = Config::default();
+        assert!(refused(&auto, &eth0(), &[]).contains("no default route"));
+        let named = Config {
+            network_device: "eth9".into(),
+            ..Config::default()
+        };
+        let why = refused(&named, &eth0(), &[]);
+        assert!(why.contains("\"eth9\" does not exist") && why.contains("eth0, lo"), "{why}");
+        let routes = [(net("0.0.0.0/0"), Some(2))];
+        let mut small = eth0();
+        small[1].mtu = 600;
+        assert!(refused(&auto, &small, &routes).contains("too small"));
+        let mut clash = eth0();
+        clash.push(Link {
+            index: 3,
+            name: "vx-other".into(),
+            vxlan_id: Some(auto.vni_base + 1),
+            vxlan_port: Some(VXLAN_PORT),
+            ..Link::default()
+        });
+        assert!(refused(&auto, &clash, &routes).contains("already uses VNI"));
+    }
 }

@@ -24,7 +24,6 @@ use crate::model::system_image::{self, BuildState, SystemImageBuild, SystemImage
 use crate::store::etcd::Changes;
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::mounts;
-use crate::worker::images::copy_tree;
 use crate::worker::paths;
 use crate::worker::vnode::image::{check_image_dir, resolve_image};
 use crate::worker::vnode::image::{ensure_layer, remove_tree};
@@ -171,7 +170,8 @@ fn make_version(config: &Config, update: &SystemImageUpdate, layer: &Path) -> Re
         remove_tree(&part).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&merged).map_err(|e| format!("{}: {e}", merged.display()))?;
         mounts::mount_layers_readonly(&[layer, &system], &merged).map_err(|e| e.to_string())?;
-        copy_tree(&merged, &part)?;
+        crate::sys::tree::copy_tree(&merged, &part)
+            .map_err(|e| format!("copying {}: {e}", merged.display()))?;
         sync_filesystem(&part)?;
         std::fs::rename(&part, &target).map_err(|e| format!("{}: {e}", part.display()))?;
         check_image_dir(name, &target).map_err(|e| e.to_string())?;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::exec::{self, ExecRequest};
-use super::vnode::Runtime;
+use super::vnode::{Runtime, VNodeError};
 
 /// How long a shell without a connection waits for one before it is hung up.
 pub const DETACH_GRACE: Duration = Duration::from_secs(60);
@@ -296,10 +296,7 @@ async fn pump(
     slave: OwnedFd,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let streams =
-        (|| Ok::<_, std::io::Error>((slave.try_clone()?, slave.try_clone()?, slave.try_clone()?)))(
-        );
-    let (stdin, stdout, stderr) = match streams {
+    let (stdin, stdout, stderr) = match pty_streams(&slave) {
         Ok(streams) => streams,
         Err(e) => return finish(session, Output::Failed(format!("pty: {e}"))).await,
     };
@@ -348,11 +345,7 @@ async fn pump(
                     detached_until = None;
                     pending.extend(data.iter());
                 }
-                Some(Command::Resize { cols, rows }) => {
-                    let size = nix::pty::Winsize { ws_row: rows.max(1), ws_col: cols.max(1), ws_xpixel: 0, ws_ypixel: 0 };
-                    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-                    let _ = unsafe { set_window_size(master.get_ref().as_raw_fd(), &size) };
-                }
+                Some(Command::Resize { cols, rows }) => resize(&master, cols, rows),
                 Some(Command::End) | None => break,
             },
             () = session.detached.notified() => {
@@ -370,10 +363,39 @@ async fn pump(
             }
         }
     }
+    conclude(session, finished, master, slave_held, unit, &mut buf).await;
+}
+
+/// The command's stdin, stdout and stderr: the terminal's slave side.
+fn pty_streams(slave: &OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
+    Ok((slave.try_clone()?, slave.try_clone()?, slave.try_clone()?))
+}
+
+fn resize(master: &AsyncFd<std::fs::File>, cols: u16, rows: u16) {
+    let size = nix::pty::Winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    let _ = unsafe { set_window_size(master.get_ref().as_raw_fd(), &size) };
+}
+
+/// Ends a terminal session: with its command's status once the command ended (after what it
+/// wrote last), or by hanging the terminal up and waiting for the command.
+async fn conclude(
+    session: &Arc<Session>,
+    finished: Option<Result<Result<i32, VNodeError>, tokio::task::JoinError>>,
+    master: AsyncFd<std::fs::File>,
+    slave_held: OwnedFd,
+    unit: tokio::task::JoinHandle<Result<i32, VNodeError>>,
+    buf: &mut [u8],
+) {
     let status = match finished {
         Some(result) => {
             // What the shell wrote last is still in the terminal.
-            while let Ok(n) = master.get_ref().read(&mut buf) {
+            while let Ok(n) = master.get_ref().read(buf) {
                 if n == 0 {
                     break;
                 }
