@@ -46,6 +46,7 @@ pub mod identities;
 pub mod images;
 pub mod leader;
 pub mod memory;
+#[cfg(test)]
 pub mod memory_etcd;
 pub mod network;
 pub mod placement_view;
