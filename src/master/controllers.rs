@@ -207,8 +207,8 @@ async fn run_step(
         DrainStep::Finish(id) => {
             let r = store
                 .update_vnode_spec(&id, |spec| {
-                    let done = spec.state != DesiredState::Exported
-                        && spec.handoff.take().is_some();
+                    let done =
+                        spec.state != DesiredState::Exported && spec.handoff.take().is_some();
                     Ok(done)
                 })
                 .await

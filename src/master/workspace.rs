@@ -412,7 +412,7 @@ async fn workspace_caller_for(
     path: &str,
     portal: &str,
 ) -> Result<(super::actions::Caller, String, u32), Response> {
-    let (user, cluster, index) = workspace::path_parts(&path)
+    let (user, cluster, index) = workspace::path_parts(path)
         .ok_or_else(|| ApiError::NotFound("no such workspace".into()).into_response())?;
     let caller = match workspace_caller(master, parts).await {
         Ok(caller) => caller,

@@ -598,8 +598,9 @@ fn usage_after(write: &NodeWrite<'_>, usage: &Usage) -> Result<Usage, StoreError
         .iter()
         .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
     match write.quota {
-        Some(limit) => quota::admit(limit, usage, &added)
-            .map_err(|e| StoreError::QuotaExceeded(e.to_string())),
+        Some(limit) => {
+            quota::admit(limit, usage, &added).map_err(|e| StoreError::QuotaExceeded(e.to_string()))
+        }
         None => Ok(usage.plus(&added)),
     }
 }

@@ -313,13 +313,14 @@ fn choose_public_port(new: &NewMapping<'_>, taken: &HashSet<u16>) -> Result<u16,
             "public port {port} is taken: leave public_port out to get a free one"
         ))),
         Some(port) => Ok(port),
-        None => ports::free_public_port(new.range, taken, |n| rand::random_range(0..n))
-            .ok_or_else(|| {
+        None => ports::free_public_port(new.range, taken, |n| rand::random_range(0..n)).ok_or_else(
+            || {
                 StoreError::Exhausted(format!(
                     "every public port ({}) is mapped: ask an administrator to widen \
                      port_range",
                     new.range
                 ))
-            }),
+            },
+        ),
     }
 }

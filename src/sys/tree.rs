@@ -11,9 +11,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{FchownatFlags, Gid, Uid, fchownat};
+use nix::unistd::{Gid, Uid, fchownat};
 
 /// Which extended attributes a copy takes, by name.
 pub type XattrFilter = fn(&CStr) -> bool;
@@ -62,8 +63,7 @@ impl Copy {
         {
             remove(to, old)?;
         }
-        let to_context =
-            |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", to.display()));
+        let to_context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", to.display()));
         if kind.is_dir() {
             if existing.as_ref().is_none_or(|old| !old.is_dir()) {
                 fs::create_dir(to).map_err(to_context)?;
@@ -105,11 +105,11 @@ impl Copy {
     fn metadata(&self, from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
         let symlink = meta.file_type().is_symlink();
         fchownat(
-            None,
+            AT_FDCWD,
             to,
             Some(Uid::from_raw(meta.uid())),
             Some(Gid::from_raw(meta.gid())),
-            FchownatFlags::NoFollowSymlink,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
         if !symlink {
             fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
@@ -129,7 +129,13 @@ impl Copy {
         }
         let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
         let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-        utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink)?;
+        utimensat(
+            AT_FDCWD,
+            to,
+            &atime,
+            &mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )?;
         Ok(())
     }
 }
@@ -162,9 +168,7 @@ fn xattr_names(path: &Path) -> io::Result<Vec<CString>> {
         }
         let mut buffer = vec![0u8; size as usize];
         // SAFETY: the buffer is as long as we say.
-        let got = unsafe {
-            libc::llistxattr(c.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len())
-        };
+        let got = unsafe { libc::llistxattr(c.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
         if got < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ERANGE) {
@@ -185,8 +189,7 @@ fn get_xattr(path: &Path, name: &CStr) -> io::Result<Vec<u8>> {
     let c = c_path(path)?;
     loop {
         // SAFETY: NUL-terminated strings; a null buffer asks for the size.
-        let size =
-            unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -257,8 +260,14 @@ mod tests {
             set_xattr(&from.join("etc/motd"), c"user.note", b"kept").unwrap();
         }
         let when = TimeSpec::new(1_000_000_000, 0);
-        utimensat(None, &from.join("etc/motd"), &when, &when, UtimensatFlags::NoFollowSymlink)
-            .unwrap();
+        utimensat(
+            AT_FDCWD,
+            &from.join("etc/motd"),
+            &when,
+            &when,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
 
         let to = dir.path().join("to");
         copy_tree(&from, &to).unwrap();
@@ -276,11 +285,20 @@ mod tests {
         let sub = fs::symlink_metadata(to.join("etc/sub")).unwrap();
         assert_eq!(sub.mode() & 0o7777, 0o711);
         if xattrs {
-            assert_eq!(get_xattr(&to.join("etc/motd"), c"user.note").unwrap(), b"kept");
+            assert_eq!(
+                get_xattr(&to.join("etc/motd"), c"user.note").unwrap(),
+                b"kept"
+            );
         } else {
-            eprintln!("SKIPPED the attribute check: {} takes no user.* attributes", dir.path().display());
+            eprintln!(
+                "SKIPPED the attribute check: {} takes no user.* attributes",
+                dir.path().display()
+            );
         }
-        assert!(copy_tree(&from, &to).is_err(), "an existing target is refused");
+        assert!(
+            copy_tree(&from, &to).is_err(),
+            "an existing target is refused"
+        );
     }
 
     #[test]
@@ -303,11 +321,17 @@ mod tests {
         copy_over(&upper, &staging, |name| name != c"user.skip").unwrap();
         assert_eq!(fs::read_to_string(staging.join("keep/old")).unwrap(), "old");
         assert_eq!(fs::read_to_string(staging.join("keep/new")).unwrap(), "new");
-        assert_eq!(fs::read_to_string(staging.join("was-dir")).unwrap(), "now a file");
+        assert_eq!(
+            fs::read_to_string(staging.join("was-dir")).unwrap(),
+            "now a file"
+        );
         assert_eq!(fs::read_to_string(staging.join("file")).unwrap(), "after");
         if xattrs {
             assert!(get_xattr(&staging.join("file"), c"user.skip").is_err());
-            assert_eq!(get_xattr(&staging.join("file"), c"user.keep").unwrap(), b"y");
+            assert_eq!(
+                get_xattr(&staging.join("file"), c"user.keep").unwrap(),
+                b"y"
+            );
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::sys::mounts;
 use crate::worker::paths::{LocalState, VNodePaths};
 use crate::worker::vnode::image::{
     ensure_layer, first_lines, hex, image_files_dir, layer_dir, layer_file, remove_tree,
-    resolve_image, tar_extract,
+    resolve_image,
 };
 use crate::worker::vnode::{Runtime, VNodeError};
 
@@ -450,9 +450,8 @@ fn fold(upper: &Path, staging: &Path, system: &Path) -> Result<(), String> {
             }
         }
     }
-    crate::sys::tree::copy_over(upper, staging, kept_in_layer).map_err(|e| {
-        format!("folding the vnode's changes into its image's layer failed: {e}")
-    })?;
+    crate::sys::tree::copy_over(upper, staging, kept_in_layer)
+        .map_err(|e| format!("folding the vnode's changes into its image's layer failed: {e}"))?;
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
         let dir = staging.join(&relative);
@@ -486,7 +485,9 @@ const XATTRS: [&str; 3] = [
 /// [`XATTRS`], for a copy.
 fn kept_in_layer(name: &std::ffi::CStr) -> bool {
     let name = name.to_bytes();
-    name == b"trusted.overlay.opaque" || name == b"security.capability" || name.starts_with(b"user.")
+    name == b"trusted.overlay.opaque"
+        || name == b"security.capability"
+        || name.starts_with(b"user.")
 }
 
 fn is_whiteout(meta: &std::fs::Metadata) -> bool {

@@ -724,12 +724,13 @@ mod tests {
     #[test]
     fn a_host_that_cannot_carry_them_is_refused_with_the_reason() {
         let addresses = [(net("10.0.0.0/24"), "10.0.0.5".parse().unwrap(), 2)];
-        let refused = |config: &Config, links: &[Link], routes: &[(Ipv4Net, Option<u32>)]| {
-            match host_device(config, links, routes, &addresses) {
+        let refused =
+            |config: &Config, links: &[Link], routes: &[(Ipv4Net, Option<u32>)]| match host_device(
+                config, links, routes, &addresses,
+            ) {
                 Err(NetworkError::Config(why)) => why,
                 other => panic!("not refused: {:?}", other.map(|d| d.name)),
-            }
-        };
+            };
         let auto = Config::default();
         assert!(refused(&auto, &eth0(), &[]).contains("no default route"));
         let named = Config {
@@ -737,7 +738,10 @@ mod tests {
             ..Config::default()
         };
         let why = refused(&named, &eth0(), &[]);
-        assert!(why.contains("\"eth9\" does not exist") && why.contains("eth0, lo"), "{why}");
+        assert!(
+            why.contains("\"eth9\" does not exist") && why.contains("eth0, lo"),
+            "{why}"
+        );
         let routes = [(net("0.0.0.0/0"), Some(2))];
         let mut small = eth0();
         small[1].mtu = 600;
