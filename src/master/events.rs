@@ -1,7 +1,8 @@
 //! The lifecycle event stream (`GET /api/v1/events`, server-sent events): cluster records
-//! created, changed and deleted, vnode states, long operations and (for administrators)
-//! hosts joining and leaving, read from one etcd watch of the cluster's prefix. A user sees
-//! only events of their own clusters.
+//! created, changed and deleted, vnode states, long operations, images (a save's progress),
+//! system image updates and (for administrators) hosts joining and leaving, read from one
+//! etcd watch of the cluster's prefix. A user sees only events of their own clusters and
+//! images, and every system image's.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,7 @@ use crate::store::EtcdStore;
 /// One event as sent: `event: <kind>` with this as its JSON data.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `cluster`, `node`, `operation` or `host`.
+    /// `cluster`, `node`, `operation`, `image`, `system-image` or `host`.
     pub kind: &'static str,
     /// `put` or `delete`.
     pub action: &'static str,
@@ -74,7 +75,9 @@ impl Master {
                     else {
                         continue;
                     };
-                    let visible = caller.admin || out.user.as_deref() == Some(caller.name());
+                    let visible = caller.admin
+                        || out.kind == "system-image"
+                        || out.user.as_deref() == Some(caller.name());
                     if visible && tx.send(out).await.is_err() {
                         return;
                     }
@@ -149,6 +152,28 @@ async fn classify(
                 Some(op.cluster.clone()),
                 json(),
                 Some(op.id),
+            ))
+        }
+        // A user image (`images/<owner>/<name>`): saves write their progress here.
+        "images" => {
+            let (owner, _) = name.split_once('/')?;
+            Some(event(
+                "image",
+                Some(owner.into()),
+                None,
+                if put { json() } else { None },
+                Some(name.into()),
+            ))
+        }
+        // An update asked for, and each host's build of it: the system image's name.
+        "system-images" | "system-image-builds" => {
+            let image = name.split('/').next()?;
+            Some(event(
+                "system-image",
+                None,
+                None,
+                if put { json() } else { None },
+                Some(image.into()),
             ))
         }
         "hosts" => Some(event(

@@ -243,7 +243,7 @@ pub(super) async fn operation(
 }
 
 /// Server-sent events: `event: <kind>`, `data: <JSON>`, kept alive with comments.
-#[utoipa::path(get, path = "/api/v1/events", tag = "docklet", summary = "The lifecycle event stream", responses((status = 200, description = "Server-sent events: cluster, node, operation and host changes", content_type = "text/event-stream"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/events", tag = "docklet", summary = "The lifecycle event stream", responses((status = 200, description = "Server-sent events: cluster, node, operation, image, system image and host changes", content_type = "text/event-stream"), (status = "default", description = "An error: see the code and message", body = ErrorBody)))]
 pub(super) async fn events(State(master): Shared, Auth(caller): Auth) -> ApiResult<Response> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     // The stream ends with the caller's token (a revocation, the session's end).
