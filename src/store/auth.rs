@@ -101,18 +101,18 @@ fn workers_role(keys: &Keys) -> String {
     )
 }
 
-/// etcd's "already exists" answers, which setting up again may meet.
+/// etcd's "already exists" answers (a user, a role), which setting up again may meet.
 fn exists_ok(r: Result<(), StoreError>) -> Result<(), StoreError> {
     match r {
-        Err(StoreError::Failed(m)) if m.contains("already exists") => Ok(()),
+        Err(StoreError::Conflict(_)) => Ok(()),
         other => other,
     }
 }
 
-/// etcd's "not found" answers, which removing again may meet.
+/// etcd's "not found" answers (a user, a role), which removing again may meet.
 fn missing_ok(r: Result<(), StoreError>) -> Result<(), StoreError> {
     match r {
-        Err(StoreError::Failed(m)) if m.contains("not found") => Ok(()),
+        Err(StoreError::NotFound(_)) => Ok(()),
         other => other,
     }
 }
@@ -133,7 +133,7 @@ impl EtcdStore {
         match auth.user_add(user, password, None).await {
             Ok(_) => Ok(()),
             Err(e) => match classify(e) {
-                StoreError::Failed(m) if m.contains("already exists") => auth
+                StoreError::Conflict(_) => auth
                     .user_change_password(user, password)
                     .await
                     .map(|_| ())

@@ -107,10 +107,18 @@ pub(crate) fn classify(e: etcd_client::Error) -> StoreError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 StoreError::Unavailable(status.message().to_owned())
             }
+            // etcd answers these with generic codes (InvalidArgument, FailedPrecondition):
+            // its words are the only tell, read here once so no caller reads them again.
             _ if status.message().contains("authentication failed")
                 || status.message().contains("user name is empty") =>
             {
                 StoreError::Unauthenticated(status.message().to_owned())
+            }
+            Code::FailedPrecondition if status.message().ends_with("already exists") => {
+                StoreError::Conflict(status.message().to_owned())
+            }
+            Code::FailedPrecondition if status.message().ends_with("not found") => {
+                StoreError::NotFound(status.message().to_owned())
             }
             _ => StoreError::Failed(status.message().to_owned()),
         },

@@ -53,3 +53,24 @@ impl Firewall for Nft {
             .collect::<String>())
     }
 }
+
+/// A firewall for tests: every ruleset applied, in order, and how often the tables were
+/// removed.
+#[derive(Default)]
+pub struct RecordingFirewall {
+    pub applied: std::sync::Mutex<Vec<String>>,
+    pub removed: std::sync::atomic::AtomicU32,
+}
+
+impl Firewall for RecordingFirewall {
+    fn apply(&self, ruleset: &str) -> io::Result<()> {
+        self.applied.lock().unwrap().push(ruleset.to_owned());
+        Ok(())
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        self.removed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,6 +1,7 @@
 //! Side effects, one module each: the real implementation, behind a small trait with a fake
-//! where logic above it has tests (host facts, passwords, the firewall; and systemd's units
-//! and the mount table, which the vnode reconciler's tests drive through recording fakes).
+//! where logic above it has tests: host facts, passwords, and the recording fakes of
+//! systemd's units, the mount table, rtnetlink and nftables that the vnode reconciler's and
+//! the networks' tests drive.
 //! The kernel seams themselves (mounts, rtnetlink, nftables, systemd, tree copies) are tested
 //! for real: root tests in throwaway namespaces, unit tests in temporary directories, and
 //! the end-to-end suite.

@@ -27,7 +27,7 @@ use crate::model::network::{
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::{EtcdStore, StoreError};
 use crate::sys::firewall::Firewall;
-use crate::sys::netlink::{Link, Netlink, set_sysctl};
+use crate::sys::netlink::{Link, Netlink, Rtnetlink, set_sysctl};
 use crate::worker::paths::{VNodePaths, replace_file};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub struct Network {
     /// This host's VXLAN endpoint: the first IPv4 address of `device`.
     vtep: Ipv4Addr,
     mtu: u32,
-    netlink: Netlink,
+    netlink: Arc<dyn Rtnetlink>,
     firewall: Arc<dyn Firewall>,
     /// Addresses of etcd and the portal, by whatever name the configuration gives them.
     control_addresses: BTreeSet<Ipv4Addr>,
@@ -214,20 +214,32 @@ impl Network {
             .addresses()
             .await
             .map_err(io_err("listing addresses"))?;
+        let device = host_device(config, &links, &routes, &addresses)?;
+        set_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
+        Ok(Network::over(config, host, device, Arc::new(netlink), firewall).await)
+    }
+
+    /// The networks of this host over `device`, made through `netlink` and `firewall`.
+    async fn over(
+        config: &Config,
+        host: &str,
+        device: HostDevice,
+        netlink: Arc<dyn Rtnetlink>,
+        firewall: Arc<dyn Firewall>,
+    ) -> Network {
         let HostDevice {
             name: device,
             index,
             vtep,
             mtu,
-        } = host_device(config, &links, &routes, &addresses)?;
-        set_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
+        } = device;
         let control_addresses = control_addresses(config).await;
         let resolvers = host_resolvers();
         if !resolvers.is_empty() {
             info!(resolvers = ?resolvers, "vnodes may ask this host's DNS resolvers");
         }
         info!(device, %vtep, mtu, "user networks over {device} ({vtep})");
-        Ok(Network {
+        Network {
             config: config.clone(),
             host: host.to_owned(),
             device,
@@ -244,7 +256,7 @@ impl Network {
                 hosts_files: HashMap::new(),
                 attaching: HashMap::new(),
             }),
-        })
+        }
     }
 
     pub fn vtep(&self) -> Ipv4Addr {
@@ -381,7 +393,7 @@ impl Network {
     }
 
     async fn ensure_user(&self, user: &UserPlan) -> Result<(), NetworkError> {
-        let nl = &self.netlink;
+        let nl = self.netlink.as_ref();
         let bridge_name = user.bridge();
         let context = |what: &str| format!("{what} of user {}", user.user);
         let bridge = nl
@@ -462,7 +474,7 @@ impl Network {
             .await
             .map_err(io_err(&context))?;
         let _ = set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", vnode.veth), "1");
-        let inside = Netlink::connect_in(netns).map_err(io_err(&context))?;
+        let inside = self.netlink.inside(netns).map_err(io_err(&context))?;
         let eth0 = inside.set_up(VNODE_IFACE).await.map_err(io_err(&context))?;
         inside
             .ensure_address(
@@ -755,5 +767,133 @@ mod tests {
             ..Link::default()
         });
         assert!(refused(&auto, &clash, &routes).contains("already uses VNI"));
+    }
+
+    mod over_fakes {
+        //! A user's network made, grown and taken down through recording fakes of
+        //! rtnetlink and nftables, over an etcd in this process.
+
+        use super::*;
+        use crate::store::memory_etcd::MemoryEtcd;
+        use crate::store::network::AddressPlan;
+        use crate::sys::firewall::RecordingFirewall;
+        use crate::sys::netlink::RecordingNetlink;
+
+        const GIB: u64 = 1 << 30;
+
+        fn spec(id: &str, index: u32) -> VNodeSpec {
+            VNodeSpec {
+                id: id.into(),
+                user: "alice".into(),
+                cluster: "c1".into(),
+                index,
+                image: "base".into(),
+                cpu_millis: 1000,
+                memory_bytes: GIB,
+                disk_bytes: 4 * GIB,
+                tasks: 512,
+                state: DesiredState::Running,
+                address: None,
+                handoff: None,
+            }
+        }
+
+        #[tokio::test]
+        async fn a_users_network_is_made_wired_to_peers_and_taken_down() {
+            let etcd = MemoryEtcd::start().await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let config = Config {
+                fs_prefix: dir.path().to_owned(),
+                ..Config::default()
+            };
+            let store = etcd.connect(&config).await.unwrap();
+            let plan = AddressPlan {
+                cluster_net: config.cluster_net,
+                vni_base: config.vni_base,
+            };
+            let here = store.create_vnode("h1", &spec("alice-c1-0", 0), &plan).await.unwrap();
+            let there = store.create_vnode("h2", &spec("alice-c1-1", 1), &plan).await.unwrap();
+            store.put_vtep("h1", Ipv4Addr::new(10, 0, 0, 5)).await.unwrap();
+            store.put_vtep("h2", Ipv4Addr::new(10, 0, 0, 6)).await.unwrap();
+
+            let netlink = RecordingNetlink::default();
+            netlink.kernel.lock().unwrap().add_host_link(Link {
+                index: 2,
+                name: "eth0".into(),
+                mtu: 1500,
+                up: true,
+                ..Link::default()
+            });
+            let firewall = Arc::new(RecordingFirewall::default());
+            let device = HostDevice {
+                name: "eth0".into(),
+                index: 2,
+                vtep: Ipv4Addr::new(10, 0, 0, 5),
+                mtu: 1450,
+            };
+            let network = Network::over(
+                &config,
+                "h1",
+                device,
+                Arc::new(netlink.clone()),
+                firewall.clone(),
+            )
+            .await;
+
+            let netns = dir.path().join("netns-alice-c1-0");
+            let etc = dir.path().join("etc");
+            std::fs::create_dir_all(&etc).unwrap();
+            network.attach(&store, &here, &netns, &etc).await.unwrap();
+            let net = store.user_net("alice").await.unwrap().unwrap();
+            let (bridge, vxlan) = (network::bridge_name(net.vni), network::vxlan_name(net.vni));
+            let gateway = net.gateway().unwrap();
+            let address = here.address.unwrap();
+            let veth = network::veth_name("alice-c1-0");
+            let inside = format!("[{}]", netns.display());
+            let calls = netlink.calls();
+            let expected = [
+                format!("bridge {bridge}"),
+                format!("vxlan {vxlan} {}", net.vni),
+                "peer+ 10.0.0.6".to_owned(),
+                format!("veth {veth} -> {}", netns.display()),
+                format!("{inside} up {VNODE_IFACE}"),
+                format!("{inside} route 0.0.0.0/0 via {gateway}"),
+            ];
+            for call in &expected {
+                assert!(calls.contains(call), "{call} not in {calls:#?}");
+            }
+            assert!(
+                calls.iter().any(|c| c.starts_with(&format!("{inside} address"))
+                    && c.contains(&address.to_string())),
+                "{calls:#?}"
+            );
+            let position = |call: &str| calls.iter().position(|c| c == call).unwrap();
+            assert!(position(&expected[0]) < position(&expected[3]), "the bridge comes first");
+            // The whole ruleset once, naming the vnode's port; the hosts file names the node.
+            let applied = firewall.applied.lock().unwrap().clone();
+            assert_eq!(applied.len(), 1, "{applied:#?}");
+            assert!(applied[0].contains(&veth) && applied[0].contains(&address.to_string()));
+            let hosts = std::fs::read_to_string(etc.join("hosts")).unwrap();
+            assert!(hosts.contains("host-0") && hosts.contains(&address.to_string()), "{hosts}");
+
+            // The node on h2 goes: its host is no peer any more.
+            store.remove_vnode("h2", &there).await.unwrap();
+            network.sync(&store).await.unwrap();
+            assert_eq!(netlink.calls().last().unwrap(), "peer- 10.0.0.6");
+
+            // The last node here goes: its devices go, the VXLAN before the bridge.
+            store.remove_vnode("h1", &here).await.unwrap();
+            network.sync(&store).await.unwrap();
+            let calls = netlink.calls();
+            let deleted: Vec<&str> = calls
+                .iter()
+                .filter_map(|c| c.strip_prefix("delete "))
+                .collect();
+            assert_eq!(deleted.len(), 3, "{calls:#?}");
+            assert_eq!(deleted[0], vxlan);
+            assert!(deleted.contains(&bridge.as_str()) && deleted.contains(&veth.as_str()));
+            let links = netlink.links().await.unwrap();
+            assert_eq!(links.len(), 1, "only eth0 is left: {links:?}");
+        }
     }
 }
