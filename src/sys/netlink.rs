@@ -742,7 +742,11 @@ impl Rtnetlink for RecordingNetlink {
     }
     async fn links(&self) -> io::Result<Vec<Link>> {
         let kernel = self.kernel.lock().unwrap();
-        Ok(kernel.links.get(&self.namespace).cloned().unwrap_or_default())
+        Ok(kernel
+            .links
+            .get(&self.namespace)
+            .cloned()
+            .unwrap_or_default())
     }
     async fn link(&self, name: &str) -> io::Result<Option<Link>> {
         Ok(self.find(&self.kernel.lock().unwrap(), name))
@@ -849,7 +853,11 @@ impl Rtnetlink for RecordingNetlink {
         let mut kernel = self.kernel.lock().unwrap();
         self.record(&mut kernel, format!("delete {name}"));
         let namespace = self.namespace.clone();
-        kernel.links.entry(namespace).or_default().retain(|l| l.name != name);
+        kernel
+            .links
+            .entry(namespace)
+            .or_default()
+            .retain(|l| l.name != name);
         Ok(())
     }
     async fn addresses(&self) -> io::Result<Vec<(Ipv4Net, Ipv4Addr, u32)>> {

@@ -331,7 +331,10 @@ mod tests {
         ];
         let html = render_images(&images);
         // Alice's own, one being saved: the page polls itself, and shows the progress.
-        assert!(html.contains(r#"hx-trigger="docklet-event from:body""#), "{html}");
+        assert!(
+            html.contains(r#"hx-trigger="docklet-event from:body""#),
+            "{html}"
+        );
         assert!(html.contains("saving (12"), "{html}");
         assert!(html.contains("state-saving"), "{html}");
         // A ready, shared one of hers: size, unshare, a new cluster from it.
@@ -394,7 +397,10 @@ mod tests {
 
         // While an update runs: the page follows it, and offers no second one.
         let html = render_page(&images, &[base(false)], true);
-        assert!(html.contains(r#"hx-trigger="docklet-event from:body""#), "{html}");
+        assert!(
+            html.contains(r#"hx-trigger="docklet-event from:body""#),
+            "{html}"
+        );
         assert!(!html.contains("/system-images/base/update"), "{html}");
         assert!(html.contains("1 of 3 hosts done"), "{html}");
 
