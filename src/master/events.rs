@@ -154,27 +154,8 @@ async fn classify(
                 Some(op.id),
             ))
         }
-        // A user image (`images/<owner>/<name>`): saves write their progress here.
-        "images" => {
-            let (owner, _) = name.split_once('/')?;
-            Some(event(
-                "image",
-                Some(owner.into()),
-                None,
-                if put { json() } else { None },
-                Some(name.into()),
-            ))
-        }
-        // An update asked for, and each host's build of it: the system image's name.
-        "system-images" | "system-image-builds" => {
-            let image = name.split('/').next()?;
-            Some(event(
-                "system-image",
-                None,
-                None,
-                if put { json() } else { None },
-                Some(image.into()),
-            ))
+        "images" | "system-images" | "system-image-builds" => {
+            image_event(section, name, if put { json() } else { None }, event)
         }
         "hosts" => Some(event(
             "host",
@@ -184,5 +165,68 @@ async fn classify(
             Some(name.into()),
         )),
         _ => None,
+    }
+}
+
+/// A user image (`images/<owner>/<name>`, where saves write their progress), or a system
+/// image's update and each host's build of it (`system-images/<name>`,
+/// `system-image-builds/<name>/<host>`).
+fn image_event(
+    section: &str,
+    name: &str,
+    data: Option<serde_json::Value>,
+    event: impl Fn(
+        &'static str,
+        Option<String>,
+        Option<String>,
+        Option<serde_json::Value>,
+        Option<String>,
+    ) -> Event,
+) -> Option<Event> {
+    if section == "images" {
+        let (owner, _) = name.split_once('/')?;
+        return Some(event(
+            "image",
+            Some(owner.into()),
+            None,
+            data,
+            Some(name.into()),
+        ));
+    }
+    let image = name.split('/').next()?;
+    Some(event("system-image", None, None, data, Some(image.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(
+        kind: &'static str,
+        user: Option<String>,
+        cluster: Option<String>,
+        data: Option<serde_json::Value>,
+        name: Option<String>,
+    ) -> Event {
+        Event {
+            kind,
+            action: "put",
+            user,
+            cluster,
+            data,
+            name,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn image_changes_go_to_their_owner_and_system_images_to_everyone() {
+        let saved = image_event("images", "alice/web", None, event).unwrap();
+        assert_eq!((saved.kind, saved.user.as_deref()), ("image", Some("alice")));
+        assert_eq!(saved.name.as_deref(), Some("alice/web"));
+        let build = image_event("system-image-builds", "base/tb2", None, event).unwrap();
+        assert_eq!((build.kind, build.user), ("system-image", None));
+        assert_eq!(build.name.as_deref(), Some("base"));
+        assert!(image_event("images", "no-owner", None, event).is_none());
     }
 }
