@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn image_changes_go_to_their_owner_and_system_images_to_everyone() {
         let saved = image_event("images", "alice/web", None, event).unwrap();
-        assert_eq!((saved.kind, saved.user.as_deref()), ("image", Some("alice")));
+        assert_eq!(
+            (saved.kind, saved.user.as_deref()),
+            ("image", Some("alice"))
+        );
         assert_eq!(saved.name.as_deref(), Some("alice/web"));
         let build = image_event("system-image-builds", "base/tb2", None, event).unwrap();
         assert_eq!((build.kind, build.user), ("system-image", None));
