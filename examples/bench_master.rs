@@ -35,7 +35,7 @@ use docklet::model::account::{self, Account, TokenKind, TokenRecord};
 use docklet::model::host::{Capacity, HostRecord};
 use docklet::model::placement::{self, HostLoad};
 use docklet::model::quota::{Group, NodeSize, Quota};
-use docklet::store::{EtcdStore, Store};
+use docklet::store::EtcdStore;
 
 const GIB: u64 = 1 << 30;
 

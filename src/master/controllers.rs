@@ -17,7 +17,7 @@ use super::Master;
 use super::actions::{ApiError, node_ids, random_id};
 use crate::model::drain::{self, DrainStep};
 use crate::model::vnode::{DesiredState, Handoff, VNodeSpec};
-use crate::store::{EtcdStore, Store, StoreError};
+use crate::store::{EtcdStore, StoreError};
 
 /// The leader's lease: a killed leader is replaced within this time.
 pub const LEADER_TTL_SECS: i64 = 10;

@@ -14,7 +14,6 @@ use super::waits::Follow;
 use super::{Master, now_secs};
 use crate::model::image::{self, ImageRecord, Pending};
 use crate::model::vcluster;
-use crate::store::Store;
 use crate::store::images::SaveRequest;
 
 /// `POST /images`: save node `node` of cluster `cluster` as image `name`.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::model::account::{Account, HashError};
 use crate::model::cluster::ClusterInfo;
 use crate::model::quota;
-use crate::store::{Store, StoreError};
+use crate::store::{EtcdStore, StoreError};
 
 /// The portal administrator `init` creates.
 pub const ADMIN_USER: &str = "root";
@@ -40,8 +40,8 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), InitError> 
 
 /// Initializes the cluster in `store`. The password file is written only once the store
 /// accepted the cluster, so a refused `init` leaves the previous password file alone.
-pub async fn init_cluster<S: Store>(
-    store: &S,
+pub async fn init_cluster(
+    store: &EtcdStore,
     cluster_name: &str,
     version: &str,
     force: bool,
@@ -68,18 +68,38 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use crate::config::Config;
     use crate::model::host::{Capacity, HostRecord};
-    use crate::store::MemoryStore;
+    use crate::store::memory_etcd::MemoryEtcd;
 
-    fn account(store: &MemoryStore) -> Account {
-        serde_json::from_str(&store.get_raw("/docklet/users/root").unwrap()).unwrap()
+    /// The in-process etcd, a store of cluster `docklet` on it, and a raw client for keys
+    /// outside what the store reads.
+    async fn site() -> (MemoryEtcd, EtcdStore, etcd_client::Client) {
+        let etcd = MemoryEtcd::start().await.unwrap();
+        let store = etcd.connect(&Config::default()).await.unwrap();
+        let raw = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        (etcd, store, raw)
+    }
+
+    async fn get_raw(raw: &mut etcd_client::Client, key: &str) -> Option<String> {
+        let answer = raw.get(key, None).await.unwrap();
+        answer
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().unwrap().to_owned())
+    }
+
+    async fn account(raw: &mut etcd_client::Client) -> Account {
+        serde_json::from_str(&get_raw(raw, "/docklet/users/root").await.unwrap()).unwrap()
     }
 
     #[tokio::test]
     async fn init_creates_admin_whose_password_is_in_a_private_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("local/generated_password.txt");
-        let store = MemoryStore::new("/docklet/");
+        let (_etcd, store, mut raw) = site().await;
         init_cluster(&store, "docklet", "0.1.0", false, &file, 100)
             .await
             .unwrap();
@@ -90,11 +110,15 @@ mod tests {
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let root = account(&store);
+        let root = account(&mut raw).await;
         assert_eq!(root.group, "root");
-        let group = store.get_raw("/docklet/groups/root").unwrap();
+        let group = get_raw(&mut raw, "/docklet/groups/root").await.unwrap();
         assert!(group.contains("\"admin\":true"), "{group}");
-        assert!(store.get_raw("/docklet/groups/foundation").is_some());
+        assert!(
+            get_raw(&mut raw, "/docklet/groups/foundation")
+                .await
+                .is_some()
+        );
         assert!(root.verify_password(password));
         let info = store.cluster_info().await.unwrap().unwrap();
         assert_eq!(info.created_at, 100);
@@ -104,12 +128,14 @@ mod tests {
     async fn second_init_is_refused_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("generated_password.txt");
-        let store = MemoryStore::new("/docklet/");
+        let (_etcd, store, mut raw) = site().await;
         init_cluster(&store, "docklet", "0.1.0", false, &file, 1)
             .await
             .unwrap();
         let first = std::fs::read_to_string(&file).unwrap();
-        store.put_raw("/docklet/vclusters/alice/1", "{}");
+        raw.put("/docklet/vclusters/alice/1", "{}", None)
+            .await
+            .unwrap();
         let err = init_cluster(&store, "docklet", "0.1.0", false, &file, 2)
             .await
             .unwrap_err();
@@ -119,22 +145,28 @@ mod tests {
         ));
         assert!(err.to_string().contains("--force"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
-        assert!(account(&store).verify_password(first.trim_end()));
-        assert!(store.get_raw("/docklet/vclusters/alice/1").is_some());
+        assert!(account(&mut raw).await.verify_password(first.trim_end()));
+        assert!(
+            get_raw(&mut raw, "/docklet/vclusters/alice/1")
+                .await
+                .is_some()
+        );
     }
 
     #[tokio::test]
     async fn forced_init_wipes_state_but_keeps_live_hosts() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("generated_password.txt");
-        let store = MemoryStore::new("/docklet/");
+        let (_etcd, store, mut raw) = site().await;
         init_cluster(&store, "docklet", "0.1.0", false, &file, 1)
             .await
             .unwrap();
         let first = std::fs::read_to_string(&file).unwrap();
-        store.put_raw("/docklet/vclusters/alice/1", "{}");
-        store.put_raw("/other/untouched", "x");
-        store.put_host(&HostRecord {
+        raw.put("/docklet/vclusters/alice/1", "{}", None)
+            .await
+            .unwrap();
+        raw.put("/other/untouched", "x", None).await.unwrap();
+        let host = HostRecord {
             name: "tb1".into(),
             addresses: vec![],
             capacity: Capacity {
@@ -146,15 +178,26 @@ mod tests {
             registered_at: 1,
             images: vec![],
             image_versions: Default::default(),
-        });
+        };
+        store
+            .register_host(&host, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
         init_cluster(&store, "docklet", "0.1.0", true, &file, 2)
             .await
             .unwrap();
         let second = std::fs::read_to_string(&file).unwrap();
         assert_ne!(first, second);
-        assert!(account(&store).verify_password(second.trim_end()));
-        assert!(store.get_raw("/docklet/vclusters/alice/1").is_none());
-        assert_eq!(store.get_raw("/other/untouched").as_deref(), Some("x"));
+        assert!(account(&mut raw).await.verify_password(second.trim_end()));
+        assert!(
+            get_raw(&mut raw, "/docklet/vclusters/alice/1")
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            get_raw(&mut raw, "/other/untouched").await.as_deref(),
+            Some("x")
+        );
         assert_eq!(store.list_hosts().await.unwrap().len(), 1);
         assert_eq!(store.cluster_info().await.unwrap().unwrap().created_at, 2);
     }

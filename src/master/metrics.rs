@@ -27,7 +27,7 @@ use crate::model::metrics::{
 };
 use crate::model::vcluster::{IdleStop, OperationKind};
 use crate::model::vnode::DesiredState;
-use crate::store::{EtcdStore, Store};
+use crate::store::EtcdStore;
 
 /// How long the ledger keeps days.
 const LEDGER_DAYS: u64 = 400;

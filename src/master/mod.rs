@@ -43,7 +43,7 @@ use crate::daemon::{self, Backoff, CredentialsError, Notifier, StatusLine};
 use crate::dbus_api::{BusError, InitResult};
 use crate::master::errors::ApiError;
 use crate::model::cluster::EtcdCredentials;
-use crate::store::{EtcdStore, Store, StoreError};
+use crate::store::{EtcdStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {

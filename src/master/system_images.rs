@@ -17,7 +17,6 @@ use crate::model::host::HostRecord;
 use crate::model::image::{ImageRef, ImageVersion, Pending};
 use crate::model::system_image::{self, BuildState, HostVersion, SystemImageUpdate};
 use crate::store::EtcdStore;
-use crate::store::Store;
 
 /// `POST /system-images/{name}`: make the next version from a saved image.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]

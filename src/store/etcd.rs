@@ -11,7 +11,7 @@ use etcd_client::{
 
 use tonic::Code;
 
-use super::{Keys, Store, StoreError, decode, encode};
+use super::{Keys, StoreError, decode, encode};
 use crate::config::Config;
 use crate::model::account::Account;
 use crate::model::cluster::{ClusterInfo, EtcdCredentials};
@@ -416,16 +416,23 @@ fn tls_options(config: &Config, identity: Option<Role>) -> Result<Option<TlsOpti
     Ok(Some(tls))
 }
 
-impl Store for EtcdStore {
-    async fn cluster_info(&self) -> Result<Option<ClusterInfo>, StoreError> {
+/// The records `init` writes and every daemon reads first.
+impl EtcdStore {
+    /// The cluster record, `None` before `init`.
+    pub async fn cluster_info(&self) -> Result<Option<ClusterInfo>, StoreError> {
         self.get_json(&self.keys.cluster()).await
     }
 
-    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+    /// Every host whose worker currently holds its lease, sorted by name.
+    pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.list_json(&self.keys.hosts()).await
     }
 
-    async fn initialize(
+    /// Writes the cluster record, the portal administrator and the default groups in one
+    /// transaction. Refuses with [`StoreError::AlreadyInitialized`] when the cluster record
+    /// exists, unless `force`, which first deletes every key of the cluster except the live
+    /// host registrations and the hosts' identities.
+    pub async fn initialize(
         &self,
         info: &ClusterInfo,
         admin: &Account,

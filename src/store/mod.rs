@@ -1,10 +1,11 @@
-//! The etcd schema behind a trait. `EtcdStore` talks to a real etcd; `MemoryStore` keeps the
-//! same keys in a map for unit tests of the logic above it.
+//! The etcd schema and every read and write of it: [`EtcdStore`]. Unit tests run it over an
+//! etcd inside the test process (`memory_etcd`), with etcd's own transaction, watch and
+//! lease semantics.
 //!
 //! Keys, all under `/<cluster_name>/`:
-//! - `cluster`: [`ClusterInfo`], written once by `init`;
-//! - `hosts/<name>`: [`HostRecord`], bound to the worker's lease;
-//! - `users/<name>`: [`Account`];
+//! - `cluster`: [`ClusterInfo`](crate::model::cluster::ClusterInfo), written once by `init`;
+//! - `hosts/<name>`: [`HostRecord`](crate::model::host::HostRecord), bound to the worker's lease;
+//! - `users/<name>`: [`Account`](crate::model::account::Account);
 //! - `vnodes/<host>/<id>`: [`VNodeSpec`](crate::model::vnode::VNodeSpec), the desired state
 //!   the master writes and the worker of `<host>` watches;
 //! - `vnode-hosts/<id>`: the host a vnode id lives on (keeps ids unique in the cluster);
@@ -31,13 +32,6 @@
 //! - `leader`: the name of the master that runs the controllers, bound to its lease: see
 //!   [`leader`].
 
-use std::future::Future;
-
-use crate::model::account::Account;
-use crate::model::cluster::ClusterInfo;
-use crate::model::host::HostRecord;
-use crate::model::quota::Group;
-
 pub mod accounts;
 pub mod auth;
 pub mod clusters;
@@ -45,7 +39,6 @@ pub mod etcd;
 pub mod identities;
 pub mod images;
 pub mod leader;
-pub mod memory;
 #[cfg(test)]
 pub mod memory_etcd;
 pub mod network;
@@ -55,7 +48,6 @@ pub mod system_images;
 pub mod vnodes;
 
 pub use etcd::EtcdStore;
-pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -258,27 +250,6 @@ impl Keys {
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)
     }
-}
-
-/// What the controllers need from the cluster state.
-pub trait Store: Send + Sync {
-    /// The cluster record, `None` before `init`.
-    fn cluster_info(&self) -> impl Future<Output = Result<Option<ClusterInfo>, StoreError>> + Send;
-
-    /// Every host whose worker currently holds its lease, sorted by name.
-    fn list_hosts(&self) -> impl Future<Output = Result<Vec<HostRecord>, StoreError>> + Send;
-
-    /// Writes the cluster record, the portal administrator and the default groups in one
-    /// transaction. Refuses with
-    /// [`StoreError::AlreadyInitialized`] when the cluster record exists, unless `force`, which
-    /// first deletes every key of the cluster except the live host registrations.
-    fn initialize(
-        &self,
-        info: &ClusterInfo,
-        admin: &Account,
-        groups: &[Group],
-        force: bool,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(

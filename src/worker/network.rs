@@ -774,7 +774,7 @@ mod tests {
         //! rtnetlink and nftables, over an etcd in this process.
 
         use super::*;
-        use crate::store::memory_etcd::MemoryEtcd;
+        use crate::store::memory_etcd::TestSite;
         use crate::store::network::AddressPlan;
         use crate::sys::firewall::RecordingFirewall;
         use crate::sys::netlink::RecordingNetlink;
@@ -800,13 +800,12 @@ mod tests {
 
         #[tokio::test]
         async fn a_users_network_is_made_wired_to_peers_and_taken_down() {
-            let etcd = MemoryEtcd::start().await.unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let config = Config {
-                fs_prefix: dir.path().to_owned(),
-                ..Config::default()
-            };
-            let store = etcd.connect(&config).await.unwrap();
+            let TestSite {
+                etcd: _etcd,
+                store,
+                config,
+                dir,
+            } = TestSite::new().await;
             let plan = AddressPlan {
                 cluster_net: config.cluster_net,
                 vni_base: config.vni_base,

@@ -7,7 +7,6 @@ use tracing::info;
 
 use crate::master::Master;
 use crate::model::quota::Usage;
-use crate::store::Store;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostView {

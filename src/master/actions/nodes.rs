@@ -13,7 +13,7 @@ use crate::model::quota::{NodeSize, Usage};
 use crate::model::vcluster::{self, OperationKind};
 use crate::model::vnode::{DesiredState, VNodeSpec};
 use crate::store::clusters::PlacementSnapshot;
-use crate::store::{EtcdStore, Store, StoreError};
+use crate::store::{EtcdStore, StoreError};
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::config::Config;
 use crate::daemon::Notifier;
 use crate::master::ports::MapPortRequest;
 use crate::master::{Master, now_secs};
 use crate::model::account::AccountStatus;
 use crate::model::host::{Capacity, HostRecord};
 use crate::model::vcluster::CreateClusterRequest;
-use crate::store::memory_etcd::MemoryEtcd;
+use crate::store::memory_etcd::{MemoryEtcd, TestSite};
 use crate::sys::pam::FakePam;
 
 const GIB: u64 = 1 << 30;
@@ -29,13 +28,12 @@ struct Site {
 }
 
 async fn site(memory_gib: u64) -> Site {
-    let etcd = MemoryEtcd::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        fs_prefix: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let store = etcd.connect(&config).await.unwrap();
+    let TestSite {
+        etcd,
+        store,
+        config,
+        dir,
+    } = TestSite::new().await;
     crate::master::init::init_cluster(
         &store,
         "docklet",

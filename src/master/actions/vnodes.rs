@@ -9,7 +9,6 @@ use super::{ApiError, Caller};
 use crate::master::Master;
 use crate::model::host::HostRecord;
 use crate::model::vnode::{self, DesiredState, VNodeSpec, VNodeStatus};
-use crate::store::Store;
 
 /// One vnode as `ListVNodes` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

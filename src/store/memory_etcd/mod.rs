@@ -105,6 +105,33 @@ impl MemoryEtcd {
     }
 }
 
+/// A site for tests: the in-process etcd, a store of cluster `docklet` on it, and the
+/// configuration, whose files (`fs_prefix`) are in a temporary directory.
+pub struct TestSite {
+    pub etcd: MemoryEtcd,
+    pub store: EtcdStore,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestSite {
+    pub async fn new() -> TestSite {
+        let etcd = MemoryEtcd::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            fs_prefix: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let store = etcd.connect(&config).await.unwrap();
+        TestSite {
+            etcd,
+            store,
+            config,
+            dir,
+        }
+    }
+}
+
 struct Shared {
     engine: Mutex<Engine>,
     /// Every committed write's events, in revision order.

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::model::host::Capacity;
 use crate::model::vnode::{self, DesiredState, Handoff, Phase, VNodeSpec, VNodeStatus};
 use crate::store::EtcdStore;
-use crate::store::memory_etcd::MemoryEtcd;
+use crate::store::memory_etcd::{MemoryEtcd, TestSite};
 use crate::store::network::AddressPlan;
 use crate::sys::host::FakeHost;
 use crate::sys::mounts::RecordingMounts;
@@ -145,15 +145,9 @@ fn install_base_image(config: &Config) {
 
 /// The in-process etcd, and the directory of the site's files.
 async fn site() -> (MemoryEtcd, EtcdStore, tempfile::TempDir) {
-    let etcd = MemoryEtcd::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        fs_prefix: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let store = etcd.connect(&config).await.unwrap();
-    std::fs::create_dir_all(dir.path().join("global")).unwrap();
-    (etcd, store, dir)
+    let site = TestSite::new().await;
+    std::fs::create_dir_all(site.dir.path().join("global")).unwrap();
+    (site.etcd, site.store, site.dir)
 }
 
 /// What the master writes for a new node of alice's cluster `c1` on `host`.
