@@ -193,8 +193,9 @@ fn image_event(
             Some(name.into()),
         ));
     }
+    // Everyone gets these: the name is enough to refresh what they see of it.
     let image = name.split('/').next()?;
-    Some(event("system-image", None, None, data, Some(image.into())))
+    Some(event("system-image", None, None, None, Some(image.into())))
 }
 
 #[cfg(test)]
@@ -227,8 +228,13 @@ mod tests {
             ("image", Some("alice"))
         );
         assert_eq!(saved.name.as_deref(), Some("alice/web"));
-        let build = image_event("system-image-builds", "base/tb2", None, event).unwrap();
+        let record = Some(serde_json::json!({"host": "tb2"}));
+        let build = image_event("system-image-builds", "base/tb2", record, event).unwrap();
         assert_eq!((build.kind, build.user), ("system-image", None));
+        assert!(
+            build.data.is_none(),
+            "no host's build record goes to every user"
+        );
         assert_eq!(build.name.as_deref(), Some("base"));
         assert!(image_event("images", "no-owner", None, event).is_none());
     }
