@@ -334,4 +334,28 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_link_in_the_target_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, staging, outside) = (
+            dir.path().join("upper"),
+            dir.path().join("staging"),
+            dir.path().join("outside"),
+        );
+        fs::create_dir_all(upper.join("etc")).unwrap();
+        fs::write(upper.join("etc/planted"), "tenant's").unwrap();
+        fs::create_dir_all(&staging).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // A layer below pointed `etc` somewhere else on the host.
+        std::os::unix::fs::symlink(&outside, staging.join("etc")).unwrap();
+        copy_over(&upper, &staging, all_xattrs).unwrap();
+        assert!(fs::symlink_metadata(staging.join("etc")).unwrap().is_dir());
+        assert!(staging.join("etc/planted").exists());
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written through the link"
+        );
+    }
 }
