@@ -2,6 +2,7 @@
 //! where most unit tests live.
 
 pub mod account;
+pub mod admission;
 pub mod cluster;
 pub mod drain;
 pub mod egress;

@@ -1,12 +1,12 @@
 //! Vclusters on etcd. A create or scale-out writes, in one transaction, the cluster record,
 //! every new vnode's spec, id index and address claim, the user's usage and the chosen
-//! hosts' allocations, guarded by the revisions they were computed from: two requests never
-//! both pass a quota or a host's capacity, and a crash leaves either all of it or none.
+//! hosts' allocations, as [`admission::plan`] decided them from a snapshot, guarded by the
+//! revisions of that snapshot: two requests never both pass a quota or a host's capacity,
+//! and a crash leaves either all of it or none.
 //! Usage and allocations are released in the transaction that forgets a deleted vnode
 //! (`remove_vnode`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
 
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
@@ -14,19 +14,17 @@ use etcd_client::{
 
 use super::etcd::classify;
 use super::network::AddressPlan;
-use super::{EtcdStore, StoreError, encode};
+use super::{EtcdStore, StoreError, decode, encode};
+use crate::model::admission::{self, Plan, Refusal, Snapshot};
 use crate::model::host::HostRecord;
-use crate::model::network;
-use crate::model::quota::{self, Quota, Usage};
+use crate::model::placement::{HostLoad, Overcommit};
+use crate::model::quota::Usage;
 use crate::model::vcluster::{Operation, VCluster};
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
 
 /// How often contention (other creates changing usage, allocations or addresses) is
 /// retried before giving up.
 const ATTEMPTS: usize = 64;
-
-/// Checks hosts' allocations (host → allocation after the change) against their capacity.
-pub type HostCheck<'a> = dyn Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + Sync + 'a;
 
 /// See [`EtcdStore::placement_snapshot`].
 #[derive(Debug, Default)]
@@ -36,33 +34,37 @@ pub struct PlacementSnapshot {
     pub allocations: BTreeMap<String, Usage>,
 }
 
-/// What one create or scale-out writes.
+/// What one create or scale-out writes: the new vnodes as [`admission::Request`] asks for
+/// them, with what is written beside them and the guards they need.
 pub struct NodeWrite<'a> {
-    pub user: &'a str,
-    /// The group's quota; `None` for the administrator's single-vnode primitive.
-    pub quota: Option<&'a Quota>,
+    pub request: admission::Request<'a>,
     /// The cluster record to write, and the revision it must still have (`None`: it must
     /// not exist yet).
     pub cluster: Option<(&'a VCluster, Option<i64>)>,
-    /// `(host, spec)` of each new vnode; addresses are assigned here.
-    pub nodes: Vec<(String, VNodeSpec)>,
     pub operation: Option<&'a Operation>,
     /// `idempotency/<user>/<key>` → operation id, written with the operation.
     pub idempotency_key: Option<&'a str>,
-    /// Checks the hosts' allocations after adding the new vnodes (capacity × overcommit).
-    pub check_hosts: &'a HostCheck<'a>,
     /// A user image the vnodes start from: `images/<owner>/<name>` must still have the
     /// revision it was checked at (not being deleted meanwhile).
     pub image: Option<(String, i64)>,
 }
 
-pub fn spec_usage(spec: &VNodeSpec) -> Usage {
-    Usage {
-        cpu_millis: spec.cpu_millis.into(),
-        memory_bytes: spec.memory_bytes,
-        disk_bytes: spec.disk_bytes,
-        vnodes: 1,
-        ..Usage::default()
+/// An admission snapshot as read, with the revision of each key the plan depends on.
+struct Revisions {
+    usage: i64,
+    net: i64,
+    /// Host → revision of its allocation (0: none yet).
+    allocations: BTreeMap<String, i64>,
+}
+
+impl From<Refusal> for StoreError {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::Quota(_) => StoreError::QuotaExceeded(message),
+            Refusal::NoRoom(_) | Refusal::HostFull(_) => StoreError::NoCapacity(message),
+            Refusal::Addresses(_) => StoreError::Exhausted(message),
+        }
     }
 }
 
@@ -77,89 +79,44 @@ impl EtcdStore {
         plan: &AddressPlan,
     ) -> Result<VNodeSpec, StoreError> {
         let write = NodeWrite {
-            user: &spec.user,
-            quota: None,
+            request: admission::Request {
+                user: &spec.user,
+                quota: None,
+                specs: vec![spec.clone()],
+                hosts: admission::Hosts::On(host.to_owned()),
+            },
             cluster: None,
-            nodes: vec![(host.to_owned(), spec.clone())],
             operation: None,
             idempotency_key: None,
-            check_hosts: &|_| Ok(()),
             image: None,
         };
         let mut created = self.write_nodes(&write, plan).await?;
-        Ok(created.remove(0))
+        Ok(created.remove(0).1)
     }
 
-    /// Writes new vnodes (and their cluster record) as described; returns the specs with
-    /// their addresses.
+    /// Writes new vnodes (and their cluster record) as described: admitted, placed and
+    /// addressed by [`admission::plan`] over a snapshot read at one revision, written in one
+    /// transaction guarded by it. Returns each vnode's host and spec (with its address).
     pub async fn write_nodes(
         &self,
         write: &NodeWrite<'_>,
         plan: &AddressPlan,
-    ) -> Result<Vec<VNodeSpec>, StoreError> {
-        let user = write.user;
+    ) -> Result<Vec<(String, VNodeSpec)>, StoreError> {
+        let user = write.request.user;
         let vnode_quota = self.vnode_quota(user).await?;
         let lease = match write.operation {
             Some(_) => Some(self.operation_lease().await?),
             None => None,
         };
-        'attempt: for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS {
             self.refuse_hard_conflicts(write).await?;
-            // The quota first: a request over it is refused as such, before any address.
-            let usage_key = self.keys.usage(user);
-            let (usage, usage_revision) = self
-                .get_json_rev::<Usage>(&usage_key)
-                .await?
-                .unwrap_or_default();
-            let new_usage = usage_after(write, &usage)?;
-
-            let (net, net_revision) = self.user_net_for(user, vnode_quota, plan).await?;
-            let mut used: HashSet<Ipv4Addr> = self
-                .keys_under(&self.keys.network_addrs(user))
-                .await?
-                .iter()
-                .filter_map(|k| k.parse().ok())
-                .collect();
-            let mut specs = Vec::with_capacity(write.nodes.len());
-            for (host, spec) in &write.nodes {
-                let picked = network::free_address(user, &net, vnode_quota, &used, |n| {
-                    rand::random_range(0..n)
-                });
-                let address = match picked {
-                    Ok(address) => address,
-                    Err(e) => {
-                        // Creates that committed after our usage read hold addresses we now
-                        // see: the next round reads their usage and answers with the quota.
-                        let now = self.get_json_rev::<Usage>(&usage_key).await?;
-                        if now.map_or(0, |(_, revision)| revision) != usage_revision {
-                            continue 'attempt;
-                        }
-                        return Err(e.into());
-                    }
-                };
-                used.insert(address);
-                let mut spec = spec.clone();
-                spec.address = Some(address);
-                specs.push((host.clone(), spec));
-            }
-
-            let allocations = self.allocations_with(&specs).await?;
-            let after: BTreeMap<String, Usage> = allocations
-                .iter()
-                .map(|(h, (u, _))| (h.clone(), *u))
-                .collect();
-            (write.check_hosts)(&after)?;
-
-            let txn = self.node_write_txn(
-                write,
-                &specs,
-                &allocations,
-                (usage_key, usage_revision, &new_usage),
-                net_revision,
-                lease,
-            );
+            // Grown (a write of its own) before the snapshot, which then reads it as is.
+            self.user_net_for(user, vnode_quota, plan).await?;
+            let (snapshot, revisions) = self.admission_snapshot(user, vnode_quota).await?;
+            let planned = admission::plan(&write.request, &snapshot, |n| rand::random_range(0..n))?;
+            let txn = self.node_write_txn(write, &planned, &revisions, lease);
             if self.txn_ok(txn).await? {
-                return Ok(specs.into_iter().map(|(_, s)| s).collect());
+                return Ok(planned.nodes);
             }
         }
         Err(StoreError::Unavailable(
@@ -167,56 +124,109 @@ impl EtcdStore {
         ))
     }
 
-    /// The allocations of the hosts `specs` go to, with them added, and the revisions read.
-    async fn allocations_with(
+    /// What [`admission::plan`] needs, read in one round trip at one revision: the user's
+    /// usage, network and assigned addresses, and every host's allocation.
+    async fn admission_snapshot(
         &self,
-        specs: &[(String, VNodeSpec)],
-    ) -> Result<BTreeMap<String, (Usage, i64)>, StoreError> {
-        let mut allocations: BTreeMap<String, (Usage, i64)> = BTreeMap::new();
-        for (host, spec) in specs {
-            if !allocations.contains_key(host) {
-                let current = self
-                    .get_json_rev::<Usage>(&self.keys.allocation(host))
-                    .await?
-                    .unwrap_or_default();
-                allocations.insert(host.clone(), current);
-            }
-            let entry = allocations.get_mut(host).expect("inserted above");
-            entry.0 = entry.0.plus(&spec_usage(spec));
+        user: &str,
+        vnode_quota: u32,
+    ) -> Result<(Snapshot, Revisions), StoreError> {
+        let (usage_key, net_key) = (self.keys.usage(user), self.keys.network_user(user));
+        let (addresses, allocations) = (self.keys.network_addrs(user), self.keys.allocations());
+        let txn = Txn::new().and_then([
+            TxnOp::get(usage_key.clone(), None),
+            TxnOp::get(net_key.clone(), None),
+            TxnOp::get(
+                addresses.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(allocations.clone(), Some(GetOptions::new().with_prefix())),
+        ]);
+        let response = self.client.kv_client().txn(txn).await.map_err(classify)?;
+        let mut ranges = response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().to_vec(),
+            _ => Vec::new(),
+        });
+        let mut next = || ranges.next().unwrap_or_default();
+        let (usage, usage_revision) = match next().first() {
+            Some(kv) => (decode(&usage_key, kv.value())?, kv.mod_revision()),
+            None => (Usage::default(), 0),
+        };
+        let Some((net, net_revision)) = next()
+            .first()
+            .map(|kv| Ok::<_, StoreError>((decode(&net_key, kv.value())?, kv.mod_revision())))
+            .transpose()?
+        else {
+            return Err(StoreError::Conflict(format!(
+                "the network of {user} was removed meanwhile: try again"
+            )));
+        };
+        let taken = next()
+            .iter()
+            .filter_map(|kv| {
+                String::from_utf8_lossy(&kv.key()[addresses.len()..])
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let mut snapshot = Snapshot {
+            usage,
+            net,
+            vnode_quota,
+            taken,
+            allocations: BTreeMap::new(),
+        };
+        let mut revisions = Revisions {
+            usage: usage_revision,
+            net: net_revision,
+            allocations: BTreeMap::new(),
+        };
+        for kv in next() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let host = key[allocations.len()..].to_owned();
+            snapshot
+                .allocations
+                .insert(host.clone(), decode(&key, kv.value())?);
+            revisions.allocations.insert(host, kv.mod_revision());
         }
-        Ok(allocations)
+        Ok((snapshot, revisions))
     }
 
-    /// The transaction of [`write_nodes`](Self::write_nodes): everything it writes, guarded
-    /// by the revisions it read (usage, network, allocations, cluster record, image) and by
-    /// ids, addresses and the idempotency key being free.
+    /// The transaction of [`write_nodes`](Self::write_nodes): the plan and what goes with it,
+    /// guarded by the revisions the plan was made from (usage, network, the allocations of
+    /// the hosts it fills, cluster record, image) and by ids, addresses and the idempotency
+    /// key being free.
     fn node_write_txn(
         &self,
         write: &NodeWrite<'_>,
-        specs: &[(String, VNodeSpec)],
-        allocations: &BTreeMap<String, (Usage, i64)>,
-        (usage_key, usage_revision, new_usage): (String, i64, &Usage),
-        net_revision: i64,
+        planned: &Plan,
+        revisions: &Revisions,
         lease: Option<i64>,
     ) -> Txn {
-        let user = write.user;
+        let user = write.request.user;
+        let usage_key = self.keys.usage(user);
         let mut when = vec![
-            Compare::mod_revision(self.keys.network_user(user), CompareOp::Equal, net_revision),
-            Compare::mod_revision(usage_key.clone(), CompareOp::Equal, usage_revision),
+            Compare::mod_revision(
+                self.keys.network_user(user),
+                CompareOp::Equal,
+                revisions.net,
+            ),
+            Compare::mod_revision(usage_key.clone(), CompareOp::Equal, revisions.usage),
         ];
-        let mut then = vec![TxnOp::put(usage_key, encode(new_usage), None)];
-        for (host, (allocated, revision)) in allocations {
+        let mut then = vec![TxnOp::put(usage_key, encode(&planned.usage), None)];
+        for (host, allocated) in &planned.allocations {
             let key = self.keys.allocation(host);
+            let revision = revisions.allocations.get(host).copied().unwrap_or(0);
             when.push(Compare::mod_revision(
                 key.clone(),
                 CompareOp::Equal,
-                *revision,
+                revision,
             ));
             then.push(TxnOp::put(key, encode(allocated), None));
         }
-        for (host, spec) in specs {
+        for (host, spec) in &planned.nodes {
             let index = self.keys.vnode_host(&spec.id);
-            let claim = self.address_key(user, spec.address.expect("assigned above"));
+            let claim = self.address_key(user, spec.address.expect("planned with one"));
             when.push(Compare::create_revision(index.clone(), CompareOp::Equal, 0));
             when.push(Compare::create_revision(claim.clone(), CompareOp::Equal, 0));
             then.push(TxnOp::put(index, host.as_str(), None));
@@ -261,8 +271,9 @@ impl EtcdStore {
     /// Conflicts no retry can resolve: the cluster record changed or exists, a vnode id or
     /// the idempotency key is taken.
     async fn refuse_hard_conflicts(&self, write: &NodeWrite<'_>) -> Result<(), StoreError> {
+        let user = write.request.user;
         if let Some((cluster, revision)) = write.cluster {
-            let key = self.keys.cluster_record(write.user, &cluster.name);
+            let key = self.keys.cluster_record(user, &cluster.name);
             let current = self.get_json_rev::<VCluster>(&key).await?;
             match (revision, current) {
                 (None, Some(_)) => {
@@ -286,7 +297,7 @@ impl EtcdStore {
                 _ => {}
             }
         }
-        for (_, spec) in &write.nodes {
+        for spec in &write.request.specs {
             if self.vnode_host(&spec.id).await?.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "a vnode with id {} already exists (a cluster of that name may still be \
@@ -296,7 +307,7 @@ impl EtcdStore {
             }
         }
         if let Some(key) = write.idempotency_key
-            && let Some(id) = self.idempotent_operation(write.user, key).await?
+            && let Some(id) = self.idempotent_operation(user, key).await?
         {
             return Err(StoreError::IdempotencyKeyUsed { operation: id });
         }
@@ -427,13 +438,14 @@ impl EtcdStore {
     /// Moves a vnode's spec to another host, keeping its id, index and address: the way
     /// back for a node whose host was lost, and the last step of a drain's move. Spec, id
     /// index, status and both hosts' allocations change in one transaction; `arrive` says
-    /// what the spec becomes (and may refuse). A lost host's worker, if it ever returns,
-    /// finds no spec for its copy and parks it (stopped, files kept).
+    /// what the spec becomes (and may refuse). `room` is the target's capacity and the
+    /// overcommit its allocation must stay within (`None`: unchecked). A lost host's worker,
+    /// if it ever returns, finds no spec for its copy and parks it (stopped, files kept).
     pub async fn move_vnode(
         &self,
         id: &str,
         to: &str,
-        check_hosts: &HostCheck<'_>,
+        room: Option<(&HostLoad, Overcommit)>,
         arrive: impl Fn(&mut VNodeSpec) -> Result<(), StoreError>,
     ) -> Result<VNodeSpec, StoreError> {
         for _ in 0..ATTEMPTS {
@@ -447,7 +459,7 @@ impl EtcdStore {
             if spec.state == DesiredState::Deleted {
                 return Err(StoreError::Conflict(format!("vnode {id} is being deleted")));
             }
-            let held = spec_usage(&spec);
+            let held = admission::spec_usage(&spec);
             let (from_alloc, from_revision) = self
                 .get_json_rev::<Usage>(&self.keys.allocation(&from))
                 .await?
@@ -457,7 +469,9 @@ impl EtcdStore {
                 .await?
                 .unwrap_or_default();
             let to_alloc = to_alloc.plus(&held);
-            check_hosts(&BTreeMap::from([(to.to_owned(), to_alloc)]))?;
+            if let Some((target, overcommit)) = room {
+                admission::room_for(target, to_alloc, overcommit)?;
+            }
             arrive(&mut spec)?;
             let old_key = self.keys.vnode(&from, id);
             let txn = Txn::new()
@@ -587,20 +601,5 @@ impl EtcdStore {
             );
         }
         Ok(out)
-    }
-}
-
-/// The user's usage with the nodes of `write` added: admitted against the quota when the
-/// write carries one.
-fn usage_after(write: &NodeWrite<'_>, usage: &Usage) -> Result<Usage, StoreError> {
-    let added = write
-        .nodes
-        .iter()
-        .fold(Usage::default(), |sum, (_, s)| sum.plus(&spec_usage(s)));
-    match write.quota {
-        Some(limit) => {
-            quota::admit(limit, usage, &added).map_err(|e| StoreError::QuotaExceeded(e.to_string()))
-        }
-        None => Ok(usage.plus(&added)),
     }
 }

@@ -257,7 +257,7 @@ impl EtcdStore {
     /// releases anything, so a repeated call releases nothing twice.
     pub async fn remove_vnode(&self, host: &str, spec: &VNodeSpec) -> Result<(), StoreError> {
         let id = spec.id.as_str();
-        let held = super::clusters::spec_usage(spec);
+        let held = crate::model::admission::spec_usage(spec);
         let spec_key = self.keys.vnode(host, id);
         for _ in 0..64 {
             let usage_key = self.keys.usage(&spec.user);

@@ -11,10 +11,11 @@ use tracing::info;
 
 use crate::master::waits::Follow;
 use crate::master::{Master, now_secs};
+use crate::model::admission;
 use crate::model::host::HostRecord;
 use crate::model::image::ImageRef;
-use crate::model::placement::{self, HostLoad};
-use crate::model::quota::{self, NodeSize, Quota, Usage};
+use crate::model::placement::HostLoad;
+use crate::model::quota::{NodeSize, Quota, Usage};
 use crate::model::vcluster::{
     self, ClusterState, CreateClusterRequest, NodeSeen, NodeState, Operation, OperationKind,
     Progress, VCluster,
@@ -167,10 +168,10 @@ impl Master {
         }
     }
 
-    /// Places `sizes` new nodes of `cluster` (whose new record already lists their indices,
-    /// the last `sizes.len()` of `nodes`) and writes everything in one transaction.
-    /// `existing` counts the cluster's nodes per host, for spreading. Returns the host of
-    /// each new node.
+    /// Writes `sizes` new nodes of `cluster` (whose new record already lists their indices,
+    /// the last `sizes.len()` of `nodes`) in one transaction, placed among the hosts with
+    /// the cluster's image. `existing` counts the cluster's nodes per host, for spreading.
+    /// Returns the host of each new node.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn place_and_write(
         &self,
@@ -183,57 +184,39 @@ impl Master {
         operation: &Operation,
         idempotency_key: Option<&str>,
     ) -> Result<Vec<String>, ApiError> {
-        // The quota first: its message is the more useful one when both would fail.
-        let wanted = sizes
-            .iter()
-            .fold(Usage::default(), |sum, s| sum.plus(&Usage::of_node(s)));
-        quota::admit(quota, &store.usage(&cluster.user).await?, &wanted)
-            .map_err(|e| ApiError::QuotaExceeded(e.to_string()))?;
         let (system_image, image_guard) = self
             .image_to_start(store, &cluster.image, &cluster.user, revision.is_none())
             .await?;
-        let mut last_error = None;
-        for _ in 0..3 {
-            let PlacementSnapshot {
-                hosts,
-                drained,
-                allocations,
-            } = self.placement.snapshot(store).await?;
-            let image_hosts = hosts_with_image(&hosts, &system_image)?;
-            let loads: Vec<HostLoad> = image_hosts
-                .iter()
-                .map(|h| host_load(h, &allocations, &drained, existing))
-                .collect();
-            let chosen = placement::place(&loads, sizes, self.config.overcommit)
-                .map_err(|e| ApiError::NoCapacity(e.to_string()))?;
-            let first_new = cluster.nodes.len() - sizes.len();
-            let nodes: Vec<(String, VNodeSpec)> = chosen
-                .iter()
-                .zip(sizes)
-                .zip(&cluster.nodes[first_new..])
-                .map(|((host, size), index)| {
-                    (loads[*host].name.clone(), node_spec(cluster, *index, size))
-                })
-                .collect();
-            let check = still_fits(&loads, self.config.overcommit);
-            let write = NodeWrite {
+        // Capacities, drains and images from the followed copy; allocations are read again
+        // in the write's own snapshot.
+        let PlacementSnapshot { hosts, drained, .. } = self.placement.snapshot(store).await?;
+        let image_hosts = hosts_with_image(&hosts, &system_image)?;
+        let no_allocations = BTreeMap::new();
+        let first_new = cluster.nodes.len() - sizes.len();
+        let write = NodeWrite {
+            request: admission::Request {
                 user: &cluster.user,
                 quota: Some(quota),
-                cluster: Some((cluster, revision)),
-                nodes,
-                operation: Some(operation),
-                idempotency_key,
-                check_hosts: &check,
-                image: image_guard.clone(),
-            };
-            let placed = write.nodes.iter().map(|(host, _)| host.clone()).collect();
-            match store.write_nodes(&write, &self.address_plan()).await {
-                Ok(_) => return Ok(placed),
-                Err(StoreError::NoCapacity(m)) => last_error = Some(m),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::NoCapacity(last_error.unwrap_or_default()))
+                specs: sizes
+                    .iter()
+                    .zip(&cluster.nodes[first_new..])
+                    .map(|(size, index)| node_spec(cluster, *index, size))
+                    .collect(),
+                hosts: admission::Hosts::Placed {
+                    hosts: image_hosts
+                        .iter()
+                        .map(|h| host_load(h, &no_allocations, &drained, existing))
+                        .collect(),
+                    overcommit: self.config.overcommit,
+                },
+            },
+            cluster: Some((cluster, revision)),
+            operation: Some(operation),
+            idempotency_key,
+            image: image_guard,
+        };
+        let written = store.write_nodes(&write, &self.address_plan()).await?;
+        Ok(written.into_iter().map(|(host, _)| host).collect())
     }
 
     /// The system image under the vnodes of a cluster that starts from `image`, and for a
@@ -725,31 +708,6 @@ fn hosts_with_image<'a>(
         "image",
         format!("no host has image {image}; images: {}", known.join(", ")),
     ))
-}
-
-/// The check a node write runs on the allocations it is about to write: each host placed on
-/// must still have room for them (another master may have placed there meanwhile).
-fn still_fits(
-    loads: &[HostLoad],
-    overcommit: placement::Overcommit,
-) -> impl Fn(&BTreeMap<String, Usage>) -> Result<(), StoreError> + use<> {
-    let capacity: HashMap<String, HostLoad> =
-        loads.iter().map(|l| (l.name.clone(), l.clone())).collect();
-    move |after| {
-        for (host, allocated) in after {
-            if let Some(load) = capacity.get(host) {
-                let mut load = load.clone();
-                load.allocated = *allocated;
-                load.draining = false;
-                if !placement::within(&load, overcommit) {
-                    return Err(StoreError::NoCapacity(format!(
-                        "host {host} filled up meanwhile"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An `Idempotency-Key` is 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'.

@@ -2,14 +2,14 @@
 //! and recreating it elsewhere when its host is lost.
 
 use super::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::master::Master;
 use crate::master::agent_client::NodeEndpoint;
 use crate::model::placement::{self, HostLoad};
-use crate::model::quota::{NodeSize, Usage};
+use crate::model::quota::NodeSize;
 use crate::model::vcluster::{self, OperationKind};
 use crate::model::vnode::{DesiredState, VNodeSpec};
 use crate::store::clusters::PlacementSnapshot;
@@ -91,20 +91,8 @@ impl Master {
     ) -> Result<String, ApiError> {
         let target = self.choose_host(store, siblings, spec).await?;
         let to = target.name.clone();
-        let overcommit = self.config.overcommit;
-        let check = move |after: &BTreeMap<String, Usage>| -> Result<(), StoreError> {
-            let mut load = target.clone();
-            load.allocated = after.get(&target.name).copied().unwrap_or_default();
-            if placement::within(&load, overcommit) {
-                Ok(())
-            } else {
-                Err(StoreError::NoCapacity(format!(
-                    "host {} filled up meanwhile: try again",
-                    target.name
-                )))
-            }
-        };
-        store.move_vnode(&spec.id, &to, &check, arrive).await?;
+        let room = Some((&target, self.config.overcommit));
+        store.move_vnode(&spec.id, &to, room, arrive).await?;
         Ok(to)
     }
 

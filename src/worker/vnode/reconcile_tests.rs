@@ -390,7 +390,7 @@ async fn a_move_hands_the_disk_over_and_the_new_host_boots_it() {
 
     // ...the spec moves, and the new host takes the files before its first start.
     store
-        .move_vnode("alice-c1-0", "h2", &|_| Ok(()), |spec| {
+        .move_vnode("alice-c1-0", "h2", None, |spec| {
             spec.state = DesiredState::Running;
             Ok(())
         })
