@@ -5,9 +5,9 @@ use std::sync::Arc;
 use zbus::message::Header;
 
 use super::Master;
+use super::actions::images::{ImagePatch, SaveImageRequest};
+use super::actions::system_images::SystemImageUpdateRequest;
 use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
-use super::images::{ImagePatch, SaveImageRequest};
-use super::system_images::SystemImageUpdateRequest;
 use crate::dbus_api::{self, BusError, HostRow, InitResult};
 use crate::model::account::AuthMethod;
 use crate::model::quota::Group;

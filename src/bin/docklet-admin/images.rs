@@ -1,8 +1,8 @@
 //! Users' images and the system images.
 
 use anyhow::Result;
-use docklet::master::images::ImageView;
-use docklet::master::system_images::SystemImageView;
+use docklet::master::actions::images::ImageView;
+use docklet::master::actions::system_images::SystemImageView;
 
 use crate::bus::*;
 use crate::cli::*;

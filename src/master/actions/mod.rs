@@ -3,8 +3,9 @@
 //! their own errors. Every action takes the authenticated [`Caller`] and authorizes it here,
 //! never only in a front-end.
 //!
-//! One file per resource: [`auth`], [`clusters`], [`nodes`], [`users`], [`hosts`]; the error,
-//! the caller and what they share are here.
+//! One file per resource: [`auth`], [`clusters`], [`nodes`], [`vnodes`], [`users`] (and
+//! groups), [`hosts`], [`images`], [`ports`], [`system_images`]; the error, the caller and
+//! what they share are here.
 
 use crate::master::Master;
 use crate::model::account::{Account, AccountStatus, AuthMethod, TokenKind};
@@ -13,9 +14,12 @@ use crate::store::network::AddressPlan;
 mod auth;
 mod clusters;
 mod hosts;
+pub mod images;
 mod nodes;
 #[cfg(test)]
 mod over_etcd;
+pub mod ports;
+pub mod system_images;
 mod users;
 mod vnodes;
 

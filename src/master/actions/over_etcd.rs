@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::daemon::Notifier;
-use crate::master::ports::MapPortRequest;
+use crate::master::actions::ports::MapPortRequest;
 use crate::master::{Master, now_secs};
 use crate::model::account::AccountStatus;
 use crate::model::host::{Capacity, HostRecord};

@@ -17,17 +17,17 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::actions::images::{ImagePatch, ImageView, SaveImageRequest};
+use super::actions::ports::{MapPortRequest, PortView};
+use super::actions::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::actions::{
     ApiError, ClusterView, ExecRequest, ExecResult, GroupPatch, HostView, LoginResult, Me,
     NewToken, NewUser, OperationView, UserPatch,
 };
 use super::extract::{Auth, Body, Params};
-use super::images::{ImagePatch, ImageView, SaveImageRequest};
 use super::metrics::{ClusterMetrics, HostMetrics};
 use super::portal::Peer;
-use super::ports::{MapPortRequest, PortView};
 use super::serve::Reached;
-use super::system_images::{SystemImageUpdateRequest, SystemImageView};
 use super::terminal::TerminalQuery;
 use super::{Master, session};
 use crate::model::account::TokenRecord;

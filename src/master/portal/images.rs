@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{CsrfOnly, DoneQuery, Session, notice, render, render_error, see_other, status_of};
 use crate::master::Master;
+use crate::master::actions::images::{ImagePatch, ImageView, SaveImageRequest};
+use crate::master::actions::system_images::{SystemImageUpdateRequest, SystemImageView};
 use crate::master::errors::ApiError;
-use crate::master::images::{ImagePatch, ImageView, SaveImageRequest};
-use crate::master::system_images::{SystemImageUpdateRequest, SystemImageView};
 use crate::model::image::Pending;
 
 type Shared = State<Arc<Master>>;

@@ -15,8 +15,8 @@ use super::{
     status_of,
 };
 use crate::master::Master;
+use crate::master::actions::ports::MapPortRequest;
 use crate::master::actions::{ApiError, Caller, ClusterView};
-use crate::master::ports::MapPortRequest;
 use crate::master::session;
 use crate::model::vcluster::{CreateClusterRequest, NodeState};
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::actions::{ApiError, Caller};
 use super::images::invalid;
-use super::waits::Follow;
-use super::{Master, now_secs};
+use super::{ApiError, Caller};
+use crate::master::waits::Follow;
+use crate::master::{Master, now_secs};
 use crate::model::host::HostRecord;
 use crate::model::image::{ImageRef, ImageVersion, Pending};
 use crate::model::system_image::{self, BuildState, HostVersion, SystemImageUpdate};

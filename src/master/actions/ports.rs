@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::actions::{ApiError, Caller};
-use super::{Master, now_secs};
+use super::{ApiError, Caller};
+use crate::master::{Master, now_secs};
 use crate::model::ports::{self, PortMapping};
 use crate::model::vnode::Phase;
 use crate::store::ports::NewMapping;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::actions::{ApiError, Caller};
-use super::waits::Follow;
-use super::{Master, now_secs};
+use super::{ApiError, Caller};
+use crate::master::waits::Follow;
+use crate::master::{Master, now_secs};
 use crate::model::image::{self, ImageRecord, Pending};
 use crate::model::vcluster;
 use crate::store::images::SaveRequest;
