@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::daemon::Notifier;
+use crate::master::actions::images::{ImagePatch, ImageView, SaveImageRequest};
 use crate::master::actions::ports::MapPortRequest;
+use crate::master::actions::system_images::SystemImageUpdateRequest;
 use crate::master::{Master, now_secs};
 use crate::model::account::AccountStatus;
 use crate::model::host::{Capacity, HostRecord};
@@ -286,18 +288,21 @@ async fn a_locked_account_is_out_at_once() {
 async fn concurrent_creates_never_exceed_the_quota() {
     let site = site(64).await;
     let alice = site.user("alice").await;
-    // The default group allows 4 cores: of five creates of two 1-core nodes at once,
-    // exactly two fit.
+    // Her network exists after a first node, so that the creates below run in step
+    // (a first create also claims the network, which staggers them).
+    site.create(&alice, "first", 1).await.unwrap();
+    // The default group allows 4 cores: of five creates of one 1-core node at once, exactly
+    // three fit.
     let creates = (0..5).map(|i| {
         let site = &site;
         let alice = alice.clone();
-        async move { site.create(&alice, &format!("q{i}"), 2).await }
+        async move { site.create(&alice, &format!("q{i}"), 1).await }
     });
     let results = futures_util::future::join_all(creates).await;
     let statuses: Vec<u16> = results.iter().map(status).collect();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
-        2,
+        3,
         "{statuses:?}"
     );
     assert!(
@@ -309,7 +314,7 @@ async fn concurrent_creates_never_exceed_the_quota() {
     assert_eq!(me.usage.cpu_millis, 4000);
     assert_eq!(
         site.master.list_clusters(&alice, None).await.unwrap().len(),
-        2
+        4
     );
 }
 
@@ -537,4 +542,147 @@ async fn api_tokens_belong_to_their_owner() {
     assert_eq!(status(&master.authenticate(&token.token).await), 200);
     master.revoke_token(&alice, &token.record.id).await.unwrap();
     assert_eq!(status(&master.authenticate(&token.token).await), 401);
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_overfill_a_host() {
+    // Two hosts of 2 GiB hold four nodes of the default 1 GiB. Three users have one each;
+    // then each asks for one more at once, and only one of them fits.
+    let site = site(2).await;
+    let mut users = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let caller = site.user(name).await;
+        site.create(&caller, "first", 1).await.unwrap();
+        users.push(caller);
+    }
+    let creates = users.iter().map(|caller| site.create(caller, "second", 1));
+    let results = futures_util::future::join_all(creates).await;
+    let statuses: Vec<u16> = results.iter().map(status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    for refused in results.iter().filter(|r| r.is_err()) {
+        assert!(
+            matches!(refused, Err(ApiError::NoCapacity(_))),
+            "refused for room, not anything else: {:?}",
+            refused.as_ref().err()
+        );
+    }
+    let allocations = site.store.allocations().await.unwrap();
+    for host in ["tb1", "tb2"] {
+        assert_eq!(
+            allocations[host].memory_bytes,
+            2 * GIB,
+            "{host}: {allocations:?}"
+        );
+        assert_eq!(allocations[host].vnodes, 2, "{host}: {allocations:?}");
+    }
+}
+
+#[tokio::test]
+async fn who_may_do_what_to_images_ports_and_system_images() {
+    let site = site(8).await;
+    let (alice, bob, root) = (
+        site.user("alice").await,
+        site.user("bob").await,
+        site.root(),
+    );
+    site.create(&alice, "c1", 1).await.unwrap();
+    let carol = site.login("carol").await;
+    site.set_status("carol", AccountStatus::Applying).await;
+    let carol = site.master.authenticate(&carol).await.unwrap();
+    let master = &site.master;
+    let save = |name: &str| SaveImageRequest {
+        cluster: "c1".into(),
+        node: 0,
+        name: name.into(),
+        description: String::new(),
+        force: false,
+    };
+    let alice_s = Some("alice");
+    // Saving alice's node: hers and administrators' to do, nobody else's.
+    assert_eq!(
+        status(&master.save_image(&bob, alice_s, &save("b")).await),
+        403
+    );
+    assert_eq!(
+        status(&master.save_image(&carol, alice_s, &save("c")).await),
+        403
+    );
+    assert_eq!(
+        status(&master.save_image(&bob, None, &save("b")).await),
+        404
+    );
+    assert_eq!(
+        status(&master.save_image(&alice, None, &save("mine")).await),
+        200
+    );
+    assert_eq!(
+        status(&master.save_image(&root, alice_s, &save("root")).await),
+        200
+    );
+    // A private image is seen by its owner and administrators only.
+    let names = |images: Vec<ImageView>| -> Vec<String> {
+        images.into_iter().map(|i| i.reference).collect()
+    };
+    let seen = names(master.list_images(&bob, false).await.unwrap());
+    assert!(!seen.contains(&"alice/mine".to_owned()), "{seen:?}");
+    let wait = Duration::ZERO;
+    assert_eq!(
+        status(&master.show_image(&bob, "alice", "mine", wait).await),
+        404
+    );
+    assert_eq!(status(&master.list_images(&bob, true).await), 403);
+    assert_eq!(status(&master.list_images(&root, true).await), 200);
+    // Only the owner (or an administrator) shares, describes or deletes it.
+    let share = ImagePatch {
+        public: Some(true),
+        description: None,
+    };
+    assert_eq!(
+        status(&master.update_image(&bob, "alice", "mine", &share).await),
+        403
+    );
+    assert_eq!(
+        status(&master.delete_image(&bob, "alice", "mine").await),
+        403
+    );
+    let shared = master.update_image(&alice, "alice", "mine", &share).await;
+    assert!(shared.unwrap().record.public);
+    // System images are the administrators' to update.
+    let update = SystemImageUpdateRequest {
+        from: "alice/mine".into(),
+    };
+    assert_eq!(
+        status(&master.update_system_image(&alice, "base", &update).await),
+        403
+    );
+    assert_ne!(
+        status(&master.update_system_image(&root, "base", &update).await),
+        403
+    );
+    // Port mappings: nobody unmaps another user's.
+    let map = MapPortRequest {
+        port: 22,
+        public_port: None,
+    };
+    let mapped = master
+        .map_port(&alice, None, "c1", 0, &map, None)
+        .await
+        .unwrap();
+    let public_port = mapped.mapping.public_port;
+    assert_eq!(
+        status(&master.unmap_port(&bob, alice_s, public_port).await),
+        403
+    );
+    // Without ?user=, bob unmaps his own port of that number, of which he has none.
+    let _ = master.unmap_port(&bob, None, public_port).await;
+    let left = master.list_ports(&alice, None, None).await.unwrap();
+    assert_eq!(left.len(), 1, "alice's mapping stays: {left:?}");
+    assert_eq!(
+        status(&master.unmap_port(&alice, None, public_port).await),
+        200
+    );
 }
