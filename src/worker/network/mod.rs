@@ -9,7 +9,7 @@
 //! ruleset and every vnode's `/etc/hosts` follow the same view. Everything is idempotent: a
 //! restarted worker (or a rebooted host) runs the same steps and ends in the same state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::model::egress::{self, EgressPolicy};
 use crate::model::network::{
-    self, FirewallContext, HostPlan, NetView, UserPlan, VXLAN_OVERHEAD, VXLAN_PORT,
+    self, FirewallContext, HostPlan, NetView, UserNet, UserPlan, VXLAN_OVERHEAD, VXLAN_PORT,
 };
 use crate::model::vnode::{self, DesiredState, VNodeSpec};
 use crate::store::{EtcdStore, StoreError};
@@ -178,7 +178,7 @@ pub trait AttachVnode: Send + Sync {
     /// Wires the vnode into its user's network (see [`Network::attach`]); how long it took.
     async fn attach_vnode(
         &self,
-        store: &EtcdStore,
+        inputs: &AttachInputs,
         spec: &VNodeSpec,
         netns: &Path,
         etc_dir: &Path,
@@ -189,12 +189,31 @@ pub trait AttachVnode: Send + Sync {
 impl AttachVnode for Network {
     async fn attach_vnode(
         &self,
-        store: &EtcdStore,
+        inputs: &AttachInputs,
         spec: &VNodeSpec,
         netns: &Path,
         etc_dir: &Path,
     ) -> Result<Duration, NetworkError> {
-        self.attach(store, spec, netns, etc_dir).await
+        self.attach(inputs, spec, netns, etc_dir).await
+    }
+}
+
+/// What attaching a vnode needs from etcd, read with the rest of a start's plan before
+/// anything on the host changes.
+#[derive(Debug, Clone, Default)]
+pub struct AttachInputs {
+    /// The user's network (`None`: the user has none, and the attach is refused).
+    pub user_net: Option<UserNet>,
+    /// The user's assigned addresses: address → vnode id (for the hosts file).
+    pub claims: BTreeMap<String, String>,
+}
+
+impl AttachInputs {
+    pub async fn read(store: &EtcdStore, user: &str) -> Result<AttachInputs, StoreError> {
+        Ok(AttachInputs {
+            user_net: store.user_net(user).await?,
+            claims: store.address_claims(user).await?,
+        })
     }
 }
 
@@ -315,13 +334,13 @@ impl Network {
     /// parallel.
     pub async fn attach(
         &self,
-        store: &EtcdStore,
+        inputs: &AttachInputs,
         spec: &VNodeSpec,
         netns: &Path,
         etc_dir: &Path,
     ) -> Result<Duration, NetworkError> {
         let started = Instant::now();
-        let (user, vnode, hosts_text, firewall_done) = self.attach_shared(store, spec).await?;
+        let (user, vnode, hosts_text, firewall_done) = self.attach_shared(inputs, spec).await?;
         let result = async {
             self.wire_vnode(&user, &vnode, netns).await?;
             if !firewall_done {
@@ -344,7 +363,7 @@ impl Network {
     /// user's devices, and the whole ruleset if none was applied yet.
     async fn attach_shared(
         &self,
-        store: &EtcdStore,
+        inputs: &AttachInputs,
         spec: &VNodeSpec,
     ) -> Result<(UserPlan, network::VNodeNet, String, bool), NetworkError> {
         let mut state = self.state.lock().await;
@@ -355,15 +374,10 @@ impl Network {
                 .get(&spec.user)
                 .is_some_and(|net| net.contains(a))
         });
-        if !known {
-            // A user new on this host, or a network that grew: one key, not the whole view
-            // (the next pass brings the rest).
-            match store.user_net(&spec.user).await? {
-                Some(net) => {
-                    state.view.users.insert(spec.user.clone(), net);
-                }
-                None => state.view = store.net_view().await?,
-            }
+        // A user new on this host, or a network that grew: the start read its network (the
+        // next pass brings the rest of the view).
+        if !known && let Some(net) = &inputs.user_net {
+            state.view.users.insert(spec.user.clone(), net.clone());
         }
         // The spec read from etcd may lag the one being started: plan with the latter.
         state.view.specs.retain(|(_, s)| s.id != spec.id);
@@ -385,8 +399,8 @@ impl Network {
         if firewall_done {
             self.apply_firewall(&mut state, &plan).await?;
         }
-        let claims = store.address_claims(&spec.user).await?;
-        let claimed = network::claimed_nodes(&state.view, &spec.user, &spec.cluster, &claims);
+        let claimed =
+            network::claimed_nodes(&state.view, &spec.user, &spec.cluster, &inputs.claims);
         let text = network::hosts_file(&state.view, &spec.user, &spec.cluster, &claimed);
         state.attaching.insert(spec.id.clone(), user.vni);
         Ok((user.clone(), vnode.clone(), text, firewall_done))

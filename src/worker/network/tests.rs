@@ -159,7 +159,8 @@ mod over_fakes {
         let netns = dir.path().join("netns-alice-c1-0");
         let etc = dir.path().join("etc");
         std::fs::create_dir_all(&etc).unwrap();
-        network.attach(&store, &here, &netns, &etc).await.unwrap();
+        let inputs = AttachInputs::read(&store, "alice").await.unwrap();
+        network.attach(&inputs, &here, &netns, &etc).await.unwrap();
         // A start reads the user's network alone; the next pass brings the peers.
         assert!(!netlink.calls().iter().any(|c| c.starts_with("peer")));
         network.sync(&store).await.unwrap();

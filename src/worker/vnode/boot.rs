@@ -19,6 +19,7 @@ use crate::model::vnode::{self, DesiredState, HostLimits, Phase, VNodeSpec, VNod
 use crate::store::EtcdStore;
 use crate::store::vnodes::StoredSpec;
 use crate::sys::systemd::SystemdError;
+use crate::worker::network::AttachInputs;
 use crate::worker::paths::{LocalState, VNodePaths};
 use crate::worker::paths::{random_suffix, rename_no_replace, user_data_dir};
 use crate::worker::ssh;
@@ -155,7 +156,7 @@ impl Runtime {
     }
 
     /// What a start needs from etcd and the host, read before anything on the host changes:
-    /// the id is this host's, the vnode fits, its image and the user's uid range.
+    /// the id is this host's, the vnode fits, its image, the user's uid range and network.
     async fn plan_start(
         &self,
         store: &EtcdStore,
@@ -204,10 +205,12 @@ impl Runtime {
                 state.uid_base, spec.user
             )));
         }
+        let network = AttachInputs::read(store, &spec.user).await?;
         Ok(StartPlan {
             uid_base,
             image,
             existing,
+            network,
         })
     }
 
@@ -221,13 +224,11 @@ impl Runtime {
     ) -> Result<(u32, String, Duration), VNodeError> {
         let plan = self.plan_start(store, spec, paths).await?;
         let created_now = plan.existing.is_none();
-        let state = match plan.existing {
+        let state = match plan.existing.clone() {
             Some(state) => state,
             None => self.create_local(spec, paths, plan.uid_base)?,
         };
-        let result = self
-            .mount_and_boot(store, spec, paths, &state, &plan.image)
-            .await;
+        let result = self.mount_and_boot(store, spec, paths, &state, &plan).await;
         let net = match result {
             Ok(net) => net,
             Err(e) => {
@@ -308,13 +309,13 @@ impl Runtime {
 
     /// From the vnode's files to its unit booted: disk, root filesystem, network, keys, the
     /// unit. Returns how long the network took.
-    pub(super) async fn mount_and_boot(
+    async fn mount_and_boot(
         &self,
         store: &EtcdStore,
         spec: &VNodeSpec,
         paths: &VNodePaths,
         state: &LocalState,
-        image: &StartImage,
+        plan: &StartPlan,
     ) -> Result<Duration, VNodeError> {
         self.mount_disk(paths)?;
         write_jupyter_config(
@@ -325,10 +326,10 @@ impl Runtime {
             &ensure_workspace_token(paths)?,
         )?;
         let data = self.ensure_user_data(&spec.user, state.uid_base)?;
-        self.mount_root(paths, state, image)?;
+        self.mount_root(paths, state, &plan.image)?;
         let net = self
             .network
-            .attach_vnode(store, spec, &paths.netns, &paths.etc)
+            .attach_vnode(&plan.network, spec, &paths.netns, &paths.etc)
             .await?;
         let ssh_dir = ssh::user_ssh_dir(&self.config, &spec.user);
         ssh::ensure_user_keys(&ssh_dir, &spec.user, state.uid_base)
@@ -535,6 +536,7 @@ struct StartPlan {
     image: StartImage,
     /// The vnode's files from an earlier run, if any.
     existing: Option<LocalState>,
+    network: AttachInputs,
 }
 
 fn random_machine_id() -> String {

@@ -19,7 +19,7 @@ use crate::store::network::AddressPlan;
 use crate::sys::host::FakeHost;
 use crate::sys::mounts::RecordingMounts;
 use crate::sys::systemd::{RecordingUnits, Units};
-use crate::worker::network::{AttachVnode, NetworkError};
+use crate::worker::network::{AttachInputs, AttachVnode, NetworkError};
 use crate::worker::paths::VNodePaths;
 
 const GIB: u64 = 1 << 30;
@@ -34,12 +34,21 @@ struct RecordingNetwork {
 impl AttachVnode for RecordingNetwork {
     async fn attach_vnode(
         &self,
-        _: &EtcdStore,
+        inputs: &AttachInputs,
         spec: &VNodeSpec,
         netns: &Path,
         etc_dir: &Path,
     ) -> Result<Duration, NetworkError> {
         assert!(netns.exists(), "the namespace comes before the network");
+        let address = spec.address.map(|a| a.to_string()).unwrap_or_default();
+        assert!(
+            inputs
+                .user_net
+                .as_ref()
+                .is_some_and(|n| n.contains(spec.address.unwrap())),
+            "the start's plan read the user's network: {inputs:?}"
+        );
+        assert_eq!(inputs.claims.get(&address), Some(&spec.id), "{inputs:?}");
         std::fs::write(etc_dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
         let mut attached = self.attached.lock().unwrap();
         attached.push((spec.id.clone(), netns.to_owned()));
