@@ -14,6 +14,8 @@ pub mod dict;
 pub mod images;
 pub mod patches;
 pub mod records;
+#[cfg(test)]
+pub(crate) mod xml_check;
 
 use serde::{Deserialize, Serialize};
 use zbus::Type;

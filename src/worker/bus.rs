@@ -13,6 +13,9 @@ use super::relay;
 use super::vnode::{Runtime, VNodeError};
 use crate::dbus_api::{self, BusError, VNodeEntryRow, VNodeRow};
 
+#[cfg(test)]
+mod introspection;
+
 pub struct WorkerInterface {
     worker: Arc<Worker>,
 }

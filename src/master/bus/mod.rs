@@ -21,6 +21,8 @@ use crate::model::account::AuthMethod;
 use crate::model::quota::Group;
 use crate::model::vnode::{DesiredState, VNodeSpec};
 
+#[cfg(test)]
+pub(crate) mod introspection;
 mod views;
 
 pub struct MasterInterface {
