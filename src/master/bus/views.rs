@@ -289,3 +289,164 @@ impl TryFrom<GroupPatchDict> for GroupPatch {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use zbus::Type;
+    use zbus::wire::serialized::Context;
+    use zbus::wire::{LE, to_bytes};
+
+    use super::*;
+    use crate::model::account::{AccountStatus, AuthMethod};
+    use crate::model::image::ImageRecord;
+    use crate::model::quota::{Usage, default_groups};
+    use crate::model::vnode::{DesiredState, VNodeSpec};
+
+    /// `view` as a D-Bus record, encoded, decoded and made a view again: `docklet-admin`'s
+    /// path. Its JSON (what `--json` prints) must not change on the way.
+    fn through_the_bus<V, R>(view: V) -> V
+    where
+        V: Serialize + Clone + TryFrom<R, Error: std::fmt::Debug>,
+        R: From<V> + Serialize + DeserializeOwned + Type,
+    {
+        let bytes = to_bytes(Context::new(LE, 0), &R::from(view.clone())).unwrap();
+        let back = V::try_from(bytes.deserialize::<R>().unwrap().0).unwrap();
+        let json = |v: &V| serde_json::to_string_pretty(v).unwrap();
+        assert_eq!(json(&back), json(&view));
+        back
+    }
+
+    #[test]
+    fn the_views_docklet_admin_prints_survive_the_bus() {
+        let group = default_groups().remove(0);
+        through_the_bus::<Me, UserRow>(Me {
+            user: "alice".into(),
+            group: group.name.clone(),
+            admin: false,
+            status: AccountStatus::Applying,
+            auth: AuthMethod::Pam,
+            quota: group.quota.clone(),
+            usage: Usage {
+                vnodes: 2,
+                ..Usage::default()
+            },
+            defaults: group.defaults,
+        });
+        let record = ImageRecord {
+            owner: "alice".into(),
+            name: "web".into(),
+            description: String::new(),
+            public: false,
+            created_at: 1,
+            current: None,
+            pending: None,
+            last_error: Some("no space".into()),
+        };
+        through_the_bus::<ImageView, ImageRow>(record.into());
+        through_the_bus::<UserNetworkView, NetworkRow>(UserNetworkView {
+            user: "alice".into(),
+            vni: 4097,
+            blocks: vec!["10.200.0.0/28".parse().unwrap()],
+            gateway: Some("10.200.0.1".parse().unwrap()),
+            capacity: 12,
+            quota: 8,
+            addresses: [("10.200.0.2".to_owned(), "alice-web-0".to_owned())].into(),
+        });
+        // No block yet: no gateway, an empty string on the wire.
+        through_the_bus::<UserNetworkView, NetworkRow>(UserNetworkView {
+            user: "bob".into(),
+            vni: 1,
+            blocks: vec![],
+            gateway: None,
+            capacity: 0,
+            quota: 0,
+            addresses: Default::default(),
+        });
+        through_the_bus::<PortView, PortRow>(PortView {
+            mapping: PortMapping {
+                user: "alice".into(),
+                cluster: "web".into(),
+                node: 1,
+                port: 80,
+                public_port: 20001,
+                created_at: 5,
+            },
+            vnode: "alice-web-1".into(),
+            address: "example.org:20001".into(),
+            forwarding: false,
+        });
+        through_the_bus::<VNodeEntry, VNodeEntryRow>(VNodeEntry {
+            host: "tb2".into(),
+            spec: VNodeSpec {
+                id: "alice-web-1".into(),
+                user: "alice".into(),
+                cluster: "web".into(),
+                index: 1,
+                image: "alice/py".into(),
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 4 << 30,
+                tasks: 512,
+                state: DesiredState::Stopped,
+                address: Some("10.200.0.3".parse().unwrap()),
+                handoff: None,
+            },
+            status: None,
+        });
+    }
+
+    #[test]
+    fn an_empty_drain_note_is_none() {
+        let view = HostView {
+            name: "tb1".into(),
+            addresses: vec!["10.213.0.11/24".into()],
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            disk_free_bytes: 1 << 33,
+            allocated: Usage::default(),
+            draining: true,
+            drain_note: Some("3 vnode(s) left, 2 moving".into()),
+            images: vec!["base".into()],
+            version: "0.1.0".into(),
+        };
+        let row = HostLoadRow::from(view.clone());
+        assert_eq!(HostView::from(row).drain_note, view.drain_note);
+        let idle = HostLoadRow::from(HostView {
+            draining: false,
+            drain_note: None,
+            ..view
+        });
+        assert_eq!(idle.drain_note, "");
+        assert_eq!(HostView::from(idle).drain_note, None);
+    }
+
+    #[test]
+    fn patches_become_the_actions_patches_or_are_refused_naming_the_field() {
+        let patch = UserPatch::try_from(UserPatchDict {
+            status: Some("locked".into()),
+            ..UserPatchDict::default()
+        })
+        .unwrap();
+        assert_eq!(patch.status, Some(AccountStatus::Locked));
+        assert!(patch.current_password.is_none());
+        let bad = UserPatch::try_from(UserPatchDict {
+            status: Some("asleep".into()),
+            ..UserPatchDict::default()
+        });
+        assert!(matches!(bad, Err(BusError::InvalidArgument(m)) if m.starts_with("status:")));
+        let bad = GroupPatch::try_from(GroupPatchDict {
+            egress_allow: Some(vec!["nowhere".into()]),
+            ..GroupPatchDict::default()
+        });
+        assert!(matches!(bad, Err(BusError::InvalidArgument(m)) if m.starts_with("egress_allow:")));
+        let patch = GroupPatch::try_from(GroupPatchDict {
+            egress_allow: Some(vec!["10.0.0.0/8".into()]),
+            ..GroupPatchDict::default()
+        })
+        .unwrap();
+        assert_eq!(patch.egress_allow.map(|r| r.len()), Some(1));
+        assert!(patch.quota.is_none() && patch.admin.is_none());
+    }
+}
