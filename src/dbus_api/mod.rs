@@ -134,7 +134,7 @@ pub struct InitResult {
 )]
 pub trait Master1 {
     fn list_hosts(&self) -> Result<Vec<HostRow>, BusError>;
-    fn init(&self, force: bool) -> Result<InitResult, BusError>;
+    fn init(&self, force: bool) -> Result<(InitResult,), BusError>;
     fn add_host(&self, host: &str, seconds: u64) -> Result<String, BusError>;
     fn remove_host(&self, host: &str) -> Result<(), BusError>;
     /// `spec` is a [`VNodeSpec`](crate::model::vnode::VNodeSpec) as JSON.
@@ -145,7 +145,7 @@ pub trait Master1 {
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<Vec<VNodeEntryRow>, BusError>;
     #[zbus(name = "UserNetwork")]
-    fn user_network(&self, user: &str) -> Result<NetworkRow, BusError>;
+    fn user_network(&self, user: &str) -> Result<(NetworkRow,), BusError>;
     #[zbus(name = "SetVNodeQuota")]
     fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError>;
     fn users(&self) -> Result<Vec<UserRow>, BusError>;
@@ -155,12 +155,12 @@ pub trait Master1 {
         group: &str,
         auth: &str,
         password: &str,
-    ) -> Result<UserRow, BusError>;
-    fn set_user(&self, name: &str, patch: &UserPatchDict) -> Result<UserRow, BusError>;
+    ) -> Result<(UserRow,), BusError>;
+    fn set_user(&self, name: &str, patch: &UserPatchDict) -> Result<(UserRow,), BusError>;
     fn delete_user(&self, name: &str) -> Result<(), BusError>;
     fn groups(&self) -> Result<Vec<GroupRow>, BusError>;
-    fn create_group(&self, group: &GroupRow) -> Result<GroupRow, BusError>;
-    fn set_group(&self, name: &str, patch: &GroupPatchDict) -> Result<GroupRow, BusError>;
+    fn create_group(&self, group: &GroupRow) -> Result<(GroupRow,), BusError>;
+    fn set_group(&self, name: &str, patch: &GroupPatchDict) -> Result<(GroupRow,), BusError>;
     fn delete_group(&self, name: &str) -> Result<(), BusError>;
     fn set_default_group(&self, name: &str) -> Result<(), BusError>;
     fn default_group(&self) -> Result<String, BusError>;
@@ -178,12 +178,16 @@ pub trait Master1 {
         name: &str,
         description: &str,
         force: bool,
-    ) -> Result<ImageRow, BusError>;
-    fn set_image_public(&self, owner: &str, name: &str, public: bool)
-    -> Result<ImageRow, BusError>;
+    ) -> Result<(ImageRow,), BusError>;
+    fn set_image_public(
+        &self,
+        owner: &str,
+        name: &str,
+        public: bool,
+    ) -> Result<(ImageRow,), BusError>;
     fn delete_image(&self, owner: &str, name: &str) -> Result<(), BusError>;
     fn system_images(&self) -> Result<Vec<SystemImageRow>, BusError>;
-    fn update_system_image(&self, name: &str, from: &str) -> Result<SystemImageRow, BusError>;
+    fn update_system_image(&self, name: &str, from: &str) -> Result<(SystemImageRow,), BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -201,7 +205,7 @@ pub trait Worker1 {
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<Vec<VNodeRow>, BusError>;
     #[zbus(name = "VNodeStatus")]
-    fn vnode_status(&self, id: &str) -> Result<VNodeEntryRow, BusError>;
+    fn vnode_status(&self, id: &str) -> Result<(VNodeEntryRow,), BusError>;
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,

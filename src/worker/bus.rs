@@ -44,6 +44,7 @@ impl WorkerInterface {
     /// Vnodes on this host: (id, user, cluster, state, unit); state is the phase last
     /// reported: pending, creating, running, stopping, stopped, failed or exported.
     #[zbus(name = "ListVNodes")]
+    #[zbus(out_args("vnodes"))]
     async fn list_vnodes(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -71,19 +72,20 @@ impl WorkerInterface {
     /// Spec and status of one vnode of this host: (host, spec, status), the a{sv}s of the
     /// master's ListVNodes (status empty until the vnode's first report).
     #[zbus(name = "VNodeStatus")]
+    #[zbus(out_args("vnode"))]
     async fn vnode_status(
         &self,
         id: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<VNodeEntryRow, BusError> {
+    ) -> Result<(VNodeEntryRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         let runtime = self.runtime()?;
         let spec = runtime
             .spec(id)
             .ok_or_else(|| BusError::NotFound(format!("no vnode {id} on this host")))?;
         let status = runtime.status(id);
-        Ok(VNodeEntryRow::new(self.worker.host.clone(), spec, status))
+        Ok((VNodeEntryRow::new(self.worker.host.clone(), spec, status),))
     }
 
     /// Runs argv inside a running vnode as `user` (root or a user of the vnode) with
@@ -91,6 +93,7 @@ impl WorkerInterface {
     /// a pty of the worker's when stdin is a terminal): no descriptor of the caller enters
     /// the vnode. Returns the exit status, 128 + the signal number when killed.
     #[allow(clippy::too_many_arguments)]
+    #[zbus(out_args("status"))]
     async fn exec(
         &self,
         id: &str,

@@ -75,7 +75,7 @@ pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    let user: Me = from_wire(reply)?;
+    let user: Me = from_single(reply)?;
     print!("{}", users_table(&[user]));
     Ok(())
 }
@@ -104,7 +104,7 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
                 .create_group(&GroupRow::from(group))
                 .await
                 .map_err(bus)?;
-            print!("{}", groups_table(&[from_wire(reply)?], ""));
+            print!("{}", groups_table(&[from_single(reply)?], ""));
         }
         GroupAction::Delete { name } => {
             master.delete_group(&name).await.map_err(bus)?;
@@ -125,7 +125,7 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
                 ..GroupPatchDict::default()
             };
             let reply = master.set_group(&name, &patch).await.map_err(bus)?;
-            print!("{}", groups_table(&[from_wire(reply)?], ""));
+            print!("{}", groups_table(&[from_single(reply)?], ""));
         }
     }
     Ok(())
@@ -219,7 +219,7 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
             quota: Some(quota),
             ..GroupPatchDict::default()
         };
-        from_wire(
+        from_single(
             master
                 .set_group(&group, &patch)
                 .await

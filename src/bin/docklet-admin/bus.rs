@@ -92,6 +92,15 @@ where
     })
 }
 
+/// [`from_wire`] for a method's one record (a struct in one out argument).
+pub(crate) fn from_single<R, T>((record,): (R,)) -> Result<T, Failure>
+where
+    T: TryFrom<R>,
+    T::Error: std::fmt::Display,
+{
+    from_wire(record)
+}
+
 /// [`from_wire`] for a listing.
 pub(crate) fn all_from_wire<R, T>(records: Vec<R>) -> Result<Vec<T>, Failure>
 where

@@ -34,7 +34,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
                 .await
                 .map_err(bus)?;
             if no_wait {
-                from_wire(reply)?
+                from_single(reply)?
             } else {
                 let reference = format!("{user}/{name}");
                 loop {
@@ -65,7 +65,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
         }
         ImageAction::Share { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            from_wire(
+            from_single(
                 master
                     .set_image_public(owner, name, true)
                     .await
@@ -74,7 +74,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
         }
         ImageAction::Unshare { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            from_wire(
+            from_single(
                 master
                     .set_image_public(owner, name, false)
                     .await
@@ -101,7 +101,7 @@ pub(crate) async fn system_image(action: SystemImageAction) -> Result<(), Failur
         from,
         no_wait,
     } = action;
-    let mut image: SystemImageView = from_wire(
+    let mut image: SystemImageView = from_single(
         master
             .update_system_image(&name, &from)
             .await

@@ -199,7 +199,7 @@ pub(crate) async fn network(user: &str) -> Result<(), Failure> {
         .user_network(user)
         .await
         .map_err(|e| failure(e, "master"))?;
-    let network: UserNetworkView = from_wire(row)?;
+    let network: UserNetworkView = from_single(row)?;
     println!("{}", serde_json::to_string_pretty(&network).expect("JSON"));
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct MasterInterface {
 impl MasterInterface {
     /// Hosts whose workers hold their registration lease: (name, addresses, cpus,
     /// memory_bytes, disk_free_bytes, version, registered_at).
+    #[zbus(out_args("hosts"))]
     async fn list_hosts(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -56,15 +57,16 @@ impl MasterInterface {
     /// Creates the cluster: internal credentials, the cluster record and the portal
     /// administrator. Refused (AlreadyInitialized) on an initialized cluster unless `force`.
     /// Returns (portal_url, admin_user, password_file).
+    #[zbus(out_args("result"))]
     async fn init(
         &self,
         force: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<InitResult, BusError> {
+    ) -> Result<(InitResult,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(caller_uid = uid, force, "init requested over D-Bus");
-        self.master.init(force).await
+        Ok((self.master.init(force).await?,))
     }
 
     /// A one-time join token for a new (or re-keyed) host, valid `seconds` (at most 7 days);
@@ -144,12 +146,13 @@ impl MasterInterface {
     /// addresses maps an address to its vnode's id and gateway is empty while there is no
     /// block. NotFound before the user's first vnode.
     #[zbus(name = "UserNetwork")]
+    #[zbus(out_args("network"))]
     async fn user_network(
         &self,
         user: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<NetworkRow, BusError> {
+    ) -> Result<(NetworkRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         row(self.master.user_network(&Caller::local_admin(), user).await)
     }
@@ -178,6 +181,7 @@ impl MasterInterface {
     /// updated_at (t), and when known reason, image_version (s), leader_pid, uid_base (u),
     /// booted_at, boot_ms, net_us (t).
     #[zbus(name = "ListVNodes")]
+    #[zbus(out_args("vnodes"))]
     async fn list_vnodes(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -192,6 +196,7 @@ impl MasterInterface {
     /// pam; quota is (cpu_millis, memory_bytes, disk_bytes, vnodes, images, image_bytes,
     /// port_mappings, idle_secs), usage (cpu_millis, memory_bytes, disk_bytes, vnodes,
     /// port_mappings, images, image_bytes), defaults (cpu_millis, memory_bytes, disk_bytes).
+    #[zbus(out_args("users"))]
     async fn users(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -203,6 +208,7 @@ impl MasterInterface {
 
     /// Creates an account: `auth` is `local` (with a password) or `pam` (password empty);
     /// an empty `group` means the default group. Returns the account as Users lists it.
+    #[zbus(out_args("user"))]
     async fn create_user(
         &self,
         name: &str,
@@ -211,7 +217,7 @@ impl MasterInterface {
         password: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<UserRow, BusError> {
+    ) -> Result<(UserRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         let auth = match auth {
             "local" => AuthMethod::Local,
@@ -235,13 +241,14 @@ impl MasterInterface {
     /// Changes an account: `patch` has any of the keys group, status (applying, normal,
     /// locked) and password, all s; an unknown key or a value of another type is refused
     /// (InvalidArgument, naming the key). Returns the account as Users lists it.
+    #[zbus(out_args("user"))]
     async fn set_user(
         &self,
         name: &str,
         patch: VariantDict,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<UserRow, BusError> {
+    ) -> Result<(UserRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         let patch = UserPatch::try_from(UserPatchDict::from_dict(patch)?)?;
         tracing::info!(caller_uid = uid, user = name, "user changed over D-Bus");
@@ -269,6 +276,7 @@ impl MasterInterface {
     /// Every group: (name, admin, quota, defaults, egress_allow); quota and defaults as in
     /// Users; egress_allow lists the destinations its members' vnodes may reach besides the
     /// site's (10.0.0.0/8, 192.168.1.5/32:443).
+    #[zbus(out_args("groups"))]
     async fn groups(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -279,12 +287,13 @@ impl MasterInterface {
     }
 
     /// Creates a group from its record, as Groups lists them; returns it.
+    #[zbus(out_args("group"))]
     async fn create_group(
         &self,
         group: GroupRow,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<GroupRow, BusError> {
+    ) -> Result<(GroupRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         let group = Group::try_from(group)?;
         row(self
@@ -298,13 +307,14 @@ impl MasterInterface {
     /// port_mappings as u), defaults ((utt) cpu_millis, memory_bytes, disk_bytes) and
     /// egress_allow (as, the whole list). An unknown key or a value of another type is
     /// refused (InvalidArgument, naming the key). Returns the group.
+    #[zbus(out_args("group"))]
     async fn set_group(
         &self,
         name: &str,
         patch: VariantDict,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<GroupRow, BusError> {
+    ) -> Result<(GroupRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         let patch = GroupPatch::try_from(GroupPatchDict::from_dict(patch)?)?;
         tracing::info!(caller_uid = uid, group = name, "group changed over D-Bus");
@@ -343,6 +353,7 @@ impl MasterInterface {
     }
 
     /// The group new users join.
+    #[zbus(out_args("group"))]
     async fn default_group(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -358,6 +369,7 @@ impl MasterInterface {
     /// Hosts with capacity, allocations, images and drain state: (name, addresses, cpus,
     /// memory_bytes, disk_free_bytes, allocated, draining, drain_note, images, version);
     /// allocated is a usage as in Users, drain_note is empty unless the host is draining.
+    #[zbus(out_args("hosts"))]
     async fn host_loads(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -388,6 +400,7 @@ impl MasterInterface {
     /// address, host, image, cpu_millis, memory_bytes, disk_bytes, reason), address and
     /// reason empty when there is none; idle_stopped_at is 0 unless the cluster was stopped
     /// for being idle idle_secs.
+    #[zbus(out_args("clusters"))]
     async fn clusters(
         &self,
         user: &str,
@@ -406,6 +419,7 @@ impl MasterInterface {
     /// `user` is empty: (user, cluster, node, port, public_port, created_at, vnode, address,
     /// forwarding); address is where to connect, forwarding whether the masters forward it
     /// now.
+    #[zbus(out_args("ports"))]
     async fn ports(
         &self,
         user: &str,
@@ -427,6 +441,7 @@ impl MasterInterface {
     /// save completed, pending ((ssstttstb) kind = saving|deleting, vnode, host,
     /// requested_at, max_bytes, written_bytes, description, since, confirmed) while one is
     /// under way, last_error (s) after a failed save.
+    #[zbus(out_args("images"))]
     async fn images(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -439,6 +454,7 @@ impl MasterInterface {
     /// Saves node `node` of `user`'s cluster as `user`'s image `name` (replacing one of that
     /// name with `force`); returns the image as Images lists it, being saved.
     #[allow(clippy::too_many_arguments)]
+    #[zbus(out_args("image"))]
     async fn save_image(
         &self,
         user: &str,
@@ -449,7 +465,7 @@ impl MasterInterface {
         force: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<ImageRow, BusError> {
+    ) -> Result<(ImageRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
@@ -474,6 +490,7 @@ impl MasterInterface {
 
     /// Shares (`public` true) or unshares `owner`'s image `name`; returns it as Images lists
     /// it.
+    #[zbus(out_args("image"))]
     async fn set_image_public(
         &self,
         owner: &str,
@@ -481,7 +498,7 @@ impl MasterInterface {
         public: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<ImageRow, BusError> {
+    ) -> Result<(ImageRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         let patch = ImagePatch {
             public: Some(public),
@@ -515,6 +532,7 @@ impl MasterInterface {
     /// updated_at) when the host works on the latest update; the image's optional a{sv} has
     /// update ((sss(ssstst)st) name, version, from, layer, requested_by, requested_at) once
     /// one was asked for. settled: every host is done with the latest update (or one failed).
+    #[zbus(out_args("system_images"))]
     async fn system_images(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -526,13 +544,14 @@ impl MasterInterface {
 
     /// Makes the next version of system image `name` on every host from saved image `from`
     /// (owner/name); returns the system image as SystemImages lists it, being updated.
+    #[zbus(out_args("system_image"))]
     async fn update_system_image(
         &self,
         name: &str,
         from: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<SystemImageRow, BusError> {
+    ) -> Result<(SystemImageRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
@@ -571,9 +590,11 @@ pub async fn serve(master: Arc<Master>) -> zbus::Result<zbus::Connection> {
         .await
 }
 
-/// One action's answer as its D-Bus record.
-fn row<V, R: From<V>>(result: Result<V, ApiError>) -> Result<R, BusError> {
-    result.map(R::from).map_err(BusError::from)
+/// One action's answer as its D-Bus record, one out argument of the record's struct type (a
+/// struct returned bare would be sent as as many arguments as it has fields, unlike what
+/// zbus introspects, and unlike the lists' elements).
+fn row<V, R: From<V>>(result: Result<V, ApiError>) -> Result<(R,), BusError> {
+    Ok((R::from(result?),))
 }
 
 /// A listing's answer as D-Bus records.
