@@ -8,7 +8,7 @@ use super::BusError;
 use crate::model::image::{ImageRecord, ImageVersion, Pending};
 use crate::model::system_image::{BuildState, HostVersion, SystemImageBuild, SystemImageUpdate};
 
-/// One saved layer: `(version, base, bytes, sha256, saved_at, saved_from)`, `(ssstst)`.
+/// One saved layer: `(version, base, bytes, sha256, saved_at, saved_from)`, `(sststs)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImageVersionRow {
     pub version: String,
@@ -114,7 +114,7 @@ impl TryFrom<PendingRow> for Pending {
     }
 }
 
-/// The parts of an image that may be absent, as `a{sv}`: `current` (`(ssstst)`, the layer new
+/// The parts of an image that may be absent, as `a{sv}`: `current` (`(sststs)`, the layer new
 /// vnodes start from), `pending` (`(ssstttstb)`), `last_error` (s).
 #[derive(Debug, Clone, PartialEq, Eq, Default, SerializeDict, DeserializeDict, Type)]
 #[zbus(signature = "a{sv}")]
@@ -177,7 +177,7 @@ impl TryFrom<ImageRow> for ImageRecord {
 }
 
 /// The latest update of a system image: `(name, version, from, layer, requested_by,
-/// requested_at)`, `(sss(ssstst)st)`.
+/// requested_at)`, `(sss(sststs)st)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct SystemImageUpdateRow {
     pub name: String,
@@ -311,7 +311,7 @@ impl TryFrom<HostVersionRow> for HostVersion {
     }
 }
 
-/// The latest update of a system image, as `a{sv}`: `update` (`(sss(ssstst)st)`) once one
+/// The latest update of a system image, as `a{sv}`: `update` (`(sss(sststs)st)`) once one
 /// was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default, SerializeDict, DeserializeDict, Type)]
 #[zbus(signature = "a{sv}")]

@@ -192,7 +192,7 @@ pub struct UserRow {
 }
 
 /// A host as the scheduler sees it: `(name, addresses, cpus, memory_bytes, disk_free_bytes,
-/// allocated, draining, drain_note, images, version)`, `(sasuttt(tttuuut)bsass)`;
+/// allocated, draining, drain_note, images, version)`, `(sasutt(tttuuut)bsass)`;
 /// `drain_note` is empty unless the host is draining.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct HostLoadRow {
@@ -414,7 +414,7 @@ impl VNodeEntryRow {
 }
 
 /// A cluster's node: `(index, id, hostname, state, address, host, image, cpu_millis,
-/// memory_bytes, disk_bytes, reason)`, `(usssssssutts)`; `address` and `reason` are empty
+/// memory_bytes, disk_bytes, reason)`, `(ussssssutts)`; `address` and `reason` are empty
 /// when there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct NodeRow {
@@ -432,7 +432,7 @@ pub struct NodeRow {
 }
 
 /// A user's cluster: `(name, user, image, state, node_size, created_at, nodes,
-/// idle_stopped_at, idle_secs)`, `(ssss(utt)ta(usssssssutts)tt)`; `idle_stopped_at` is 0
+/// idle_stopped_at, idle_secs)`, `(ssss(utt)ta(ussssssutts)tt)`; `idle_stopped_at` is 0
 /// unless the cluster was stopped for being idle `idle_secs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ClusterRow {

@@ -47,6 +47,30 @@ fn layer() -> ImageVersion {
     }
 }
 
+/// The signatures the doc comments and docs/api.md state.
+#[test]
+fn records_have_the_documented_signatures() {
+    let signatures = [
+        (
+            records::UserRow::SIGNATURE,
+            "(ssbss(tttuutut)(tttuuut)(utt))",
+        ),
+        (records::HostLoadRow::SIGNATURE, "(sasutt(tttuuut)bsass)"),
+        (records::PortRow::SIGNATURE, "(ssuqqtssb)"),
+        (
+            records::ClusterRow::SIGNATURE,
+            "(ssss(utt)ta(ussssssutts)tt)",
+        ),
+        (SystemImageRow::SIGNATURE, "(ssba(ssa{sv})a{sv})"),
+        (images::PendingRow::SIGNATURE, "(ssstttstb)"),
+        (images::BuildRow::SIGNATURE, "(sssstst)"),
+        (images::SystemImageUpdateRow::SIGNATURE, "(sss(sststs)st)"),
+    ];
+    for (signature, documented) in signatures {
+        assert_eq!(signature.to_string(), documented);
+    }
+}
+
 #[test]
 fn a_group_goes_through_the_wire_whole() {
     let mut group = default_groups().remove(0);

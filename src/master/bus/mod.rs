@@ -437,7 +437,7 @@ impl MasterInterface {
 
     /// Every user's images, the records of GET /api/v1/images?all=true: (reference, owner,
     /// name, description, public, created_at, state, bytes, optional). optional is an a{sv}
-    /// with current ((ssstst) version, base, bytes, sha256, saved_at, saved_from) once a
+    /// with current ((sststs) version, base, bytes, sha256, saved_at, saved_from) once a
     /// save completed, pending ((ssstttstb) kind = saving|deleting, vnode, host,
     /// requested_at, max_bytes, written_bytes, description, since, confirmed) while one is
     /// under way, last_error (s) after a failed save.
@@ -530,7 +530,7 @@ impl MasterInterface {
     /// hosts, optional). A host is (host, current, optional) whose optional a{sv} has build
     /// ((sssstst) host, version, state = building|ready|failed, step, since, error,
     /// updated_at) when the host works on the latest update; the image's optional a{sv} has
-    /// update ((sss(ssstst)st) name, version, from, layer, requested_by, requested_at) once
+    /// update ((sss(sststs)st) name, version, from, layer, requested_by, requested_at) once
     /// one was asked for. settled: every host is done with the latest update (or one failed).
     #[zbus(out_args("system_images"))]
     async fn system_images(
