@@ -370,10 +370,12 @@ fn exec_runs_as_root_or_a_user_with_streams_and_exit_status() {
     let status = ok(
         "tb2",
         &format!(
-            "busctl call --json=short org.docklet.Worker1 /org/docklet/Worker1 org.docklet.Worker1 VNodeStatus s {id}"
+            "busctl call org.docklet.Worker1 /org/docklet/Worker1 org.docklet.Worker1 VNodeStatus s {id}"
         ),
     );
-    assert!(status.contains("\\\"phase\\\":\\\"running\\\""), "{status}");
+    // Typed: (host, spec a{sv}, status a{sv}), printed as `"phase" s "running"`.
+    assert!(status.starts_with("(sa{sv}a{sv}) \"tb2\""), "{status}");
+    assert!(status.contains("\"phase\" s \"running\""), "{status}");
     // No exec session units stay behind.
     let sessions = ok(
         "tb2",

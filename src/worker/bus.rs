@@ -1,5 +1,7 @@
 //! `org.docklet.Worker1` at `/org/docklet/Worker1` on the system bus: this host's vnodes, and
-//! commands inside them, relayed to the caller (`docklet-admin exec`).
+//! commands inside them, relayed to the caller (`docklet-admin exec`). The methods' doc
+//! comments go into the introspection XML, `dbus/org.docklet.Worker1.xml` (checked by a unit
+//! test, `introspection`).
 
 use std::sync::Arc;
 
@@ -9,7 +11,10 @@ use super::Worker;
 use super::exec::{self, ExecRequest};
 use super::relay;
 use super::vnode::{Runtime, VNodeError};
-use crate::dbus_api::{self, BusError, VNodeRow};
+use crate::dbus_api::{self, BusError, VNodeEntryRow, VNodeRow};
+
+#[cfg(test)]
+mod introspection;
 
 pub struct WorkerInterface {
     worker: Arc<Worker>,
@@ -33,10 +38,13 @@ fn bus_error(e: VNodeError) -> BusError {
     }
 }
 
+/// Errors are named org.docklet.Error.{AccessDenied,NotFound,InvalidArgument,Failed}.
 #[zbus::interface(name = "org.docklet.Worker1")]
 impl WorkerInterface {
-    /// The vnodes of this host with the phase last reported.
+    /// Vnodes on this host: (id, user, cluster, state, unit); state is the phase last
+    /// reported: pending, creating, running, stopping, stopped, failed or exported.
     #[zbus(name = "ListVNodes")]
+    #[zbus(out_args("vnodes"))]
     async fn list_vnodes(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -61,27 +69,31 @@ impl WorkerInterface {
             .collect())
     }
 
-    /// `{"spec": ..., "status": ...}` of one vnode of this host.
+    /// Spec and status of one vnode of this host: (host, spec, status), the a{sv}s of the
+    /// master's ListVNodes (status empty until the vnode's first report).
     #[zbus(name = "VNodeStatus")]
+    #[zbus(out_args("vnode"))]
     async fn vnode_status(
         &self,
         id: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(VNodeEntryRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         let runtime = self.runtime()?;
         let spec = runtime
             .spec(id)
             .ok_or_else(|| BusError::NotFound(format!("no vnode {id} on this host")))?;
         let status = runtime.status(id);
-        Ok(serde_json::json!({ "spec": spec, "status": status }).to_string())
+        Ok((VNodeEntryRow::new(self.worker.host.clone(), spec, status),))
     }
 
-    /// Runs a command in a vnode and relays the caller's standard streams to it (on a pty of
-    /// the worker's when the caller's input is a terminal): no descriptor of the caller
-    /// enters the vnode.
+    /// Runs argv inside a running vnode as `user` (root or a user of the vnode) with
+    /// TERM=term, relaying the three passed descriptors as its stdin, stdout and stderr (on
+    /// a pty of the worker's when stdin is a terminal): no descriptor of the caller enters
+    /// the vnode. Returns the exit status, 128 + the signal number when killed.
     #[allow(clippy::too_many_arguments)]
+    #[zbus(out_args("status"))]
     async fn exec(
         &self,
         id: &str,
@@ -139,16 +151,19 @@ impl WorkerInterface {
         status.map_err(bus_error)
     }
 
+    /// The worker's version.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         crate::VERSION.to_owned()
     }
 
+    /// What the worker is doing, as systemd's status line.
     #[zbus(property(emits_changed_signal = "false"))]
     fn status(&self) -> String {
         self.worker.status()
     }
 
+    /// This host's name.
     #[zbus(property(emits_changed_signal = "const"))]
     fn host(&self) -> String {
         self.worker.host.clone()

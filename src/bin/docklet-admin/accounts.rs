@@ -5,7 +5,8 @@ use anyhow::Result;
 use crate::bus::*;
 use crate::cli::*;
 use crate::tables::*;
-use docklet::master::actions::{GroupPatch, Me, QuotaPatch, UserPatch};
+use docklet::dbus_api::{GroupPatchDict, GroupRow, QuotaPatchDict, UserPatchDict};
+use docklet::master::actions::Me;
 use docklet::model::account::AccountStatus;
 use docklet::model::quota::Group;
 
@@ -52,23 +53,21 @@ pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
                     "nothing to change: give --group, --status or --password".into(),
                 ));
             }
-            let patch = UserPatch {
+            // Checked here, so that a typo is a usage error like any other.
+            let status = status
+                .map(|s| s.parse::<AccountStatus>())
+                .transpose()
+                .map_err(usage)?;
+            let patch = UserPatchDict {
                 group,
-                status: status
-                    .map(|s| s.parse::<AccountStatus>())
-                    .transpose()
-                    .map_err(usage)?,
+                status: status.map(|s| s.as_str().to_owned()),
                 password: if password {
                     Some(read_password()?)
                 } else {
                     None
                 },
-                current_password: None,
             };
-            master
-                .set_user(&name, &to_json(&patch))
-                .await
-                .map_err(bus)?
+            master.set_user(&name, &patch).await.map_err(bus)?
         }
         UserAction::Delete { name } => {
             master.delete_user(&name).await.map_err(bus)?;
@@ -76,7 +75,7 @@ pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    let user: Me = parse_reply(reply)?;
+    let user: Me = from_single(reply)?;
     print!("{}", users_table(&[user]));
     Ok(())
 }
@@ -87,7 +86,7 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
     let bus = |e| failure(e, "master");
     match action {
         GroupAction::Add { name, from, admin } => {
-            let groups: Vec<Group> = parse_reply(master.groups().await.map_err(bus)?)?;
+            let groups: Vec<Group> = all_from_wire(master.groups().await.map_err(bus)?)?;
             let from = from.unwrap_or_else(|| docklet::model::quota::DEFAULT_GROUP.to_owned());
             let template = groups
                 .iter()
@@ -101,8 +100,11 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
                 admin,
                 ..template.clone()
             };
-            let reply = master.create_group(&to_json(&group)).await.map_err(bus)?;
-            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+            let reply = master
+                .create_group(&GroupRow::from(group))
+                .await
+                .map_err(bus)?;
+            print!("{}", groups_table(&[from_single(reply)?], ""));
         }
         GroupAction::Delete { name } => {
             master.delete_group(&name).await.map_err(bus)?;
@@ -117,23 +119,16 @@ pub(crate) async fn group(action: GroupAction) -> Result<(), Failure> {
                 code: 2,
                 message: e.to_string(),
             })?;
-            let patch = GroupPatch {
-                egress_allow: Some(rules),
-                ..GroupPatch::default()
+            // Parsed here for the usage error; sent in their canonical spelling.
+            let patch = GroupPatchDict {
+                egress_allow: Some(rules.iter().map(ToString::to_string).collect()),
+                ..GroupPatchDict::default()
             };
-            let reply = master
-                .set_group(&name, &to_json(&patch))
-                .await
-                .map_err(bus)?;
-            print!("{}", groups_table(&[parse_reply(reply)?], ""));
+            let reply = master.set_group(&name, &patch).await.map_err(bus)?;
+            print!("{}", groups_table(&[from_single(reply)?], ""));
         }
     }
     Ok(())
-}
-
-/// What the master is sent: a typed patch or group as JSON.
-fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("JSON")
 }
 
 /// `1`, `0.5`, `2.25` cores → thousandths of a core.
@@ -196,7 +191,7 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
         && [vnodes, images, port_mappings].iter().all(Option::is_none)
         && idle.is_none();
     let size = |text: Option<String>| text.map(|t| parse_size(&t)).transpose().map_err(usage);
-    let quota = QuotaPatch {
+    let quota = QuotaPatchDict {
         cpu_millis: cpu
             .map(|c| parse_cpu(&c).map(u64::from))
             .transpose()
@@ -211,7 +206,7 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
     };
     let group: Group = if unchanged {
         let groups: Vec<Group> =
-            parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+            all_from_wire(master.groups().await.map_err(|e| failure(e, "master"))?)?;
         groups
             .into_iter()
             .find(|g| g.name == group)
@@ -220,13 +215,13 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
                 message: format!("no group {group}"),
             })?
     } else {
-        let patch = GroupPatch {
+        let patch = GroupPatchDict {
             quota: Some(quota),
-            ..GroupPatch::default()
+            ..GroupPatchDict::default()
         };
-        parse_reply(
+        from_single(
             master
-                .set_group(&group, &to_json(&patch))
+                .set_group(&group, &patch)
                 .await
                 .map_err(|e| failure(e, "master"))?,
         )?
@@ -243,7 +238,8 @@ pub(crate) async fn quota(args: QuotaArgs) -> Result<(), Failure> {
 pub(crate) async fn groups(json: bool) -> Result<(), Failure> {
     let conn = connect().await?;
     let master = master_proxy(&conn).await?;
-    let groups: Vec<Group> = parse_reply(master.groups().await.map_err(|e| failure(e, "master"))?)?;
+    let groups: Vec<Group> =
+        all_from_wire(master.groups().await.map_err(|e| failure(e, "master"))?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&groups).expect("JSON"));
     } else {

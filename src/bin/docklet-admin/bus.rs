@@ -79,9 +79,33 @@ pub(crate) async fn worker_proxy(conn: &zbus::Connection) -> Result<Worker1Proxy
         .map_err(|e| failure(e.into(), "worker"))
 }
 
-pub(crate) fn parse_reply<T: serde::de::DeserializeOwned>(text: String) -> Result<T, Failure> {
-    serde_json::from_str(&text).map_err(|e| Failure {
+/// A record from the bus as the view `docklet-admin` prints (the master's, as its REST API
+/// shows it); a record that does not convert is an answer this version cannot read.
+pub(crate) fn from_wire<R, T>(record: R) -> Result<T, Failure>
+where
+    T: TryFrom<R>,
+    T::Error: std::fmt::Display,
+{
+    T::try_from(record).map_err(|e| Failure {
         code: 1,
         message: format!("the master sent an unreadable answer: {e}"),
     })
+}
+
+/// [`from_wire`] for a method's one record (a struct in one out argument).
+pub(crate) fn from_single<R, T>((record,): (R,)) -> Result<T, Failure>
+where
+    T: TryFrom<R>,
+    T::Error: std::fmt::Display,
+{
+    from_wire(record)
+}
+
+/// [`from_wire`] for a listing.
+pub(crate) fn all_from_wire<R, T>(records: Vec<R>) -> Result<Vec<T>, Failure>
+where
+    T: TryFrom<R>,
+    T::Error: std::fmt::Display,
+{
+    records.into_iter().map(from_wire).collect()
 }

@@ -34,12 +34,13 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
                 .await
                 .map_err(bus)?;
             if no_wait {
-                parse_reply(reply)?
+                from_single(reply)?
             } else {
                 let reference = format!("{user}/{name}");
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    let images: Vec<ImageView> = parse_reply(master.images().await.map_err(bus)?)?;
+                    let images: Vec<ImageView> =
+                        all_from_wire(master.images().await.map_err(bus)?)?;
                     let Some(image) = images.into_iter().find(|i| i.reference == reference) else {
                         return Err(Failure {
                             code: 1,
@@ -64,7 +65,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
         }
         ImageAction::Share { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            parse_reply(
+            from_single(
                 master
                     .set_image_public(owner, name, true)
                     .await
@@ -73,7 +74,7 @@ pub(crate) async fn image(action: ImageAction) -> Result<(), Failure> {
         }
         ImageAction::Unshare { image } => {
             let (owner, name) = split_pair(&image, "OWNER/NAME")?;
-            parse_reply(
+            from_single(
                 master
                     .set_image_public(owner, name, false)
                     .await
@@ -100,7 +101,7 @@ pub(crate) async fn system_image(action: SystemImageAction) -> Result<(), Failur
         from,
         no_wait,
     } = action;
-    let mut image: SystemImageView = parse_reply(
+    let mut image: SystemImageView = from_single(
         master
             .update_system_image(&name, &from)
             .await
@@ -109,7 +110,8 @@ pub(crate) async fn system_image(action: SystemImageAction) -> Result<(), Failur
     while !no_wait && !image.settled {
         eprint!("\r{name}: {}   ", image.state);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let images: Vec<SystemImageView> = parse_reply(master.system_images().await.map_err(bus)?)?;
+        let images: Vec<SystemImageView> =
+            all_from_wire(master.system_images().await.map_err(bus)?)?;
         image = images
             .into_iter()
             .find(|i| i.name == name)

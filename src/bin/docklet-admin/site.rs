@@ -110,7 +110,7 @@ pub(crate) async fn init(force: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| failure(e.into(), "master"))?;
     let result = match master.init(force).await {
-        Ok(result) => result,
+        Ok((result,)) => result,
         // An existing site from before identities: making them was the work to do.
         Err(BusError::AlreadyInitialized(_)) if made => {
             println!("Cluster already initialized.");

@@ -110,9 +110,9 @@ pub(crate) async fn hosts(json: bool) -> Result<(), Failure> {
     } else {
         // Vnodes and drain state need an initialized cluster; without them the table says `-`.
         let loads: BTreeMap<String, HostLoadSummary> = match master.host_loads().await {
-            Ok(text) => serde_json::from_str::<Vec<HostView>>(&text)
-                .unwrap_or_default()
+            Ok(rows) => rows
                 .into_iter()
+                .map(HostView::from)
                 .map(|h| {
                     (
                         h.name,
@@ -137,11 +137,11 @@ pub(crate) async fn hosts(json: bool) -> Result<(), Failure> {
 pub(crate) async fn wait_drained(master: &Master1Proxy<'_>, host: &str) -> Result<(), Failure> {
     let mut last = String::new();
     loop {
-        let text = master
+        let rows = master
             .host_loads()
             .await
             .map_err(|e| failure(e, "master"))?;
-        let hosts: Vec<HostView> = serde_json::from_str(&text).unwrap_or_default();
+        let hosts: Vec<HostView> = all_from_wire(rows)?;
         let Some(view) = hosts.into_iter().find(|h| h.name == host) else {
             return Err(Failure {
                 code: 1,

@@ -12,7 +12,6 @@ use docklet::model::account::AuthMethod;
 use docklet::model::host::{HostRecord, human_bytes};
 use docklet::model::quota::{Group, human_cores};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::bus::*;
 
@@ -133,13 +132,18 @@ pub(crate) fn system_images_table(images: &[SystemImageView]) -> String {
     )
 }
 
-/// Prints the master's records (a JSON list) as JSON or as a table.
-pub(crate) fn print_listing<T: Serialize + DeserializeOwned>(
-    reply: Result<String, BusError>,
+/// Prints the master's records as JSON (the views' own, as the REST API shows them) or as a
+/// table.
+pub(crate) fn print_listing<R, T>(
+    reply: Result<Vec<R>, BusError>,
     json: bool,
     table: fn(&[T]) -> String,
-) -> Result<(), Failure> {
-    let records: Vec<T> = parse_reply(reply.map_err(|e| failure(e, "master"))?)?;
+) -> Result<(), Failure>
+where
+    T: Serialize + TryFrom<R>,
+    T::Error: std::fmt::Display,
+{
+    let records: Vec<T> = all_from_wire(reply.map_err(|e| failure(e, "master"))?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records).expect("JSON"));
     } else {

@@ -1,7 +1,7 @@
 //! Vnodes as the administrator's primitive: list, create, start, stop, delete, and `exec`.
 
 use anyhow::Result;
-use docklet::master::actions::VNodeEntry;
+use docklet::master::actions::{UserNetworkView, VNodeEntry};
 
 use crate::accounts::*;
 use crate::bus::*;
@@ -10,15 +10,12 @@ use crate::tables::render_table;
 use docklet::model::vnode::{DesiredState, VNodeSpec};
 
 pub(crate) async fn cluster_vnodes(conn: &zbus::Connection) -> Result<Vec<VNodeEntry>, Failure> {
-    let text = master_proxy(conn)
+    let rows = master_proxy(conn)
         .await?
         .list_vnodes()
         .await
         .map_err(|e| failure(e, "master"))?;
-    serde_json::from_str(&text).map_err(|e| Failure {
-        code: 1,
-        message: format!("the master sent an unreadable vnode list: {e}"),
-    })
+    all_from_wire(rows)
 }
 
 pub(crate) async fn vnodes(all: bool, json: bool) -> Result<(), Failure> {
@@ -194,14 +191,15 @@ impl Drop for RawTerminal {
     }
 }
 
-/// `docklet-admin network USER`: the user's network as the master records it.
+/// `docklet-admin network USER`: the user's network as the master records it (JSON).
 pub(crate) async fn network(user: &str) -> Result<(), Failure> {
     let conn = connect().await?;
-    let text = master_proxy(&conn)
+    let row = master_proxy(&conn)
         .await?
         .user_network(user)
         .await
         .map_err(|e| failure(e, "master"))?;
-    println!("{text}");
+    let network: UserNetworkView = from_single(row)?;
+    println!("{}", serde_json::to_string_pretty(&network).expect("JSON"));
     Ok(())
 }

@@ -1,4 +1,8 @@
-//! `org.docklet.Master1` at `/org/docklet/Master1` on the system bus.
+//! `org.docklet.Master1` at `/org/docklet/Master1` on the system bus: a thin adapter that
+//! checks the caller, calls the [`Master`]'s action as `Caller::local_admin()` and returns
+//! the D-Bus records of [`crate::dbus_api`] ([`views`] converts). The methods' doc comments
+//! are the interface's documentation: zbus writes them into the introspection XML, which is
+//! `dbus/org.docklet.Master1.xml` ([`introspection`] checks it).
 
 use std::sync::Arc;
 
@@ -8,18 +12,32 @@ use super::Master;
 use super::actions::images::{ImagePatch, SaveImageRequest};
 use super::actions::system_images::SystemImageUpdateRequest;
 use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
-use crate::dbus_api::{self, BusError, HostRow, InitResult};
+use crate::dbus_api::{
+    self, BusError, ClusterRow, GroupPatchDict, GroupRow, HostLoadRow, HostRow, ImageRow,
+    InitResult, NetworkRow, PortRow, SystemImageRow, UserPatchDict, UserRow, VNodeEntryRow,
+    VariantDict,
+};
 use crate::model::account::AuthMethod;
 use crate::model::quota::Group;
 use crate::model::vnode::{DesiredState, VNodeSpec};
+
+#[cfg(test)]
+pub(crate) mod introspection;
+mod views;
 
 pub struct MasterInterface {
     master: Arc<Master>,
 }
 
+/// Errors are named org.docklet.Error.{AccessDenied,NotInitialized,AlreadyInitialized,
+/// EtcdUnavailable,NotFound,Conflict,InvalidArgument,Exhausted,Failed}. D-Bus has no optional
+/// values: an absent field is an empty string (or 0, said where), or a key missing from an
+/// a{sv}.
 #[zbus::interface(name = "org.docklet.Master1")]
 impl MasterInterface {
-    /// Hosts whose workers hold their registration lease.
+    /// Hosts whose workers hold their registration lease: (name, addresses, cpus,
+    /// memory_bytes, disk_free_bytes, version, registered_at).
+    #[zbus(out_args("hosts"))]
     async fn list_hosts(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -37,19 +55,23 @@ impl MasterInterface {
     }
 
     /// Creates the cluster: internal credentials, the cluster record and the portal
-    /// administrator. Refused on an initialized cluster unless `force`.
+    /// administrator. Refused (AlreadyInitialized) on an initialized cluster unless `force`.
+    /// Returns (portal_url, admin_user, password_file).
+    #[zbus(out_args("result"))]
     async fn init(
         &self,
         force: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<InitResult, BusError> {
+    ) -> Result<(InitResult,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(caller_uid = uid, force, "init requested over D-Bus");
-        self.master.init(force).await
+        Ok((self.master.init(force).await?,))
     }
 
-    /// A one-time join token for a new (or re-keyed) host, valid `seconds`.
+    /// A one-time join token for a new (or re-keyed) host, valid `seconds` (at most 7 days);
+    /// the host exchanges it with `docklet-admin join`.
+    #[zbus(out_args("token"))]
     async fn add_host(
         &self,
         host: &str,
@@ -66,7 +88,7 @@ impl MasterInterface {
         self.master.add_host(host, seconds).await
     }
 
-    /// Revokes a host's certificates (and any pending join token).
+    /// Revokes a host's certificates and any pending join token: agents refuse them.
     async fn remove_host(
         &self,
         host: &str,
@@ -82,7 +104,10 @@ impl MasterInterface {
         self.master.remove_host(host).await
     }
 
-    /// Writes a vnode spec (JSON) for a host; its worker creates the vnode.
+    /// Writes a vnode spec for a host; that host's worker creates it. `spec` is a JSON
+    /// document: id, user, cluster, index, image, cpu_millis, memory_bytes, disk_bytes,
+    /// tasks, state = running|stopped; Docklet assigns the address. Conflict when the id
+    /// exists anywhere in the cluster; Exhausted when the user's network has no address left.
     #[zbus(name = "CreateVNode")]
     async fn create_vnode(
         &self,
@@ -100,7 +125,7 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
-    /// running, stopped or deleted.
+    /// Desired state of a vnode: running, stopped or deleted.
     #[zbus(name = "SetVNodeState")]
     async fn set_vnode_state(
         &self,
@@ -117,17 +142,23 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
+    /// A user's network: (user, vni, blocks, gateway, capacity, quota, addresses), where
+    /// addresses maps an address to its vnode's id and gateway is empty while there is no
+    /// block. NotFound before the user's first vnode.
     #[zbus(name = "UserNetwork")]
+    #[zbus(out_args("network"))]
     async fn user_network(
         &self,
         user: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(NetworkRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.user_network(&Caller::local_admin(), user).await)
+        row(self.master.user_network(&Caller::local_admin(), user).await)
     }
 
+    /// How many vnodes a user may have; their network's address blocks grow to hold as
+    /// many. Exhausted when the address pool cannot.
     #[zbus(name = "SetVNodeQuota")]
     async fn set_vnode_quota(
         &self,
@@ -143,28 +174,41 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
+    /// Every vnode of the cluster: (host, spec, status). spec is an a{sv} with id, user,
+    /// cluster, image, state (s), index, cpu_millis, tasks (u), memory_bytes, disk_bytes (t),
+    /// and address (s) and handoff ((sss) token, from, resume) when set. status is an a{sv},
+    /// empty until the worker first reports: id, host, phase, unit (s), restarts (u),
+    /// updated_at (t), and when known reason, image_version (s), leader_pid, uid_base (u),
+    /// booted_at, boot_ms, net_us (t).
     #[zbus(name = "ListVNodes")]
+    #[zbus(out_args("vnodes"))]
     async fn list_vnodes(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<VNodeEntryRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.list_vnodes(&Caller::local_admin()).await)
+        rows(self.master.list_vnodes(&Caller::local_admin()).await)
     }
 
-    /// Every account with its group, quota and usage (JSON).
+    /// Every account with its group's quota and its usage: (user, group, admin, status,
+    /// auth, quota, usage, defaults); status is applying, normal or locked, auth local or
+    /// pam; quota is (cpu_millis, memory_bytes, disk_bytes, vnodes, images, image_bytes,
+    /// port_mappings, idle_secs), usage (cpu_millis, memory_bytes, disk_bytes, vnodes,
+    /// port_mappings, images, image_bytes), defaults (cpu_millis, memory_bytes, disk_bytes).
+    #[zbus(out_args("users"))]
     async fn users(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<UserRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.list_users(&Caller::local_admin()).await)
+        rows(self.master.list_users(&Caller::local_admin()).await)
     }
 
     /// Creates an account: `auth` is `local` (with a password) or `pam` (password empty);
-    /// an empty `group` means the default group.
+    /// an empty `group` means the default group. Returns the account as Users lists it.
+    #[zbus(out_args("user"))]
     async fn create_user(
         &self,
         name: &str,
@@ -173,7 +217,7 @@ impl MasterInterface {
         password: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(UserRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         let auth = match auth {
             "local" => AuthMethod::Local,
@@ -191,27 +235,30 @@ impl MasterInterface {
             auth: Some(auth),
         };
         tracing::info!(caller_uid = uid, user = name, "user created over D-Bus");
-        json(self.master.create_user(&Caller::local_admin(), &new).await)
+        row(self.master.create_user(&Caller::local_admin(), &new).await)
     }
 
-    /// Changes an account: `patch` is JSON with any of `group`, `status`, `password`.
+    /// Changes an account: `patch` has any of the keys group, status (applying, normal,
+    /// locked) and password, all s; an unknown key or a value of another type is refused
+    /// (InvalidArgument, naming the key). Returns the account as Users lists it.
+    #[zbus(out_args("user"))]
     async fn set_user(
         &self,
         name: &str,
-        patch: &str,
+        patch: VariantDict,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(UserRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
-        let patch: UserPatch = parse(patch)?;
+        let patch = UserPatch::try_from(UserPatchDict::from_dict(patch)?)?;
         tracing::info!(caller_uid = uid, user = name, "user changed over D-Bus");
-        json(
-            self.master
-                .update_user(&Caller::local_admin(), name, &patch, "D-Bus")
-                .await,
-        )
+        row(self
+            .master
+            .update_user(&Caller::local_admin(), name, &patch, "D-Bus")
+            .await)
     }
 
+    /// Deletes an account.
     async fn delete_user(
         &self,
         name: &str,
@@ -226,51 +273,58 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
-    /// Every group with its quota and node defaults (JSON).
+    /// Every group: (name, admin, quota, defaults, egress_allow); quota and defaults as in
+    /// Users; egress_allow lists the destinations its members' vnodes may reach besides the
+    /// site's (10.0.0.0/8, 192.168.1.5/32:443).
+    #[zbus(out_args("groups"))]
     async fn groups(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<GroupRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.list_groups(&Caller::local_admin()).await)
+        rows(self.master.list_groups(&Caller::local_admin()).await)
     }
 
-    /// Creates a group from its JSON record.
+    /// Creates a group from its record, as Groups lists them; returns it.
+    #[zbus(out_args("group"))]
     async fn create_group(
         &self,
-        group: &str,
+        group: GroupRow,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(GroupRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
-        let group: Group = parse(group)?;
-        json(
-            self.master
-                .create_group(&Caller::local_admin(), &group)
-                .await,
-        )
+        let group = Group::try_from(group)?;
+        row(self
+            .master
+            .create_group(&Caller::local_admin(), &group)
+            .await)
     }
 
-    /// Changes a group: `patch` is JSON with any of `admin`, `quota` (any of its fields),
-    /// `defaults` and `egress_allow` (the whole list).
+    /// Changes a group: `patch` has any of the keys admin (b), quota (a{sv} with any of
+    /// cpu_millis, memory_bytes, disk_bytes, image_bytes, idle_secs as t and vnodes, images,
+    /// port_mappings as u), defaults ((utt) cpu_millis, memory_bytes, disk_bytes) and
+    /// egress_allow (as, the whole list). An unknown key or a value of another type is
+    /// refused (InvalidArgument, naming the key). Returns the group.
+    #[zbus(out_args("group"))]
     async fn set_group(
         &self,
         name: &str,
-        patch: &str,
+        patch: VariantDict,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(GroupRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
-        let patch: GroupPatch = parse(patch)?;
+        let patch = GroupPatch::try_from(GroupPatchDict::from_dict(patch)?)?;
         tracing::info!(caller_uid = uid, group = name, "group changed over D-Bus");
-        json(
-            self.master
-                .update_group(&Caller::local_admin(), name, &patch)
-                .await,
-        )
+        row(self
+            .master
+            .update_group(&Caller::local_admin(), name, &patch)
+            .await)
     }
 
+    /// Deletes a group; refused while it has members or is the default.
     async fn delete_group(
         &self,
         name: &str,
@@ -284,6 +338,7 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
+    /// Makes `name` the group new users join.
     async fn set_default_group(
         &self,
         name: &str,
@@ -298,6 +353,7 @@ impl MasterInterface {
     }
 
     /// The group new users join.
+    #[zbus(out_args("group"))]
     async fn default_group(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
@@ -310,14 +366,17 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
-    /// Hosts with capacity, allocations, images and drain state (JSON).
+    /// Hosts with capacity, allocations, images and drain state: (name, addresses, cpus,
+    /// memory_bytes, disk_free_bytes, allocated, draining, drain_note, images, version);
+    /// allocated is a usage as in Users, drain_note is empty unless the host is draining.
+    #[zbus(out_args("hosts"))]
     async fn host_loads(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<HostLoadRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.hosts(&Caller::local_admin()).await)
+        rows(self.master.hosts(&Caller::local_admin()).await)
     }
 
     /// Stops (or, with `drain` false, resumes) placing new vnodes on a host.
@@ -336,51 +395,66 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
-    /// A user's clusters with their nodes (JSON).
+    /// A user's clusters with their nodes: (name, user, image, state, node_size,
+    /// created_at, nodes, idle_stopped_at, idle_secs); a node is (index, id, hostname, state,
+    /// address, host, image, cpu_millis, memory_bytes, disk_bytes, reason), address and
+    /// reason empty when there is none; idle_stopped_at is 0 unless the cluster was stopped
+    /// for being idle idle_secs.
+    #[zbus(out_args("clusters"))]
     async fn clusters(
         &self,
         user: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<ClusterRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(
+        rows(
             self.master
                 .list_clusters(&Caller::local_admin(), Some(user))
                 .await,
         )
     }
 
-    /// Port mappings as JSON, the records of `GET /api/v1/ports`: `user`'s, or everyone's
-    /// when `user` is empty.
+    /// Port mappings, the records of GET /api/v1/ports, of `user`, or of everyone when
+    /// `user` is empty: (user, cluster, node, port, public_port, created_at, vnode, address,
+    /// forwarding); address is where to connect, forwarding whether the masters forward it
+    /// now.
+    #[zbus(out_args("ports"))]
     async fn ports(
         &self,
         user: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<PortRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
         let caller = Caller::local_admin();
         if user.is_empty() {
-            json(self.master.all_ports(&caller, None).await)
+            rows(self.master.all_ports(&caller, None).await)
         } else {
-            json(self.master.list_ports(&caller, Some(user), None).await)
+            rows(self.master.list_ports(&caller, Some(user), None).await)
         }
     }
 
-    /// Every user's images as JSON, the records of `GET /api/v1/images?all=true`.
+    /// Every user's images, the records of GET /api/v1/images?all=true: (reference, owner,
+    /// name, description, public, created_at, state, bytes, optional). optional is an a{sv}
+    /// with current ((sststs) version, base, bytes, sha256, saved_at, saved_from) once a
+    /// save completed, pending ((ssstttstb) kind = saving|deleting, vnode, host,
+    /// requested_at, max_bytes, written_bytes, description, since, confirmed) while one is
+    /// under way, last_error (s) after a failed save.
+    #[zbus(out_args("images"))]
     async fn images(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<ImageRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.list_images(&Caller::local_admin(), true).await)
+        rows(self.master.list_images(&Caller::local_admin(), true).await)
     }
 
-    /// Saves node `node` of `user`'s cluster as `user`'s image `name` (replacing one with
-    /// `force`); returns the image (JSON), being saved.
+    /// Saves node `node` of `user`'s cluster as `user`'s image `name` (replacing one of that
+    /// name with `force`); returns the image as Images lists it, being saved.
     #[allow(clippy::too_many_arguments)]
+    #[zbus(out_args("image"))]
     async fn save_image(
         &self,
         user: &str,
@@ -391,7 +465,7 @@ impl MasterInterface {
         force: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(ImageRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
@@ -408,14 +482,15 @@ impl MasterInterface {
             description: description.to_owned(),
             force,
         };
-        json(
-            self.master
-                .save_image(&Caller::local_admin(), Some(user), &request)
-                .await,
-        )
+        row(self
+            .master
+            .save_image(&Caller::local_admin(), Some(user), &request)
+            .await)
     }
 
-    /// Shares (`public`) or unshares `owner`'s image `name`; returns it (JSON).
+    /// Shares (`public` true) or unshares `owner`'s image `name`; returns it as Images lists
+    /// it.
+    #[zbus(out_args("image"))]
     async fn set_image_public(
         &self,
         owner: &str,
@@ -423,17 +498,16 @@ impl MasterInterface {
         public: bool,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(ImageRow,), BusError> {
         dbus_api::authorize(conn, &header).await?;
         let patch = ImagePatch {
             public: Some(public),
             description: None,
         };
-        json(
-            self.master
-                .update_image(&Caller::local_admin(), owner, name, &patch)
-                .await,
-        )
+        row(self
+            .master
+            .update_image(&Caller::local_admin(), owner, name, &patch)
+            .await)
     }
 
     /// Deletes `owner`'s image `name` (refused while a cluster uses it).
@@ -452,25 +526,32 @@ impl MasterInterface {
             .map_err(BusError::from)
     }
 
-    /// Every system image as JSON, the records of `GET /api/v1/system-images`.
+    /// Every system image, the records of GET /api/v1/system-images: (name, state, settled,
+    /// hosts, optional). A host is (host, current, optional) whose optional a{sv} has build
+    /// ((sssstst) host, version, state = building|ready|failed, step, since, error,
+    /// updated_at) when the host works on the latest update; the image's optional a{sv} has
+    /// update ((sss(sststs)st) name, version, from, layer, requested_by, requested_at) once
+    /// one was asked for. settled: every host is done with the latest update (or one failed).
+    #[zbus(out_args("system_images"))]
     async fn system_images(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<Vec<SystemImageRow>, BusError> {
         dbus_api::authorize(conn, &header).await?;
-        json(self.master.list_system_images(&Caller::local_admin()).await)
+        rows(self.master.list_system_images(&Caller::local_admin()).await)
     }
 
-    /// Makes the next version of system image `name` on every host from image `from`;
-    /// returns the system image (JSON), being updated.
+    /// Makes the next version of system image `name` on every host from saved image `from`
+    /// (owner/name); returns the system image as SystemImages lists it, being updated.
+    #[zbus(out_args("system_image"))]
     async fn update_system_image(
         &self,
         name: &str,
         from: &str,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<String, BusError> {
+    ) -> Result<(SystemImageRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
         tracing::info!(
             caller_uid = uid,
@@ -481,18 +562,19 @@ impl MasterInterface {
         let request = SystemImageUpdateRequest {
             from: from.to_owned(),
         };
-        json(
-            self.master
-                .update_system_image(&Caller::local_admin(), name, &request)
-                .await,
-        )
+        row(self
+            .master
+            .update_system_image(&Caller::local_admin(), name, &request)
+            .await)
     }
 
+    /// The master's version.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         crate::VERSION.to_owned()
     }
 
+    /// What the master is doing, as systemd's status line.
     #[zbus(property(emits_changed_signal = "false"))]
     fn status(&self) -> String {
         self.master.status()
@@ -508,12 +590,14 @@ pub async fn serve(master: Arc<Master>) -> zbus::Result<zbus::Connection> {
         .await
 }
 
-fn json<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<String, BusError> {
-    result
-        .map(|value| serde_json::to_string_pretty(&value).expect("records serialize"))
-        .map_err(BusError::from)
+/// One action's answer as its D-Bus record, one out argument of the record's struct type (a
+/// struct returned bare would be sent as as many arguments as it has fields, unlike what
+/// zbus introspects, and unlike the lists' elements).
+fn row<V, R: From<V>>(result: Result<V, ApiError>) -> Result<(R,), BusError> {
+    Ok((R::from(result?),))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, BusError> {
-    serde_json::from_str(text).map_err(|e| BusError::InvalidArgument(format!("JSON: {e}")))
+/// A listing's answer as D-Bus records.
+fn rows<V, R: From<V>>(result: Result<Vec<V>, ApiError>) -> Result<Vec<R>, BusError> {
+    Ok(result?.into_iter().map(R::from).collect())
 }

@@ -4,12 +4,29 @@
 //!
 //! The bus policy (`dbus/org.docklet.conf`) already refuses callers that are neither root nor
 //! in group `docklet-admin`; the daemons check again, so a loosened policy opens nothing.
+//!
+//! Methods return typed D-Bus values (structs, arrays of them, `a{sv}`), never JSON in a
+//! string: `busctl` prints them readably. The one JSON document is the vnode spec
+//! `CreateVNode` takes. `dbus/*.xml` is what zbus introspects from the interfaces, checked by
+//! a unit test (`master::bus::introspection`).
+
+pub mod dict;
+pub mod images;
+pub mod patches;
+pub mod records;
+#[cfg(test)]
+pub(crate) mod xml_check;
 
 use serde::{Deserialize, Serialize};
 use zbus::Type;
 use zbus::message::Header;
 
 use crate::model::host::{Capacity, HostRecord};
+
+pub use dict::VariantDict;
+pub use images::{ImageRow, SystemImageRow};
+pub use patches::{GroupPatchDict, QuotaPatchDict, UserPatchDict};
+pub use records::{ClusterRow, GroupRow, HostLoadRow, NetworkRow, PortRow, UserRow, VNodeEntryRow};
 
 pub const MASTER_NAME: &str = "org.docklet.Master1";
 pub const MASTER_PATH: &str = "/org/docklet/Master1";
@@ -108,6 +125,8 @@ pub struct InitResult {
     pub password_file: String,
 }
 
+/// The client side of `org.docklet.Master1`; the methods' contract is documented on the
+/// server's interface (`master::bus`) and in `dbus/org.docklet.Master1.xml`.
 #[zbus::proxy(
     interface = "org.docklet.Master1",
     default_service = "org.docklet.Master1",
@@ -115,49 +134,41 @@ pub struct InitResult {
 )]
 pub trait Master1 {
     fn list_hosts(&self) -> Result<Vec<HostRow>, BusError>;
-    fn init(&self, force: bool) -> Result<InitResult, BusError>;
-    /// A one-time join token for a new (or re-keyed) host, valid `seconds`.
+    fn init(&self, force: bool) -> Result<(InitResult,), BusError>;
     fn add_host(&self, host: &str, seconds: u64) -> Result<String, BusError>;
-    /// Revokes a host's certificates (and any pending join token).
     fn remove_host(&self, host: &str) -> Result<(), BusError>;
     /// `spec` is a [`VNodeSpec`](crate::model::vnode::VNodeSpec) as JSON.
     #[zbus(name = "CreateVNode")]
     fn create_vnode(&self, host: &str, spec: &str) -> Result<(), BusError>;
     #[zbus(name = "SetVNodeState")]
     fn set_vnode_state(&self, id: &str, state: &str) -> Result<(), BusError>;
-    /// Every vnode of the cluster as JSON: `[{"host", "spec", "status"}]`.
     #[zbus(name = "ListVNodes")]
-    fn list_vnodes(&self) -> Result<String, BusError>;
-    /// How many vnodes `user` may have; their network grows to hold that many.
-    /// A user's network as JSON: `{"vni", "blocks", "gateway", "quota", "addresses"}`.
+    fn list_vnodes(&self) -> Result<Vec<VNodeEntryRow>, BusError>;
     #[zbus(name = "UserNetwork")]
-    fn user_network(&self, user: &str) -> Result<String, BusError>;
+    fn user_network(&self, user: &str) -> Result<(NetworkRow,), BusError>;
     #[zbus(name = "SetVNodeQuota")]
     fn set_vnode_quota(&self, user: &str, vnodes: u32) -> Result<(), BusError>;
-    /// Accounts, groups, hosts and clusters as JSON, the same records as the REST API's.
-    fn users(&self) -> Result<String, BusError>;
+    fn users(&self) -> Result<Vec<UserRow>, BusError>;
     fn create_user(
         &self,
         name: &str,
         group: &str,
         auth: &str,
         password: &str,
-    ) -> Result<String, BusError>;
-    fn set_user(&self, name: &str, patch: &str) -> Result<String, BusError>;
+    ) -> Result<(UserRow,), BusError>;
+    fn set_user(&self, name: &str, patch: &UserPatchDict) -> Result<(UserRow,), BusError>;
     fn delete_user(&self, name: &str) -> Result<(), BusError>;
-    fn groups(&self) -> Result<String, BusError>;
-    fn create_group(&self, group: &str) -> Result<String, BusError>;
-    fn set_group(&self, name: &str, patch: &str) -> Result<String, BusError>;
+    fn groups(&self) -> Result<Vec<GroupRow>, BusError>;
+    fn create_group(&self, group: &GroupRow) -> Result<(GroupRow,), BusError>;
+    fn set_group(&self, name: &str, patch: &GroupPatchDict) -> Result<(GroupRow,), BusError>;
     fn delete_group(&self, name: &str) -> Result<(), BusError>;
     fn set_default_group(&self, name: &str) -> Result<(), BusError>;
     fn default_group(&self) -> Result<String, BusError>;
-    fn host_loads(&self) -> Result<String, BusError>;
+    fn host_loads(&self) -> Result<Vec<HostLoadRow>, BusError>;
     fn drain(&self, host: &str, drain: bool) -> Result<(), BusError>;
-    fn clusters(&self, user: &str) -> Result<String, BusError>;
-    /// Port mappings: `user`'s, or everyone's when `user` is empty.
-    fn ports(&self, user: &str) -> Result<String, BusError>;
-    /// Every user's images (JSON).
-    fn images(&self) -> Result<String, BusError>;
+    fn clusters(&self, user: &str) -> Result<Vec<ClusterRow>, BusError>;
+    fn ports(&self, user: &str) -> Result<Vec<PortRow>, BusError>;
+    fn images(&self) -> Result<Vec<ImageRow>, BusError>;
     #[allow(clippy::too_many_arguments)]
     fn save_image(
         &self,
@@ -167,20 +178,24 @@ pub trait Master1 {
         name: &str,
         description: &str,
         force: bool,
-    ) -> Result<String, BusError>;
-    fn set_image_public(&self, owner: &str, name: &str, public: bool) -> Result<String, BusError>;
+    ) -> Result<(ImageRow,), BusError>;
+    fn set_image_public(
+        &self,
+        owner: &str,
+        name: &str,
+        public: bool,
+    ) -> Result<(ImageRow,), BusError>;
     fn delete_image(&self, owner: &str, name: &str) -> Result<(), BusError>;
-    /// Every system image with each host's version and the latest update (JSON).
-    fn system_images(&self) -> Result<String, BusError>;
-    /// Makes the next version of system image `name` on every host from image `from`
-    /// (`owner/name`); returns the system image (JSON), being updated.
-    fn update_system_image(&self, name: &str, from: &str) -> Result<String, BusError>;
+    fn system_images(&self) -> Result<Vec<SystemImageRow>, BusError>;
+    fn update_system_image(&self, name: &str, from: &str) -> Result<(SystemImageRow,), BusError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn status(&self) -> zbus::Result<String>;
 }
 
+/// The client side of `org.docklet.Worker1` (contract: `worker::bus`,
+/// `dbus/org.docklet.Worker1.xml`).
 #[zbus::proxy(
     interface = "org.docklet.Worker1",
     default_service = "org.docklet.Worker1",
@@ -189,11 +204,8 @@ pub trait Master1 {
 pub trait Worker1 {
     #[zbus(name = "ListVNodes")]
     fn list_vnodes(&self) -> Result<Vec<VNodeRow>, BusError>;
-    /// Spec and status of one vnode of this host as JSON: `{"spec", "status"}`.
     #[zbus(name = "VNodeStatus")]
-    fn vnode_status(&self, id: &str) -> Result<String, BusError>;
-    /// Runs `argv` in the vnode as `user` with the given standard streams; returns the exit
-    /// status (128 + signal when killed).
+    fn vnode_status(&self, id: &str) -> Result<(VNodeEntryRow,), BusError>;
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
@@ -259,7 +271,10 @@ pub async fn authorize(conn: &zbus::Connection, header: &Header<'_>) -> Result<u
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod host_tests {
     use super::*;
 
     #[test]
