@@ -116,9 +116,16 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        dbus_api::authorize(conn, &header).await?;
+        let uid = dbus_api::authorize(conn, &header).await?;
         let spec: VNodeSpec = serde_json::from_str(spec)
             .map_err(|e| BusError::InvalidArgument(format!("vnode spec: {e}")))?;
+        tracing::info!(
+            caller_uid = uid,
+            vnode = spec.id,
+            host,
+            "vnode {} on {host} requested over D-Bus",
+            spec.id
+        );
         self.master
             .create_vnode(&Caller::local_admin(), host, &spec)
             .await
@@ -134,10 +141,15 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        dbus_api::authorize(conn, &header).await?;
-        let state: DesiredState = state.parse().map_err(BusError::InvalidArgument)?;
+        let uid = dbus_api::authorize(conn, &header).await?;
+        let wanted: DesiredState = state.parse().map_err(BusError::InvalidArgument)?;
+        tracing::info!(
+            caller_uid = uid,
+            vnode = id,
+            "vnode {id} set {state} over D-Bus"
+        );
         self.master
-            .set_vnode_state(&Caller::local_admin(), id, state)
+            .set_vnode_state(&Caller::local_admin(), id, wanted)
             .await
             .map_err(BusError::from)
     }
@@ -167,7 +179,13 @@ impl MasterInterface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        dbus_api::authorize(conn, &header).await?;
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(
+            caller_uid = uid,
+            user,
+            vnodes,
+            "vnode quota of {user} set to {vnodes} over D-Bus"
+        );
         self.master
             .set_vnode_quota(&Caller::local_admin(), user, vnodes)
             .await
