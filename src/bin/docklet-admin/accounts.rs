@@ -11,18 +11,49 @@ use docklet::model::account::AccountStatus;
 use docklet::model::quota::Group;
 
 /// A password from standard input: the first line, so `echo pw | docklet-admin ...` works and
-/// the password never shows in the process list.
+/// the password never shows in the process list. On a terminal it is asked for twice, without
+/// echo, as `passwd` does.
 pub(crate) fn read_password() -> Result<String, Failure> {
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
-        code: 2,
-        message: format!("cannot read the password from standard input: {e}"),
-    })?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = prompt_hidden(&stdin, "New password: ")?;
+        let again = prompt_hidden(&stdin, "Again: ")?;
+        if first != again {
+            return Err(usage("the two passwords differ: nothing changed".into()));
+        }
+        first
+    } else {
+        read_line(&stdin)?
+    };
     if password.is_empty() {
         return Err(usage("give the password on standard input".into()));
     }
     Ok(password)
+}
+
+fn read_line(stdin: &std::io::Stdin) -> Result<String, Failure> {
+    let mut line = String::new();
+    stdin.read_line(&mut line).map_err(|e| Failure {
+        code: 2,
+        message: format!("cannot read the password from standard input: {e}"),
+    })?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// One line from the terminal with echo off (restored whatever happens).
+fn prompt_hidden(stdin: &std::io::Stdin, prompt: &str) -> Result<String, Failure> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    eprint!("{prompt}");
+    let saved = tcgetattr(stdin).map_err(|e| usage(format!("reading the terminal: {e}")))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    tcsetattr(stdin, SetArg::TCSAFLUSH, &quiet)
+        .map_err(|e| usage(format!("turning the terminal's echo off: {e}")))?;
+    let line = read_line(stdin);
+    let _ = tcsetattr(stdin, SetArg::TCSAFLUSH, &saved);
+    line
 }
 
 pub(crate) async fn user(action: UserAction) -> Result<(), Failure> {

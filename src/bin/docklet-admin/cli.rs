@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
     about = "Administer Docklet on this host (root or group docklet-admin)",
     after_help = "Exit codes: 0 ok, 1 failure reported by the daemon, 2 usage or invalid argument, \
                   3 daemon not running, 4 permission denied, 5 already initialized, 6 etcd unreachable, \
-                  7 not found, 8 conflict. `exec` exits with the command's status."
+                  7 not found, 8 conflict, 9 exhausted (a quota, addresses or capacity). `exec` \
+                  exits with the command's status."
 )]
 pub(crate) struct Args {
     #[command(subcommand)]
@@ -19,12 +20,13 @@ pub(crate) struct Args {
 pub(crate) enum Command {
     /// Show the state of the master and worker on this host.
     Status {
-        /// Machine-readable output.
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
     /// List the hosts whose workers are registered in the cluster.
     Hosts {
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -32,9 +34,12 @@ pub(crate) enum Command {
     /// users when etcd speaks TLS, else a password on the shared filesystem) and the portal
     /// administrator `root`.
     Init {
-        /// Wipe an existing cluster's state and start over.
+        /// Wipe an existing cluster's state and start over (asks first on a terminal).
         #[arg(long)]
         force: bool,
+        /// With --force: wipe without asking (scripts; needed when not on a terminal).
+        #[arg(long, requires = "force")]
+        yes: bool,
     },
     /// Make a one-time join token for a host (`host add`), or revoke a host's identity
     /// (`host remove`).
@@ -61,8 +66,10 @@ pub(crate) enum Command {
     },
     /// List vnodes: this host's (from its worker), or with --all the whole cluster's.
     Vnodes {
+        /// Every host's vnodes, from etcd through the master.
         #[arg(long)]
         all: bool,
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -73,19 +80,25 @@ pub(crate) enum Command {
         action: VnodeAction,
     },
     /// Show a user's network: VNI, address blocks, gateway, quota and addresses (JSON).
-    Network { user: String },
+    Network {
+        /// The user.
+        user: String,
+    },
     /// Show a group's quota, or change it with any of the options; with --user, set one
     /// user's own vnode count over the group's (their network's blocks grow to match).
     Quota(QuotaArgs),
     /// List port mappings (every user's, or one user's) and whether they forward now.
     Ports {
+        /// Only this user's mappings.
         #[arg(long)]
         user: Option<String>,
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
     /// List accounts with their group, status and usage against the group's quota.
     Users {
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -96,6 +109,7 @@ pub(crate) enum Command {
     },
     /// List every user's images with their state, size and sharing.
     Images {
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +120,7 @@ pub(crate) enum Command {
     },
     /// List the system images with every host's version and the latest update.
     SystemImages {
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -116,6 +131,7 @@ pub(crate) enum Command {
     },
     /// List groups with their quotas; the default group for new users is marked.
     Groups {
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
@@ -127,7 +143,9 @@ pub(crate) enum Command {
     /// Move every vnode off a host and place no new ones there, showing progress until it is
     /// empty (--off: take it back into service; vnodes not moved yet stay).
     Drain {
+        /// The host, as `docklet-admin hosts` names it.
         host: String,
+        /// Take the host back into service.
         #[arg(long)]
         off: bool,
         /// Return at once; the leading master goes on moving the vnodes.
@@ -139,7 +157,9 @@ pub(crate) enum Command {
         /// Run as this user of the vnode.
         #[arg(long, default_value = "root")]
         user: String,
+        /// The vnode's id (`docklet-admin vnodes`).
         id: String,
+        /// The command and its arguments, after `--`.
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
@@ -150,13 +170,17 @@ pub(crate) enum HostAction {
     /// Print a one-time join token for host NAME (a new host, or one to re-key); run
     /// `docklet-admin join TOKEN` on that host.
     Add {
+        /// The host's name (its hostname).
         name: String,
         /// How long the token may be used: seconds, or with an s, m, h or d suffix (at most 7d).
         #[arg(long, default_value = "1h")]
         valid_for: String,
     },
     /// Revoke host NAME's certificates: its daemons are refused by every agent from now on.
-    Remove { name: String },
+    Remove {
+        /// The host's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,24 +188,33 @@ pub(crate) enum UserAction {
     /// A local account (password read from standard input) or, with --pam, one whose password
     /// the hosts' PAM checks.
     Add {
+        /// The account's name (for --pam, the system account's).
         name: String,
+        /// Its group (default: the default group).
         #[arg(long)]
         group: Option<String>,
+        /// The hosts' PAM checks its password (a system account of the same name).
         #[arg(long)]
         pam: bool,
     },
     /// Change the group or status (applying, normal, locked); --password reads a new local
     /// password from standard input.
     Set {
+        /// The account.
         name: String,
+        /// Move it to this group.
         #[arg(long)]
         group: Option<String>,
+        /// applying, normal or locked (locked ends its sessions at once).
         #[arg(long)]
         status: Option<String>,
+        /// Read a new local password from standard input.
         #[arg(long)]
         password: bool,
     },
+    /// Delete an account (refused while it has clusters or images).
     Delete {
+        /// The account.
         name: String,
     },
 }
@@ -192,8 +225,11 @@ pub(crate) enum ImageAction {
     Save {
         /// USER/CLUSTER
         cluster: String,
+        /// The node's index in the cluster.
         node: u32,
+        /// The image's name.
         name: String,
+        /// What the image is for, shown with it.
         #[arg(long, default_value = "")]
         description: String,
         /// Replace USER's image of that name.
@@ -204,11 +240,20 @@ pub(crate) enum ImageAction {
         no_wait: bool,
     },
     /// Let every user start clusters from OWNER/NAME.
-    Share { image: String },
+    Share {
+        /// OWNER/NAME
+        image: String,
+    },
     /// Make OWNER/NAME private again (clusters made from it keep it).
-    Unshare { image: String },
+    Unshare {
+        /// OWNER/NAME
+        image: String,
+    },
     /// Delete OWNER/NAME (refused while a cluster uses it).
-    Delete { image: String },
+    Delete {
+        /// OWNER/NAME
+        image: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,6 +262,7 @@ pub(crate) enum SystemImageAction {
     /// saved image OWNER/IMAGE's changes; wait until every host has it. Running nodes keep
     /// their version until they restart.
     Update {
+        /// The system image (e.g. base).
         name: String,
         /// OWNER/IMAGE, saved on system image NAME.
         #[arg(long)]
@@ -231,25 +277,32 @@ pub(crate) enum SystemImageAction {
 pub(crate) enum GroupAction {
     /// A new group with the quota and node defaults of another (default: the default group).
     Add {
+        /// The group's name.
         name: String,
+        /// Copy the quota and node defaults of this group.
         #[arg(long)]
         from: Option<String>,
         /// Members administer Docklet.
         #[arg(long)]
         admin: bool,
     },
+    /// Delete a group (refused while it has members or is the default).
     Delete {
+        /// The group.
         name: String,
     },
     /// New users join this group.
     Default {
+        /// The group.
         name: String,
     },
     /// Sets the destinations of the site the group's members' vnodes may reach besides what
     /// the site allows everyone: `CIDR` or `ADDRESS`, optionally `:PORT` or `:FIRST-LAST`
     /// (TCP and UDP). None: only the site's policy.
     Egress {
+        /// The group.
         name: String,
+        /// Destinations, replacing the group's list.
         allow: Vec<String>,
     },
 }
@@ -258,15 +311,21 @@ pub(crate) enum GroupAction {
 pub(crate) enum VnodeAction {
     /// Write a new vnode spec for a host.
     Create {
+        /// The vnode's id, unique in the site.
         id: String,
+        /// The host whose worker runs it.
         #[arg(long)]
         host: String,
+        /// Its owner: its files are in the owner's uid range, its address on the owner's network.
         #[arg(long)]
         user: String,
+        /// The cluster it belongs to (its hostname is host-INDEX there).
         #[arg(long)]
         cluster: String,
+        /// Its index in the cluster.
         #[arg(long, default_value_t = 0)]
         index: u32,
+        /// The image it boots: a system image, or OWNER/NAME.
         #[arg(long, default_value = "base")]
         image: String,
         /// Cores, e.g. 1 or 0.5.
@@ -275,25 +334,34 @@ pub(crate) enum VnodeAction {
         /// Bytes, or with a K, M, G or T suffix.
         #[arg(long, default_value = "1G")]
         memory: String,
+        /// Disk size: bytes, or with a K, M, G or T suffix.
         #[arg(long, default_value = "4G")]
         disk: String,
+        /// Most processes and threads it may run.
         #[arg(long, default_value_t = 2048)]
         tasks: u32,
         /// Create it stopped.
         #[arg(long)]
         stopped: bool,
     },
+    /// Ask for the vnode to run.
     Start {
+        /// The vnode's id.
         id: String,
     },
+    /// Ask for the vnode to stop (its files stay).
     Stop {
+        /// The vnode's id.
         id: String,
     },
+    /// Delete the vnode and its files.
     Delete {
+        /// The vnode's id.
         id: String,
     },
     /// Spec and status as JSON.
     Show {
+        /// The vnode's id.
         id: String,
     },
 }
@@ -304,6 +372,7 @@ pub(crate) struct QuotaArgs {
     /// The group (not with --user).
     #[arg(required_unless_present = "user", conflicts_with = "user")]
     pub(crate) group: Option<String>,
+    /// Set this user's own vnode count (with --vnodes) over their group's.
     #[arg(long)]
     pub(crate) user: Option<String>,
     /// Total cores, e.g. 4 or 0.5.
@@ -312,20 +381,70 @@ pub(crate) struct QuotaArgs {
     /// Total memory: bytes, or with a K, M, G or T suffix.
     #[arg(long)]
     pub(crate) memory: Option<String>,
+    /// Total disk: bytes, or with a K, M, G or T suffix.
     #[arg(long)]
     pub(crate) disk: Option<String>,
+    /// Most vnodes at once.
     #[arg(long)]
     pub(crate) vnodes: Option<u32>,
+    /// Most saved images.
     #[arg(long)]
     pub(crate) images: Option<u32>,
     /// Total size of saved images: bytes, or with a K, M, G or T suffix.
     #[arg(long)]
     pub(crate) image_size: Option<String>,
+    /// Most port mappings.
     #[arg(long)]
     pub(crate) port_mappings: Option<u32>,
     /// Seconds a cluster may stay idle before it is stopped (0: never).
     #[arg(long)]
     pub(crate) idle: Option<u64>,
+    /// Machine-readable output (JSON).
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    /// Every command and every argument says what it is in `--help` (and so in the man page).
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if !matches!(id, "help" | "version") && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Args::command(), "docklet-admin", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_exit_codes_are_all_listed() {
+        let help = Args::command().render_long_help().to_string();
+        for code in 0..=9 {
+            assert!(
+                help.contains(&format!(" {code} ")),
+                "exit code {code}: {help}"
+            );
+        }
+    }
 }

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         match args.command {
             Command::Status { json } => status(json).await,
             Command::Hosts { json } => hosts(json).await,
-            Command::Init { force } => init(force).await,
+            Command::Init { force, yes } => init(force, yes).await,
             Command::Host { action } => match action {
                 HostAction::Add { name, valid_for } => host_add(&name, &valid_for).await,
                 HostAction::Remove { name } => host_remove(&name).await,

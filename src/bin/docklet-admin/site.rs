@@ -89,7 +89,10 @@ pub(crate) fn admin_config() -> Result<docklet::config::Config, Failure> {
     }
 }
 
-pub(crate) async fn init(force: bool) -> Result<(), Failure> {
+pub(crate) async fn init(force: bool, yes: bool) -> Result<(), Failure> {
+    if force && !yes {
+        confirm_wipe()?;
+    }
     // The certificate first: a master started without one serves HTTPS from the moment
     // its files appear.
     let certificate = site_certificate()?;
@@ -328,5 +331,33 @@ pub(crate) async fn join(token: &str) -> Result<(), Failure> {
     println!(
         "Host {host} joined: its identities are in {PKI_DIR} (the agent and the master use them within seconds)."
     );
+    Ok(())
+}
+
+/// `init --force` without `--yes`: on a terminal, the administrator types `wipe`; elsewhere it
+/// is refused, so that no script wipes a site by accident.
+fn confirm_wipe() -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let refused = |message: &str| Failure {
+        code: 2,
+        message: message.to_owned(),
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(refused(
+            "init --force wipes every user, cluster and image of the site: add --yes to do it \
+             without a terminal",
+        ));
+    }
+    eprint!(
+        "init --force wipes every user, cluster, image and port mapping of the site.\nType \
+         wipe to go on: "
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| refused(&format!("reading the answer: {e}")))?;
+    if answer.trim() != "wipe" {
+        return Err(refused("nothing wiped"));
+    }
     Ok(())
 }
