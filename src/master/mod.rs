@@ -28,6 +28,7 @@ pub mod workspace;
 /// Seconds since the epoch (shared with the worker, see [`crate::daemon`]).
 pub use crate::daemon::now_secs;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub enum MasterError {
     Listen { port: u16, source: std::io::Error },
     #[error("cannot serve HTTP: {0}")]
     Serve(std::io::Error),
+    /// The sandbox of the packaged unit does not fit the configuration.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 /// Shared by the HTTP API, the D-Bus interface and the live loop.
@@ -552,9 +556,57 @@ pub fn prepare_dirs(config: &Config) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the master until SIGTERM.
-impl daemon::DaemonError for MasterError {}
+impl daemon::DaemonError for MasterError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            MasterError::Sandbox(_) => daemon::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
 
+/// The packaged unit lets the sandboxed master write only the default
+/// `/var/lib/docklet/global/secrets` (`ReadWritePaths=`); another `fs_prefix` needs a drop-in,
+/// which this names instead of failing later, at `init`, with a read-only file system.
+fn check_secrets_writable(config: &Config) -> Result<(), MasterError> {
+    use nix::unistd::{AccessFlags, access};
+    let Some(dir) = config.credentials_file().parent().map(Path::to_owned) else {
+        return Ok(());
+    };
+    match access(&dir, AccessFlags::W_OK) {
+        Err(errno) => read_only_secrets(&dir, &config.fs_prefix, errno)
+            .map_or(Ok(()), |m| Err(MasterError::Sandbox(m))),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// What to tell the administrator when the master cannot write `dir` for `errno`: only a
+/// read-only mount is the sandbox's doing (a missing directory is `--prepare-dirs`' to make).
+fn read_only_secrets(dir: &Path, fs_prefix: &Path, errno: nix::errno::Errno) -> Option<String> {
+    (errno == nix::errno::Errno::EROFS).then(|| {
+        format!(
+            "{} is read-only for the master: with fs_prefix = {:?}, add a drop-in \
+             /etc/systemd/system/docklet-master.service.d/fs-prefix.conf with\n[Service]\n\
+             ReadWritePaths=-{}\nthen run systemctl daemon-reload",
+            dir.display(),
+            fs_prefix,
+            dir.display()
+        )
+    })
+}
+
+/// Where the portal listens comes from the socket unit when systemd activates the master;
+/// `proxy_port` still names the portal's port in its URLs, so the two must agree.
+fn port_disagreement(activated: bool, listening: Option<u16>, proxy_port: u16) -> Option<String> {
+    let port = listening.filter(|p| activated && *p != proxy_port)?;
+    Some(format!(
+        "docklet-master.socket listens on port {port} but proxy_port in docklet.toml is \
+         {proxy_port}: the portal's URLs name {proxy_port}; change ListenStream= (a drop-in for \
+         docklet-master.socket) or proxy_port so that they agree"
+    ))
+}
+
+/// Runs the master until SIGTERM.
 pub async fn run(config: Config) -> Result<(), MasterError> {
     let notifier = Notifier::from_env();
     let host = daemon::host_name();
@@ -571,6 +623,11 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
         format!("portal on {local}")
     };
     info!(activated, "listening on {local}");
+    let listening_port = listener.local_addr().ok().map(|a| a.port());
+    if let Some(problem) = port_disagreement(activated, listening_port, port) {
+        warn!("{problem}");
+    }
+    check_secrets_writable(&config)?;
     let master = Arc::new(Master::new(config, host, notifier.clone()));
 
     let listener = tokio::net::TcpListener::from_std(listener).map_err(MasterError::Serve)?;
@@ -634,4 +691,46 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
         error!("portal server: {e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_activated_socket_on_another_port_than_proxy_port_is_named() {
+        assert_eq!(port_disagreement(true, Some(8000), 8000), None);
+        // Run by hand, the master binds proxy_port itself: nothing to disagree.
+        assert_eq!(port_disagreement(false, Some(9000), 8000), None);
+        let problem = port_disagreement(true, Some(9000), 8000).unwrap();
+        assert!(
+            problem.contains("9000") && problem.contains("8000"),
+            "{problem}"
+        );
+        assert!(problem.contains("ListenStream="), "{problem}");
+    }
+
+    #[test]
+    fn a_read_only_secrets_directory_names_the_drop_in_to_write() {
+        use nix::errno::Errno;
+        let dir = Path::new("/srv/docklet/global/secrets");
+        let message = read_only_secrets(dir, Path::new("/srv/docklet"), Errno::EROFS).unwrap();
+        assert!(
+            message.contains("ReadWritePaths=-/srv/docklet/global/secrets"),
+            "{message}"
+        );
+        assert!(message.contains("docklet-master.service.d"), "{message}");
+        assert_eq!(
+            read_only_secrets(dir, Path::new("/srv/docklet"), Errno::ENOENT),
+            None
+        );
+        // A writable directory passes the real check.
+        let writable = tempfile::tempdir().unwrap();
+        let config = Config {
+            fs_prefix: writable.path().to_owned(),
+            ..Config::default()
+        };
+        std::fs::create_dir_all(config.credentials_file().parent().unwrap()).unwrap();
+        assert!(check_secrets_writable(&config).is_ok());
+    }
 }
