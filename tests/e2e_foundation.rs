@@ -207,7 +207,10 @@ fn killed_worker_disappears_and_returns_when_restarted() {
     // A clean stop unregisters at once.
     ok("tb3", "systemctl stop docklet-worker");
     assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
-    ok("tb3", "systemctl start docklet-worker");
+    ok(
+        "tb3",
+        "systemctl start docklet-worker && docklet-admin wait worker",
+    );
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 }
 
@@ -263,7 +266,8 @@ fn bad_configuration_is_refused_with_key_value_and_reason() {
 
     ok(
         "tb2",
-        "cp /root/docklet.toml.good /etc/docklet/docklet.toml && systemctl restart docklet-worker",
+        "cp /root/docklet.toml.good /etc/docklet/docklet.toml && systemctl restart docklet-worker && \
+         docklet-admin wait worker",
     );
     assert!(registered_hosts("tb1").contains(&"tb2".to_owned()));
     let good = ok("tb2", "docklet-worker --check-config");
@@ -358,10 +362,14 @@ fn unreachable_etcd_is_retried_without_crash_loop() {
         },
     );
     std::thread::sleep(Duration::from_secs(4));
+    // Started (READY means serving) and waiting, not a start that never ends.
     assert_eq!(
         unit_property("tb3", "docklet-worker.service", "ActiveState"),
-        "activating"
+        "active"
     );
+    let waiting = sh("tb3", "docklet-admin wait worker --timeout 2s");
+    assert_eq!(waiting.code, 6, "{waiting}");
+    assert!(waiting.stderr.contains("waiting for etcd"), "{waiting}");
     assert_eq!(
         unit_property("tb3", "docklet-worker.service", "NRestarts"),
         "0"
@@ -370,7 +378,8 @@ fn unreachable_etcd_is_retried_without_crash_loop() {
     assert!(status.contains("retrying in"), "{status}");
     ok(
         "tb3",
-        "cp /root/docklet.toml.good /etc/docklet/docklet.toml && systemctl restart docklet-worker",
+        "cp /root/docklet.toml.good /etc/docklet/docklet.toml && systemctl restart docklet-worker && \
+         docklet-admin wait worker",
     );
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 }
@@ -403,7 +412,7 @@ fn worker_started_before_init_waits_and_says_why() {
     ok(
         "tb3",
         "rm -r /etc/systemd/system/docklet-worker.service.d && systemctl daemon-reload && \
-         systemctl restart docklet-worker",
+         systemctl restart docklet-worker && docklet-admin wait worker",
     );
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 }

@@ -787,7 +787,10 @@ fn an_administrator_updates_the_base_image_from_a_saved_node() {
     // A worker that restarts meanwhile keeps the versions its running nodes are on, before
     // it has even read their statuses (the kernel's mounts say so).
     for host in hosts {
-        ok(host, "systemctl restart docklet-worker");
+        ok(
+            host,
+            "systemctl restart docklet-worker && docklet-admin wait worker",
+        );
     }
     // Long enough for the workers' first pass over the system images (at their start).
     std::thread::sleep(std::time::Duration::from_secs(10));

@@ -642,7 +642,10 @@ fn logins_are_throttled_per_account_and_address() {
     // every test, so a fresh master keeps reruns from adding up to its limit, and one at the
     // end lets the other tests log in from here again.
     let fresh_master = || {
-        ok("tb1", "systemctl restart docklet-master.service");
+        ok(
+            "tb1",
+            "systemctl restart docklet-master.service && docklet-admin wait master",
+        );
         wait_for(
             "the master to answer again",
             Duration::from_secs(30),
@@ -2560,7 +2563,10 @@ fn a_site_on_etcd_passwords_moves_to_certificates_when_its_master_starts() {
         &format!("{etcd} --user docklet-docklet:userpw-e2e get --keys-only /docklet/cluster"),
     );
 
-    ok("tb1", "systemctl restart docklet-master.service");
+    ok(
+        "tb1",
+        "systemctl restart docklet-master.service && docklet-admin wait master",
+    );
     wait_for(
         "the master to leave the passwords",
         Duration::from_secs(60),
@@ -2586,7 +2592,10 @@ fn a_site_on_etcd_passwords_moves_to_certificates_when_its_master_starts() {
     );
     // Workers find their users again by themselves (a restarted one logs in by certificate:
     // the password file is gone), and the API answers.
-    ok("tb2", "systemctl restart docklet-worker.service");
+    ok(
+        "tb2",
+        "systemctl restart docklet-worker.service && docklet-admin wait worker",
+    );
     wait_for(
         "every worker to register again",
         Duration::from_secs(90),

@@ -236,7 +236,10 @@ fn figures_history_usage_and_idle_stops_as_users_and_administrators_see_them() {
         .as_array()
         .unwrap()
         .len();
-    ok("tb1", "systemctl restart docklet-master");
+    ok(
+        "tb1",
+        "systemctl restart docklet-master && docklet-admin wait master",
+    );
     let after = poll(
         "/clusters/busy/metrics",
         &token,

@@ -521,7 +521,10 @@ fn vnodes_reach_the_internet_from_unprivileged_ports_and_nothing_of_the_site_unl
     );
 
     // A worker restart keeps the rules (they are rebuilt from etcd, the same on every host).
-    ok("tb1", "systemctl restart docklet-worker");
+    ok(
+        "tb1",
+        "systemctl restart docklet-worker && docklet-admin wait worker",
+    );
     wait_phase(plain, "running");
     wait_for(
         "the internet after a worker restart",
@@ -646,7 +649,10 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
         )
     };
     let before = state("tb2");
-    ok("tb2", "systemctl restart docklet-worker");
+    ok(
+        "tb2",
+        "systemctl restart docklet-worker && docklet-admin wait worker",
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         state("tb2"),
@@ -666,7 +672,10 @@ fn worker_restarts_and_reboots_restore_the_network_without_duplicates() {
     );
 
     // The master's restart and the vnode's own stop and start keep its address.
-    ok("tb1", "systemctl restart docklet-master");
+    ok(
+        "tb1",
+        "systemctl restart docklet-master && docklet-admin wait master",
+    );
     ok("tb1", &format!("docklet-admin vnode stop {f0}"));
     wait_phase(f0, "stopped");
     ok("tb1", &format!("docklet-admin vnode start {f0}"));

@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -74,6 +75,52 @@ impl Drop for KeptImages {
     }
 }
 
+/// Stops etcd (on tb1) for a while, and starts it again however the test ends.
+struct EtcdDown;
+
+impl EtcdDown {
+    fn stop() -> EtcdDown {
+        ok("tb1", "systemctl stop etcd");
+        EtcdDown
+    }
+}
+
+impl Drop for EtcdDown {
+    fn drop(&mut self) {
+        let _ = sh("tb1", "systemctl start etcd");
+    }
+}
+
+/// Runs `command` on tb3 and checks that it finished within a minute.
+fn within_a_minute(command: &str) {
+    let started = std::time::Instant::now();
+    ok("tb3", command);
+    let took = started.elapsed();
+    eprintln!("{command}: {took:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "{command} took {took:?} with etcd down"
+    );
+}
+
+/// The ports tb3 listens on (TCP, IPv4 and IPv6).
+fn listening_ports(host: &str) -> Vec<u16> {
+    ok(host, "cat /proc/net/tcp /proc/net/tcp6")
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields.get(1)?.rsplit(':').next()?;
+            (fields.get(3) == Some(&"0A")).then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+fn ip_forward(host: &str) -> String {
+    ok(host, "cat /proc/sys/net/ipv4/ip_forward")
+        .trim()
+        .to_owned()
+}
+
 #[test]
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn deb_installs_upgrades_removes_and_purges() {
@@ -81,17 +128,21 @@ fn deb_installs_upgrades_removes_and_purges() {
     let bumped = build_deb(Some(&format!("{}+e2e1", env!("CARGO_PKG_VERSION"))));
     copy_into("tb3", &current, "/root/docklet-current.deb");
     copy_into("tb3", &bumped, "/root/docklet-bumped.deb");
-    // tb1 is never touched by this test; every testbed host has the same configuration.
+    // tb1 is never touched by this test but for etcd; every testbed host has the same
+    // configuration.
     let testbed_config = ok("tb1", "cat /etc/docklet/docklet.toml");
     let restore_config = format!("cat > /etc/docklet/docklet.toml <<'EOF'\n{testbed_config}EOF");
     let apt = "DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Options::=--force-confold -y -q";
 
-    // Start from a host without Docklet.
+    // Start from a host without Docklet, whose forwarding is off (tb3 has a network
+    // namespace of its own).
     let kept_images = KeptImages::take();
     ok("tb3", &format!("{apt} purge docklet"));
     assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
+    ok("tb3", "echo 0 > /proc/sys/net/ipv4/ip_forward");
 
-    // Fresh install: users, directories, socket listening, worker enabled but waiting.
+    // Fresh install: users and directories, and nothing else until asked: no unit enabled
+    // or running, no port, no kernel setting.
     ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
     assert!(installed_version("tb3").starts_with("install ok installed"));
     ok("tb3", "getent group docklet-admin && getent passwd docklet");
@@ -100,69 +151,129 @@ fn deb_installs_upgrades_removes_and_purges() {
         "root:root 755",
         "local/ is root's alone: the root worker follows what is there"
     );
-    assert_eq!(
-        unit_property("tb3", "docklet-master.socket", "ActiveState"),
-        "active"
+    for unit in [
+        "docklet-master.socket",
+        "docklet-master.service",
+        "docklet-worker.service",
+    ] {
+        assert_eq!(
+            unit_property("tb3", unit, "UnitFileState"),
+            "disabled",
+            "{unit}"
+        );
+        assert_eq!(
+            unit_property("tb3", unit, "ActiveState"),
+            "inactive",
+            "{unit}"
+        );
+    }
+    let ports = listening_ports("tb3");
+    assert!(
+        !ports.contains(&8000),
+        "port 8000 listens after install: {ports:?}"
     );
+    assert_eq!(ip_forward("tb3"), "0", "the install turned forwarding on");
     assert_eq!(
-        unit_property("tb3", "docklet-master.socket", "UnitFileState"),
-        "enabled"
-    );
-    assert_eq!(
-        unit_property("tb3", "docklet-worker.service", "UnitFileState"),
-        "enabled"
-    );
-    assert_eq!(
-        unit_property("tb3", "docklet-master.service", "ActiveState"),
-        "inactive"
+        ok(
+            "tb3",
+            "ls /usr/lib/sysctl.d /etc/sysctl.d | grep -i docklet || true"
+        ),
+        ""
     );
     ok(
         "tb3",
-        "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf",
+        "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf && \
+         test -f /usr/lib/sysusers.d/docklet.conf && test -f /usr/lib/tmpfiles.d/docklet.conf",
     );
     ok(
         "tb3",
         "zcat /usr/share/man/man8/docklet-admin.8.gz | grep -q docklet-admin",
     );
-    ok("tb3", &restore_config);
-    // Purged, the host lost its identities: it joins again, as a new host would.
-    join_tb3();
-    ok("tb3", "systemctl start docklet-worker");
-    assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
-    let old_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
 
-    // Upgrade: the edited conffile stays, the running worker moves to the new binary.
-    ok("tb3", &format!("{apt} install /root/docklet-bumped.deb"));
+    // `docklet-admin join` enables and starts what the host runs: the socket and the worker.
+    ok("tb3", &restore_config);
+    join_tb3();
+    ok("tb3", "docklet-admin wait worker");
+    for unit in ["docklet-master.socket", "docklet-worker.service"] {
+        assert_eq!(
+            unit_property("tb3", unit, "UnitFileState"),
+            "enabled",
+            "{unit}"
+        );
+        assert_eq!(
+            unit_property("tb3", unit, "ActiveState"),
+            "active",
+            "{unit}"
+        );
+    }
+    assert!(listening_ports("tb3").contains(&8000));
+    assert_eq!(
+        ip_forward("tb3"),
+        "1",
+        "the running worker turns forwarding on"
+    );
+    assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+    // Both daemons run (D-Bus activation starts the master).
+    ok("tb3", "docklet-admin wait master");
+    let old_pids = [
+        unit_property("tb3", "docklet-worker.service", "MainPID"),
+        unit_property("tb3", "docklet-master.service", "MainPID"),
+    ];
+
+    // Upgrade with etcd down: it finishes, the edited conffile stays, the running daemons
+    // move to the new binary and serve (waiting for etcd).
+    let etcd_down = EtcdDown::stop();
+    within_a_minute(&format!("{apt} install /root/docklet-bumped.deb"));
     assert!(
         installed_version("tb3").ends_with("+e2e1"),
         "{}",
         installed_version("tb3")
     );
     assert_eq!(ok("tb3", "cat /etc/docklet/docklet.toml"), testbed_config);
-    let new_pid = unit_property("tb3", "docklet-worker.service", "MainPID");
-    assert_ne!(old_pid, new_pid, "the worker was not restarted on upgrade");
-    assert_eq!(
-        unit_property("tb3", "docklet-worker.service", "ActiveState"),
-        "active"
-    );
+    for (unit, old_pid) in ["docklet-worker.service", "docklet-master.service"]
+        .iter()
+        .zip(&old_pids)
+    {
+        assert_ne!(
+            &unit_property("tb3", unit, "MainPID"),
+            old_pid,
+            "{unit} was not restarted on upgrade"
+        );
+        assert_eq!(
+            unit_property("tb3", unit, "ActiveState"),
+            "active",
+            "{unit}"
+        );
+    }
+    drop(etcd_down);
+    ok("tb3", "docklet-admin wait --timeout 90s");
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
 
-    // Remove: daemons stop (the host unregisters), configuration and state stay.
-    ok("tb3", &format!("{apt} remove docklet"));
-    assert_eq!(
-        unit_property("tb3", "docklet-worker.service", "ActiveState"),
-        "inactive"
-    );
+    // Remove with etcd down: the daemons and the socket stop; configuration and state stay.
+    let etcd_down = EtcdDown::stop();
+    within_a_minute(&format!("{apt} remove docklet"));
+    for unit in [
+        "docklet-master.socket",
+        "docklet-master.service",
+        "docklet-worker.service",
+    ] {
+        assert_eq!(
+            unit_property("tb3", unit, "ActiveState"),
+            "inactive",
+            "{unit}"
+        );
+    }
+    assert!(!listening_ports("tb3").contains(&8000));
     assert_ne!(sh("tb3", "test -e /usr/sbin/docklet-worker").code, 0);
-    assert!(!registered_hosts("tb1").contains(&"tb3".to_owned()));
     ok(
         "tb3",
         "test -f /etc/docklet/docklet.toml && test -d /var/lib/docklet/local",
     );
 
-    // Purge: configuration and this host's state go; the shared filesystem stays.
+    // Purge with etcd down: configuration and this host's state go; the shared filesystem
+    // stays.
     ok("tb1", "touch /var/lib/docklet/global/.e2e-package");
-    ok("tb3", &format!("{apt} purge docklet"));
+    within_a_minute(&format!("{apt} purge docklet"));
     assert_ne!(sh("tb3", "test -e /etc/docklet/docklet.toml").code, 0);
     assert_eq!(
         ok(
@@ -175,14 +286,25 @@ fn deb_installs_upgrades_removes_and_purges() {
         "tb3",
         "test -f /var/lib/docklet/global/.e2e-package && rm /var/lib/docklet/global/.e2e-package",
     );
+    drop(etcd_down);
+    // The stopped worker could not unregister: its lease runs out instead.
+    wait_for(
+        "tb3 to leave the host list",
+        Duration::from_secs(60),
+        || !registered_hosts("tb1").contains(&"tb3".to_owned()),
+    );
 
     // Put tb3 back as the testbed had it.
     ok("tb3", &format!("{apt} install /root/docklet-current.deb"));
     kept_images.put_back();
     ok("tb3", &restore_config);
     join_tb3();
-    ok("tb3", "systemctl start docklet-worker");
+    ok("tb3", "docklet-admin wait worker");
     assert!(registered_hosts("tb1").contains(&"tb3".to_owned()));
+    // The other hosts' daemons are back on etcd too, for the tests that follow.
+    for host in ["tb1", "tb2"] {
+        ok(host, "docklet-admin wait --timeout 90s");
+    }
 }
 
 /// tb3 gets identities from the site CA: a join token from tb1, used on tb3.

@@ -270,7 +270,10 @@ fn a_mapped_port_reaches_sshd_within_quota_and_follows_the_node() {
     );
 
     // A restarted master listens again by itself.
-    ok("tb1", "systemctl restart docklet-master.service");
+    ok(
+        "tb1",
+        "systemctl restart docklet-master.service && docklet-admin wait master",
+    );
     probe_until(
         public_port,
         "sshd after the master restarted",

@@ -192,6 +192,8 @@ pub trait Master1 {
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn connected(&self) -> zbus::Result<bool>;
 }
 
 /// The client side of `org.docklet.Worker1` (contract: `worker::bus`,
@@ -221,6 +223,8 @@ pub trait Worker1 {
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn connected(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn host(&self) -> zbus::Result<String>;
 }

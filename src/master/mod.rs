@@ -137,16 +137,27 @@ impl Master {
     async fn resign(&self) {
         let held = self.leader_lease.lock().unwrap().take();
         if let Some((store, lease)) = held {
-            if let Err(e) = store.revoke(lease).await {
-                warn!("revoking the leader lease: {e}");
-            } else if self.leading.swap(false, Ordering::SeqCst) {
-                info!("resigned the leadership");
+            // Bounded: a stop (and so a package upgrade or removal) must not wait on an etcd
+            // that is down; the lease expires by itself then.
+            match tokio::time::timeout(Duration::from_secs(3), store.revoke(lease)).await {
+                Err(_) => warn!("etcd did not answer in 3 s; the leader lease expires by itself"),
+                Ok(Err(e)) => warn!("revoking the leader lease: {e}"),
+                Ok(Ok(())) => {
+                    if self.leading.swap(false, Ordering::SeqCst) {
+                        info!("resigned the leadership");
+                    }
+                }
             }
         }
     }
 
     pub fn status(&self) -> String {
         self.status.get()
+    }
+
+    /// Whether requests can reach etcd (the connection is made once and kept).
+    pub fn connected(&self) -> bool {
+        self.store.borrow().is_some()
     }
 
     /// The etcd connection; a call that arrives while the master is still connecting (as
@@ -278,8 +289,6 @@ impl Master {
     async fn connect_etcd(&self) {
         let mut backoff = Backoff::default();
         let endpoints = self.config.etcd.endpoints.join(",");
-        self.status
-            .set(format!("connecting to etcd at {endpoints}"));
         loop {
             let creds = match daemon::read_credentials(&self.config) {
                 Ok(creds) => Some(creds),
@@ -641,27 +650,41 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
         let _ = http_stopped.await;
     }));
 
-    // D-Bus and etcd at once: `docklet-admin status` can tell what the master waits for,
-    // and a cold start's first request does not wait for the bus as well.
+    // D-Bus and etcd at once: a cold start's first request does not wait for the bus as well.
     let shutdown = daemon::shutdown_signal();
     tokio::pin!(shutdown);
-    let connect_etcd = async {
-        tokio::select! {
-            _ = master.connect_etcd() => true,
-            _ = &mut shutdown => false,
-        }
-    };
-    let (bus, connected) = tokio::join!(bus::serve(master.clone()), connect_etcd);
-    let _bus = bus
+    master.status.set(format!(
+        "{listening}; connecting to etcd at {}",
+        master.config.etcd.endpoints.join(",")
+    ));
+    let connecting = tokio::spawn({
+        let master = master.clone();
+        async move { master.connect_etcd().await }
+    });
+    let _bus = bus::serve(master.clone())
+        .await
         .inspect_err(|e| warn!("D-Bus interface not available: {e}"))
         .ok();
+    // READY means serving: the portal and D-Bus answer from here (a request waits briefly
+    // for etcd, then gets 503). Waiting for etcd is the status line's to tell, not a start
+    // that never ends and holds up `systemctl start` and package upgrades.
+    notifier.ready(&master.status());
+    let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
+    tokio::pin!(connecting);
+    let connected = loop {
+        tokio::select! {
+            _ = &mut connecting => break true,
+            _ = watchdog.tick() => notifier.watchdog(),
+            _ = &mut shutdown => break false,
+        }
+    };
     if !connected {
+        connecting.abort();
         notifier.stopping();
         let _ = stop_http.send(());
         return Ok(());
     }
     master.refresh_status(&listening).await;
-    notifier.ready(&master.status());
     let leadership = tokio::spawn(controllers::lead(master.clone()));
     let placement = tokio::spawn(master.clone().follow_placement());
     // Every master forwards every mapped port, so any master's address works.
@@ -669,7 +692,6 @@ pub async fn run(config: Config) -> Result<(), MasterError> {
     let collecting = tokio::spawn(master.clone().collect_metrics());
     let revocations = tokio::spawn(master.clone().follow_revocations());
 
-    let mut watchdog = tokio::time::interval(notifier.watchdog_interval());
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

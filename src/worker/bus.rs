@@ -163,6 +163,12 @@ impl WorkerInterface {
         self.worker.status()
     }
 
+    /// Whether this host is registered in the cluster (what `docklet-admin wait` waits for).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn connected(&self) -> bool {
+        self.worker.registered()
+    }
+
     /// This host's name.
     #[zbus(property(emits_changed_signal = "const"))]
     fn host(&self) -> String {

@@ -65,6 +65,8 @@ pub struct Worker {
     pub terminals: Arc<terminals::Registry>,
     /// The last samples of what this host and its vnodes use.
     pub metrics: Arc<metrics::Metrics>,
+    /// Whether this host's registration is live in etcd.
+    registered: std::sync::atomic::AtomicBool,
 }
 
 impl Worker {
@@ -82,7 +84,14 @@ impl Worker {
             runtime: std::sync::OnceLock::new(),
             terminals: Default::default(),
             metrics: Default::default(),
+            registered: Default::default(),
         }
+    }
+
+    /// Whether this host is registered in the cluster (what `docklet-admin wait` waits for:
+    /// the worker is READY to systemd as soon as it serves, registered or not).
+    pub fn registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn status(&self) -> String {
@@ -239,6 +248,7 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     let network = Arc::new(
         network::Network::start(&config, &host, Arc::new(crate::sys::firewall::Nft)).await?,
     );
+    raise_inotify_limits();
     let worker = Arc::new(Worker::new(config, host, notifier.clone(), probe));
     if let Err(e) = std::fs::create_dir_all(worker.config.local_dir()) {
         warn!("cannot create {}: {e}", worker.config.local_dir().display());
@@ -253,7 +263,15 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
 
     // The live registration, so that a clean stop can revoke it on the same connection.
     let lease: Arc<Mutex<Option<(EtcdStore, i64)>>> = Arc::new(Mutex::new(None));
-    let registration = registration_loop(worker.clone(), lease.clone(), notifier.clone());
+    let registration = registration_loop(worker.clone(), lease.clone());
+    // READY means serving: D-Bus answers from here. Waiting for etcd or for `docklet-admin
+    // init` is the status line's to tell, not a start that never ends and holds up
+    // `systemctl start` and package upgrades.
+    worker.status.set(format!(
+        "connecting to etcd at {}",
+        worker.config.etcd.endpoints.join(",")
+    ));
+    notifier.ready(&worker.status());
 
     let reconciler = reconcile_loop(worker.clone(), network.clone());
     let networks = network_loop(worker.clone(), network);
@@ -288,25 +306,46 @@ pub async fn run(config: Config, probe: Arc<dyn HostProbe>) -> Result<(), Worker
     Ok(())
 }
 
-/// Registers this host and keeps the registration alive for ever, again after every loss;
-/// READY goes out at the first registration. `lease` holds the live one, for a clean stop.
-async fn registration_loop(
-    worker: Arc<Worker>,
-    lease: Arc<Mutex<Option<(EtcdStore, i64)>>>,
-    notifier: Notifier,
-) {
-    let mut backoff = Backoff::default();
-    let ready_sent = std::sync::atomic::AtomicBool::new(false);
-    let on_registered = || {
-        if !ready_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            notifier.ready(&worker.status());
+/// Every vnode's systemd, journald, logind and dbus-daemon hold inotify instances, all
+/// charged to root of the host (the owner of the vnodes' user namespaces): the kernel's
+/// default of 128 fits about 15 vnodes. Raised (never lowered) while the worker runs, rather
+/// than by a sysctl.d file that would change the host from installation on.
+fn raise_inotify_limits() {
+    for (key, wanted) in [
+        ("fs/inotify/max_user_instances", 8192u64),
+        ("fs/inotify/max_user_watches", 1_048_576),
+    ] {
+        let path = format!("/proc/sys/{key}");
+        let current = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if current.is_some_and(|c| c >= wanted) {
+            continue;
         }
-    };
+        match crate::sys::netlink::set_sysctl(key, &wanted.to_string()) {
+            Ok(()) => info!("raised {key} to {wanted} for vnodes"),
+            // A host that is itself a container may keep /proc/sys read-only: its own host
+            // must raise the limit.
+            Err(e) => warn!(
+                "cannot raise {key} from {} to {wanted} ({e}): hosts with many vnodes run out of inotify instances",
+                current.map_or("?".to_owned(), |c| c.to_string())
+            ),
+        }
+    }
+}
+
+/// Registers this host and keeps the registration alive for ever, again after every loss.
+/// `lease` holds the live one, for a clean stop.
+async fn registration_loop(worker: Arc<Worker>, lease: Arc<Mutex<Option<(EtcdStore, i64)>>>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut backoff = Backoff::default();
+    let on_registered = || worker.registered.store(true, SeqCst);
     loop {
         let store = worker.connect(&mut backoff).await;
         let lost = worker
             .register_and_keep_alive(&store, &lease, &on_registered)
             .await;
+        worker.registered.store(false, SeqCst);
         let delay = backoff.next_delay();
         warn!("registration lost: {lost}");
         worker.status.set(format!(

@@ -24,6 +24,16 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Wait until this host's master is connected to etcd and its worker is registered in the
+    /// cluster (`systemctl start` returns as soon as they serve); prints each new status line.
+    Wait {
+        /// Which daemons to wait for (default: both).
+        #[arg(value_enum)]
+        daemons: Vec<Daemon>,
+        /// Give up after this long (exit code 6): seconds, or a number with s, m, h.
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        timeout: String,
+    },
     /// List the hosts whose workers are registered in the cluster.
     Hosts {
         /// Machine-readable output (JSON).
@@ -445,6 +455,22 @@ mod tests {
                 help.contains(&format!(" {code} ")),
                 "exit code {code}: {help}"
             );
+        }
+    }
+}
+
+/// A daemon of this host.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Daemon {
+    Master,
+    Worker,
+}
+
+impl Daemon {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Daemon::Master => "master",
+            Daemon::Worker => "worker",
         }
     }
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Command::Status { json } => status(json).await,
+            Command::Wait { daemons, timeout } => status::wait(&daemons, &timeout).await,
             Command::Hosts { json } => hosts(json).await,
             Command::Init { force, yes } => init(force, yes).await,
             Command::Host { action } => match action {

@@ -137,25 +137,36 @@ pub(crate) async fn init(force: bool, yes: bool) -> Result<(), Failure> {
         "Password file:   {} (readable by root only)",
         result.password_file
     );
-    // This host is the cluster's master host now: its master starts at boot, not only on
-    // the first portal request, so port mappings and the controllers come back by themselves.
-    match enable_master_at_boot(&conn).await {
-        Ok(()) => println!("Master:          starts at boot on this host ({MASTER_UNIT} enabled)"),
-        Err(e) => eprintln!(
-            "docklet-admin: cannot enable {MASTER_UNIT} ({e}); run `systemctl enable {MASTER_UNIT}`"
-        ),
-    }
+    // The package installs every unit disabled: this host is the site's first one now, so
+    // its master (and the socket), and its worker, start at boot from here on.
+    report_host_units(&conn, &[SOCKET_UNIT, MASTER_UNIT, WORKER_UNIT]).await;
     Ok(())
 }
 
 pub(crate) const MASTER_UNIT: &str = "docklet-master.service";
+pub(crate) const SOCKET_UNIT: &str = "docklet-master.socket";
+pub(crate) const WORKER_UNIT: &str = "docklet-worker.service";
 
-pub(crate) async fn enable_master_at_boot(conn: &zbus::Connection) -> zbus::Result<()> {
+/// Enables `units` and starts them (`systemctl enable --now`), saying what was done or what
+/// the administrator must do instead.
+async fn report_host_units(conn: &zbus::Connection, units: &[&str]) {
+    match enable_and_start(conn, units).await {
+        Ok(()) => println!("Services:        {} enabled and started", units.join(", ")),
+        Err(e) => eprintln!(
+            "docklet-admin: cannot enable and start the services ({e}); run `systemctl enable --now {}`",
+            units.join(" ")
+        ),
+    }
+}
+
+async fn enable_and_start(conn: &zbus::Connection, units: &[&str]) -> zbus::Result<()> {
     let systemd = SystemdManagerProxy::new(conn).await?;
-    systemd
-        .enable_unit_files(&[MASTER_UNIT], false, false)
-        .await?;
-    systemd.reload().await
+    systemd.enable_unit_files(units, false, false).await?;
+    systemd.reload().await?;
+    for unit in units {
+        systemd.start_unit(unit, "replace").await?;
+    }
+    Ok(())
 }
 
 /// `host add NAME`: prints the join token.
@@ -331,6 +342,10 @@ pub(crate) async fn join(token: &str) -> Result<(), Failure> {
     println!(
         "Host {host} joined: its identities are in {PKI_DIR} (the agent and the master use them within seconds)."
     );
+    // The package installs every unit disabled: this host runs a worker, and a master that
+    // its socket starts on the first portal connection.
+    let conn = connect().await?;
+    report_host_units(&conn, &[SOCKET_UNIT, WORKER_UNIT]).await;
     Ok(())
 }
 

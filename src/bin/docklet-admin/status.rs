@@ -194,3 +194,68 @@ pub(crate) async fn drain(host: &str, off: bool, no_wait: bool) -> Result<(), Fa
         wait_drained(&master, host).await
     }
 }
+
+/// `wait [master|worker]...`: until this host's master has etcd and its worker is registered
+/// (`systemctl start` returns once they serve), printing each new status line, for at most
+/// `timeout`.
+pub(crate) async fn wait(daemons: &[crate::cli::Daemon], timeout: &str) -> Result<(), Failure> {
+    use crate::cli::Daemon;
+    use zbus::proxy::CacheProperties;
+    let seconds = crate::site::parse_seconds(timeout).ok_or_else(|| {
+        usage(format!(
+            "--timeout {timeout:?}: give seconds, or a number with s, m, h or d (like 2m)"
+        ))
+    })?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let conn = connect().await?;
+    let all = [Daemon::Master, Daemon::Worker];
+    for daemon in if daemons.is_empty() {
+        &all[..]
+    } else {
+        daemons
+    } {
+        let name = daemon.name();
+        let mut shown = String::new();
+        loop {
+            // Properties are read afresh each time: these two do not signal their changes.
+            let (connected, status) = match daemon {
+                Daemon::Master => {
+                    let proxy = Master1Proxy::builder(&conn)
+                        .cache_properties(CacheProperties::No)
+                        .build()
+                        .await
+                        .map_err(|e| failure(e.into(), name))?;
+                    (proxy.connected().await, proxy.status().await)
+                }
+                Daemon::Worker => {
+                    let proxy = Worker1Proxy::builder(&conn)
+                        .cache_properties(CacheProperties::No)
+                        .build()
+                        .await
+                        .map_err(|e| failure(e.into(), name))?;
+                    (proxy.connected().await, proxy.status().await)
+                }
+            };
+            let to_failure = |e: zbus::Error| {
+                let (code, message) = zbus_failure(e, name);
+                Failure { code, message }
+            };
+            let (connected, status) = (connected.map_err(to_failure)?, status.map_err(to_failure)?);
+            if status != shown {
+                eprintln!("{name}: {status}");
+                shown = status;
+            }
+            if connected {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure {
+                    code: 6,
+                    message: format!("the {name} is not connected after {timeout}: {shown}"),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}

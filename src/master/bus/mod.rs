@@ -597,6 +597,13 @@ impl MasterInterface {
     fn status(&self) -> String {
         self.master.status()
     }
+
+    /// Whether the master has its etcd connection (what `docklet-admin wait` waits for: the
+    /// master is READY to systemd as soon as it serves, connected or not).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn connected(&self) -> bool {
+        self.master.connected()
+    }
 }
 
 /// Takes the bus name and serves the interface until the connection is dropped.
