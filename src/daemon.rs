@@ -244,6 +244,46 @@ pub struct DaemonArgs {
     pub prepare_dirs: bool,
 }
 
+/// A daemon's name and what it is: its command line's name and help, its log identifier and
+/// its man page (which `docklet-admin generate-manuals` builds from the same [`daemon_command`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonName {
+    pub identifier: &'static str,
+    /// One line: `-h`, and the man page's NAME.
+    pub about: &'static str,
+    /// More about it: `--help`, and the man page's DESCRIPTION.
+    pub description: &'static str,
+}
+
+pub const MASTER: DaemonName = DaemonName {
+    identifier: "docklet-master",
+    about: "Docklet master: portal, API and control plane",
+    description: "Docklet master: the web portal, the JSON API, the workspace and port proxies, \
+                  D-Bus administration (org.docklet.Master1) and the controllers, one master \
+                  leading. It keeps no state of its own: everything lives in etcd. Normally \
+                  started by docklet-master.socket on the first connection to proxy_port (or by \
+                  D-Bus), as user docklet; run by hand it binds proxy_port itself.",
+};
+
+pub const WORKER: DaemonName = DaemonName {
+    identifier: "docklet-worker",
+    about: "Docklet worker: registers this host and runs its vnodes",
+    description: "Docklet worker: registers this host in etcd under a lease, makes the host \
+                  match the vnode specs etcd holds for it (files, mounts, networks, transient \
+                  units), serves org.docklet.Worker1 on D-Bus and the agent (exec, terminals, \
+                  tunnels) to masters over mutual TLS. Started by docklet-worker.service, as \
+                  root.",
+};
+
+/// The command line of one daemon: [`DaemonArgs`] under the daemon's name and help.
+pub fn daemon_command(daemon: DaemonName) -> clap::Command {
+    use clap::CommandFactory;
+    DaemonArgs::command()
+        .name(daemon.identifier)
+        .about(daemon.about)
+        .long_about(daemon.description)
+}
+
 /// What `--prepare-dirs` does for one daemon.
 pub type PrepareDirs = fn(&Config) -> io::Result<()>;
 
@@ -258,8 +298,7 @@ pub trait DaemonError: std::fmt::Display {
 }
 
 pub fn daemon_main<F, Fut, E>(
-    identifier: &'static str,
-    about: &'static str,
+    daemon: DaemonName,
     prepare_dirs: PrepareDirs,
     run: F,
 ) -> std::process::ExitCode
@@ -268,12 +307,10 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: DaemonError,
 {
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::FromArgMatches;
     use std::process::ExitCode;
-    let matches = DaemonArgs::command()
-        .name(identifier)
-        .about(about)
-        .get_matches();
+    let identifier = daemon.identifier;
+    let matches = daemon_command(daemon).get_matches();
     let args = DaemonArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -379,6 +416,29 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
         backoff.reset();
         assert_eq!(backoff.next_delay().as_secs(), 1);
+    }
+
+    /// Every option of both daemons says what it is in `--help` and in their man pages.
+    #[test]
+    fn every_daemon_option_has_help() {
+        for daemon in [MASTER, WORKER] {
+            let mut command = daemon_command(daemon);
+            command.build();
+            assert_eq!(command.get_name(), daemon.identifier);
+            assert!(command.get_subcommands().next().is_none());
+            let missing: Vec<&str> = command
+                .get_arguments()
+                .filter(|arg| arg.get_help().is_none())
+                .map(|arg| arg.get_id().as_str())
+                .collect();
+            // clap's own --help and --version have help of their own.
+            assert!(
+                missing.is_empty(),
+                "{}: without help text: {missing:?}",
+                daemon.identifier
+            );
+            assert!(command.get_arguments().count() >= 5);
+        }
     }
 
     #[test]

@@ -3,8 +3,7 @@
 
 fn main() -> std::process::ExitCode {
     docklet::daemon::daemon_main(
-        "docklet-master",
-        "Docklet master: portal, API and control plane",
+        docklet::daemon::MASTER,
         docklet::master::prepare_dirs,
         docklet::master::run,
     )

@@ -3,8 +3,7 @@
 
 fn main() -> std::process::ExitCode {
     docklet::daemon::daemon_main(
-        "docklet-worker",
-        "Docklet worker: registers this host and runs its vnodes",
+        docklet::daemon::WORKER,
         |config| std::fs::create_dir_all(config.local_dir()),
         |config| docklet::worker::run(config, std::sync::Arc::new(docklet::sys::host::LocalHost)),
     )

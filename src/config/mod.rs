@@ -11,6 +11,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 mod checks;
+mod keys;
+
+pub use keys::keys;
 
 /// Where the packaged daemons read their configuration.
 pub const DEFAULT_PATH: &str = "/etc/docklet/docklet.toml";

@@ -2,14 +2,62 @@
 
 use clap::{Parser, Subcommand};
 
+/// What `docklet-admin` exits with: (status, in `--help`, in the man page's EXIT STATUS).
+pub(crate) const EXIT_CODES: [(u8, &str, &str); 10] = [
+    (0, "ok", "Success."),
+    (
+        1,
+        "failure reported by the daemon",
+        "The daemon reported a failure.",
+    ),
+    (
+        2,
+        "usage or invalid argument",
+        "Usage error or invalid argument.",
+    ),
+    (
+        3,
+        "daemon not running",
+        "The daemon is not running on this host, or the system bus is unreachable.",
+    ),
+    (
+        4,
+        "permission denied",
+        "Permission denied: be root or in group docklet-admin.",
+    ),
+    (
+        5,
+        "already initialized",
+        "The cluster is already initialized.",
+    ),
+    (6, "etcd unreachable", "etcd is unreachable."),
+    (7, "not found", "No such vnode, host, user, group or image."),
+    (8, "conflict", "Conflict, e.g. a duplicate id."),
+    (
+        9,
+        "exhausted (a quota, addresses or capacity)",
+        "Exhausted: a quota, the addresses or the hosts' capacity.",
+    ),
+];
+
+/// What `exec` exits with instead.
+pub(crate) const EXEC_EXIT: &str = "`exec` exits with the command's status.";
+
+/// `--help`'s closing paragraph: the exit codes.
+fn exit_codes_help() -> String {
+    let codes: Vec<String> = EXIT_CODES
+        .iter()
+        .map(|(code, brief, _)| format!("{code} {brief}"))
+        .collect();
+    format!("Exit codes: {}. {EXEC_EXIT}", codes.join(", "))
+}
+
 #[derive(Parser)]
 #[command(
+    name = "docklet-admin",
     version,
     about = "Administer Docklet on this host (root or group docklet-admin)",
-    after_help = "Exit codes: 0 ok, 1 failure reported by the daemon, 2 usage or invalid argument, \
-                  3 daemon not running, 4 permission denied, 5 already initialized, 6 etcd unreachable, \
-                  7 not found, 8 conflict, 9 exhausted (a quota, addresses or capacity). `exec` \
-                  exits with the command's status."
+    after_help = exit_codes_help()
 )]
 pub(crate) struct Args {
     #[command(subcommand)]
@@ -172,6 +220,14 @@ pub(crate) enum Command {
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// Write the man pages and shell completions of docklet-admin and the daemons into a
+    /// directory (the Debian package's build runs it).
+    #[command(hide = true)]
+    GenerateManuals {
+        /// The directory: man8/, man5/ and completions/{bash,zsh,fish}/ are made in it.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
     },
 }
 

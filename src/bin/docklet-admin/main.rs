@@ -1,15 +1,15 @@
 //! `docklet-admin`: local administration of Docklet, over D-Bus only (the system bus policy
 //! and the daemons admit root and group `docklet-admin`).
 //!
-//! Exit codes: 0 success; 1 the daemon reported a failure; 2 usage error or invalid argument;
-//! 3 the daemon is not running or the bus is unreachable; 4 permission denied; 5 the cluster
-//! is already initialized; 6 etcd is unreachable; 7 no such vnode or host; 8 conflict (e.g. a
-//! duplicate id). `exec` exits with the command's own status once the command ran.
+//! Exit codes: [`cli::EXIT_CODES`] (in `--help` and the man page); `exec` exits with the
+//! command's own status once the command ran.
 
 mod accounts;
 mod bus;
 mod cli;
+mod config_manual;
 mod images;
+mod manuals;
 mod site;
 mod status;
 mod tables;
@@ -80,6 +80,7 @@ fn main() -> ExitCode {
             Command::Groups { json } => accounts::groups(json).await,
             Command::Group { action } => group(action).await,
             Command::Drain { host, off, no_wait } => drain(&host, off, no_wait).await,
+            Command::GenerateManuals { out } => manuals::generate(&out),
             Command::Exec { user, id, command } => {
                 return exec(user, id, command).await.map(ExitCode::from);
             }
