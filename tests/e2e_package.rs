@@ -115,6 +115,27 @@ fn listening_ports(host: &str) -> Vec<u16> {
         .collect()
 }
 
+/// Every unit the package installs that can be enabled or run.
+const UNITS: [&str; 3] = [
+    "docklet-master.socket",
+    "docklet-master.service",
+    "docklet-worker.service",
+];
+
+/// Checks `units`' enablement and state on tb3.
+fn units_are(units: &[&str], file_state: &str, active_state: &str) {
+    for unit in units {
+        assert_eq!(
+            [
+                unit_property("tb3", unit, "UnitFileState"),
+                unit_property("tb3", unit, "ActiveState")
+            ],
+            [file_state, active_state],
+            "{unit}"
+        );
+    }
+}
+
 fn ip_forward(host: &str) -> String {
     ok(host, "cat /proc/sys/net/ipv4/ip_forward")
         .trim()
@@ -151,22 +172,7 @@ fn deb_installs_upgrades_removes_and_purges() {
         "root:root 755",
         "local/ is root's alone: the root worker follows what is there"
     );
-    for unit in [
-        "docklet-master.socket",
-        "docklet-master.service",
-        "docklet-worker.service",
-    ] {
-        assert_eq!(
-            unit_property("tb3", unit, "UnitFileState"),
-            "disabled",
-            "{unit}"
-        );
-        assert_eq!(
-            unit_property("tb3", unit, "ActiveState"),
-            "inactive",
-            "{unit}"
-        );
-    }
+    units_are(&UNITS, "disabled", "inactive");
     let ports = listening_ports("tb3");
     assert!(
         !ports.contains(&8000),
@@ -185,27 +191,25 @@ fn deb_installs_upgrades_removes_and_purges() {
         "test -f /etc/pam.d/docklet && test -f /usr/share/dbus-1/system.d/org.docklet.conf && \
          test -f /usr/lib/sysusers.d/docklet.conf && test -f /usr/lib/tmpfiles.d/docklet.conf",
     );
+    // Manuals (one page per subcommand, the configuration file's) and completions.
+    let page = |name: &str| ok("tb3", &format!("zcat /usr/share/man/{name}.gz"));
+    assert!(page("man8/docklet-admin.8").contains("EXIT STATUS"));
+    assert!(page("man8/docklet-admin-quota.8").contains("vnodes"));
+    assert!(page("man8/docklet-admin-user-add.8").contains("password"));
+    assert!(page("man5/docklet.toml.5").contains("proxy_port"));
+    assert!(page("man8/docklet-worker.8").contains("docklet-worker"));
     ok(
         "tb3",
-        "zcat /usr/share/man/man8/docklet-admin.8.gz | grep -q docklet-admin",
+        "grep -q quota /usr/share/bash-completion/completions/docklet-admin && \
+         grep -q quota /usr/share/zsh/vendor-completions/_docklet-admin && \
+         grep -q quota /usr/share/fish/vendor_completions.d/docklet-admin.fish",
     );
 
     // `docklet-admin join` enables and starts what the host runs: the socket and the worker.
     ok("tb3", &restore_config);
     join_tb3();
     ok("tb3", "docklet-admin wait worker");
-    for unit in ["docklet-master.socket", "docklet-worker.service"] {
-        assert_eq!(
-            unit_property("tb3", unit, "UnitFileState"),
-            "enabled",
-            "{unit}"
-        );
-        assert_eq!(
-            unit_property("tb3", unit, "ActiveState"),
-            "active",
-            "{unit}"
-        );
-    }
+    units_are(&[UNITS[0], UNITS[2]], "enabled", "active");
     assert!(listening_ports("tb3").contains(&8000));
     assert_eq!(
         ip_forward("tb3"),
@@ -252,11 +256,7 @@ fn deb_installs_upgrades_removes_and_purges() {
     // Remove with etcd down: the daemons and the socket stop; configuration and state stay.
     let etcd_down = EtcdDown::stop();
     within_a_minute(&format!("{apt} remove docklet"));
-    for unit in [
-        "docklet-master.socket",
-        "docklet-master.service",
-        "docklet-worker.service",
-    ] {
+    for unit in UNITS {
         assert_eq!(
             unit_property("tb3", unit, "ActiveState"),
             "inactive",
