@@ -238,8 +238,8 @@ pub struct DaemonArgs {
     /// Validate the configuration file and exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Create the directories the daemon writes, with their owners, and exit (run as root by
-    /// the unit's ExecStartPre=+ before the daemon drops privileges).
+    /// Create the directories the daemon writes, with their owners, and exit (run as root
+    /// before the daemon drops privileges, as docklet-master.service's ExecStartPre=+ does).
     #[arg(long)]
     pub prepare_dirs: bool,
 }

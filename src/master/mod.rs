@@ -615,27 +615,31 @@ fn port_disagreement(activated: bool, listening: Option<u16>, proxy_port: u16) -
     ))
 }
 
+/// The portal's listener (systemd's, or bound here on `proxy_port`) and the status line's
+/// words for it; warns when the socket unit's port is not `proxy_port`.
+fn open_portal(config: &Config) -> Result<(std::net::TcpListener, String), MasterError> {
+    let port = config.proxy_port;
+    let (listener, activated) =
+        daemon::portal_listener(port).map_err(|source| MasterError::Listen { port, source })?;
+    let local = listener.local_addr().ok();
+    let shown = local.map(|a| a.to_string()).unwrap_or_default();
+    info!(activated, "listening on {shown}");
+    if let Some(problem) = port_disagreement(activated, local.map(|a| a.port()), port) {
+        warn!("{problem}");
+    }
+    let listening = if activated {
+        format!("portal on {shown} (socket-activated)")
+    } else {
+        format!("portal on {shown}")
+    };
+    Ok((listener, listening))
+}
+
 /// Runs the master until SIGTERM.
 pub async fn run(config: Config) -> Result<(), MasterError> {
     let notifier = Notifier::from_env();
     let host = daemon::host_name();
-    let port = config.proxy_port;
-    let (listener, activated) =
-        daemon::portal_listener(port).map_err(|source| MasterError::Listen { port, source })?;
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let listening = if activated {
-        format!("portal on {local} (socket-activated)")
-    } else {
-        format!("portal on {local}")
-    };
-    info!(activated, "listening on {local}");
-    let listening_port = listener.local_addr().ok().map(|a| a.port());
-    if let Some(problem) = port_disagreement(activated, listening_port, port) {
-        warn!("{problem}");
-    }
+    let (listener, listening) = open_portal(&config)?;
     check_secrets_writable(&config)?;
     let master = Arc::new(Master::new(config, host, notifier.clone()));
 
