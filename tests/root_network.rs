@@ -211,6 +211,7 @@ fn the_firewall_replaces_its_own_tables_and_nobody_elses() {
             state: DesiredState::Running,
             address: Some(Ipv4Addr::new(172, 16, 0, 2)),
             handoff: None,
+            task: None,
         };
         let mut view = NetView::default();
         view.specs.push(("h1".into(), spec.clone()));

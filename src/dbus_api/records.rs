@@ -161,6 +161,7 @@ impl TryFrom<GroupRow> for Group {
             quota: g.quota.into(),
             defaults: g.defaults.into(),
             egress_allow: parse_rules(&g.egress_allow)?,
+            batch: Default::default(),
         })
     }
 }
@@ -303,6 +304,7 @@ impl TryFrom<VNodeSpecDict> for VNodeSpec {
             state: parse_enum("state", &s.state)?,
             address: parse_non_empty("address", s.address.as_deref().unwrap_or(""))?,
             handoff,
+            task: None,
             id: s.id,
             user: s.user,
             cluster: s.cluster,
@@ -381,6 +383,7 @@ impl TryFrom<VNodeStatusDict> for Option<VNodeStatus> {
             uid_base: s.uid_base,
             image_version: s.image_version,
             restarts: s.restarts.unwrap_or(0),
+            task: None,
             updated_at: s.updated_at.ok_or_else(|| missing("updated_at"))?,
         }))
     }

@@ -200,6 +200,7 @@ fn spec() -> VNodeSpec {
             from: "tb1".into(),
             resume: DesiredState::Running,
         }),
+        task: None,
     }
 }
 
@@ -218,12 +219,14 @@ fn a_vnode_entry_keeps_spec_and_status_and_their_absent_fields() {
         uid_base: Some(1 << 20),
         image_version: None,
         restarts: 2,
+        task: None,
         updated_at: 1_700_000_001,
     };
     assert_eq!(VNodeEntryRow::SIGNATURE.to_string(), "(sa{sv}a{sv})");
     let bare = VNodeSpec {
         address: None,
         handoff: None,
+        task: None,
         state: DesiredState::Running,
         ..spec()
     };

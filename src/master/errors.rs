@@ -74,9 +74,9 @@ impl ApiError {
         }
     }
 
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
-            ApiError::Input(e) => Some(e.field),
+            ApiError::Input(e) => Some(&e.field),
             _ => None,
         }
     }
@@ -88,7 +88,7 @@ impl ApiError {
     ) -> ApiError {
         ApiError::Input(InputError {
             code,
-            field,
+            field: field.into(),
             message: message.into(),
         })
     }

@@ -24,7 +24,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         let invalid = |message: String| {
             ApiError::Input(crate::model::vcluster::InputError {
                 code: "invalid_body",
-                field: "body",
+                field: "body".into(),
                 message,
             })
         };

@@ -192,6 +192,7 @@ mod tests {
             state: DesiredState::Running,
             address: None,
             handoff: None,
+            task: None,
         }
     }
 

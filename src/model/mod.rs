@@ -8,6 +8,7 @@ pub mod drain;
 pub mod egress;
 pub mod host;
 pub mod image;
+pub mod jobs;
 pub mod metrics;
 pub mod names;
 pub mod network;

@@ -111,7 +111,7 @@ impl PortMapping {
 fn invalid_port(field: &'static str, message: String) -> InputError {
     InputError {
         code: "invalid_port",
-        field,
+        field: field.into(),
         message,
     }
 }
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(validate_vnode_port(65535).unwrap(), 65535);
         for bad in [0, 65536, u64::MAX] {
             let err = validate_vnode_port(bad).unwrap_err();
-            assert_eq!((err.code, err.field), ("invalid_port", "port"));
+            assert_eq!((err.code, &*err.field), ("invalid_port", "port"));
             assert!(err.message.contains("1 to 65535"), "{err}");
         }
     }
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(validate_public_port(30500, &range).unwrap(), 30500);
         for bad in [22, 8000, 29999, 31000, 70000] {
             let err = validate_public_port(bad, &range).unwrap_err();
-            assert_eq!((err.code, err.field), ("invalid_port", "public_port"));
+            assert_eq!((err.code, &*err.field), ("invalid_port", "public_port"));
             assert!(err.message.contains("30000-30999"), "{err}");
         }
     }

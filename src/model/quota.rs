@@ -116,6 +116,50 @@ pub struct Group {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub egress_allow: Vec<crate::model::egress::EgressRule>,
+    /// What each member's batch jobs may hold at once, apart from `quota`.
+    #[serde(default)]
+    pub batch: BatchQuota,
+}
+
+/// A group's limits on each member's batch jobs: the nodes their running task instances hold
+/// (sums, like [`Quota`]) and how many of their jobs may wait or run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct BatchQuota {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub vnodes: u32,
+    /// Jobs not yet ended (queued, waiting or running).
+    pub jobs: u32,
+}
+
+impl Default for BatchQuota {
+    fn default() -> Self {
+        BatchQuota {
+            cpu_millis: 8000,
+            memory_bytes: 16 * GIB,
+            disk_bytes: 64 * GIB,
+            vnodes: 16,
+            jobs: 100,
+        }
+    }
+}
+
+impl BatchQuota {
+    /// As a [`Quota`] for [`admit`]: nothing but the nodes' resources.
+    pub fn as_quota(&self) -> Quota {
+        Quota {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            disk_bytes: self.disk_bytes,
+            vnodes: self.vnodes,
+            images: 0,
+            image_bytes: 0,
+            port_mappings: 0,
+            idle_secs: 0,
+        }
+    }
 }
 
 /// The group new users join.
@@ -152,6 +196,7 @@ pub fn default_groups() -> Vec<Group> {
         quota: quota.clone(),
         defaults,
         egress_allow: Vec::new(),
+        batch: BatchQuota::default(),
     })
     .collect()
 }

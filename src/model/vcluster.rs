@@ -58,14 +58,14 @@ pub struct InputError {
     /// Machine-readable, e.g. `invalid_name`, `invalid_size`.
     pub code: &'static str,
     /// The request field at fault.
-    pub field: &'static str,
+    pub field: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 fn input(code: &'static str, field: &'static str, message: impl Into<String>) -> InputError {
     InputError {
         code,
-        field,
+        field: field.into(),
         message: message.into(),
     }
 }

@@ -32,6 +32,91 @@ pub struct VNodeSpec {
     /// A move between hosts in progress: see [`Handoff`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// A batch task's node: what it runs once the master says go (see [`TaskRun`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRun>,
+}
+
+/// The command a batch task's node runs, as root inside it, once every node of its instance
+/// is up (`start`, set by the master then). Paths are inside the vnode; the worker starts it
+/// as a unit of its own (surviving a worker restart) and reports its end in
+/// [`VNodeStatus::task`]. The master removes the node afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRun {
+    pub argv: Vec<String>,
+    /// The task's variables and Docklet's own (`DOCKLET_TASK_INDEX`, `DOCKLET_HOSTFILE`...).
+    pub env: std::collections::BTreeMap<String, String>,
+    pub workdir: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// Nodes of the instance: `/etc/docklet/hostfile` lists `task-0` to `task-<nodes-1>`.
+    pub nodes: u32,
+    /// This node runs the command (node 0, or every node for `run_on: all`).
+    pub runs_command: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Every node of the instance is up: run the command.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// What became of a batch task's command on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskStatus {
+    /// Unix seconds.
+    pub started_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<TaskExit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskExit {
+    pub ended_at: u64,
+    /// The exit status, or 128 + the signal that killed it; -1 when it was lost.
+    pub code: i32,
+    /// systemd's result: `success`, `exit-code`, `signal`, `timeout`, ... or `lost` when the
+    /// command vanished without a word (its host rebooted).
+    pub result: String,
+}
+
+impl TaskExit {
+    pub fn timed_out(&self) -> bool {
+        self.result == "timeout"
+    }
+
+    /// From `SERVICE_RESULT EXIT_CODE EXIT_STATUS`, as the unit's ExecStopPost wrote it.
+    pub fn parse(line: &str, ended_at: u64) -> TaskExit {
+        let mut parts = line.split_whitespace();
+        let result = parts.next().unwrap_or("lost").to_owned();
+        let how = parts.next().unwrap_or("");
+        let status = parts.next().unwrap_or("");
+        let code = match how {
+            "exited" => status.parse().unwrap_or(-1),
+            "killed" | "dumped" => 128 + signal_number(status),
+            _ => -1,
+        };
+        TaskExit {
+            ended_at,
+            code,
+            result,
+        }
+    }
+}
+
+fn signal_number(name: &str) -> i32 {
+    name.parse().unwrap_or(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ABRT" => 6,
+        "KILL" => 9,
+        "SEGV" => 11,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => 0,
+    })
 }
 
 /// A vnode moving to another host (a drain): the old host's worker stops it and hands its
@@ -128,6 +213,9 @@ pub struct VNodeStatus {
     /// Restarts after failures since the worker started watching this vnode.
     #[serde(default)]
     pub restarts: u32,
+    /// A batch task's command on this node, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskStatus>,
     pub updated_at: u64,
 }
 
@@ -355,6 +443,23 @@ pub fn is_workspace_token(text: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// The hostname of node `index` of `cluster`: `task-N` in a batch task's instance,
+/// `host-N` in a user's cluster.
+pub fn node_hostname(cluster: &str, index: u32) -> String {
+    if is_batch_cluster(cluster) {
+        format!("task-{index}")
+    } else {
+        hostname(index)
+    }
+}
+
+/// The vnodes of a batch task's instance form a cluster of their own, named
+/// `<job>-<task position>-<index>-<attempt>`: it starts with a digit, which users' cluster
+/// names never do, so the two never meet.
+pub fn is_batch_cluster(cluster: &str) -> bool {
+    cluster.as_bytes().first().is_some_and(u8::is_ascii_digit)
+}
+
 pub fn hostname(index: u32) -> String {
     format!("host-{index}")
 }
@@ -453,6 +558,7 @@ pub(crate) mod tests {
             state: DesiredState::Running,
             address: None,
             handoff: None,
+            task: None,
         }
     }
 

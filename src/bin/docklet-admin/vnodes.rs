@@ -111,6 +111,7 @@ pub(crate) async fn vnode(action: VnodeAction) -> Result<(), Failure> {
                 },
                 address: None,
                 handoff: None,
+                task: None,
             };
             master
                 .create_vnode(&host, &serde_json::to_string(&spec).expect("JSON"))

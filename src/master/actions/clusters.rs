@@ -641,6 +641,7 @@ pub(super) fn node_spec(cluster: &VCluster, index: u32, size: &NodeSize) -> VNod
         state: DesiredState::Running,
         address: None,
         handoff: None,
+        task: None,
     }
 }
 

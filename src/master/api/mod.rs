@@ -385,7 +385,7 @@ mod tests {
     fn errors_render_with_code_message_and_field() {
         let response = ApiError::Input(crate::model::vcluster::InputError {
             code: "invalid_name",
-            field: "name",
+            field: "name".into(),
             message: "bad".into(),
         })
         .into_response();

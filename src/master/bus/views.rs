@@ -392,6 +392,7 @@ mod tests {
                 state: DesiredState::Stopped,
                 address: Some("10.200.0.3".parse().unwrap()),
                 handoff: None,
+                task: None,
             },
             status: None,
         });

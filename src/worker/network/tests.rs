@@ -100,6 +100,7 @@ mod over_fakes {
             state: DesiredState::Running,
             address: None,
             handoff: None,
+            task: None,
         }
     }
 

@@ -174,6 +174,7 @@ async fn create(store: &EtcdStore, host: &str, id: &str) -> VNodeSpec {
         state: DesiredState::Running,
         address: None,
         handoff: None,
+        task: None,
     };
     let config = Config::default();
     let plan = AddressPlan {
