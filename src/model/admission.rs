@@ -24,6 +24,12 @@ pub enum Hosts {
         hosts: Vec<HostLoad>,
         overcommit: Overcommit,
     },
+    /// Each on the host already chosen for it (a batch scheduler's decision), checked
+    /// against each host's allocation in the snapshot: one `HostLoad` per spec.
+    Chosen {
+        hosts: Vec<HostLoad>,
+        overcommit: Overcommit,
+    },
 }
 
 /// What is asked: new vnodes of one user (without addresses), the quota they count
@@ -118,6 +124,13 @@ pub fn plan(
         spec.address = Some(address);
         nodes.push((host, spec));
     }
+    if let Hosts::Chosen { hosts, overcommit } = &request.hosts {
+        for (name, after) in &allocations {
+            if let Some(load) = hosts.iter().find(|h| &h.name == name) {
+                room_for(load, *after, *overcommit)?;
+            }
+        }
+    }
     Ok(Plan {
         usage,
         nodes,
@@ -129,6 +142,7 @@ pub fn plan(
 fn choose_hosts(request: &Request<'_>, snapshot: &Snapshot) -> Result<Vec<String>, Refusal> {
     match &request.hosts {
         Hosts::On(host) => Ok(vec![host.clone(); request.specs.len()]),
+        Hosts::Chosen { hosts, .. } => Ok(hosts.iter().map(|h| h.name.clone()).collect()),
         Hosts::Placed { hosts, overcommit } => {
             let loads: Vec<HostLoad> = hosts
                 .iter()

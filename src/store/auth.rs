@@ -28,8 +28,9 @@ const SECRET_TO_WORKERS: [&str; 5] = [
 /// Under the cluster's prefix, what workers write: their host's registration and its
 /// allocations, vnodes' specs (forgetting a deleted one, with its usage, address and port
 /// mappings), statuses and hosts, network endpoints, and the images they save and build.
-const WRITTEN_BY_WORKERS: [&str; 10] = [
+const WRITTEN_BY_WORKERS: [&str; 11] = [
     "allocations/",
+    "batch-usage/",
     "hosts/",
     "images/",
     "network/",

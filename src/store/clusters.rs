@@ -47,6 +47,11 @@ pub struct NodeWrite<'a> {
     /// A user image the vnodes start from: `images/<owner>/<name>` must still have the
     /// revision it was checked at (not being deleted meanwhile).
     pub image: Option<(String, i64)>,
+    /// Batch task nodes: they count in `batch-usage/<user>`, not `usage/<user>`.
+    pub batch: bool,
+    /// A record written with them: key, JSON, and the revision it must still have (0: it
+    /// must not exist).
+    pub record: Option<(String, String, i64)>,
 }
 
 /// An admission snapshot as read, with the revision of each key the plan depends on.
@@ -89,6 +94,8 @@ impl EtcdStore {
             operation: None,
             idempotency_key: None,
             image: None,
+            batch: false,
+            record: None,
         };
         let mut created = self.write_nodes(&write, plan).await?;
         Ok(created.remove(0).1)
@@ -112,7 +119,9 @@ impl EtcdStore {
             self.refuse_hard_conflicts(write).await?;
             // Grown (a write of its own) before the snapshot, which then reads it as is.
             self.user_net_for(user, vnode_quota, plan).await?;
-            let (snapshot, revisions) = self.admission_snapshot(user, vnode_quota).await?;
+            let (snapshot, revisions) = self
+                .admission_snapshot(user, vnode_quota, write.batch)
+                .await?;
             let planned = admission::plan(&write.request, &snapshot, |n| rand::random_range(0..n))?;
             let txn = self.node_write_txn(write, &planned, &revisions, lease);
             if self.txn_ok(txn).await? {
@@ -130,8 +139,12 @@ impl EtcdStore {
         &self,
         user: &str,
         vnode_quota: u32,
+        batch: bool,
     ) -> Result<(Snapshot, Revisions), StoreError> {
-        let (usage_key, net_key) = (self.keys.usage(user), self.keys.network_user(user));
+        let (usage_key, net_key) = (
+            self.keys.usage_of(user, batch),
+            self.keys.network_user(user),
+        );
         let (addresses, allocations) = (self.keys.network_addrs(user), self.keys.allocations());
         let txn = Txn::new().and_then([
             TxnOp::get(usage_key.clone(), None),
@@ -204,7 +217,7 @@ impl EtcdStore {
         lease: Option<i64>,
     ) -> Txn {
         let user = write.request.user;
-        let usage_key = self.keys.usage(user);
+        let usage_key = self.keys.usage_of(user, write.batch);
         let mut when = vec![
             Compare::mod_revision(
                 self.keys.network_user(user),
@@ -251,6 +264,13 @@ impl EtcdStore {
                 CompareOp::Equal,
                 *revision,
             ));
+        }
+        if let Some((key, value, revision)) = &write.record {
+            when.push(match revision {
+                0 => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                r => Compare::mod_revision(key.clone(), CompareOp::Equal, *r),
+            });
+            then.push(TxnOp::put(key.clone(), value.clone(), None));
         }
         if let (Some(op), Some(lease)) = (write.operation, lease) {
             let options = || Some(PutOptions::new().with_lease(lease));

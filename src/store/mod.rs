@@ -29,6 +29,8 @@
 //!   [`ports`];
 //! - `images/<owner>/<name>` ([`ImageRecord`](crate::model::image::ImageRecord)): the image
 //!   catalog, counted in the owner's `usage/<user>`: see [`images`];
+//! - `job-seq`, `jobs/<id>`, `jobs-done/<id>`, `job-tasks/<id>/<task>/<index>`,
+//!   `batch/fair-share` and `batch-usage/<user>`: batch jobs, see [`jobs`];
 //! - `leader`: the name of the master that runs the controllers, bound to its lease: see
 //!   [`leader`].
 
@@ -38,6 +40,7 @@ pub mod clusters;
 pub mod etcd;
 pub mod identities;
 pub mod images;
+pub mod jobs;
 pub mod leader;
 #[cfg(test)]
 pub mod memory_etcd;
@@ -249,6 +252,45 @@ impl Keys {
     }
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)
+    }
+    pub fn job_seq(&self) -> String {
+        format!("{}job-seq", self.prefix)
+    }
+    pub fn jobs(&self) -> String {
+        format!("{}jobs/", self.prefix)
+    }
+    pub fn job(&self, id: u64) -> String {
+        format!("{}jobs/{id:010}", self.prefix)
+    }
+    pub fn jobs_done(&self) -> String {
+        format!("{}jobs-done/", self.prefix)
+    }
+    pub fn job_done(&self, id: u64) -> String {
+        format!("{}jobs-done/{id:010}", self.prefix)
+    }
+    pub fn job_instances(&self, id: u64) -> String {
+        format!("{}job-tasks/{id:010}/", self.prefix)
+    }
+    pub fn job_instance(&self, id: u64, task: &str, index: u32) -> String {
+        format!("{}job-tasks/{id:010}/{task}/{index:05}", self.prefix)
+    }
+    pub fn fair_share(&self) -> String {
+        format!("{}batch/fair-share", self.prefix)
+    }
+    pub fn batch_usages(&self) -> String {
+        format!("{}batch-usage/", self.prefix)
+    }
+    pub fn batch_usage(&self, user: &str) -> String {
+        format!("{}batch-usage/{user}", self.prefix)
+    }
+    /// Where a vnode's holdings count: its user's batch usage for a batch task's node, its
+    /// user's usage otherwise.
+    pub fn usage_of(&self, user: &str, batch: bool) -> String {
+        if batch {
+            self.batch_usage(user)
+        } else {
+            self.usage(user)
+        }
     }
 }
 

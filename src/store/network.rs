@@ -34,7 +34,8 @@ impl EtcdStore {
         if let Some(account) = self.account(user).await?
             && let Some(group) = self.group(&account.group).await?
         {
-            return Ok(group.quota.vnodes);
+            // Batch task nodes live on the same network beside the clusters' nodes.
+            return Ok(group.quota.vnodes.saturating_add(group.batch.vnodes));
         }
         Ok(DEFAULT_VNODE_QUOTA)
     }

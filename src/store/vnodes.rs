@@ -260,7 +260,8 @@ impl EtcdStore {
         let held = crate::model::admission::spec_usage(spec);
         let spec_key = self.keys.vnode(host, id);
         for _ in 0..64 {
-            let usage_key = self.keys.usage(&spec.user);
+            let batch = vnode::is_batch_cluster(&spec.cluster);
+            let usage_key = self.keys.usage_of(&spec.user, batch);
             let alloc_key = self.keys.allocation(host);
             let (usage, usage_revision) = self
                 .get_json_rev::<Usage>(&usage_key)

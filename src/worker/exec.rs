@@ -10,12 +10,11 @@
 //! enters a vnode, where its root could keep it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use zbus::Variant;
 
-use super::vnode::{Leader, Runtime, VNodeError};
+use super::vnode::{Runtime, VNodeError};
 use crate::model::vnode;
 use crate::sys::systemd::{Property, Units, exec_property};
 
@@ -30,39 +29,6 @@ pub struct ExecRequest {
     /// A terminal (the slave of a pty) to run on as the session's controlling terminal,
     /// instead of the given descriptors, so job control and Ctrl-C work.
     pub tty: Option<String>,
-}
-
-/// The namespaces nsenter enters, by `/proc/<pid>/ns/` name and nsenter option, in nsenter's
-/// own order.
-const NAMESPACES: [(&str, &str); 7] = [
-    ("user", "--user"),
-    ("cgroup", "--cgroup"),
-    ("ipc", "--ipc"),
-    ("uts", "--uts"),
-    ("net", "--net"),
-    ("pid", "--pid"),
-    ("mnt", "--mount"),
-];
-
-/// The leader's namespaces as open files with their nsenter option, the ones the host's init
-/// shares left out (as `nsenter --all` does): opened by number, then checked by the pidfd.
-fn open_namespaces(leader: &Leader) -> std::io::Result<Vec<(&'static str, std::fs::File)>> {
-    let mut open = Vec::new();
-    for (kind, option) in NAMESPACES {
-        let file = leader.namespace(kind)?;
-        let theirs = file.metadata()?;
-        let host = std::fs::metadata(format!("/proc/1/ns/{kind}"))?;
-        if (theirs.dev(), theirs.ino()) != (host.dev(), host.ino()) {
-            open.push((option, file));
-        }
-    }
-    if !leader.alive() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "the vnode stopped",
-        ));
-    }
-    Ok(open)
 }
 
 /// The argv of the session's unit; `namespaces` are nsenter's `--user=PATH`... options.
@@ -122,7 +88,7 @@ pub async fn run(
     };
     let leader = runtime.leader(&request.id).await.ok_or_else(not_running)?;
     // Held until the session ends: nsenter opens them through the worker's /proc entry.
-    let namespaces = open_namespaces(&leader).map_err(|_| not_running())?;
+    let namespaces = leader.nsenter_namespaces().map_err(|_| not_running())?;
     let worker = std::process::id();
     let options: Vec<String> = namespaces
         .iter()

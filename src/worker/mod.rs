@@ -433,6 +433,7 @@ async fn reconcile_loop(worker: Arc<Worker>, network: Arc<network::Network>) {
                 info!("{} vnode spec(s) for this host", ids.len());
             }
             runtime.reconcile_all(&store, specs).await;
+            let _task_watch = runtime.spawn_task_watch(&store);
             let mut watch = store.watch_host_vnodes(&worker.host, revision).await?;
             let mut tick = tokio::time::interval(RESYNC_EVERY);
             tick.tick().await;

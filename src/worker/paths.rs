@@ -28,6 +28,10 @@ pub struct VNodePaths {
     pub rootfs: PathBuf,
     pub exit: PathBuf,
     pub netns: PathBuf,
+    /// A batch task's command was started (its content: when); how it ended (written by
+    /// its unit's ExecStopPost).
+    pub task_started: PathBuf,
+    pub task_exit: PathBuf,
 }
 
 impl VNodePaths {
@@ -47,6 +51,8 @@ impl VNodePaths {
             work: run.join("disk/work"),
             etc: dir.join("etc"),
             state: dir.join("state.json"),
+            task_started: dir.join("task-started"),
+            task_exit: dir.join("task-exit"),
             dir,
             lower: run.join("lower"),
             layer: run.join("layer"),

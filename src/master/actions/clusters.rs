@@ -214,6 +214,8 @@ impl Master {
             operation: Some(operation),
             idempotency_key,
             image: image_guard,
+            batch: false,
+            record: None,
         };
         let written = store.write_nodes(&write, &self.address_plan()).await?;
         Ok(written.into_iter().map(|(host, _)| host).collect())

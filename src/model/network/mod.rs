@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::egress::EgressRule;
-use super::vnode::{DesiredState, VNodeSpec, hostname};
+use super::vnode::{DesiredState, VNodeSpec, node_hostname};
 
 mod firewall;
 
@@ -361,7 +361,7 @@ pub fn hosts_file(
          127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
     for (index, address) in nodes {
-        let name = hostname(index);
+        let name = node_hostname(cluster, index);
         let _ = writeln!(out, "{address}\t{name} {name}.{cluster}");
     }
     out

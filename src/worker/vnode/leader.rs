@@ -55,6 +55,43 @@ impl Leader {
     }
 }
 
+/// The namespaces nsenter enters, by `/proc/<pid>/ns/` name and nsenter option, in nsenter's
+/// own order.
+const NAMESPACES: [(&str, &str); 7] = [
+    ("user", "--user"),
+    ("cgroup", "--cgroup"),
+    ("ipc", "--ipc"),
+    ("uts", "--uts"),
+    ("net", "--net"),
+    ("pid", "--pid"),
+    ("mnt", "--mount"),
+];
+
+impl Leader {
+    /// Its namespaces as open files with their nsenter option, the ones the host's init
+    /// shares left out (as `nsenter --all` does): opened by number, then checked by the
+    /// pidfd.
+    pub fn nsenter_namespaces(&self) -> std::io::Result<Vec<(&'static str, std::fs::File)>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut open = Vec::new();
+        for (kind, option) in NAMESPACES {
+            let file = self.namespace(kind)?;
+            let theirs = file.metadata()?;
+            let host = std::fs::metadata(format!("/proc/1/ns/{kind}"))?;
+            if (theirs.dev(), theirs.ino()) != (host.dev(), host.ino()) {
+                open.push((option, file));
+            }
+        }
+        if !self.alive() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the vnode stopped",
+            ));
+        }
+        Ok(open)
+    }
+}
+
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

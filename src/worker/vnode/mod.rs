@@ -15,8 +15,8 @@
 //! The pieces: [`runtime`] (the reconciler's state and the decision loop), [`boot`] (from a
 //! checked spec to a booted unit, and back), [`unit`] (what systemd is told to run),
 //! [`image`] (what a vnode starts from), [`handoff`] (moving between hosts), [`leader`]
-//! (the vnode's PID 1, for exec and terminals) and [`jupyter`] (the workspace's
-//! configuration).
+//! (the vnode's PID 1, for exec and terminals), [`jupyter`] (the workspace's
+//! configuration) and [`task`] (a batch task's command).
 
 use std::io;
 use std::path::Path;
@@ -33,6 +33,7 @@ pub mod leader;
 #[cfg(test)]
 mod reconcile_tests;
 pub mod runtime;
+pub mod task;
 pub mod unit;
 
 pub use leader::Leader;

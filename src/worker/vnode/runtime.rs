@@ -192,7 +192,7 @@ impl Runtime {
 
     /// Runs the vnode's task on the spec just read, or marks it to run again (on a fresh read)
     /// when a task is already at work.
-    fn schedule(self: &Arc<Self>, store: &EtcdStore, stored: StoredSpec) {
+    pub(super) fn schedule(self: &Arc<Self>, store: &EtcdStore, stored: StoredSpec) {
         let id = stored.id.clone();
         {
             let mut memos = self.memos.lock().unwrap();
@@ -301,7 +301,8 @@ impl Runtime {
             Action::Nothing => match spec.state {
                 DesiredState::Running => {
                     let info = info.unwrap_or_default();
-                    self.report_running(store, &spec, &info, None).await
+                    self.report_running(store, &spec, &info, None).await?;
+                    self.reconcile_task(store, &spec).await
                 }
                 _ => self.report(store, id, Phase::Stopped, None).await,
             },
@@ -313,7 +314,13 @@ impl Runtime {
                 };
                 self.report(store, id, phase, None).await
             }
-            Action::Start => self.start(store, &spec, &paths).await,
+            Action::Start => {
+                self.start(store, &spec, &paths).await?;
+                if self.status(id).is_some_and(|s| s.phase == Phase::Running) {
+                    self.reconcile_task(store, &spec).await?;
+                }
+                Ok(())
+            }
             Action::Stop => {
                 self.report(store, id, Phase::Stopping, None).await?;
                 self.stop_units(&spec).await?;

@@ -41,7 +41,7 @@ impl Runtime {
             "--link-journal=no".into(),
             format!("--register={register}"),
             format!("--machine={}", spec.id),
-            format!("--hostname={}", vnode::hostname(spec.index)),
+            format!("--hostname={}", vnode::node_hostname(&spec.cluster, spec.index)),
             format!("--uuid={}", state.machine_id),
             format!("--directory={}", paths.rootfs.display()),
             format!(
@@ -85,7 +85,7 @@ impl Runtime {
                     spec.id,
                     spec.user,
                     spec.cluster,
-                    vnode::hostname(spec.index)
+                    vnode::node_hostname(&spec.cluster, spec.index)
                 )),
             ),
             (
