@@ -439,6 +439,7 @@ async fn scale(s: Scale) -> anyhow::Result<()> {
             disk_bytes: 4 * GIB,
         },
         egress_allow: Vec::new(),
+        batch: Default::default(),
     };
     store.put_group(&group, false).await?;
     let clusters_per_user = per_user / s.fill_size;

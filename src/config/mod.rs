@@ -222,6 +222,11 @@ impl Config {
         self.fs_prefix.join("global")
     }
 
+    /// A user's persistent data on the shared filesystem: `/root/nfs` in all their vnodes.
+    pub fn user_data_dir(&self, user: &str) -> PathBuf {
+        self.global_dir().join("users").join(user).join("data")
+    }
+
     /// This host's own state.
     pub fn local_dir(&self) -> PathBuf {
         self.fs_prefix.join("local")

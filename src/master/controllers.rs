@@ -1,7 +1,8 @@
 //! What only the leading master does. Every master campaigns for the `leader` key
 //! ([`crate::store::leader`]) under a lease it keeps alive; the one holding it runs the
-//! controllers in passes. Today there is one controller, the drain: it moves the vnodes of a
-//! draining host elsewhere, disk and address with them ([`crate::model::drain`]).
+//! controllers in passes: the drain, which moves the vnodes of a draining host elsewhere,
+//! disk and address with them ([`crate::model::drain`]), and the batch controller
+//! ([`super::batch`]), which runs jobs.
 //!
 //! A pass only reads etcd and writes with compare-and-swap transactions, so a leader that
 //! lost its lease without noticing yet cannot undo what the next one does.
@@ -44,7 +45,7 @@ pub async fn lead(master: Arc<Master>) {
 
 /// One candidacy: a lease, kept alive in its own task, and the leadership tried every tick
 /// until it is taken; then passes. Returns why the lease was lost.
-async fn hold(master: &Master, store: &EtcdStore) -> StoreError {
+async fn hold(master: &Arc<Master>, store: &EtcdStore) -> StoreError {
     let lease = match store.grant_lease(LEADER_TTL_SECS).await {
         Ok(lease) => lease,
         Err(e) => return e,
@@ -61,6 +62,8 @@ async fn hold(master: &Master, store: &EtcdStore) -> StoreError {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain = DrainController::default();
+    // Started once leading and initialized; aborted when the leadership ends.
+    let mut batch: Option<AbortOnDrop> = None;
     loop {
         tokio::select! {
             lost = &mut lost_rx => {
@@ -80,6 +83,13 @@ async fn hold(master: &Master, store: &EtcdStore) -> StoreError {
         }
         if !master.is_initialized(store).await {
             continue;
+        }
+        if batch.is_none() {
+            let master = master.clone();
+            batch = Some(AbortOnDrop(tokio::spawn(super::batch::run(
+                master,
+                store.clone(),
+            ))));
         }
         if let Err(e) = drain.pass(master, store).await {
             warn!("drain pass: {e}");
@@ -132,7 +142,13 @@ impl DrainController {
             .into_iter()
             .map(|h| h.name)
             .collect();
-        let specs = store.all_vnode_specs().await?;
+        // Batch tasks' nodes are not moved: they end with their command.
+        let specs: Vec<(String, VNodeSpec)> = store
+            .all_vnode_specs()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| !crate::model::vnode::is_batch_cluster(&s.cluster))
+            .collect();
         let statuses: HashMap<String, _> = store
             .all_vnode_statuses()
             .await?

@@ -339,6 +339,10 @@ impl Master {
             let Some((user, cluster)) = key.split_once('/') else {
                 continue;
             };
+            // A batch task's nodes end with their command: the job's time limit applies.
+            if crate::model::vnode::is_batch_cluster(cluster) {
+                continue;
+            }
             let Ok(Some(account)) = store.account(user).await else {
                 continue;
             };

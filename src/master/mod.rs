@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod agent_client;
 pub mod api;
+pub mod batch;
 pub mod bus;
 pub mod controllers;
 pub mod errors;

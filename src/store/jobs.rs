@@ -10,7 +10,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use super::etcd::classify;
 use super::{EtcdStore, StoreError, decode, encode};
 use crate::model::jobs::schedule::FairShare;
-use crate::model::jobs::{Instance, Job};
+use crate::model::jobs::{Instance, Job, QueueOrder};
 
 /// A job as read, with the revision of its key and whether it has ended.
 #[derive(Debug, Clone)]
@@ -207,6 +207,23 @@ impl EtcdStore {
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
             .and_then([TxnOp::put(key, encode(share), None)]);
         self.txn_ok(txn).await
+    }
+
+    /// The queue as the leading master last ordered it.
+    pub async fn queue_order(&self) -> Result<QueueOrder, StoreError> {
+        Ok(self
+            .get_json(&self.keys.queue_order())
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn put_queue_order(&self, order: &QueueOrder) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(self.keys.queue_order(), encode(order), None)
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     /// What each user's running instances hold.

@@ -277,6 +277,9 @@ impl Keys {
     pub fn fair_share(&self) -> String {
         format!("{}batch/fair-share", self.prefix)
     }
+    pub fn queue_order(&self) -> String {
+        format!("{}batch/queue", self.prefix)
+    }
     pub fn batch_usages(&self) -> String {
         format!("{}batch-usage/", self.prefix)
     }

@@ -30,7 +30,8 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
     let dir = File::open(root)?;
     let flags = OFlag::O_CLOEXEC
         | match access {
-            Access::Read => OFlag::O_RDONLY,
+            // Non-blocking: a FIFO planted in the tree must not hold the reader forever.
+            Access::Read => OFlag::O_RDONLY | OFlag::O_NONBLOCK,
             Access::CreateTruncate => OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
         };
     // openat2 takes a mode only with O_CREAT (EINVAL otherwise).

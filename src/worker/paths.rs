@@ -96,7 +96,7 @@ pub fn installed_images(config: &Config) -> std::collections::BTreeMap<String, S
 
 /// The user's persistent data, on the shared filesystem: `/root/nfs` in all their vnodes.
 pub fn user_data_dir(config: &Config, user: &str) -> PathBuf {
-    config.global_dir().join("users").join(user).join("data")
+    config.user_data_dir(user)
 }
 
 /// What the worker keeps about a created vnode (`state.json`).

@@ -225,7 +225,7 @@ impl Master {
     /// user's image the revision of its record that the write must still find. A new
     /// cluster may use the user's own images and public ones; an existing cluster keeps
     /// growing from its image even if it was unshared since.
-    pub(super) async fn image_to_start(
+    pub(crate) async fn image_to_start(
         &self,
         store: &EtcdStore,
         image: &str,

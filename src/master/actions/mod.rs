@@ -15,6 +15,7 @@ mod auth;
 mod clusters;
 mod hosts;
 pub mod images;
+pub mod jobs;
 mod nodes;
 #[cfg(test)]
 mod over_etcd;
@@ -105,7 +106,7 @@ pub(crate) fn random_id(len: usize) -> String {
 }
 
 impl Master {
-    pub(super) fn address_plan(&self) -> AddressPlan {
+    pub(crate) fn address_plan(&self) -> AddressPlan {
         AddressPlan {
             cluster_net: self.config.cluster_net,
             vni_base: self.config.vni_base,

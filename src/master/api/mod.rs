@@ -38,12 +38,14 @@ mod admin;
 mod auth;
 mod clusters;
 mod images;
+mod jobs;
 mod metrics;
 
 use admin::*;
 use auth::*;
 use clusters::*;
 use images::*;
+use jobs::*;
 use metrics::*;
 
 type Shared = State<Arc<Master>>;
@@ -98,6 +100,12 @@ pub fn router(master: Arc<Master>) -> Router {
             "/api/v1/system-images/{name}",
             get(show_system_image).post(update_system_image),
         )
+        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/hold", post(hold_job))
+        .route("/api/v1/jobs/{id}/release", post(release_job))
+        .route("/api/v1/jobs/{id}/tasks/{task}/{index}/log", get(job_log))
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events))
         .route("/api/v1/users", get(list_users).post(create_user))
@@ -270,7 +278,8 @@ struct ErrorDetail {
         create_cluster, show_cluster, delete_cluster, start_cluster, stop_cluster, scale_out,
         scale_in, exec, terminal, recover_node, map_port, list_ports, unmap_port, list_images, save_image, show_image, update_image, delete_image, list_system_images, show_system_image, update_system_image, cluster_metrics, host_metrics, usage, prometheus, operation, events, list_users, create_user, show_user, update_user,
         delete_user, list_groups, create_group, update_group, delete_group, default_group,
-        set_default_group, hosts, drain, undrain, health
+        set_default_group, hosts, drain, undrain, health, list_jobs, submit_job, show_job,
+        cancel_job, hold_job, release_job, job_log
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

@@ -386,6 +386,52 @@ pub fn next_attempt(instance: &mut Instance, cluster: String, nodes: Vec<PlacedN
     instance.retry_at = None;
 }
 
+/// Where queued instances stand and why they wait, as the leading master's last pass
+/// ordered them. Stored at `batch/queue`; keyed by [`queue_key`]. Only the first
+/// [`QUEUE_ORDER_KEPT`] are kept: beyond that, a position says little.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueOrder {
+    pub at: u64,
+    pub entries: BTreeMap<String, QueueEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub position: usize,
+    pub reason: String,
+}
+
+pub const QUEUE_ORDER_KEPT: usize = 2000;
+
+pub fn queue_key(job: u64, task: &str, index: u32) -> String {
+    format!("{job}/{task}/{index}")
+}
+
+/// A job's state while it has not ended: held, running (something runs), starting,
+/// queued (something may start), retrying, or waiting.
+pub fn live_state(job: &Job, instances: &Instances, pending: &[Pending]) -> State {
+    if let Some(end) = &job.ended {
+        return end.state;
+    }
+    if job.held {
+        return State::Held;
+    }
+    let active = |s: State| instances.values().any(|i| i.state == s);
+    if active(State::Running) {
+        State::Running
+    } else if active(State::Starting) {
+        State::Starting
+    } else if pending.iter().any(|p| p.state == State::Queued) {
+        State::Queued
+    } else if pending.iter().any(|p| p.state == State::Retrying) {
+        State::Retrying
+    } else if job.cancel.is_some() {
+        State::Cancelled
+    } else {
+        State::Waiting
+    }
+}
+
 /// The instances of a job by task and index (those with a record).
 pub type Instances = HashMap<(String, u32), Instance>;
 

@@ -275,6 +275,15 @@ impl Runtime {
     }
 }
 
+/// Stops the task watch when dropped (the store it reads through was replaced).
+pub struct TaskWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,14 +328,5 @@ mod tests {
         assert_eq!(e.code, 143);
         let e = TaskExit::parse("success exited 0", 9);
         assert_eq!(e.code, 0);
-    }
-}
-
-/// Stops the task watch when dropped (the store it reads through was replaced).
-pub struct TaskWatch(tokio::task::JoinHandle<()>);
-
-impl Drop for TaskWatch {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
