@@ -125,6 +125,20 @@ pub async fn get(
     exchange(host, address, request, limit).await
 }
 
+/// GETs `path` of `host`'s agent; returns the status and the body's bytes, within `limit`.
+pub async fn get_bytes(
+    host: &str,
+    address: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<(u16, Bytes), AgentError> {
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| protocol(host, e.to_string()))?;
+    exchange_bytes(host, address, request, limit).await
+}
+
 fn protocol(host: &str, reason: String) -> AgentError {
     AgentError::Protocol {
         host: host.to_owned(),
@@ -138,6 +152,16 @@ async fn exchange(
     request: hyper::Request<Full<Bytes>>,
     limit: Duration,
 ) -> Result<(u16, String), AgentError> {
+    let (status, bytes) = exchange_bytes(host, address, request, limit).await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+async fn exchange_bytes(
+    host: &str,
+    address: &str,
+    request: hyper::Request<Full<Bytes>>,
+    limit: Duration,
+) -> Result<(u16, Bytes), AgentError> {
     let unreachable = |reason: String| AgentError::Unreachable {
         host: host.to_owned(),
         reason,
@@ -163,7 +187,7 @@ async fn exchange(
             .await
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        Ok((status, bytes))
     };
     tokio::time::timeout(limit, exchange)
         .await

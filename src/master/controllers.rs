@@ -85,6 +85,9 @@ async fn hold(master: &Arc<Master>, store: &EtcdStore) -> StoreError {
             continue;
         }
         if batch.is_none() {
+            if let Err(e) = store.refresh_workers_role().await {
+                warn!("cannot bring the workers' etcd role up to date: {e}");
+            }
             let master = master.clone();
             batch = Some(AbortOnDrop(tokio::spawn(super::batch::run(
                 master,

@@ -187,6 +187,22 @@ impl EtcdStore {
         Ok(role)
     }
 
+    /// Gives the workers' role the ranges this version's workers write (a site made by an
+    /// earlier version lacks the newer ones). Only where certificate users are set up.
+    pub async fn refresh_workers_role(&self) -> Result<(), StoreError> {
+        let role = workers_role(&self.keys);
+        let exists = self
+            .client
+            .auth_client()
+            .role_get(role.as_str())
+            .await
+            .is_ok();
+        if exists {
+            self.ensure_workers_role().await?;
+        }
+        Ok(())
+    }
+
     /// `host`'s two certificate users: its master as etcd's root, its worker in the
     /// workers' role.
     pub async fn ensure_host_users(&self, host: &str) -> Result<(), StoreError> {

@@ -134,7 +134,57 @@ pub fn router(worker: Shared) -> Router {
             "/agent/v1/vnodes/{id}/workspace-token",
             get(workspace_token_handler),
         )
+        .route("/agent/v1/users/{user}/data", get(user_data_handler))
         .with_state(worker)
+}
+
+#[derive(serde::Deserialize)]
+struct DataQuery {
+    /// Relative to the user's `~/nfs`.
+    path: String,
+    #[serde(default)]
+    offset: u64,
+    limit: usize,
+}
+
+/// Bytes of a file in a user's `~/nfs` (a batch task's output), for the masters, which
+/// cannot read users' directories themselves: opened beneath it without following links,
+/// non-blocking, regular files only. 404 when it does not exist (yet).
+async fn user_data_handler(
+    State(worker): State<Shared>,
+    Path(user): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DataQuery>,
+) -> Result<Vec<u8>, AgentError> {
+    crate::model::vnode::validate_user_name(&user)
+        .map_err(|e| AgentError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let root = crate::worker::paths::user_data_dir(&worker.config, &user);
+    let path = root.join(q.path.trim_start_matches('/'));
+    let limit = q.limit.min(16 << 20);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let refuse = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => AgentError(StatusCode::NOT_FOUND, e.to_string()),
+            _ => AgentError(StatusCode::FORBIDDEN, e.to_string()),
+        };
+        let mut file =
+            crate::sys::beneath::open_under(&root, &path, crate::sys::beneath::Access::Read)
+                .map_err(refuse)?;
+        let meta = file.metadata().map_err(refuse)?;
+        if !meta.is_file() {
+            return Err(AgentError(
+                StatusCode::FORBIDDEN,
+                "not a regular file".into(),
+            ));
+        }
+        file.seek(SeekFrom::Start(q.offset)).map_err(refuse)?;
+        let mut buffer = Vec::with_capacity(limit.min(meta.len().saturating_sub(q.offset) as usize));
+        file.take(limit as u64)
+            .read_to_end(&mut buffer)
+            .map_err(refuse)?;
+        Ok(buffer)
+    })
+    .await
+    .map_err(|e| AgentError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// The token the node's Jupyter takes (random per node, see `vnodes`), for the masters'

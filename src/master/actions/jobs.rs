@@ -55,6 +55,8 @@ pub struct InstanceView {
     pub attempt: u32,
     /// The host of each node, node 0 first.
     pub hosts: Vec<String>,
+    /// The vnode of each node (of the current or last attempt).
+    pub nodes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -388,6 +390,7 @@ impl Master {
                                 position: None,
                                 attempt: 0,
                                 hosts: Vec::new(),
+                                nodes: Vec::new(),
                                 created_at: None,
                                 started_at: None,
                                 ended_at: None,
@@ -462,11 +465,12 @@ pub enum OutputStream {
     Err,
 }
 
-/// Where an instance's output is and whether more may come.
+/// Where an instance's output is: a file of its user's `~/nfs`.
+#[derive(Debug, Clone)]
 pub struct OutputFile {
-    /// The user's `~/nfs` on this host, and the file under it.
-    pub root: std::path::PathBuf,
-    pub path: std::path::PathBuf,
+    pub user: String,
+    /// Relative to `~/nfs`.
+    pub path: String,
 }
 
 impl Master {
@@ -488,15 +492,57 @@ impl Master {
             return Err(ApiError::NotFound(format!("task {task} has no instance {index}")));
         }
         let (out, err) = spec.output_paths(index);
-        let root = self.config.user_data_dir(&stored.job.user);
-        let file = match stream {
+        let path = match stream {
             OutputStream::Out => out,
             OutputStream::Err => err,
         };
         Ok(OutputFile {
-            path: root.join(file),
-            root,
+            user: stored.job.user,
+            path,
         })
+    }
+
+    /// Up to `limit` bytes of a file in a user's `~/nfs` from `offset` (`None`: no such file
+    /// yet). Users' directories are not the master's to read: a worker reads it (this
+    /// host's, else any), beneath the directory, without following links.
+    pub async fn read_user_file(
+        &self,
+        file: &OutputFile,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let store = self.store().await?;
+        let mut hosts = store.list_hosts().await?;
+        hosts.sort_by_key(|h| h.name != self.host);
+        let host = hosts
+            .first()
+            .ok_or_else(|| ApiError::Unavailable("no host is up to read the output".into()))?;
+        let address = host
+            .addresses
+            .first()
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_default();
+        let agent = match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, self.config.agent_port).to_string(),
+            Err(_) => format!("{address}:{}", self.config.agent_port),
+        };
+        let mut query = url_query(&[("path", &file.path)]);
+        query.push_str(&format!("&offset={offset}&limit={limit}"));
+        let path = format!("/agent/v1/users/{}/data?{query}", file.user);
+        let limit_time = std::time::Duration::from_secs(30);
+        match crate::master::agent_client::get_bytes(&host.name, &agent, &path, limit_time).await? {
+            (200, bytes) => Ok(Some(bytes.to_vec())),
+            (404, _) => Ok(None),
+            (403, text) => Err(ApiError::Forbidden(format!(
+                "cannot read the output: {}",
+                String::from_utf8_lossy(&text)
+            ))),
+            (status, text) => Err(ApiError::Internal(format!(
+                "reading the output through {}: HTTP {status} {}",
+                host.name,
+                String::from_utf8_lossy(&text)
+            ))),
+        }
     }
 
     /// Whether an instance can still write output: not ended, and its job not ended.
@@ -517,6 +563,26 @@ impl Master {
     }
 }
 
+/// `key=value&...`, percent-encoded.
+fn url_query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let value: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn instance_view(i: &Instance, stdout: String, stderr: String) -> InstanceView {
     InstanceView {
         index: i.index,
@@ -525,6 +591,7 @@ fn instance_view(i: &Instance, stdout: String, stderr: String) -> InstanceView {
         position: None,
         attempt: i.attempt,
         hosts: i.nodes.iter().map(|n| n.host.clone()).collect(),
+        nodes: i.nodes.iter().map(|n| n.id.clone()).collect(),
         created_at: Some(i.created_at),
         started_at: i.started_at,
         ended_at: i.ended_at,

@@ -383,7 +383,8 @@ impl Master {
         if name == caller.name() {
             return Err(ApiError::Conflict("you cannot delete yourself".into()));
         }
-        self.store().await?.delete_account(name).await?;
+        let store = self.store().await?;
+        store.delete_account(name).await?;
         info!(
             user = name,
             by = caller.name(),
@@ -391,6 +392,12 @@ impl Master {
             "{} deleted user {name}",
             caller.name()
         );
+        // Nobody could cancel them any more.
+        for stored in store.active_jobs().await? {
+            if stored.job.user == name {
+                self.cancel_job(caller, stored.job.id).await?;
+            }
+        }
         Ok(())
     }
 

@@ -107,7 +107,7 @@ pub(super) async fn job_log(
         .job_output(&caller, id, &task, index, stream)
         .await?;
     let limit = if q.follow { CHUNK } else { WHOLE };
-    let first = read_from(file.root.clone(), file.path.clone(), q.offset, limit).await?;
+    let first = master.read_user_file(&file, q.offset, limit).await?;
     let headers = [
         (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         (header::CACHE_CONTROL, "no-store"),
@@ -133,7 +133,8 @@ pub(super) async fn job_log(
                     .job_instance_open(id, &task, index)
                     .await
                     .unwrap_or(false);
-                let read = read_from(file.root.clone(), file.path.clone(), offset, CHUNK)
+                let read = master
+                    .read_user_file(&file, offset, CHUNK)
                     .await
                     .ok()
                     .flatten()
@@ -149,43 +150,3 @@ pub(super) async fn job_log(
     Ok((headers, axum::body::Body::from_stream(body)).into_response())
 }
 
-/// Up to `limit` bytes of `path` from `offset`, opened beneath the user's `~/nfs` without
-/// following links (`None`: no such file yet).
-async fn read_from(
-    root: std::path::PathBuf,
-    path: std::path::PathBuf,
-    offset: u64,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = match crate::sys::beneath::open_under(
-            &root,
-            &path,
-            crate::sys::beneath::Access::Read,
-        ) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(ApiError::Forbidden(format!(
-                    "cannot read the output: {e}"
-                )));
-            }
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(ApiError::Forbidden("the output is not a regular file".into()));
-        }
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut buffer = Vec::with_capacity(limit.min(meta.len().saturating_sub(offset) as usize));
-        file.take(limit as u64)
-            .read_to_end(&mut buffer)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Some(buffer))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-}
