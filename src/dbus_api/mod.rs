@@ -26,7 +26,9 @@ use crate::model::host::{Capacity, HostRecord};
 pub use dict::VariantDict;
 pub use images::{ImageRow, SystemImageRow};
 pub use patches::{GroupPatchDict, QuotaPatchDict, UserPatchDict};
-pub use records::{ClusterRow, GroupRow, HostLoadRow, NetworkRow, PortRow, UserRow, VNodeEntryRow};
+pub use records::{
+    ClusterRow, GroupRow, HostLoadRow, JobRow, NetworkRow, PortRow, UserRow, VNodeEntryRow,
+};
 
 pub const MASTER_NAME: &str = "org.docklet.Master1";
 pub const MASTER_PATH: &str = "/org/docklet/Master1";
@@ -168,6 +170,9 @@ pub trait Master1 {
     fn drain(&self, host: &str, drain: bool) -> Result<(), BusError>;
     fn clusters(&self, user: &str) -> Result<Vec<ClusterRow>, BusError>;
     fn ports(&self, user: &str) -> Result<Vec<PortRow>, BusError>;
+    fn jobs(&self, user: &str, ended: bool) -> Result<Vec<JobRow>, BusError>;
+    fn cancel_job(&self, id: u64) -> Result<(JobRow,), BusError>;
+    fn hold_job(&self, id: u64, hold: bool) -> Result<(JobRow,), BusError>;
     fn images(&self) -> Result<Vec<ImageRow>, BusError>;
     #[allow(clippy::too_many_arguments)]
     fn save_image(

@@ -224,6 +224,22 @@ pub struct PortRow {
     pub forwarding: bool,
 }
 
+/// A batch job: `(id, user, name, state, reason, submitted_at, ended_at, counts, position)`,
+/// `(tsssstta{su}u)`; `reason` is empty when there is none, `ended_at` and `position` 0 when
+/// not ended or not queued, `counts` the number of instances in each state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct JobRow {
+    pub id: u64,
+    pub user: String,
+    pub name: String,
+    pub state: String,
+    pub reason: String,
+    pub submitted_at: u64,
+    pub ended_at: u64,
+    pub counts: BTreeMap<String, u32>,
+    pub position: u32,
+}
+
 /// A user's network: `(user, vni, blocks, gateway, capacity, quota, addresses)`,
 /// `(suassuua{ss})`; `gateway` is empty while the network has no block, `addresses` maps an
 /// address to the vnode holding it.

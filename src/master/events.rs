@@ -1,6 +1,7 @@
 //! The lifecycle event stream (`GET /api/v1/events`, server-sent events): cluster records
 //! created, changed and deleted, vnode states, long operations, images (a save's progress),
-//! system image updates and (for administrators) hosts joining and leaving, read from one
+//! system image updates, batch jobs and their task instances, and (for administrators) hosts
+//! joining and leaving, read from one
 //! etcd watch of the cluster's prefix. A user sees only events of their own clusters and
 //! images, and every system image's.
 
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::Master;
 use super::actions::{ApiError, Caller};
+use crate::model::jobs::{Instance, Job};
 use crate::model::vcluster::{Operation, VCluster};
 use crate::model::vnode::VNodeStatus;
 use crate::store::EtcdStore;
@@ -18,7 +20,7 @@ use crate::store::EtcdStore;
 /// One event as sent: `event: <kind>` with this as its JSON data.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `cluster`, `node`, `operation`, `image`, `system-image` or `host`.
+    /// `cluster`, `node`, `operation`, `image`, `system-image`, `job`, `task` or `host`.
     pub kind: &'static str,
     /// `put` or `delete`.
     pub action: &'static str,
@@ -156,6 +158,45 @@ async fn classify(
         }
         "images" | "system-images" | "system-image-builds" => {
             image_event(section, name, if put { json() } else { None }, event)
+        }
+        "jobs" | "jobs-done" if put => {
+            let job: Job = serde_json::from_slice(value).ok()?;
+            let data = serde_json::json!({
+                "id": job.id,
+                "name": job.spec.name,
+                "held": job.held,
+                "cancel": job.cancel,
+                "ended": job.ended,
+            });
+            owners.insert(format!("job:{}", job.id), (job.user.clone(), String::new()));
+            Some(event(
+                "job",
+                Some(job.user),
+                None,
+                Some(data),
+                Some(job.id.to_string()),
+            ))
+        }
+        "job-tasks" if put => {
+            // <id>/<task>/<index>, the id zero-padded.
+            let mut parts = name.splitn(3, '/');
+            let id: u64 = parts.next()?.parse().ok()?;
+            let (task, index) = (parts.next()?, parts.next()?.parse::<u32>().ok()?);
+            let owner_key = format!("job:{id}");
+            if !owners.contains_key(&owner_key)
+                && let Ok(Some(stored)) = store.job(id).await
+            {
+                owners.insert(owner_key.clone(), (stored.job.user, String::new()));
+            }
+            let (user, _) = owners.get(&owner_key).cloned()?;
+            serde_json::from_slice::<Instance>(value).ok()?;
+            Some(event(
+                "task",
+                Some(user),
+                None,
+                json(),
+                Some(format!("{id}/{task}/{index}")),
+            ))
         }
         "hosts" => Some(event(
             "host",

@@ -154,6 +154,23 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List batch jobs not ended yet (every user's), with --ended also the ended ones.
+    Jobs {
+        /// Only this user's jobs.
+        #[arg(long)]
+        user: Option<String>,
+        /// Also the jobs that ended.
+        #[arg(long)]
+        ended: bool,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel, hold or release a batch job.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
     /// List accounts with their group, status and usage against the group's quota.
     Users {
         /// Machine-readable output (JSON).
@@ -286,6 +303,25 @@ pub(crate) enum UserAction {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum JobAction {
+    /// Cancel job ID: nothing more of it starts, its running tasks stop and their nodes go.
+    Cancel {
+        /// The job's number, as `docklet-admin jobs` lists it.
+        id: u64,
+    },
+    /// Hold job ID: nothing more of it starts until it is released.
+    Hold {
+        /// The job's number, as `docklet-admin jobs` lists it.
+        id: u64,
+    },
+    /// Release held job ID.
+    Release {
+        /// The job's number, as `docklet-admin jobs` lists it.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub(crate) enum ImageAction {
     /// Save node NODE of USER/CLUSTER as USER's image NAME, and wait until it is saved.
     Save {

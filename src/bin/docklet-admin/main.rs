@@ -59,6 +59,16 @@ fn main() -> ExitCode {
                     ports_table,
                 )
             }
+            Command::Jobs { user, ended, json } => {
+                let conn = connect().await?;
+                let master = master_proxy(&conn).await?;
+                print_listing(
+                    master.jobs(user.as_deref().unwrap_or(""), ended).await,
+                    json,
+                    jobs_table,
+                )
+            }
+            Command::Job { action } => job(action).await,
             Command::Users { json } => {
                 let conn = connect().await?;
                 let master = master_proxy(&conn).await?;
@@ -94,4 +104,21 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+async fn job(action: JobAction) -> Result<(), Failure> {
+    let conn = connect().await?;
+    let master = master_proxy(&conn).await?;
+    let (reply, done) = match action {
+        JobAction::Cancel { id } => (master.cancel_job(id).await, format!("Job {id} cancelled.")),
+        JobAction::Hold { id } => (master.hold_job(id, true).await, format!("Job {id} held.")),
+        JobAction::Release { id } => {
+            (master.hold_job(id, false).await, format!("Job {id} released."))
+        }
+    };
+    let job: docklet::master::actions::jobs::JobSummary =
+        from_single(reply.map_err(|e| failure(e, "master"))?)?;
+    print!("{}", jobs_table(&[job]));
+    println!("{done}");
+    Ok(())
 }

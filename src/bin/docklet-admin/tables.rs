@@ -6,6 +6,7 @@ use anyhow::Result;
 use docklet::dbus_api::BusError;
 use docklet::master::actions::Me;
 use docklet::master::actions::images::ImageView;
+use docklet::master::actions::jobs::JobSummary;
 use docklet::master::actions::ports::PortView;
 use docklet::master::actions::system_images::SystemImageView;
 use docklet::model::account::AuthMethod;
@@ -191,6 +192,34 @@ pub(crate) fn ports_table(ports: &[PortView]) -> String {
         .collect();
     render_table(
         &["PUBLIC", "USER", "CLUSTER", "NODE", "PORT", "FORWARDING"],
+        &rows,
+    )
+}
+
+pub(crate) fn jobs_table(jobs: &[JobSummary]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let count = |state: &str| j.counts.get(state).copied().unwrap_or(0);
+            let done = count("succeeded") + count("failed") + count("timed_out") + count("cancelled");
+            let total: u32 = j.counts.values().sum();
+            vec![
+                j.id.to_string(),
+                j.user.clone(),
+                j.name.clone(),
+                j.state.as_str().to_owned(),
+                format!(
+                    "{} running, {} queued, {done}/{total} done",
+                    count("running") + count("starting"),
+                    count("queued")
+                ),
+                j.position.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                j.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "USER", "NAME", "STATE", "INSTANCES", "POSITION", "REASON"],
         &rows,
     )
 }

@@ -375,10 +375,16 @@ mod tests {
             "/api/v1/hosts/{name}/metrics",
             "/api/v1/usage",
             "/metrics",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/cancel",
+            "/api/v1/jobs/{id}/hold",
+            "/api/v1/jobs/{id}/release",
+            "/api/v1/jobs/{id}/tasks/{task}/{index}/log",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }
-        assert_eq!(paths.len(), 36, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 42, "{:?}", paths.keys().collect::<Vec<_>>());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

@@ -14,7 +14,7 @@ use super::actions::system_images::SystemImageUpdateRequest;
 use super::actions::{ApiError, Caller, GroupPatch, NewUser, UserPatch};
 use crate::dbus_api::{
     self, BusError, ClusterRow, GroupPatchDict, GroupRow, HostLoadRow, HostRow, ImageRow,
-    InitResult, NetworkRow, PortRow, SystemImageRow, UserPatchDict, UserRow, VNodeEntryRow,
+    InitResult, JobRow, NetworkRow, PortRow, SystemImageRow, UserPatchDict, UserRow, VNodeEntryRow,
     VariantDict,
 };
 use crate::model::account::AuthMethod;
@@ -451,6 +451,57 @@ impl MasterInterface {
         } else {
             rows(self.master.list_ports(&caller, Some(user), None).await)
         }
+    }
+
+    /// Batch jobs, every user's when `user` is empty: those not ended, and with `ended` also
+    /// the ended ones: (id, user, name, state, reason, submitted_at, ended_at, counts,
+    /// position); ended_at and position are 0 when not ended or not queued.
+    #[zbus(out_args("jobs"))]
+    async fn jobs(
+        &self,
+        user: &str,
+        ended: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<JobRow>, BusError> {
+        dbus_api::authorize(conn, &header).await?;
+        let filter = crate::master::actions::jobs::JobFilter {
+            user: (!user.is_empty()).then(|| user.to_owned()),
+            all: user.is_empty(),
+            state: None,
+            active: (!ended).then_some(true),
+        };
+        rows(self.master.list_jobs(&Caller::local_admin(), &filter).await)
+    }
+
+    /// Cancels a job: nothing more of it starts, its running instances stop. Returns it.
+    #[zbus(out_args("job"))]
+    async fn cancel_job(
+        &self,
+        id: u64,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(JobRow,), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, job = id, "job cancelled over D-Bus");
+        row(self.master.cancel_job(&Caller::local_admin(), id).await)
+    }
+
+    /// Holds a job (nothing more of it starts) or, with `hold` false, releases it.
+    #[zbus(out_args("job"))]
+    async fn hold_job(
+        &self,
+        id: u64,
+        hold: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(JobRow,), BusError> {
+        let uid = dbus_api::authorize(conn, &header).await?;
+        tracing::info!(caller_uid = uid, job = id, hold, "job hold changed over D-Bus");
+        row(self
+            .master
+            .hold_job(&Caller::local_admin(), id, hold)
+            .await)
     }
 
     /// Every user's images, the records of GET /api/v1/images?all=true: (reference, owner,

@@ -6,9 +6,10 @@
 use crate::dbus_api::dict::{enum_text, parse_enum, parse_non_empty, text_or_empty};
 use crate::dbus_api::records::{NodeRow, NodeSizeRow, parse_rules};
 use crate::dbus_api::{
-    BusError, ClusterRow, GroupPatchDict, HostLoadRow, ImageRow, NetworkRow, PortRow,
+    BusError, ClusterRow, GroupPatchDict, HostLoadRow, ImageRow, JobRow, NetworkRow, PortRow,
     SystemImageRow, UserPatchDict, UserRow, VNodeEntryRow,
 };
+use crate::master::actions::jobs::{JobSummary, JobView};
 use crate::master::actions::images::ImageView;
 use crate::master::actions::ports::PortView;
 use crate::master::actions::system_images::SystemImageView;
@@ -80,6 +81,48 @@ impl From<HostLoadRow> for HostView {
             images: h.images,
             version: h.version,
         }
+    }
+}
+
+impl From<JobSummary> for JobRow {
+    fn from(j: JobSummary) -> Self {
+        JobRow {
+            id: j.id,
+            user: j.user,
+            name: j.name,
+            state: enum_text(&j.state),
+            reason: text_or_empty(j.reason),
+            submitted_at: j.submitted_at,
+            ended_at: j.ended_at.unwrap_or(0),
+            counts: j.counts.into_iter().collect(),
+            position: j.position.map_or(0, |p| p as u32),
+        }
+    }
+}
+
+impl From<JobView> for JobRow {
+    fn from(j: JobView) -> Self {
+        j.summary.into()
+    }
+}
+
+impl TryFrom<JobRow> for JobSummary {
+    type Error = BusError;
+    fn try_from(j: JobRow) -> Result<Self, BusError> {
+        Ok(JobSummary {
+            id: j.id,
+            name: j.name,
+            user: j.user,
+            // The row does not carry it: the listing is by user.
+            group: String::new(),
+            state: parse_enum("state", &j.state)?,
+            reason: (!j.reason.is_empty()).then_some(j.reason),
+            submitted_at: j.submitted_at,
+            ended_at: (j.ended_at != 0).then_some(j.ended_at),
+            held: j.state == "held",
+            counts: j.counts.into_iter().collect(),
+            position: (j.position != 0).then_some(j.position as usize),
+        })
     }
 }
 
