@@ -120,7 +120,11 @@ fn no_batch_nodes_left(user: &str, limit: Duration) {
             host,
             &format!("ls /var/lib/docklet/local/vnodes | grep -c '^{user}-' || true"),
         );
-        assert_eq!(dirs.trim(), "0", "vnode directories of {user} left on {host}");
+        assert_eq!(
+            dirs.trim(),
+            "0",
+            "vnode directories of {user} left on {host}"
+        );
     }
 }
 
@@ -146,20 +150,38 @@ fn a_dag_runs_in_order_and_its_output_lands_in_nfs() {
         ["queued", "starting", "running"].contains(&queued["state"].as_str().unwrap()),
         "{queued:#}"
     );
-    assert_eq!(instance(&queued, "train", 0)["state"], "waiting", "{queued:#}");
-    let job = wait_job(&token, id, &["succeeded", "failed"], Duration::from_secs(180));
+    assert_eq!(
+        instance(&queued, "train", 0)["state"],
+        "waiting",
+        "{queued:#}"
+    );
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(180),
+    );
     assert_eq!(job["state"], "succeeded", "{job:#}");
     println!("3-task DAG done in {:?}", started.elapsed());
     // In order: each started after the one it depends on ended.
     let at = |task: &str, field: &str| instance(&job, task, 0)[field].as_u64().unwrap();
-    assert!(at("train", "started_at") >= at("prep", "ended_at"), "{job:#}");
-    assert!(at("report", "started_at") >= at("train", "ended_at"), "{job:#}");
+    assert!(
+        at("train", "started_at") >= at("prep", "ended_at"),
+        "{job:#}"
+    );
+    assert!(
+        at("report", "started_at") >= at("train", "ended_at"),
+        "{job:#}"
+    );
     assert_eq!(log(&token, id, "prep", 0, "out"), "prep\n");
     assert_eq!(log(&token, id, "prep", 0, "err"), "oops\n");
     assert_eq!(log(&token, id, "train", 0, "out"), "prep\ntrain\n");
     let report = log(&token, id, "report", 0, "out");
     assert_eq!(report, "prep\ntrain\non task-0\n");
-    assert_eq!(instance(&job, "report", 0)["stdout"], format!("~/nfs/jobs/{id}/report.out"));
+    assert_eq!(
+        instance(&job, "report", 0)["stdout"],
+        format!("~/nfs/jobs/{id}/report.out")
+    );
     // The files are in the user's ~/nfs, on the shared filesystem of every host.
     let files = ok(
         "tb2",
@@ -175,7 +197,10 @@ fn intervals(token: &str, id: u64, task: &str, count: u64) -> Vec<(u64, f64, f64
         .map(|i| {
             let out = log(token, id, task, i, "out");
             let mut words = out.split_whitespace();
-            let index = words.next().and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
+            let index = words
+                .next()
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(u64::MAX);
             let start: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
             let end: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
             assert_eq!(index, i, "instance {i} printed {out:?}");
@@ -259,13 +284,21 @@ fn a_gang_starts_together_and_reaches_every_node_of_its_hostfile_by_ssh() {
                 "echo $DOCKLET_NODE_INDEX of $DOCKLET_NODES on $(hostname) > all.$DOCKLET_NODE_INDEX"},
         ]}),
     );
-    let job = wait_job(&token, id, &["succeeded", "failed"], Duration::from_secs(180));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(180),
+    );
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!(
         log(&token, id, "first", 0, "out"),
         "task-0\ntask-1\ntask-2\ntask-0 up\ntask-1 up\ntask-2 up\n"
     );
-    let hosts = instance(&job, "first", 0)["hosts"].as_array().unwrap().len();
+    let hosts = instance(&job, "first", 0)["hosts"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(hosts, 3, "{job:#}");
     let dir = format!("/var/lib/docklet/global/users/{user}/data/jobs/{id}");
     assert_eq!(
@@ -289,20 +322,35 @@ fn a_failing_task_retries_then_fails_the_job_and_its_dependants_never_run() {
             {"name": "b", "depends_on": ["a"], "command": ["true"]},
         ]}),
     );
-    let job = wait_job(&token, id, &["succeeded", "failed"], Duration::from_secs(180));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(180),
+    );
     assert_eq!(job["state"], "failed", "{job:#}");
     let reason = job["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("task a") && reason.contains("exit code 3") && reason.contains("after 1 retries"),
+        reason.contains("task a")
+            && reason.contains("exit code 3")
+            && reason.contains("after 1 retries"),
         "{reason}"
     );
     let a = instance(&job, "a", 0);
-    assert_eq!((a["attempt"].as_u64(), a["exit_code"].as_i64()), (Some(1), Some(3)), "{job:#}");
+    assert_eq!(
+        (a["attempt"].as_u64(), a["exit_code"].as_i64()),
+        (Some(1), Some(3)),
+        "{job:#}"
+    );
     assert_eq!(a["attempts"].as_array().map(Vec::len), Some(1), "{job:#}");
     assert_eq!(log(&token, id, "a", 0, "out"), "try 0\ntry 1\n");
     let b = instance(&job, "b", 0);
     assert_eq!(b["state"], "cancelled", "{job:#}");
-    assert_eq!(b["hosts"].as_array().map(Vec::len), Some(0), "b never ran: {job:#}");
+    assert_eq!(
+        b["hosts"].as_array().map(Vec::len),
+        Some(0),
+        "b never ran: {job:#}"
+    );
     no_batch_nodes_left(user, Duration::from_secs(60));
 }
 
@@ -318,7 +366,12 @@ fn a_time_limit_kills_its_task() {
         json!({"name": "slow", "tasks": [
             {"name": "s", "script": "echo begin; sleep 120; echo never", "timeout": "3s", "retries": 2}]}),
     );
-    let job = wait_job(&token, id, &["succeeded", "failed", "timed_out"], Duration::from_secs(120));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed", "timed_out"],
+        Duration::from_secs(120),
+    );
     assert_eq!(job["state"], "timed_out", "{job:#}");
     let s = instance(&job, "s", 0);
     let ran = s["ended_at"].as_u64().unwrap() - s["started_at"].as_u64().unwrap();
@@ -347,8 +400,17 @@ fn cancel_stops_a_running_job_within_seconds_and_removes_its_nodes() {
         let token = token.clone();
         move || {
             let mut cmd = curl();
-            cmd.args(["-s", "-N", "-m", "60", "-H", &format!("Authorization: Bearer {token}")])
-                .arg(format!("{PORTAL}/api/v1/jobs/{id}/tasks/w/0/log?follow=true"));
+            cmd.args([
+                "-s",
+                "-N",
+                "-m",
+                "60",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+            ])
+            .arg(format!(
+                "{PORTAL}/api/v1/jobs/{id}/tasks/w/0/log?follow=true"
+            ));
             let out = cmd.output().expect("curl");
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
@@ -379,14 +441,21 @@ fn a_second_users_task_starts_before_the_first_users_backlog_drains() {
     let _cleanup = Cleanup(&["jobfaira", "jobfairb"], "jobfair");
     // Nodes so large that each host holds one: the site, not the quota, is the limit.
     let hosts = get("/hosts", root());
-    let memory = hosts.json.as_array().unwrap()
+    let memory = hosts
+        .json
+        .as_array()
+        .unwrap()
         .iter()
         .map(|h| h["memory_bytes"].as_u64().unwrap_or(0))
         .min()
         .expect("hosts");
     assert!(memory > GIB, "{hosts}");
     let big = memory / 2 + 64 * MIB;
-    batch_group("jobfair", json!({"memory_bytes": 64 * memory, "vnodes": 100, "jobs": 10}), &[a, b]);
+    batch_group(
+        "jobfair",
+        json!({"memory_bytes": 64 * memory, "vnodes": 100, "jobs": 10}),
+        &[a, b],
+    );
     let backlog = submit(
         &token_a,
         json!({"name": "backlog", "tasks": [{"name": "t", "array": "0-99", "memory_bytes": big,
@@ -400,7 +469,12 @@ fn a_second_users_task_starts_before_the_first_users_backlog_drains() {
     );
     let queued = show(&token_b, one);
     println!("b's task queued: {:#}", instance(&queued, "t", 0));
-    let job = wait_job(&token_b, one, &["succeeded", "failed"], Duration::from_secs(120));
+    let job = wait_job(
+        &token_b,
+        one,
+        &["succeeded", "failed"],
+        Duration::from_secs(120),
+    );
     assert_eq!(job["state"], "succeeded", "{job:#}");
     let first = show(&token_a, backlog);
     let left = first["counts"]["queued"].as_u64().unwrap_or(0);
@@ -470,13 +544,23 @@ fn bad_specs_and_quotas_are_refused_with_their_field_and_nothing_is_queued() {
     let r = get("/jobs", &token);
     assert_eq!(r.json, json!([]), "nothing was queued: {r}");
     // The jobs quota: one at a time.
-    let id = submit(&token, json!({"name": "long", "tasks": [{"name": "s", "script": "sleep 600"}]}));
-    let r = post("/jobs", &token, &json!({"name": "more", "tasks": [{"name": "s", "command": cmd}]}));
+    let id = submit(
+        &token,
+        json!({"name": "long", "tasks": [{"name": "s", "script": "sleep 600"}]}),
+    );
+    let r = post(
+        "/jobs",
+        &token,
+        &json!({"name": "more", "tasks": [{"name": "s", "command": cmd}]}),
+    );
     r.assert_error(422, "quota_exceeded");
     let r = post(&format!("/jobs/{id}/cancel"), &token, &json!({}));
     assert_eq!(r.status, 200, "{r}");
     wait_job(&token, id, &["cancelled"], Duration::from_secs(30));
-    submit(&token, json!({"name": "now", "tasks": [{"name": "s", "command": cmd}]}));
+    submit(
+        &token,
+        json!({"name": "now", "tasks": [{"name": "s", "command": cmd}]}),
+    );
 }
 
 /// The host a running instance's node 0 is on.
@@ -506,10 +590,18 @@ fn kill_9_of_the_master_and_a_worker_mid_job_loses_nothing() {
     ok(&host, "systemctl kill -s KILL docklet-worker");
     ok("tb1", "sleep 3; docklet-admin wait master --timeout 60s");
     ok(&host, "docklet-admin wait worker --timeout 60s");
-    let job = wait_job(&token, id, &["succeeded", "failed"], Duration::from_secs(180));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(180),
+    );
     assert_eq!(job["state"], "succeeded", "{job:#}");
     let a = instance(&job, "a", 0);
-    assert_eq!(a["attempt"], 0, "the running task was adopted, not rerun: {job:#}");
+    assert_eq!(
+        a["attempt"], 0,
+        "the running task was adopted, not rerun: {job:#}"
+    );
     assert_eq!(log(&token, id, "a", 0, "out"), "start\ndone\n");
     no_batch_nodes_left(user, Duration::from_secs(60));
 }
@@ -530,7 +622,10 @@ fn a_lost_hosts_task_reruns_elsewhere() {
     let job = wait_job(&token, id, &["running"], Duration::from_secs(120));
     let lost = host_of(&job, "a");
     // The host's worker dies and stays away: its lease ends, the host is lost.
-    ok(&lost, "systemctl kill -s KILL docklet-worker; systemctl stop docklet-worker");
+    ok(
+        &lost,
+        "systemctl kill -s KILL docklet-worker; systemctl stop docklet-worker",
+    );
     struct Back(String);
     impl Drop for Back {
         fn drop(&mut self) {
@@ -538,14 +633,22 @@ fn a_lost_hosts_task_reruns_elsewhere() {
         }
     }
     let back = Back(lost.clone());
-    let job = wait_job(&token, id, &["succeeded", "failed"], Duration::from_secs(180));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(180),
+    );
     assert_eq!(job["state"], "succeeded", "{job:#}");
     let a = instance(&job, "a", 0);
     assert_eq!(a["attempt"], 1, "{job:#}");
     assert_ne!(a["hosts"][0], lost.as_str(), "{job:#}");
     let first = &a["attempts"][0];
     assert!(
-        first["reason"].as_str().unwrap_or("").contains(&format!("host {lost} was lost")),
+        first["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("host {lost} was lost")),
         "{job:#}"
     );
     drop(back);
@@ -583,9 +686,96 @@ fn another_user_cannot_see_cancel_or_read_a_job() {
     // Still running, and visible to administrators.
     assert_eq!(show(&token_a, id)["state"], "running");
     let all = get("/jobs?all=true", root());
-    let mine: Vec<&Value> = all.json.as_array().unwrap().iter().filter(|j| j["id"] == id).collect();
+    let mine: Vec<&Value> = all
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["id"] == id)
+        .collect();
     assert_eq!(mine.len(), 1, "{all}");
     let r = post(&format!("/jobs/{id}/cancel"), root(), &json!({}));
     assert_eq!(r.status, 200, "{r}");
     wait_job(&token_a, id, &["cancelled"], Duration::from_secs(30));
+}
+
+#[test]
+#[ignore = "end-to-end: needs the testbed; run tools/test"]
+fn administrators_list_hold_release_and_cancel_jobs_with_docklet_admin() {
+    let user = "jobadmin";
+    let token = fresh_user(user);
+    let _cleanup = Cleanup(&["jobadmin"], "jobadmin");
+    batch_group("jobadmin", json!({}), &[user]);
+    // The batch quota is the group's to change, apart from its interactive quota.
+    let r = api(
+        "PATCH",
+        "/groups/jobadmin",
+        root(),
+        Some(
+            &json!({"batch": {"cpu_millis": 4000, "memory_bytes": 4 * GIB,
+            "disk_bytes": 16 * GIB, "vnodes": 3, "jobs": 5}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["batch"]["vnodes"], 3, "{r}");
+    assert_eq!(r.json["quota"]["vnodes"], 4, "{r}");
+    let id = submit(
+        &token,
+        json!({"name": "held", "tasks": [
+            {"name": "a", "script": "sleep 3"},
+            {"name": "b", "depends_on": ["a"], "command": ["true"]}]}),
+    );
+    wait_job(&token, id, &["running"], Duration::from_secs(120));
+    let listed = ok("tb1", "docklet-admin jobs --json");
+    let jobs: Value = serde_json::from_str(&listed).expect("JSON");
+    let mine = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .unwrap_or_else(|| panic!("job {id} not listed: {listed}"));
+    assert_eq!(
+        (mine["user"].as_str(), mine["state"].as_str()),
+        (Some(user), Some("running"))
+    );
+    let table = ok("tb1", "docklet-admin jobs");
+    assert!(table.contains("held") && table.contains(user), "{table}");
+    // Held: a ends, b does not start.
+    let held = ok("tb1", &format!("docklet-admin job hold {id}"));
+    assert!(held.contains(&format!("Job {id} held.")), "{held}");
+    std::thread::sleep(Duration::from_secs(6));
+    let job = show(&token, id);
+    assert_eq!(instance(&job, "a", 0)["state"], "succeeded", "{job:#}");
+    assert_eq!(instance(&job, "b", 0)["state"], "held", "{job:#}");
+    assert_eq!(job["state"], "held", "{job:#}");
+    // Users may not hold or release.
+    post(&format!("/jobs/{id}/release"), &token, &json!({})).assert_error(403, "forbidden");
+    ok("tb1", &format!("docklet-admin job release {id}"));
+    let job = wait_job(
+        &token,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let ended = ok("tb1", "docklet-admin jobs --ended --json");
+    assert!(ended.contains(&format!("\"id\": {id}")), "{ended}");
+    // And cancel.
+    let long = submit(
+        &token,
+        json!({"name": "long", "tasks": [{"name": "s", "script": "sleep 600"}]}),
+    );
+    wait_job(&token, long, &["running"], Duration::from_secs(120));
+    ok("tb1", &format!("docklet-admin job cancel {long}"));
+    let job = wait_job(&token, long, &["cancelled"], Duration::from_secs(5));
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled by root"),
+        "{job:#}"
+    );
+    let missing = sh("tb1", "docklet-admin job cancel 999999");
+    assert_ne!(missing.code, 0, "an unknown job is an error");
+    no_batch_nodes_left(user, Duration::from_secs(60));
 }

@@ -15,10 +15,11 @@ use tracing::{debug, info, warn};
 
 use super::Master;
 use super::actions::{ApiError, host_load};
+use crate::model::admission;
 use crate::model::jobs::schedule::{self, Candidate, Holding};
 use crate::model::jobs::{
-    self, Instance, Instances, Job, NodeSeen, PlacedNode, QueueEntry, QueueOrder, State,
-    TaskSpec, Transition,
+    self, Instance, Instances, Job, NodeSeen, PlacedNode, QueueEntry, QueueOrder, State, TaskSpec,
+    Transition,
 };
 use crate::model::placement::HostLoad;
 use crate::model::quota::Group;
@@ -27,12 +28,15 @@ use crate::model::vnode::{self, DesiredState, TaskRun, VNodeSpec};
 use crate::store::clusters::NodeWrite;
 use crate::store::jobs::StoredJob;
 use crate::store::{EtcdStore, StoreError};
-use crate::model::admission;
 
 /// A pass at least this often, for retries that fall due and time limits.
 const TICK: Duration = Duration::from_secs(1);
 /// How often leftover batch nodes (of instances no longer running them) are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Ended jobs are kept this long (with their instances' records), then forgotten; their
+/// output stays in the users' `~/nfs`.
+pub const KEEP_ENDED_SECS: u64 = 30 * 24 * 3600;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs passes for as long as it is not aborted (the leadership ends).
 pub async fn run(master: Arc<Master>, store: EtcdStore) {
@@ -50,9 +54,8 @@ pub async fn run(master: Arc<Master>, store: EtcdStore) {
             if let Err(e) = controller.pass(&master, &store).await {
                 warn!("batch pass: {e}");
             }
-            let changed = futures_util::future::select_all(
-                streams.iter_mut().map(|s| Box::pin(s.message())),
-            );
+            let changed =
+                futures_util::future::select_all(streams.iter_mut().map(|s| Box::pin(s.message())));
             tokio::select! {
                 (message, _, _) = changed => match message {
                     Ok(Some(_)) => {}
@@ -68,6 +71,7 @@ pub async fn run(master: Arc<Master>, store: EtcdStore) {
 struct BatchController {
     last_order: QueueOrder,
     last_sweep: Option<Instant>,
+    last_prune: Option<Instant>,
     /// Why a start failed at the last pass, by instance: logged when new only.
     failing: HashMap<String, String>,
 }
@@ -90,9 +94,11 @@ impl Seen {
 
 impl BatchController {
     async fn pass(&mut self, master: &Master, store: &EtcdStore) -> Result<(), ApiError> {
-        let sweep_due = self
-            .last_sweep
-            .is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if self.last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            self.last_prune = Some(Instant::now());
+            prune(store).await?;
+        }
+        let sweep_due = self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
         let active = store.active_jobs().await?;
         if active.is_empty() {
             if !self.last_order.entries.is_empty() {
@@ -117,7 +123,8 @@ impl BatchController {
         }
         let now = crate::master::now_secs();
         let mut charges = Vec::new();
-        self.advance_all(store, &mut seen, now, &mut charges).await?;
+        self.advance_all(store, &mut seen, now, &mut charges)
+            .await?;
         self.end_jobs(store, &mut seen, now).await?;
         self.schedule(master, store, &seen, now).await?;
         if !charges.is_empty() {
@@ -177,7 +184,10 @@ impl BatchController {
                     .iter()
                     .map(|n| {
                         let mut v = nodes.get(&n.id).cloned().unwrap_or_default();
-                        if nodes.get(&n.id).is_some_and(|v| !v.exists && v.phase.is_none()) {
+                        if nodes
+                            .get(&n.id)
+                            .is_some_and(|v| !v.exists && v.phase.is_none())
+                        {
                             // Never seen at all: its host's registration decides.
                             v.host_up = up.contains(&n.host);
                         }
@@ -194,7 +204,12 @@ impl BatchController {
     }
 
     /// Ends jobs that have nothing left to run.
-    async fn end_jobs(&self, store: &EtcdStore, seen: &mut Vec<Seen>, now: u64) -> Result<(), ApiError> {
+    async fn end_jobs(
+        &self,
+        store: &EtcdStore,
+        seen: &mut Vec<Seen>,
+        now: u64,
+    ) -> Result<(), ApiError> {
         let mut remaining = Vec::new();
         for s in seen.drain(..) {
             let Some(end) = jobs::outcome(&s.stored.job, &s.instances(), now) else {
@@ -202,6 +217,19 @@ impl BatchController {
                 continue;
             };
             let mut job = s.stored.job.clone();
+            if store.account(&job.user).await?.is_none() {
+                // Its owner was deleted: a later account of that name must not see it.
+                if store.forget_active_job(job.id, s.stored.revision).await? {
+                    info!(
+                        user = %job.user,
+                        job = job.id,
+                        "job {} of deleted user {} ended and was forgotten",
+                        job.id,
+                        job.user
+                    );
+                }
+                continue;
+            }
             let line = match &end.reason {
                 Some(reason) => format!("{}: {reason}", end.state.as_str()),
                 None => end.state.as_str().to_owned(),
@@ -286,7 +314,8 @@ impl BatchController {
             for start in &decision.starts {
                 let (j, t, index) = wanted[start.id];
                 let s = &seen[j];
-                let result = start_instance(master, store, &site, s, t, index, &start.hosts, now).await;
+                let result =
+                    start_instance(master, store, &site, s, t, index, &start.hosts, now).await;
                 let key = jobs::queue_key(s.stored.job.id, &s.stored.job.spec.tasks[t].name, index);
                 match result {
                     Ok(()) => {
@@ -448,7 +477,11 @@ async fn release(store: &EtcdStore, instance: &Instance) -> Result<(), ApiError>
 }
 
 /// Adds ended attempts' cpu-seconds to the fair-share record.
-async fn charge(store: &EtcdStore, charges: &[(String, String, f64)], now: u64) -> Result<(), ApiError> {
+async fn charge(
+    store: &EtcdStore,
+    charges: &[(String, String, f64)],
+    now: u64,
+) -> Result<(), ApiError> {
     for _ in 0..16 {
         let (mut share, revision) = store.fair_share().await?;
         for (group, user, secs) in charges {
@@ -458,7 +491,30 @@ async fn charge(store: &EtcdStore, charges: &[(String, String, f64)], now: u64) 
             return Ok(());
         }
     }
-    Err(ApiError::Unavailable("the fair-share record changes too often".into()))
+    Err(ApiError::Unavailable(
+        "the fair-share record changes too often".into(),
+    ))
+}
+
+/// Forgets jobs that ended more than [`KEEP_ENDED_SECS`] ago.
+async fn prune(store: &EtcdStore) -> Result<(), ApiError> {
+    let now = crate::master::now_secs();
+    for stored in store.all_jobs().await? {
+        if let Some(end) = &stored.job.ended
+            && stored.done
+            && now.saturating_sub(end.at) > KEEP_ENDED_SECS
+        {
+            store.forget_job(stored.job.id).await?;
+            info!(
+                user = %stored.job.user,
+                job = stored.job.id,
+                "job {} ended {} days ago: forgotten",
+                stored.job.id,
+                KEEP_ENDED_SECS / 86400
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Deletes batch nodes no running attempt owns: those of ended jobs and of ended or retried
@@ -526,7 +582,12 @@ struct Site {
 }
 
 impl Site {
-    async fn read(master: &Master, store: &EtcdStore, seen: &[Seen], now: u64) -> Result<Site, ApiError> {
+    async fn read(
+        master: &Master,
+        store: &EtcdStore,
+        seen: &[Seen],
+        now: u64,
+    ) -> Result<Site, ApiError> {
         let snapshot = store.placement_snapshot().await?;
         let loads: Vec<HostLoad> = snapshot
             .hosts
@@ -580,7 +641,13 @@ impl Site {
                 };
                 let since = instance.started_at.unwrap_or(instance.created_at);
                 let ends_at = task.timeout_secs.map(|limit| {
-                    since + limit + if instance.started_at.is_none() { jobs::BOOT_TIMEOUT_SECS } else { 0 }
+                    since
+                        + limit
+                        + if instance.started_at.is_none() {
+                            jobs::BOOT_TIMEOUT_SECS
+                        } else {
+                            0
+                        }
                 });
                 // What runs counts toward fair share as it runs, not only when it ends.
                 let running = f64::from(task.node.cpu_millis) / 1000.0
@@ -627,8 +694,12 @@ async fn start_instance(
     let previous = seen.records.get(&(task.name.clone(), index));
     let attempt = previous.map_or(0, |(i, _)| i.attempt + 1);
     let cluster = jobs::instance_cluster(job.id, position, index, attempt);
-    let Some(Ok((_, image_guard))) = site.images.get(&(job.user.clone(), task.image.clone())) else {
-        return Err(ApiError::Conflict(format!("image {} is unusable", task.image)));
+    let Some(Ok((_, image_guard))) = site.images.get(&(job.user.clone(), task.image.clone()))
+    else {
+        return Err(ApiError::Conflict(format!(
+            "image {} is unusable",
+            task.image
+        )));
     };
     let group = site
         .groups
@@ -719,7 +790,14 @@ async fn start_instance(
 /// Node `node` of an instance: a vnode of the task's size and image that runs the command
 /// (node 0, or all with `run_on: all`) once the whole gang is up; a single node may start it
 /// as soon as it is.
-fn node_spec(job: &Job, task: &TaskSpec, cluster: &str, index: u32, node: u32, attempt: u32) -> VNodeSpec {
+fn node_spec(
+    job: &Job,
+    task: &TaskSpec,
+    cluster: &str,
+    index: u32,
+    node: u32,
+    attempt: u32,
+) -> VNodeSpec {
     let (out, err) = task.output_paths(index);
     let inside = |path: &str| match path {
         "" => "/root/nfs".to_owned(),

@@ -31,11 +31,15 @@ impl EtcdStore {
                     last + 1,
                     Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
                 ),
-                None => (1, Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+                None => (
+                    1,
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ),
             };
-            let txn = Txn::new()
-                .when([guard])
-                .and_then([TxnOp::put(key.clone(), encode(&next), None)]);
+            let txn =
+                Txn::new()
+                    .when([guard])
+                    .and_then([TxnOp::put(key.clone(), encode(&next), None)]);
             if self.txn_ok(txn).await? {
                 return Ok(next);
             }
@@ -117,7 +121,11 @@ impl EtcdStore {
                 return Ok(job);
             }
             let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
                 .and_then([TxnOp::put(key.clone(), encode(&job), None)]);
             if self.txn_ok(txn).await? {
                 return Ok(job);
@@ -132,10 +140,34 @@ impl EtcdStore {
     pub async fn end_job(&self, job: &Job, revision: i64) -> Result<bool, StoreError> {
         let key = self.keys.job(job.id);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
             .and_then([
                 TxnOp::delete(key, None::<DeleteOptions>),
                 TxnOp::put(self.keys.job_done(job.id), encode(job), None),
+            ]);
+        self.txn_ok(txn).await
+    }
+
+    /// Forgets a job not ended yet and its instances' records, if it still has the revision
+    /// it was read at (its owner's account is gone: nobody may see it again).
+    pub async fn forget_active_job(&self, id: u64, revision: i64) -> Result<bool, StoreError> {
+        let key = self.keys.job(id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([
+                TxnOp::delete(key, None::<DeleteOptions>),
+                TxnOp::delete(
+                    self.keys.job_instances(id),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
             ]);
         self.txn_ok(txn).await
     }
@@ -149,11 +181,7 @@ impl EtcdStore {
                 Some(DeleteOptions::new().with_prefix()),
             ),
         ]);
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(classify)?;
+        self.client.kv_client().txn(txn).await.map_err(classify)?;
         Ok(())
     }
 
@@ -204,7 +232,11 @@ impl EtcdStore {
     ) -> Result<bool, StoreError> {
         let key = self.keys.fair_share();
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
             .and_then([TxnOp::put(key, encode(share), None)]);
         self.txn_ok(txn).await
     }
@@ -253,10 +285,7 @@ impl EtcdStore {
             let stream = self
                 .client
                 .watch_client()
-                .watch(
-                    prefix,
-                    Some(etcd_client::WatchOptions::new().with_prefix()),
-                )
+                .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
                 .await
                 .map_err(classify)?;
             streams.push(stream);

@@ -177,7 +177,8 @@ async fn user_data_handler(
             ));
         }
         file.seek(SeekFrom::Start(q.offset)).map_err(refuse)?;
-        let mut buffer = Vec::with_capacity(limit.min(meta.len().saturating_sub(q.offset) as usize));
+        let mut buffer =
+            Vec::with_capacity(limit.min(meta.len().saturating_sub(q.offset) as usize));
         file.take(limit as u64)
             .read_to_end(&mut buffer)
             .map_err(refuse)?;

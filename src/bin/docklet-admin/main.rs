@@ -112,9 +112,10 @@ async fn job(action: JobAction) -> Result<(), Failure> {
     let (reply, done) = match action {
         JobAction::Cancel { id } => (master.cancel_job(id).await, format!("Job {id} cancelled.")),
         JobAction::Hold { id } => (master.hold_job(id, true).await, format!("Job {id} held.")),
-        JobAction::Release { id } => {
-            (master.hold_job(id, false).await, format!("Job {id} released."))
-        }
+        JobAction::Release { id } => (
+            master.hold_job(id, false).await,
+            format!("Job {id} released."),
+        ),
     };
     let job: docklet::master::actions::jobs::JobSummary =
         from_single(reply.map_err(|e| failure(e, "master"))?)?;

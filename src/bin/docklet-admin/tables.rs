@@ -201,7 +201,8 @@ pub(crate) fn jobs_table(jobs: &[JobSummary]) -> String {
         .iter()
         .map(|j| {
             let count = |state: &str| j.counts.get(state).copied().unwrap_or(0);
-            let done = count("succeeded") + count("failed") + count("timed_out") + count("cancelled");
+            let done =
+                count("succeeded") + count("failed") + count("timed_out") + count("cancelled");
             let total: u32 = j.counts.values().sum();
             vec![
                 j.id.to_string(),
@@ -219,7 +220,15 @@ pub(crate) fn jobs_table(jobs: &[JobSummary]) -> String {
         })
         .collect();
     render_table(
-        &["ID", "USER", "NAME", "STATE", "INSTANCES", "POSITION", "REASON"],
+        &[
+            "ID",
+            "USER",
+            "NAME",
+            "STATE",
+            "INSTANCES",
+            "POSITION",
+            "REASON",
+        ],
         &rows,
     )
 }

@@ -118,7 +118,11 @@ fn field_error(code: &'static str, field: String, message: String) -> ApiError {
 }
 
 impl Master {
-    pub async fn submit_job(&self, caller: &Caller, request: &JobRequest) -> Result<JobView, ApiError> {
+    pub async fn submit_job(
+        &self,
+        caller: &Caller,
+        request: &JobRequest,
+    ) -> Result<JobView, ApiError> {
         caller.require_normal()?;
         let user = caller.name().to_owned();
         let store = self.store().await?;
@@ -127,7 +131,8 @@ impl Master {
         let probe = request
             .resolve(0, &group.defaults, &self.config.default_image)
             .map_err(refused)?;
-        self.check_job_against_site(&store, &user, &group, &probe).await?;
+        self.check_job_against_site(&store, &user, &group, &probe)
+            .await?;
         let active = store
             .active_jobs()
             .await?
@@ -206,7 +211,10 @@ impl Master {
                 return Err(field_error(
                     "quota_exceeded",
                     at(field),
-                    format!("one instance of task {} exceeds your group's batch quota: {e}", task.name),
+                    format!(
+                        "one instance of task {} exceeds your group's batch quota: {e}",
+                        task.name
+                    ),
                 ));
             }
             let empty: Vec<HostLoad> = snapshot
@@ -241,14 +249,23 @@ impl Master {
     }
 
     /// The job `id` as `caller` may see it: their own, or any for administrators.
-    async fn visible_job(&self, store: &EtcdStore, caller: &Caller, id: u64) -> Result<StoredJob, ApiError> {
+    async fn visible_job(
+        &self,
+        store: &EtcdStore,
+        caller: &Caller,
+        id: u64,
+    ) -> Result<StoredJob, ApiError> {
         match store.job(id).await? {
             Some(stored) if caller.admin || stored.job.user == caller.name() => Ok(stored),
             _ => Err(ApiError::NotFound(format!("no job {id}"))),
         }
     }
 
-    pub async fn list_jobs(&self, caller: &Caller, filter: &JobFilter) -> Result<Vec<JobSummary>, ApiError> {
+    pub async fn list_jobs(
+        &self,
+        caller: &Caller,
+        filter: &JobFilter,
+    ) -> Result<Vec<JobSummary>, ApiError> {
         let owner = match (&filter.user, filter.all) {
             (_, true) => {
                 caller.require_admin()?;
@@ -316,7 +333,12 @@ impl Master {
     }
 
     /// Holds a job (nothing more of it starts) or releases it. Administrators only.
-    pub async fn hold_job(&self, caller: &Caller, id: u64, hold: bool) -> Result<JobView, ApiError> {
+    pub async fn hold_job(
+        &self,
+        caller: &Caller,
+        id: u64,
+        hold: bool,
+    ) -> Result<JobView, ApiError> {
         caller.require_admin()?;
         let store = self.store().await?;
         let stored = self.visible_job(&store, caller, id).await?;
@@ -379,7 +401,9 @@ impl Master {
                     }
                     record => {
                         let p = pending.iter().find(|p| p.task == t && p.index == index);
-                        let entry = order.entries.get(&jobs::queue_key(job.id, &task.name, index));
+                        let entry = order
+                            .entries
+                            .get(&jobs::queue_key(job.id, &task.name, index));
                         let queued_at = entry.map(|e| e.position);
                         let mut view = match record {
                             Some(i) => instance_view(i, out, err),
@@ -403,9 +427,11 @@ impl Master {
                         match p {
                             Some(p) => {
                                 view.state = p.state;
-                                view.reason = p.reason.clone().or_else(|| {
-                                    entry.map(|e| e.reason.clone())
-                                }).or(view.reason);
+                                view.reason = p
+                                    .reason
+                                    .clone()
+                                    .or_else(|| entry.map(|e| e.reason.clone()))
+                                    .or(view.reason);
                                 if p.ready {
                                     view.position = queued_at;
                                 }
@@ -489,7 +515,9 @@ impl Master {
             return Err(ApiError::NotFound(format!("job {id} has no task {task:?}")));
         };
         if !spec.indices().contains(&index) {
-            return Err(ApiError::NotFound(format!("task {task} has no instance {index}")));
+            return Err(ApiError::NotFound(format!(
+                "task {task} has no instance {index}"
+            )));
         }
         let (out, err) = spec.output_paths(index);
         let path = match stream {
@@ -546,7 +574,12 @@ impl Master {
     }
 
     /// Whether an instance can still write output: not ended, and its job not ended.
-    pub async fn job_instance_open(&self, id: u64, task: &str, index: u32) -> Result<bool, ApiError> {
+    pub async fn job_instance_open(
+        &self,
+        id: u64,
+        task: &str,
+        index: u32,
+    ) -> Result<bool, ApiError> {
         let store = self.store().await?;
         let Some(stored) = store.job(id).await? else {
             return Ok(false);

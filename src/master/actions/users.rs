@@ -69,6 +69,9 @@ pub struct GroupPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub egress_allow: Option<Vec<crate::model::egress::EgressRule>>,
+    /// Replaces the group's batch quota (fields left out take their defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::model::quota::BatchQuota>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
@@ -392,9 +395,16 @@ impl Master {
             "{} deleted user {name}",
             caller.name()
         );
-        // Nobody could cancel them any more.
-        for stored in store.active_jobs().await? {
-            if stored.job.user == name {
+        // Nobody could cancel them any more, and a later account of the same name must not
+        // see them: running ones are cancelled (and forgotten once they end), ended ones
+        // forgotten now.
+        for stored in store.all_jobs().await? {
+            if stored.job.user != name {
+                continue;
+            }
+            if stored.done {
+                store.forget_job(stored.job.id).await?;
+            } else {
                 self.cancel_job(caller, stored.job.id).await?;
             }
         }
@@ -446,6 +456,9 @@ impl Master {
         }
         if let Some(allow) = &patch.egress_allow {
             group.egress_allow = allow.clone();
+        }
+        if let Some(batch) = patch.batch {
+            group.batch = batch;
         }
         quota::validate_group(&group)
             .map_err(|e| ApiError::invalid("invalid_group", "group", e.to_string()))?;

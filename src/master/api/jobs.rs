@@ -103,9 +103,7 @@ pub(super) async fn job_log(
         .parse()
         .map_err(|_| ApiError::NotFound(format!("task {task} has no instance {index:?}")))?;
     let stream = q.stream.unwrap_or(OutputStream::Out);
-    let file = master
-        .job_output(&caller, id, &task, index, stream)
-        .await?;
+    let file = master.job_output(&caller, id, &task, index, stream).await?;
     let limit = if q.follow { CHUNK } else { WHOLE };
     let first = master.read_user_file(&file, q.offset, limit).await?;
     let headers = [
@@ -123,7 +121,10 @@ pub(super) async fn job_log(
         async move {
             if let Some(bytes) = pending.filter(|b| !b.is_empty()) {
                 let next = offset + bytes.len() as u64;
-                return Some((Ok::<_, std::io::Error>(bytes), (master, file, next, None, done)));
+                return Some((
+                    Ok::<_, std::io::Error>(bytes),
+                    (master, file, next, None, done),
+                ));
             }
             if done {
                 return None;
@@ -149,4 +150,3 @@ pub(super) async fn job_log(
     });
     Ok((headers, axum::body::Body::from_stream(body)).into_response())
 }
-

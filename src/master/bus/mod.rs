@@ -497,11 +497,13 @@ impl MasterInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(JobRow,), BusError> {
         let uid = dbus_api::authorize(conn, &header).await?;
-        tracing::info!(caller_uid = uid, job = id, hold, "job hold changed over D-Bus");
-        row(self
-            .master
-            .hold_job(&Caller::local_admin(), id, hold)
-            .await)
+        tracing::info!(
+            caller_uid = uid,
+            job = id,
+            hold,
+            "job hold changed over D-Bus"
+        );
+        row(self.master.hold_job(&Caller::local_admin(), id, hold).await)
     }
 
     /// Every user's images, the records of GET /api/v1/images?all=true: (reference, owner,

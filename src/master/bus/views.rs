@@ -9,8 +9,8 @@ use crate::dbus_api::{
     BusError, ClusterRow, GroupPatchDict, HostLoadRow, ImageRow, JobRow, NetworkRow, PortRow,
     SystemImageRow, UserPatchDict, UserRow, VNodeEntryRow,
 };
-use crate::master::actions::jobs::{JobSummary, JobView};
 use crate::master::actions::images::ImageView;
+use crate::master::actions::jobs::{JobSummary, JobView};
 use crate::master::actions::ports::PortView;
 use crate::master::actions::system_images::SystemImageView;
 use crate::master::actions::{
@@ -329,6 +329,7 @@ impl TryFrom<GroupPatchDict> for GroupPatch {
             }),
             defaults: p.defaults.map(Into::into),
             egress_allow: p.egress_allow.as_deref().map(parse_rules).transpose()?,
+            batch: None,
         })
     }
 }

@@ -263,6 +263,7 @@ fn group_patch(form: &GroupForm) -> Result<GroupPatch, String> {
         quota: Some(quota),
         defaults,
         egress_allow,
+        batch: None,
     })
 }
 

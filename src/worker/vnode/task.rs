@@ -316,7 +316,10 @@ mod tests {
             ]
         );
         assert_eq!(hostfile(2), "task-0\ntask-1\n");
-        assert_eq!(task_unit("alice-3-0-0-0-1"), "docklet-task-alice-3-0-0-0-1.service");
+        assert_eq!(
+            task_unit("alice-3-0-0-0-1"),
+            "docklet-task-alice-3-0-0-0-1.service"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ impl Runtime {
             "--link-journal=no".into(),
             format!("--register={register}"),
             format!("--machine={}", spec.id),
-            format!("--hostname={}", vnode::node_hostname(&spec.cluster, spec.index)),
+            format!(
+                "--hostname={}",
+                vnode::node_hostname(&spec.cluster, spec.index)
+            ),
             format!("--uuid={}", state.machine_id),
             format!("--directory={}", paths.rootfs.display()),
             format!(
