@@ -48,6 +48,15 @@ fn batch_group(group: &str, batch: Value, users: &[&str]) {
     }
 }
 
+/// A fresh PAM user `user` alone in a group of the same name with a batch quota of `batch`
+/// (see [`batch_group`]): its session token, and what removes both however the test ends.
+fn batch_user(user: &'static str, batch: Value) -> (String, Cleanup) {
+    let token = fresh_user(user);
+    let cleanup = Cleanup(Box::leak(Box::new([user])), user);
+    batch_group(user, batch, &[user]);
+    (token, cleanup)
+}
+
 /// Submits a job; returns its id.
 #[track_caller]
 fn submit(token: &str, job: Value) -> u64 {
@@ -132,9 +141,7 @@ fn no_batch_nodes_left(user: &str, limit: Duration) {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_dag_runs_in_order_and_its_output_lands_in_nfs() {
     let user = "jobdag";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobdag"], "jobdag");
-    batch_group("jobdag", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let started = Instant::now();
     let id = submit(
         &token,
@@ -228,9 +235,7 @@ fn most_at_once(intervals: &[(u64, f64, f64)]) -> usize {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn an_array_with_a_limit_never_runs_more_at_once() {
     let user = "jobarr";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobarr"], "jobarr");
-    batch_group("jobarr", json!({"vnodes": 8}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({"vnodes": 8}));
     let started = Instant::now();
     let id = submit(
         &token,
@@ -272,9 +277,7 @@ fn an_array_with_a_limit_never_runs_more_at_once() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_gang_starts_together_and_reaches_every_node_of_its_hostfile_by_ssh() {
     let user = "jobgang";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobgang"], "jobgang");
-    batch_group("jobgang", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "mpi", "tasks": [
@@ -312,9 +315,7 @@ fn a_gang_starts_together_and_reaches_every_node_of_its_hostfile_by_ssh() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_failing_task_retries_then_fails_the_job_and_its_dependants_never_run() {
     let user = "jobfail";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobfail"], "jobfail");
-    batch_group("jobfail", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "flaky", "tasks": [
@@ -358,9 +359,7 @@ fn a_failing_task_retries_then_fails_the_job_and_its_dependants_never_run() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_time_limit_kills_its_task() {
     let user = "jobtime";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobtime"], "jobtime");
-    batch_group("jobtime", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "slow", "tasks": [
@@ -385,9 +384,7 @@ fn a_time_limit_kills_its_task() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn cancel_stops_a_running_job_within_seconds_and_removes_its_nodes() {
     let user = "jobcancel";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobcancel"], "jobcancel");
-    batch_group("jobcancel", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "long", "tasks": [
@@ -490,12 +487,9 @@ fn a_second_users_task_starts_before_the_first_users_backlog_drains() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn bad_specs_and_quotas_are_refused_with_their_field_and_nothing_is_queued() {
     let user = "jobbad";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobbad"], "jobbad");
-    batch_group(
-        "jobbad",
+    let (token, _cleanup) = batch_user(
+        user,
         json!({"cpu_millis": 1000, "memory_bytes": 1u64 << 60, "jobs": 1}),
-        &[user],
     );
     let cmd = json!(["true"]);
     let refusals: [(Value, &str, &str); 7] = [
@@ -575,9 +569,7 @@ fn host_of(job: &Value, task: &str) -> String {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn kill_9_of_the_master_and_a_worker_mid_job_loses_nothing() {
     let user = "jobkill";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobkill"], "jobkill");
-    batch_group("jobkill", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "steady", "tasks": [
@@ -610,9 +602,7 @@ fn kill_9_of_the_master_and_a_worker_mid_job_loses_nothing() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn a_lost_hosts_task_reruns_elsewhere() {
     let user = "joblost";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["joblost"], "joblost");
-    batch_group("joblost", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     let id = submit(
         &token,
         json!({"name": "survivor", "tasks": [
@@ -703,9 +693,7 @@ fn another_user_cannot_see_cancel_or_read_a_job() {
 #[ignore = "end-to-end: needs the testbed; run tools/test"]
 fn administrators_list_hold_release_and_cancel_jobs_with_docklet_admin() {
     let user = "jobadmin";
-    let token = fresh_user(user);
-    let _cleanup = Cleanup(&["jobadmin"], "jobadmin");
-    batch_group("jobadmin", json!({}), &[user]);
+    let (token, _cleanup) = batch_user(user, json!({}));
     // The batch quota is the group's to change, apart from its interactive quota.
     let r = api(
         "PATCH",

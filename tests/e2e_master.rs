@@ -1245,6 +1245,17 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/system-images/base",
             Some(json!({"from": "anon/none"})),
         ),
+        ("GET", "/jobs", None),
+        (
+            "POST",
+            "/jobs",
+            Some(json!({"name": "anon", "tasks": [{"name": "a", "command": ["true"]}]})),
+        ),
+        ("GET", "/jobs/{job}", None),
+        ("POST", "/jobs/{job}/cancel", None),
+        ("POST", "/jobs/{job}/hold", None),
+        ("POST", "/jobs/{job}/release", None),
+        ("GET", "/jobs/{job}/tasks/a/0/log", None),
     ]
 }
 
@@ -1301,7 +1312,9 @@ fn every_endpoint_is_authorized() {
                 .replace("/hosts/tb3/", "/hosts/{name}/")
                 .replace("/ports/30999", "/ports/{public_port}")
                 .replace("{image}", "{owner}/{name}")
-                .replace("/system-images/base", "/system-images/{name}");
+                .replace("/system-images/base", "/system-images/{name}")
+                .replace("{job}", "{id}")
+                .replace("/tasks/a/0/log", "/tasks/{task}/{index}/log");
             (m.to_string(), p)
         })
         .collect();
@@ -1344,6 +1357,7 @@ fn every_endpoint_is_authorized() {
             .replace("{token}", &token_id_a)
             .replace("{other}", a)
             .replace("{image}", &format!("{a}/none"))
+            .replace("{job}", "1")
     };
 
     // (a) Nothing without a valid token.
@@ -1483,6 +1497,10 @@ fn every_endpoint_is_authorized() {
             "/system-images/base".into(),
             Some(json!({"from": format!("{b}/none")})),
         ),
+        ("GET", "/jobs?all=true".into(), None),
+        ("GET", format!("/jobs?user={a}"), None),
+        ("POST", "/jobs/1/hold".into(), None),
+        ("POST", "/jobs/1/release".into(), None),
     ];
     let mut wrong = Vec::new();
     for (method, path, body) in &admin_only {

@@ -220,6 +220,9 @@ struct Reservation {
     at: Option<u64>,
     node: NodeSize,
     hosts: Vec<usize>,
+    /// By image, the hosts as they are now with the reserved instance added on its hosts
+    /// (made on first use, kept up to date with every start after).
+    beside: HashMap<String, Vec<HostLoad>>,
 }
 
 fn sizes(c: &Candidate) -> Vec<NodeSize> {
@@ -268,6 +271,7 @@ fn reserve(
         },
         node: head.node,
         hosts: place_after(low)?,
+        beside: HashMap::new(),
     })
 }
 
@@ -291,6 +295,8 @@ pub fn decide(input: &Input) -> Decision {
     let mut reservation: Option<Reservation> = None;
     // Shapes (nodes, size, image) found not to fit in this pass: room only shrinks in a pass.
     let mut no_room: Vec<(u32, NodeSize, &str)> = Vec::new();
+    // Shapes that fit only where the reservation needs room, for backfill candidates.
+    let mut reserved_shapes: Vec<(u32, NodeSize, &str)> = Vec::new();
     let mut position = 0;
     loop {
         let best = queues
@@ -353,15 +359,22 @@ pub fn decide(input: &Input) -> Decision {
                 _ => true,
             },
         };
+        if backfill && reserved_shapes.contains(&shape) {
+            queue(Blocked::Reserved);
+            continue;
+        }
         let placed = if backfill {
             // It must fit beside the reserved instance as if that ran already: room only
             // grows until then, so it cannot delay it.
-            let r = reservation.as_ref().expect("backfill has one");
-            let mut beside = view.clone();
-            for &h in &r.hosts {
-                beside[h].allocated = beside[h].allocated.plus(&Usage::of_node(&r.node));
-            }
-            placement::place(&beside, &sizes(candidate), input.overcommit)
+            let r = reservation.as_mut().expect("backfill has one");
+            let beside = r.beside.entry(candidate.image.clone()).or_insert_with(|| {
+                let mut beside = view.clone();
+                for &h in &r.hosts {
+                    beside[h].allocated = beside[h].allocated.plus(&Usage::of_node(&r.node));
+                }
+                beside
+            });
+            placement::place(beside, &sizes(candidate), input.overcommit)
         } else {
             placement::place(view, &sizes(candidate), input.overcommit)
         };
@@ -369,6 +382,7 @@ pub fn decide(input: &Input) -> Decision {
             Ok(chosen) => chosen,
             Err(_) if backfill => {
                 if placement::place(view, &sizes(candidate), input.overcommit).is_ok() {
+                    reserved_shapes.push(shape);
                     queue(Blocked::Reserved);
                 } else {
                     no_room.push(shape);
@@ -392,6 +406,13 @@ pub fn decide(input: &Input) -> Decision {
             }
         };
         views.allocate(&chosen, &size);
+        if let Some(r) = &mut reservation {
+            for beside in r.beside.values_mut() {
+                for &h in &chosen {
+                    beside[h].allocated = beside[h].allocated.plus(&Usage::of_node(&size));
+                }
+            }
+        }
         if let Some((_, used)) = quotas.get_mut(&candidate.user) {
             *used = used.plus(&add);
         }
