@@ -62,9 +62,98 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
     Ok(File::from(fd))
 }
 
+/// Makes `relative` a directory under `root` (the missing components owned by `owner`,
+/// mode 0755), never following a link and never racing another host doing the same on a
+/// shared filesystem: each missing component is made under a name of its own (`tag` and a
+/// random suffix), then renamed into place only if the name is still free; a loser removes
+/// its own and goes on through the winner's. (Two plain mkdirs of one name at once on
+/// GlusterFS can leave its replicas disagreeing about the directory.) Every step is relative
+/// to the directory opened at the step before, so a link planted meanwhile leads nowhere.
+pub fn make_dirs_under(
+    root: &Path,
+    relative: &str,
+    owner: (u32, u32),
+    tag: &str,
+) -> io::Result<()> {
+    use nix::fcntl::{AtFlags, RenameFlags, renameat2};
+    use nix::sys::stat::mkdirat;
+    use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            )
+    };
+    let mut dir: std::os::fd::OwnedFd = File::open(root)?.into();
+    for part in relative.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{relative:?} has . or .."),
+            ));
+        }
+        match openat2(&dir, part, how()) {
+            Ok(next) => {
+                dir = next;
+                continue;
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let own = format!(".{part}.new.{tag}.{:08x}", rand::random::<u32>());
+        mkdirat(&dir, own.as_str(), Mode::from_bits_truncate(0o755))?;
+        fchownat(
+            &dir,
+            own.as_str(),
+            Some(Uid::from_raw(owner.0)),
+            Some(Gid::from_raw(owner.1)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        if renameat2(
+            &dir,
+            own.as_str(),
+            &dir,
+            part,
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .is_err()
+        {
+            let _ = unlinkat(&dir, own.as_str(), UnlinkatFlags::RemoveDir);
+        }
+        dir = openat2(&dir, part, how())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_are_made_beneath_and_links_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        make_dirs_under(root.path(), "jobs/7/out", me, "h1").unwrap();
+        assert!(root.path().join("jobs/7/out").is_dir());
+        // Again: nothing to do, nothing left over.
+        make_dirs_under(root.path(), "jobs/7/out", me, "h2").unwrap();
+        let names: Vec<_> = std::fs::read_dir(root.path().join("jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["7"]);
+        std::os::unix::fs::symlink(outside.path(), root.path().join("jobs/link")).unwrap();
+        assert!(make_dirs_under(root.path(), "jobs/link/x", me, "h1").is_err());
+        assert!(!outside.path().join("x").exists());
+        assert!(make_dirs_under(root.path(), "jobs/../x", me, "h1").is_err());
+    }
 
     #[test]
     fn links_on_the_way_are_refused_and_plain_paths_open() {

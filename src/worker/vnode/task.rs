@@ -84,9 +84,37 @@ impl Runtime {
         }
         let status = match self.task_state(&paths, &spec.id).await? {
             Some(status) => status,
-            None => self.start_task(spec, task, &paths).await?,
+            None => {
+                self.make_workdir(spec, task, &paths)?;
+                self.start_task(spec, task, &paths).await?
+            }
         };
         self.report_task(store, &spec.id, status).await
+    }
+
+    /// The task's working directory in the user's `~/nfs`, made here (as the vnode's root)
+    /// rather than by the command's `mkdir -p`: several nodes and instances make it at once,
+    /// from several hosts, on the shared filesystem.
+    fn make_workdir(
+        &self,
+        spec: &VNodeSpec,
+        task: &TaskRun,
+        paths: &VNodePaths,
+    ) -> Result<(), VNodeError> {
+        let Some(relative) = task.workdir.strip_prefix("/root/nfs") else {
+            return Ok(());
+        };
+        let Some(state) = crate::worker::paths::LocalState::load(&paths.state) else {
+            return Ok(());
+        };
+        let data = crate::worker::paths::user_data_dir(&self.config, &spec.user);
+        let owner = (state.uid_base, state.uid_base);
+        crate::sys::beneath::make_dirs_under(&data, relative, owner, &self.host).map_err(|e| {
+            VNodeError::Refused(format!(
+                "making the working directory {}: {e}",
+                task.workdir
+            ))
+        })
     }
 
     /// What became of the command, `None` if it was never started.
