@@ -66,7 +66,8 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
 /// mode 0755), never following a link and never racing another host doing the same on a
 /// shared filesystem: each missing component is made under a name of its own (`tag` and a
 /// random suffix), then renamed into place only if the name is still free; a loser removes
-/// its own and goes on through the winner's. (Two plain mkdirs of one name at once on
+/// its own and goes on through the winner's. Where the filesystem lacks `RENAME_NOREPLACE`,
+/// it looks first, as the worker does for users' directories. (Two plain mkdirs of one name at once on
 /// GlusterFS can leave its replicas disagreeing about the directory.) Every step is relative
 /// to the directory opened at the step before, so a link planted meanwhile leads nowhere.
 pub fn make_dirs_under(

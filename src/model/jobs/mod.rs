@@ -284,7 +284,9 @@ pub fn advance(
             } else {
                 String::new()
             };
-            let how = if exit.code > 128 && exit.result == "signal" {
+            let how = if exit.result == "no-workdir" {
+                "its working directory could not be made (a link in the way?)".to_owned()
+            } else if exit.code > 128 && exit.result == "signal" {
                 format!("killed by signal {}", exit.code - 128)
             } else if exit.code < 0 {
                 "lost".to_owned()
