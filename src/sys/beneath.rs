@@ -113,15 +113,24 @@ pub fn make_dirs_under(
             Some(Gid::from_raw(owner.1)),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
-        if renameat2(
+        let renamed = match renameat2(
             &dir,
             own.as_str(),
             &dir,
             part,
             RenameFlags::RENAME_NOREPLACE,
-        )
-        .is_err()
-        {
+        ) {
+            Ok(()) => Ok(()),
+            Err(e @ (nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY)) => Err(e),
+            // A filesystem without RENAME_NOREPLACE (GlusterFS through FUSE): look first.
+            Err(_) => match openat2(&dir, part, how()) {
+                Err(nix::errno::Errno::ENOENT) => {
+                    renameat2(&dir, own.as_str(), &dir, part, RenameFlags::empty())
+                }
+                _ => Err(nix::errno::Errno::EEXIST),
+            },
+        };
+        if renamed.is_err() {
             let _ = unlinkat(&dir, own.as_str(), UnlinkatFlags::RemoveDir);
         }
         dir = openat2(&dir, part, how())?;

@@ -84,20 +84,13 @@ impl Runtime {
         }
         let status = match self.task_state(&paths, &spec.id).await? {
             Some(status) => status,
-            None => match self.make_workdir(spec, task, &paths) {
-                Ok(()) => self.start_task(spec, task, &paths).await?,
-                Err(e) => {
-                    // Ends the attempt at once, with a reason, rather than leave it starting.
+            None => {
+                if let Err(e) = self.make_workdir(spec, task, &paths) {
+                    // The command's own `mkdir -p` tries again; its failure ends the attempt.
                     tracing::warn!(vnode = %spec.id, "{e}");
-                    let now = now_secs();
-                    let _ = replace_file(&paths.task_started, now.to_string().as_bytes(), 0o600);
-                    let _ = replace_file(&paths.task_exit, b"no-workdir exited 125\n", 0o600);
-                    TaskStatus {
-                        started_at: now,
-                        exit: Some(TaskExit::parse("no-workdir exited 125", now)),
-                    }
                 }
-            },
+                self.start_task(spec, task, &paths).await?
+            }
         };
         self.report_task(store, &spec.id, status).await
     }
