@@ -2,6 +2,7 @@ use super::*;
 use crate::model::quota::NodeSize;
 use crate::model::vnode::TaskExit;
 use serde_json::json;
+use spec::{ArraySpec, SpecRefusal, parse_array, parse_duration, resolve_workdir};
 
 fn job(tasks: serde_json::Value) -> Job {
     let request: JobRequest = serde_json::from_value(json!({"name": "j", "tasks": tasks})).unwrap();
@@ -278,4 +279,144 @@ fn retries_wait_for_their_time_and_cancel_ends_the_job() {
     let held = Job { held: true, ..j };
     assert_eq!(queue_of(&held, &Instances::new(), 0)[0].state, State::Held);
     assert_eq!(outcome(&held, &Instances::new(), 0), None);
+}
+
+// ---- the spec and its checks (spec.rs) ----
+
+const SPEC_GIB: u64 = 1 << 30;
+
+fn spec_defaults() -> NodeSize {
+    NodeSize {
+        cpu_millis: 1000,
+        memory_bytes: SPEC_GIB,
+        disk_bytes: 4 * SPEC_GIB,
+    }
+}
+
+fn resolve_spec(body: serde_json::Value) -> Result<JobSpec, SpecRefusal> {
+    let request: JobRequest = serde_json::from_value(body).expect("parses");
+    request.resolve(7, &spec_defaults(), "base")
+}
+
+#[test]
+fn a_dag_resolves_with_defaults() {
+    let spec = resolve_spec(json!({"name": "etl", "tasks": [
+        {"name": "prep", "command": ["echo", "hi"]},
+        {"name": "train", "depends_on": ["prep"], "script": "echo $DOCKLET_TASK_INDEX",
+         "array": "0-19%4", "nodes": 3, "env": {"A": "1"}, "timeout": "10m", "retries": 2},
+    ]}))
+    .unwrap();
+    let prep = &spec.tasks[0];
+    assert_eq!(prep.workdir, "jobs/7");
+    assert_eq!(prep.image, "base");
+    assert_eq!(
+        (prep.nodes, prep.run_on, prep.instances()),
+        (1, RunOn::First, 1)
+    );
+    assert_eq!(prep.output_paths(0).0, "jobs/7/prep.out");
+    let train = &spec.tasks[1];
+    assert_eq!(
+        train.array,
+        Some(ArraySpec {
+            first: 0,
+            last: 19,
+            limit: Some(4)
+        })
+    );
+    assert_eq!(train.timeout_secs, Some(600));
+    assert_eq!(train.output_paths(3).1, "jobs/7/train.3.err");
+    assert_eq!(train.program.argv("train")[..2], ["/bin/bash", "-c"]);
+    assert_eq!(train.instance_size().vnodes, 3);
+}
+
+fn refusal(body: serde_json::Value) -> (String, &'static str) {
+    let r = resolve_spec(body).expect_err("refused");
+    (r.field, r.code)
+}
+
+#[test]
+fn bad_specs_name_their_field() {
+    let cmd = json!(["true"]);
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "depends_on": ["b"]},
+            {"name": "b", "command": cmd, "depends_on": ["c"]},
+            {"name": "c", "command": cmd, "depends_on": ["a"]}]})),
+        ("tasks[0].depends_on".into(), "dependency_cycle")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "depends_on": ["nope"]}]})),
+        ("tasks[0].depends_on".into(), "invalid_dependency")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [{"name": "a", "command": "echo hi"}]})),
+        ("tasks[0].command".into(), "invalid_command")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [{"name": "a", "command": cmd, "nodes": 0}]})),
+        ("tasks[0].nodes".into(), "invalid_size")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "memory_bytes": 1}]})),
+        ("tasks[0].memory_bytes".into(), "invalid_size")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "workdir": "../etc"}]})),
+        ("tasks[0].workdir".into(), "invalid_workdir")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "env": {"DOCKLET_X": "1"}}]})),
+        ("tasks[0].env.DOCKLET_X".into(), "invalid_env")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd}, {"name": "a", "command": cmd}]})),
+        ("tasks[1].name".into(), "invalid_name")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "array": "5-2"}]})),
+        ("tasks[0].array".into(), "invalid_array")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "run_on": "some"}]})),
+        ("tasks[0].run_on".into(), "invalid_run_on")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": [
+            {"name": "a", "command": cmd, "timeout": "5 years"}]})),
+        ("tasks[0].timeout".into(), "invalid_duration")
+    );
+    assert_eq!(
+        refusal(json!({"name": "", "tasks": [{"name": "a", "command": cmd}]})),
+        ("name".into(), "invalid_name")
+    );
+    assert_eq!(
+        refusal(json!({"name": "j", "tasks": []})),
+        ("tasks".into(), "invalid_tasks")
+    );
+}
+
+#[test]
+fn arrays_durations_and_workdirs_parse() {
+    assert_eq!(parse_array("10").unwrap().len(), 10);
+    assert_eq!(parse_array("0-99%4").unwrap().limit, Some(4));
+    assert!(parse_array("0-10000").is_err());
+    assert!(parse_array("0-9%0").is_err());
+    assert!(parse_array("x").is_err());
+    assert_eq!(parse_duration(&json!(90)).unwrap(), 90);
+    assert_eq!(parse_duration(&json!("2h")).unwrap(), 7200);
+    assert!(parse_duration(&json!(-1)).is_err());
+    assert!(parse_duration(&json!("3w")).is_err());
+    assert_eq!(resolve_workdir("~/nfs/a/b/").unwrap(), "a/b");
+    assert_eq!(resolve_workdir("/root/nfs/a").unwrap(), "a");
+    assert_eq!(resolve_workdir("a//b").unwrap(), "a/b");
+    assert!(resolve_workdir("/etc").is_err());
+    assert!(resolve_workdir("~/x").is_err());
+    assert!(resolve_workdir("a/../../b").is_err());
 }
