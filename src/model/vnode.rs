@@ -78,6 +78,11 @@ pub struct TaskExit {
     /// systemd's result: `success`, `exit-code`, `signal`, `timeout`, ... or `lost` when the
     /// command vanished without a word (its host rebooted).
     pub result: String,
+    /// What its unit used: CPU time, and the most memory at once (where the kernel tells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
 }
 
 impl TaskExit {
@@ -85,12 +90,15 @@ impl TaskExit {
         self.result == "timeout"
     }
 
-    /// From `SERVICE_RESULT EXIT_CODE EXIT_STATUS`, as the unit's ExecStopPost wrote it.
+    /// From `SERVICE_RESULT EXIT_CODE EXIT_STATUS [CPU_USEC [MEMORY_PEAK]]`, as the unit's
+    /// ExecStopPost wrote it.
     pub fn parse(line: &str, ended_at: u64) -> TaskExit {
         let mut parts = line.split_whitespace();
         let result = parts.next().unwrap_or("lost").to_owned();
         let how = parts.next().unwrap_or("");
         let status = parts.next().unwrap_or("");
+        let cpu_usec = parts.next().and_then(|n| n.parse().ok());
+        let memory_peak_bytes = parts.next().and_then(|n| n.parse().ok());
         let code = match how {
             "exited" => status.parse().unwrap_or(-1),
             "killed" | "dumped" => 128 + signal_number(status),
@@ -100,6 +108,8 @@ impl TaskExit {
             ended_at,
             code,
             result,
+            cpu_usec,
+            memory_peak_bytes,
         }
     }
 }

@@ -67,8 +67,9 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
 /// shared filesystem: each missing component is made under a name of its own (`tag` and a
 /// random suffix), then renamed into place only if the name is still free; a loser removes
 /// its own and goes on through the winner's. Where the filesystem lacks `RENAME_NOREPLACE`,
-/// it looks first, as the worker does for users' directories. (Two plain mkdirs of one name at once on
-/// GlusterFS can leave its replicas disagreeing about the directory.) Every step is relative
+/// the component is made in place and then given to `owner` (a plain rename could replace a
+/// directory another host made meanwhile); those who use it retry briefly, as GlusterFS's
+/// clients can disagree for a moment after two mkdirs of one name. Every step is relative
 /// to the directory opened at the step before, so a link planted meanwhile leads nowhere.
 pub fn make_dirs_under(
     root: &Path,
@@ -122,13 +123,22 @@ pub fn make_dirs_under(
         ) {
             Ok(()) => Ok(()),
             Err(e @ (nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY)) => Err(e),
-            // A filesystem without RENAME_NOREPLACE (GlusterFS through FUSE): look first.
-            Err(_) => match openat2(&dir, part, how()) {
-                Err(nix::errno::Errno::ENOENT) => {
-                    renameat2(&dir, own.as_str(), &dir, part, RenameFlags::empty())
+            // A filesystem without RENAME_NOREPLACE (GlusterFS through FUSE): a plain rename
+            // would replace a directory another host just made (and strand whoever is in
+            // it), so the name is made directly; it is root's until the chown just after.
+            Err(_) => {
+                let _ = unlinkat(&dir, own.as_str(), UnlinkatFlags::RemoveDir);
+                match mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => fchownat(
+                        &dir,
+                        part,
+                        Some(Uid::from_raw(owner.0)),
+                        Some(Gid::from_raw(owner.1)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    ),
+                    Err(e) => Err(e),
                 }
-                _ => Err(nix::errno::Errno::EEXIST),
-            },
+            }
         };
         if renamed.is_err() {
             let _ = unlinkat(&dir, own.as_str(), UnlinkatFlags::RemoveDir);

@@ -40,6 +40,10 @@ pub struct JobSummary {
     /// The best queue position of its queued instances (1 = next to start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// When its next instance is expected to start (Unix seconds), where the time limits of
+    /// what runs tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<u64>,
 }
 
 /// One instance of a task.
@@ -52,6 +56,9 @@ pub struct InstanceView {
     /// Its place in the queue (1 = next), while queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// When it is expected to start (Unix seconds), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<u64>,
     pub attempt: u32,
     /// The host of each node, node 0 first.
     pub hosts: Vec<String>,
@@ -70,6 +77,9 @@ pub struct InstanceView {
     pub stderr: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// What its last ended attempt used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<jobs::TaskUsage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -389,6 +399,7 @@ impl Master {
         let state = jobs::live_state(&job, &instances, &pending);
         let mut counts = std::collections::BTreeMap::new();
         let mut position: Option<usize> = None;
+        let mut eta: Option<u64> = None;
         let mut tasks = Vec::new();
         for (t, task) in job.spec.tasks.iter().enumerate() {
             let mut views = Vec::new();
@@ -412,6 +423,7 @@ impl Master {
                                 state: State::Queued,
                                 reason: None,
                                 position: None,
+                                eta: None,
                                 attempt: 0,
                                 hosts: Vec::new(),
                                 nodes: Vec::new(),
@@ -422,6 +434,7 @@ impl Master {
                                 stdout: out,
                                 stderr: err,
                                 attempts: Vec::new(),
+                                usage: None,
                             },
                         };
                         match p {
@@ -434,6 +447,7 @@ impl Master {
                                     .or(view.reason);
                                 if p.ready {
                                     view.position = queued_at;
+                                    view.eta = entry.and_then(|e| e.eta);
                                 }
                             }
                             None if job.ended.is_some() && record.is_none() => {
@@ -447,6 +461,9 @@ impl Master {
                 };
                 if let Some(p) = view.position {
                     position = Some(position.map_or(p, |q: usize| q.min(p)));
+                }
+                if let Some(at) = view.eta {
+                    eta = Some(eta.map_or(at, |e: u64| e.min(at)));
                 }
                 *counts.entry(view.state.as_str().to_owned()).or_insert(0) += 1;
                 views.push(view);
@@ -476,6 +493,7 @@ impl Master {
                 held: job.held,
                 counts,
                 position,
+                eta,
             },
             spec: job.spec,
             tasks,
@@ -622,6 +640,7 @@ fn instance_view(i: &Instance, stdout: String, stderr: String) -> InstanceView {
         state: i.state,
         reason: i.reason.clone(),
         position: None,
+        eta: None,
         attempt: i.attempt,
         hosts: i.nodes.iter().map(|n| n.host.clone()).collect(),
         nodes: i.nodes.iter().map(|n| n.id.clone()).collect(),
@@ -632,6 +651,7 @@ fn instance_view(i: &Instance, stdout: String, stderr: String) -> InstanceView {
         stdout,
         stderr,
         attempts: i.attempts.clone(),
+        usage: i.usage,
     }
 }
 

@@ -341,6 +341,7 @@ impl BatchController {
                             QueueEntry {
                                 position: 0,
                                 reason: format!("could not start: {why}"),
+                                eta: None,
                             },
                         );
                     }
@@ -354,6 +355,7 @@ impl BatchController {
                     QueueEntry {
                         position: queued.position,
                         reason: queued.blocked.describe(),
+                        eta: queued.eta,
                     },
                 );
             }
@@ -365,6 +367,7 @@ impl BatchController {
                     QueueEntry {
                         position: 0,
                         reason: why,
+                        eta: None,
                     },
                 );
             }
@@ -431,9 +434,11 @@ async fn apply(
             exit_code,
             reason,
             retry_at,
+            usage,
         } => {
             let mut next = instance.clone();
             jobs::end_attempt(&mut next, state, exit_code, reason.clone(), retry_at, now);
+            next.usage = usage;
             if !store.put_instance(job.id, &next, *revision).await? {
                 return Ok(());
             }
@@ -642,6 +647,7 @@ async fn start_instance(
                 reason: None,
                 retry_at: None,
                 attempts: Vec::new(),
+                usage: None,
             },
             0,
         ),

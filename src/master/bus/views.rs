@@ -122,6 +122,7 @@ impl TryFrom<JobRow> for JobSummary {
             held: j.state == "held",
             counts: j.counts.into_iter().collect(),
             position: (j.position != 0).then_some(j.position as usize),
+            eta: None,
         })
     }
 }

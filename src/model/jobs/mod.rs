@@ -146,6 +146,9 @@ pub struct Instance {
     pub retry_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// What the last ended attempt's command used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TaskUsage>,
 }
 
 /// The cluster name of an attempt's vnodes: `<job>-<task position>-<index>-<attempt>`, a
@@ -186,11 +189,52 @@ pub enum Transition {
         exit_code: Option<i32>,
         reason: String,
         retry_at: Option<u64>,
+        /// What its command used, where its nodes said.
+        usage: Option<TaskUsage>,
     },
+}
+
+/// What an attempt's command used on its nodes: CPU time summed, memory the most any one
+/// node used at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskUsage {
+    pub cpu_usec: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// The usage the nodes reported with their ends, if any did.
+pub fn usage_of(nodes: &[NodeSeen]) -> Option<TaskUsage> {
+    let exits: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n.task.as_ref()?.exit.as_ref())
+        .filter(|e| e.cpu_usec.is_some())
+        .collect();
+    if exits.is_empty() {
+        return None;
+    }
+    Some(TaskUsage {
+        cpu_usec: exits.iter().filter_map(|e| e.cpu_usec).sum(),
+        memory_peak_bytes: exits.iter().filter_map(|e| e.memory_peak_bytes).max(),
+    })
 }
 
 /// The instance's next step, from its nodes as seen now.
 pub fn advance(
+    job: &Job,
+    task: &TaskSpec,
+    instance: &Instance,
+    nodes: &[NodeSeen],
+    now: u64,
+) -> Option<Transition> {
+    let mut step = next_step(job, task, instance, nodes, now)?;
+    if let Transition::End { usage, .. } = &mut step {
+        *usage = usage_of(nodes);
+    }
+    Some(step)
+}
+
+fn next_step(
     job: &Job,
     task: &TaskSpec,
     instance: &Instance,
@@ -206,6 +250,7 @@ pub fn advance(
             exit_code: None,
             reason: format!("cancelled by {}", cancel.by),
             retry_at: None,
+            usage: None,
         });
     }
     let failed = |reason: String, exit_code: Option<i32>| {
@@ -300,6 +345,7 @@ pub fn advance(
             exit_code: Some(0),
             reason: "exit code 0".into(),
             retry_at: None,
+            usage: None,
         }),
     }
 }
@@ -310,6 +356,7 @@ fn timed_out(limit: u64, exit_code: Option<i32>) -> Transition {
         exit_code,
         reason: format!("killed after its time limit of {limit} s"),
         retry_at: None,
+        usage: None,
     }
 }
 
@@ -335,6 +382,7 @@ fn failure(
                 task.retries
             ),
             retry_at: Some(now + backoff),
+            usage: None,
         }
     } else {
         let tries = match task.retries {
@@ -346,6 +394,7 @@ fn failure(
             exit_code,
             reason: format!("{reason}{tries}"),
             retry_at: None,
+            usage: None,
         }
     }
 }
@@ -386,6 +435,7 @@ pub fn next_attempt(instance: &mut Instance, cluster: String, nodes: Vec<PlacedN
     instance.exit_code = None;
     instance.reason = None;
     instance.retry_at = None;
+    instance.usage = None;
 }
 
 /// Where queued instances stand and why they wait, as the leading master's last pass
@@ -401,6 +451,9 @@ pub struct QueueOrder {
 pub struct QueueEntry {
     pub position: usize,
     pub reason: String,
+    /// When it is expected to start, where time limits tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<u64>,
 }
 
 pub const QUEUE_ORDER_KEPT: usize = 2000;

@@ -159,6 +159,8 @@ pub struct Queued {
     pub id: usize,
     pub position: usize,
     pub blocked: Blocked,
+    /// When it can start, for the instance holding the reservation (time limits known).
+    pub eta: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -321,14 +323,16 @@ pub fn decide(input: &Input) -> Decision {
             break;
         };
         queues.get_mut(user).expect("picked from it").pop_front();
-        let mut queue = |blocked: Blocked| {
+        let mut queue_until = |blocked: Blocked, eta: Option<u64>| {
             position += 1;
             decision.queued.push(Queued {
                 id: candidate.id,
                 position,
                 blocked,
+                eta,
             });
         };
+        let mut queue = |blocked: Blocked| queue_until(blocked, None);
         let size = candidate.node;
         let add =
             (0..candidate.nodes).fold(Usage::default(), |s, _| s.plus(&Usage::of_node(&size)));
@@ -392,6 +396,7 @@ pub fn decide(input: &Input) -> Decision {
             }
             Err(_) => {
                 no_room.push(shape);
+                let mut eta = None;
                 if reservation.is_none() {
                     reservation = reserve(
                         candidate,
@@ -400,8 +405,9 @@ pub fn decide(input: &Input) -> Decision {
                         &views.index,
                         input.overcommit,
                     );
+                    eta = reservation.as_ref().and_then(|r| r.at).filter(|&at| at > 0);
                 }
-                queue(Blocked::Resources);
+                queue_until(Blocked::Resources, eta);
                 continue;
             }
         };
@@ -587,6 +593,9 @@ mod tests {
         assert_eq!(started(&d), [2]);
         let long = d.queued.iter().find(|q| q.id == 1).unwrap();
         assert_eq!(long.blocked, Blocked::Reserved);
+        // The head knows when it starts (the holder's time limit); the others do not.
+        let eta: Vec<_> = d.queued.iter().map(|q| (q.id, q.eta)).collect();
+        assert_eq!(eta, [(0, Some(1100)), (1, None)]);
     }
 
     #[test]

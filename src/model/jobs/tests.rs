@@ -43,6 +43,7 @@ fn instance(task: &str, index: u32, state: State, nodes: usize) -> Instance {
         reason: None,
         retry_at: None,
         attempts: Vec::new(),
+        usage: None,
     }
 }
 
@@ -64,6 +65,8 @@ fn exited(code: i32, result: &str) -> NodeSeen {
                 ended_at: 120,
                 code,
                 result: result.into(),
+                cpu_usec: None,
+                memory_peak_bytes: None,
             }),
         }),
         ..node(Phase::Running)
@@ -112,6 +115,7 @@ fn failures_retry_with_backoff_then_fail() {
         retry_at,
         reason,
         exit_code,
+        usage,
     }) = advance(&j, t, &i, &[exited(3, "exit-code")], 200)
     else {
         panic!("ends");
@@ -121,6 +125,8 @@ fn failures_retry_with_backoff_then_fail() {
         (State::Retrying, Some(210), Some(3))
     );
     assert!(reason.contains("exit code 3"), "{reason}");
+    // What the command used comes with its end (here: nothing said).
+    assert_eq!(usage, None);
     i.attempt = 1;
     let Some(Transition::End { retry_at, .. }) = advance(&j, t, &i, &[exited(3, "exit-code")], 200)
     else {
@@ -419,4 +425,34 @@ fn arrays_durations_and_workdirs_parse() {
     assert!(resolve_workdir("/etc").is_err());
     assert!(resolve_workdir("~/x").is_err());
     assert!(resolve_workdir("a/../../b").is_err());
+}
+
+#[test]
+fn usage_sums_cpu_over_the_nodes_and_keeps_the_largest_memory_peak() {
+    let j = job(json!([{"name": "a", "command": ["x"], "nodes": 2, "run_on": "all"}]));
+    let t = &j.spec.tasks[0];
+    let i = instance("a", 0, State::Running, 2);
+    let with = |cpu: Option<u64>, mem: Option<u64>| {
+        let mut n = exited(0, "success");
+        let exit = n.task.as_mut().unwrap().exit.as_mut().unwrap();
+        (exit.cpu_usec, exit.memory_peak_bytes) = (cpu, mem);
+        n
+    };
+    let nodes = [
+        with(Some(1_500_000), Some(40 << 20)),
+        with(Some(500_000), Some(90 << 20)),
+    ];
+    let Some(Transition::End { state, usage, .. }) = advance(&j, t, &i, &nodes, 200) else {
+        panic!("ends");
+    };
+    assert_eq!(state, State::Succeeded);
+    assert_eq!(
+        usage,
+        Some(TaskUsage {
+            cpu_usec: 2_000_000,
+            memory_peak_bytes: Some(90 << 20)
+        })
+    );
+    // An older worker says nothing of usage: none is made up.
+    assert_eq!(usage_of(&[with(None, None)]), None);
 }

@@ -35,11 +35,18 @@ pub fn task_unit(id: &str) -> String {
 
 /// What runs inside the vnode after nsenter and setpriv: the variables, the working
 /// directory, the output files, then the command itself (all passed as arguments, never as
-/// shell text).
+/// shell text). The directory and files are tried for up to 10 s: other hosts make the same
+/// directory at the same moment on the shared filesystem, whose clients can briefly
+/// disagree about it; exit code 125 says they never became usable.
 pub fn inner_argv(task: &TaskRun) -> Vec<String> {
     const SCRIPT: &str = r#"d=$1 o=$2 e=$3 n=$4; shift 4
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
-mkdir -p -- "$d" && cd -- "$d" || exit 125
+i=0
+until mkdir -p -- "$d" 2>/dev/null && cd -- "$d" 2>/dev/null && : >>"$o" 2>/dev/null && : >>"$e" 2>/dev/null; do
+  i=$((i + 1))
+  if [ "$i" -ge 40 ]; then mkdir -p -- "$d" && cd -- "$d" && : >>"$o" && : >>"$e" || exit 125; break; fi
+  sleep 0.25
+done
 exec "$@" >>"$o" 2>>"$e" </dev/null"#;
     let mut argv: Vec<String> = vec![
         "/bin/sh".into(),
@@ -152,6 +159,8 @@ impl Runtime {
                         ended_at: now_secs(),
                         code: -1,
                         result: "lost".into(),
+                        cpu_usec: None,
+                        memory_peak_bytes: None,
                     })
                 });
             }
@@ -195,11 +204,17 @@ impl Runtime {
         let _ = std::fs::remove_file(&paths.task_exit);
         replace_file(&paths.task_started, now.to_string().as_bytes(), 0o600)
             .map_err(|e| VNodeError::Refused(format!("marking the task started: {e}")))?;
+        // ExecStopPost runs in the unit's own cgroup, which still holds what the command
+        // used: its CPU time and (kernels from 5.19) its memory peak. No `${...}` here:
+        // systemd would substitute it from the unit's environment before sh sees it.
         let record_exit: Vec<String> = vec![
             "/bin/sh".into(),
             "-c".into(),
             format!(
-                "echo \"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS\" > {}",
+                "cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); \
+                 cpu=$(sed -n 's/^usage_usec //p' \"$cg/cpu.stat\" 2>/dev/null); \
+                 mem=$(cat \"$cg/memory.peak\" 2>/dev/null); \
+                 echo \"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS $cpu $mem\" > {}",
                 paths.task_exit.display()
             ),
         ];
@@ -362,5 +377,13 @@ mod tests {
         assert_eq!(e.code, 143);
         let e = TaskExit::parse("success exited 0", 9);
         assert_eq!(e.code, 0);
+        assert_eq!((e.cpu_usec, e.memory_peak_bytes), (None, None));
+        let e = TaskExit::parse("success exited 0 1500000 73728\n", 9);
+        assert_eq!(
+            (e.cpu_usec, e.memory_peak_bytes),
+            (Some(1_500_000), Some(73_728))
+        );
+        let e = TaskExit::parse("success exited 0 1500000 -", 9);
+        assert_eq!((e.cpu_usec, e.memory_peak_bytes), (Some(1_500_000), None));
     }
 }
