@@ -27,6 +27,7 @@ const ASSETS: &[(&str, &str)] = &[
     ("src/portal.js", "portal.js"),
     ("src/terminal.js", "terminal.js"),
     ("src/charts.js", "charts.js"),
+    ("src/joblog.js", "joblog.js"),
     ("src/portal.css", "portal.css"),
 ];
 

@@ -13,7 +13,7 @@
     }, 200);
   };
   const source = new EventSource("/api/v1/events");
-  ["cluster", "node", "operation", "image", "system-image", "host"].forEach(function (kind) {
+  ["cluster", "node", "operation", "image", "system-image", "host", "job", "task"].forEach(function (kind) {
     source.addEventListener(kind, refresh);
   });
   // After a reconnect the page may have missed events.

@@ -133,16 +133,10 @@ impl Master {
         caller: &Caller,
         request: &JobRequest,
     ) -> Result<JobView, ApiError> {
-        caller.require_normal()?;
         let user = caller.name().to_owned();
         let store = self.store().await?;
-        let group = self.group_of(&store, &caller.account).await?;
         // Checked before an id is taken: a refused request leaves nothing behind.
-        let probe = request
-            .resolve(0, &group.defaults, &self.config.default_image)
-            .map_err(refused)?;
-        self.check_job_against_site(&store, &user, &group, &probe)
-            .await?;
+        let (group, _) = self.checked_job(&store, caller, request).await?;
         let active = store
             .active_jobs()
             .await?
@@ -189,6 +183,33 @@ impl Master {
             &QueueOrder::default(),
         )
         .await
+    }
+
+    /// Whether `request` would be accepted now, as submitting it would find (the portal's
+    /// "Check"): the job it makes, with id 0. Nothing is queued.
+    pub async fn check_job(
+        &self,
+        caller: &Caller,
+        request: &JobRequest,
+    ) -> Result<JobSpec, ApiError> {
+        let store = self.store().await?;
+        Ok(self.checked_job(&store, caller, request).await?.1)
+    }
+
+    async fn checked_job(
+        &self,
+        store: &EtcdStore,
+        caller: &Caller,
+        request: &JobRequest,
+    ) -> Result<(crate::model::quota::Group, JobSpec), ApiError> {
+        caller.require_normal()?;
+        let group = self.group_of(store, &caller.account).await?;
+        let spec = request
+            .resolve(0, &group.defaults, &self.config.default_image)
+            .map_err(refused)?;
+        self.check_job_against_site(store, caller.name(), &group, &spec)
+            .await?;
+        Ok((group, spec))
     }
 
     /// What needs the site: each image usable by the user, each instance within the
@@ -498,6 +519,90 @@ impl Master {
             spec: job.spec,
             tasks,
         })
+    }
+}
+
+/// A group or a user in the fair-share table: batch usage (cpu-seconds, halving every
+/// week) as the scheduler weighs it, its part of everyone's, and its instances now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FairShareRow {
+    pub name: String,
+    /// A user's group (of their latest job); empty for groups.
+    pub group: String,
+    pub cpu_seconds: f64,
+    pub percent: f64,
+    pub running: u32,
+    pub queued: u32,
+}
+
+impl Master {
+    /// The fair-share table, groups then users, most used first. Administrators only.
+    pub async fn fair_share_table(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Vec<FairShareRow>, Vec<FairShareRow>), ApiError> {
+        caller.require_admin()?;
+        let store = self.store().await?;
+        let (share, _) = store.fair_share().await?;
+        let jobs = self
+            .list_jobs(
+                caller,
+                &JobFilter {
+                    all: true,
+                    active: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let now = now_secs();
+        let mut groups: std::collections::BTreeMap<String, FairShareRow> = Default::default();
+        let mut users: std::collections::BTreeMap<String, FairShareRow> = Default::default();
+        for name in share.groups.keys() {
+            groups.entry(name.clone()).or_default().cpu_seconds = share.group(name, now);
+        }
+        for name in share.users.keys() {
+            users.entry(name.clone()).or_default().cpu_seconds = share.user(name, now);
+        }
+        for job in &jobs {
+            let count = |state: &str| job.counts.get(state).copied().unwrap_or(0);
+            let running = count("running") + count("starting");
+            let queued = count("queued");
+            for (row, group) in [
+                (groups.entry(job.group.clone()).or_default(), ""),
+                (
+                    users.entry(job.user.clone()).or_default(),
+                    job.group.as_str(),
+                ),
+            ] {
+                row.running += running;
+                row.queued += queued;
+                if row.group.is_empty() {
+                    row.group = group.to_owned();
+                }
+            }
+        }
+        let finish = |rows: std::collections::BTreeMap<String, FairShareRow>| {
+            let total: f64 = rows.values().map(|r| r.cpu_seconds).sum();
+            let mut rows: Vec<FairShareRow> = rows
+                .into_iter()
+                .map(|(name, mut row)| {
+                    row.name = name;
+                    row.percent = if total > 0.0 {
+                        row.cpu_seconds / total * 100.0
+                    } else {
+                        0.0
+                    };
+                    row
+                })
+                .collect();
+            rows.sort_by(|a, b| {
+                b.cpu_seconds
+                    .total_cmp(&a.cpu_seconds)
+                    .then(a.name.cmp(&b.name))
+            });
+            rows
+        };
+        Ok((finish(groups), finish(users)))
     }
 }
 

@@ -9,6 +9,7 @@ mod account;
 mod admin;
 mod assets;
 mod images;
+mod jobs;
 mod pages;
 
 use std::net::SocketAddr;
@@ -73,6 +74,15 @@ pub fn router() -> Router<Arc<Master>> {
             "/system-images/{name}/update",
             post(images::update_system_image),
         )
+        .route("/jobs", get(jobs::jobs))
+        .route("/jobs/new", get(jobs::new_job).post(jobs::submit_job))
+        .route("/jobs/{id}", get(jobs::job))
+        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/jobs/{id}/tasks/{task}/{index}/log", get(jobs::job_log))
+        .route("/admin/jobs", get(jobs::admin_jobs))
+        .route("/admin/jobs/{id}/hold", post(jobs::hold_job))
+        .route("/admin/jobs/{id}/release", post(jobs::release_job))
+        .route("/admin/jobs/{id}/cancel", post(jobs::admin_cancel_job))
         .route("/account", get(account::account))
         .route("/account/password", post(account::change_password))
         .route("/account/tokens", post(account::create_token))
@@ -142,6 +152,11 @@ fn templates() -> &'static Environment<'static> {
             "admin_groups.html",
             "admin_hosts.html",
             "admin_usage.html",
+            "jobs.html",
+            "job_new.html",
+            "job.html",
+            "job_log.html",
+            "admin_jobs.html",
             "error.html"
         );
         env.add_filter("bytes", format_bytes);
@@ -451,6 +466,10 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "default-group" => "New users now join that group.",
         "draining" => "The host is draining: its vnodes move elsewhere.",
         "undrained" => "The host takes new vnodes again.",
+        "job-submitted" => "The job is queued; this page follows it.",
+        "job-cancelled" => "The job is cancelled: what ran is stopping.",
+        "job-held" => "The job is held: nothing more of it starts until it is released.",
+        "job-released" => "The job is released: it may start again.",
         _ => return None,
     })
 }
@@ -527,6 +546,11 @@ mod tests {
             "admin_groups.html",
             "admin_hosts.html",
             "admin_usage.html",
+            "jobs.html",
+            "job_new.html",
+            "job.html",
+            "job_log.html",
+            "admin_jobs.html",
             "error.html",
         ] {
             env.get_template(name).unwrap();

@@ -404,7 +404,10 @@ async fn cluster_action<T>(
 
 /// The images new clusters of the caller may start from (`owner/name`), for the create
 /// form's choice.
-async fn usable_images(master: &Master, caller: &Caller) -> Result<Vec<String>, ApiError> {
+pub(super) async fn usable_images(
+    master: &Master,
+    caller: &Caller,
+) -> Result<Vec<String>, ApiError> {
     Ok(master
         .list_images(caller, false)
         .await?
