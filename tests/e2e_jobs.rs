@@ -687,6 +687,39 @@ fn another_user_cannot_see_cancel_or_read_a_job() {
     let r = post(&format!("/jobs/{id}/cancel"), root(), &json!({}));
     assert_eq!(r.status, 200, "{r}");
     wait_job(&token_a, id, &["cancelled"], Duration::from_secs(30));
+    // The owner, hostile, swaps the output for a link to a host secret and a FIFO (from a
+    // node of theirs they could; here from a host, as root, which is the same files):
+    // reading them through the API gives neither the secret nor a hung request.
+    let dir = format!("/var/lib/docklet/global/users/{a}/data/jobs/{id}");
+    ok(
+        "tb2",
+        &format!("ln -sfn /etc/shadow {dir}/s.out && rm -f {dir}/s.err && mkfifo {dir}/s.err"),
+    );
+    for stream in ["out", "err"] {
+        // Another host's GlusterFS client may see the swap a moment later (until then the
+        // old file is gone: empty output).
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let started = std::time::Instant::now();
+            let r = get(
+                &format!("/jobs/{id}/tasks/s/0/log?stream={stream}"),
+                &token_a,
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{stream}: hung"
+            );
+            assert!(!r.to_string().contains("root:"), "{stream}: {r}");
+            if r.status == 403 {
+                break;
+            }
+            assert!(
+                r.status == 200 && std::time::Instant::now() < deadline,
+                "{stream}: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@
 import { test, expect } from "@playwright/test";
 import { readFileSync } from "node:fs";
 import net from "node:net";
-import { api, apiLogin, login, pamUser, removeClusters, rootPassword, shot, portal, workspaceApi, workspaceOrigin } from "./testbed.mjs";
+import { api, apiLogin, login, pamUser, removeClusters, rootPassword, shot, portal, watchPages, workspaceApi, workspaceOrigin } from "./testbed.mjs";
 
 const owner = { name: "webalice", password: "Alice-pw-2026" };
 const other = { name: "webbob", password: "Bob-pw-2026" };
@@ -20,22 +20,6 @@ async function removeImages(token, user) {
   for (const i of Array.isArray(images) ? images : []) {
     if (i.owner === user) await api("DELETE", `/api/v1/images/${i.owner}/${i.name}`, token);
   }
-}
-
-/** Fails the running test if a page's script failed or its Content-Security-Policy blocked
- * something: either would leave a part of the page silently broken. */
-function watchPages() {
-  let problems = [];
-  test.beforeEach(({ page }) => {
-    problems = [];
-    page.on("console", (m) => {
-      if (m.type() === "error" && m.text().includes("Content Security Policy")) problems.push(m.text());
-    });
-    page.on("pageerror", (e) => problems.push(String(e)));
-  });
-  test.afterEach(() => {
-    expect(problems).toEqual([]);
-  });
 }
 
 /** The text on the terminal's screen and in its scrollback. */

@@ -1,5 +1,6 @@
 // What the browser tests need from the testbed besides the browser: commands on its hosts
 // (users for PAM, the administrator's password) and a few API calls to set up and check.
+import { test, expect } from "@playwright/test";
 import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
@@ -103,4 +104,20 @@ export async function login(page, user, password) {
   await page.getByLabel("Password").fill(password);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForURL((url) => !url.pathname.startsWith("/login"));
+}
+
+/** Fails the running test if a page's script failed or its Content-Security-Policy blocked
+ * something: either would leave a part of the page silently broken. */
+export function watchPages() {
+  let problems = [];
+  test.beforeEach(({ page }) => {
+    problems = [];
+    page.on("console", (m) => {
+      if (m.type() === "error" && m.text().includes("Content Security Policy")) problems.push(m.text());
+    });
+    page.on("pageerror", (e) => problems.push(String(e)));
+  });
+  test.afterEach(() => {
+    expect(problems).toEqual([]);
+  });
 }

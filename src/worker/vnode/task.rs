@@ -205,15 +205,18 @@ impl Runtime {
         replace_file(&paths.task_started, now.to_string().as_bytes(), 0o600)
             .map_err(|e| VNodeError::Refused(format!("marking the task started: {e}")))?;
         // ExecStopPost runs in the unit's own cgroup, which still holds what the command
-        // used: its CPU time and (kernels from 5.19) its memory peak. No `${...}` here:
+        // used: its CPU time and (cgroup v2's memory controller, kernels from 5.19) its
+        // memory peak; on a hybrid hierarchy the v2 tree is `unified`. No `${...}` here:
         // systemd would substitute it from the unit's environment before sh sees it.
         let record_exit: Vec<String> = vec![
             "/bin/sh".into(),
             "-c".into(),
             format!(
-                "cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); \
-                 cpu=$(sed -n 's/^usage_usec //p' \"$cg/cpu.stat\" 2>/dev/null); \
-                 mem=$(cat \"$cg/memory.peak\" 2>/dev/null); \
+                "p=$(sed -n 's/^0:://p' /proc/self/cgroup); \
+                 for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do \
+                 [ -f \"$root$p/cpu.stat\" ] && break; done; \
+                 cpu=$(sed -n 's/^usage_usec //p' \"$root$p/cpu.stat\" 2>/dev/null); \
+                 mem=$(cat \"$root$p/memory.peak\" 2>/dev/null); \
                  echo \"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS $cpu $mem\" > {}",
                 paths.task_exit.display()
             ),
