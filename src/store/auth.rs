@@ -27,10 +27,12 @@ const SECRET_TO_WORKERS: [&str; 5] = [
 
 /// Under the cluster's prefix, what workers write: their host's registration and its
 /// allocations, vnodes' specs (forgetting a deleted one, with its usage, address and port
-/// mappings), statuses and hosts, network endpoints, and the images they save and build.
-const WRITTEN_BY_WORKERS: [&str; 11] = [
+/// mappings), statuses and hosts, network endpoints, the images they save and build, and
+/// claims on new directories of the shared filesystem.
+const WRITTEN_BY_WORKERS: [&str; 12] = [
     "allocations/",
     "batch-usage/",
+    "dir-claims/",
     "hosts/",
     "images/",
     "network/",

@@ -31,11 +31,14 @@
 //!   catalog, counted in the owner's `usage/<user>`: see [`images`];
 //! - `job-seq`, `jobs/<id>`, `jobs-done/<id>`, `job-tasks/<id>/<task>/<index>`,
 //!   `batch/fair-share` and `batch-usage/<user>`: batch jobs, see [`jobs`];
+//! - `dir-claims/<user>/<path>` (leased): which host makes a new directory of the user's on
+//!   the shared filesystem, see [`claims`];
 //! - `leader`: the name of the master that runs the controllers, bound to its lease: see
 //!   [`leader`].
 
 pub mod accounts;
 pub mod auth;
+pub mod claims;
 pub mod clusters;
 pub mod etcd;
 pub mod identities;
@@ -279,6 +282,9 @@ impl Keys {
     }
     pub fn queue_order(&self) -> String {
         format!("{}batch/queue", self.prefix)
+    }
+    pub fn dir_claim(&self, user: &str, path: &str) -> String {
+        format!("{}dir-claims/{user}/{path}", self.prefix)
     }
     pub fn batch_usages(&self) -> String {
         format!("{}batch-usage/", self.prefix)

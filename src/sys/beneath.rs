@@ -68,8 +68,8 @@ pub fn open_under(root: &Path, path: &Path, access: Access) -> io::Result<File> 
 /// random suffix), then renamed into place only if the name is still free; a loser removes
 /// its own and goes on through the winner's. Where the filesystem lacks `RENAME_NOREPLACE`,
 /// the component is made in place and then given to `owner` (a plain rename could replace a
-/// directory another host made meanwhile); those who use it retry briefly, as GlusterFS's
-/// clients can disagree for a moment after two mkdirs of one name. Every step is relative
+/// directory another host made meanwhile): on the shared filesystem, callers make sure only
+/// one host makes a given path ([`crate::store::claims`]). Every step is relative
 /// to the directory opened at the step before, so a link planted meanwhile leads nowhere.
 pub fn make_dirs_under(
     root: &Path,

@@ -181,33 +181,6 @@ pub(crate) fn replace_file_owned(
     written
 }
 
-/// Renames `from` to `to` unless `to` exists (a rename over an empty directory would replace
-/// one a vnode may already have bound). Where the filesystem lacks `RENAME_NOREPLACE`, it
-/// checks first.
-pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: two valid NUL-terminated paths relative to the working directory.
-    let done = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if done == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EINVAL) && !to.exists() {
-        return std::fs::rename(from, to);
-    }
-    Err(e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,15 +17,19 @@ pub fn user_ssh_dir(config: &Config, user: &str) -> PathBuf {
     config.global_dir().join("users").join(user).join("ssh")
 }
 
+/// The user's key pair and `authorized_keys` are all there.
+pub fn user_keys_exist(dir: &Path) -> bool {
+    ["id_ed25519", "id_ed25519.pub", "authorized_keys"]
+        .iter()
+        .all(|name| dir.join(name).exists())
+}
+
 /// Makes the user's key pair and `authorized_keys` unless they exist. Several hosts may race
 /// to make them: each writes its private key under a temporary name and links it into place;
 /// the first link wins, and the public files are derived from the winner.
 pub fn ensure_user_keys(dir: &Path, user: &str, owner: u32) -> io::Result<()> {
     let private = dir.join("id_ed25519");
-    if ["id_ed25519", "id_ed25519.pub", "authorized_keys"]
-        .iter()
-        .all(|name| dir.join(name).exists())
-    {
+    if user_keys_exist(dir) {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;

@@ -20,9 +20,12 @@ use crate::store::EtcdStore;
 use crate::store::vnodes::StoredSpec;
 use crate::sys::systemd::SystemdError;
 use crate::worker::network::AttachInputs;
+use crate::worker::paths::user_data_dir;
 use crate::worker::paths::{LocalState, VNodePaths};
-use crate::worker::paths::{random_suffix, rename_no_replace, user_data_dir};
 use crate::worker::ssh;
+
+/// How long a node waits for the user's directories another host claimed to make.
+const USER_TREE_WAIT: Duration = Duration::from_secs(30);
 
 impl Runtime {
     /// Desired running, unit absent: a first start, a start after a stop or a reboot, or a
@@ -325,7 +328,9 @@ impl Runtime {
             &jupyter_origin(&self.config, &self.host, &spec.user),
             &ensure_workspace_token(paths)?,
         )?;
-        let data = self.ensure_user_data(&spec.user, state.uid_base)?;
+        let data = self
+            .ensure_user_tree(store, &spec.user, state.uid_base)
+            .await?;
         self.mount_root(paths, state, &plan.image)?;
         let net = self
             .network
@@ -346,34 +351,52 @@ impl Runtime {
         Ok(net)
     }
 
-    /// The user's persistent data directory on the shared filesystem, made at their first
-    /// node's start and given to their uid range.
-    fn ensure_user_data(&self, user: &str, uid_base: u32) -> Result<PathBuf, VNodeError> {
+    /// The user's persistent data directory and SSH keys on the shared filesystem, made at
+    /// their first node's start (the data directory given to their uid range). Their first
+    /// nodes start on several hosts at once: the host that claims the user's tree in etcd
+    /// makes it, the others wait for it (see [`crate::store::claims`]).
+    async fn ensure_user_tree(
+        &self,
+        store: &EtcdStore,
+        user: &str,
+        uid_base: u32,
+    ) -> Result<PathBuf, VNodeError> {
         let data = user_data_dir(&self.config, user);
-        if data.exists() {
+        let ssh_dir = ssh::user_ssh_dir(&self.config, user);
+        let ready = || data.is_dir() && ssh::user_keys_exist(&ssh_dir);
+        if ready() {
             return Ok(data);
         }
-        if let Some(parent) = data.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(io_err(format!("creating {}", parent.display())))?;
+        if store.claim_dir(user, "", &self.host).await? {
+            if let Some(parent) = data.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io_err(format!("creating {}", parent.display())))?;
+            }
+            match std::fs::create_dir(&data) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(format!("creating {}", data.display()))(e));
+                }
+                _ => {}
+            }
+            let owner = Some(nix::unistd::Uid::from_raw(uid_base));
+            let group = Some(nix::unistd::Gid::from_raw(uid_base));
+            nix::unistd::chown(&data, owner, group)
+                .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
+            ssh::ensure_user_keys(&ssh_dir, user, uid_base)
+                .map_err(io_err("the user's SSH keys"))?;
+            return Ok(data);
         }
-        // Nodes of the user starting on other hosts make it at the same time. Two mkdirs of
-        // one name at once on GlusterFS can leave the replicas disagreeing on what the
-        // directory is (it then reads EIO), so each host makes one of its own name and
-        // renames it into place; the loser's goes.
-        let own = data.with_extension(format!("new.{}.{}", self.host, random_suffix()));
-        std::fs::create_dir(&own).map_err(io_err(format!("creating {}", own.display())))?;
-        let owner = Some(nix::unistd::Uid::from_raw(uid_base));
-        let group = Some(nix::unistd::Gid::from_raw(uid_base));
-        nix::unistd::chown(&own, owner, group)
-            .map_err(|e| io_err(format!("chown {}", own.display()))(e.into()))?;
-        if rename_no_replace(&own, &data).is_err() {
-            let _ = std::fs::remove_dir(&own);
-            if !data.is_dir() {
-                return Err(io_err(format!("creating {}", data.display()))(
-                    io::Error::other("another host's directory did not appear"),
+        let deadline = Instant::now() + USER_TREE_WAIT;
+        while !ready() {
+            if Instant::now() > deadline {
+                return Err(io_err(format!("waiting for {}", data.display()))(
+                    io::Error::other(format!(
+                        "another host claimed it but it did not appear within {} s",
+                        USER_TREE_WAIT.as_secs()
+                    )),
                 ));
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(data)
     }

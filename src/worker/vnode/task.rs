@@ -27,6 +27,8 @@ use crate::worker::paths::{VNodePaths, replace_file};
 
 /// How often running tasks' end files are looked for.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// How long a node waits for a working directory another host claimed to make.
+const WORKDIR_WAIT: Duration = Duration::from_secs(10);
 
 /// The unit that runs a node's task command.
 pub fn task_unit(id: &str) -> String {
@@ -92,7 +94,7 @@ impl Runtime {
         let status = match self.task_state(&paths, &spec.id).await? {
             Some(status) => status,
             None => {
-                if let Err(e) = self.make_workdir(spec, task, &paths) {
+                if let Err(e) = self.make_workdir(store, spec, task, &paths).await {
                     // The command's own `mkdir -p` tries again; its failure ends the attempt.
                     tracing::warn!(vnode = %spec.id, "{e}");
                 }
@@ -102,15 +104,18 @@ impl Runtime {
         self.report_task(store, &spec.id, status).await
     }
 
-    /// The task's working directory in the user's `~/nfs`, made here (as the vnode's root)
-    /// rather than by the command's `mkdir -p`: several nodes and instances make it at once,
-    /// from several hosts, on the shared filesystem.
-    fn make_workdir(
+    /// The task's working directory in the user's `~/nfs`, made here (beneath it, for the
+    /// vnode's root) rather than by the command's `mkdir -p`: several nodes and instances
+    /// need it at once, from several hosts, on the shared filesystem, so the host that
+    /// claims it makes it and the others wait for it (see [`crate::store::claims`]).
+    async fn make_workdir(
         &self,
+        store: &EtcdStore,
         spec: &VNodeSpec,
         task: &TaskRun,
         paths: &VNodePaths,
     ) -> Result<(), VNodeError> {
+        use crate::sys::beneath::{Access, make_dirs_under, open_under};
         let Some(relative) = task.workdir.strip_prefix("/root/nfs") else {
             return Ok(());
         };
@@ -118,13 +123,38 @@ impl Runtime {
             return Ok(());
         };
         let data = crate::worker::paths::user_data_dir(&self.config, &spec.user);
-        let owner = (state.uid_base, state.uid_base);
-        crate::sys::beneath::make_dirs_under(&data, relative, owner, &self.host).map_err(|e| {
+        let target = data.join(relative.trim_start_matches('/'));
+        let exists = || {
+            open_under(&data, &target, Access::Read)
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| m.is_dir())
+        };
+        if exists() {
+            return Ok(());
+        }
+        let failed = |e: String| {
             VNodeError::Refused(format!(
                 "making the working directory {}: {e}",
                 task.workdir
             ))
-        })
+        };
+        let claim = format!("data{relative}");
+        if store.claim_dir(&spec.user, &claim, &self.host).await? {
+            let owner = (state.uid_base, state.uid_base);
+            return make_dirs_under(&data, relative, owner, &self.host)
+                .map_err(|e| failed(e.to_string()));
+        }
+        let deadline = std::time::Instant::now() + WORKDIR_WAIT;
+        while !exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(failed(format!(
+                    "another host claimed it but it did not appear within {} s",
+                    WORKDIR_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// What became of the command, `None` if it was never started.
