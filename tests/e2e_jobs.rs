@@ -189,11 +189,15 @@ fn a_dag_runs_in_order_and_its_output_lands_in_nfs() {
         instance(&job, "report", 0)["stdout"],
         format!("~/nfs/jobs/{id}/report.out")
     );
-    // The files are in the user's ~/nfs, on the shared filesystem of every host.
-    let files = ok(
-        "tb2",
-        &format!("cat /var/lib/docklet/global/users/{user}/data/jobs/{id}/steps"),
-    );
+    // The files are in the user's ~/nfs, on the shared filesystem of every host (whose
+    // client may serve what it cached for a second or two).
+    let path = format!("/var/lib/docklet/global/users/{user}/data/jobs/{id}/steps");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut files = ok("tb2", &format!("cat {path}"));
+    while files != "prep\ntrain\nreport\n" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        files = ok("tb2", &format!("cat {path}"));
+    }
     assert_eq!(files, "prep\ntrain\nreport\n");
     no_batch_nodes_left(user, Duration::from_secs(60));
 }
