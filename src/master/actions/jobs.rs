@@ -536,24 +536,16 @@ pub struct FairShareRow {
 }
 
 impl Master {
-    /// The fair-share table, groups then users, most used first. Administrators only.
+    /// The fair-share table, groups then users, most used first, with what `jobs` (every
+    /// job, as the caller listed them) run and queue. Administrators only.
     pub async fn fair_share_table(
         &self,
         caller: &Caller,
+        jobs: &[JobSummary],
     ) -> Result<(Vec<FairShareRow>, Vec<FairShareRow>), ApiError> {
         caller.require_admin()?;
         let store = self.store().await?;
         let (share, _) = store.fair_share().await?;
-        let jobs = self
-            .list_jobs(
-                caller,
-                &JobFilter {
-                    all: true,
-                    active: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
         let now = now_secs();
         let mut groups: std::collections::BTreeMap<String, FairShareRow> = Default::default();
         let mut users: std::collections::BTreeMap<String, FairShareRow> = Default::default();
@@ -563,7 +555,7 @@ impl Master {
         for name in share.users.keys() {
             users.entry(name.clone()).or_default().cpu_seconds = share.user(name, now);
         }
-        for job in &jobs {
+        for job in jobs.iter().filter(|j| j.ended_at.is_none()) {
             let count = |state: &str| job.counts.get(state).copied().unwrap_or(0);
             let running = count("running") + count("starting");
             let queued = count("queued");

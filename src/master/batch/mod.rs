@@ -633,22 +633,7 @@ async fn start_instance(
             (next, *rev)
         }
         None => (
-            Instance {
-                task: task.name.clone(),
-                index,
-                attempt: 0,
-                state: State::Starting,
-                cluster: cluster.clone(),
-                nodes: placed,
-                created_at: now,
-                started_at: None,
-                ended_at: None,
-                exit_code: None,
-                reason: None,
-                retry_at: None,
-                attempts: Vec::new(),
-                usage: None,
-            },
+            Instance::first_attempt(&task.name, index, cluster.clone(), placed, now),
             0,
         ),
     };

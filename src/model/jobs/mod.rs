@@ -151,6 +151,34 @@ pub struct Instance {
     pub usage: Option<TaskUsage>,
 }
 
+impl Instance {
+    /// The record of an instance's first attempt, its nodes just asked for.
+    pub fn first_attempt(
+        task: &str,
+        index: u32,
+        cluster: String,
+        nodes: Vec<PlacedNode>,
+        now: u64,
+    ) -> Instance {
+        Instance {
+            task: task.to_owned(),
+            index,
+            attempt: 0,
+            state: State::Starting,
+            cluster,
+            nodes,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            reason: None,
+            retry_at: None,
+            attempts: Vec::new(),
+            usage: None,
+        }
+    }
+}
+
 /// The cluster name of an attempt's vnodes: `<job>-<task position>-<index>-<attempt>`, a
 /// batch cluster (see [`crate::model::vnode::is_batch_cluster`]).
 pub fn instance_cluster(job: u64, task_position: usize, index: u32, attempt: u32) -> String {

@@ -24,26 +24,15 @@ fn job(tasks: serde_json::Value) -> Job {
 }
 
 fn instance(task: &str, index: u32, state: State, nodes: usize) -> Instance {
+    let nodes = (0..nodes)
+        .map(|i| PlacedNode {
+            id: format!("alice-5-0-{index}-0-{i}"),
+            host: "tb1".into(),
+        })
+        .collect();
     Instance {
-        task: task.into(),
-        index,
-        attempt: 0,
         state,
-        cluster: instance_cluster(5, 0, index, 0),
-        nodes: (0..nodes)
-            .map(|i| PlacedNode {
-                id: format!("alice-5-0-{index}-0-{i}"),
-                host: "tb1".into(),
-            })
-            .collect(),
-        created_at: 100,
-        started_at: None,
-        ended_at: None,
-        exit_code: None,
-        reason: None,
-        retry_at: None,
-        attempts: Vec::new(),
-        usage: None,
+        ..Instance::first_attempt(task, index, instance_cluster(5, 0, index, 0), nodes, 100)
     }
 }
 

@@ -372,16 +372,17 @@ impl Runtime {
                 std::fs::create_dir_all(parent)
                     .map_err(io_err(format!("creating {}", parent.display())))?;
             }
+            // Only a directory made here is given away: an existing one is the user's already.
             match std::fs::create_dir(&data) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(io_err(format!("creating {}", data.display()))(e));
+                Ok(()) => {
+                    let owner = Some(nix::unistd::Uid::from_raw(uid_base));
+                    let group = Some(nix::unistd::Gid::from_raw(uid_base));
+                    nix::unistd::chown(&data, owner, group)
+                        .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
                 }
-                _ => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(format!("creating {}", data.display()))(e)),
             }
-            let owner = Some(nix::unistd::Uid::from_raw(uid_base));
-            let group = Some(nix::unistd::Gid::from_raw(uid_base));
-            nix::unistd::chown(&data, owner, group)
-                .map_err(|e| io_err(format!("chown {}", data.display()))(e.into()))?;
             ssh::ensure_user_keys(&ssh_dir, user, uid_base)
                 .map_err(io_err("the user's SSH keys"))?;
             return Ok(data);

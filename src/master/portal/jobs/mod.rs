@@ -636,10 +636,9 @@ async fn admin_jobs_page(
         ..Default::default()
     };
     let listed = async {
-        Ok::<_, ApiError>((
-            master.list_jobs(&session.caller, &filter).await?,
-            master.fair_share_table(&session.caller).await?,
-        ))
+        let jobs = master.list_jobs(&session.caller, &filter).await?;
+        let table = master.fair_share_table(&session.caller, &jobs).await?;
+        Ok::<_, ApiError>((jobs, table))
     };
     let (mut jobs, (groups, users)) = match listed.await {
         Ok(listed) => listed,
